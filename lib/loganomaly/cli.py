@@ -1,0 +1,180 @@
+"""The ``loganomaly`` command: one sub-command per stage, each a thin call to that stage's ``run()``.
+
+The same entry point serves the console script, ``jobs/<stage>.py`` under spark-submit, a
+Databricks ``python_wheel_task`` and Airflow. Logging handlers are configured here only.
+This is the one module allowed to print (results meant for the user's terminal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from loganomaly.config import Config, load_config
+from loganomaly.errors import LogAnomalyError
+
+log = logging.getLogger("loganomaly.cli")
+
+STAGES = ("generate", "ingest", "featurize", "train", "score", "sql", "pipeline")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", help="conf/profiles/<name>.yaml applied over conf/default.yaml")
+    parser.add_argument("--conf-dir", help="directory holding default.yaml and profiles/ (default: ./conf)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.epochs=5 (repeatable)",
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _lake(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", help="lake root directory (overrides lake.root)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loganomaly", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write synthetic activity logs with injected anomalies and labels")
+    _common(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, help="random seed (overrides generate.seed)")
+
+    p = sub.add_parser("ingest", help="parse log files into the events and quarantine tables")
+    _common(p)
+    _lake(p)
+    p.add_argument("--input", nargs="+", required=True, help="files or directories")
+
+    p = sub.add_parser("featurize", help="build per-entity feature windows into the sequences table")
+    _common(p)
+    _lake(p)
+
+    p = sub.add_parser("train", help="train the LSTM on the training period of sequences")
+    _common(p)
+    _lake(p)
+    p.add_argument("--model-dir", required=True)
+
+    p = sub.add_parser("score", help="score windows into the scores and anomalies tables")
+    _common(p)
+    _lake(p)
+    p.add_argument("--model-dir", required=True)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--date", help="score one date (YYYY-MM-DD); its earlier results are replaced")
+    which.add_argument("--all", action="store_true", help="score every date (the default)")
+
+    p = sub.add_parser("sql", help="run Spark SQL over every table (each is a view of its own name)")
+    _common(p)
+    _lake(p)
+    p.add_argument("query")
+    p.add_argument("--limit", type=int, default=50, help="rows to print")
+
+    p = sub.add_parser("pipeline", help="generate (when no --input) -> ingest -> featurize -> train -> score")
+    _common(p)
+    _lake(p)
+    p.add_argument("--model-dir", help="model bundle directory (default: <lake>/../model)")
+    p.add_argument("--input", nargs="*", default=[], help="log files or directories; none = generate data")
+    p.add_argument("--generate-dir", help="where generated data goes (default: <lake>/../raw)")
+    p.add_argument("--top", type=int, default=10, help="top anomalies to print at the end")
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("py4j", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "lake", None):
+        overrides.append(f"lake.root={args.lake}")
+    if getattr(args, "seed", None) is not None:
+        overrides.append(f"generate.seed={args.seed}")
+    return load_config(profile=args.profile, overrides=overrides, conf_dir=args.conf_dir)
+
+
+def _print_frame(df: Any, limit: int) -> None:
+    pdf = df.limit(limit).toPandas()
+    if pdf.empty:
+        print("(no rows)")
+    else:
+        print(pdf.to_string(index=False, max_colwidth=80))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.command == "generate":
+        from loganomaly import synthetic
+
+        data = synthetic.generate(args.out, cfg.generate)
+        print(json.dumps({"files": len(data.files), "lines": data.n_lines, "labels": str(data.labels_path)}))
+        return 0
+
+    from loganomaly.spark import get_spark
+
+    spark = get_spark(cfg.spark)
+    if args.command == "ingest":
+        from loganomaly import ingest
+
+        print(json.dumps(ingest.run(spark, cfg, args.input).as_dict()))
+    elif args.command == "featurize":
+        from loganomaly import featurize
+
+        print(json.dumps(featurize.run(spark, cfg).as_dict()))
+    elif args.command == "train":
+        from loganomaly import train
+
+        print(json.dumps(train.run(spark, cfg, args.model_dir).as_dict()))
+    elif args.command == "score":
+        from loganomaly import score
+
+        print(json.dumps(score.run(spark, cfg, args.model_dir, date=args.date).as_dict()))
+    elif args.command == "sql":
+        from loganomaly import sql
+
+        _print_frame(sql.run(spark, cfg, args.query), args.limit)
+    elif args.command == "pipeline":
+        from loganomaly import pipeline, sql
+
+        model_dir = args.model_dir or str(Path(cfg.lake.root).resolve().parent / "model")
+        summary = pipeline.run(spark, cfg, model_dir, inputs=args.input, generate_dir=args.generate_dir)
+        print(json.dumps(summary.stages, indent=2, default=str))
+        print(f"\nTop {args.top} anomalies (SQL over the Delta tables under {Path(cfg.lake.root).resolve()}):")
+        _print_frame(sql.run(spark, cfg, sql.TOP_ANOMALIES.format(limit=int(args.top))), args.top)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the process exit code (2 for refused input or settings)."""
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return dispatch(args)
+    except LogAnomalyError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 2
+
+
+def run_stage(stage: str, argv: Sequence[str]) -> int:
+    """Entry for ``jobs/<stage>.py``: the stage's arguments without the sub-command name."""
+    if stage not in STAGES:
+        raise SystemExit(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
+    return main([stage, *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

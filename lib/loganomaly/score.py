@@ -1,0 +1,177 @@
+"""``score``: windows in ``sequences`` -> ``scores`` (every window) and ``anomalies`` (flagged ones).
+
+The model is shipped to executors as bytes in a broadcast (no shared file system needed) and an
+iterator pandas UDF loads it once per Python worker: the first batch of a task materialises the
+bundle into a worker-local cache keyed by the model version, later batches and later tasks on the
+same (reused) worker use it directly. Writes replace exactly the scored dates (``replace_where``),
+so a rerun for the same dates gives the same rows, never duplicates, and a failed run leaves the
+previous rows in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from loganomaly.bundle import ModelBundle, load_bundle
+from loganomaly.config import Config
+from loganomaly.errors import ModelError, StageInputError
+from loganomaly.ingest import new_run_id
+from loganomaly.schemas import TABLES
+from loganomaly.tables import Lake
+from loganomaly.windows import to_tensor
+
+if TYPE_CHECKING:
+    import torch
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILES = ("model.json", "model.safetensors")
+RESULT_DDL = "score double, top_features array<string>, explanation string"
+
+# Worker-local cache: model version -> (bundle, model, device). Lives as long as the Python worker.
+_MODELS: dict[str, tuple[ModelBundle, Any, Any]] = {}
+
+
+def _load_cached(version: str, files: dict[str, bytes]) -> tuple[ModelBundle, Any, Any]:
+    if version not in _MODELS:
+        from loganomaly.model import pick_device
+
+        directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
+        for name, data in files.items():
+            Path(directory, name).write_bytes(data)
+        bundle = load_bundle(directory)
+        if bundle.version != version:
+            raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
+        device = pick_device("auto")
+        _MODELS[version] = (bundle, bundle.build_model(device), device)
+        log.info("worker %d loaded model %s on %s", os.getpid(), version, device)
+    return _MODELS[version]
+
+
+def explain(per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_k: int) -> tuple[list[list[str]], list[str]]:
+    """Name the features whose reconstruction error most exceeds their typical (validation) error."""
+    ratio = per_feature / np.maximum(typical, 1e-9)
+    order = np.argsort(-ratio, axis=1)[:, :top_k]
+    tops, texts = [], []
+    for row, idx in zip(ratio, order, strict=True):
+        tops.append([names[i] for i in idx])
+        texts.append(", ".join(f"{names[i]} x{row[i]:.1f}" for i in idx))
+    return tops, texts
+
+
+def score_arrays(bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int) -> pd.DataFrame:
+    """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body)."""
+    from loganomaly.model import window_errors
+
+    scores, per_feature = window_errors(model, bundle.normaliser.transform(x), device=device)
+    typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
+    tops, texts = explain(per_feature, typical, bundle.feature_names, top_k)
+    return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
+
+
+def score_udf(version: str, broadcast: Any, n_steps: int, n_features: int, top_k: int) -> Any:
+    """The iterator pandas UDF ``features -> struct<score, top_features, explanation>``."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(RESULT_DDL)  # type: ignore[call-overload]
+    def score_windows(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        bundle, model, device = _load_cached(version, broadcast.value)
+        for features in batches:
+            x = to_tensor(list(features), n_steps, n_features)
+            yield score_arrays(bundle, model, device, x, top_k)
+
+    return score_windows
+
+
+@dataclass
+class ScoreSummary:
+    run_id: str
+    model_version: str
+    dates: list[str]
+    windows: int
+    anomalies: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run(
+    spark: SparkSession,
+    cfg: Config,
+    model_dir: str | Path,
+    date: str | None = None,
+    lake: Lake | None = None,
+) -> ScoreSummary:
+    """Score the windows of one date (``date``) or of every date, replacing those dates' results."""
+    from pyspark.sql import functions as F
+
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    if not lake.exists("sequences"):
+        raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
+    bundle = load_bundle(model_dir)
+    n_steps, n_features = bundle.model_cfg.window_steps, bundle.model_cfg.n_features
+    run_id = new_run_id("score")
+
+    windows: DataFrame = lake.read("sequences")
+    if date:
+        day = dt.date.fromisoformat(date)
+        windows = windows.where(F.col("date") == F.lit(day))
+        dates = [day.isoformat()]
+    else:
+        dates = sorted(r.date.isoformat() for r in windows.select("date").distinct().collect())
+    if not dates:
+        raise StageInputError("sequences has no windows to score")
+    mismatched = windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
+    if mismatched:
+        raise ModelError(
+            f"sequences windows do not match the model ({n_steps} steps x {n_features} features); re-run featurize or train"
+        )
+
+    files = {name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES}
+    broadcast = spark.sparkContext.broadcast(files)
+    udf = score_udf(bundle.version, broadcast, n_steps, n_features, cfg.score.explain_top_k)
+    scored = windows.withColumn("_r", udf(F.col("features"))).select(
+        "entity",
+        "window_start",
+        "window_end",
+        "date",
+        F.col("_r.score").alias("score"),
+        F.lit(float(bundle.threshold)).alias("threshold"),
+        (F.col("_r.score") > F.lit(float(bundle.threshold))).alias("is_anomaly"),
+        F.col("_r.explanation").alias("explanation"),
+        F.col("_r.top_features").alias("top_features"),
+        F.lit(bundle.version).alias("model_version"),
+        F.lit(run_id).alias("run_id"),
+    )
+    partition_by = TABLES["scores"].partition_by
+    scores_version = lake.write(
+        "scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
+    )
+    written = lake.read("scores", version=scores_version).where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+    flagged = written.where(F.col("is_anomaly"))
+    lake.write(
+        "anomalies", flagged, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
+    )
+    counts = written.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")).first()
+    broadcast.unpersist()
+    summary = ScoreSummary(run_id, bundle.version, dates, int(counts["n"]), int(counts["a"] or 0))
+    log.info(
+        "score %s: %d windows over %d dates, %d anomalies (model %s)",
+        run_id,
+        summary.windows,
+        len(dates),
+        summary.anomalies,
+        bundle.version,
+    )
+    return summary

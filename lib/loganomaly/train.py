@@ -1,0 +1,204 @@
+"""``train``: ``sequences`` -> chronological split -> LSTM autoencoder -> model bundle.
+
+The split is by time, never random: windows before the cut are the training period (its
+chronological tail held out as validation for early stopping and the threshold), later windows
+are what scoring judges. Normalisation statistics are fitted on the training windows only. The
+bundle records the ``sequences`` version it was trained on, so a model can always be traced to
+its data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loganomaly.bundle import ModelBundle, save_bundle
+from loganomaly.config import Config
+from loganomaly.errors import StageInputError
+from loganomaly.ingest import new_run_id
+from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
+from loganomaly.normalize import Normaliser
+from loganomaly.tables import Lake
+from loganomaly.training import calibrate_threshold, train_autoencoder
+from loganomaly.windows import FEATURE_NAMES, to_tensor
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+MIN_TRAIN_WINDOWS = 8
+
+
+@dataclass
+class Split:
+    """Chronological split of window start times (epoch seconds)."""
+
+    train_until: float  # windows ending at or before this are the training period
+    validation_from: float  # training-period windows starting at or after this are validation
+
+    def as_dict(self) -> dict[str, str]:
+        def iso(t: float) -> str:
+            return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
+
+        return {"train_until": iso(self.train_until), "validation_from": iso(self.validation_from)}
+
+
+def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Split:
+    """Where the training period ends and where its validation tail starts."""
+    if cfg.train.train_until:
+        until = dt.datetime.fromisoformat(cfg.train.train_until)
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.timezone.utc)
+        cut = until.timestamp()
+    else:
+        lo, hi = float(starts.min()), float(ends.max())
+        cut = lo + (hi - lo) * cfg.train.train_fraction
+    in_train = starts[ends <= cut]
+    if len(in_train) == 0:
+        raise StageInputError(f"no windows end before the training cut {dt.datetime.fromtimestamp(cut, dt.timezone.utc)}")
+    lo = float(in_train.min())
+    val_from = cut - (cut - lo) * cfg.train.validation_fraction
+    return Split(cut, val_from)
+
+
+def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """All windows of a ``sequences`` snapshot as arrays (start, end, x[N,T,F]) plus its version."""
+    version = version if version is not None else lake.version("sequences")
+    if version is None:
+        raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
+    df = lake.read("sequences", version=version).select(
+        "window_start", "window_end", "n_steps", "n_features", "features"
+    )
+    table = df.toArrow()
+    if table.num_rows == 0:
+        raise StageInputError("sequences is empty")
+    n_steps = int(table.column("n_steps")[0].as_py())
+    n_features = int(table.column("n_features")[0].as_py())
+    if n_features != len(FEATURE_NAMES):
+        raise StageInputError(f"sequences has {n_features} features, this version computes {len(FEATURE_NAMES)}")
+    starts = table.column("window_start").cast("int64").to_numpy() / 1e6
+    ends = table.column("window_end").cast("int64").to_numpy() / 1e6
+    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    x = flat.astype(np.float32).reshape(-1, n_steps, n_features)
+    order = np.argsort(starts, kind="stable")
+    return starts[order], ends[order], x[order], version
+
+
+@dataclass
+class TrainSummary:
+    run_id: str
+    model_dir: str
+    model_version: str
+    sequences_version: int
+    train_windows: int
+    validation_windows: int
+    threshold: float
+    best_val_loss: float
+    epochs: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None = None) -> TrainSummary:
+    """Train on the training period of ``sequences`` and save the bundle under ``model_dir``."""
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    run_id = new_run_id("train")
+    if cfg.train.backend != "local":
+        raise StageInputError(
+            f"train.backend={cfg.train.backend!r} is not available in this build; use 'local'"
+        )
+    starts, ends, x, version = load_windows(lake)
+    split = chronological_split(starts, ends, cfg)
+    in_period = ends <= split.train_until
+    val_mask = in_period & (starts >= split.validation_from)
+    train_mask = in_period & ~val_mask
+    if train_mask.sum() < MIN_TRAIN_WINDOWS or val_mask.sum() < 2:
+        raise StageInputError(
+            f"too few windows to train: {int(train_mask.sum())} training, {int(val_mask.sum())} validation "
+            f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
+        )
+    normaliser = Normaliser.fit(x[train_mask])
+    train_x, val_x = normaliser.transform(x[train_mask]), normaliser.transform(x[val_mask])
+    model_cfg = LSTMAutoencoderConfig(
+        n_features=x.shape[2],
+        window_steps=x.shape[1],
+        hidden_size=cfg.model.hidden_size,
+        num_layers=cfg.model.num_layers,
+        dropout=cfg.model.dropout,
+    )
+    log.info(
+        "train %s: %d training and %d validation windows from sequences version %d (split %s)",
+        run_id,
+        len(train_x),
+        len(val_x),
+        version,
+        split.as_dict(),
+    )
+    result = train_autoencoder(train_x, val_x, model_cfg, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints")
+
+    device = pick_device(cfg.train.device)
+    model = LSTMAutoencoder(model_cfg)
+    model.load_state_dict(result.state_dict)
+    model.to(device).eval()
+    val_scores, val_feature_errors = window_errors(model, val_x, device=device)
+    threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+    bundle = ModelBundle(
+        model_cfg=model_cfg,
+        state_dict=result.state_dict,
+        normaliser=normaliser,
+        threshold=threshold,
+        feature_names=list(FEATURE_NAMES),
+        features={
+            "step_seconds": cfg.features.step_seconds,
+            "window_steps": cfg.features.window_steps,
+            "stride_steps": cfg.features.stride_steps,
+        },
+        metrics={
+            "best_val_loss": result.best_val_loss,
+            "best_epoch": result.best_epoch,
+            "val_score_quantiles": {
+                str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)
+            },
+            # Typical per-feature error on normal windows: scoring explains a window by how many
+            # times its error exceeds this.
+            "val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)],
+        },
+        training={
+            "run_id": run_id,
+            "sequences_version": version,
+            "split": split.as_dict(),
+            "train_windows": int(len(train_x)),
+            "validation_windows": int(len(val_x)),
+            "history": result.history,
+            "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
+        },
+        version="",
+    )
+    save_bundle(model_dir, bundle)
+    saved_version = _read_version(model_dir)
+    summary = TrainSummary(
+        run_id=run_id,
+        model_dir=str(model_dir),
+        model_version=saved_version,
+        sequences_version=version,
+        train_windows=int(len(train_x)),
+        validation_windows=int(len(val_x)),
+        threshold=float(threshold),
+        best_val_loss=float(result.best_val_loss),
+        epochs=len(result.history),
+    )
+    log.info("train %s: model %s threshold %.4f saved to %s", run_id, saved_version, threshold, model_dir)
+    return summary
+
+
+def _read_version(model_dir: str | Path) -> str:
+    from loganomaly.bundle import load_bundle
+
+    return load_bundle(model_dir).version

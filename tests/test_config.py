@@ -1,0 +1,77 @@
+"""Typed configuration: layers, overrides, and refusals that name the valid choices (no Spark)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loganomaly.config import Config, load_config, parse_override, valid_keys
+from loganomaly.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def test_layers_apply_in_order(tmp_path: Path) -> None:
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "default.yaml").write_text("train:\n  epochs: 7\n  batch_size: 16\n")
+    (tmp_path / "profiles" / "p.yaml").write_text("train:\n  epochs: 9\n")
+    cfg = load_config(profile="p", overrides=["train.batch_size=8", "lake.engine=deltars"], conf_dir=tmp_path)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.lake.engine) == (9, 8, "deltars")
+
+
+def test_project_conf_and_profiles_load() -> None:
+    for profile in (None, "synthetic", "test"):
+        cfg = load_config(profile=profile, conf_dir=CONF)
+        assert isinstance(cfg, Config)
+    assert load_config(profile="synthetic", conf_dir=CONF).train.train_until.startswith("2024-03-05")
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["train.epochz=3"], conf_dir=CONF)
+    assert "train.epochz" in str(err.value)
+    assert "train.epochs" in str(err.value) and "lake.root" in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text("lake:\n  rooot: x\n")
+    with pytest.raises(ConfigError, match=r"default.yaml: unknown config key 'lake.rooot'; valid keys: .*lake.root"):
+        load_config(conf_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=many", "expects an integer"),
+        ("train.epochs=true", "expects an integer"),
+        ("train.bf16=yes please", "expects true or false"),
+        ("lake.engine=hive", "choose one of: auto, delta, deltars"),
+        ("train.backend=mpi", "choose one of: local, torch_distributor, horovod"),
+        ("train.learning_rate=[1]", "expects a number"),
+        ("train.threshold_quantile=1.5", "threshold_quantile must be in"),
+        ("nonsense", "section.key=value"),
+    ],
+)
+def test_bad_overrides_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override], conf_dir=CONF)
+
+
+def test_override_values_are_typed() -> None:
+    cfg = load_config(overrides=["train.learning_rate=1e-4", "train.epochs=3", "spark.conf={a.b: c}"], conf_dir=CONF)
+    assert cfg.train.learning_rate == pytest.approx(1e-4) and cfg.train.epochs == 3
+    assert cfg.spark.conf == {"a.b": "c"}
+    assert parse_override("lake.root=/tmp/x=y") == ("lake.root", "/tmp/x=y")
+
+
+def test_missing_profile_and_conf_dir_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown profile 'nope'; available: .*synthetic"):
+        load_config(profile="nope", conf_dir=CONF)
+    with pytest.raises(ConfigError, match="has no default.yaml"):
+        load_config(conf_dir=tmp_path / "absent")
+
+
+def test_valid_keys_cover_every_section() -> None:
+    sections = {k.split(".")[0] for k in valid_keys()}
+    assert sections == {"spark", "lake", "generate", "ingest", "features", "model", "train", "score"}
