@@ -36,7 +36,9 @@ def test_unknown_key_lists_valid_keys() -> None:
 
 def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "default.yaml").write_text("lake:\n  rooot: x\n")
-    with pytest.raises(ConfigError, match=r"default.yaml: unknown config key 'lake.rooot'; valid keys: .*lake.root"):
+    with pytest.raises(
+        ConfigError, match=r"default.yaml: unknown config key 'lake.rooot'; valid keys: .*lake.root"
+    ):
         load_config(conf_dir=tmp_path)
 
 
@@ -59,7 +61,9 @@ def test_bad_overrides_are_refused(override: str, message: str) -> None:
 
 
 def test_override_values_are_typed() -> None:
-    cfg = load_config(overrides=["train.learning_rate=1e-4", "train.epochs=3", "spark.conf={a.b: c}"], conf_dir=CONF)
+    cfg = load_config(
+        overrides=["train.learning_rate=1e-4", "train.epochs=3", "spark.conf={a.b: c}"], conf_dir=CONF
+    )
     assert cfg.train.learning_rate == pytest.approx(1e-4) and cfg.train.epochs == 3
     assert cfg.spark.conf == {"a.b": "c"}
     assert parse_override("lake.root=/tmp/x=y") == ("lake.root", "/tmp/x=y")

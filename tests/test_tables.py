@@ -22,7 +22,14 @@ SCHEMA = "id bigint, ts timestamp, date date, host string, tags array<string>, a
 
 def rows(ids, day=1):  # type: ignore[no-untyped-def]
     return [
-        (i, dt.datetime(2024, 3, day, 10, 0, i % 60), dt.date(2024, 3, day), f"h{i % 3}", ["a", "b"], {"k": str(i)})
+        (
+            i,
+            dt.datetime(2024, 3, day, 10, 0, i % 60),
+            dt.date(2024, 3, day),
+            f"h{i % 3}",
+            ["a", "b"],
+            {"k": str(i)},
+        )
         for i in ids
     ]
 
@@ -58,7 +65,11 @@ def test_overwrite_time_travel_and_history(spark, lake):
 
 
 def test_replace_one_date_partition(spark, lake):
-    lake.write("scores", spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA), partition_by=["date"])
+    lake.write(
+        "scores",
+        spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA),
+        partition_by=["date"],
+    )
     replacement = spark.createDataFrame(rows([100, 101], 2), SCHEMA)
     lake.write("scores", replacement, mode="overwrite", replace_where={"date": ["2024-03-02"]})
     got = {(r.date.day, r.id) for r in lake.read("scores").collect()}
@@ -66,12 +77,21 @@ def test_replace_one_date_partition(spark, lake):
     # rows outside the replaced partitions are refused and the table is unchanged
     version = lake.version("scores")
     with pytest.raises(Exception, match="outside replaceWhere"):
-        lake.write("scores", spark.createDataFrame(rows([7], 3), SCHEMA), mode="overwrite", replace_where={"date": ["2024-03-02"]})
+        lake.write(
+            "scores",
+            spark.createDataFrame(rows([7], 3), SCHEMA),
+            mode="overwrite",
+            replace_where={"date": ["2024-03-02"]},
+        )
     assert lake.version("scores") == version
 
 
 def test_replace_with_empty_frame_clears_partition(spark, lake):
-    lake.write("scores", spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA), partition_by=["date"])
+    lake.write(
+        "scores",
+        spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA),
+        partition_by=["date"],
+    )
     empty = spark.createDataFrame([], SCHEMA)
     lake.write("scores", empty, mode="overwrite", replace_where={"date": ["2024-03-01"]})
     assert sorted(r.id for r in lake.read("scores").collect()) == [3, 4, 5]
@@ -103,7 +123,9 @@ def test_failed_write_leaves_no_version_and_no_orphan_files(spark, lake):
     before = data_files(lake.path("events"))
     good = spark.createDataFrame(rows(range(200)), SCHEMA).repartition(4)
     # one row fails inside a task, after other tasks have already written their files
-    failing = good.withColumn("id", F.when(F.col("id") == 199, F.raise_error(F.lit("boom"))).otherwise(F.col("id")))
+    failing = good.withColumn(
+        "id", F.when(F.col("id") == 199, F.raise_error(F.lit("boom"))).otherwise(F.col("id"))
+    )
     with pytest.raises(Exception, match="boom"):
         lake.write("events", failing)
     assert lake.version("events") == 0
@@ -177,7 +199,12 @@ def test_delta_engine_roundtrip(spark, tmp_path: Path):
     lake = Lake(spark, tmp_path, engine="delta")
     df = spark.createDataFrame(rows(range(4)), SCHEMA)
     lake.write("events", df, partition_by=["date"])
-    lake.write("events", spark.createDataFrame(rows([9], 1), SCHEMA), mode="overwrite", replace_where={"date": ["2024-03-01"]})
+    lake.write(
+        "events",
+        spark.createDataFrame(rows([9], 1), SCHEMA),
+        mode="overwrite",
+        replace_where={"date": ["2024-03-01"]},
+    )
     assert [r.id for r in lake.read("events").collect()] == [9]
     assert lake.read("events", version=0).count() == 4
     assert json.dumps(lake.history("events")[0], default=str)

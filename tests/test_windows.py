@@ -10,7 +10,9 @@ from loganomaly.windows import FEATURE_NAMES, WindowSpec, build_windows, to_tens
 
 def steps_frame(step_indices: list[int], step_s: int = 60) -> pd.DataFrame:
     data = {f: [float(i + 1) for i in range(len(step_indices))] for f in FEATURE_NAMES}
-    return pd.DataFrame({"step": [i * step_s for i in step_indices], "n_events": [1] * len(step_indices), **data})
+    return pd.DataFrame(
+        {"step": [i * step_s for i in step_indices], "n_events": [1] * len(step_indices), **data}
+    )
 
 
 def test_windows_align_to_the_stride_grid_and_cover_every_event() -> None:

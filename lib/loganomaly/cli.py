@@ -153,7 +153,9 @@ def dispatch(args: argparse.Namespace) -> int:
         model_dir = args.model_dir or str(Path(cfg.lake.root).resolve().parent / "model")
         summary = pipeline.run(spark, cfg, model_dir, inputs=args.input, generate_dir=args.generate_dir)
         print(json.dumps(summary.stages, indent=2, default=str))
-        print(f"\nTop {args.top} anomalies (SQL over the Delta tables under {Path(cfg.lake.root).resolve()}):")
+        print(
+            f"\nTop {args.top} anomalies (SQL over the Delta tables under {Path(cfg.lake.root).resolve()}):"
+        )
         _print_frame(sql.run(spark, cfg, sql.TOP_ANOMALIES.format(limit=int(args.top))), args.top)
     return 0
 

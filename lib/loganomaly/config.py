@@ -209,7 +209,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _set(cfg: Config, key: str, value: Any) -> None:
     section_name, _, name = key.partition(".")
-    section = getattr(cfg, section_name, None) if section_name in {f.name for f in dataclasses.fields(cfg)} else None
+    section = (
+        getattr(cfg, section_name, None)
+        if section_name in {f.name for f in dataclasses.fields(cfg)}
+        else None
+    )
     if section is None or not name or name not in {f.name for f in dataclasses.fields(section)}:
         raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
     hints = typing.get_type_hints(type(section))

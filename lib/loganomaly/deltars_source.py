@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,7 +254,9 @@ class DeltaRsWriter(DataSourceArrowWriter):
                             f"{col}={HIVE_NULL if v is None else v}"
                             for col, v in zip(self.partition_by, key, strict=True)
                         )
-                        rel = (rel_dir + "/" if rel_dir else "") + f"part-{task_id}-{len(writers):05d}.snappy.parquet"
+                        rel = (
+                            rel_dir + "/" if rel_dir else ""
+                        ) + f"part-{task_id}-{len(writers):05d}.snappy.parquet"
                         full = os.path.join(self.path, rel)
                         os.makedirs(os.path.dirname(full), exist_ok=True)
                         writers[key] = (rel, pq.ParquetWriter(full, data_schema, compression="snappy"))
@@ -288,9 +289,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
             if table.num_rows:
                 yield (), table
             return
-        keys = [
-            [partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by
-        ]
+        keys = [[partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by]
         combined = list(zip(*keys, strict=True))
         if len(set(combined)) == 1:
             yield combined[0], table
@@ -304,13 +303,18 @@ class DeltaRsWriter(DataSourceArrowWriter):
     # Runs on the driver after every task succeeded.
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:
         from deltalake import DeltaTable, Schema
-        from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+        from deltalake.transaction import (
+            AddAction,
+            CommitProperties,
+            RemoveAction,
+            create_table_with_add_actions,
+        )
 
         written = [f for m in messages if isinstance(m, DeltaRsCommitMessage) for f in m.files]
         try:
             if self.replace_where:
                 self._check_inside_replace_where(written)
-            adds = [
+            adds: list[AddAction | RemoveAction] = [
                 AddAction(
                     f.path,
                     f.size,
@@ -322,13 +326,15 @@ class DeltaRsWriter(DataSourceArrowWriter):
                 for f in written
             ]
             schema = Schema.from_arrow(self.arrow_schema)
-            props = CommitProperties(custom_metadata={"loganomaly.runId": self.run_id} if self.run_id else None)
+            props = CommitProperties(
+                custom_metadata={"loganomaly.runId": self.run_id} if self.run_id else None
+            )
             if not DeltaTable.is_deltatable(self.path):
                 os.makedirs(self.path, exist_ok=True)
                 create_table_with_add_actions(
                     self.path,
                     schema,
-                    adds,
+                    [a for a in adds if isinstance(a, AddAction)],
                     mode="error",
                     partition_by=self.partition_by or None,
                     commit_properties=props,
@@ -337,7 +343,9 @@ class DeltaRsWriter(DataSourceArrowWriter):
             table = DeltaTable(self.path)
             if self.overwrite:
                 filters = (
-                    [(col, "in", vals) for col, vals in self.replace_where.items()] if self.replace_where else None
+                    [(col, "in", vals) for col, vals in self.replace_where.items()]
+                    if self.replace_where
+                    else None
                 )
                 table.create_write_transaction(
                     adds,
@@ -488,5 +496,3 @@ class DeltaRsDataSource(DataSource):
 
     def writer(self, schema: StructType, overwrite: bool) -> DeltaRsWriter:
         return DeltaRsWriter(self.options, schema, overwrite)
-
-

@@ -61,7 +61,11 @@ def step_features(events: DataFrame, step_seconds: int) -> DataFrame:
         "entity",
         "step",
         "n_events",
-        *[F.log1p(F.coalesce(F.col(c).cast("double"), F.lit(0.0))).alias(c) for c in FEATURE_NAMES if c != "events"],
+        *[
+            F.log1p(F.coalesce(F.col(c).cast("double"), F.lit(0.0))).alias(c)
+            for c in FEATURE_NAMES
+            if c != "events"
+        ],
         F.log1p(F.col("n_events").cast("double")).alias("events"),
     ).select("entity", "step", "n_events", *FEATURE_NAMES)
 
@@ -112,8 +116,10 @@ def run(spark: SparkSession, cfg: Config, lake: Lake | None = None) -> Featurize
     events = lake.read("events", version=events_version)
     spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)
     windows = windows_frame(step_features(events, spec.step_seconds), spec, run_id)
-    lake.write("sequences", windows, mode="overwrite", partition_by=TABLES["sequences"].partition_by, run_id=run_id)
-    stats = lake.read("sequences").selectExpr("count(*) AS n", "count(DISTINCT entity) AS e").first()
+    lake.write(
+        "sequences", windows, mode="overwrite", partition_by=TABLES["sequences"].partition_by, run_id=run_id
+    )
+    stats = lake.read("sequences").selectExpr("count(*) AS n", "count(DISTINCT entity) AS e").collect()[0]
     summary = FeaturizeSummary(run_id, events_version, int(stats["n"]), int(stats["e"]))
     log.info(
         "featurize %s: %d windows for %d entities from events version %d",

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +150,13 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     files = [_file_identity(str(p.resolve())) for p in iter_input_files(inputs)]
     done = _already_ingested(lake)
     todo = [f for f in files if f not in done]
-    log.info("ingest %s: %d files found, %d already ingested, %d to load", run_id, len(files), len(files) - len(todo), len(todo))
+    log.info(
+        "ingest %s: %d files found, %d already ingested, %d to load",
+        run_id,
+        len(files),
+        len(files) - len(todo),
+        len(todo),
+    )
     if not todo:
         return IngestSummary(run_id, len(files), 0, 0, 0)
     paths = [f[0] for f in todo]
@@ -166,7 +172,7 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     files_df = spark.createDataFrame([(p,) for p in paths], "path string").repartition(n_tasks, "path")
     max_raw = cfg.ingest.max_raw_chars
 
-    def parse_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    def parse_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             yield from parse_files_to_batches(batch.column("path").to_pylist(), run_id, max_raw)
 

@@ -59,7 +59,9 @@ def _load_cached(version: str, files: dict[str, bytes]) -> tuple[ModelBundle, An
     return _MODELS[version]
 
 
-def explain(per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_k: int) -> tuple[list[list[str]], list[str]]:
+def explain(
+    per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_k: int
+) -> tuple[list[list[str]], list[str]]:
     """Name the features whose reconstruction error most exceeds their typical (validation) error."""
     ratio = per_feature / np.maximum(typical, 1e-9)
     order = np.argsort(-ratio, axis=1)[:, :top_k]
@@ -70,7 +72,9 @@ def explain(per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_
     return tops, texts
 
 
-def score_arrays(bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int) -> pd.DataFrame:
+def score_arrays(
+    bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int
+) -> pd.DataFrame:
     """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body)."""
     from loganomaly.model import window_errors
 
@@ -132,7 +136,9 @@ def run(
         dates = sorted(r.date.isoformat() for r in windows.select("date").distinct().collect())
     if not dates:
         raise StageInputError("sequences has no windows to score")
-    mismatched = windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
+    mismatched = (
+        windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
+    )
     if mismatched:
         raise ModelError(
             f"sequences windows do not match the model ({n_steps} steps x {n_features} features); re-run featurize or train"
@@ -156,14 +162,28 @@ def run(
     )
     partition_by = TABLES["scores"].partition_by
     scores_version = lake.write(
-        "scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
+        "scores",
+        scored,
+        mode="overwrite",
+        partition_by=partition_by,
+        replace_where={"date": dates},
+        run_id=run_id,
     )
-    written = lake.read("scores", version=scores_version).where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+    written = lake.read("scores", version=scores_version).where(
+        F.col("date").isin([dt.date.fromisoformat(d) for d in dates])
+    )
     flagged = written.where(F.col("is_anomaly"))
     lake.write(
-        "anomalies", flagged, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
+        "anomalies",
+        flagged,
+        mode="overwrite",
+        partition_by=partition_by,
+        replace_where={"date": dates},
+        run_id=run_id,
     )
-    counts = written.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")).first()
+    counts = written.agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")
+    ).collect()[0]
     broadcast.unpersist()
     summary = ScoreSummary(run_id, bundle.version, dates, int(counts["n"]), int(counts["a"] or 0))
     log.info(

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
@@ -106,7 +105,9 @@ class Lake:
         return sorted(
             entry.name
             for entry in os.scandir(self.root)
-            if entry.is_dir() and _NAME.match(entry.name) and os.path.isdir(os.path.join(entry.path, "_delta_log"))
+            if entry.is_dir()
+            and _NAME.match(entry.name)
+            and os.path.isdir(os.path.join(entry.path, "_delta_log"))
         )
 
     def _require(self, name: str) -> str:

@@ -25,7 +25,7 @@ from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device
 from loganomaly.normalize import Normaliser
 from loganomaly.tables import Lake
 from loganomaly.training import calibrate_threshold, train_autoencoder
-from loganomaly.windows import FEATURE_NAMES, to_tensor
+from loganomaly.windows import FEATURE_NAMES
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -61,7 +61,9 @@ def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Sp
         cut = lo + (hi - lo) * cfg.train.train_fraction
     in_train = starts[ends <= cut]
     if len(in_train) == 0:
-        raise StageInputError(f"no windows end before the training cut {dt.datetime.fromtimestamp(cut, dt.timezone.utc)}")
+        raise StageInputError(
+            f"no windows end before the training cut {dt.datetime.fromtimestamp(cut, dt.timezone.utc)}"
+        )
     lo = float(in_train.min())
     val_from = cut - (cut - lo) * cfg.train.validation_fraction
     return Split(cut, val_from)
@@ -81,7 +83,9 @@ def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np
     n_steps = int(table.column("n_steps")[0].as_py())
     n_features = int(table.column("n_features")[0].as_py())
     if n_features != len(FEATURE_NAMES):
-        raise StageInputError(f"sequences has {n_features} features, this version computes {len(FEATURE_NAMES)}")
+        raise StageInputError(
+            f"sequences has {n_features} features, this version computes {len(FEATURE_NAMES)}"
+        )
     starts = table.column("window_start").cast("int64").to_numpy() / 1e6
     ends = table.column("window_end").cast("int64").to_numpy() / 1e6
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -141,7 +145,9 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
         version,
         split.as_dict(),
     )
-    result = train_autoencoder(train_x, val_x, model_cfg, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints")
+    result = train_autoencoder(
+        train_x, val_x, model_cfg, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints"
+    )
 
     device = pick_device(cfg.train.device)
     model = LSTMAutoencoder(model_cfg)
@@ -163,9 +169,7 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
         metrics={
             "best_val_loss": result.best_val_loss,
             "best_epoch": result.best_epoch,
-            "val_score_quantiles": {
-                str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)
-            },
+            "val_score_quantiles": {str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)},
             # Typical per-feature error on normal windows: scoring explains a window by how many
             # times its error exceeds this.
             "val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)],

@@ -46,7 +46,9 @@ class WindowSpec:
         }
 
 
-def build_windows(steps: pd.DataFrame, spec: WindowSpec, feature_names: list[str] = FEATURE_NAMES) -> pd.DataFrame:
+def build_windows(
+    steps: pd.DataFrame, spec: WindowSpec, feature_names: list[str] = FEATURE_NAMES
+) -> pd.DataFrame:
     """Cut one entity's step rows into sliding windows.
 
     Args:
