@@ -208,3 +208,12 @@ def test_delta_engine_roundtrip(spark, tmp_path: Path):
     assert [r.id for r in lake.read("events").collect()] == [9]
     assert lake.read("events", version=0).count() == 4
     assert json.dumps(lake.history("events")[0], default=str)
+
+
+def test_python_data_source_reader_matches_native_read(spark, lake):
+    lake.write("events", spark.createDataFrame(rows(range(6), 1) + rows(range(6, 9), 2), SCHEMA), partition_by=["date"])
+    lake.write("events", spark.createDataFrame(rows([50], 2), SCHEMA))
+    via_source = spark.read.format("deltars").option("path", lake.path("events")).load()
+    assertDataFrameEqual(via_source, lake.read("events"))
+    old = spark.read.format("deltars").option("path", lake.path("events")).option("versionAsOf", "0").load()
+    assertDataFrameEqual(old, lake.read("events", version=0))

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Partition values that a Hive-style path carries unchanged (no escaping needed).
+_SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 WriteMode = Literal["append", "overwrite"]
 
 
@@ -243,6 +245,10 @@ class Lake:
     def read(self, name: str, version: int | None = None) -> DataFrame:
         """The table as a DataFrame: the latest snapshot, or ``version`` (time travel)."""
         path = self._require(name)
+        if self.engine == "deltars":
+            native = self._read_native(path, version)
+            if native is not None:
+                return native
         fmt = "deltars" if self.engine == "deltars" else "delta"
         reader = self.spark.read.format(fmt)
         if version is not None:
@@ -250,6 +256,35 @@ class Lake:
         if self.engine == "deltars":
             return reader.option("path", path).load()
         return reader.load(path)
+
+    def _read_native(self, path: str, version: int | None) -> DataFrame | None:
+        """Read a snapshot's files with Spark's own Parquet reader, or None when it cannot.
+
+        delta-rs gives the exact list of active files; handing it to Spark's built-in reader keeps
+        column pruning and predicate pushdown, which a Python data source does not get (a full
+        scan through the Python reader measured about 5.7x slower than Parquet, this path about
+        the same as Parquet). Partition columns come from the Hive-style directory names, so
+        this path is taken only when every partition value reads back unchanged from a path.
+        """
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        from loganomaly.deltars_source import snapshot_files, table_arrow_schema
+
+        schema = from_arrow_schema(table_arrow_schema(path, version))
+        files = snapshot_files(path, version)
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        for file_path, _, values in files:
+            rel = os.path.relpath(file_path, path).split(os.sep)[:-1]
+            expected = [f"{col}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for col, v in values.items()]
+            if rel != expected or any(v is not None and not _SAFE_VALUE.match(v) for v in values.values()):
+                return None
+        return (
+            self.spark.read.schema(schema)
+            .option("basePath", path)
+            .parquet(*[f for f, _, _ in files])
+            .select(*schema.names)
+        )
 
     def version(self, name: str) -> int | None:
         """Latest version number, or None when the table does not exist."""
