@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BUNDLE_FILES = ("model.json", "model.safetensors")
+TYPICAL_ERROR_FLOOR = 0.05
 RESULT_DDL = "score double, top_features array<string>, explanation string"
 
 # Worker-local cache: model version -> (bundle, model, device). Lives as long as the Python worker.
@@ -63,7 +64,9 @@ def explain(
     per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_k: int
 ) -> tuple[list[list[str]], list[str]]:
     """Name the features whose reconstruction error most exceeds their typical (validation) error."""
-    ratio = per_feature / np.maximum(typical, 1e-9)
+    # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
+    # error; the ratio would be astronomic and say nothing more than "unusual".
+    ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
     order = np.argsort(-ratio, axis=1)[:, :top_k]
     tops, texts = [], []
     for row, idx in zip(ratio, order, strict=True):

@@ -35,22 +35,40 @@ log = logging.getLogger(__name__)
 MIN_TRAIN_WINDOWS = 8
 
 
+#: The training period is cut into this many equal time blocks; validation takes an evenly spread
+#: subset of them, so it sees every time of day instead of only the period's last hours.
+VALIDATION_BLOCKS = 12
+
+
 @dataclass
 class Split:
-    """Chronological split of window start times (epoch seconds)."""
+    """Chronological split of window times (epoch seconds)."""
 
+    train_from: float
     train_until: float  # windows ending at or before this are the training period
-    validation_from: float  # training-period windows starting at or after this are validation
 
     def as_dict(self) -> dict[str, str]:
         def iso(t: float) -> str:
             return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat()
 
-        return {"train_until": iso(self.train_until), "validation_from": iso(self.validation_from)}
+        return {"train_from": iso(self.train_from), "train_until": iso(self.train_until)}
+
+    def validation_mask(self, starts: np.ndarray, fraction: float) -> np.ndarray:
+        """Windows of the training period that start in a validation block.
+
+        Blocks are contiguous stretches of time (not random windows), so overlapping windows
+        rarely straddle training and validation; spreading the blocks evenly makes the
+        threshold see the whole daily cycle.
+        """
+        span = max(self.train_until - self.train_from, 1.0)
+        block = np.clip(((starts - self.train_from) / span * VALIDATION_BLOCKS).astype(int), 0, VALIDATION_BLOCKS - 1)
+        n_val = max(1, round(VALIDATION_BLOCKS * fraction))
+        chosen = np.unique(np.round(np.linspace(VALIDATION_BLOCKS - 1, 0, n_val, endpoint=False)).astype(int))
+        return np.isin(block, chosen)
 
 
 def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Split:
-    """Where the training period ends and where its validation tail starts."""
+    """Where the training period ends: ``train.train_until`` or a fraction of the time range."""
     if cfg.train.train_until:
         until = dt.datetime.fromisoformat(cfg.train.train_until)
         if until.tzinfo is None:
@@ -64,9 +82,7 @@ def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Sp
         raise StageInputError(
             f"no windows end before the training cut {dt.datetime.fromtimestamp(cut, dt.timezone.utc)}"
         )
-    lo = float(in_train.min())
-    val_from = cut - (cut - lo) * cfg.train.validation_fraction
-    return Split(cut, val_from)
+    return Split(float(in_train.min()), cut)
 
 
 def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -121,7 +137,7 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     starts, ends, x, version = load_windows(lake)
     split = chronological_split(starts, ends, cfg)
     in_period = ends <= split.train_until
-    val_mask = in_period & (starts >= split.validation_from)
+    val_mask = in_period & split.validation_mask(starts, cfg.train.validation_fraction)
     train_mask = in_period & ~val_mask
     if train_mask.sum() < MIN_TRAIN_WINDOWS or val_mask.sum() < 2:
         raise StageInputError(
@@ -186,7 +202,7 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
         version="",
     )
     save_bundle(model_dir, bundle)
-    saved_version = _read_version(model_dir)
+    saved_version = bundle.version
     summary = TrainSummary(
         run_id=run_id,
         model_dir=str(model_dir),
@@ -200,9 +216,3 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     )
     log.info("train %s: model %s threshold %.4f saved to %s", run_id, saved_version, threshold, model_dir)
     return summary
-
-
-def _read_version(model_dir: str | Path) -> str:
-    from loganomaly.bundle import load_bundle
-
-    return load_bundle(model_dir).version
