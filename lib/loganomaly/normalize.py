@@ -1,0 +1,85 @@
+"""Per-feature standardisation fitted on training windows only, stored with the model.
+
+Features differ by orders of magnitude (connection counts vs. distinct ports vs. log bytes); without
+scaling, the reconstruction error would be dominated by the largest feature. Statistics come from
+the training windows only, so validation and scoring data never leak into the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loganomaly.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+#: Floor of the standard deviation: a feature constant in training (e.g. zero errors all day) must
+#: not turn its first non-zero value into an error of 1e12. With the floor, a jump of 1 unit in a
+#: previously constant feature reads as 100 standard deviations: loud, but finite.
+STD_FLOOR = 1e-2
+
+
+@dataclass
+class Normaliser:
+    """Per-feature mean and standard deviation; ``transform`` maps windows to z-scores.
+
+    Attributes:
+        mean: per-feature mean, length F.
+        std: per-feature standard deviation (floored at :data:`STD_FLOOR`), length F.
+    """
+
+    mean: list[float]
+    std: list[float]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ModelError(f"normaliser needs equal, non-empty mean and std, got {len(self.mean)} and {len(self.std)}")
+        if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or min(self.std) <= 0:
+            raise ModelError("normaliser mean must be finite and std finite and > 0")
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> Normaliser:
+        """Mean and std per feature over windows and steps of ``x[N, T, F]``.
+
+        Raises:
+            ModelError: ``x`` is not a non-empty 3-d array, or holds NaN or infinity (which would
+                poison every statistic silently).
+        """
+        if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+            raise ModelError(f"cannot fit a normaliser on an array of shape {x.shape}; expected [N, T, F]")
+        flat = x.reshape(-1, x.shape[2]).astype(np.float64)
+        if not np.isfinite(flat).all():
+            raise ModelError("cannot fit a normaliser: the windows contain NaN or infinite values")
+        std = flat.std(axis=0)
+        floored = int((std < STD_FLOOR).sum())
+        if floored:
+            log.info("normaliser: %d of %d features (near) constant in training; std floored at %g",
+                     floored, len(std), STD_FLOOR)
+        return cls(flat.mean(axis=0).tolist(), np.maximum(std, STD_FLOOR).tolist())
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Standardise ``x[..., F]`` feature-wise; float32, ready for the model."""
+        if x.shape[-1] != len(self.mean):
+            raise ModelError(f"windows have {x.shape[-1]} features, the normaliser {len(self.mean)}")
+        mean = np.asarray(self.mean, dtype=np.float64)
+        std = np.asarray(self.std, dtype=np.float64)
+        return ((x - mean) / std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normaliser:
+        """Rebuild from :meth:`to_dict`; ModelError on missing or malformed values."""
+        try:
+            unknown = sorted(set(data) - {"mean", "std"})
+            if unknown:
+                raise ModelError(f"unknown normaliser keys {unknown}; valid keys: mean, std")
+            return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"invalid normaliser: {exc!r}") from None

@@ -1,0 +1,449 @@
+"""One rank-aware training loop for the autoencoder.
+
+Rank and world size come from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), as
+TorchDistributor and torchrun set them, so the same function runs alone or as one of several
+DDP processes. Each rank seeds from the base seed plus its rank, sees its own shard, and runs the
+same number of batches per epoch (DDP hangs on uneven inputs). Rank 0 alone logs and writes
+checkpoints; a checkpoint carries the model config and train config beside the weights, so a run
+can resume, or a model be served, from it alone.
+
+Checkpoint files in ``checkpoint_dir`` (rank 0 rewrites them after every epoch):
+
+* ``checkpoint.safetensors``: weights after the last finished epoch;
+* ``best.safetensors``: weights of the best validation epoch (what a server should load);
+* ``optimizer.pt``: Adam state, so a resumed run takes the same steps an uninterrupted one would;
+* ``checkpoint.json``: epoch, best epoch and loss, history, model config, train config. Written
+  last, it is the commit record: every other file carries its epoch and must agree with it.
+
+Nothing is ever unpickled: weights are safetensors, the optimizer state is read with
+``torch.load(weights_only=True)``, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loganomaly.config import TrainConfig
+from loganomaly.errors import ModelError
+from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
+CHECKPOINT_BEST = "best.safetensors"
+CHECKPOINT_OPTIMIZER = "optimizer.pt"
+CHECKPOINT_META = "checkpoint.json"
+CHECKPOINT_FORMAT = 1
+
+#: Smallest drop of the validation loss that counts as an improvement (float noise is not one).
+MIN_IMPROVEMENT = 1e-7
+
+
+@dataclass
+class TrainResult:
+    """What training produced.
+
+    Attributes:
+        state_dict: CPU weights of the best validation epoch.
+        history: one record per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``seconds`` and
+            ``batches`` (this rank's optimiser steps; equal on every rank).
+        best_epoch: epoch (0-based) of ``state_dict``.
+        best_val_loss: its validation loss (mean squared error, averaged over all ranks' windows).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+
+
+def rank_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the environment; a single process is (0, 1, 0)."""
+    try:
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    except ValueError as exc:
+        raise ModelError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {exc}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ModelError(f"invalid RANK={rank} for WORLD_SIZE={world}")
+    return rank, world, local_rank
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) from one integer."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def shard_indices(n: int, rank: int, world: int, epoch_seed: int) -> np.ndarray:
+    """This rank's row indices for one epoch: a seeded shuffle shared by all ranks, dealt round-robin.
+
+    All ranks must use the same ``epoch_seed`` so the shards partition the data. Every rank gets
+    ``ceil(n / world)`` rows (the shuffle is extended by repeating its first rows), so every rank
+    runs the same number of batches: DDP blocks forever when one rank has a batch the others lack.
+    """
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng(epoch_seed).permutation(n)
+    per_rank = math.ceil(n / world)
+    padded = np.resize(order, per_rank * world)
+    return padded[rank::world]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A seed for one epoch that does not collide across (seed, epoch) pairs."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    inner = getattr(model, "module", model)
+    assert isinstance(inner, nn.Module)
+    return inner
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+def _val_sums(model: nn.Module, x: torch.Tensor, batch_size: int, autocast: bool) -> tuple[float, int]:
+    """Sum of per-window MSE and window count, so ranks with unequal shards average exactly."""
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        for i in range(0, len(x), batch_size):
+            batch = x[i : i + batch_size]
+            total += ((model(batch).float() - batch) ** 2).mean(dim=(1, 2)).sum(dtype=torch.float64)
+    return float(total), len(x)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temp file in the same directory and rename it into place."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(
+    directory: Path,
+    state: dict[str, torch.Tensor],
+    best_state: dict[str, torch.Tensor],
+    optimiser_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> None:
+    """Write one epoch's checkpoint; ``checkpoint.json`` goes last, as the commit record."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = {"epoch": str(meta["epoch"])}
+    _atomic_write(directory / CHECKPOINT_WEIGHTS, lambda p: save_file(state, str(p), metadata=tag))
+    _atomic_write(directory / CHECKPOINT_BEST, lambda p: save_file(best_state, str(p), metadata=tag))
+    _atomic_write(
+        directory / CHECKPOINT_OPTIMIZER,
+        lambda p: torch.save({"epoch": int(meta["epoch"]), "optimizer": optimiser_state}, p),
+    )
+    _atomic_write(directory / CHECKPOINT_META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+
+
+def _read_tagged_weights(path: Path, epoch: int) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tagged = (f.metadata() or {}).get("epoch")
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types on a corrupt file
+        raise ModelError(f"checkpoint file {path} cannot be read: {exc}") from None
+    if tagged != str(epoch):
+        raise ModelError(
+            f"checkpoint file {path} is from epoch {tagged}, checkpoint.json from epoch {epoch} "
+            "(a crash during a save?); delete the checkpoint directory or resume from a copy"
+        )
+    return state
+
+
+def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint`: (last weights, best weights, meta).
+
+    ``meta["optimizer"]`` holds the optimiser state (read with ``weights_only=True``).
+
+    Raises:
+        ModelError: files are missing, unreadable, or from different epochs.
+    """
+    meta_path = directory / CHECKPOINT_META
+    names = (CHECKPOINT_META, CHECKPOINT_WEIGHTS, CHECKPOINT_BEST, CHECKPOINT_OPTIMIZER)
+    missing = [name for name in names if not (directory / name).is_file()]
+    if missing:
+        raise ModelError(f"incomplete checkpoint in {directory}: missing {', '.join(missing)}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        epoch = int(meta["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{meta_path} is not a valid checkpoint record: {exc!r}") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{meta_path}: unsupported checkpoint format {meta.get('format')!r}")
+    state = _read_tagged_weights(directory / CHECKPOINT_WEIGHTS, epoch)
+    best = _read_tagged_weights(directory / CHECKPOINT_BEST, epoch)
+    try:
+        optim = torch.load(directory / CHECKPOINT_OPTIMIZER, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses anything but tensors and plain containers
+        raise ModelError(f"{directory / CHECKPOINT_OPTIMIZER} cannot be read safely: {exc}") from None
+    if not isinstance(optim, dict) or optim.get("epoch") != epoch:
+        raise ModelError(f"{directory / CHECKPOINT_OPTIMIZER} does not belong to epoch {epoch} of {meta_path}")
+    meta["optimizer"] = optim["optimizer"]
+    return state, best, meta
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{origin} does not fit the model config: {exc}") from None
+
+
+def _check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None:
+    """Fail fast instead of hanging when ranks disagree (e.g. one rank cannot see the checkpoint)."""
+    t = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    if int(t[0]) != value or int(-t[1]) != value:
+        raise ModelError(f"ranks disagree on {what} (this rank: {value}); is checkpoint_dir shared by all ranks?")
+
+
+def train_autoencoder(
+    train_x: np.ndarray,
+    val_x: np.ndarray,
+    model_cfg: LSTMAutoencoderConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train with Adam and early stopping on validation loss; return the best weights.
+
+    Runs as one DDP process when ``WORLD_SIZE > 1`` and ``torch.distributed`` is initialised by
+    the caller (every rank passes the same full arrays and takes its own shard); otherwise as a
+    single process. Batches are shuffled with a generator seeded from ``cfg.seed`` and the epoch,
+    and torch is reseeded from ``cfg.seed + rank`` and the epoch, so a resumed run repeats exactly
+    what the uninterrupted run would have done.
+
+    Args:
+        train_x: normalised training windows ``[N, T, F]``.
+        val_x: normalised validation windows (each rank evaluates its share; the loss is the mean
+            over all windows).
+        model_cfg: model size.
+        cfg: optimiser, epochs, patience (``<= 0`` disables early stopping), seed, device, bf16.
+        checkpoint_dir: where rank 0 writes a checkpoint after every epoch.
+        resume: continue from the checkpoint in ``checkpoint_dir`` at its next epoch (with its
+            history, best weights and optimiser state). Without a checkpoint there, training starts
+            fresh (logged), so a restarted job needs no special case.
+        init_state: start from these weights (continue training an existing model on new data).
+
+    Raises:
+        ModelError: empty or mis-shaped data, weights that do not fit ``model_cfg``, a checkpoint
+            of another model, or ``resume`` without ``checkpoint_dir``.
+    """
+    rank, world, local_rank = rank_info()
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = world > 1 and initialised
+    if distributed:
+        # The process group is the authority once it exists; the environment only seeded it.
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    elif world > 1:
+        if rank == 0:
+            log.warning("WORLD_SIZE=%d but torch.distributed is not initialised; training alone", world)
+        world = 1
+    _check_data(train_x, val_x, model_cfg)
+    if resume and checkpoint_dir is None:
+        raise ModelError("resume=True needs a checkpoint_dir to resume from")
+
+    seed_everything(cfg.seed + rank)
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    autocast = cfg.bf16 and device.type == "cuda"
+    if cfg.bf16 and not autocast and rank == 0:
+        # CPU bf16 autocast of an LSTM fails in oneDNN on CPUs without bf16 instructions.
+        log.warning("bf16 autocast is for CUDA only; training in float32 on %s", device)
+
+    model: nn.Module = LSTMAutoencoder(model_cfg).to(device)
+    if init_state is not None:
+        _load_weights(model, init_state, "init_state")
+    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    start_epoch, best_val, best_epoch = 0, math.inf, -1
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume and checkpoint_dir is not None:
+        if (checkpoint_dir / CHECKPOINT_META).is_file():
+            state, best_state, meta = load_checkpoint(checkpoint_dir)
+            if meta.get("model") != model_cfg.to_dict():
+                raise ModelError(
+                    f"checkpoint in {checkpoint_dir} is of model {meta.get('model')}, not {model_cfg.to_dict()}"
+                )
+            _load_weights(model, state, f"checkpoint in {checkpoint_dir}")
+            try:
+                optimiser.load_state_dict(meta["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise ModelError(f"optimiser state in {checkpoint_dir} does not fit: {exc}") from None
+            # The saved learning rate would silently win over a changed config otherwise.
+            for group in optimiser.param_groups:
+                group["lr"], group["weight_decay"] = cfg.learning_rate, cfg.weight_decay
+            start_epoch = int(meta["epoch"]) + 1
+            best_val, best_epoch, history = float(meta["best_val_loss"]), int(meta["best_epoch"]), meta["history"]
+            if rank == 0:
+                log.info("resuming from %s at epoch %d (best epoch %d, val_loss %.5f)",
+                         checkpoint_dir, start_epoch, best_epoch, best_val)
+        elif rank == 0:
+            log.warning("resume requested but %s holds no checkpoint; starting from epoch 0", checkpoint_dir)
+    if distributed:
+        _check_same_on_all_ranks(start_epoch, "the epoch to start from", device)
+        # DDP broadcasts rank 0's weights here, so ranks start identical despite per-rank seeds.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_t = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)).to(device)
+    # Validation needs no equal shards: it runs on the unwrapped module, outside DDP's collectives.
+    val_t = torch.from_numpy(np.ascontiguousarray(val_x[rank::world], dtype=np.float32)).to(device)
+    stale = 0 if best_epoch < 0 else start_epoch - 1 - best_epoch
+    if 0 < cfg.patience <= stale and start_epoch < cfg.epochs:
+        if rank == 0:
+            log.info("checkpoint had already stopped early (no improvement for %d epochs)", stale)
+        start_epoch = cfg.epochs
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        # Per-epoch reseed: dropout masks depend on (seed, rank, epoch) only, so resuming is exact.
+        torch.manual_seed(_epoch_seed(cfg.seed + rank, epoch))
+        model.train()
+        idx = torch.from_numpy(shard_indices(len(train_x), rank, world, _epoch_seed(cfg.seed, epoch))).to(device)
+        # Accumulate on the device: a float() per batch would synchronise a GPU every step.
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        batches = 0
+        for start in range(0, len(idx), cfg.batch_size):
+            batch = train_t[idx[start : start + cfg.batch_size]]
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                recon = model(batch)
+            loss = ((recon.float() - batch) ** 2).mean()
+            loss.backward()
+            optimiser.step()
+            total += loss.detach().double() * len(batch)
+            batches += 1
+        train_loss = float(total) / max(len(idx), 1)
+        val_sum, val_count = _val_sums(_unwrap(model), val_t, cfg.batch_size * 4, autocast)
+        if distributed:
+            # Every rank saw the same number of training rows, so the mean of means is the mean.
+            sums = torch.tensor([train_loss, val_sum, val_count], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(sums)
+            train_loss, val_loss = float(sums[0]) / world, float(sums[1]) / max(float(sums[2]), 1.0)
+        else:
+            val_loss = val_sum / max(val_count, 1)
+        if not math.isfinite(val_loss):
+            raise ModelError(f"validation loss is {val_loss} at epoch {epoch}; lower train.learning_rate")
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "seconds": time.perf_counter() - started,
+            "batches": batches,
+        }
+        history.append(record)
+        improved = val_loss < best_val - MIN_IMPROVEMENT
+        if improved:
+            best_val, best_epoch, stale = val_loss, epoch, 0
+            best_state = _cpu_state(model)
+        else:
+            stale += 1
+        if rank == 0:
+            log.info("epoch %d train_loss %.5f val_loss %.5f (%.1fs, %d batches)%s", epoch, train_loss,
+                     val_loss, record["seconds"], batches, " best" if improved else "")
+            _log_mlflow(record)
+            if checkpoint_dir is not None:
+                assert best_state is not None  # epoch 0 always improves on inf
+                meta = {
+                    "format": CHECKPOINT_FORMAT,
+                    "epoch": epoch,
+                    "best_epoch": best_epoch,
+                    "best_val_loss": best_val,
+                    "history": history,
+                    "model": model_cfg.to_dict(),
+                    "train": asdict(cfg),
+                    "world_size": world,
+                }
+                save_checkpoint(checkpoint_dir, _cpu_state(model), best_state, optimiser.state_dict(), meta)
+        if 0 < cfg.patience <= stale:
+            if rank == 0:
+                log.info("early stop at epoch %d: no improvement for %d epochs (best epoch %d, val_loss %.5f)",
+                         epoch, stale, best_epoch, best_val)
+            break
+    if best_state is None:
+        # No epoch ran (e.g. cfg.epochs already reached and no checkpoint): the weights as they are.
+        best_state = _cpu_state(model)
+    return TrainResult(best_state, history, best_epoch, best_val)
+
+
+def _check_data(train_x: np.ndarray, val_x: np.ndarray, model_cfg: LSTMAutoencoderConfig) -> None:
+    for name, x in (("training", train_x), ("validation", val_x)):
+        if x.ndim != 3 or x.shape[2] != model_cfg.n_features:
+            raise ModelError(f"{name} windows have shape {x.shape}; expected [N, T, {model_cfg.n_features}]")
+        if len(x) == 0:
+            raise ModelError(f"no {name} windows to train on")
+
+
+def _log_mlflow(record: dict[str, float]) -> None:
+    """Per-epoch metrics to MLflow when it is installed and a run is active; never fails training."""
+    try:
+        import mlflow  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    try:
+        if mlflow.active_run() is not None:
+            metrics = {k: float(v) for k, v in record.items() if k != "epoch"}
+            mlflow.log_metrics(metrics, step=int(record["epoch"]))
+    except Exception as exc:  # a tracking server outage must not kill a training run
+        log.warning("mlflow logging failed: %s", exc)
+
+
+#: Robust floor of the threshold: median + this many robust standard deviations (1.4826 * MAD).
+THRESHOLD_MAD_FLOOR = 3.0
+
+
+def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
+    """Threshold = the ``quantile`` of normal validation scores, floored by a robust spread.
+
+    A high quantile of normal scores bounds the false-alarm rate on data like the validation
+    period at about ``1 - quantile``. With few validation windows that quantile is just one of the
+    largest scores and can sit inside the bulk of normal scores, so the threshold is never below
+    ``median + 3 * 1.4826 * MAD`` (three robust standard deviations above the typical score). On
+    a reasonably sized validation set the quantile is the larger of the two and the floor is inert.
+
+    Raises:
+        ModelError: no scores, non-finite scores, or a quantile outside (0, 1).
+    """
+    scores = np.asarray(val_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ModelError("no validation scores to calibrate a threshold")
+    if not np.isfinite(scores).all():
+        raise ModelError("validation scores contain NaN or infinity; the model did not train properly")
+    if not 0.0 < quantile < 1.0:
+        raise ModelError(f"threshold quantile must be in (0, 1), got {quantile}")
+    median = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - median)))
+    return max(float(np.quantile(scores, quantile)), median + THRESHOLD_MAD_FLOOR * 1.4826 * mad)
