@@ -98,7 +98,7 @@ def _content_version(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> st
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a unique temp file in the same directory, then rename it into place."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

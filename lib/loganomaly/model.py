@@ -166,3 +166,27 @@ def window_errors(
     if not scores:
         return np.zeros(0, dtype=np.float64), np.zeros((0, x.shape[2]), dtype=np.float64)
     return np.concatenate(scores).astype(np.float64), np.concatenate(per_feature).astype(np.float64)
+
+
+def window_step_errors(
+    model: nn.Module, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None
+) -> np.ndarray:
+    """Squared reconstruction error per window, step and feature ``[N, T, F]`` (float64).
+
+    The full error tensor is what explanations need (which feature, at which step); the window
+    score is its mean, identical to :func:`window_errors`.
+    """
+    if x.ndim != 3:
+        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
+    if batch_size < 1:
+        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+    device = device or next(model.parameters()).device
+    out: list[np.ndarray] = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
+            out.append(((model(batch).float() - batch) ** 2).cpu().numpy())
+    if not out:
+        return np.zeros((0, *x.shape[1:]), dtype=np.float64)
+    return np.concatenate(out).astype(np.float64)

@@ -61,17 +61,45 @@ def _load_cached(version: str, files: dict[str, bytes]) -> tuple[ModelBundle, An
 
 
 def explain(
-    per_feature: np.ndarray, typical: np.ndarray, names: list[str], top_k: int
+    x: np.ndarray,
+    per_step_error: np.ndarray,
+    typical: np.ndarray,
+    mean: np.ndarray,
+    names: list[str],
+    top_k: int,
+    log1p: bool = True,
 ) -> tuple[list[list[str]], list[str]]:
-    """Name the features whose reconstruction error most exceeds their typical (validation) error."""
+    """Name the features whose error most exceeds their typical (validation) error, in user units.
+
+    Ranking is by ``error / typical error``; the text shows what a person can check against the
+    raw lines: the feature's value at the step where it was worst next to its training mean, both
+    undone from log1p (``failed_connections=240 at 08:35 step (normal ~0.2)``).
+
+    Args:
+        x: raw windows ``[N, T, F]`` (as stored in ``sequences``).
+        per_step_error: squared reconstruction error ``[N, T, F]``.
+        typical: per-feature mean error on validation windows ``[F]``.
+        mean: per-feature training mean (raw units of ``x``) ``[F]``.
+        names: feature names.
+        top_k: features named per window.
+        log1p: whether features are stored as log1p (then values are shown as expm1).
+    """
+    per_feature = per_step_error.mean(axis=1)
     # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
     # error; the ratio would be astronomic and say nothing more than "unusual".
     ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
     order = np.argsort(-ratio, axis=1)[:, :top_k]
+    worst_step = per_step_error.argmax(axis=1)  # [N, F]
+    undo = np.expm1 if log1p else (lambda v: v)
     tops, texts = [], []
-    for row, idx in zip(ratio, order, strict=True):
-        tops.append([names[i] for i in idx])
-        texts.append(", ".join(f"{names[i]} x{row[i]:.1f}" for i in idx))
+    for i, idx in enumerate(order):
+        tops.append([names[f] for f in idx])
+        parts = []
+        for f in idx:
+            observed = float(undo(x[i, worst_step[i, f], f]))
+            normal = float(undo(mean[f]))
+            parts.append(f"{names[f]}={observed:.3g} at step {int(worst_step[i, f]) + 1} (normal ~{normal:.3g})")
+        texts.append("; ".join(parts))
     return tops, texts
 
 
@@ -79,11 +107,15 @@ def score_arrays(
     bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int
 ) -> pd.DataFrame:
     """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body)."""
-    from loganomaly.model import window_errors
+    from loganomaly.model import window_step_errors
 
-    scores, per_feature = window_errors(model, bundle.normaliser.transform(x), device=device)
+    normalised = bundle.normaliser.transform(x)
+    per_step = window_step_errors(model, normalised, device=device)
+    scores = per_step.mean(axis=(1, 2))
     typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-    tops, texts = explain(per_feature, typical, bundle.feature_names, top_k)
+    mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
+    log1p = bundle.features.get("transform", "log1p") == "log1p"
+    tops, texts = explain(x, per_step, typical, mean, bundle.feature_names, top_k, log1p)
     return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
 
 

@@ -37,7 +37,7 @@ MIN_TRAIN_WINDOWS = 8
 
 #: The training period is cut into this many equal time blocks; validation takes an evenly spread
 #: subset of them, so it sees every time of day instead of only the period's last hours.
-VALIDATION_BLOCKS = 12
+VALIDATION_BLOCKS = 24
 
 
 @dataclass
@@ -181,6 +181,8 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
             "step_seconds": cfg.features.step_seconds,
             "window_steps": cfg.features.window_steps,
             "stride_steps": cfg.features.stride_steps,
+            # featurize stores counts and sums as log1p; explanations undo it for display.
+            "transform": "log1p",
         },
         metrics={
             "best_val_loss": result.best_val_loss,
