@@ -78,4 +78,31 @@ def test_missing_profile_and_conf_dir_are_errors(tmp_path: Path) -> None:
 
 def test_valid_keys_cover_every_section() -> None:
     sections = {k.split(".")[0] for k in valid_keys()}
-    assert sections == {"spark", "lake", "generate", "ingest", "features", "model", "train", "score"}
+    assert sections == {"spark", "lake", "generate", "ingest", "templates", "features", "model", "train", "score"}
+
+
+def test_sources_and_templates_sections(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    (conf / "profiles").mkdir(parents=True)
+    (conf / "default.yaml").write_text("lake: {root: x}\n")
+    (conf / "profiles" / "apps.yaml").write_text(
+        "ingest:\n"
+        "  sources:\n"
+        "    - name: hdfs\n"
+        "      paths: ['*/hdfs/*.log']\n"
+        "      options: {format: loghub, pattern: HDFS, year: 2008}\n"
+        "templates:\n"
+        "  preset: HDFS\n"
+        "  options: {sim_th: 0.5}\n"
+    )
+    cfg = load_config(profile="apps", conf_dir=conf)
+    (src,) = cfg.ingest.sources
+    assert src.name == "hdfs" and src.paths == ["*/hdfs/*.log"]
+    assert src.options == {"format": "loghub", "pattern": "HDFS", "year": 2008}
+    assert cfg.templates.preset == "HDFS" and cfg.templates.options == {"sim_th": 0.5}
+    (conf / "profiles" / "bad.yaml").write_text("ingest:\n  sources:\n    - {name: a, paths: [x], fromat: json}\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['fromat'\\]; valid keys: name, paths, options"):
+        load_config(profile="bad", conf_dir=conf)
+    (conf / "profiles" / "noname.yaml").write_text("ingest:\n  sources:\n    - {paths: [x]}\n")
+    with pytest.raises(ConfigError, match="needs a name"):
+        load_config(profile="noname", conf_dir=conf)

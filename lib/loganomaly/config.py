@@ -73,6 +73,21 @@ class GenerateConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One named log source: which input files it covers and how to parse them.
+
+    ``paths`` are shell-style globs matched against each input file's absolute path (``*`` crosses
+    directories); the first source whose globs match a file parses it. ``options`` are the fields
+    of :class:`loganomaly.parsing.FormatOptions` (``format``, ``pattern``, ``columns``,
+    ``timezone``, ...), validated when ingest starts; a file no source covers is detected.
+    """
+
+    name: str = ""
+    paths: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class IngestConfig:
     """Parsing of raw log files into ``events`` and ``quarantine``."""
 
@@ -80,6 +95,23 @@ class IngestConfig:
     max_raw_chars: int = 2048
     # Files read per Spark task; more files per task means fewer, larger tasks.
     files_per_task: int = 1
+    sources: list[SourceConfig] = field(default_factory=list)
+
+
+@dataclass
+class TemplatesConfig:
+    """Drain template mining over event messages (see :mod:`loganomaly.templates`)."""
+
+    enabled: bool = True
+    # Named preset of loganomaly.templates.PRESETS ("" = the general default).
+    preset: str = ""
+    # Overrides of TemplateConfig fields (depth, sim_th, masking, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+    # The miner learns from messages before this ISO time; "" = from every message of the first
+    # ingest. Later messages are matched without learning.
+    train_until: str = ""
+    # Learn again (a new state version) on the next ingest instead of matching with the saved state.
+    refit: bool = False
 
 
 @dataclass
@@ -138,6 +170,7 @@ class Config:
     lake: LakeConfig = field(default_factory=LakeConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    templates: TemplatesConfig = field(default_factory=TemplatesConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -174,7 +207,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} expects a mapping, got {value!r}")
+        if typing.get_args(tp)[1] is Any:
+            # Free-form options: checked by the component that consumes them.
+            return {str(k): v for k, v in value.items()}
         return {str(k): str(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} expects a mapping, got {value!r}")
+        names = [f.name for f in dataclasses.fields(tp)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}: unknown keys {unknown}; valid keys: {', '.join(names)}")
+        hints = typing.get_type_hints(tp)
+        return tp(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} expects a list, got {value!r}")
@@ -324,6 +369,14 @@ def validate(cfg: Config) -> None:
         (cfg.train.num_processes >= 1, "train.num_processes must be >= 1"),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
+        (
+            all(src.name and src.paths for src in cfg.ingest.sources),
+            "every ingest.sources entry needs a name and at least one path glob",
+        ),
+        (
+            len({src.name for src in cfg.ingest.sources}) == len(cfg.ingest.sources),
+            "ingest.sources names must be unique",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -198,6 +198,84 @@ def _get(options: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+class PartitionedFileWriter:
+    """Streams Arrow batches into Parquet files of one task, one open file per partition value.
+
+    Files are named ``part-<write id>-<task id>-NNNNN.snappy.parquet`` so the driver can find and
+    delete the files of a failed write, even of tasks that died before reporting them. Nothing
+    is visible in the table until the driver commits the returned :class:`WrittenFile` list.
+    """
+
+    def __init__(self, root: str, arrow_schema: pa.Schema, partition_by: list[str], write_id: str) -> None:
+        self.root = root
+        self.arrow_schema = arrow_schema
+        self.partition_by = partition_by
+        self.data_schema = pa.schema([f for f in arrow_schema if f.name not in partition_by])
+        self.task_id = f"{write_id}-{uuid.uuid4().hex[:12]}"
+        self.writers: dict[tuple[str | None, ...], tuple[str, pq.ParquetWriter]] = {}
+        self.counts: dict[tuple[str | None, ...], int] = {}
+
+    def write_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        table = table.cast(self.arrow_schema)
+        for key, part in self._split(table):
+            if key not in self.writers:
+                rel_dir = "/".join(
+                    f"{col}={HIVE_NULL if v is None else v}" for col, v in zip(self.partition_by, key, strict=True)
+                )
+                name = f"part-{self.task_id}-{len(self.writers):05d}.snappy.parquet"
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                full = os.path.join(self.root, rel)
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                self.writers[key] = (rel, pq.ParquetWriter(full, self.data_schema, compression="snappy"))
+                self.counts[key] = 0
+            self.writers[key][1].write_table(part.select(self.data_schema.names))
+            self.counts[key] += part.num_rows
+
+    def close(self) -> list[WrittenFile]:
+        """Close every file and describe it for the Delta add action."""
+        files = []
+        for key, (rel, writer) in self.writers.items():
+            writer.close()
+            st = os.stat(os.path.join(self.root, rel))
+            files.append(
+                WrittenFile(
+                    path=rel,
+                    size=st.st_size,
+                    partition_values=dict(zip(self.partition_by, key, strict=True)),
+                    modification_time=int(st.st_mtime * 1000),
+                    num_records=self.counts[key],
+                )
+            )
+        self.writers.clear()
+        return files
+
+    def discard(self) -> None:
+        """Close and delete every file written so far (the task failed)."""
+        for rel, writer in self.writers.values():
+            try:
+                writer.close()
+            finally:
+                _remove_quietly(os.path.join(self.root, rel))
+        self.writers.clear()
+
+    def _split(self, table: pa.Table) -> Iterator[tuple[tuple[str | None, ...], pa.Table]]:
+        if not self.partition_by or table.num_rows == 0:
+            if table.num_rows:
+                yield (), table
+            return
+        keys = [[partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by]
+        combined = list(zip(*keys, strict=True))
+        if len(set(combined)) == 1:
+            yield combined[0], table
+            return
+        groups: dict[tuple[str | None, ...], list[int]] = {}
+        for i, key in enumerate(combined):
+            groups.setdefault(key, []).append(i)
+        for key, idx in groups.items():
+            yield key, table.take(pa.array(idx, pa.int64()))
+
+
 class DeltaRsWriter(DataSourceArrowWriter):
     """Writes Parquet per task; commits one Delta transaction on the driver."""
 
@@ -239,66 +317,20 @@ class DeltaRsWriter(DataSourceArrowWriter):
             return None
         return list(DeltaTable(self.path).metadata().partition_columns)
 
+    def file_writer(self) -> PartitionedFileWriter:
+        """A writer for one task's files of this write (also used directly by ingest)."""
+        return PartitionedFileWriter(self.path, self.arrow_schema, self.partition_by, self.write_id)
+
     # Runs on an executor, once per task.
     def write(self, iterator: Iterator[pa.RecordBatch]) -> DeltaRsCommitMessage:
-        data_schema = pa.schema([f for f in self.arrow_schema if f.name not in self.partition_by])
-        writers: dict[tuple[str | None, ...], tuple[str, pq.ParquetWriter]] = {}
-        counts: dict[tuple[str | None, ...], int] = {}
-        task_id = f"{self.write_id}-{uuid.uuid4().hex[:12]}"
+        writer = self.file_writer()
         try:
             for batch in iterator:
-                table = pa.Table.from_batches([batch]).cast(self.arrow_schema)
-                for key, part in self._split(table):
-                    if key not in writers:
-                        rel_dir = "/".join(
-                            f"{col}={HIVE_NULL if v is None else v}"
-                            for col, v in zip(self.partition_by, key, strict=True)
-                        )
-                        rel = (
-                            rel_dir + "/" if rel_dir else ""
-                        ) + f"part-{task_id}-{len(writers):05d}.snappy.parquet"
-                        full = os.path.join(self.path, rel)
-                        os.makedirs(os.path.dirname(full), exist_ok=True)
-                        writers[key] = (rel, pq.ParquetWriter(full, data_schema, compression="snappy"))
-                        counts[key] = 0
-                    writers[key][1].write_table(part.select(data_schema.names))
-                    counts[key] += part.num_rows
+                writer.write_batch(batch)
         except BaseException:
-            for rel, writer in writers.values():
-                writer.close()
-                _remove_quietly(os.path.join(self.path, rel))
+            writer.discard()
             raise
-        files = []
-        for key, (rel, writer) in writers.items():
-            writer.close()
-            full = os.path.join(self.path, rel)
-            st = os.stat(full)
-            files.append(
-                WrittenFile(
-                    path=rel,
-                    size=st.st_size,
-                    partition_values=dict(zip(self.partition_by, key, strict=True)),
-                    modification_time=int(st.st_mtime * 1000),
-                    num_records=counts[key],
-                )
-            )
-        return DeltaRsCommitMessage(files=files)
-
-    def _split(self, table: pa.Table) -> Iterator[tuple[tuple[str | None, ...], pa.Table]]:
-        if not self.partition_by or table.num_rows == 0:
-            if table.num_rows:
-                yield (), table
-            return
-        keys = [[partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by]
-        combined = list(zip(*keys, strict=True))
-        if len(set(combined)) == 1:
-            yield combined[0], table
-            return
-        groups: dict[tuple[str | None, ...], list[int]] = {}
-        for i, key in enumerate(combined):
-            groups.setdefault(key, []).append(i)
-        for key, idx in groups.items():
-            yield key, table.take(pa.array(idx, pa.int64()))
+        return DeltaRsCommitMessage(files=writer.close())
 
     # Runs on the driver after every task succeeded.
     def commit(self, messages: list[WriterCommitMessage | None]) -> None:

@@ -68,6 +68,17 @@ INGESTED_FILES_COLUMNS: dict[str, str] = {
     "ingested_at": "timestamp",
 }
 
+#: One row per template of every fitted template-miner state (see loganomaly.template_store).
+TEMPLATE_COLUMNS: dict[str, str] = {
+    "state_version": "string",
+    "template_id": "string",
+    "template": "string",
+    "size": "bigint",
+    "fitted_until": "string",
+    "run_id": "string",
+    "created_at": "timestamp",
+}
+
 SEQUENCE_COLUMNS: dict[str, str] = {
     "entity": "string",
     "window_start": "timestamp",
@@ -116,6 +127,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("events", EVENT_COLUMNS, ("date",)),
         TableSpec("quarantine", QUARANTINE_COLUMNS),
         TableSpec("ingested_files", INGESTED_FILES_COLUMNS),
+        TableSpec("templates", TEMPLATE_COLUMNS),
         TableSpec("sequences", SEQUENCE_COLUMNS, ("date",)),
         TableSpec("scores", SCORE_COLUMNS, ("date",)),
         TableSpec("anomalies", SCORE_COLUMNS, ("date",)),

@@ -1,0 +1,270 @@
+"""Ingest throughput per format, end to end (parse + templates + Delta write), against raw text reads.
+
+For each format it generates ``--lines`` lines split over ``--files`` files, then, in a fresh lake
+per format and master:
+
+1. ingests the first file (the miner's training window: parse, fit, match, write);
+2. times ``loganomaly ingest`` of the remaining files: the nightly path, with the saved state
+   matched inside the parsing tasks;
+3. times ``spark.read.text(files).count()`` of the same files in the same Spark session.
+
+Each master (``local[1]``, ``local[2]``) runs in its own process so each gets a fresh JVM. It prints
+lines/s per core for ingest and for the raw read, their ratio, and the speed-up from one core to
+two. Nothing is collected to the driver except counts and the template training messages
+(streamed, distinct).
+
+Usage:
+    .venv/bin/python bench/ingest.py [--lines 1000000] [--files 8] [--formats json,zeek,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+FORMATS = ("json", "zeek", "syslog", "access", "loghub", "csv")
+
+HOSTS = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(400)]
+T0 = 1709510400  # 2024-03-04T00:00:00Z
+
+
+def _json(rng: random.Random, i: int) -> str:
+    ts = T0 + i * 0.05
+    rec = {
+        "ts": round(ts, 6),
+        "uid": f"C{rng.getrandbits(48):012x}",
+        "id": {"orig_h": rng.choice(HOSTS), "orig_p": rng.randint(1024, 65535),
+               "resp_h": rng.choice(HOSTS), "resp_p": rng.choice([53, 80, 443, 22, 8080])},
+        "proto": rng.choice(["tcp", "udp"]),
+        "service": rng.choice(["dns", "http", "ssl", "-"]),
+        "duration": round(rng.expovariate(2.0), 6),
+        "orig_bytes": rng.randint(0, 5000),
+        "resp_bytes": rng.randint(0, 50000),
+        "conn_state": rng.choice(["SF", "SF", "SF", "S0", "REJ"]),
+        "orig_pkts": rng.randint(1, 40),
+        "resp_pkts": rng.randint(0, 60),
+    }
+    return json.dumps(rec)
+
+
+def _zeek_header() -> list[str]:
+    return [
+        "#separator \\x09",
+        "#set_separator\t,",
+        "#empty_field\t(empty)",
+        "#unset_field\t-",
+        "#path\tconn",
+        "#open\t2024-03-04-00-00-00",
+        "#fields\tts\tuid\tid.orig_h\tid.orig_p\tid.resp_h\tid.resp_p\tproto\tservice\tduration\t"
+        "orig_bytes\tresp_bytes\tconn_state\torig_pkts\tresp_pkts",
+        "#types\ttime\tstring\taddr\tport\taddr\tport\tenum\tstring\tinterval\tcount\tcount\tstring\tcount\tcount",
+    ]
+
+
+def _zeek(rng: random.Random, i: int) -> str:
+    return "\t".join(
+        str(v)
+        for v in (
+            f"{T0 + i * 0.05:.6f}", f"C{rng.getrandbits(48):012x}", rng.choice(HOSTS), rng.randint(1024, 65535),
+            rng.choice(HOSTS), rng.choice([53, 80, 443]), rng.choice(["tcp", "udp"]), rng.choice(["dns", "-"]),
+            f"{rng.expovariate(2.0):.6f}", rng.randint(0, 5000), rng.randint(0, 50000),
+            rng.choice(["SF", "S0", "REJ"]), rng.randint(1, 40), rng.randint(0, 60),
+        )
+    )
+
+
+_SYSLOG_MSGS = [
+    "Accepted publickey for user{u} from {ip} port {p} ssh2",
+    "Failed password for invalid user admin{u} from {ip} port {p} ssh2",
+    "session opened for user user{u} by (uid=0)",
+    "Connection closed by {ip} port {p} [preauth]",
+    "kernel: eth0: link up, 1000 Mbps, full duplex",
+    "CRON[{p}]: (root) CMD (run-parts /etc/cron.hourly)",
+]
+
+
+def _syslog(rng: random.Random, i: int) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(T0 + i // 20)) + f".{i % 20 * 50:03d}Z"
+    msg = rng.choice(_SYSLOG_MSGS).format(u=rng.randint(1, 50), ip=rng.choice(HOSTS), p=rng.randint(1024, 65535))
+    return f"<{rng.choice([38, 86, 30, 131])}>1 {ts} host-{rng.randint(1, 40):02d} sshd {rng.randint(100, 9999)} - - {msg}"
+
+
+def _access(rng: random.Random, i: int) -> str:
+    ts = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(T0 + i // 20))
+    path = rng.choice(["/", "/index.html", "/api/v1/items/{}", "/login", "/static/app.js"]).format(rng.randint(1, 999))
+    return (
+        f'{rng.choice(HOSTS)} - - [{ts}] "{rng.choice(["GET", "GET", "POST"])} {path} HTTP/1.1" '
+        f'{rng.choice([200, 200, 200, 304, 404, 500])} {rng.randint(100, 90000)} "-" "Mozilla/5.0 (X11; Linux x86_64)"'
+    )
+
+
+_HDFS_MSGS = [
+    "dfs.DataNode$DataXceiver: Receiving block blk_{b} src: /{ip}:{p} dest: /{ip2}:50010",
+    "dfs.DataNode$PacketResponder: PacketResponder {n} for block blk_{b} terminating",
+    "dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip}:50010 is added to blk_{b} size {s}",
+    "dfs.DataNode$PacketResponder: Received block blk_{b} of size {s} from /{ip}",
+    "dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/rand/_temporary/part-{n}. blk_{b}",
+]
+
+
+def _loghub(rng: random.Random, i: int) -> str:
+    secs = i // 20
+    stamp = time.strftime("%y%m%d %H%M%S", time.gmtime(T0 + secs))
+    msg = rng.choice(_HDFS_MSGS).format(
+        b=rng.randint(-(2**62), 2**62), ip=rng.choice(HOSTS), ip2=rng.choice(HOSTS), p=rng.randint(1024, 65535),
+        n=rng.randint(0, 2), s=rng.randint(1, 67108864),
+    )
+    return f"{stamp} {rng.randint(1, 300)} INFO {msg}"
+
+
+def _csv(rng: random.Random, i: int) -> str:
+    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + i))
+    return f"{ts},host-{i % 50:02d},{rng.uniform(0, 100):.3f},{rng.uniform(0, 1e6):.1f},{rng.randint(0, 500)}"
+
+
+GENERATORS: dict[str, tuple[str, Callable[[random.Random, int], str], Callable[[], list[str]]]] = {
+    "json": (".jsonl", _json, list),
+    "zeek": (".log", _zeek, _zeek_header),
+    "syslog": (".log", _syslog, list),
+    "access": (".log", _access, list),
+    "loghub": (".log", _loghub, list),
+    "csv": (".csv", _csv, lambda: ["timestamp,entity,cpu,bytes,connections"]),
+}
+
+#: Per-format ingest sources (what a profile would say), so no time goes to detection guesses.
+SOURCE_OPTIONS: dict[str, dict[str, object]] = {
+    "json": {"format": "json"},
+    "zeek": {"format": "zeek"},
+    "syslog": {"format": "syslog"},
+    "access": {"format": "access"},
+    "loghub": {"format": "loghub", "pattern": "HDFS"},
+    "csv": {"format": "csv"},
+}
+
+
+def generate(out: Path, fmt: str, lines: int, files: int) -> list[Path]:
+    suffix, line, header = GENERATORS[fmt]
+    rng = random.Random(7)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    per_file = lines // files
+    for f in range(files):
+        path = out / f"{fmt}-{f:02d}{suffix}"
+        with path.open("w") as fh:
+            head = header()
+            fh.write("".join(h + "\n" for h in head))
+            base = f * per_file
+            fh.write("".join(line(rng, base + i) + "\n" for i in range(per_file - len(head))))
+        paths.append(path)
+    return paths
+
+
+def count_lines(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        with p.open("rb") as fh:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""))
+    return total
+
+
+def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[str, float]]:
+    """One process, one Spark session: time ingest and raw reads for every format."""
+    from loganomaly import ingest
+    from loganomaly.config import Config, SourceConfig
+    from loganomaly.spark import get_spark
+    from loganomaly.tables import Lake
+
+    cfg = Config()
+    cfg.spark.master = master
+    cfg.spark.shuffle_partitions = 4
+    cfg.spark.log_level = "ERROR"
+    cfg.spark.driver_memory = "3g"
+    spark = get_spark(cfg.spark)
+    results: dict[str, dict[str, float]] = {}
+    for fmt in formats:
+        paths = sorted((data / fmt).iterdir())
+        cfg.ingest.sources = [SourceConfig(name=fmt, paths=[f"*/{fmt}/*"], options=SOURCE_OPTIONS[fmt])]
+        if fmt == "loghub":
+            cfg.templates.preset = "HDFS"
+        else:
+            cfg.templates.preset = ""
+        root = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{fmt}-"))
+        try:
+            lake = Lake(spark, root / "lake", engine="deltars")
+            ingest.run(spark, cfg, [str(paths[0])], lake=lake)  # fit the miner on the first file
+            rest = [str(p) for p in paths[1:]]
+            lines = count_lines(paths[1:])
+            start = time.perf_counter()
+            summary = ingest.run(spark, cfg, rest, lake=lake)
+            t_ingest = time.perf_counter() - start
+            if summary.events + summary.quarantined != lines:
+                raise SystemExit(f"{fmt}: {lines} lines but {summary.events} events + {summary.quarantined} quarantined")
+            start = time.perf_counter()
+            spark.read.text(rest).count()
+            t_raw = time.perf_counter() - start
+            results[fmt] = {"lines": lines, "ingest_s": t_ingest, "raw_s": t_raw,
+                            "events": summary.events, "quarantined": summary.quarantined}
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    spark.stop()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000, help="lines per format")
+    parser.add_argument("--files", type=int, default=8, help="files per format (the first trains the miner)")
+    parser.add_argument("--formats", default=",".join(FORMATS))
+    parser.add_argument("--masters", default="local[1],local[2]")
+    parser.add_argument("--data", help="reuse generated data in this folder")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    if args.worker:
+        print(json.dumps(run_master(args.worker, Path(args.data), formats)))
+        return
+
+    data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-ingest-data-"))
+    try:
+        for fmt in formats:
+            if not (data / fmt).is_dir():
+                generate(data / fmt, fmt, args.lines, args.files)
+        runs: dict[str, dict[str, dict[str, float]]] = {}
+        for master in args.masters.split(","):
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", master, "--data", str(data), "--formats", ",".join(formats)],
+                check=True, capture_output=True, text=True,
+            )
+            runs[master] = json.loads(out.stdout.strip().splitlines()[-1])
+        masters = list(runs)
+        print(f"lines per format: {args.lines:,} in {args.files} files (ingest timed on files 2..{args.files})")
+        print("| format | master | ingest lines/s/core | raw read lines/s/core | ingest / raw | quarantined |")
+        print("|---|---|---:|---:|---:|---:|")
+        for fmt in formats:
+            for master in masters:
+                r = runs[master][fmt]
+                cores = int(master.split("[")[1].rstrip("]")) if "[" in master else 1
+                ing = r["lines"] / r["ingest_s"] / cores
+                raw = r["lines"] / r["raw_s"] / cores
+                print(f"| {fmt} | {master} | {ing:,.0f} | {raw:,.0f} | {ing / raw:.2f} | {int(r['quarantined'])} |")
+        if len(masters) == 2:
+            print()
+            print(f"| format | speed-up {masters[0]} -> {masters[1]} (ingest wall time) |")
+            print("|---|---:|")
+            for fmt in formats:
+                print(f"| {fmt} | {runs[masters[0]][fmt]['ingest_s'] / runs[masters[1]][fmt]['ingest_s']:.2f}x |")
+    finally:
+        if not args.data:
+            shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
