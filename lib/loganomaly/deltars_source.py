@@ -264,6 +264,19 @@ class PartitionedFileWriter:
             if table.num_rows:
                 yield (), table
             return
+        if len(self.partition_by) == 1:
+            # The common case (a date): split with Arrow kernels, not a Python loop over rows.
+            import pyarrow.compute as pc
+
+            column = table.column(self.partition_by[0])
+            values = column.unique().to_pylist()
+            if len(values) == 1:
+                yield (partition_value_string(values[0]),), table
+                return
+            for value in values:
+                mask = pc.is_null(column) if value is None else pc.equal(column, pa.scalar(value, column.type))
+                yield (partition_value_string(value),), table.filter(mask)
+            return
         keys = [[partition_value_string(v) for v in table.column(c).to_pylist()] for c in self.partition_by]
         combined = list(zip(*keys, strict=True))
         if len(set(combined)) == 1:
