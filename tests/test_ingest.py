@@ -74,10 +74,12 @@ def write_corpus(root: Path) -> dict[str, int]:
     return lines
 
 
-def test_every_line_is_an_event_or_a_quarantine_row_and_reruns_add_nothing(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
+def test_every_line_is_an_event_or_a_quarantine_row_and_reruns_add_nothing(spark, lake, tmp_path, direct_write) -> None:  # type: ignore[no-untyped-def]
     raw = tmp_path / "raw"
     expected = write_corpus(raw)
     cfg = Config()
+    cfg.ingest.direct_write = direct_write
     cfg.ingest.sources = [
         SourceConfig(name="hdfs", paths=["*/hdfs.log*"], options={"format": "loghub", "pattern": "HDFS"})
     ]

@@ -95,6 +95,9 @@ class IngestConfig:
     max_raw_chars: int = 2048
     # Files read per Spark task; more files per task means fewer, larger tasks.
     files_per_task: int = 1
+    # With the deltars engine, parsing tasks write Parquet themselves (fast path); false sends
+    # rows through a DataFrame and Lake.write, the path engine delta always takes.
+    direct_write: bool = True
     sources: list[SourceConfig] = field(default_factory=list)
 
 

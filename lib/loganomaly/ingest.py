@@ -297,7 +297,7 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
         job.state = spark.sparkContext.broadcast(templates.to_json())
         job.state_version = templates.version
     try:
-        if lake.engine == "deltars":
+        if lake.engine == "deltars" and cfg.ingest.direct_write:
             per_file = _ingest_direct(spark, lake, files_df, job)
         else:
             per_file = _ingest_dataframe(lake, files_df, job)
