@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _lake(p)
     p.add_argument("--model-dir", required=True)
+    _backend(p)
 
     p = sub.add_parser("score", help="score windows into the scores and anomalies tables")
     _common(p)
@@ -85,7 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", nargs="*", default=[], help="log files or directories; none = generate data")
     p.add_argument("--generate-dir", help="where generated data goes (default: <lake>/../raw)")
     p.add_argument("--top", type=int, default=10, help="top anomalies to print at the end")
+    _backend(p)
     return parser
+
+
+def _backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=["local", "torch_distributor", "horovod"],
+        help="training backend (overrides train.backend)",
+    )
 
 
 def configure_logging(level: str) -> None:
@@ -104,6 +114,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"lake.root={args.lake}")
     if getattr(args, "seed", None) is not None:
         overrides.append(f"generate.seed={args.seed}")
+    if getattr(args, "backend", None):
+        overrides.append(f"train.backend={args.backend}")
     return load_config(profile=args.profile, overrides=overrides, conf_dir=args.conf_dir)
 
 

@@ -19,12 +19,22 @@ import numpy as np
 
 from loganomaly.bundle import ModelBundle, save_bundle
 from loganomaly.config import Config
+from loganomaly.distributed import train_backend
 from loganomaly.errors import StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
-from loganomaly.normalize import Normaliser
+from loganomaly.reader import (
+    VALIDATION_BLOCKS,
+    Selection,
+    ShardReader,
+    Snapshot,
+    plan_shards,
+    time_range,
+    validation_block_mask,
+    window_shape,
+)
 from loganomaly.tables import Lake
-from loganomaly.training import calibrate_threshold, train_autoencoder
+from loganomaly.training import calibrate_threshold
 from loganomaly.windows import FEATURE_NAMES
 
 if TYPE_CHECKING:
@@ -34,10 +44,8 @@ log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 8
 
-
-#: The training period is cut into this many equal time blocks; validation takes an evenly spread
-#: subset of them, so it sees every time of day instead of only the period's last hours.
-VALIDATION_BLOCKS = 24
+__all__ = ["VALIDATION_BLOCKS", "Split", "TrainSummary", "chronological_split", "load_windows", "run",
+           "snapshot_split"]
 
 
 @dataclass
@@ -54,17 +62,8 @@ class Split:
         return {"train_from": iso(self.train_from), "train_until": iso(self.train_until)}
 
     def validation_mask(self, starts: np.ndarray, fraction: float) -> np.ndarray:
-        """Windows of the training period that start in a validation block.
-
-        Blocks are contiguous stretches of time (not random windows), so overlapping windows
-        rarely straddle training and validation; spreading the blocks evenly makes the
-        threshold see the whole daily cycle.
-        """
-        span = max(self.train_until - self.train_from, 1.0)
-        block = np.clip(((starts - self.train_from) / span * VALIDATION_BLOCKS).astype(int), 0, VALIDATION_BLOCKS - 1)
-        n_val = max(1, round(VALIDATION_BLOCKS * fraction))
-        chosen = np.unique(np.round(np.linspace(VALIDATION_BLOCKS - 1, 0, n_val, endpoint=False)).astype(int))
-        return np.isin(block, chosen)
+        """Windows of the training period that start in a validation block (rule in :mod:`loganomaly.reader`)."""
+        return validation_block_mask(starts, self.train_from, self.train_until, fraction)
 
 
 def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Split:
@@ -86,7 +85,11 @@ def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Sp
 
 
 def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """All windows of a ``sequences`` snapshot as arrays (start, end, x[N,T,F]) plus its version."""
+    """All windows of a ``sequences`` snapshot as arrays (start, end, x[N,T,F]) plus its version.
+
+    For notebooks and small tables only: it collects the whole snapshot on the driver. Training
+    streams shards with :mod:`loganomaly.reader` instead.
+    """
     version = version if version is not None else lake.version("sequences")
     if version is None:
         raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
@@ -126,44 +129,83 @@ class TrainSummary:
         return self.__dict__.copy()
 
 
+def snapshot_split(snapshot: Snapshot, cfg: Config) -> Split:
+    """:func:`chronological_split` computed by streaming the snapshot's time columns, never collecting them."""
+    if cfg.train.train_until:
+        until = dt.datetime.fromisoformat(cfg.train.train_until)
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.timezone.utc)
+        cut = until.timestamp()
+    else:
+        whole = time_range(snapshot)
+        if whole is None:
+            raise StageInputError("sequences is empty")
+        lo, hi = whole
+        cut = lo + (hi - lo) * cfg.train.train_fraction
+    period = time_range(snapshot, until=cut)
+    if period is None:
+        raise StageInputError(
+            f"no windows end before the training cut {dt.datetime.fromtimestamp(cut, dt.timezone.utc)}"
+        )
+    return Split(period[0], cut)
+
+
 def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None = None) -> TrainSummary:
-    """Train on the training period of ``sequences`` and save the bundle under ``model_dir``."""
+    """Train on the training period of ``sequences`` and save the bundle under ``model_dir``.
+
+    The ``sequences`` version is pinned first; every rank of every backend (``train.backend``)
+    streams its shard of that version, so a featurize run that appends meanwhile changes nothing.
+    The driver only scans the two time columns (split and shard plan) and, after training, reads
+    the validation windows to calibrate the threshold.
+    """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("train")
-    if cfg.train.backend != "local":
+    version = lake.version("sequences")
+    if version is None:
+        raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
+    snapshot = Snapshot(lake.path("sequences"), version)
+    shape = window_shape(snapshot)
+    if shape is None:
+        raise StageInputError("sequences is empty")
+    if shape[1] != len(FEATURE_NAMES):
+        raise StageInputError(f"sequences has {shape[1]} features, this version computes {len(FEATURE_NAMES)}")
+    split = snapshot_split(snapshot, cfg)
+    fraction = cfg.train.validation_fraction
+    train_plan, val_plan = plan_shards(
+        snapshot,
+        [Selection(split.train_from, split.train_until, fraction, "train"),
+         Selection(split.train_from, split.train_until, fraction, "validation")],
+        seed=cfg.train.seed,
+    )
+    n_train, n_val = train_plan.total, val_plan.total
+    if n_train < MIN_TRAIN_WINDOWS or n_val < 2:
         raise StageInputError(
-            f"train.backend={cfg.train.backend!r} is not available in this build; use 'local'"
-        )
-    starts, ends, x, version = load_windows(lake)
-    split = chronological_split(starts, ends, cfg)
-    in_period = ends <= split.train_until
-    val_mask = in_period & split.validation_mask(starts, cfg.train.validation_fraction)
-    train_mask = in_period & ~val_mask
-    if train_mask.sum() < MIN_TRAIN_WINDOWS or val_mask.sum() < 2:
-        raise StageInputError(
-            f"too few windows to train: {int(train_mask.sum())} training, {int(val_mask.sum())} validation "
+            f"too few windows to train: {n_train} training, {n_val} validation "
             f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
         )
-    normaliser = Normaliser.fit(x[train_mask])
-    train_x, val_x = normaliser.transform(x[train_mask]), normaliser.transform(x[val_mask])
     model_cfg = LSTMAutoencoderConfig(
-        n_features=x.shape[2],
-        window_steps=x.shape[1],
+        n_features=shape[1],
+        window_steps=shape[0],
         hidden_size=cfg.model.hidden_size,
         num_layers=cfg.model.num_layers,
         dropout=cfg.model.dropout,
     )
     log.info(
-        "train %s: %d training and %d validation windows from sequences version %d (split %s)",
+        "train %s: %d training and %d validation windows from sequences version %d (split %s, backend %s)",
         run_id,
-        len(train_x),
-        len(val_x),
+        n_train,
+        n_val,
         version,
         split.as_dict(),
+        cfg.train.backend,
     )
-    result = train_autoencoder(
-        train_x, val_x, model_cfg, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints"
+    result = train_backend(
+        spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train,
+        checkpoint_dir=Path(model_dir) / "checkpoints",
     )
+    normaliser = result.normaliser
+    assert normaliser is not None  # train_on_snapshot always fits one
+    val_x = normaliser.transform(ShardReader(val_plan, 0, 1, equal=False).load().x)
 
     device = pick_device(cfg.train.device)
     model = LSTMAutoencoder(model_cfg)
@@ -196,8 +238,9 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
             "run_id": run_id,
             "sequences_version": version,
             "split": split.as_dict(),
-            "train_windows": int(len(train_x)),
-            "validation_windows": int(len(val_x)),
+            "train_windows": n_train,
+            "validation_windows": n_val,
+            "backend": cfg.train.backend,
             "history": result.history,
             "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
         },
@@ -210,8 +253,8 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
         model_dir=str(model_dir),
         model_version=saved_version,
         sequences_version=version,
-        train_windows=int(len(train_x)),
-        validation_windows=int(len(val_x)),
+        train_windows=n_train,
+        validation_windows=n_val,
         threshold=float(threshold),
         best_val_loss=float(result.best_val_loss),
         epochs=len(result.history),

@@ -21,6 +21,7 @@ Nothing is ever unpickled: weights are safetensors, the optimizer state is read 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -41,8 +42,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from loganomaly.config import TrainConfig
-from loganomaly.errors import ModelError
+from loganomaly.errors import ModelError, StageInputError
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device
+from loganomaly.normalize import STD_FLOOR, Normaliser
+from loganomaly.reader import ShardPlan, ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +216,113 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return state, best, meta
 
 
+class Collective:
+    """What the training loop needs from a process group; this base class is a single process.
+
+    The loop is written once against this interface so the local run, TorchDistributor (DDP) and
+    Horovod share every line of it; a backend only says how to reduce, gather, broadcast and
+    wrap the model and optimiser.
+    """
+
+    name = "single"
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def device(self, requested: str) -> torch.device:
+        """The device of this rank: ``cuda:<local rank>`` on a GPU node, else the CPU."""
+        device = pick_device(requested)
+        if device.type == "cuda" and self.distributed:
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks (a new tensor or ``t`` itself)."""
+        return t
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``[world, *t.shape]``: every rank's ``t``, in rank order."""
+        return t.unsqueeze(0)
+
+    def broadcast_bytes(self, data: bytes) -> bytes:
+        """Rank 0's ``data`` on every rank."""
+        return data
+
+    def wrap(self, model: nn.Module, optimiser: torch.optim.Optimizer, device: torch.device
+             ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Make ranks start identical and average gradients; called after any resume loading."""
+        return model, optimiser
+
+
+class TorchCollective(Collective):
+    """``torch.distributed`` (gloo on CPU, nccl on GPU) with DDP; the group must be initialised."""
+
+    name = "torch"
+
+    def __init__(self) -> None:
+        _, _, local_rank = rank_info()
+        super().__init__(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
+
+    def _device_of(self, t: torch.Tensor) -> torch.device:
+        # nccl reduces CUDA tensors only; gloo CPU ones.
+        return torch.device("cuda", self.local_rank) if torch.distributed.get_backend() == "nccl" \
+            else torch.device("cpu")
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        out = t.to(self._device_of(t)).clone()
+        torch.distributed.all_reduce(out)
+        return out.to(t.device)
+
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        out = t.to(self._device_of(t)).clone()
+        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+        return out.to(t.device)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        local = t.to(self._device_of(t)).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, local)
+        return torch.stack(parts).to(t.device)
+
+    def broadcast_bytes(self, data: bytes) -> bytes:
+        device = self._device_of(torch.empty(0))
+        size = torch.tensor([len(data) if self.rank == 0 else 0], dtype=torch.int64, device=device)
+        torch.distributed.broadcast(size, src=0)
+        if int(size) == 0:
+            return b""
+        buf = torch.zeros(int(size), dtype=torch.uint8, device=device)
+        if self.rank == 0:
+            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        torch.distributed.broadcast(buf, src=0)
+        return bytes(buf.cpu().numpy().tobytes())
+
+    def wrap(self, model: nn.Module, optimiser: torch.optim.Optimizer, device: torch.device
+             ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        # DDP broadcasts rank 0's weights here, so ranks start identical despite per-rank seeds.
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return ddp, optimiser
+
+
+def default_collective() -> Collective:
+    """The collective the environment implies: DDP when a process group is up, else one process."""
+    rank, world, local_rank = rank_info()
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if world > 1 and initialised:
+        # The process group is the authority once it exists; the environment only seeded it.
+        return TorchCollective()
+    if world > 1 and rank == 0:
+        log.warning("WORLD_SIZE=%d but torch.distributed is not initialised; training alone", world)
+    return Collective(rank, 1, local_rank)
+
+
 def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     try:
         model.load_state_dict(state)
@@ -220,12 +330,48 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], origin: str)
         raise ModelError(f"{origin} does not fit the model config: {exc}") from None
 
 
-def _check_same_on_all_ranks(value: int, what: str, device: torch.device) -> None:
+def _check_same_on_all_ranks(value: int, what: str, comm: Collective) -> None:
     """Fail fast instead of hanging when ranks disagree (e.g. one rank cannot see the checkpoint)."""
-    t = torch.tensor([value, -value], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    t = comm.max(torch.tensor([value, -value], dtype=torch.int64))
     if int(t[0]) != value or int(-t[1]) != value:
         raise ModelError(f"ranks disagree on {what} (this rank: {value}); is checkpoint_dir shared by all ranks?")
+
+
+#: Without tqdm, rank 0 logs the running loss at most this often within an epoch.
+PROGRESS_LOG_SECONDS = 10.0
+
+
+class _Progress:
+    """Per-batch progress on rank 0: a tqdm bar with the running loss when tqdm is installed, else
+    a log line every :data:`PROGRESS_LOG_SECONDS`. The loss is read (a GPU sync) only when shown."""
+
+    def __init__(self, epoch: int, total: int, enabled: bool) -> None:
+        self.epoch, self.total, self.enabled = epoch, total, enabled
+        self.every = max(1, total // 20)
+        self.last_log = time.perf_counter()
+        self.bar: Any = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm  # type: ignore[import-untyped]
+            except ImportError:
+                pass
+            else:
+                self.bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, unit="batch")
+
+    def step(self, done: int, running_loss: Callable[[], float]) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            if done % self.every == 0 or done == self.total:
+                self.bar.set_postfix(loss=f"{running_loss():.5f}")
+        elif time.perf_counter() - self.last_log >= PROGRESS_LOG_SECONDS:
+            self.last_log = time.perf_counter()
+            log.info("epoch %d: batch %d/%d, running train_loss %.5f", self.epoch, done, self.total, running_loss())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train_autoencoder(
@@ -243,7 +389,8 @@ def train_autoencoder(
     the caller (every rank passes the same full arrays and takes its own shard); otherwise as a
     single process. Batches are shuffled with a generator seeded from ``cfg.seed`` and the epoch,
     and torch is reseeded from ``cfg.seed + rank`` and the epoch, so a resumed run repeats exactly
-    what the uninterrupted run would have done.
+    what the uninterrupted run would have done. Data in a Delta table goes through
+    :func:`train_on_snapshot` instead, which reads only each rank's shard.
 
     Args:
         train_x: normalised training windows ``[N, T, F]``.
@@ -261,25 +408,147 @@ def train_autoencoder(
         ModelError: empty or mis-shaped data, weights that do not fit ``model_cfg``, a checkpoint
             of another model, or ``resume`` without ``checkpoint_dir``.
     """
-    rank, world, local_rank = rank_info()
-    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    distributed = world > 1 and initialised
-    if distributed:
-        # The process group is the authority once it exists; the environment only seeded it.
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    elif world > 1:
-        if rank == 0:
-            log.warning("WORLD_SIZE=%d but torch.distributed is not initialised; training alone", world)
-        world = 1
+    comm = default_collective()
     _check_data(train_x, val_x, model_cfg)
+    n, rank, world = len(train_x), comm.rank, comm.world
+
+    def order(epoch: int) -> np.ndarray:
+        return shard_indices(n, rank, world, _epoch_seed(cfg.seed, epoch))
+
+    return _fit(train_x, order, val_x[rank::world], model_cfg, cfg, comm, checkpoint_dir, resume, init_state)
+
+
+@dataclass
+class SnapshotTrainResult(TrainResult):
+    """:class:`TrainResult` plus the normaliser the ranks fitted on the training shards together."""
+
+    normaliser: Normaliser | None = None
+    train_windows: int = 0
+    validation_windows: int = 0
+
+
+def train_on_snapshot(
+    train_plan: ShardPlan,
+    val_plan: ShardPlan,
+    model_cfg: LSTMAutoencoderConfig,
+    cfg: TrainConfig,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> SnapshotTrainResult:
+    """The rank-aware entry point of every backend: read this rank's shard of a pinned snapshot, train.
+
+    Every rank calls it with the same plans (see :mod:`loganomaly.reader`). The rank reads only
+    its rows, the ranks fit the normaliser together (exact mean and standard deviation of all
+    training windows, combined from per-rank moments), then train with :func:`train_autoencoder`'s
+    loop: equal batch counts on every rank, rank 0 checkpointing every epoch.
+
+    Args:
+        train_plan: training windows dealt to ranks (padded to equal lengths).
+        val_plan: validation windows (split without padding; a rank may get none).
+        model_cfg: model size; ``n_features``/``window_steps`` must match the data.
+        cfg: the training settings (``seed`` also seeds the per-epoch shuffles).
+        comm: the process group; by default from the environment (DDP when initialised).
+        checkpoint_dir, resume, init_state: as in :func:`train_autoencoder`.
+
+    Raises:
+        StageInputError: fewer training windows than ranks, or no validation windows.
+        ModelError: as in :func:`train_autoencoder`.
+    """
+    comm = comm or default_collective()
+    if val_plan.total == 0:
+        raise StageInputError("no validation windows in the snapshot's training period")
+    reader = ShardReader(train_plan, comm.rank, comm.world)
+    started = time.perf_counter()
+    shard = reader.load()
+    val_shard = ShardReader(val_plan, comm.rank, comm.world, equal=False).load()
+    normaliser = fit_normaliser(shard.x, comm)
+    train_x = normaliser.transform(shard.x)
+    val_x = normaliser.transform(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
+    if shard.x.shape[1:] != (model_cfg.window_steps, model_cfg.n_features):
+        raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects "
+                         f"({model_cfg.window_steps}, {model_cfg.n_features})")
+    if comm.rank == 0:
+        log.info("rank 0/%d: %d training and %d validation windows of %d and %d read in %.2fs",
+                 comm.world, len(shard), len(val_shard), train_plan.total, val_plan.total,
+                 time.perf_counter() - started)
+    meta = {
+        "normaliser": normaliser.to_dict(),
+        "snapshot": {"path": train_plan.snapshot.path, "version": train_plan.snapshot.version},
+    }
+    result = _fit(train_x, reader.epoch_indices, val_x, model_cfg, cfg, comm, checkpoint_dir, resume,
+                  init_state, meta)
+    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
+                               normaliser, train_plan.total, val_plan.total)
+
+
+def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
+    """Per-feature mean and std of all ranks' windows, as :meth:`Normaliser.fit` on their union would give.
+
+    Each rank sends (count, mean, sum of squared deviations) per feature; every rank combines them
+    in rank order (Chan et al.), so all ranks hold the identical normaliser without any rank
+    seeing another's windows.
+
+    Raises:
+        ModelError: a rank's windows hold NaN or infinity (every rank raises together).
+    """
+    f = x.shape[2]
+    flat = x.reshape(-1, f).astype(np.float64)
+    bad = 0.0 if np.isfinite(flat).all() else 1.0
+    n = float(len(flat))
+    mean = flat.mean(axis=0) if n else np.zeros(f)
+    m2 = ((flat - mean) ** 2).sum(axis=0) if n else np.zeros(f)
+    local = torch.from_numpy(np.concatenate([[n, bad], mean, m2]))
+    parts = comm.gather(local).numpy()
+    if parts[:, 1].any():
+        raise ModelError("cannot fit a normaliser: the windows contain NaN or infinite values")
+    total, mu, acc = 0.0, np.zeros(f), np.zeros(f)
+    for row in parts:
+        nb, mb, m2b = row[0], row[2 : 2 + f], row[2 + f :]
+        if nb == 0:
+            continue
+        delta = mb - mu
+        combined = total + nb
+        mu = mu + delta * nb / combined
+        acc = acc + m2b + delta**2 * total * nb / combined
+        total = combined
+    if total == 0:
+        raise ModelError("cannot fit a normaliser on zero windows")
+    std = np.sqrt(acc / total)
+    floored = int((std < STD_FLOOR).sum())
+    if floored and comm.rank == 0:
+        log.info("normaliser: %d of %d features (near) constant in training; std floored at %g", floored, f, STD_FLOOR)
+    return Normaliser(mu.tolist(), np.maximum(std, STD_FLOOR).tolist())
+
+
+def _mean(total: torch.Tensor, count: int) -> float:
+    return float(total) / max(count, 1)
+
+
+def _fit(
+    train_rows: np.ndarray,
+    order: Callable[[int], np.ndarray],
+    val_rows: np.ndarray,
+    model_cfg: LSTMAutoencoderConfig,
+    cfg: TrainConfig,
+    comm: Collective,
+    checkpoint_dir: Path | None,
+    resume: bool,
+    init_state: dict[str, torch.Tensor] | None,
+    extra_meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """The loop shared by every entry point and backend.
+
+    ``train_rows`` are the rows this rank may index, ``order(epoch)`` this rank's positions into
+    them for one epoch (the same length on every rank), ``val_rows`` this rank's validation share.
+    """
+    rank, world = comm.rank, comm.world
     if resume and checkpoint_dir is None:
         raise ModelError("resume=True needs a checkpoint_dir to resume from")
 
     seed_everything(cfg.seed + rank)
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    device = comm.device(cfg.device)
     autocast = cfg.bf16 and device.type == "cuda"
     if cfg.bf16 and not autocast and rank == 0:
         # CPU bf16 autocast of an LSTM fails in oneDNN on CPUs without bf16 instructions.
@@ -288,7 +557,9 @@ def train_autoencoder(
     model: nn.Module = LSTMAutoencoder(model_cfg).to(device)
     if init_state is not None:
         _load_weights(model, init_state, "init_state")
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimiser: torch.optim.Optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
     start_epoch, best_val, best_epoch = 0, math.inf, -1
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
@@ -314,14 +585,13 @@ def train_autoencoder(
                          checkpoint_dir, start_epoch, best_epoch, best_val)
         elif rank == 0:
             log.warning("resume requested but %s holds no checkpoint; starting from epoch 0", checkpoint_dir)
-    if distributed:
-        _check_same_on_all_ranks(start_epoch, "the epoch to start from", device)
-        # DDP broadcasts rank 0's weights here, so ranks start identical despite per-rank seeds.
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if comm.distributed:
+        _check_same_on_all_ranks(start_epoch, "the epoch to start from", comm)
+        model, optimiser = comm.wrap(model, optimiser, device)
 
-    train_t = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)).to(device)
-    # Validation needs no equal shards: it runs on the unwrapped module, outside DDP's collectives.
-    val_t = torch.from_numpy(np.ascontiguousarray(val_x[rank::world], dtype=np.float32)).to(device)
+    train_t = torch.from_numpy(np.ascontiguousarray(train_rows, dtype=np.float32)).to(device)
+    # Validation needs no equal shards: it runs on the unwrapped module, outside the collectives.
+    val_t = torch.from_numpy(np.ascontiguousarray(val_rows, dtype=np.float32)).to(device)
     stale = 0 if best_epoch < 0 else start_epoch - 1 - best_epoch
     if 0 < cfg.patience <= stale and start_epoch < cfg.epochs:
         if rank == 0:
@@ -333,10 +603,12 @@ def train_autoencoder(
         # Per-epoch reseed: dropout masks depend on (seed, rank, epoch) only, so resuming is exact.
         torch.manual_seed(_epoch_seed(cfg.seed + rank, epoch))
         model.train()
-        idx = torch.from_numpy(shard_indices(len(train_x), rank, world, _epoch_seed(cfg.seed, epoch))).to(device)
+        idx = torch.from_numpy(order(epoch)).to(device)
         # Accumulate on the device: a float() per batch would synchronise a GPU every step.
         total = torch.zeros((), dtype=torch.float64, device=device)
-        batches = 0
+        batches, seen = 0, 0
+        n_batches = math.ceil(len(idx) / cfg.batch_size)
+        progress = _Progress(epoch, n_batches, enabled=rank == 0)
         for start in range(0, len(idx), cfg.batch_size):
             batch = train_t[idx[start : start + cfg.batch_size]]
             optimiser.zero_grad(set_to_none=True)
@@ -347,13 +619,18 @@ def train_autoencoder(
             optimiser.step()
             total += loss.detach().double() * len(batch)
             batches += 1
+            seen += len(batch)
+            progress.step(batches, functools.partial(_mean, total, seen))
+        progress.close()
         train_loss = float(total) / max(len(idx), 1)
         val_sum, val_count = _val_sums(_unwrap(model), val_t, cfg.batch_size * 4, autocast)
-        if distributed:
+        batches_min, batches_max = batches, batches
+        if comm.distributed:
             # Every rank saw the same number of training rows, so the mean of means is the mean.
-            sums = torch.tensor([train_loss, val_sum, val_count], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(sums)
+            sums = comm.sum(torch.tensor([train_loss, val_sum, val_count], dtype=torch.float64))
             train_loss, val_loss = float(sums[0]) / world, float(sums[1]) / max(float(sums[2]), 1.0)
+            spread = comm.max(torch.tensor([batches, -batches], dtype=torch.int64))
+            batches_max, batches_min = int(spread[0]), -int(spread[1])
         else:
             val_loss = val_sum / max(val_count, 1)
         if not math.isfinite(val_loss):
@@ -364,6 +641,9 @@ def train_autoencoder(
             "val_loss": val_loss,
             "seconds": time.perf_counter() - started,
             "batches": batches,
+            "batches_min": batches_min,
+            "batches_max": batches_max,
+            "samples": len(idx) * world,
         }
         history.append(record)
         improved = val_loss < best_val - MIN_IMPROVEMENT
@@ -373,8 +653,8 @@ def train_autoencoder(
         else:
             stale += 1
         if rank == 0:
-            log.info("epoch %d train_loss %.5f val_loss %.5f (%.1fs, %d batches)%s", epoch, train_loss,
-                     val_loss, record["seconds"], batches, " best" if improved else "")
+            log.info("epoch %d train_loss %.5f val_loss %.5f (%.1fs, %d batches on each of %d ranks)%s", epoch,
+                     train_loss, val_loss, record["seconds"], batches, world, " best" if improved else "")
             _log_mlflow(record)
             if checkpoint_dir is not None:
                 assert best_state is not None  # epoch 0 always improves on inf
@@ -387,6 +667,7 @@ def train_autoencoder(
                     "model": model_cfg.to_dict(),
                     "train": asdict(cfg),
                     "world_size": world,
+                    **(extra_meta or {}),
                 }
                 save_checkpoint(checkpoint_dir, _cpu_state(model), best_state, optimiser.state_dict(), meta)
         if 0 < cfg.patience <= stale:
