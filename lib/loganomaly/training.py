@@ -611,7 +611,7 @@ def _fit(
         progress = _Progress(epoch, n_batches, enabled=rank == 0)
         for start in range(0, len(idx), cfg.batch_size):
             batch = train_t[idx[start : start + cfg.batch_size]]
-            optimiser.zero_grad(set_to_none=True)
+            optimiser.zero_grad()  # set_to_none is the default; horovod's optimiser takes no argument
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 recon = model(batch)
             loss = ((recon.float() - batch) ** 2).mean()
