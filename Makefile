@@ -44,10 +44,10 @@ demo: setup
 	$(VENV)/bin/loganomaly pipeline --profile synthetic --lake $(DEMO)/lake \
 	  --model-dir $(DEMO)/model --generate-dir $(DEMO)/raw
 
-test: setup
+test: setup horovod
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup horovod
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
