@@ -124,6 +124,11 @@ class FeaturesConfig:
     step_seconds: int = 300
     window_steps: int = 12
     stride_steps: int = 3
+    # Per-step counts of the K most frequent templates of the training period (+ other, unknown).
+    top_templates: int = 8
+    # Session windows: "params:<regex>" (e.g. "params:blk_-?\\d+" for HDFS blocks) or
+    # "column:<events column>"; "" builds no sessions.
+    session_key: str = ""
 
 
 @dataclass
@@ -364,6 +369,11 @@ def validate(cfg: Config) -> None:
         (cfg.features.step_seconds > 0, "features.step_seconds must be > 0"),
         (cfg.features.window_steps >= 2, "features.window_steps must be >= 2"),
         (cfg.features.stride_steps >= 1, "features.stride_steps must be >= 1"),
+        (cfg.features.top_templates >= 0, "features.top_templates must be >= 0"),
+        (
+            cfg.features.session_key == "" or cfg.features.session_key.startswith(("params:", "column:")),
+            "features.session_key must be empty, params:<regex> or column:<name>",
+        ),
         (0 < cfg.train.train_fraction < 1, "train.train_fraction must be in (0, 1)"),
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),

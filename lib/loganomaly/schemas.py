@@ -79,6 +79,8 @@ TEMPLATE_COLUMNS: dict[str, str] = {
     "created_at": "timestamp",
 }
 
+#: One row per (entity, window). The window's raw lines are the ``events`` rows of ``entity`` with
+#: ``window_start <= ts < window_end``; ``first_event_ts``/``last_event_ts`` narrow that range.
 SEQUENCE_COLUMNS: dict[str, str] = {
     "entity": "string",
     "window_start": "timestamp",
@@ -86,9 +88,29 @@ SEQUENCE_COLUMNS: dict[str, str] = {
     "date": "date",
     "n_steps": "int",
     "n_features": "int",
+    # Names of the n_features columns, in order; the same list on every row of a featurize run.
+    "feature_names": "array<string>",
     # Row-major [n_steps, n_features] matrix of raw (not yet normalised) step features.
     "features": "array<float>",
     "n_events": "bigint",
+    "first_event_ts": "timestamp",
+    "last_event_ts": "timestamp",
+    "run_id": "string",
+}
+
+#: One row per session: events sharing a session key (e.g. an HDFS block id) in time order.
+SESSION_COLUMNS: dict[str, str] = {
+    "session_key": "string",
+    "source": "string",
+    "start": "timestamp",
+    "end": "timestamp",
+    "date": "date",
+    "n_events": "bigint",
+    "template_ids": "array<string>",
+    # events.event_id of each event, aligned with template_ids.
+    "event_ids": "array<string>",
+    # Any non-null label other than "normal" among the session's events, else null.
+    "label": "string",
     "run_id": "string",
 }
 
@@ -129,6 +151,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("ingested_files", INGESTED_FILES_COLUMNS),
         TableSpec("templates", TEMPLATE_COLUMNS),
         TableSpec("sequences", SEQUENCE_COLUMNS, ("date",)),
+        TableSpec("sessions", SESSION_COLUMNS, ("date",)),
         TableSpec("scores", SCORE_COLUMNS, ("date",)),
         TableSpec("anomalies", SCORE_COLUMNS, ("date",)),
     )

@@ -178,6 +178,20 @@ def run(
         raise ModelError(
             f"sequences windows do not match the model ({n_steps} steps x {n_features} features); re-run featurize or train"
         )
+    # Same shape is not enough: the frequent-template columns must be the model's, in its order.
+    if "feature_names" not in windows.columns:
+        raise ModelError("sequences has no feature_names column (written before feature names were stored); "
+                         "re-run featurize")
+    expected = F.array(*[F.lit(n) for n in bundle.feature_names]).cast("array<string>")
+    other = windows.where(~F.col("feature_names").eqNullSafe(expected)).select("feature_names").limit(1).collect()
+    if other:
+        got = list(other[0]["feature_names"] or [])
+        diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(got, bundle.feature_names, strict=False))
+                if a != b][:5]
+        raise ModelError(
+            f"sequences feature names differ from model {bundle.version}'s ({diff or 'missing names'}); "
+            "featurize chose other templates (refit_templates?): retrain, or featurize without refitting"
+        )
 
     files = {name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES}
     broadcast = spark.sparkContext.broadcast(files)

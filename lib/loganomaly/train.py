@@ -4,7 +4,8 @@ The split is by time, never random: windows before the cut are the training peri
 chronological tail held out as validation for early stopping and the threshold), later windows
 are what scoring judges. Normalisation statistics are fitted on the training windows only. The
 bundle records the ``sequences`` version it was trained on, so a model can always be traced to
-its data.
+its data, and the feature names stored with those windows (``sequences.feature_names``, chosen
+by featurize), so scoring can refuse windows whose columns mean something else.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from loganomaly.reader import (
 )
 from loganomaly.tables import Lake
 from loganomaly.training import calibrate_threshold
-from loganomaly.windows import FEATURE_NAMES
+from loganomaly.windows import FEATURE_NAMES, stored_feature_names
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -44,8 +45,8 @@ log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 8
 
-__all__ = ["VALIDATION_BLOCKS", "Split", "TrainSummary", "chronological_split", "load_windows", "run",
-           "snapshot_split"]
+__all__ = ["VALIDATION_BLOCKS", "Split", "TrainSummary", "chronological_split", "feature_names_of", "load_windows",
+           "run", "snapshot_split"]
 
 
 @dataclass
@@ -84,6 +85,21 @@ def chronological_split(starts: np.ndarray, ends: np.ndarray, cfg: Config) -> Sp
     return Split(float(in_train.min()), cut)
 
 
+def feature_names_of(stored: list[str] | None, n_features: int) -> list[str]:
+    """The feature names of a ``sequences`` snapshot: its ``feature_names``, else the fixed list.
+
+    Tables written without the column (:func:`loganomaly.reader.write_windows`, benchmarks) are
+    taken to hold :data:`loganomaly.windows.FEATURE_NAMES` when the count matches.
+    """
+    if stored is not None:
+        return [str(n) for n in stored]
+    if n_features != len(FEATURE_NAMES):
+        raise StageInputError(
+            f"sequences has {n_features} features and no feature_names column; re-run featurize"
+        )
+    return list(FEATURE_NAMES)
+
+
 def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """All windows of a ``sequences`` snapshot as arrays (start, end, x[N,T,F]) plus its version.
 
@@ -93,18 +109,23 @@ def load_windows(lake: Lake, version: int | None = None) -> tuple[np.ndarray, np
     version = version if version is not None else lake.version("sequences")
     if version is None:
         raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
-    df = lake.read("sequences", version=version).select(
-        "window_start", "window_end", "n_steps", "n_features", "features"
+    df = lake.read("sequences", version=version)
+    has_names = "feature_names" in df.columns
+    df = df.select(
+        "window_start", "window_end", "n_steps", "n_features", "features",
+        *(["feature_names"] if has_names else []),
     )
     table = df.toArrow()
     if table.num_rows == 0:
         raise StageInputError("sequences is empty")
     n_steps = int(table.column("n_steps")[0].as_py())
     n_features = int(table.column("n_features")[0].as_py())
-    if n_features != len(FEATURE_NAMES):
-        raise StageInputError(
-            f"sequences has {n_features} features, this version computes {len(FEATURE_NAMES)}"
-        )
+    if has_names:
+        if len({tuple(v or ()) for v in table.column("feature_names").to_pylist()}) > 1:
+            raise StageInputError("sequences mixes windows of different feature names; re-run featurize")
+    names = feature_names_of(table.column("feature_names")[0].as_py() if has_names else None, n_features)
+    if len(names) != n_features:
+        raise StageInputError(f"sequences has {n_features} features but {len(names)} feature names")
     starts = table.column("window_start").cast("int64").to_numpy() / 1e6
     ends = table.column("window_end").cast("int64").to_numpy() / 1e6
     flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
@@ -167,8 +188,10 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     shape = window_shape(snapshot)
     if shape is None:
         raise StageInputError("sequences is empty")
-    if shape[1] != len(FEATURE_NAMES):
-        raise StageInputError(f"sequences has {shape[1]} features, this version computes {len(FEATURE_NAMES)}")
+    # featurize writes one name list per table version (one commit), so the first row speaks for all.
+    feature_names = feature_names_of(stored_feature_names(snapshot.path, version), shape[1])
+    if len(feature_names) != shape[1]:
+        raise StageInputError(f"sequences has {shape[1]} features but {len(feature_names)} feature names")
     split = snapshot_split(snapshot, cfg)
     fraction = cfg.train.validation_fraction
     train_plan, val_plan = plan_shards(
@@ -218,7 +241,7 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
         state_dict=result.state_dict,
         normaliser=normaliser,
         threshold=threshold,
-        feature_names=list(FEATURE_NAMES),
+        feature_names=feature_names,
         features={
             "step_seconds": cfg.features.step_seconds,
             "window_steps": cfg.features.window_steps,

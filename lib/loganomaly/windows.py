@@ -4,17 +4,30 @@ A window is ``window_steps`` consecutive steps of ``step_seconds``; windows star
 ``stride_steps`` steps on a grid aligned to the Unix epoch, so the same events always give the
 same window keys (entity, window_start) whichever run or partition computes them. Steps with no
 events are zero rows: silence is information too (a host that stops talking).
+
+The raw lines of a window are exactly the ``events`` rows of its ``entity`` with
+``window_start <= ts < window_end`` (a step is ``floor(ts / step_seconds)``), so ``sequences``
+stores no per-event arrays; ``first_event_ts``/``last_event_ts`` only narrow that range to where
+the window's events actually are.
+
+The feature list is not a constant: :data:`FEATURE_NAMES` are the per-step features every run
+computes, followed by one count per frequent template (``tpl:<template id>``), ``tpl:other``
+and ``tpl:unknown`` (see :func:`feature_names_for`). The names of a run are stored with its
+windows (``sequences.feature_names``) and travel with the model, so train and score agree on
+the order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-#: Per-step features, in the order they are stored in ``sequences.features``. Counts and byte
-#: sums are log1p-transformed so that one busy host does not dwarf the others.
+#: Per-step features computed by every featurize run, first in ``sequences.features``. Counts,
+#: sums and durations are log1p-transformed so that one busy host does not dwarf the others (the
+#: ratio too, to keep one transform that explanations can undo).
 FEATURE_NAMES: list[str] = [
     "events",
     "connections",
@@ -27,7 +40,61 @@ FEATURE_NAMES: list[str] = [
     "errors",
     "warnings",
     "mean_duration",
+    "error_ratio",
+    "p50_duration",
+    "p95_duration",
 ]
+
+#: Prefix of the per-template count features (``tpl:T1a2b3c4d5e6f``).
+TEMPLATE_PREFIX = "tpl:"
+#: Events with a known template outside the frequent ones.
+OTHER_TEMPLATES = "tpl:other"
+#: Events whose message no template covers (template id ``T0``).
+UNKNOWN_TEMPLATES = "tpl:unknown"
+
+
+def feature_names_for(template_ids: Sequence[str]) -> list[str]:
+    """The full feature list of a run that counts ``template_ids`` as their own features."""
+    return [*FEATURE_NAMES, *(TEMPLATE_PREFIX + t for t in template_ids), OTHER_TEMPLATES, UNKNOWN_TEMPLATES]
+
+
+def feature_templates(names: Sequence[str]) -> list[str]:
+    """The frequent template ids encoded in a feature list, in order (inverse of :func:`feature_names_for`).
+
+    Raises:
+        ValueError: ``names`` is not a list this version computes (an unknown base feature, or
+            one missing), so the stored order cannot be reproduced.
+    """
+    templates = [
+        n[len(TEMPLATE_PREFIX):]
+        for n in names
+        if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
+    ]
+    if list(names) != feature_names_for(templates):
+        raise ValueError(
+            f"feature names {list(names)[:20]} are not {FEATURE_NAMES} followed by template counts, "
+            f"{OTHER_TEMPLATES!r} and {UNKNOWN_TEMPLATES!r}"
+        )
+    return templates
+
+
+def stored_feature_names(path: str, version: int | None = None) -> list[str] | None:
+    """Feature names of a ``sequences`` snapshot, read from its first row with delta-rs.
+
+    One row is enough: featurize writes the whole table in one commit with one name list. Returns
+    ``None`` for an empty table or one written without the column (e.g. by
+    :func:`loganomaly.reader.write_windows`); callers decide what that means.
+    """
+    from deltalake import DeltaTable
+
+    dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
+    if "feature_names" not in dataset.schema.names:
+        return None
+    head = dataset.head(1, columns=["feature_names"])
+    if head.num_rows == 0:
+        return None
+    names = head.column("feature_names")[0].as_py()
+    return [str(n) for n in names] if names is not None else None
 
 
 @dataclass(frozen=True)
@@ -47,25 +114,31 @@ class WindowSpec:
 
 
 def build_windows(
-    steps: pd.DataFrame, spec: WindowSpec, feature_names: list[str] = FEATURE_NAMES
+    steps: pd.DataFrame, spec: WindowSpec, feature_names: Sequence[str] = FEATURE_NAMES
 ) -> pd.DataFrame:
     """Cut one entity's step rows into sliding windows.
 
     Args:
         steps: rows of one entity with ``step`` (epoch seconds of the step start, a multiple of
-            ``spec.step_seconds``), ``n_events`` and one column per feature name.
+            ``spec.step_seconds``), ``n_events`` and one column per feature name; optionally
+            ``first_ts``/``last_ts`` (epoch microseconds of the step's first and last event).
         spec: step, window length and stride.
         feature_names: feature columns, in storage order.
 
     Returns:
         One row per window: ``window_start``/``window_end`` (epoch seconds), ``features`` (flat
-        float32 array of ``window_steps * n_features``, row-major) and ``n_events``. Only windows
-        that contain at least one event are returned. An entity active for less than one window
-        gets a single window padded with empty steps.
+        float32 array of ``window_steps * n_features``, row-major) and ``n_events``, plus
+        ``first_event_ts``/``last_event_ts`` (epoch microseconds) when ``steps`` has
+        ``first_ts``/``last_ts``. Only windows that contain at least one event are returned. An
+        entity active for less than one window gets a single window padded with empty steps.
     """
+    with_refs = "first_ts" in steps.columns and "last_ts" in steps.columns
     columns = ["window_start", "window_end", "features", "n_events"]
+    if with_refs:
+        columns += ["first_event_ts", "last_event_ts"]
     if steps.empty:
         return pd.DataFrame(columns=columns)
+    names = list(feature_names)
     step_s, length, stride = spec.step_seconds, spec.window_steps, spec.stride_steps
     idx = steps["step"].to_numpy(dtype=np.int64) // step_s
     # Window starts are multiples of the stride (in steps since the epoch). Every event step lies
@@ -74,9 +147,9 @@ def build_windows(
     last_start = max(first, int(-(-(idx.max() - length + 1) // stride) * stride))
     starts = np.arange(0, last_start - first + 1, stride, dtype=np.int64)
     n_rows = int(last_start - first + length)
-    grid = np.zeros((n_rows, len(feature_names)), dtype=np.float32)
+    grid = np.zeros((n_rows, len(names)), dtype=np.float32)
     counts = np.zeros(n_rows, dtype=np.int64)
-    grid[idx - first] = steps[feature_names].to_numpy(dtype=np.float32)
+    grid[idx - first] = steps[names].to_numpy(dtype=np.float32)
     counts[idx - first] = steps["n_events"].to_numpy(dtype=np.int64)
     cum = np.concatenate([[0], np.cumsum(counts)])
     n_events = cum[starts + length] - cum[starts]
@@ -85,18 +158,25 @@ def build_windows(
     windows = (
         np.stack([grid[s : s + length].reshape(-1) for s in starts])
         if len(starts)
-        else np.zeros((0, length * len(feature_names)), dtype=np.float32)
+        else np.zeros((0, length * len(names)), dtype=np.float32)
     )
     start_s = (first + starts) * step_s
-    return pd.DataFrame(
-        {
-            "window_start": start_s,
-            "window_end": start_s + length * step_s,
-            "features": list(windows.astype(np.float32)),
-            "n_events": n_events,
-        },
-        columns=columns,
-    )
+    out = {
+        "window_start": start_s,
+        "window_end": start_s + length * step_s,
+        "features": list(windows.astype(np.float32)),
+        "n_events": n_events,
+    }
+    if with_refs:
+        # Busy steps in grid order; a kept window has at least one, so both lookups land inside it.
+        busy = np.flatnonzero(counts > 0)
+        first_ts = np.zeros(n_rows, dtype=np.int64)
+        last_ts = np.zeros(n_rows, dtype=np.int64)
+        first_ts[idx - first] = steps["first_ts"].to_numpy(dtype=np.int64)
+        last_ts[idx - first] = steps["last_ts"].to_numpy(dtype=np.int64)
+        out["first_event_ts"] = first_ts[busy[np.searchsorted(busy, starts)]]
+        out["last_event_ts"] = last_ts[busy[np.searchsorted(busy, starts + length) - 1]]
+    return pd.DataFrame(out, columns=columns)
 
 
 def to_tensor(flat: np.ndarray | list[np.ndarray], n_steps: int, n_features: int) -> np.ndarray:
