@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 Engine = Literal["auto", "delta", "deltars"]
 Backend = Literal["local", "torch_distributor", "horovod"]
 Device = Literal["auto", "cpu", "cuda"]
+ModelKind = Literal["autoencoder", "deeplog"]
 
 
 @dataclass
@@ -133,11 +134,23 @@ class FeaturesConfig:
 
 @dataclass
 class ModelConfig:
-    """LSTM sequence autoencoder size."""
+    """Which model and its size.
 
+    ``kind``: ``autoencoder`` (LSTM sequence autoencoder over the numeric time-step windows of
+    ``sequences``) or ``deeplog`` (next-event LSTM over the template-id sequences of ``sessions``;
+    needs ``features.session_key``).
+    """
+
+    kind: ModelKind = "autoencoder"
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
+    # deeplog: history length, embedding width, candidates that count as expected, and the
+    # false-positive rate on validation normal sessions that chooses top_g when top_g is 0.
+    history: int = 10
+    embedding_dim: int = 16
+    top_g: int = 0
+    target_fpr: float = 0.01
 
 
 @dataclass
