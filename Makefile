@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: setup java horovod demo test test-fast lint clean
+.PHONY: setup java horovod demo test test-fast lint package clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,8 +51,12 @@ test-fast: setup horovod
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lib jobs tests bench
+	$(VENV)/bin/ruff check lib jobs tests bench conf/airflow
 	$(VENV)/bin/mypy
+
+# dist/loganomaly-<v>.whl and dist/loganomaly.zip (the same wheel; spark-submit --py-files needs .zip).
+package: $(STAMP)
+	bash scripts/package.sh dist
 
 clean:
 	rm -rf build spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache

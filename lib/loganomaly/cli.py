@@ -20,7 +20,7 @@ from loganomaly.errors import LogAnomalyError
 
 log = logging.getLogger("loganomaly.cli")
 
-STAGES = ("generate", "ingest", "featurize", "train", "score", "sql", "pipeline")
+STAGES = ("generate", "ingest", "featurize", "train", "score", "evaluate", "report", "sql", "pipeline")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     _lake(p)
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=50, help="rows to print")
+
+    p = sub.add_parser("evaluate", help="measure a model's scores against labels into the evaluations table")
+    _common(p)
+    _lake(p)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--labels", help="CSV entity,start,end[,kind] or key,label (default: the events' label column)")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a model and its scores")
+    _common(p)
+    _lake(p)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--labels", help="labels CSV for PR/ROC curves (default: the events' label column)")
+    p.add_argument("--max-entities", type=int, default=12, help="entities drawn as score timelines")
 
     p = sub.add_parser("pipeline", help="generate (when no --input) -> ingest -> featurize -> train -> score")
     _common(p)
@@ -155,6 +169,17 @@ def dispatch(args: argparse.Namespace) -> int:
         from loganomaly import score
 
         print(json.dumps(score.run(spark, cfg, args.model_dir, date=args.date).as_dict()))
+    elif args.command == "evaluate":
+        from loganomaly import evaluate
+
+        print(json.dumps(evaluate.run(spark, cfg, args.model_dir, labels=args.labels).as_dict(), indent=2))
+    elif args.command == "report":
+        from loganomaly import report
+
+        out = report.build_report(
+            spark, cfg, args.model_dir, Path(args.out), labels=args.labels, max_entities=args.max_entities
+        )
+        print(out)
     elif args.command == "sql":
         from loganomaly import sql
 

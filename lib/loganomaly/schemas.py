@@ -129,6 +129,29 @@ SCORE_COLUMNS: dict[str, str] = {
 }
 
 
+#: Columns of the ``evaluations`` table (see loganomaly.evaluate): a few rows per model and label source.
+#: Undefined metrics (ROC-AUC with one class only) are null rather than NaN so SQL aggregates work.
+EVALUATION_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "evaluated_at": "timestamp",
+    "model_version": "string",
+    "label_source": "string",
+    "scores_version": "bigint",
+    "n_windows": "bigint",
+    "n_positive": "bigint",
+    "threshold_kind": "string",
+    "threshold": "double",
+    "precision": "double",
+    "recall": "double",
+    "f1": "double",
+    "roc_auc": "double",
+    "pr_auc": "double",
+    "tp": "bigint",
+    "fp": "bigint",
+    "tn": "bigint",
+    "fn": "bigint",
+}
+
 @dataclass(frozen=True)
 class TableSpec:
     """A named table: its columns and partition columns."""
@@ -154,5 +177,6 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("sessions", SESSION_COLUMNS, ("date",)),
         TableSpec("scores", SCORE_COLUMNS, ("date",)),
         TableSpec("anomalies", SCORE_COLUMNS, ("date",)),
+        TableSpec("evaluations", EVALUATION_COLUMNS),
     )
 }

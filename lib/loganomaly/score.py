@@ -152,7 +152,15 @@ def run(
     date: str | None = None,
     lake: Lake | None = None,
 ) -> ScoreSummary:
-    """Score the windows of one date (``date``) or of every date, replacing those dates' results."""
+    """Score the windows of one date (``date``) or of every date, replacing those dates' results.
+
+    With ``model.kind=deeplog`` the sessions are scored instead
+    (:func:`loganomaly.session_model.score_run`; ``windows`` then counts sessions).
+    """
+    if cfg.model.kind == "deeplog":
+        from loganomaly import session_model
+
+        return session_model.score_run(spark, cfg, model_dir, date=date, lake=lake)
     from pyspark.sql import functions as F
 
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)

@@ -35,18 +35,21 @@ from loganomaly.reader import (
     window_shape,
 )
 from loganomaly.tables import Lake
+from loganomaly.template_store import load_state
 from loganomaly.training import calibrate_threshold
 from loganomaly.windows import FEATURE_NAMES, stored_feature_names
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from loganomaly.session_model import SessionTrainSummary
+
 log = logging.getLogger(__name__)
 
 MIN_TRAIN_WINDOWS = 8
 
 __all__ = ["VALIDATION_BLOCKS", "Split", "TrainSummary", "chronological_split", "feature_names_of", "load_windows",
-           "run", "snapshot_split"]
+           "run", "snapshot_split", "training_templates"]
 
 
 @dataclass
@@ -171,14 +174,38 @@ def snapshot_split(snapshot: Snapshot, cfg: Config) -> Split:
     return Split(period[0], cut)
 
 
-def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None = None) -> TrainSummary:
+def training_templates(cfg: Config, lake: Lake) -> dict[str, Any] | None:
+    """The template-miner state the training data were mined with, for the bundle; None when disabled.
+
+    The current state of the lake is the one featurize used (a refit makes a new current state,
+    and its template ids differ), so a bundle that carries it can always be matched to its inputs.
+    """
+    if not cfg.templates.enabled:
+        return None
+    state = load_state(lake)
+    if state is None:
+        log.info("no template-miner state in %s; the bundle carries none", lake.root)
+        return None
+    return state.to_dict()
+
+
+def run(
+    spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None = None
+) -> TrainSummary | SessionTrainSummary:
     """Train on the training period of ``sequences`` and save the bundle under ``model_dir``.
+
+    With ``model.kind=deeplog`` the DeepLog model is trained on ``sessions`` instead
+    (:func:`loganomaly.session_model.train_run`, which returns its own summary).
 
     The ``sequences`` version is pinned first; every rank of every backend (``train.backend``)
     streams its shard of that version, so a featurize run that appends meanwhile changes nothing.
     The driver only scans the two time columns (split and shard plan) and, after training, reads
     the validation windows to calibrate the threshold.
     """
+    if cfg.model.kind == "deeplog":
+        from loganomaly import session_model
+
+        return session_model.train_run(spark, cfg, model_dir, lake=lake)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("train")
     version = lake.version("sequences")
@@ -268,6 +295,7 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
             "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
         },
         version="",
+        templates=training_templates(cfg, lake),
     )
     save_bundle(model_dir, bundle)
     saved_version = bundle.version
