@@ -43,6 +43,8 @@ demo: setup
 	rm -rf $(DEMO)
 	$(VENV)/bin/loganomaly pipeline --profile synthetic --lake $(DEMO)/lake \
 	  --model-dir $(DEMO)/model --generate-dir $(DEMO)/raw
+	$(VENV)/bin/loganomaly report --lake $(DEMO)/lake --model-dir $(DEMO)/model \
+	  --labels $(DEMO)/raw/labels.csv --out $(DEMO)/report.html --log-level WARNING
 
 test: setup horovod
 	$(PY) -m pytest -q
