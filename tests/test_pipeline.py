@@ -80,6 +80,11 @@ def test_score_rerun_gives_the_same_rows(spark, cfg, built, run_dir: Path) -> No
     day = first[-1][1].date().isoformat()
     score.run(spark, cfg, run_dir / "model", date=day, lake=lake)
     assert snapshot() == first
+    # since the last run: only the last scored date (it may have been partial) is scored again
+    again = score.run(spark, cfg, run_dir / "model", since_last_run=True, lake=lake)
+    last = max(r[1] for r in first).date().isoformat()
+    assert again.dates == [last]
+    assert snapshot() == first
 
 
 def test_injected_anomalies_rank_above_normal_windows(built) -> None:  # type: ignore[no-untyped-def]

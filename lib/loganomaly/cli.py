@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     _lake(p)
     p.add_argument("--model-dir", required=True)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--date", help="score one date (YYYY-MM-DD); its earlier results are replaced")
+    which.add_argument(
+        "--date", help="score one date (YYYY-MM-DD, today or yesterday in UTC); its earlier results are replaced"
+    )
+    which.add_argument(
+        "--since-last-run",
+        action="store_true",
+        help="score the last date this model scored and every later date of sequences",
+    )
     which.add_argument("--all", action="store_true", help="score every date (the default)")
 
     p = sub.add_parser("sql", help="run Spark SQL over every table (each is a view of its own name)")
@@ -168,7 +175,8 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "score":
         from loganomaly import score
 
-        print(json.dumps(score.run(spark, cfg, args.model_dir, date=args.date).as_dict()))
+        scored = score.run(spark, cfg, args.model_dir, date=args.date, since_last_run=args.since_last_run)
+        print(json.dumps(scored.as_dict()))
     elif args.command == "evaluate":
         from loganomaly import evaluate
 

@@ -145,21 +145,56 @@ class ScoreSummary:
         return self.__dict__.copy()
 
 
+def resolve_date(date: str | None) -> str | None:
+    """``today``/``yesterday`` (UTC) to ISO; an ISO date is checked; None stays None."""
+    if date is None:
+        return None
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if date == "today":
+        return today.isoformat()
+    if date == "yesterday":
+        return (today - dt.timedelta(days=1)).isoformat()
+    try:
+        return dt.date.fromisoformat(date).isoformat()
+    except ValueError:
+        raise StageInputError(f"--date {date!r} is not YYYY-MM-DD, today or yesterday") from None
+
+
+def last_scored_date(lake: Lake, model_version: str) -> str | None:
+    """The latest date in ``scores`` scored by this model version, or None."""
+    if not lake.exists("scores"):
+        return None
+    from pyspark.sql import functions as F
+
+    row = lake.read("scores").where(F.col("model_version") == model_version).agg(F.max("date")).collect()[0]
+    return None if row[0] is None else row[0].isoformat()
+
+
 def run(
     spark: SparkSession,
     cfg: Config,
     model_dir: str | Path,
     date: str | None = None,
     lake: Lake | None = None,
+    since_last_run: bool = False,
 ) -> ScoreSummary:
-    """Score the windows of one date (``date``) or of every date, replacing those dates' results.
+    """Score the windows of one date, of the dates new since the last run, or of every date.
+
+    ``date`` is ``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC; what a scheduler that cannot
+    compute dates passes). ``since_last_run`` scores the dates of ``sequences`` from the last date
+    this model already scored onwards: that date again (it may have been partial when it was
+    scored) and every later one, so a nightly run picks up whatever arrived. Each scored date's
+    earlier rows are replaced.
 
     With ``model.kind=deeplog`` the sessions are scored instead
     (:func:`loganomaly.session_model.score_run`; ``windows`` then counts sessions).
     """
+    date = resolve_date(date)
     if cfg.model.kind == "deeplog":
         from loganomaly import session_model
 
+        if since_last_run:
+            log.warning("score: --since-last-run is not supported for deeplog yet; scoring every date")
         return session_model.score_run(spark, cfg, model_dir, date=date, lake=lake)
     from pyspark.sql import functions as F
 
@@ -177,6 +212,14 @@ def run(
         dates = [day.isoformat()]
     else:
         dates = sorted(r.date.isoformat() for r in windows.select("date").distinct().collect())
+        if since_last_run:
+            last = last_scored_date(lake, bundle.version)
+            if last is not None:
+                dates = [d for d in dates if d >= last]
+                windows = windows.where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+            log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
+            if not dates:
+                return ScoreSummary(run_id, bundle.version, [], 0, 0)
     if not dates:
         raise StageInputError("sequences has no windows to score")
     mismatched = (
