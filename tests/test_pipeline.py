@@ -145,3 +145,17 @@ def test_sql_command_reads_the_tables(built, capsys) -> None:  # type: ignore[no
     assert code == 0
     out = capsys.readouterr().out
     assert "entity" in out and "host-" in out
+
+
+def test_local_sql_reads_the_same_snapshots_as_spark(spark, cfg, built) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly import sql
+    from loganomaly.errors import LogAnomalyError
+
+    _, lake, _ = built
+    query = "SELECT entity, count(*) AS n FROM scores GROUP BY entity ORDER BY entity"
+    local = sql.run_local(cfg.lake.root, query).to_pylist()
+    remote = [r.asDict() for r in sql.run(spark, cfg, query, lake=lake).collect()]
+    assert local == remote and sum(r["n"] for r in local) == lake.read("scores").count()
+    assert "events" in sql.local_tables(cfg.lake.root)
+    with pytest.raises(LogAnomalyError, match="DataFusion"):
+        sql.run_local(cfg.lake.root, "SELEC 1")

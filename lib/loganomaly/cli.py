@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     _lake(p)
     p.add_argument("query")
     p.add_argument("--limit", type=int, default=50, help="rows to print")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="run with DataFusion (delta-rs) instead of Spark: no JVM, for quick queries",
+    )
 
     p = sub.add_parser("evaluate", help="measure a model's scores against labels into the evaluations table")
     _common(p)
@@ -141,7 +146,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _print_frame(df: Any, limit: int) -> None:
-    pdf = df.limit(limit).toPandas()
+    """Print a Spark DataFrame or a pandas one (the local SQL path) as an aligned table."""
+    pdf = df.head(limit) if hasattr(df, "iloc") else df.limit(limit).toPandas()
     if pdf.empty:
         print("(no rows)")
     else:
@@ -155,6 +161,12 @@ def dispatch(args: argparse.Namespace) -> int:
 
         data = synthetic.generate(args.out, cfg.generate)
         print(json.dumps({"files": len(data.files), "lines": data.n_lines, "labels": str(data.labels_path)}))
+        return 0
+
+    if args.command == "sql" and args.local:
+        from loganomaly import sql
+
+        _print_frame(sql.run_local(cfg.lake.root, args.query).to_pandas(), args.limit)
         return 0
 
     from loganomaly.spark import get_spark
