@@ -189,8 +189,11 @@ def _content_version(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> st
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a unique temp file in the same directory, then rename it into place."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a unique temp file in the same directory, then rename it into place.
+
+    Readers see the old file or the new one, never half of one; shared by bundles and checkpoints.
+    """
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -266,8 +269,8 @@ def save_bundle(model_dir: str | Path, bundle: AnyBundle) -> Path:
     meta = _meta_of(bundle)
     version = _content_version(state, meta)
     meta["version"] = version
-    _atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"version": version}))
-    _atomic_write(directory / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"version": version}))
+    atomic_write(directory / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     bundle.version = version
     if isinstance(bundle, DeepLogBundle):
         log.info("saved deeplog bundle %s (%d templates, top_g %d) to %s",
@@ -400,3 +403,33 @@ def load_deeplog_bundle(model_dir: str | Path) -> DeepLogBundle:
             "score it with model.kind=autoencoder or retrain with model.kind=deeplog"
         )
     return bundle
+
+
+#: Worker-local cache of (bundle, model, device) by model version: lives as long as the Python worker,
+#: so a model is materialised once per worker, not once per task or batch.
+_WORKER_MODELS: dict[str, tuple[Any, Any, Any]] = {}
+
+
+def worker_model(
+    version: str, files: dict[str, bytes], loader: Callable[[str], AnyBundle]
+) -> tuple[Any, Any, Any]:
+    """(bundle, model on its device, device) of bundle ``files`` shipped as bytes to a worker.
+
+    Args:
+        version: the expected content version (a mismatch is a ModelError: wrong bytes shipped).
+        files: bundle file name -> bytes (from a broadcast).
+        loader: :func:`load_bundle`, :func:`load_deeplog_bundle` or :func:`load_any_bundle`.
+    """
+    if version not in _WORKER_MODELS:
+        from loganomaly.model import pick_device
+
+        directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
+        for name, data in files.items():
+            Path(directory, name).write_bytes(data)
+        bundle = loader(directory)
+        if bundle.version != version:
+            raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
+        device = pick_device("auto")
+        _WORKER_MODELS[version] = (bundle, bundle.build_model(device), device)
+        log.info("worker %d loaded %s model %s on %s", os.getpid(), bundle.kind, version, device)
+    return _WORKER_MODELS[version]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from loganomaly.bundle import ModelBundle, load_bundle
+from loganomaly.bundle import ModelBundle, load_bundle, worker_model
 from loganomaly.config import Config
 from loganomaly.errors import ModelError, StageInputError
 from loganomaly.ingest import new_run_id
@@ -40,24 +38,10 @@ BUNDLE_FILES = ("model.json", "model.safetensors")
 TYPICAL_ERROR_FLOOR = 0.05
 RESULT_DDL = "score double, top_features array<string>, explanation string"
 
-# Worker-local cache: model version -> (bundle, model, device). Lives as long as the Python worker.
-_MODELS: dict[str, tuple[ModelBundle, Any, Any]] = {}
 
 
-def _load_cached(version: str, files: dict[str, bytes]) -> tuple[ModelBundle, Any, Any]:
-    if version not in _MODELS:
-        from loganomaly.model import pick_device
-
-        directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
-        for name, data in files.items():
-            Path(directory, name).write_bytes(data)
-        bundle = load_bundle(directory)
-        if bundle.version != version:
-            raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
-        device = pick_device("auto")
-        _MODELS[version] = (bundle, bundle.build_model(device), device)
-        log.info("worker %d loaded model %s on %s", os.getpid(), version, device)
-    return _MODELS[version]
+def _load_cached(version: str, files: dict[str, bytes]) -> tuple[Any, Any, Any]:
+    return worker_model(version, files, load_bundle)
 
 
 def explain(

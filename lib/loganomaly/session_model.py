@@ -36,8 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from loganomaly.bundle import META, WEIGHTS, DeepLogBundle, load_deeplog_bundle, save_bundle
+from loganomaly.bundle import META, WEIGHTS, DeepLogBundle, load_deeplog_bundle, save_bundle, worker_model
 from loganomaly.config import Config
-from loganomaly.errors import ModelError, StageInputError
+from loganomaly.errors import StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.reader import validation_block_mask
 from loganomaly.schemas import TABLES
@@ -87,7 +85,6 @@ SCORE_THRESHOLD = 0.0
 _BUNDLE_FILES = (META, WEIGHTS)
 
 # Worker-local cache: model version -> (bundle, model, device). Lives as long as the Python worker.
-_MODELS: dict[str, tuple[DeepLogBundle, DeepLog, Any]] = {}
 
 
 @dataclass
@@ -313,20 +310,8 @@ def score_template_sessions(
     return explain_sessions(bundle, sessions, scores)
 
 
-def _load_cached(version: str, files: dict[str, bytes]) -> tuple[DeepLogBundle, DeepLog, Any]:
-    if version not in _MODELS:
-        from loganomaly.model import pick_device
-
-        directory = tempfile.mkdtemp(prefix=f"loganomaly-deeplog-{version}-")
-        for name, data in files.items():
-            Path(directory, name).write_bytes(data)
-        bundle = load_deeplog_bundle(directory)
-        if bundle.version != version:
-            raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
-        device = pick_device("auto")
-        _MODELS[version] = (bundle, bundle.build_model(device), device)
-        log.info("worker %d loaded deeplog %s on %s", os.getpid(), version, device)
-    return _MODELS[version]
+def _load_cached(version: str, files: dict[str, bytes]) -> tuple[Any, Any, Any]:
+    return worker_model(version, files, load_deeplog_bundle)
 
 
 def session_udf(version: str, broadcast: Any) -> Any:

@@ -28,7 +28,6 @@ import math
 import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from loganomaly.bundle import atomic_write
 from loganomaly.config import TrainConfig
 from loganomaly.errors import ModelError, StageInputError
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device
@@ -138,18 +138,6 @@ def _val_sums(model: nn.Module, x: torch.Tensor, batch_size: int, autocast: bool
     return float(total), len(x)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temp file in the same directory and rename it into place."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checkpoint(
     directory: Path,
     state: dict[str, torch.Tensor],
@@ -160,13 +148,13 @@ def save_checkpoint(
     """Write one epoch's checkpoint; ``checkpoint.json`` goes last, as the commit record."""
     directory.mkdir(parents=True, exist_ok=True)
     tag = {"epoch": str(meta["epoch"])}
-    _atomic_write(directory / CHECKPOINT_WEIGHTS, lambda p: save_file(state, str(p), metadata=tag))
-    _atomic_write(directory / CHECKPOINT_BEST, lambda p: save_file(best_state, str(p), metadata=tag))
-    _atomic_write(
+    atomic_write(directory / CHECKPOINT_WEIGHTS, lambda p: save_file(state, str(p), metadata=tag))
+    atomic_write(directory / CHECKPOINT_BEST, lambda p: save_file(best_state, str(p), metadata=tag))
+    atomic_write(
         directory / CHECKPOINT_OPTIMIZER,
         lambda p: torch.save({"epoch": int(meta["epoch"]), "optimizer": optimiser_state}, p),
     )
-    _atomic_write(directory / CHECKPOINT_META, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    atomic_write(directory / CHECKPOINT_META, lambda p: p.write_text(json.dumps(meta, indent=2)))
 
 
 def _read_tagged_weights(path: Path, epoch: int) -> dict[str, torch.Tensor]:
