@@ -154,6 +154,35 @@ def last_scored_date(lake: Lake, model_version: str) -> str | None:
     return None if row[0] is None else row[0].isoformat()
 
 
+def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> tuple[int, int]:
+    """Replace ``dates`` in ``scores``, then in ``anomalies`` from the written version; (rows, flagged).
+
+    ``anomalies`` is derived from the committed ``scores`` version, so the two never disagree, and
+    both writes replace exactly the scored dates: a rerun gives the same rows, never duplicates.
+    """
+    from pyspark.sql import functions as F
+
+    partition_by = TABLES["scores"].partition_by
+    version = lake.write(
+        "scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
+    )
+    written = lake.read("scores", version=version).where(
+        F.col("date").isin([dt.date.fromisoformat(d) for d in dates])
+    )
+    lake.write(
+        "anomalies",
+        written.where(F.col("is_anomaly")),
+        mode="overwrite",
+        partition_by=partition_by,
+        replace_where={"date": dates},
+        run_id=run_id,
+    )
+    counts = written.agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")
+    ).collect()[0]
+    return int(counts["n"]), int(counts["a"] or 0)
+
+
 def run(
     spark: SparkSession,
     cfg: Config,
@@ -244,32 +273,9 @@ def run(
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
     )
-    partition_by = TABLES["scores"].partition_by
-    scores_version = lake.write(
-        "scores",
-        scored,
-        mode="overwrite",
-        partition_by=partition_by,
-        replace_where={"date": dates},
-        run_id=run_id,
-    )
-    written = lake.read("scores", version=scores_version).where(
-        F.col("date").isin([dt.date.fromisoformat(d) for d in dates])
-    )
-    flagged = written.where(F.col("is_anomaly"))
-    lake.write(
-        "anomalies",
-        flagged,
-        mode="overwrite",
-        partition_by=partition_by,
-        replace_where={"date": dates},
-        run_id=run_id,
-    )
-    counts = written.agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")
-    ).collect()[0]
+    n_windows, n_anomalies = write_scores(lake, scored, dates, run_id)
     broadcast.unpersist()
-    summary = ScoreSummary(run_id, bundle.version, dates, int(counts["n"]), int(counts["a"] or 0))
+    summary = ScoreSummary(run_id, bundle.version, dates, n_windows, n_anomalies)
     log.info(
         "score %s: %d windows over %d dates, %d anomalies (model %s)",
         run_id,

@@ -49,8 +49,7 @@ from loganomaly.config import Config
 from loganomaly.errors import StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.reader import validation_block_mask
-from loganomaly.schemas import TABLES
-from loganomaly.score import RESULT_DDL, ScoreSummary
+from loganomaly.score import RESULT_DDL, ScoreSummary, write_scores
 from loganomaly.sequence_models import (
     DeepLog,
     DeepLogConfig,
@@ -383,26 +382,9 @@ def score_run(
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
     )
-    partition_by = TABLES["scores"].partition_by
-    scores_version = lake.write(
-        "scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
-    )
-    written = lake.read("scores", version=scores_version).where(
-        F.col("date").isin([dt.date.fromisoformat(d) for d in dates])
-    )
-    lake.write(
-        "anomalies",
-        written.where(F.col("is_anomaly")),
-        mode="overwrite",
-        partition_by=partition_by,
-        replace_where={"date": dates},
-        run_id=run_id,
-    )
-    counts = written.agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")
-    ).collect()[0]
+    n_sessions, n_anomalous = write_scores(lake, scored, dates, run_id)
     broadcast.unpersist()
-    summary = ScoreSummary(run_id, bundle.version, dates, int(counts["n"]), int(counts["a"] or 0))
+    summary = ScoreSummary(run_id, bundle.version, dates, n_sessions, n_anomalous)
     log.info("score %s: %d sessions over %d dates, %d anomalous (deeplog %s, top_g %d)",
              run_id, summary.windows, len(dates), summary.anomalies, bundle.version, bundle.top_g)
     return summary
