@@ -96,6 +96,10 @@ def test_a_rank_reads_only_the_row_groups_of_its_range(table: tuple[str, int], m
         def __init__(self, uri: str) -> None:
             self.inner = real_open(uri)
 
+        @property
+        def schema_arrow(self) -> object:
+            return self.inner.schema_arrow
+
         def read_row_group(self, i: int, columns: list[str]) -> object:
             reads.append(i)
             return self.inner.read_row_group(i, columns=columns)

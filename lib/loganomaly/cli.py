@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from loganomaly.config import Config, load_config
-from loganomaly.errors import LogAnomalyError
+from loganomaly.errors import ConfigError, LogAnomalyError
 
 log = logging.getLogger("loganomaly.cli")
 
@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     _lake(p)
     p.add_argument("--model-dir", required=True)
     _backend(p)
+    p.add_argument(
+        "--reader",
+        choices=["arrow", "petastorm"],
+        help="how ranks read their shard (overrides train.reader); petastorm needs the `make compat` environment",
+    )
 
     p = sub.add_parser("score", help="score windows into the scores and anomalies tables")
     _common(p)
@@ -110,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _lake(p)
     p.add_argument("--model-dir", help="model bundle directory (default: <lake>/../model)")
     p.add_argument("--input", nargs="*", default=[], help="log files or directories; none = generate data")
+    p.add_argument("--train-input", nargs="+", default=[],
+                   help="train on these inputs (in <lake>/_training) and score --score-input")
+    p.add_argument("--score-input", nargs="+", default=[], help="inputs to score with the model of --train-input")
     p.add_argument("--generate-dir", help="where generated data goes (default: <lake>/../raw)")
     p.add_argument("--top", type=int, default=10, help="top anomalies to print at the end")
     _backend(p)
@@ -142,6 +150,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"generate.seed={args.seed}")
     if getattr(args, "backend", None):
         overrides.append(f"train.backend={args.backend}")
+    if getattr(args, "reader", None):
+        overrides.append(f"train.reader={args.reader}")
     return load_config(profile=args.profile, overrides=overrides, conf_dir=args.conf_dir)
 
 
@@ -208,7 +218,12 @@ def dispatch(args: argparse.Namespace) -> int:
         from loganomaly import pipeline, sql
 
         model_dir = args.model_dir or str(Path(cfg.lake.root).resolve().parent / "model")
-        summary = pipeline.run(spark, cfg, model_dir, inputs=args.input, generate_dir=args.generate_dir)
+        if args.train_input or args.score_input:
+            if args.input:
+                raise ConfigError("give either --input or --train-input/--score-input, not both")
+            summary = pipeline.run_split(spark, cfg, model_dir, args.train_input, args.score_input)
+        else:
+            summary = pipeline.run(spark, cfg, model_dir, inputs=args.input, generate_dir=args.generate_dir)
         print(json.dumps(summary.stages, indent=2, default=str))
         print(
             f"\nTop {args.top} anomalies (SQL over the Delta tables under {Path(cfg.lake.root).resolve()}):"

@@ -35,6 +35,8 @@ Engine = Literal["auto", "delta", "deltars"]
 Backend = Literal["local", "torch_distributor", "horovod"]
 Device = Literal["auto", "cpu", "cuda"]
 ModelKind = Literal["autoencoder", "deeplog"]
+# arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
+Reader = Literal["arrow", "petastorm"]
 
 
 @dataclass
@@ -130,6 +132,9 @@ class FeaturesConfig:
     # Session windows: "params:<regex>" (e.g. "params:blk_-?\\d+" for HDFS blocks) or
     # "column:<events column>"; "" builds no sessions.
     session_key: str = ""
+    # Numeric attributes (e.g. the value columns of a CSV metric series: cpu, mem_used) averaged
+    # per step as extra features ``metric:<name>``; a value that is not a number counts as missing.
+    metrics: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -158,6 +163,9 @@ class TrainConfig:
     """Training loop, split and threshold calibration."""
 
     backend: Backend = "local"
+    # How ranks read their shard: ``arrow`` (loganomaly.reader) or ``petastorm``
+    # (loganomaly.petastorm_reader, PySpark 4.0 + pyarrow 14 environment only).
+    reader: Reader = "arrow"
     num_processes: int = 2
     epochs: int = 40
     batch_size: int = 32
@@ -169,6 +177,10 @@ class TrainConfig:
     # ``train_fraction`` of the time range.
     train_until: str = ""
     train_fraction: float = 0.34
+    # Train on normal windows only: leave out windows holding an event whose label is not normal
+    # (``sequences.n_abnormal``). For data with labels (Zeek's Benign/Malicious); unlabelled
+    # events count as normal, so it changes nothing on unlabelled logs.
+    normal_only: bool = False
     # Chronological tail of the training period held out for early stopping and the threshold.
     validation_fraction: float = 0.25
     threshold_quantile: float = 0.995
@@ -380,14 +392,18 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     checks = [
         (cfg.features.step_seconds > 0, "features.step_seconds must be > 0"),
-        (cfg.features.window_steps >= 2, "features.window_steps must be >= 2"),
+        (cfg.features.window_steps >= 1, "features.window_steps must be >= 1"),
         (cfg.features.stride_steps >= 1, "features.stride_steps must be >= 1"),
         (cfg.features.top_templates >= 0, "features.top_templates must be >= 0"),
+        (
+            all(m and m.replace("_", "").replace(".", "").isalnum() for m in cfg.features.metrics),
+            "features.metrics names must be letters, digits, '_' or '.'",
+        ),
         (
             cfg.features.session_key == "" or cfg.features.session_key.startswith(("params:", "column:")),
             "features.session_key must be empty, params:<regex> or column:<name>",
         ),
-        (0 < cfg.train.train_fraction < 1, "train.train_fraction must be in (0, 1)"),
+        (0 < cfg.train.train_fraction <= 1, "train.train_fraction must be in (0, 1]"),
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from loganomaly.baselines import evaluate as evaluate_arrays
-from loganomaly.bundle import load_bundle
+from loganomaly.bundle import ModelBundle, load_any_bundle
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
 from loganomaly.ingest import new_run_id
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 #: Labels (lower-cased, trimmed) that mean "normal"; null labels are normal too. The first four are
 #: the set :mod:`loganomaly.featurize` uses for sessions; "0"/"false" cover 0/1 key files.
-DEFAULT_NORMAL_LABELS: tuple[str, ...] = ("normal", "benign", "-", "", "0", "false")
+DEFAULT_NORMAL_LABELS: tuple[str, ...] = ("normal", "benign", "background", "-", "", "0", "false")
 #: ``label_source`` of evaluations against the events' own labels.
 EVENTS_SOURCE = "events.label"
 THRESHOLD_KINDS = ("stored", "best_f1")
@@ -323,12 +323,14 @@ def run(
         ModelError: no loadable bundle in ``model_dir``.
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
-    bundle = load_bundle(model_dir)
+    bundle = load_any_bundle(model_dir)
     run_id = new_run_id("evaluate")
     data = labelled_windows(spark, lake, bundle.version, labels, normal_labels)
-    if not math.isclose(data.threshold, bundle.threshold, rel_tol=1e-9, abs_tol=1e-12):
+    # A DeepLog bundle's scores are unexpected-event counts against a threshold fixed by top_g.
+    stored = bundle.threshold if isinstance(bundle, ModelBundle) else data.threshold
+    if not math.isclose(data.threshold, stored, rel_tol=1e-9, abs_tol=1e-12):
         log.warning("scores carry threshold %.6g, bundle %.6g; evaluating the scores' threshold",
-                    data.threshold, bundle.threshold)
+                    data.threshold, stored)
     stored = evaluate_arrays(data.scores, data.labels, data.threshold)
     results = {"stored": stored}
     if math.isfinite(stored["best_f1_threshold"]):

@@ -52,11 +52,13 @@ from loganomaly.schemas import EVENT_COLUMNS, TABLES
 from loganomaly.tables import Lake
 from loganomaly.templates import UNKNOWN_TEMPLATE_ID
 from loganomaly.windows import (
+    METRIC_PREFIX,
     OTHER_TEMPLATES,
     TEMPLATE_PREFIX,
     UNKNOWN_TEMPLATES,
     WindowSpec,
     build_windows,
+    feature_metrics,
     feature_names_for,
     feature_templates,
 )
@@ -82,8 +84,23 @@ DURATION_QUANTILE_ACCURACY = 100
 SESSION_KEY: str | None = None
 #: Example key: HDFS block ids among the template parameters (one session per block).
 HDFS_BLOCK_KEY = r"params:blk_-?\d+"
-#: Labels that mean "normal" (Loghub BGL marks normal lines with ``-``); compared lower-cased.
-NORMAL_LABELS = ["normal", "benign", "-", ""]
+#: Labels that mean "normal" (Loghub BGL marks normal lines with ``-``; the CTU captures call
+#: unlabelled traffic "Background"); compared lower-cased and trimmed.
+NORMAL_LABELS = ["normal", "benign", "background", "-", ""]
+
+
+def is_abnormal_label(label: Column) -> Column:
+    """True for a non-null label outside :data:`NORMAL_LABELS`."""
+    from pyspark.sql import functions as F
+
+    return label.isNotNull() & ~F.lower(F.trim(label)).isin(NORMAL_LABELS)
+
+
+def signed_log1p(x: Column) -> Column:
+    """``sign(x) * log1p(|x|)`` (Spark twin of :func:`loganomaly.windows.signed_log1p`)."""
+    from pyspark.sql import functions as F
+
+    return F.signum(x) * F.log1p(F.abs(x))
 
 
 # ---------------------------------------------------------------- feature list
@@ -171,6 +188,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     from pyspark.sql import functions as F
 
     templates = feature_templates(feature_names)
+    metrics = feature_metrics(feature_names)
     is_conn = F.col("format") == "json"
     level = F.lower(F.col("level"))
     tpl = F.col("template_id")
@@ -196,6 +214,8 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         OTHER_TEMPLATES: count_if(other),
         UNKNOWN_TEMPLATES: count_if((tpl == UNKNOWN_TEMPLATE_ID) & F.col("message").isNotNull()),
         **{TEMPLATE_PREFIX + t: count_if(tpl == t) for t in templates},
+        # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
+        **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
     }
     aliases = {name: f"_a{i}" for i, name in enumerate(aggregates)}
     agg = (
@@ -203,6 +223,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         .groupBy("entity", step.alias("step"))
         .agg(
             F.count(F.lit(1)).alias("n_events"),
+            count_if(is_abnormal_label(F.col("label"))).alias("n_abnormal"),
             F.unix_micros(F.min("ts")).alias("first_ts"),
             F.unix_micros(F.max("ts")).alias("last_ts"),
             *[expr.alias(aliases[name]) for name, expr in aggregates.items()],
@@ -224,10 +245,11 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         "entity",
         "step",
         "n_events",
+        "n_abnormal",
         "first_ts",
         "last_ts",
         *[
-            F.log1p(F.coalesce(raw(name).cast("double"), F.lit(0.0))).alias(f"_f{i}")
+            signed_log1p(F.coalesce(raw(name).cast("double"), F.lit(0.0))).alias(f"_f{i}")
             for i, name in enumerate(feature_names)
         ],
     )
@@ -260,6 +282,7 @@ def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names
                 "n_features": np.int32(len(names)),
                 "features": out["features"],
                 "n_events": out["n_events"].astype(np.int64),
+                "n_abnormal": out["n_abnormal"].astype(np.int64),
                 "first_event_ts": ts("first_event_ts", "us"),
                 "last_event_ts": ts("last_event_ts", "us"),
                 "run_id": run_id,
@@ -353,9 +376,7 @@ def session_frame(events: DataFrame, key: SessionKey, run_id: str) -> DataFrame:
         "template_id",
         "label",
     ).where(F.col("session_key").isNotNull() & (F.col("session_key") != ""))
-    abnormal = F.when(
-        F.col("label").isNotNull() & ~F.lower(F.trim(F.col("label"))).isin(NORMAL_LABELS), F.col("label")
-    )
+    abnormal = F.when(is_abnormal_label(F.col("label")), F.col("label"))
     grouped = keyed.groupBy("source", "session_key").agg(
         F.array_sort(F.collect_list(F.struct("ts", "file", "line_no", "event_id", "template_id"))).alias("_ev"),
         F.min("ts").alias("start"),
@@ -398,6 +419,7 @@ def run(
     session_key: str | None = None,
     top_templates: int | None = None,
     refit_templates: bool = False,
+    feature_names: Sequence[str] | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -414,6 +436,8 @@ def run(
             ``features.top_templates`` if config has it, else :data:`TOP_TEMPLATES`.
         refit_templates: choose the templates again even if ``sequences`` has feature names
             (after which the current model no longer scores the new windows: retrain).
+        feature_names: use exactly these features (a trained model's, so that windows of a lake
+            the model was not trained on can be scored); overrides the two above.
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     if not lake.exists("events"):
@@ -427,7 +451,10 @@ def run(
     events = lake.read("events", version=events_version)
 
     names = None if refit_templates else previous_feature_names(lake)
-    if names is not None:
+    if feature_names is not None:
+        names = list(feature_names)
+        feature_templates(names)  # a list this version computes, or ValueError
+    elif names is not None:
         kept = feature_templates(names)
         if len(kept) != k:
             log.info("featurize: keeping the %d templates of the existing sequences (top_templates=%d "
@@ -435,7 +462,7 @@ def run(
     else:
         cut = training_cut(events, cfg)
         chosen = choose_feature_templates(events, cut, k)
-        names = feature_names_for(chosen)
+        names = feature_names_for(chosen, cfg.features.metrics)
         log.info(
             "featurize: chose %d frequent templates from events before %s",
             len(chosen),

@@ -53,6 +53,8 @@ VALIDATION_BLOCKS = 24
 #: Columns a rank reads; ``entity`` and ``window_start`` identify a window (its row key).
 READ_COLUMNS = ("entity", "window_start", "window_end", "n_steps", "n_features", "features")
 TIME_COLUMNS = ("window_start", "window_end")
+#: Count of abnormal-labelled events per window (``train.normal_only``); absent in older tables.
+ABNORMAL_COLUMN = "n_abnormal"
 
 Part = Literal["train", "validation", "all"]
 PARTS: tuple[str, ...] = ("train", "validation", "all")
@@ -110,24 +112,33 @@ class Selection:
         train_until: windows ending at or before this are the training period.
         validation_fraction: share of :data:`VALIDATION_BLOCKS` time blocks held out.
         part: ``train`` (period minus validation blocks), ``validation`` or ``all`` (every row).
+        normal_only: also leave out windows with events labelled abnormal (``n_abnormal > 0``;
+            tables without the column have none), for ``train`` and ``validation``.
     """
 
     train_from: float
     train_until: float
     validation_fraction: float
     part: Part = "train"
+    normal_only: bool = False
 
     def __post_init__(self) -> None:
         if self.part not in PARTS:
             raise StageInputError(f"unknown selection part {self.part!r}; choose one of: {', '.join(PARTS)}")
 
-    def mask(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-        """Boolean mask of the selected windows, from start and end times in epoch seconds."""
+    def mask(self, starts: np.ndarray, ends: np.ndarray, abnormal: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask of the selected windows, from start and end times in epoch seconds.
+
+        ``abnormal`` (the ``n_abnormal`` column, when the table has it) applies with ``normal_only``.
+        """
         if self.part == "all":
             return np.ones(len(starts), dtype=bool)
         in_period = ends <= self.train_until
         val = validation_block_mask(starts, self.train_from, self.train_until, self.validation_fraction)
-        return in_period & (val if self.part == "validation" else ~val)
+        keep = in_period & (val if self.part == "validation" else ~val)
+        if self.normal_only and abnormal is not None:
+            keep &= abnormal == 0
+        return keep
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,21 @@ def _times(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+def _mask_args(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """What :meth:`Selection.mask` takes: start, end and, when the table has it, ``n_abnormal``."""
+    starts, ends = _times(batch)
+    if ABNORMAL_COLUMN not in batch.schema.names:
+        return starts, ends, None
+    abnormal = pc.fill_null(batch.column(ABNORMAL_COLUMN), 0).to_numpy(zero_copy_only=False)
+    return starts, ends, abnormal
+
+
+def _with_abnormal(parquet: pq.ParquetFile, columns: Sequence[str]) -> list[str]:
+    """``columns`` plus ``n_abnormal`` when the file has it (tables from before it do not)."""
+    names = parquet.schema_arrow.names
+    return [*columns, ABNORMAL_COLUMN] if ABNORMAL_COLUMN in names else list(columns)
+
+
 def _open(uri: str) -> pq.ParquetFile:
     fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
     return pq.ParquetFile(fs.open_input_file(path))
@@ -205,11 +231,19 @@ def iter_row_group_times(snapshot: Snapshot) -> Iterator[tuple[str, int, np.ndar
 
     Memory stays at one row group's timestamps, so the driver can scan any table this way.
     """
+    for uri, rg, starts, ends, _ in _iter_row_group_mask_args(snapshot):
+        yield uri, rg, starts, ends
+
+
+def _iter_row_group_mask_args(
+    snapshot: Snapshot,
+) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(file, row group, starts, ends, n_abnormal or None): the columns the selections need."""
     for uri in snapshot.file_uris():
         parquet = _open(uri)
+        columns = _with_abnormal(parquet, TIME_COLUMNS)
         for rg in range(parquet.metadata.num_row_groups):
-            starts, ends = _times(parquet.read_row_group(rg, columns=list(TIME_COLUMNS)))
-            yield uri, rg, starts, ends
+            yield uri, rg, *_mask_args(parquet.read_row_group(rg, columns=columns))
 
 
 def time_range(snapshot: Snapshot, until: float | None = None) -> tuple[float, float] | None:
@@ -248,9 +282,9 @@ def plan_shards(snapshot: Snapshot, selections: Sequence[Selection], seed: int) 
         >>> ShardReader(train, rank=1, world=2).load()
     """
     counts: list[list[Unit]] = [[] for _ in selections]
-    for uri, rg, starts, ends in iter_row_group_times(snapshot):
+    for uri, rg, starts, ends, abnormal in _iter_row_group_mask_args(snapshot):
         for i, sel in enumerate(selections):
-            n = int(sel.mask(starts, ends).sum())
+            n = int(sel.mask(starts, ends, abnormal).sum())
             if n:
                 counts[i].append(Unit(uri, rg, n))
     plans = []
@@ -330,8 +364,9 @@ class ShardReader:
             if a < b:
                 if unit.uri not in files:
                     files = {unit.uri: _open(unit.uri)}  # keep at most one file open
-                table = files[unit.uri].read_row_group(unit.row_group, columns=list(READ_COLUMNS))
-                keep = np.flatnonzero(self.plan.selection.mask(*_times(table)))
+                parquet = files[unit.uri]
+                table = parquet.read_row_group(unit.row_group, columns=_with_abnormal(parquet, READ_COLUMNS))
+                keep = np.flatnonzero(self.plan.selection.mask(*_mask_args(table)))
                 if len(keep) != unit.rows:
                     raise StageInputError(
                         f"row group {unit.row_group} of {unit.uri} has {len(keep)} selected rows, the plan "

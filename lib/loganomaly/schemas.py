@@ -93,6 +93,9 @@ SEQUENCE_COLUMNS: dict[str, str] = {
     # Row-major [n_steps, n_features] matrix of raw (not yet normalised) step features.
     "features": "array<float>",
     "n_events": "bigint",
+    # Events of the window whose label is not normal (0 for unlabelled logs): what
+    # ``train.normal_only`` filters on. Evaluation joins the events' labels itself.
+    "n_abnormal": "bigint",
     "first_event_ts": "timestamp",
     "last_event_ts": "timestamp",
     "run_id": "string",

@@ -26,7 +26,7 @@ from loganomaly.errors import ModelError, StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.schemas import TABLES
 from loganomaly.tables import Lake
-from loganomaly.windows import to_tensor
+from loganomaly.windows import signed_expm1, to_tensor
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,7 @@ def explain(
     ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
     order = np.argsort(-ratio, axis=1)[:, :top_k]
     worst_step = per_step_error.argmax(axis=1)  # [N, F]
-    undo = np.expm1 if log1p else (lambda v: v)
+    undo = signed_expm1 if log1p else (lambda v: v)
     tops, texts = [], []
     for i, idx in enumerate(order):
         tops.append([names[f] for f in idx])

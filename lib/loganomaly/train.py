@@ -223,8 +223,8 @@ def run(
     fraction = cfg.train.validation_fraction
     train_plan, val_plan = plan_shards(
         snapshot,
-        [Selection(split.train_from, split.train_until, fraction, "train"),
-         Selection(split.train_from, split.train_until, fraction, "validation")],
+        [Selection(split.train_from, split.train_until, fraction, "train", cfg.train.normal_only),
+         Selection(split.train_from, split.train_until, fraction, "validation", cfg.train.normal_only)],
         seed=cfg.train.seed,
     )
     n_train, n_val = train_plan.total, val_plan.total
@@ -241,13 +241,15 @@ def run(
         dropout=cfg.model.dropout,
     )
     log.info(
-        "train %s: %d training and %d validation windows from sequences version %d (split %s, backend %s)",
+        "train %s: %d training and %d validation windows from sequences version %d (split %s, backend %s, "
+        "reader %s)",
         run_id,
         n_train,
         n_val,
         version,
         split.as_dict(),
         cfg.train.backend,
+        cfg.train.reader,
     )
     result = train_backend(
         spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train,
@@ -291,6 +293,7 @@ def run(
             "train_windows": n_train,
             "validation_windows": n_val,
             "backend": cfg.train.backend,
+            "reader": cfg.train.reader,
             "history": result.history,
             "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
         },

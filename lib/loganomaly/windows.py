@@ -51,11 +51,25 @@ TEMPLATE_PREFIX = "tpl:"
 OTHER_TEMPLATES = "tpl:other"
 #: Events whose message no template covers (template id ``T0``).
 UNKNOWN_TEMPLATES = "tpl:unknown"
+#: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
+#: a column of a CSV metric series (``features.metrics``).
+METRIC_PREFIX = "metric:"
 
 
-def feature_names_for(template_ids: Sequence[str]) -> list[str]:
-    """The full feature list of a run that counts ``template_ids`` as their own features."""
-    return [*FEATURE_NAMES, *(TEMPLATE_PREFIX + t for t in template_ids), OTHER_TEMPLATES, UNKNOWN_TEMPLATES]
+def feature_names_for(template_ids: Sequence[str], metrics: Sequence[str] = ()) -> list[str]:
+    """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step."""
+    return [
+        *FEATURE_NAMES,
+        *(TEMPLATE_PREFIX + t for t in template_ids),
+        OTHER_TEMPLATES,
+        UNKNOWN_TEMPLATES,
+        *(METRIC_PREFIX + m for m in metrics),
+    ]
+
+
+def feature_metrics(names: Sequence[str]) -> list[str]:
+    """The metric attribute names encoded in a feature list, in order."""
+    return [n[len(METRIC_PREFIX):] for n in names if n.startswith(METRIC_PREFIX)]
 
 
 def feature_templates(names: Sequence[str]) -> list[str]:
@@ -70,12 +84,22 @@ def feature_templates(names: Sequence[str]) -> list[str]:
         for n in names
         if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
     ]
-    if list(names) != feature_names_for(templates):
+    if list(names) != feature_names_for(templates, feature_metrics(names)):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} followed by template counts, "
-            f"{OTHER_TEMPLATES!r} and {UNKNOWN_TEMPLATES!r}"
+            f"{OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} and metrics ({METRIC_PREFIX}<name>)"
         )
     return templates
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """``sign(x) * log1p(|x|)``: log1p for counts, and defined for metrics that go negative."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def signed_expm1(y: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`signed_log1p` (equal to ``expm1`` for the non-negative counts)."""
+    return np.sign(y) * np.expm1(np.abs(y))
 
 
 def stored_feature_names(path: str, version: int | None = None) -> list[str] | None:
@@ -121,7 +145,8 @@ def build_windows(
     Args:
         steps: rows of one entity with ``step`` (epoch seconds of the step start, a multiple of
             ``spec.step_seconds``), ``n_events`` and one column per feature name; optionally
-            ``first_ts``/``last_ts`` (epoch microseconds of the step's first and last event).
+            ``first_ts``/``last_ts`` (epoch microseconds of the step's first and last event) and
+            ``n_abnormal`` (events with an abnormal label), summed per window when present.
         spec: step, window length and stride.
         feature_names: feature columns, in storage order.
 
@@ -133,7 +158,10 @@ def build_windows(
         entity active for less than one window gets a single window padded with empty steps.
     """
     with_refs = "first_ts" in steps.columns and "last_ts" in steps.columns
+    with_abnormal = "n_abnormal" in steps.columns
     columns = ["window_start", "window_end", "features", "n_events"]
+    if with_abnormal:
+        columns.append("n_abnormal")
     if with_refs:
         columns += ["first_event_ts", "last_event_ts"]
     if steps.empty:
@@ -167,6 +195,11 @@ def build_windows(
         "features": list(windows.astype(np.float32)),
         "n_events": n_events,
     }
+    if with_abnormal:
+        abnormal = np.zeros(n_rows, dtype=np.int64)
+        abnormal[idx - first] = steps["n_abnormal"].to_numpy(dtype=np.int64)
+        cum_abnormal = np.concatenate([[0], np.cumsum(abnormal)])
+        out["n_abnormal"] = cum_abnormal[starts + length] - cum_abnormal[starts]
     if with_refs:
         # Busy steps in grid order; a kept window has at least one, so both lookups land inside it.
         busy = np.flatnonzero(counts > 0)
