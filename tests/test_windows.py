@@ -102,3 +102,24 @@ def test_template_features_follow_the_fixed_ones_and_round_trip() -> None:
 def test_feature_lists_this_version_cannot_compute_are_refused(names: list[str]) -> None:
     with pytest.raises(ValueError, match="not"):
         feature_templates(names)
+
+
+def test_metric_features_follow_the_templates_and_round_trip() -> None:
+    from loganomaly.windows import feature_metrics, signed_expm1, signed_log1p
+
+    names = feature_names_for(["Ta"], ["cpu", "mem_used"])
+    assert names[-2:] == ["metric:cpu", "metric:mem_used"]
+    assert feature_templates(names) == ["Ta"]
+    assert feature_metrics(names) == ["cpu", "mem_used"]
+    with pytest.raises(ValueError):
+        feature_templates([*names[:-2], "metric:cpu", "tpl:late"])
+    values = np.array([-250.0, -0.5, 0.0, 0.3, 1e6])
+    np.testing.assert_allclose(signed_expm1(signed_log1p(values)), values, rtol=1e-9)
+    np.testing.assert_allclose(signed_log1p(values[2:]), np.log1p(values[2:]))
+
+
+def test_abnormal_event_counts_are_summed_per_window() -> None:
+    steps = steps_frame([0, 1, 2, 3])
+    steps["n_abnormal"] = [0, 2, 0, 1]
+    out = build_windows(steps, WindowSpec(60, 2, 1), FEATURE_NAMES)
+    assert out["n_abnormal"].tolist() == [2, 2, 1]

@@ -268,3 +268,128 @@ def generate(out_dir: str | Path, cfg: GenerateConfig) -> GeneratedData:
             writer.writerow([a.entity, a.start.strftime("%Y-%m-%dT%H:%M:%SZ"), a.end.strftime("%Y-%m-%dT%H:%M:%SZ"), a.kind])
     log.info("generated %d lines in %d files with %d anomalies under %s", n_lines, len(files), len(anomalies), out)
     return GeneratedData(files=files, labels_path=labels, n_lines=n_lines, anomalies=anomalies)
+
+
+# ------------------------------------------------------------------ metric series (CSV)
+#: Columns of :func:`generate_metrics`' CSV files after ``timestamp`` and ``host``.
+METRIC_COLUMNS = ("cpu", "mem_used", "disk_io")
+
+
+def generate_metrics(
+    out_dir: str | Path,
+    hosts: int = 3,
+    days: int = 1,
+    start: str = "2024-03-04",
+    anomalies: int = 0,
+    seed: int = 0,
+) -> GeneratedData:
+    """One-minute metric series per host (``metrics.csv``: ``timestamp,host,cpu,mem_used,disk_io,label``).
+
+    CPU and disk I/O follow a diurnal cycle with noise; memory drifts slowly. ``anomalies``
+    episodes of 20 minutes each (a stuck CPU at 100 % with disk I/O collapsing, on one host) are
+    written with ``label=incident`` on their rows and to ``labels.csv`` as intervals, so the same
+    data can be judged through the events' labels or the interval file. Deterministic per seed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t0 = dt.datetime.fromisoformat(start).replace(tzinfo=dt.timezone.utc).timestamp()
+    minutes = np.arange(days * 1440)
+    plan: list[InjectedAnomaly] = []
+    for k in range(anomalies):
+        m0 = int(rng.integers(60, days * 1440 - 60))
+        plan.append(InjectedAnomaly(_host(k % hosts), dt.datetime.fromtimestamp(t0 + m0 * 60, dt.timezone.utc),
+                                    dt.datetime.fromtimestamp(t0 + (m0 + 20) * 60, dt.timezone.utc), "incident"))
+    rows: list[tuple[Any, ...]] = []
+    for h in range(hosts):
+        load = _diurnal(minutes % 1440) * (0.5 + 0.2 * h)
+        cpu = np.clip(0.15 + 0.5 * load + rng.normal(0, 0.03, len(minutes)), 0, 1)
+        mem = 2.0e9 + 3.0e8 * h + np.cumsum(rng.normal(0, 1e6, len(minutes)))
+        disk = np.maximum(0, 200 + 800 * load + rng.normal(0, 40, len(minutes)))
+        labels = [""] * len(minutes)
+        for a in plan:
+            if a.entity != _host(h):
+                continue
+            lo = int((a.start.timestamp() - t0) // 60)
+            cpu[lo : lo + 20], disk[lo : lo + 20] = 1.0, 5.0
+            for i in range(lo, lo + 20):
+                labels[i] = "incident"
+        for i, m in enumerate(minutes):
+            rows.append((t0 + m * 60, _host(h), f"{cpu[i]:.4f}", f"{mem[i]:.0f}", f"{disk[i]:.1f}", labels[i]))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    path = out / "metrics.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["timestamp", "host", *METRIC_COLUMNS, "label"])
+        for r in rows:
+            writer.writerow([_iso(r[0]), *r[1:]])
+    labels_path = out / "labels.csv"
+    with labels_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["entity", "start", "end", "kind"])
+        for a in plan:
+            writer.writerow([a.entity, a.start.isoformat(), a.end.isoformat(), a.kind])
+    return GeneratedData([path], labels_path, len(rows) + 1, plan)
+
+
+# ------------------------------------------------------------------ HDFS-style block sessions
+_HDFS_NORMAL = (
+    "dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /user/root/rand/_temporary/part-{part}. {blk}",
+    "dfs.DataNode$DataXceiver: Receiving block {blk} src: /10.250.{a}.{b}:{port} dest: /10.250.{a}.{b}:50010",
+    "dfs.DataNode$PacketResponder: PacketResponder {n} for block {blk} terminating",
+    "dfs.DataNode$PacketResponder: Received block {blk} of size 67108864 from /10.250.{a}.{b}",
+    "dfs.FSNamesystem: BLOCK* NameSystem.addStoredBlock: blockMap updated: 10.250.{a}.{b}:50010 is added to {blk} "
+    "size 67108864",
+)
+_HDFS_FAILURES = (
+    "dfs.DataNode: Exception in receiveBlock for block {blk} java.io.IOException: Connection reset by peer",
+    "dfs.DataNode$PacketResponder: PacketResponder {blk} {n} Exception java.io.InterruptedIOException: "
+    "Interruped while waiting for IO on channel",
+    "dfs.DataNode$DataXceiver: writeBlock {blk} received exception java.io.IOException: Could not read from stream",
+)
+
+
+def generate_hdfs(out_dir: str | Path, blocks: int = 200, anomalous: int = 0, seed: int = 0,
+                  start: str = "2008-11-09T20:00:00") -> GeneratedData:
+    """HDFS_v1-format lines (``HDFS.log``) for ``blocks`` block sessions and ``anomaly_label.csv``.
+
+    A normal block is allocated, received by three data nodes and stored three times (the
+    HDFS_v1 shape); an anomalous one (``anomalous`` of them, labels ``Anomaly``) also logs a write
+    failure and stops after one or two replicas. Block ids are ``blk_<n>`` as in HDFS, so
+    ``features.session_key: params:blk_-?\\d+`` groups them. Deterministic per seed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = dt.datetime.fromisoformat(start).replace(tzinfo=dt.timezone.utc).timestamp()
+    bad = set(rng.choice(blocks, size=anomalous, replace=False).tolist()) if anomalous else set()
+    lines: list[tuple[float, str]] = []
+    labels: list[tuple[str, str]] = []
+    for i in range(blocks):
+        blk = f"blk_{'-' if rng.random() < 0.5 else ''}{int(rng.integers(10**17, 10**18))}"
+        labels.append((blk, "Anomaly" if i in bad else "Normal"))
+        t += float(rng.exponential(20.0))
+        replicas = int(rng.integers(1, 3)) if i in bad else 3
+        fields = {"blk": blk, "part": f"{i:05d}", "port": int(rng.integers(30000, 60000)), "n": int(rng.integers(0, 3))}
+        steps = [_HDFS_NORMAL[0]] + [_HDFS_NORMAL[1]] * replicas
+        if i in bad:
+            steps.append(_HDFS_FAILURES[int(rng.integers(len(_HDFS_FAILURES)))])
+        steps += [_HDFS_NORMAL[2], _HDFS_NORMAL[3]] * replicas + [_HDFS_NORMAL[4]] * replicas
+        ts = t
+        for template in steps:
+            ts += float(rng.exponential(0.5))
+            text = template.format(a=int(rng.integers(1, 250)), b=int(rng.integers(1, 250)), **fields)
+            lines.append((ts, text))
+    lines.sort(key=lambda x: x[0])
+    path = out / "HDFS.log"
+    with path.open("w") as fh:
+        for ts, text in lines:
+            when = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+            level = "WARN" if "Exception" in text or "exception" in text else "INFO"
+            fh.write(f"{when:%y%m%d %H%M%S} {int(rng.integers(10, 999))} {level} {text}\n")
+    labels_path = out / "anomaly_label.csv"
+    with labels_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["BlockId", "Label"])
+        writer.writerows(labels)
+    return GeneratedData([path], labels_path, len(lines), [])
