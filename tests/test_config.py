@@ -106,3 +106,10 @@ def test_sources_and_templates_sections(tmp_path: Path) -> None:
     (conf / "profiles" / "noname.yaml").write_text("ingest:\n  sources:\n    - {paths: [x]}\n")
     with pytest.raises(ConfigError, match="needs a name"):
         load_config(profile="noname", conf_dir=conf)
+
+
+def test_train_reader_is_arrow_by_default_and_a_checked_choice() -> None:
+    assert load_config(conf_dir=CONF).train.reader == "arrow"
+    assert load_config(overrides=["train.reader=petastorm"], conf_dir=CONF).train.reader == "petastorm"
+    with pytest.raises(ConfigError, match="train.reader='parquet' is not valid; choose one of: arrow, petastorm"):
+        load_config(overrides=["train.reader=parquet"], conf_dir=CONF)

@@ -1,7 +1,8 @@
 """Run the rank-aware training on a backend: ``local``, ``torch_distributor`` or ``horovod``.
 
 Every backend runs the same function, :func:`rank_main`, once per rank. It reads the rank's
-shard of the pinned ``sequences`` snapshot (:mod:`loganomaly.reader`, no Spark in the ranks) and
+shard of the pinned ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with
+``train.reader=petastorm``; no Spark in the ranks) and
 trains with :func:`loganomaly.training.train_on_snapshot`. The driver gets rank 0's result back
 (best weights, history, the normaliser the ranks fitted), then calibrates and saves the bundle.
 
@@ -288,12 +289,18 @@ def train_backend(
         num_processes: ranks; by default ``cfg.num_processes`` (``local`` always runs one).
 
     Raises:
-        ConfigError: unknown backend, or a distributed backend without a SparkSession.
+        ConfigError: unknown backend, a distributed backend without a SparkSession, or
+            ``train.reader=petastorm`` where Petastorm cannot run (it needs ``make compat``).
         EngineUnavailableError: ``horovod`` is not installed.
         StageInputError: fewer training windows than ranks.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown train.backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if cfg.reader == "petastorm":
+        # Fail on the driver, not in every rank: Petastorm runs only in the compatibility environment.
+        from loganomaly.petastorm_reader import import_petastorm
+
+        import_petastorm()
     n = num_processes if num_processes is not None else cfg.num_processes
     job = RankJob(train_plan, val_plan, model_cfg, cfg, str(checkpoint_dir) if checkpoint_dir else None, resume)
     if backend == "local":

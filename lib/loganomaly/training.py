@@ -42,10 +42,10 @@ from torch import nn
 
 from loganomaly.bundle import atomic_write
 from loganomaly.config import TrainConfig
-from loganomaly.errors import ModelError, StageInputError
+from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device
 from loganomaly.normalize import STD_FLOOR, Normaliser
-from loganomaly.reader import ShardPlan, ShardReader
+from loganomaly.reader import Shard, ShardPlan, ShardReader
 
 log = logging.getLogger(__name__)
 
@@ -436,21 +436,22 @@ def train_on_snapshot(
         train_plan: training windows dealt to ranks (padded to equal lengths).
         val_plan: validation windows (split without padding; a rank may get none).
         model_cfg: model size; ``n_features``/``window_steps`` must match the data.
-        cfg: the training settings (``seed`` also seeds the per-epoch shuffles).
+        cfg: the training settings (``seed`` also seeds the per-epoch shuffles; ``reader`` picks
+            :mod:`loganomaly.reader` or :mod:`loganomaly.petastorm_reader`, same plans and guarantees).
         comm: the process group; by default from the environment (DDP when initialised).
         checkpoint_dir, resume, init_state: as in :func:`train_autoencoder`.
 
     Raises:
-        StageInputError: fewer training windows than ranks, or no validation windows.
+        ConfigError: ``cfg.reader`` is unknown or cannot run in this environment.
+        StageInputError: fewer training windows than ranks, no validation windows, or (Petastorm)
+            a rank whose row groups hold no training window.
         ModelError: as in :func:`train_autoencoder`.
     """
     comm = comm or default_collective()
     if val_plan.total == 0:
         raise StageInputError("no validation windows in the snapshot's training period")
-    reader = ShardReader(train_plan, comm.rank, comm.world)
     started = time.perf_counter()
-    shard = reader.load()
-    val_shard = ShardReader(val_plan, comm.rank, comm.world, equal=False).load()
+    shard, val_shard, order = _read_shards(train_plan, val_plan, cfg.reader, comm)
     normaliser = fit_normaliser(shard.x, comm)
     train_x = normaliser.transform(shard.x)
     val_x = normaliser.transform(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
@@ -465,10 +466,32 @@ def train_on_snapshot(
         "normaliser": normaliser.to_dict(),
         "snapshot": {"path": train_plan.snapshot.path, "version": train_plan.snapshot.version},
     }
-    result = _fit(train_x, reader.epoch_indices, val_x, model_cfg, cfg, comm, checkpoint_dir, resume,
+    result = _fit(train_x, order, val_x, model_cfg, cfg, comm, checkpoint_dir, resume,
                   init_state, meta)
     return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
                                normaliser, train_plan.total, val_plan.total)
+
+
+def _read_shards(train_plan: ShardPlan, val_plan: ShardPlan, reader: str, comm: Collective
+                 ) -> tuple[Shard, Shard, Callable[[int], np.ndarray]]:
+    """This rank's training and validation windows and its per-epoch order, with ``train.reader``.
+
+    Raises:
+        ConfigError: an unknown reader, or ``petastorm`` where Petastorm cannot run.
+    """
+    if reader == "arrow":
+        train_reader = ShardReader(train_plan, comm.rank, comm.world)
+        return (train_reader.load(), ShardReader(val_plan, comm.rank, comm.world, equal=False).load(),
+                train_reader.epoch_indices)
+    if reader == "petastorm":
+        # Imported here: Petastorm lives only in the compatibility environment (make compat).
+        from loganomaly.petastorm_reader import PetastormShardReader
+
+        petastorm_reader = PetastormShardReader(train_plan, comm.rank, comm.world)
+        shard = petastorm_reader.load(comm)
+        val_shard = PetastormShardReader(val_plan, comm.rank, comm.world, equal=False).load(comm)
+        return shard, val_shard, petastorm_reader.epoch_indices
+    raise ConfigError(f"unknown train.reader {reader!r}; choose one of: arrow, petastorm")
 
 
 def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
