@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from loganomaly.errors import ConfigError, LogAnomalyError, StageInputError
-from loganomaly.reader import READ_COLUMNS, Shard, ShardPlan
+from loganomaly.reader import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ COMPAT_HINT = (
 #: Petastorm releases whose thread pool returned zero rows with no error in some reads (DESIGN.md);
 #: they get the single-threaded ``dummy`` pool.
 RACY_THREAD_POOL_FROM = (0, 13)
-
-#: Labelled-abnormal event count per window (``train.normal_only``); older tables lack it.
-ABNORMAL_COLUMN = "n_abnormal"
 
 #: Reader threads per rank for Petastorm 0.12 (a rank usually has one or two cores of its own).
 THREAD_WORKERS = 2
@@ -215,8 +212,7 @@ class PetastormShardReader:
             return self.plan.selection.mask(starts, ends)
         # An integer column with nulls comes back from pandas as float with NaN; null counts as 0.
         counts = np.nan_to_num(np.asarray(abnormal, dtype=np.float64), nan=0.0).astype(np.int64)
-        mask: np.ndarray = self.plan.selection.mask(starts, ends, counts)  # type: ignore[call-arg]
-        return mask
+        return self.plan.selection.mask(starts, ends, counts)
 
     # ------------------------------------------------------------------ balancing (collective)
     def load(self, comm: Any) -> Shard:

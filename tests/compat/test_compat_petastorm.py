@@ -108,6 +108,36 @@ def test_petastorm_selects_exactly_the_rows_of_the_arrow_reader(snapshot: Snapsh
         np.testing.assert_array_equal(got[np.argsort(ids(got))], arrow.x[np.argsort(ids(arrow.x))])
 
 
+def test_normal_only_drops_the_same_windows_as_the_arrow_reader(tmp_path: Path) -> None:
+    """``n_abnormal`` (with nulls, which count as 0) filters Petastorm's rows as it filters Arrow's."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    n = 40
+    x = windows(n)
+    starts = (np.arange(n) * HOUR * 1e6).astype("int64")
+    abnormal = pa.array([3 if i % 5 == 0 else (None if i % 7 == 0 else 0) for i in range(n)], pa.int64())
+    table = pa.table({
+        "entity": pa.array(["h"] * n),
+        "window_start": pa.array(starts, pa.timestamp("us", tz="UTC")),
+        "window_end": pa.array(starts + int(T * 60 * 1e6), pa.timestamp("us", tz="UTC")),
+        "n_steps": pa.array([T] * n, pa.int32()),
+        "n_features": pa.array([F] * n, pa.int32()),
+        "features": pa.array([row.reshape(-1).tolist() for row in x], pa.list_(pa.float32())),
+        "n_abnormal": abnormal,
+    })
+    path = str(tmp_path / "sequences")
+    write_deltalake(path, table, mode="overwrite")
+    snapshot = Snapshot(path, 0)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    for part in ("train", "validation"):
+        (plan,) = plan_shards(snapshot, [Selection(lo, hi, 0.25, part, normal_only=True)], 1)  # type: ignore[arg-type]
+        arrow = sorted(ids(ShardReader(plan, 0, 1, equal=False).load().x))
+        _, shards = settled_readers(plan, 1, equal=False)
+        assert sorted(ids(shards[0].x)) == arrow and not any(i % 5 == 0 for i in arrow)
+        assert any(i % 7 == 0 for i in arrow), "a null count keeps its window"
+
+
 def test_order_is_reproducible_and_reshuffled_every_epoch(snapshot: Snapshot) -> None:
     (plan,) = plan_shards(snapshot, [Selection(0.0, 1e12, 0.25, "all")], seed=7)
     first = PetastormShardReader(plan, 0, 2, pool_type="thread").read_local()
