@@ -7,13 +7,17 @@ in the same process and with the same model, data, batch size and epochs:
 * ``delta``: :func:`loganomaly.training.train_on_snapshot`, timed from planning the shards (time
   columns scan), reading the rank's Parquet row groups and fitting the normaliser, to the end of
   training; the ratio ``delta / in-memory`` is the cost of the full path (aim: >= 0.9);
+  once per reader (``--reader``): the Arrow reader and, where it runs, Petastorm;
+* ``read only``: windows/s of each reader loading one rank's whole training shard (no training);
 * ``torch_distributor`` with 1 and 2 processes on ``local[2]`` (skip with ``--no-distributed``):
-  wall time including torchrun start-up, and the training loop's own samples/s.
+  wall time including torchrun start-up, and the training loop's own samples/s, per reader.
 
 Runs alternate and the median of ``--repeats`` is reported, because the machine's cores are shared.
 
 Usage:
     python bench/train.py [--windows 8192] [--epochs 5] [--batch-size 64] [--hidden 32] [--no-distributed]
+                          [--reader arrow|petastorm|both]
+    .venv-compat/bin/python bench/train.py        # both readers (Petastorm runs only in make compat's env)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +61,30 @@ def selections(snapshot: Snapshot) -> list[Selection]:
     return [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")]
 
 
+def petastorm_runs() -> bool:
+    """Petastorm importable and usable (pyarrow < 15): the compatibility environment."""
+    try:
+        from loganomaly.petastorm_reader import import_petastorm
+
+        import_petastorm()
+    except Exception:
+        return False
+    return True
+
+
+def read_only(snapshot: Snapshot, reader: str, seed: int) -> float:
+    """Windows/s of one rank loading the whole training shard with ``reader`` (plan not counted)."""
+    train, _ = plan_shards(snapshot, selections(snapshot), seed)
+    started = time.perf_counter()
+    if reader == "arrow":
+        n = len(ShardReader(train, 0, 1).load())
+    else:
+        from loganomaly.petastorm_reader import PetastormShardReader
+
+        n = len(PetastormShardReader(train, 0, 1).load(Collective()))
+    return n / (time.perf_counter() - started)
+
+
 def run_delta(snapshot: Snapshot, model_cfg: LSTMAutoencoderConfig, cfg: TrainConfig) -> tuple[float, int, float]:
     """(wall seconds, samples trained, seconds inside the epoch loops)."""
     started = time.perf_counter()
@@ -85,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads per process (default 1: stable on shared cores, and what torchrun "
                         "gives each of several ranks)")
     parser.add_argument("--no-distributed", action="store_true")
+    parser.add_argument("--reader", choices=["arrow", "petastorm", "both"],
+                        help="shard reader(s) to measure (default: both where Petastorm runs, else arrow)")
     args = parser.parse_args(argv)
+    readers = {"arrow": ["arrow"], "petastorm": ["petastorm"], "both": ["arrow", "petastorm"]}[
+        args.reader or ("both" if petastorm_runs() else "arrow")]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # torchrun keeps an OMP_NUM_THREADS it finds, so 1- and 2-process runs use the same threads per rank.
@@ -109,21 +142,33 @@ def main(argv: list[str] | None = None) -> None:
         val_x = norm.transform(ShardReader(val_plan, 0, 1, equal=False).load().x)
         run_memory(train_x, val_x, model_cfg, cfg)  # warm-up (allocator, oneDNN kernels), not counted
 
-        delta_rates, memory_rates, delta_loop, memory_loop, setup = [], [], [], [], []
+        memory_rates: list[float] = []
+        memory_loop: list[float] = []
+        delta_rates: dict[str, list[float]] = {r: [] for r in readers}
+        delta_loop: dict[str, list[float]] = {r: [] for r in readers}
+        setup: dict[str, list[float]] = {r: [] for r in readers}
+        reads: dict[str, list[float]] = {r: [] for r in readers}
         for _ in range(args.repeats):
             seconds, samples, loop = run_memory(train_x, val_x, model_cfg, cfg)
             memory_rates.append(samples / seconds)
             memory_loop.append(samples / loop)
-            seconds, samples, loop = run_delta(snapshot, model_cfg, cfg)
-            delta_rates.append(samples / seconds)
-            delta_loop.append(samples / loop)
-            setup.append(seconds - loop)
-        memory, delta = statistics.median(memory_rates), statistics.median(delta_rates)
+            for reader in readers:
+                seconds, samples, loop = run_delta(snapshot, model_cfg, replace(cfg, reader=reader))  # type: ignore[arg-type]
+                delta_rates[reader].append(samples / seconds)
+                delta_loop[reader].append(samples / loop)
+                setup[reader].append(seconds - loop)
+                reads[reader].append(read_only(snapshot, reader, cfg.seed))
+        memory = statistics.median(memory_rates)
         rows.append(("in-memory tensors (end to end)", "1", f"{memory:,.0f}",
                      f"loop only {statistics.median(memory_loop):,.0f}/s"))
-        rows.append(("Delta -> reader -> train (end to end)", "1", f"{delta:,.0f}",
-                     f"ratio {delta / memory:.3f}; loop only {statistics.median(delta_loop):,.0f}/s; "
-                     f"plan+read+normaliser {statistics.median(setup):.2f}s once per run"))
+        for reader in readers:
+            delta = statistics.median(delta_rates[reader])
+            rows.append((f"Delta -> {reader} reader -> train (end to end)", "1", f"{delta:,.0f}",
+                         f"ratio {delta / memory:.3f}; loop only {statistics.median(delta_loop[reader]):,.0f}/s; "
+                         f"plan+read+normaliser {statistics.median(setup[reader]):.2f}s once per run"))
+        for reader in readers:
+            rows.append((f"{reader} reader, read only (windows/s)", "1", f"{statistics.median(reads[reader]):,.0f}",
+                         "one rank loads the whole training shard"))
 
         if not args.no_distributed:
             from loganomaly.config import SparkConfig
@@ -133,24 +178,26 @@ def main(argv: list[str] | None = None) -> None:
             spark = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, log_level="ERROR",
                                           driver_memory="1g"))
             try:
-                for n in (1, 2):
-                    started = time.perf_counter()
-                    result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg, cfg,
-                                           num_processes=n)
-                    wall = time.perf_counter() - started
-                    samples = sum(int(h["samples"]) for h in result.history)
-                    loop = sum(float(h["seconds"]) for h in result.history)
-                    rows.append((f"torch_distributor (loop; wall {wall:.1f}s)", str(n), f"{samples / loop:,.0f}",
-                                 f"wall {samples / wall:,.0f}/s, val {result.best_val_loss:.4f}"))
+                for reader in readers:
+                    for n in (1, 2):
+                        started = time.perf_counter()
+                        result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg,
+                                               replace(cfg, reader=reader), num_processes=n)  # type: ignore[arg-type]
+                        wall = time.perf_counter() - started
+                        samples = sum(int(h["samples"]) for h in result.history)
+                        loop = sum(float(h["seconds"]) for h in result.history)
+                        rows.append((f"torch_distributor, {reader} (loop; wall {wall:.1f}s)", str(n),
+                                     f"{samples / loop:,.0f}",
+                                     f"wall {samples / wall:,.0f}/s, val {result.best_val_loss:.4f}"))
             finally:
                 spark.stop()
 
     print(f"\n{args.windows} windows x {args.steps} steps x {len(FEATURE_NAMES)} features, hidden {args.hidden}, "
           f"batch {args.batch_size}, {args.epochs} epochs, {args.threads} thread(s) per process, "
           f"{os.cpu_count()} cores")
-    print(f"{'path':44} {'procs':>5} {'samples/s':>10}  note")
+    print(f"{'path':50} {'procs':>5} {'samples/s':>10}  note")
     for name, procs, rate, note in rows:
-        print(f"{name:44} {procs:>5} {rate:>10}  {note}")
+        print(f"{name:50} {procs:>5} {rate:>10}  {note}")
 
 
 if __name__ == "__main__":
