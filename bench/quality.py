@@ -243,11 +243,14 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
     result.add("hdfs (HDFS_5k, raw)", "deeplog", m)
     # Baselines: count vectors of the same sessions; the same validation blocks as DeepLog.
     from loganomaly.reader import validation_block_mask
+    from loganomaly.session_model import order_validation_mask
 
     train_s = _sessions_of(spark, work / "lake" / pipeline.TRAINING_LAKE)
     starts = train_s["start"].astype("int64").to_numpy() / 1e9
-    is_val = validation_block_mask(starts, starts.min(), starts.max() + 1, cfg.train.validation_fraction)
     normal = train_s["label"].isna().to_numpy()
+    is_val = validation_block_mask(starts, starts.min(), starts.max() + 1, cfg.train.validation_fraction)
+    if int((normal & is_val).sum()) < 2:  # the same fallback as session_model.train_run
+        is_val = order_validation_mask(starts, normal, cfg.train.validation_fraction)
     tr = [list(s) for s in train_s["template_ids"][normal & ~is_val]]
     va = [list(s) for s in train_s["template_ids"][normal & is_val]]
     test_s = _sessions_of(spark, work / "lake")

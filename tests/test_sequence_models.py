@@ -106,6 +106,16 @@ def test_vocabulary_min_count_and_round_trip() -> None:
     assert Vocabulary.from_dict(vocab.to_dict()) == vocab
 
 
+def test_vocabulary_min_support_counts_sessions_not_events() -> None:
+    sessions = [["A", "B"]] * 18 + [["A", "C", "C", "C", "C", "C"]] * 1 + [["A", "D"]] * 2
+    # C: 5 events but 1 of 21 sessions; D: 2 of 21 sessions (about 9.5 %)
+    assert Vocabulary.fit(sessions, min_support=0.05).templates == ["A", "B", "D"]
+    assert Vocabulary.fit(sessions, min_support=0.1).templates == ["A", "B"]
+    assert Vocabulary.fit(sessions).templates == ["A", "B", "C", "D"]
+    with pytest.raises(ModelError):
+        Vocabulary.fit(sessions, min_support=1.0)
+
+
 def test_vocabulary_from_dict_refuses_bad_input() -> None:
     with pytest.raises(ModelError, match="unknown vocabulary keys"):
         Vocabulary.from_dict({"templates": ["a"], "extra": 1})

@@ -124,6 +124,14 @@ def test_threshold_extrapolates_the_tail_of_a_small_validation_set() -> None:
     assert threshold < np.quantile(population, 0.99999)
 
 
+def test_threshold_of_two_humps_stays_near_the_largest_normal_score() -> None:
+    # half the normal windows reconstruct almost perfectly, the rest (rare but normal events) do not
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.lognormal(-9.0, 0.3, 500), rng.lognormal(4.5, 0.05, 500)])
+    threshold = calibrate_threshold(scores, 0.99)
+    assert np.quantile(scores, 0.99) <= threshold <= 2.0 * scores.max()
+
+
 def test_threshold_refuses_bad_scores() -> None:
     with pytest.raises(ModelError):
         calibrate_threshold(np.array([]), 0.99)

@@ -156,6 +156,10 @@ class ModelConfig:
     embedding_dim: int = 16
     top_g: int = 0
     target_fpr: float = 0.01
+    # deeplog: templates found in fewer than this share of the training sessions are treated as
+    # unknown (always unexpected). 0 trusts every training template; set it near the expected
+    # share of anomalous sessions when the training data are not known to be clean.
+    min_template_support: float = 0.0
 
 
 @dataclass
@@ -405,6 +409,7 @@ def validate(cfg: Config) -> None:
         ),
         (0 < cfg.train.train_fraction <= 1, "train.train_fraction must be in (0, 1]"),
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
+        (0 <= cfg.model.min_template_support < 1, "model.min_template_support must be in [0, 1)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),

@@ -189,7 +189,14 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
 
     templates = feature_templates(feature_names)
     metrics = feature_metrics(feature_names)
-    is_conn = F.col("format") == "json"
+    # Network records (Zeek logs of any type, JSON conn logs) name a peer; log lines do not.
+    is_conn = F.col("dst_addr").isNotNull()
+    # Zeek's own direction: an outside host opening a connection into the monitored network.
+    inbound = (
+        is_conn
+        & F.lower(F.col("attributes")["local_orig"]).isin("f", "false")
+        & F.lower(F.col("attributes")["local_resp"]).isin("t", "true")
+    )
     level = F.lower(F.col("level"))
     tpl = F.col("template_id")
     step = (F.floor(F.unix_timestamp("ts") / step_seconds) * step_seconds).cast("long")
@@ -207,6 +214,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         "distinct_dst_ports": F.count_distinct("dst_port"),
         "distinct_dst_addrs": F.count_distinct("dst_addr"),
         "failed_connections": F.sum(F.col("status").isin(FAILED_CONN_STATES).cast("long")),
+        "inbound_connections": count_if(inbound),
         "errors": F.sum(level.isin(ERROR_LEVELS).cast("long")),
         "warnings": F.sum(level.isin(WARNING_LEVELS).cast("long")),
         "mean_duration": F.avg("duration"),

@@ -111,18 +111,29 @@ class Vocabulary:
         self._ids = {t: i + FIRST_TEMPLATE_ID for i, t in enumerate(self.templates)}
 
     @classmethod
-    def fit(cls, sessions: Iterable[Iterable[str]], min_count: int = 1) -> Vocabulary:
-        """The templates of the training sessions seen at least ``min_count`` times.
+    def fit(cls, sessions: Iterable[Iterable[str]], min_count: int = 1, min_support: float = 0.0) -> Vocabulary:
+        """The templates of the training sessions seen at least ``min_count`` times and in at
+        least ``min_support`` (a fraction) of the sessions.
 
         A ``min_count`` above 1 treats rare training templates as unknown, so the model also learns
         what follows an unknown event instead of meeting id 0 for the first time at scoring.
+        ``min_support`` is for training data that are not known to be clean: an event type found in
+        fewer sessions than the expected share of anomalous ones is not trusted as normal.
         """
         if min_count < 1:
             raise ModelError(f"min_count must be >= 1, got {min_count}")
+        if not 0.0 <= min_support < 1.0:
+            raise ModelError(f"min_support must be in [0, 1), got {min_support}")
         counts: Counter[str] = Counter()
+        support: Counter[str] = Counter()
+        n_sessions = 0
         for session in sessions:
-            counts.update(str(t) for t in session)
-        vocab = cls(sorted(t for t, c in counts.items() if c >= min_count))
+            templates = [str(t) for t in session]
+            counts.update(templates)
+            support.update(set(templates))
+            n_sessions += 1
+        vocab = cls(sorted(t for t, c in counts.items()
+                           if c >= min_count and support[t] >= min_support * n_sessions))
         log.info("vocabulary: %d templates (of %d seen, min_count %d)", len(vocab.templates), len(counts), min_count)
         return vocab
 

@@ -132,6 +132,16 @@ def _load_sessions(lake: Lake, version: int) -> pd.DataFrame:
     return frame.sort_values(["start", "session_key"], kind="stable").reset_index(drop=True)
 
 
+def order_validation_mask(starts: np.ndarray, eligible: np.ndarray, fraction: float) -> np.ndarray:
+    """Every ``round(1 / fraction)``-th eligible session in start order (ties by position) validates."""
+    every = max(2, round(1 / fraction))
+    idx = np.flatnonzero(eligible)
+    ordered = idx[np.argsort(starts[idx], kind="stable")]
+    mask = np.zeros(len(starts), dtype=bool)
+    mask[ordered[every - 1 :: every]] = True
+    return mask
+
+
 def _fpr(scores: Sequence[SessionScore], g: int) -> float:
     flagged = [s.n_unknown > 0 or s.max_rank >= g for s in scores]
     return float(np.mean(flagged)) if flagged else 0.0
@@ -164,6 +174,12 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
     normal = sessions["label"].isna().to_numpy()
     excluded = int((in_period & ~normal).sum())
     is_val = validation_block_mask(starts, split.train_from, split.train_until, cfg.train.validation_fraction)
+    if int((in_period & normal & is_val).sum()) < MIN_VALIDATION_SESSIONS:
+        # Sessions that all start in a burst (HDFS jobs allocate their blocks within minutes) fall
+        # into one or two time blocks; spread validation over the sessions' start order instead.
+        is_val = order_validation_mask(starts, in_period & normal, cfg.train.validation_fraction)
+        log.info("train: sessions start too close together for time-block validation; every %d-th "
+                 "session in start order validates instead", round(1 / cfg.train.validation_fraction))
     train_rows = sessions[in_period & normal & ~is_val]
     val_rows = sessions[in_period & normal & is_val]
     if len(train_rows) < MIN_TRAIN_SESSIONS or len(val_rows) < MIN_VALIDATION_SESSIONS:
@@ -177,7 +193,7 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
         "%d labelled sessions of the period left out)",
         run_id, len(train_rows), len(val_rows), version, split.as_dict(), excluded,
     )
-    vocab = Vocabulary.fit(train_rows["template_ids"])
+    vocab = Vocabulary.fit(train_rows["template_ids"], min_support=cfg.model.min_template_support)
     train_ids = vocab.encode_many(train_rows["template_ids"])
     val_ids = vocab.encode_many(val_rows["template_ids"])
     model_cfg = DeepLogConfig(

@@ -716,6 +716,8 @@ def _log_mlflow(record: dict[str, float]) -> None:
 
 #: Robust floor of the threshold: median + this many robust standard deviations (1.4826 * MAD).
 THRESHOLD_MAD_FLOOR = 3.0
+#: The log-normal tail may extrapolate at most this factor beyond the largest validation score.
+THRESHOLD_TAIL_CAP = 2.0
 
 
 def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
@@ -729,6 +731,11 @@ def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
       largest score or two and badly underestimates the tail that thousands of scored windows
       will sample, so the fitted tail extrapolates where the sample runs out;
     * ``median + 3 * 1.4826 * MAD``, a floor for tiny validation sets where both are unstable.
+
+    The log-normal estimate is capped at :data:`THRESHOLD_TAIL_CAP` times the largest validation
+    score: when validation scores are not one skewed hump (windows of rare but normal events
+    score orders of magnitude above quiet ones, as on BGL), the fitted spread explodes and the
+    "tail" lands far beyond anything normal ever scored, which would silence the detector.
 
     Raises:
         ModelError: no scores, non-finite scores, or a quantile outside (0, 1).
@@ -747,5 +754,6 @@ def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
     if positive.size >= 2:
         logs = np.log(positive)
         z = statistics.NormalDist().inv_cdf(quantile)
-        candidates.append(float(np.exp(logs.mean() + z * logs.std(ddof=1))))
+        tail = float(np.exp(logs.mean() + z * logs.std(ddof=1)))
+        candidates.append(min(tail, THRESHOLD_TAIL_CAP * float(scores.max())))
     return max(candidates)

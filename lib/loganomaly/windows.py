@@ -37,6 +37,7 @@ FEATURE_NAMES: list[str] = [
     "distinct_dst_ports",
     "distinct_dst_addrs",
     "failed_connections",
+    "inbound_connections",
     "errors",
     "warnings",
     "mean_duration",
