@@ -292,7 +292,8 @@ def train_backend(
         ConfigError: unknown backend, a distributed backend without a SparkSession, or
             ``train.reader=petastorm`` where Petastorm cannot run (it needs ``make compat``).
         EngineUnavailableError: ``horovod`` is not installed.
-        StageInputError: fewer training windows than ranks.
+        StageInputError: fewer training windows than ranks, or (Petastorm) a rank whose row groups
+            would hold no training window.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown train.backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -310,6 +311,10 @@ def train_backend(
         raise ConfigError(f"train.num_processes must be >= 1, got {n}")
     # Fail on the driver, not in n ranks at once.
     train_plan.check_world(n)
+    if cfg.reader == "petastorm" and n > 1:
+        from loganomaly.petastorm_reader import check_dealing
+
+        check_dealing(train_plan, n)
     if backend == "horovod":
         horovod_spark = import_horovod()
     if spark is None:

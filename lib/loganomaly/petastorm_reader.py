@@ -28,7 +28,8 @@ How its guarantees are kept, given that Petastorm deals *whole row groups* to ra
   thread pool returning nothing without an error, fails the run instead of training on less.
 * A rank whose row groups hold no selected window has nothing to pad with: every rank raises a
   :class:`~loganomaly.errors.StageInputError` that says to write more row groups or use fewer
-  ranks. A read that fails on one rank also fails every rank (after the exchange), so no rank
+  ranks. The driver predicts the dealing from the Parquet footers (:func:`check_dealing`) and
+  refuses such a run before any rank starts. A read that fails on one rank also fails every rank (after the exchange), so no rank
   waits forever in a collective.
 
 Petastorm unpickles a Unischema only from a ``_common_metadata`` file; a list of Delta data files has
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 
 from loganomaly.errors import ConfigError, LogAnomalyError, StageInputError
-from loganomaly.reader import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan
+from loganomaly.reader import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan, _open
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +125,8 @@ class PetastormShardReader:
 
     # ------------------------------------------------------------------ reading (no collectives)
     def files(self) -> list[str]:
-        """The snapshot files that hold selected rows, sorted: every rank lists the same files in the same order.
-
-        Files without a selected row are left out, so a test-period file is not read to be thrown away.
-        """
-        return sorted({unit.uri for unit in self.plan.units})
+        """The files this reader hands Petastorm (see :func:`plan_files`)."""
+        return plan_files(self.plan)
 
     def read_local(self) -> Shard:
         """Read this rank's row groups with Petastorm, keep the selected rows, sort them by row key.
@@ -268,14 +266,7 @@ class PetastormShardReader:
             )
         empty = [r for r, n in enumerate(counts) if n == 0]
         if self.equal and empty:
-            groups = len(self.plan.units)
-            raise StageInputError(
-                f"Petastorm gave ranks {empty} of {self.world} no {part} windows: it deals whole row groups to "
-                f"ranks (row group i to rank i % {self.world}) and only {groups} row groups of "
-                f"{self.plan.snapshot.path} hold {part} windows. Write more row groups (smaller row groups or "
-                "more files), use fewer ranks (train.num_processes), or use train.reader=arrow, which splits "
-                "by rows"
-            )
+            raise StageInputError(_empty_shard_message(self.plan, self.world, empty))
         self.counts = list(counts)
         if self.rank == 0 and self.equal:
             pad = self.world * max(counts) - sum(counts)
@@ -320,6 +311,56 @@ class PetastormShardReader:
         return order
 
 
+def plan_files(plan: ShardPlan) -> list[str]:
+    """The snapshot files that hold selected rows, sorted: every rank lists the same files in the same order.
+
+    Files without a selected row are left out, so a test-period file is not read to be thrown away.
+    """
+    return sorted({unit.uri for unit in plan.units})
+
+
+def dealt_rows(plan: ShardPlan, world: int) -> tuple[list[int], int]:
+    """Selected rows each rank will get from Petastorm, and the number of row groups it deals.
+
+    Petastorm (0.12, 0.13) numbers the row groups of the listed files in order and gives row group
+    ``i`` to shard ``i % shard_count``; this applies that rule to the plan's per-row-group counts,
+    reading only the files' Parquet footers. The ranks check what they really got (:meth:`settle`).
+    """
+    selected = {(unit.uri, unit.row_group): unit.rows for unit in plan.units}
+    counts, index = [0] * world, 0
+    for uri in plan_files(plan):
+        for rg in range(_open(uri).metadata.num_row_groups):
+            counts[index % world] += selected.get((uri, rg), 0)
+            index += 1
+    return counts, index
+
+
+def check_dealing(plan: ShardPlan, world: int) -> list[int]:
+    """Refuse, on the driver, a world that Petastorm's dealing would leave a training rank without rows.
+
+    Returns:
+        The rows per rank (:func:`dealt_rows`).
+
+    Raises:
+        StageInputError: fewer row groups than ranks, or a rank whose row groups hold no selected row.
+    """
+    counts, groups = dealt_rows(plan, world)
+    empty = [r for r, n in enumerate(counts) if n == 0]
+    if groups < world or empty:
+        raise StageInputError(_empty_shard_message(plan, world, empty or list(range(groups, world))))
+    return counts
+
+
+def _empty_shard_message(plan: ShardPlan, world: int, empty: list[int]) -> str:
+    part = plan.selection.part
+    return (
+        f"Petastorm gives ranks {empty} of {world} no {part} windows: it deals whole row groups to ranks "
+        f"(row group i to rank i % {world}) and only {len(plan.units)} row groups of {plan.snapshot.path} hold "
+        f"{part} windows. Write more row groups (smaller row groups or more files), use fewer ranks "
+        "(train.num_processes), or use train.reader=arrow, which splits by rows"
+    )
+
+
 def _empty_shard(shape: tuple[int, int] | None = None) -> Shard:
     steps, feats = shape if shape is not None else (0, 0)
     return Shard(np.zeros((0, steps, feats), np.float32), np.zeros(0, object), np.zeros(0, np.int64))
@@ -354,4 +395,5 @@ def _windows(batch: Any, keep: np.ndarray, shape: tuple[int, int] | None) -> tup
     return flat[keep].astype(np.float32, copy=False).reshape(-1, *this), this
 
 
-__all__ = ["COMPAT_HINT", "PetastormShardReader", "import_petastorm", "pool_type_for"]
+__all__ = ["COMPAT_HINT", "PetastormShardReader", "check_dealing", "dealt_rows", "import_petastorm", "plan_files",
+           "pool_type_for"]
