@@ -327,10 +327,10 @@ def run(
     run_id = new_run_id("evaluate")
     data = labelled_windows(spark, lake, bundle.version, labels, normal_labels)
     # A DeepLog bundle's scores are unexpected-event counts against a threshold fixed by top_g.
-    stored = bundle.threshold if isinstance(bundle, ModelBundle) else data.threshold
-    if not math.isclose(data.threshold, stored, rel_tol=1e-9, abs_tol=1e-12):
+    bundle_threshold = bundle.threshold if isinstance(bundle, ModelBundle) else data.threshold
+    if not math.isclose(data.threshold, bundle_threshold, rel_tol=1e-9, abs_tol=1e-12):
         log.warning("scores carry threshold %.6g, bundle %.6g; evaluating the scores' threshold",
-                    data.threshold, stored)
+                    data.threshold, bundle_threshold)
     stored = evaluate_arrays(data.scores, data.labels, data.threshold)
     results = {"stored": stored}
     if math.isfinite(stored["best_f1_threshold"]):

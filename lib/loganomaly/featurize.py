@@ -2,13 +2,15 @@
 
 Spark aggregates events into (entity, step) rows; each entity's steps are then cut into windows
 by the Spark-free :func:`loganomaly.windows.build_windows` inside ``applyInPandas``. Features are
-stored raw (log1p counts); normalisation is fitted on the training split only and travels with
+stored raw (sign-preserving log1p of counts, sums and metric means); normalisation is fitted on the training split only and travels with
 the model, so the same ``sequences`` serve training and scoring.
 
 Feature list rule. Besides the fixed :data:`loganomaly.windows.FEATURE_NAMES`, every step counts
 the events of each of the ``k`` most frequent templates (``tpl:<id>``), of every other known
 template (``tpl:other``) and of messages no template covers (``tpl:unknown``, id ``T0``; flow
-records without a message count in neither). Which templates are "frequent" is a fitted choice,
+records without a message count in neither), then the step mean of each numeric attribute named
+in ``features.metrics`` (``metric:<name>``, e.g. the columns of a CSV metric series). Which
+templates are "frequent" is a fitted choice,
 so it must come from the training period only and must not move under a trained model:
 
 1. if ``sequences`` already exists and has ``feature_names``, those names are reused as they are
