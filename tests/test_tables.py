@@ -164,7 +164,7 @@ def _append_many(path: str, worker: int, n: int) -> None:
     schema = StructType([StructField("worker", LongType()), StructField("seq", LongType())])
     for seq in range(n):
         writer = DeltaRsWriter({"path": path}, schema, overwrite=False)
-        batch = pa.record_batch({"worker": [worker], "seq": [seq]})
+        batch = pa.RecordBatch.from_pydict({"worker": [worker], "seq": [seq]})
         writer.commit([writer.write(iter([batch]))])
 
 

@@ -104,22 +104,29 @@ def signed_expm1(y: np.ndarray) -> np.ndarray:
 
 
 def stored_feature_names(path: str, version: int | None = None) -> list[str] | None:
-    """Feature names of a ``sequences`` snapshot, read from its first row with delta-rs.
+    """Feature names of a ``sequences`` snapshot, read from its first row.
 
     One row is enough: featurize writes the whole table in one commit with one name list. Returns
     ``None`` for an empty table or one written without the column (e.g. by
-    :func:`loganomaly.reader.write_windows`); callers decide what that means.
+    :func:`loganomaly.reader.write_windows`); callers decide what that means. delta-rs only lists
+    the snapshot's files and pyarrow reads them (not ``DeltaTable.to_pyarrow_dataset``, which
+    needs pyarrow >= 15 and so would fail in the Petastorm environment).
     """
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
     from deltalake import DeltaTable
 
-    dataset = DeltaTable(path, version=version).to_pyarrow_dataset()
-    if "feature_names" not in dataset.schema.names:
-        return None
-    head = dataset.head(1, columns=["feature_names"])
-    if head.num_rows == 0:
-        return None
-    names = head.column("feature_names")[0].as_py()
-    return [str(n) for n in names] if names is not None else None
+    for uri in sorted(DeltaTable(path, version=version).file_uris()):
+        fs, file_path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        parquet = pq.ParquetFile(fs.open_input_file(file_path))
+        if "feature_names" not in parquet.schema_arrow.names:
+            return None
+        for rg in range(parquet.metadata.num_row_groups):
+            head = parquet.read_row_group(rg, columns=["feature_names"])
+            if head.num_rows:
+                names = head.column("feature_names")[0].as_py()
+                return [str(n) for n in names] if names is not None else None
+    return None
 
 
 @dataclass(frozen=True)
