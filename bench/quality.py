@@ -267,9 +267,11 @@ def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     from loganomaly.sequence_models import (
         DeepLogConfig,
         SequenceTrainConfig,
+        Vocabulary,
         calibrate_top_g,
         score_sessions,
         train_deeplog,
+        with_end,
     )
 
     folder = data / "deeplog_hdfs_sessions"
@@ -281,8 +283,20 @@ def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     cut = int(len(normal) * 0.8)
     train_all, normal_test = normal[:cut], normal[cut:]
     vcut = int(len(train_all) * 0.8)
-    train, val = train_all[:vcut], train_all[vcut:]
-    n_ids = max(max(s) for s in normal + abnormal if s) + 1  # ids 1..28; 0 = unknown / padding
+    train_raw, val_raw = train_all[:vcut], train_all[vcut:]
+    # The files' event ids (1..28) become template strings and go through the model's Vocabulary
+    # (fitted on training sessions only), as sessions from the lake do.
+    def strings(sessions: list[list[int]]) -> list[list[str]]:
+        out = [[str(t) for t in s] for s in sessions]
+        return with_end(out) if cfg.model.session_end else out  # as session_model does
+
+    vocab = Vocabulary.fit(strings(train_raw))
+
+    def enc(sessions: list[list[int]]) -> list[list[int]]:
+        return vocab.encode_many(strings(sessions))
+
+    train, val = enc(train_raw), enc(val_raw)
+    n_ids = vocab.size
     model_cfg = DeepLogConfig(vocab_size=n_ids, window=cfg.model.history, embedding_dim=cfg.model.embedding_dim,
                               hidden_size=cfg.model.hidden_size, num_layers=cfg.model.num_layers, top_g=1)
     # 61k training windows: a few epochs converge (the validation loss flattens by epoch 5).
@@ -291,7 +305,7 @@ def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     res = train_deeplog(train, val, model_cfg, train_cfg)
     val_scores = score_sessions(res.model, val, top_g=1)  # type: ignore[arg-type]
     top_g = calibrate_top_g(val_scores, cfg.model.target_fpr, max_g=n_ids)
-    test = normal_test + abnormal
+    test = enc(normal_test + abnormal)
     y = np.array([0] * len(normal_test) + [1] * len(abnormal), np.int64)
     scored = score_sessions(res.model, test, top_g=top_g)  # type: ignore[arg-type]
     unexpected = np.array([s.n_misses for s in scored], np.float64)

@@ -160,6 +160,9 @@ class ModelConfig:
     # unknown (always unexpected). 0 trusts every training template; set it near the expected
     # share of anomalous sessions when the training data are not known to be clean.
     min_template_support: float = 0.0
+    # deeplog: close every session with an "<END>" pseudo-event the model must predict, so a
+    # session that stops early is anomalous too.
+    session_end: bool = True
 
 
 @dataclass

@@ -51,6 +51,15 @@ PAD_ID = 1
 FIRST_TEMPLATE_ID = 2
 UNKNOWN_TOKEN = "<UNKNOWN>"
 PAD_TOKEN = "<PAD>"
+#: Pseudo-template closing every session when ``model.session_end`` is on: the model must also
+#: predict that a session ends, so one that stops early (a block never stored, a job cut off)
+#: misses "<END>" and is anomalous, which next-event prediction over its events alone cannot see.
+END_TOKEN = "<END>"
+
+
+def with_end(sessions: Iterable[Sequence[str]]) -> list[list[str]]:
+    """Every session with :data:`END_TOKEN` appended."""
+    return [[*map(str, s), END_TOKEN] for s in sessions]
 
 #: Optimisers :class:`SequenceTrainConfig` accepts.
 OPTIMIZERS = ("adam", "sgd_nesterov")

@@ -51,6 +51,7 @@ from loganomaly.ingest import new_run_id
 from loganomaly.reader import validation_block_mask
 from loganomaly.score import RESULT_DDL, ScoreSummary, write_scores
 from loganomaly.sequence_models import (
+    END_TOKEN,
     DeepLog,
     DeepLogConfig,
     SequenceTrainConfig,
@@ -60,6 +61,7 @@ from loganomaly.sequence_models import (
     calibrate_top_g,
     score_sessions,
     train_deeplog,
+    with_end,
 )
 from loganomaly.tables import Lake
 from loganomaly.train import chronological_split, training_templates
@@ -193,9 +195,12 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
         "%d labelled sessions of the period left out)",
         run_id, len(train_rows), len(val_rows), version, split.as_dict(), excluded,
     )
-    vocab = Vocabulary.fit(train_rows["template_ids"], min_support=cfg.model.min_template_support)
-    train_ids = vocab.encode_many(train_rows["template_ids"])
-    val_ids = vocab.encode_many(val_rows["template_ids"])
+    train_sessions, val_sessions = list(train_rows["template_ids"]), list(val_rows["template_ids"])
+    if cfg.model.session_end:
+        train_sessions, val_sessions = with_end(train_sessions), with_end(val_sessions)
+    vocab = Vocabulary.fit(train_sessions, min_support=cfg.model.min_template_support)
+    train_ids = vocab.encode_many(train_sessions)
+    val_ids = vocab.encode_many(val_sessions)
     model_cfg = DeepLogConfig(
         vocab_size=vocab.size,
         window=cfg.model.history,
@@ -319,7 +324,12 @@ def explain_sessions(
 def score_template_sessions(
     bundle: DeepLogBundle, model: DeepLog, device: torch.device, sessions: Sequence[Sequence[str]]
 ) -> pd.DataFrame:
-    """Score sessions of template id strings with DeepLog: the UDF body, Spark-free."""
+    """Score sessions of template id strings with DeepLog: the UDF body, Spark-free.
+
+    A model trained with session ends (its vocabulary holds :data:`END_TOKEN`) scores them too.
+    """
+    if END_TOKEN in bundle.vocabulary.templates:
+        sessions = with_end(sessions)
     encoded = [bundle.vocabulary.encode(s) for s in sessions]
     scores = score_sessions(model, encoded, top_g=bundle.top_g, device=device)
     return explain_sessions(bundle, sessions, scores)
