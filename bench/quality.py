@@ -334,8 +334,9 @@ def bgl(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
 def zeek(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
     z = data / "zeek"
     cfg = _config("zeek", work / "lake")
-    m = run_product(spark, cfg, work, [str(z / "008-zeek-mixed")],
-                    [str(z / "010-zeek-mixed"), str(z / "001-zeek-scenario-malicious" / "labeled-conn.log")], None)
+    m = run_product(spark, cfg, work, [str(z / "008-zeek-mixed" / "data")],
+                    [str(z / "010-zeek-mixed" / "data"), str(z / "001-zeek-scenario-malicious" / "labeled-conn.log")],
+                    None)
     result.add("zeek (train 008, score 010+001)", "lstm_autoencoder", m)
     window_baselines(spark, cfg, "zeek (train 008, score 010+001)", result, seed)
 
