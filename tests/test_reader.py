@@ -185,24 +185,9 @@ def test_train_on_snapshot_runs_alone_and_returns_the_normaliser(table: tuple[st
 
 
 def test_normal_only_leaves_out_windows_with_abnormal_events(tmp_path: Path) -> None:
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
     n = 40
-    x = windows(n)
-    starts = (np.arange(n) * HOUR * 1e6).astype("int64")
-    abnormal = np.where(np.arange(n) % 5 == 0, 3, 0).astype("int64")
-    table = pa.table({
-        "entity": pa.array(["h"] * n),
-        "window_start": pa.array(starts, pa.timestamp("us", tz="UTC")),
-        "window_end": pa.array(starts + int(T * 60 * 1e6), pa.timestamp("us", tz="UTC")),
-        "n_steps": pa.array([T] * n, pa.int32()),
-        "n_features": pa.array([F] * n, pa.int32()),
-        "features": pa.array([row.reshape(-1).tolist() for row in x], pa.list_(pa.float32())),
-        "n_abnormal": pa.array(abnormal),
-    })
     path = str(tmp_path / "sequences")
-    write_deltalake(path, table)
+    write_windows(path, windows(n), np.arange(n) * HOUR, 60.0, abnormal=np.where(np.arange(n) % 5 == 0, 3, 0))
     snapshot = Snapshot(path, 0)
     lo, hi = time_range(snapshot) or (0.0, 0.0)
     plans = plan_shards(snapshot, [Selection(lo, hi, 0.25, part, normal_only)

@@ -434,6 +434,7 @@ def write_windows(
     entities: Sequence[str] | np.ndarray | None = None,
     mode: Literal["append", "overwrite"] = "append",
     max_rows_per_group: int | None = None,
+    abnormal: Sequence[int | None] | np.ndarray | None = None,
 ) -> int:
     """Write windows as a ``sequences``-shaped Delta table with delta-rs; returns the new version.
 
@@ -451,6 +452,8 @@ def write_windows(
         entities: entity per window (default ``"e0"``).
         mode: ``append`` or ``overwrite``.
         max_rows_per_group: Parquet row group size (small values give tests many row groups).
+        abnormal: ``n_abnormal`` per window (nulls allowed); without it the column is not written,
+            as in tables from before it existed.
     """
     from deltalake import WriterProperties, write_deltalake
 
@@ -471,6 +474,9 @@ def write_windows(
         "n_events": pa.array(np.zeros(n, np.int64)),
         "run_id": pa.array(["write_windows"] * n, pa.string()),
     })
+    if abnormal is not None:
+        values = abnormal.tolist() if isinstance(abnormal, np.ndarray) else list(abnormal)
+        table = table.append_column(ABNORMAL_COLUMN, pa.array(values, pa.int64()))
     props = WriterProperties(max_row_group_size=max_rows_per_group)  # None: the writer's default
     if mode == "overwrite":
         write_deltalake(path, table, mode="overwrite", partition_by=["date"], writer_properties=props)

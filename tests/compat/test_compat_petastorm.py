@@ -112,24 +112,10 @@ def test_petastorm_selects_exactly_the_rows_of_the_arrow_reader(snapshot: Snapsh
 
 def test_normal_only_drops_the_same_windows_as_the_arrow_reader(tmp_path: Path) -> None:
     """``n_abnormal`` (with nulls, which count as 0) filters Petastorm's rows as it filters Arrow's."""
-    import pyarrow as pa
-    from deltalake import write_deltalake
-
     n = 40
-    x = windows(n)
-    starts = (np.arange(n) * HOUR * 1e6).astype("int64")
-    abnormal = pa.array([3 if i % 5 == 0 else (None if i % 7 == 0 else 0) for i in range(n)], pa.int64())
-    table = pa.table({
-        "entity": pa.array(["h"] * n),
-        "window_start": pa.array(starts, pa.timestamp("us", tz="UTC")),
-        "window_end": pa.array(starts + int(T * 60 * 1e6), pa.timestamp("us", tz="UTC")),
-        "n_steps": pa.array([T] * n, pa.int32()),
-        "n_features": pa.array([F] * n, pa.int32()),
-        "features": pa.array([row.reshape(-1).tolist() for row in x], pa.list_(pa.float32())),
-        "n_abnormal": abnormal,
-    })
     path = str(tmp_path / "sequences")
-    write_deltalake(path, table, mode="overwrite")
+    abnormal = [3 if i % 5 == 0 else (None if i % 7 == 0 else 0) for i in range(n)]
+    write_windows(path, windows(n), np.arange(n) * HOUR, 60.0, mode="overwrite", abnormal=abnormal)
     snapshot = Snapshot(path, 0)
     lo, hi = time_range(snapshot) or (0.0, 0.0)
     for part in ("train", "validation"):
