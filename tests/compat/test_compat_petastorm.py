@@ -241,14 +241,10 @@ MODEL = LSTMAutoencoderConfig(n_features=3, window_steps=12, hidden_size=8)
 
 
 def training_plans(tmp_path: Path) -> tuple[ShardPlan, ShardPlan]:
-    from tests.test_model import periodic_windows
+    """The training and validation plans the backend tests in the main env use (same data, same split)."""
+    from tests.test_distributed import plans
 
-    path = str(tmp_path / "sequences")
-    version = write_windows(path, periodic_windows(240, seed=2), np.arange(240) * 600.0, 60.0, max_rows_per_group=16)
-    snapshot = Snapshot(path, version)
-    lo, hi = time_range(snapshot) or (0.0, 0.0)
-    train, val = plan_shards(snapshot, [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")], 3)
-    return train, val
+    return plans(tmp_path)
 
 
 def train_cfg(batch_size: int, reader: str = "petastorm") -> TrainConfig:
