@@ -16,6 +16,8 @@ Options:
     replaceWhere: JSON ``{"col": [values...]}``; with save mode overwrite, only those partitions
         are replaced, and every written row must fall inside them.
     runId: stored in the commit's metadata for lineage.
+    writeId: hex id carried by every file name of this write (default: a fresh one), so the
+        caller can sweep the files of a failed write with :func:`remove_write_files`.
 
 Both engines write standard Delta tables, so a table written here reads in Databricks,
 delta-spark, delta-rs, Polars or DuckDB.
@@ -301,7 +303,9 @@ class DeltaRsWriter(DataSourceArrowWriter):
         self.run_id = _get(options, "runId") or ""
         # Every file of this write carries the id, so abort() can find files of tasks that were
         # killed before they could report them.
-        self.write_id = uuid.uuid4().hex
+        self.write_id = _get(options, "writeId") or uuid.uuid4().hex
+        if not self.write_id.isalnum():
+            raise TableError(f"deltars: writeId must be alphanumeric, got {self.write_id!r}")
         self.arrow_schema = spark_to_delta_arrow(schema)
         opts = {k: str(v) for k, v in dict(options).items()}
         self.replace_where = _options_replace_where(opts)
@@ -428,12 +432,26 @@ class DeltaRsWriter(DataSourceArrowWriter):
         for f in files:
             _remove_quietly(os.path.join(self.path, f.path))
         # Files of tasks that failed or were cancelled never reached a commit message.
-        marker = f"part-{self.write_id}-"
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            dirnames[:] = [d for d in dirnames if d != "_delta_log"]
-            for name in filenames:
-                if name.startswith(marker):
-                    _remove_quietly(os.path.join(dirpath, name))
+        remove_write_files(self.path, self.write_id)
+
+
+def remove_write_files(path: str, write_id: str) -> int:
+    """Delete every data file of write ``write_id`` under table ``path``; return how many.
+
+    Safe only for a write that was never committed. Spark calls ``abort()`` as soon as one task
+    fails, while the other tasks of the job are still being cancelled: a Python worker that is
+    destroyed after its kill timeout never runs its own clean-up, so a caller that must leave no
+    orphan files sweeps again once the cancelled tasks are gone (``Lake.write`` does).
+    """
+    marker = f"part-{write_id}-"
+    removed = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = [d for d in dirnames if d != "_delta_log"]
+        for name in filenames:
+            if name.startswith(marker):
+                _remove_quietly(os.path.join(dirpath, name))
+                removed += 1
+    return removed
 
 
 def _remove_quietly(path: str) -> None:

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import re
+import time
+import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -62,6 +64,15 @@ def resolve_engine(spark: SparkSession, requested: str = "auto") -> str:
     if requested != "auto":
         raise TableError(f"unknown engine {requested!r}; choose one of: auto, delta, deltars")
     return "delta" if available else "deltars"
+
+
+def _seconds(text: str) -> float:
+    """A Spark time setting (``"2s"``, ``"500ms"``, ``"1min"``, bare seconds) in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h)?\s*", text)
+    if not match:
+        raise TableError(f"not a time setting: {text!r}")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}[unit]
 
 
 def _sql_literal(value: Any) -> str:
@@ -142,7 +153,8 @@ class Lake:
         if self.exists(name) and not (mode == "overwrite" and replace_where is None):
             self._check_schema(name, df)
         if self.engine == "deltars":
-            writer = df.write.format("deltars").mode(mode).option("path", path)
+            write_id = uuid.uuid4().hex
+            writer = df.write.format("deltars").mode(mode).option("path", path).option("writeId", write_id)
             if partition_by:
                 writer = writer.option("partitionBy", ",".join(partition_by))
             if replace_where is not None:
@@ -150,7 +162,11 @@ class Lake:
                 writer = writer.option("replaceWhere", json.dumps(values))
             if run_id:
                 writer = writer.option("runId", run_id)
-            writer.save()
+            try:
+                writer.save()
+            except BaseException:
+                self._sweep_failed_write(path, write_id)
+                raise
         else:
             writer = df.write.format("delta").mode(mode)
             if partition_by and not self.exists(name):
@@ -168,6 +184,37 @@ class Lake:
         assert version is not None
         log.info("wrote table %s version %d (mode=%s)", name, version, mode)
         return version
+
+    def _sweep_failed_write(self, path: str, write_id: str, max_wait_s: float = 60.0) -> None:
+        """Remove the files of a failed write once its cancelled tasks can no longer add any.
+
+        The data source's ``abort()`` runs while Spark is still killing the job's other tasks; one
+        of them can create a file after that sweep, and a Python worker destroyed at the end of
+        ``spark.python.task.killTimeout`` leaves it behind. So wait until the executors run no
+        task (bounded: other jobs on a shared session may keep them busy), then keep sweeping
+        for one kill timeout.
+        """
+        from loganomaly.deltars_source import remove_write_files
+
+        deadline = time.monotonic() + max_wait_s
+        while time.monotonic() < deadline and self._running_tasks() > 0:
+            time.sleep(0.1)
+        kill_timeout = _seconds(self.spark.conf.get("spark.python.task.killTimeout", "2s"))
+        settle_until = time.monotonic() + kill_timeout + 0.5
+        removed = remove_write_files(path, write_id)
+        while time.monotonic() < settle_until:
+            time.sleep(0.1)
+            removed += remove_write_files(path, write_id)
+        if removed:
+            log.warning("removed %d file(s) of the failed write to %s", removed, path)
+
+    def _running_tasks(self) -> int:
+        """Tasks still running on any executor (a failed job's stage ends before its tasks do)."""
+        try:
+            infos = self.spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
+            return sum(int(info.numRunningTasks()) for info in infos)
+        except Exception:  # no JVM gateway (Spark Connect): fall back to active stages
+            return len(self.spark.sparkContext.statusTracker().getActiveStageIds())
 
     def _check_schema(self, name: str, df: DataFrame) -> None:
         from loganomaly.deltars_source import check_schema, spark_to_delta_arrow, table_arrow_schema
