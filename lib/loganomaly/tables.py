@@ -199,7 +199,7 @@ class Lake:
         deadline = time.monotonic() + max_wait_s
         while time.monotonic() < deadline and self._running_tasks() > 0:
             time.sleep(0.1)
-        kill_timeout = _seconds(self.spark.conf.get("spark.python.task.killTimeout", "2s"))
+        kill_timeout = _seconds(self.spark.conf.get("spark.python.task.killTimeout", "2s") or "2s")
         settle_until = time.monotonic() + kill_timeout + 0.5
         removed = remove_write_files(path, write_id)
         while time.monotonic() < settle_until:
