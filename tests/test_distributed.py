@@ -7,6 +7,7 @@ plus, for TorchDistributor, starting torchrun and two Python processes.
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,10 +16,18 @@ import pytest
 from tests.test_model import F, T, periodic_windows
 
 from loganomaly.config import TrainConfig
-from loganomaly.distributed import decode_result, encode_result, import_horovod, train_backend
-from loganomaly.errors import EngineUnavailableError, ModelError
+from loganomaly.distributed import (
+    decode_result,
+    encode_result,
+    import_horovod,
+    train_backend,
+    train_deeplog_backend,
+)
+from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
 from loganomaly.model import LSTMAutoencoderConfig
 from loganomaly.reader import Selection, ShardPlan, Snapshot, plan_shards, time_range, write_windows
+from loganomaly.sequence_models import DeepLogConfig, SessionRows, Vocabulary
+from loganomaly.training import SnapshotTrainResult
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -122,3 +131,90 @@ def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_p
     assert summary.train_windows + summary.validation_windows == bundle.training["train_windows"] + \
         bundle.training["validation_windows"]
     assert np.isfinite(bundle.threshold)
+
+    # train.resume: the run continues from <model-dir>/checkpoints at its next epoch.
+    cfg.train = replace(cfg.train, epochs=3, resume=True)
+    train.run(spark, cfg, tmp_path / "model", lake=lake)  # type: ignore[arg-type]
+    resumed = load_bundle(tmp_path / "model")
+    assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2]
+    assert resumed.training["history"][:2] == bundle.training["history"]
+
+    # train.init_from: a new model starts from the bundle's weights and keeps its normaliser.
+    cfg.train = replace(cfg.train, backend="local", epochs=1, resume=False, init_from=str(tmp_path / "model"))
+    train.run(spark, cfg, tmp_path / "continued", lake=lake)  # type: ignore[arg-type]
+    continued = load_bundle(tmp_path / "continued")
+    assert continued.normaliser == resumed.normaliser
+    assert continued.training["init_from"] == str(tmp_path / "model")
+    assert continued.training["history"][0]["val_loss"] < resumed.training["history"][0]["val_loss"]
+
+
+# ----------------------------------------------------------------------------- DeepLog on the backends
+def deeplog_data() -> tuple[SessionRows, SessionRows, DeepLogConfig]:
+    """Sessions of two interleaved workflows; the next template is predictable from the history."""
+    rng = np.random.default_rng(4)
+    flows = [["open", "read", "read", "close"], ["open", "write", "sync", "close"]]
+
+    def session() -> list[str]:
+        return [t for _ in range(int(rng.integers(2, 5))) for t in flows[int(rng.integers(2))]]
+
+    train, val = [session() for _ in range(60)], [session() for _ in range(12)]
+    vocab = Vocabulary.fit(train)
+    cfg = DeepLogConfig(vocab_size=vocab.size, window=4, embedding_dim=8, hidden_size=16)
+    rows = SessionRows.build(vocab.encode_many(train), cfg.window, cfg.vocab_size, "training")
+    return rows, SessionRows.build(vocab.encode_many(val), cfg.window, cfg.vocab_size, "validation"), cfg
+
+
+def deeplog_cfg(batch_size: int) -> TrainConfig:
+    return TrainConfig(epochs=6, batch_size=batch_size, learning_rate=2e-2, patience=0, seed=3, device="cpu",
+                       num_processes=2)
+
+
+def check_deeplog_ranks(result: SnapshotTrainResult, rows: SessionRows, local: SnapshotTrainResult) -> None:
+    for record in result.history:
+        assert record["batches_min"] == record["batches_max"] == record["batches"], "ranks ran equal batch counts"
+    # every training event exactly once per epoch, plus padding to equalise (at most one row)
+    assert len(rows) <= result.history[0]["samples"] <= len(rows) + 1
+    assert result.best_val_loss < 0.5 * result.history[0]["val_loss"]
+    gap = abs(result.best_val_loss - local.best_val_loss) / max(result.best_val_loss, local.best_val_loss)
+    assert gap < RELATIVE_TOLERANCE, (local.best_val_loss, result.best_val_loss)
+
+
+@pytest.fixture(scope="module")
+def deeplog_local() -> tuple[SessionRows, SessionRows, DeepLogConfig, SnapshotTrainResult]:
+    rows, val_rows, model_cfg = deeplog_data()
+    local = train_deeplog_backend(None, "local", rows, val_rows, model_cfg, deeplog_cfg(32))
+    assert local.history[0]["batches"] == -(-len(rows) // 32)
+    assert local.best_val_loss < 0.5 * local.history[0]["val_loss"]
+    return rows, val_rows, model_cfg, local
+
+
+def test_deeplog_trains_on_two_torch_distributor_ranks(spark: object, tmp_path: Path, deeplog_local) -> None:  # type: ignore[no-untyped-def]
+    rows, val_rows, model_cfg, local = deeplog_local
+    dist = train_deeplog_backend(spark, "torch_distributor", rows, val_rows, model_cfg, deeplog_cfg(16),  # type: ignore[arg-type]
+                                 checkpoint_dir=tmp_path / "ckpt")
+    check_deeplog_ranks(dist, rows, local)
+    assert dist.history[0]["batches"] == local.history[0]["batches"]
+    assert dist.normaliser is None and dist.train_windows == len(rows)
+    # rank 0 checkpointed DeepLog's config (without top_g, which training does not use)
+    meta = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert meta["model"]["vocab_size"] == model_cfg.vocab_size and "top_g" not in meta["model"]
+    assert meta["world_size"] == 2
+
+
+@pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see DESIGN.md)")
+def test_deeplog_trains_on_two_horovod_ranks_with_clipping(spark: object, deeplog_local) -> None:  # type: ignore[no-untyped-def]
+    rows, val_rows, model_cfg, local = deeplog_local
+    # Element-wise clipping on Horovod needs its gradients synchronised first (HorovodCollective.step).
+    settings = replace(deeplog_cfg(16), clip_value=0.5)
+    result = train_deeplog_backend(spark, "horovod", rows, val_rows, model_cfg, settings)  # type: ignore[arg-type]
+    check_deeplog_ranks(result, rows, local)
+
+
+def test_deeplog_backend_refuses_the_petastorm_reader_and_too_many_ranks(deeplog_local) -> None:  # type: ignore[no-untyped-def]
+    rows, val_rows, model_cfg, _ = deeplog_local
+    with pytest.raises(ConfigError, match="train.reader"):
+        train_deeplog_backend(None, "torch_distributor", rows, val_rows, model_cfg,
+                              replace(deeplog_cfg(16), reader="petastorm"))
+    few = rows.take(np.arange(2))
+    with pytest.raises(ModelError, match="cannot give each of 3 ranks"):
+        train_deeplog_backend(None, "torch_distributor", few, val_rows, model_cfg, deeplog_cfg(16), num_processes=3)

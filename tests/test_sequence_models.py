@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from loganomaly.errors import ConfigError, ModelError
+from loganomaly.loop import build_optimizer, init_weights
 from loganomaly.sequence_models import (
     PAD_ID,
     SEED_ARTICLE_PRESET,
@@ -22,11 +23,9 @@ from loganomaly.sequence_models import (
     SessionScore,
     Vocabulary,
     balanced_class_weights,
-    build_optimizer,
     calibrate_nll_threshold,
     calibrate_top_g,
     classifier_probabilities,
-    init_weights,
     next_event_windows,
     score_sessions,
     train_classifier,
@@ -404,3 +403,41 @@ def test_bf16_on_cpu_warns_and_trains_in_float32(caplog: pytest.LogCaptureFixtur
         result = train_classifier(x, y, x, y, cfg, SequenceTrainConfig(epochs=1, device="cpu", bf16=True))
     assert "CUDA only" in caplog.text
     assert all(v.dtype == torch.float32 for v in result.state_dict.values())
+
+
+def test_session_rows_cut_the_same_windows_as_next_event_windows() -> None:
+    from loganomaly.sequence_models import NextEventTask, SessionRows
+
+    sessions = [[5, 6, 7], [], [8], [2, 3, 4, 5, 6, 2]]
+    rows = SessionRows.build(sessions, window=3, vocab_size=9, what="test")
+    expected = [next_event_windows(s, 3) for s in sessions]
+    want_x = np.concatenate([x for x, _ in expected])
+    want_y = np.concatenate([y for _, y in expected])
+    assert len(rows) == len(want_y) == 10
+    cfg = DeepLogConfig(vocab_size=9, window=3)
+    task = NextEventTask(rows, rows.take(np.arange(0, 10, 2)), cfg, lambda epoch: np.arange(10))
+    x, y = task.train_batch(torch.arange(10))
+    assert x.tolist() == want_x.tolist() and y.tolist() == want_y.tolist()
+    (vx, vy), = task.val_batches(100)
+    assert vx.tolist() == want_x[::2].tolist() and vy.tolist() == want_y[::2].tolist()
+    with pytest.raises(ModelError, match="PAD id"):
+        SessionRows.build([[5, PAD_ID]], window=3, vocab_size=9, what="test")
+    with pytest.raises(ModelError, match="outside"):
+        SessionRows.build([[9]], window=3, vocab_size=9, what="test")
+
+
+def test_train_deeplog_resumes_from_its_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """DeepLog shares the loop's checkpoints: a resumed run ends where an uninterrupted one does."""
+    rng = np.random.default_rng(3)
+    train = [cyclic_session(int(rng.integers(6, 12))) for _ in range(20)]
+    val = [cyclic_session(9) for _ in range(4)]
+    vocab = Vocabulary.fit(train)
+    ids, val_ids, cfg = vocab.encode_many(train), vocab.encode_many(val), tiny_deeplog_cfg(vocab)
+    settings = SequenceTrainConfig(epochs=4, batch_size=16, seed=2, device="cpu", patience=0)
+    whole = train_deeplog(ids, val_ids, cfg, settings)
+    train_deeplog(ids, val_ids, cfg, dataclasses.replace(settings, epochs=2), checkpoint_dir=tmp_path)
+    resumed = train_deeplog(ids, val_ids, cfg, settings, checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.best_val_loss == pytest.approx(whole.best_val_loss, rel=1e-6)
+    for key, value in whole.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value)

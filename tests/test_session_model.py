@@ -21,7 +21,7 @@ from loganomaly.bundle import (
     save_bundle,
 )
 from loganomaly.config import Config
-from loganomaly.errors import ModelError
+from loganomaly.errors import ConfigError, ModelError
 from loganomaly.schemas import TABLES
 from loganomaly.sequence_models import DeepLog, DeepLogConfig, Vocabulary
 
@@ -188,3 +188,35 @@ def test_score_rerun_replaces_rows(spark, deeplog_run) -> None:  # type: ignore[
     again = session_model.score_run(spark, cfg, model_dir, date=DAYS[3].isoformat(), lake=lake)
     assert again.dates == [DAYS[3].isoformat()] and again.windows == PER_DAY
     assert (lake.read("scores").count(), lake.read("anomalies").count()) == before
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """train.init_from continues the module's model, on the torch_distributor backend's two ranks."""
+    import dataclasses
+
+    cfg, lake, model_dir, summary, _, expected, _ = deeplog_run
+    base = load_deeplog_bundle(model_dir)
+    more = dataclasses.replace(cfg.train, backend="torch_distributor", num_processes=2, epochs=3,
+                               init_from=str(model_dir))
+    cont_cfg = dataclasses.replace(cfg, train=more)
+    cont = train.run(spark, cont_cfg, tmp_path / "continued", lake=lake)
+    bundle = load_deeplog_bundle(tmp_path / "continued")
+    assert bundle.training["backend"] == "torch_distributor" and bundle.training["init_from"] == str(model_dir)
+    assert bundle.vocabulary == base.vocabulary  # continuing keeps the output layer's vocabulary
+    history = bundle.training["history"]
+    assert all(h["batches_min"] == h["batches_max"] for h in history)
+    # It started from the trained weights: its first epoch is already about as good as the base.
+    assert history[0]["val_loss"] < 1.5 * summary.best_val_loss
+    assert cont.top_g <= 2
+    scored = session_model.score_run(spark, cfg, tmp_path / "continued", lake=lake)
+    flagged = {r.entity for r in lake.read("anomalies").collect()}
+    assert set(expected) <= flagged and scored.model_version == bundle.version
+    # A model of another shape cannot be continued.
+    other = dataclasses.replace(cfg, train=dataclasses.replace(more, backend="local"),
+                                model=dataclasses.replace(cfg.model, hidden_size=8))
+    with pytest.raises(ConfigError, match="init_from"):
+        train.run(spark, other, tmp_path / "other", lake=lake)
+    # Leave the module's scores as the other tests expect them.
+    session_model.score_run(spark, cfg, model_dir, lake=lake)

@@ -43,6 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from loganomaly.errors import ModelError
+from loganomaly.files import atomic_write
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.normalize import Normaliser
 from loganomaly.sequence_models import DeepLog, DeepLogConfig, Vocabulary
@@ -187,21 +188,6 @@ def _content_version(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> st
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     digest.update(json.dumps(meta, sort_keys=True).encode())
     return digest.hexdigest()[:VERSION_CHARS]
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a unique temp file in the same directory, then rename it into place.
-
-    Readers see the old file or the new one, never half of one; shared by bundles and checkpoints.
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_consistent(bundle: AnyBundle) -> None:

@@ -37,6 +37,8 @@ Device = Literal["auto", "cpu", "cuda"]
 ModelKind = Literal["autoencoder", "deeplog"]
 # arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
 Reader = Literal["arrow", "petastorm"]
+Optimizer = Literal["adam", "sgd_nesterov"]
+Init = Literal["default", "xavier"]
 
 
 @dataclass
@@ -193,6 +195,20 @@ class TrainConfig:
     threshold_quantile: float = 0.995
     device: Device = "auto"
     bf16: bool = False
+    # Optimiser and its recipe, for every model kind. ``sgd_nesterov`` with momentum 0.9,
+    # learning_rate 0.005, clip_value 0.5, init xavier and seed 123 is the seed article's recipe
+    # (conf/profiles/seed_article.yaml).
+    optimizer: Optimizer = "adam"
+    momentum: float = 0.9
+    # Clip every gradient element to [-clip_value, clip_value] before a step; empty: no clipping.
+    clip_value: float | None = None
+    init: Init = "default"
+    # Continue the run whose checkpoint is in <model-dir>/checkpoints (after a crash or a
+    # preemption); without one there, training starts fresh.
+    resume: bool = False
+    # Continue training an existing model on new data: the bundle directory whose weights (and
+    # normaliser, or DeepLog vocabulary) the new model starts from. Its shape must match.
+    init_from: str = ""
 
 
 @dataclass
@@ -417,6 +433,13 @@ def validate(cfg: Config) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.num_processes >= 1, "train.num_processes must be >= 1"),
+        (0 <= cfg.train.momentum < 1, "train.momentum must be in [0, 1)"),
+        (
+            cfg.train.optimizer != "sgd_nesterov" or cfg.train.momentum > 0,
+            "train.optimizer=sgd_nesterov needs train.momentum > 0",
+        ),
+        (cfg.train.clip_value is None or cfg.train.clip_value > 0, "train.clip_value must be > 0 (or empty)"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
         (

@@ -1,10 +1,18 @@
 """Run the rank-aware training on a backend: ``local``, ``torch_distributor`` or ``horovod``.
 
-Every backend runs the same function, :func:`rank_main`, once per rank. It reads the rank's
-shard of the pinned ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with
-``train.reader=petastorm``; no Spark in the ranks) and
-trains with :func:`loganomaly.training.train_on_snapshot`. The driver gets rank 0's result back
-(best weights, history, the normaliser the ranks fitted), then calibrates and saves the bundle.
+Every backend runs the same function, :func:`rank_main`, once per rank, for every model kind:
+
+* the autoencoder (:class:`AutoencoderWork`): the rank reads its shard of the pinned
+  ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with ``train.reader=petastorm``;
+  no Spark in the ranks) and trains with :func:`loganomaly.training.train_on_snapshot`;
+* DeepLog (:class:`DeepLogWork`): the driver has already collected the training period's
+  sessions (it fits the vocabulary on them) and ships them, laid out as
+  :class:`~loganomaly.sequence_models.SessionRows` (one int64 per event), to every rank; each
+  rank trains on its shard of the events with :func:`loganomaly.sequence_models.train_deeplog_rows`.
+
+Both run on :func:`loganomaly.loop.fit`. The driver gets rank 0's result back (best weights,
+history, and for the autoencoder the normaliser the ranks fitted), then calibrates and saves
+the bundle.
 
 * ``local``: one process, in the driver.
 * ``torch_distributor``: ``pyspark.ml.torch.distributor.TorchDistributor``, DDP over gloo on
@@ -45,6 +53,7 @@ from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
 from loganomaly.model import LSTMAutoencoderConfig
 from loganomaly.normalize import Normaliser
 from loganomaly.reader import ShardPlan
+from loganomaly.sequence_models import DeepLogConfig, SessionRows, train_deeplog_rows
 from loganomaly.training import Collective, SnapshotTrainResult, TorchCollective, train_on_snapshot
 
 if TYPE_CHECKING:
@@ -69,26 +78,84 @@ _RESULT_MAGIC = b"LGANRES1"
 
 
 @dataclass
-class RankJob:
-    """Everything a rank needs, as plain picklable data (no SparkSession, no open files).
+class AutoencoderWork:
+    """The autoencoder's data for the ranks: where its windows are, not the windows.
 
     Attributes:
         train_plan: training windows of the pinned snapshot, dealt to ranks.
         val_plan: validation windows.
         model_cfg: model size.
-        train_cfg: training settings.
-        checkpoint_dir: where rank 0 checkpoints every epoch (shared storage on a cluster).
-        resume: continue from the checkpoint there.
-        comm: ``single``, ``torch`` (init a process group from torchrun's environment) or ``horovod``.
-        device: ``auto``, ``cpu`` or ``cuda`` for the ranks (``cpu`` when Spark grants no GPUs).
+        normaliser: keep this normaliser instead of fitting one (continuing a model's training).
     """
 
     train_plan: ShardPlan
     val_plan: ShardPlan
     model_cfg: LSTMAutoencoderConfig
+    normaliser: Normaliser | None = None
+
+    def check_world(self, world: int, cfg: TrainConfig) -> None:
+        """Fail on the driver, not in every rank, when the data cannot be dealt to ``world`` ranks."""
+        self.train_plan.check_world(world)
+        if cfg.reader == "petastorm" and world > 1:
+            from loganomaly.petastorm_reader import check_dealing
+
+            check_dealing(self.train_plan, world)
+
+    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
+            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
+        return train_on_snapshot(self.train_plan, self.val_plan, self.model_cfg, cfg, comm=comm,
+                                 checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state,
+                                 normaliser=self.normaliser)
+
+
+@dataclass
+class DeepLogWork:
+    """DeepLog's data for the ranks: the encoded sessions themselves (every rank takes its shard).
+
+    Attributes:
+        rows: training events.
+        val_rows: validation events (each rank validates every ``world``-th).
+        model_cfg: model shape (its vocabulary size).
+    """
+
+    rows: SessionRows
+    val_rows: SessionRows
+    model_cfg: DeepLogConfig
+
+    def check_world(self, world: int, cfg: TrainConfig) -> None:
+        if cfg.reader != "arrow":
+            raise ConfigError("train.reader applies to the autoencoder's windows; DeepLog ships its sessions "
+                              "to the ranks itself, so leave train.reader=arrow")
+        if len(self.rows) < world:
+            raise ModelError(f"{len(self.rows)} training events cannot give each of {world} ranks one")
+
+    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
+            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
+        result = train_deeplog_rows(self.rows, self.val_rows, self.model_cfg, cfg, comm=comm,
+                                    checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state)
+        return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
+                                   None, len(self.rows), len(self.val_rows))
+
+
+@dataclass
+class RankJob:
+    """Everything a rank needs, as plain picklable data (no SparkSession, no open files).
+
+    Attributes:
+        work: what to train and on which data.
+        train_cfg: training settings.
+        checkpoint_dir: where rank 0 checkpoints every epoch (shared storage on a cluster).
+        resume: continue from the checkpoint there.
+        init_weights: safetensors bytes of weights to start from (continuing a model), or ``None``.
+        comm: ``single``, ``torch`` (init a process group from torchrun's environment) or ``horovod``.
+        device: ``auto``, ``cpu`` or ``cuda`` for the ranks (``cpu`` when Spark grants no GPUs).
+    """
+
+    work: AutoencoderWork | DeepLogWork
     train_cfg: TrainConfig
     checkpoint_dir: str | None = None
     resume: bool = False
+    init_weights: bytes | None = None
     comm: str = "single"
     device: Device = "auto"
 
@@ -160,15 +227,9 @@ def rank_main(job: RankJob) -> bytes:
     if job.device != cfg.device:
         cfg = replace(cfg, device=job.device)
     try:
-        result = train_on_snapshot(
-            job.train_plan,
-            job.val_plan,
-            job.model_cfg,
-            cfg,
-            comm=comm,
-            checkpoint_dir=Path(job.checkpoint_dir) if job.checkpoint_dir else None,
-            resume=job.resume,
-        )
+        init_state = load_safetensors(job.init_weights) if job.init_weights else None
+        result = job.work.run(cfg, comm, Path(job.checkpoint_dir) if job.checkpoint_dir else None, job.resume,
+                              init_state)
         payload = encode_result(result) if comm.rank == 0 else b""
         if job.comm == "torch":
             payload = comm.broadcast_bytes(payload)
@@ -217,6 +278,17 @@ class HorovodCollective(Collective):
             hvd.broadcast_optimizer_state(optimiser, root_rank=0)
         wrapped = hvd.DistributedOptimizer(optimiser, named_parameters=model.named_parameters())
         return model, wrapped
+
+    def step(self, model: nn.Module, optimiser: torch.optim.Optimizer, clip_value: float | None) -> None:
+        if clip_value is None:
+            optimiser.step()
+            return
+        # Horovod averages gradients asynchronously: wait for them before clipping, then step
+        # without a second synchronisation (the pattern horovod documents for clipping).
+        optimiser.synchronize()  # type: ignore[attr-defined]
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip_value)
+        with optimiser.skip_synchronize():  # type: ignore[attr-defined]
+            optimiser.step()
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -276,8 +348,10 @@ def train_backend(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     num_processes: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    normaliser: Normaliser | None = None,
 ) -> SnapshotTrainResult:
-    """Train on ``backend`` and return rank 0's result on the driver.
+    """Train the autoencoder on ``backend`` and return rank 0's result on the driver.
 
     Example:
         >>> result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg, cfg.train)
@@ -287,6 +361,8 @@ def train_backend(
         spark: the active session (the distributed backends launch Spark jobs; ``local`` needs none).
         backend: one of :data:`BACKENDS`.
         num_processes: ranks; by default ``cfg.num_processes`` (``local`` always runs one).
+        init_state, normaliser: continue training an existing model: start from its weights and
+            keep its normaliser (the weights only make sense on inputs normalised the same way).
 
     Raises:
         ConfigError: unknown backend, a distributed backend without a SparkSession, or
@@ -295,26 +371,63 @@ def train_backend(
         StageInputError: fewer training windows than ranks, or (Petastorm) a rank whose row groups
             would hold no training window.
     """
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown train.backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if cfg.reader == "petastorm":
         # Fail on the driver, not in every rank: Petastorm runs only in the compatibility environment.
         from loganomaly.petastorm_reader import import_petastorm
 
         import_petastorm()
+    work = AutoencoderWork(train_plan, val_plan, model_cfg, normaliser)
+    return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
+
+
+def train_deeplog_backend(
+    spark: SparkSession | None,
+    backend: str,
+    rows: SessionRows,
+    val_rows: SessionRows,
+    model_cfg: DeepLogConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    num_processes: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> SnapshotTrainResult:
+    """Train DeepLog on ``backend``; as :func:`train_backend`, with the sessions shipped to the ranks.
+
+    Raises:
+        ConfigError: unknown backend, a distributed backend without a SparkSession, or a
+            ``train.reader`` other than ``arrow``.
+        EngineUnavailableError: ``horovod`` is not installed.
+        ModelError: fewer training events than ranks.
+    """
+    return run_backend(spark, backend, DeepLogWork(rows, val_rows, model_cfg), cfg, checkpoint_dir, resume,
+                       num_processes, init_state)
+
+
+def run_backend(
+    spark: SparkSession | None,
+    backend: str,
+    work: AutoencoderWork | DeepLogWork,
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    num_processes: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> SnapshotTrainResult:
+    """Run ``work`` on ``backend`` (one process for ``local``) and return rank 0's result."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown train.backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     n = num_processes if num_processes is not None else cfg.num_processes
-    job = RankJob(train_plan, val_plan, model_cfg, cfg, str(checkpoint_dir) if checkpoint_dir else None, resume)
     if backend == "local":
-        return train_on_snapshot(train_plan, val_plan, model_cfg, cfg, comm=Collective(),
-                                 checkpoint_dir=checkpoint_dir, resume=resume)
+        work.check_world(1, cfg)
+        return work.run(cfg, Collective(), checkpoint_dir, resume, init_state)
+    # Weights cross to the ranks as safetensors bytes, like the result coming back.
+    init_weights = save_safetensors({k: v.contiguous() for k, v in init_state.items()}) if init_state else None
+    job = RankJob(work, cfg, str(checkpoint_dir) if checkpoint_dir else None, resume, init_weights)
     if n < 1:
         raise ConfigError(f"train.num_processes must be >= 1, got {n}")
     # Fail on the driver, not in n ranks at once.
-    train_plan.check_world(n)
-    if cfg.reader == "petastorm" and n > 1:
-        from loganomaly.petastorm_reader import check_dealing
-
-        check_dealing(train_plan, n)
+    work.check_world(n, cfg)
     if backend == "horovod":
         horovod_spark = import_horovod()
     if spark is None:
@@ -327,11 +440,12 @@ def train_backend(
             local_mode = _is_local_master(spark)
         use_gpu = _distributor_use_gpu(spark, local_mode, cfg.device)
         job.comm, job.device = "torch", (cfg.device if use_gpu else "cpu")
-        log.info("training with TorchDistributor: %d processes, local_mode=%s, use_gpu=%s", n, local_mode, use_gpu)
+        log.info("training %s with TorchDistributor: %d processes, local_mode=%s, use_gpu=%s",
+                 type(work).__name__, n, local_mode, use_gpu)
         payload = TorchDistributor(num_processes=n, local_mode=local_mode, use_gpu=use_gpu).run(rank_main, job)
     else:
         job.comm = "horovod"
-        log.info("training with horovod.spark.run: %d processes", n)
+        log.info("training %s with horovod.spark.run: %d processes", type(work).__name__, n)
         payload = horovod_spark.run(rank_main, args=(job,), num_proc=n)[0]
     result = decode_result(payload)
     _check_equal_batches(result)
@@ -347,8 +461,12 @@ def _check_equal_batches(result: SnapshotTrainResult) -> None:
 
 __all__ = [
     "BACKENDS",
+    "AutoencoderWork",
+    "DeepLogWork",
     "HorovodCollective",
     "RankJob",
+    "run_backend",
+    "train_deeplog_backend",
     "decode_result",
     "encode_result",
     "import_horovod",

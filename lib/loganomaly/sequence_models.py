@@ -11,11 +11,14 @@ go through an LSTM, its last hidden state through a linear layer to class logits
 :data:`SEED_ARTICLE_PRESET` reproduces the training recipe of the article this project started
 from (SGD with Nesterov momentum, Xavier init, element-wise gradient clipping).
 
-Both models train here in a single process, on whatever :func:`loganomaly.model.pick_device`
-chooses at run time; both are small enough (DeepLog trains at about 10k windows/s on two CPU cores)
-that the DDP machinery of :mod:`loganomaly.training` is not needed. Every run is seeded: the same
-seed and data give identical weights. bf16 autocast is applied on CUDA only, because an LSTM under
-CPU bf16 autocast fails in oneDNN on CPUs without bf16 instructions.
+Both models train on the shared rank-aware loop (:func:`loganomaly.loop.fit`): alone, or as one
+rank of a DDP or Horovod run (pass the run's :class:`~loganomaly.loop.Collective`), with the same
+early stopping, checkpoints, resume and equal batch counts per rank as the autoencoder. A task
+here only says how to cut batches and what the loss is: DeepLog keeps every session once in a flat
+id array and cuts each history from it at batch time, so the windows (``window`` times the
+events) are never materialised. Every run is seeded: the same seed and data give identical
+weights. bf16 autocast is applied on CUDA only, because an LSTM under CPU bf16 autocast fails in
+oneDNN on CPUs without bf16 instructions.
 
 Weights are plain ``state_dict`` tensors (save them with safetensors) and configs and vocabularies
 are JSON-ready dicts; nothing here pickles.
@@ -26,10 +29,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -38,6 +41,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from loganomaly.errors import ConfigError, ModelError
+from loganomaly.loop import (
+    INITS,
+    OPTIMIZERS,
+    Collective,
+    FitTask,
+    LoopSettings,
+    TensorTask,
+    default_collective,
+    epoch_seed,
+    fit,
+    shard_indices,
+)
 from loganomaly.model import DEVICES, pick_device
 
 log = logging.getLogger(__name__)
@@ -61,12 +76,6 @@ def with_end(sessions: Iterable[Sequence[str]]) -> list[list[str]]:
     """Every session with :data:`END_TOKEN` appended."""
     return [[*map(str, s), END_TOKEN] for s in sessions]
 
-#: Optimisers :class:`SequenceTrainConfig` accepts.
-OPTIMIZERS = ("adam", "sgd_nesterov")
-#: Weight initialisations :class:`SequenceTrainConfig` accepts.
-INITS = ("default", "xavier")
-#: Smallest drop of the validation loss that counts as an improvement (float noise is not one).
-MIN_IMPROVEMENT = 1e-7
 
 _C = TypeVar("_C")
 
@@ -354,131 +363,15 @@ class SequenceTrainResult:
     best_val_loss: float
 
 
-def init_weights(model: nn.Module, init: str) -> None:
-    """Re-initialise ``model`` in place: ``xavier`` gives Xavier-uniform weights and zero biases.
-
-    Xavier keeps early pre-activations away from tanh/sigmoid saturation, which the seed article's
-    slow SGD schedule depends on. Embedding tables keep their normal init (Xavier on a
-    vocabulary-sized table makes the vectors tiny), and a padding row stays zero.
-    """
-    if init not in INITS:
-        raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
-    if init == "default":
-        return
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            continue
-        for name, param in module.named_parameters(recurse=False):
-            if param.dim() >= 2:
-                nn.init.xavier_uniform_(param)
-            elif "bias" in name:
-                nn.init.zeros_(param)
-
-
-def build_optimizer(model: nn.Module, train: SequenceTrainConfig) -> torch.optim.Optimizer:
-    """The optimiser ``train.optimizer`` names, over all of ``model``'s parameters."""
-    if train.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-    if train.optimizer == "sgd_nesterov":
-        return torch.optim.SGD(model.parameters(), lr=train.learning_rate, momentum=train.momentum,
-                               nesterov=True, weight_decay=train.weight_decay)
-    raise ConfigError(f"unknown optimizer {train.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-
-
-LossSums = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _fit(
-    model: nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    loss_sums: LossSums,
-    train: SequenceTrainConfig,
-    device: torch.device,
-    label: str,
-) -> SequenceTrainResult:
-    """The loop both models share: seeded batch order, clipping, early stopping on validation loss.
-
-    ``loss_sums(logits, y)`` returns (sum of per-sample losses, their total weight), so the batch
-    loss and the validation loss are both exact weighted means, whatever the batch sizes. Data stay
-    on the CPU and move one batch at a time: DeepLog windows of a big log do not fit a GPU at once.
-    """
-    autocast = train.bf16 and device.type == "cuda"
-    if train.bf16 and not autocast:
-        log.warning("bf16 autocast is for CUDA only; training %s in float32 on %s", label, device)
-    optimiser = build_optimizer(model, train)
-    # Own generator: the batch order must not depend on what else consumed the global RNG.
-    order_rng = torch.Generator().manual_seed(train.seed)
-    n = len(train_x)
-    best_val, best_epoch, stale = math.inf, -1, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    log.info("training %s on %s: %d training and %d validation samples, optimizer %s, lr %g",
-             label, device, n, len(val_x), train.optimizer, train.learning_rate)
-    for epoch in range(train.epochs):
-        started = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=order_rng)
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        weight = torch.zeros((), dtype=torch.float64, device=device)
-        for start in range(0, n, train.batch_size):
-            idx = perm[start : start + train.batch_size]
-            xb, yb = train_x[idx].to(device, non_blocking=True), train_y[idx].to(device, non_blocking=True)
-            optimiser.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                logits = model(xb)
-            loss_sum, w = loss_sums(logits.float(), yb)
-            (loss_sum / w.clamp_min(1e-12)).backward()
-            if train.clip_value is not None:
-                torch.nn.utils.clip_grad_value_(model.parameters(), train.clip_value)
-            optimiser.step()
-            # Accumulated on the device: a float() per batch would synchronise a GPU every step.
-            total += loss_sum.detach().double()
-            weight += w.detach().double()
-        train_loss = float(total) / max(float(weight), 1e-12)
-        val_loss = _val_loss(model, val_x, val_y, loss_sums, train.batch_size * 4, device, autocast)
-        if not math.isfinite(val_loss):
-            raise ModelError(f"{label}: validation loss is {val_loss} at epoch {epoch}; lower the learning rate")
-        record = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                  "seconds": time.perf_counter() - started, "samples": n}
-        history.append(record)
-        improved = val_loss < best_val - MIN_IMPROVEMENT
-        if improved:
-            best_val, best_epoch, stale = val_loss, epoch, 0
-            best_state = _cpu_state(model)
-        else:
-            stale += 1
-        log.info("%s epoch %d train_loss %.5f val_loss %.5f (%.2fs)%s", label, epoch, train_loss, val_loss,
-                 record["seconds"], " best" if improved else "")
-        if 0 < train.patience <= stale:
-            log.info("%s: early stop at epoch %d, no improvement for %d epochs (best epoch %d, val_loss %.5f)",
-                     label, epoch, stale, best_epoch, best_val)
-            break
-    if best_state is None:
-        best_state = _cpu_state(model)
-    model.load_state_dict(best_state)
-    model.eval()
-    return SequenceTrainResult(model, best_state, history, best_epoch, best_val)
-
-
-def _val_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_sums: LossSums, batch_size: int,
-              device: torch.device, autocast: bool) -> float:
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    weight = torch.zeros((), dtype=torch.float64, device=device)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
-            loss_sum, w = loss_sums(model(xb).float(), yb)
-            total += loss_sum.double()
-            weight += w.double()
-    return float(total) / max(float(weight), 1e-12)
+def _train(task: FitTask, model_cls: Callable[[Any], nn.Module], cfg: Any, train: LoopSettings,
+           comm: Collective | None, checkpoint_dir: Path | None, resume: bool,
+           init_state: dict[str, torch.Tensor] | None) -> SequenceTrainResult:
+    """Run the shared loop, then rebuild the best epoch's network on this process's device."""
+    result = fit(task, train, comm, checkpoint_dir, resume, init_state)
+    model = model_cls(cfg)
+    model.load_state_dict(result.state_dict)
+    model.to(pick_device(train.device)).eval()
+    return SequenceTrainResult(model, result.state_dict, result.history, result.best_epoch, result.best_val_loss)
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -563,36 +456,180 @@ def _ce_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch
     return F.cross_entropy(logits, y, reduction="sum"), torch.tensor(float(len(y)), device=logits.device)
 
 
+@dataclass
+class SessionRows:
+    """Encoded sessions laid out for next-event training without materialising the windows.
+
+    ``flat`` holds every session once, each preceded by ``window`` :data:`PAD_ID`; ``targets``
+    are the flat positions of the real events. The history of the event at position ``p`` is
+    ``flat[p - window : p]``, exactly the row :func:`next_event_windows` gives, at ``1/window``
+    of its memory (an HDFS day of 11M events: 90 MB instead of 900 MB at ``window=10``).
+
+    Attributes:
+        flat: int64 ids, sessions separated by their padding.
+        targets: int64 positions into ``flat``, session by session, in order.
+        window: history length.
+    """
+
+    flat: np.ndarray
+    targets: np.ndarray
+    window: int
+
+    @classmethod
+    def build(cls, sessions: Sequence[Sequence[int]], window: int, vocab_size: int, what: str) -> SessionRows:
+        """Lay out ``sessions`` (ids from the model's :class:`Vocabulary`).
+
+        Raises:
+            ModelError: an id outside ``[0, vocab_size)`` or the PAD id, or a bad ``window``.
+        """
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ModelError(f"window must be a positive integer, got {window!r}")
+        arrays = [np.asarray(s, dtype=np.int64).ravel() for s in sessions]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        for k, ids in enumerate(arrays):
+            if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size or (ids == PAD_ID).any()):
+                raise ModelError(
+                    f"{what} session {k} holds ids outside [0, {vocab_size}) or the PAD id {PAD_ID}; "
+                    "encode sessions with the model's Vocabulary"
+                )
+        pad = np.full(window, PAD_ID, dtype=np.int64)
+        flat = np.concatenate([part for ids in arrays for part in (pad, ids)]) if arrays else pad[:0]
+        # Session k's events start after k+1 paddings and the events of sessions before it.
+        starts = (np.arange(len(arrays), dtype=np.int64) + 1) * window + np.concatenate([[0], np.cumsum(lengths)[:-1]]) \
+            if arrays else np.zeros(0, np.int64)
+        targets = (np.repeat(starts, lengths) + _ranges(lengths)).astype(np.int64)
+        return cls(flat, targets, window)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def take(self, positions: np.ndarray) -> SessionRows:
+        """Only the events at ``positions`` of :attr:`targets` (the flat ids stay shared)."""
+        return SessionRows(self.flat, self.targets[positions], self.window)
+
+
+def _ranges(lengths: np.ndarray) -> np.ndarray:
+    """``[0..l0), [0..l1), ...`` concatenated."""
+    if len(lengths) == 0 or lengths.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return np.arange(ends[-1], dtype=np.int64) - np.repeat(ends - lengths, lengths)
+
+
+class NextEventTask(FitTask):
+    """DeepLog's part of the loop: histories cut from :class:`SessionRows` predict the next id.
+
+    Args:
+        train_rows: all training events (every rank holds them; ``order`` deals them to ranks).
+        val_rows: this rank's validation events.
+        cfg: the model shape.
+        order: ``epoch -> positions`` into ``train_rows``; by default this rank's shard of a
+            seeded shuffle (:func:`loganomaly.loop.shard_indices`).
+    """
+
+    label = "deeplog"
+
+    def __init__(self, train_rows: SessionRows, val_rows: SessionRows, cfg: DeepLogConfig,
+                 order: Callable[[int], np.ndarray]) -> None:
+        self.cfg = cfg
+        self.order_fn = order
+        self.offsets = torch.arange(-cfg.window, 0, dtype=torch.int64)
+        self.train_flat, self.train_targets = torch.from_numpy(train_rows.flat), torch.from_numpy(train_rows.targets)
+        self.val_flat, self.val_targets = torch.from_numpy(val_rows.flat), torch.from_numpy(val_rows.targets)
+
+    def model_config(self) -> dict[str, Any]:
+        # top_g is calibrated after training and plays no part in it: a resume must not depend on it.
+        return {k: v for k, v in self.cfg.to_dict().items() if k != "top_g"}
+
+    def build_model(self) -> nn.Module:
+        return DeepLog(self.cfg)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.order_fn(epoch)
+
+    def to(self, device: torch.device) -> None:
+        self.offsets = self.offsets.to(device)
+        self.train_flat, self.train_targets = self.train_flat.to(device), self.train_targets.to(device)
+        self.val_flat, self.val_targets = self.val_flat.to(device), self.val_targets.to(device)
+
+    def _cut(self, flat: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return flat[targets.unsqueeze(1) + self.offsets], flat[targets]
+
+    def train_batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._cut(self.train_flat, self.train_targets[positions])
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.val_targets), batch_size):
+            yield self._cut(self.val_flat, self.val_targets[start : start + batch_size])
+
+    def loss_sums(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _ce_sums(output, target)
+
+
 def train_deeplog(
     train_sessions: Sequence[Sequence[int]],
     val_sessions: Sequence[Sequence[int]],
     cfg: DeepLogConfig,
-    train: SequenceTrainConfig | None = None,
+    train: LoopSettings | None = None,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> SequenceTrainResult:
     """Train DeepLog on normal sessions with cross-entropy and early stopping on validation loss.
+
+    As one rank of a distributed run, every rank passes all sessions: each trains on its shard of
+    the events (equal batch counts) and validates its share; the losses are summed over ranks.
 
     Args:
         train_sessions: encoded normal sessions (:meth:`Vocabulary.encode_many`).
         val_sessions: encoded normal sessions held out for early stopping.
         cfg: model shape; ``vocab_size`` must be the vocabulary's size.
         train: optimiser, epochs, patience, seed, device (Adam by default).
+        comm: the process group (by default from the environment; one process without one).
+        checkpoint_dir, resume, init_state: as in :func:`loganomaly.loop.fit`.
 
     Raises:
-        ModelError: no training or validation windows, or ids outside the vocabulary.
+        ModelError: no training or validation events, ids outside the vocabulary, fewer training
+            events than ranks.
+    """
+    rows = SessionRows.build(train_sessions, cfg.window, cfg.vocab_size, "training")
+    val_rows = SessionRows.build(val_sessions, cfg.window, cfg.vocab_size, "validation")
+    if (comm or default_collective()).rank == 0:
+        log.info("DeepLog: %d training and %d validation sessions", len(train_sessions), len(val_sessions))
+    return train_deeplog_rows(rows, val_rows, cfg, train, comm, checkpoint_dir, resume, init_state)
+
+
+def train_deeplog_rows(
+    rows: SessionRows,
+    val_rows: SessionRows,
+    cfg: DeepLogConfig,
+    train: LoopSettings | None = None,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> SequenceTrainResult:
+    """:func:`train_deeplog` on sessions already laid out (what a distributed backend ships to ranks).
+
+    Raises:
+        ModelError: no validation events, or fewer training events than ranks.
     """
     train = train or SequenceTrainConfig()
-    x, y, _ = _session_windows(train_sessions, cfg.window, cfg.vocab_size, "training")
-    vx, vy, _ = _session_windows(val_sessions, cfg.window, cfg.vocab_size, "validation")
-    if len(y) == 0 or len(vy) == 0:
-        raise ModelError(f"DeepLog needs training and validation events, got {len(y)} and {len(vy)}")
-    device = pick_device(train.device)
-    torch.manual_seed(train.seed)
-    model = DeepLog(cfg)
-    init_weights(model, train.init)
-    model.to(device)
-    log.info("DeepLog: %d training and %d validation sessions", len(train_sessions), len(val_sessions))
-    return _fit(model, torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(vx), torch.from_numpy(vy),
-                _ce_sums, train, device, "deeplog")
+    comm = comm or default_collective()
+    if len(rows) < comm.world or len(val_rows) == 0:
+        raise ModelError(f"DeepLog needs training and validation events (at least one training event per "
+                         f"rank), got {len(rows)} and {len(val_rows)} on {comm.world} rank(s)")
+    if comm.rank == 0:
+        log.info("DeepLog: %d training and %d validation events on %d rank(s)", len(rows), len(val_rows), comm.world)
+    n, rank, world, seed = len(rows), comm.rank, comm.world, train.seed
+
+    def order(epoch: int) -> np.ndarray:
+        return shard_indices(n, rank, world, epoch_seed(seed, epoch))
+
+    share = val_rows.take(np.arange(rank, len(val_rows), world))
+    task = NextEventTask(rows, share, cfg, order)
+    return _train(task, DeepLog, cfg, train, comm, checkpoint_dir, resume, init_state)
 
 
 @dataclass
@@ -874,16 +911,55 @@ def _check_labelled(x: np.ndarray, y: np.ndarray, cfg: ClassifierConfig, what: s
         raise ModelError(f"{what} labels must be in [0, {cfg.n_classes}), got [{y.min()}, {y.max()}]")
 
 
+class ClassifierTask(TensorTask):
+    """The classifier's part of the loop: windows ``[N, T, F]`` to classes, weighted cross-entropy."""
+
+    label = "classifier"
+
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray, order: Callable[[int], np.ndarray],
+                 val_x: np.ndarray, val_y: np.ndarray, cfg: ClassifierConfig,
+                 class_weights: Sequence[float] | None) -> None:
+        super().__init__(_float_tensor(train_x), order, _float_tensor(val_x),
+                         torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
+                         torch.from_numpy(np.asarray(val_y, dtype=np.int64)))
+        self.cfg = cfg
+        self.weights = None if class_weights is None else torch.tensor([float(w) for w in class_weights])
+
+    def model_config(self) -> dict[str, Any]:
+        return self.cfg.to_dict()
+
+    def build_model(self) -> nn.Module:
+        return LSTMClassifier(self.cfg)
+
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        if self.weights is not None:
+            self.weights = self.weights.to(device)
+
+    def loss_sums(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Weighted sum and the sum of the weights: the same mean as F.cross_entropy(weight=...).
+        total = F.cross_entropy(output, target, weight=self.weights, reduction="sum")
+        if self.weights is None:
+            return total, torch.tensor(float(len(target)), device=output.device)
+        return total, self.weights[target].sum()
+
+
 def train_classifier(
     train_x: np.ndarray,
     train_y: np.ndarray,
     val_x: np.ndarray,
     val_y: np.ndarray,
     cfg: ClassifierConfig,
-    train: SequenceTrainConfig | None = None,
+    train: LoopSettings | None = None,
     class_weights: Sequence[float] | Literal["balanced"] | None = None,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> SequenceTrainResult:
     """Train the classifier with cross-entropy and early stopping on validation loss.
+
+    As one rank of a distributed run, every rank passes all windows and trains on its shard.
 
     Args:
         train_x: normalised training windows ``[N, T, F]``.
@@ -894,12 +970,15 @@ def train_classifier(
         class_weights: per-class loss weights against imbalance (anomalies are rare), ``balanced``
             for :func:`balanced_class_weights` of the training labels, or ``None``. The
             validation loss uses the same weights, so early stopping judges what is optimised.
+        comm: the process group (by default from the environment; one process without one).
+        checkpoint_dir, resume, init_state: as in :func:`loganomaly.loop.fit`.
 
     Raises:
         ModelError: empty, mis-shaped or non-finite data, labels outside the classes, or a wrong
             number of class weights.
     """
     train = train or SequenceTrainConfig()
+    comm = comm or default_collective()
     train_y = np.asarray(train_y, dtype=np.int64)
     val_y = np.asarray(val_y, dtype=np.int64)
     _check_labelled(train_x, train_y, cfg, "training")
@@ -907,24 +986,17 @@ def train_classifier(
     weights = balanced_class_weights(train_y, cfg.n_classes) if class_weights == "balanced" else class_weights
     if weights is not None and len(weights) != cfg.n_classes:
         raise ModelError(f"{len(weights)} class weights for {cfg.n_classes} classes")
-    device = pick_device(train.device)
-    weight_t = None if weights is None else torch.tensor([float(w) for w in weights], device=device)
+    if comm.rank == 0:
+        counts = np.bincount(train_y, minlength=cfg.n_classes).tolist()
+        log.info("classifier: class counts in training %s, class weights %s", counts, weights)
+    n, rank, world, seed = len(train_x), comm.rank, comm.world, train.seed
 
-    def loss_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Weighted sum and the sum of the weights: the same mean as F.cross_entropy(weight=...).
-        total = F.cross_entropy(logits, y, weight=weight_t, reduction="sum")
-        if weight_t is None:
-            return total, torch.tensor(float(len(y)), device=logits.device)
-        return total, weight_t[y].sum()
+    def order(epoch: int) -> np.ndarray:
+        return shard_indices(n, rank, world, epoch_seed(seed, epoch))
 
-    torch.manual_seed(train.seed)
-    model = LSTMClassifier(cfg)
-    init_weights(model, train.init)
-    model.to(device)
-    counts = np.bincount(train_y, minlength=cfg.n_classes).tolist()
-    log.info("classifier: class counts in training %s, class weights %s", counts, weights)
-    return _fit(model, _float_tensor(train_x), torch.from_numpy(train_y), _float_tensor(val_x),
-                torch.from_numpy(val_y), loss_sums, train, device, "classifier")
+    task = ClassifierTask(train_x, train_y, order, val_x[rank::world], val_y[rank::world], cfg,
+                          None if weights is None else list(weights))
+    return _train(task, LSTMClassifier, cfg, train, comm, checkpoint_dir, resume, init_state)
 
 
 def _float_tensor(a: np.ndarray) -> torch.Tensor:

@@ -3,8 +3,11 @@
 ``train`` and ``score`` dispatch here when ``model.kind=deeplog``.
 
 Training. The ``sessions`` version is pinned first and its training period is collected on the
-driver: DeepLog trains in one process (see :mod:`loganomaly.sequence_models`), and a session is a
-short list of template ids, so even millions of sessions fit. The split is chronological on the
+driver: DeepLog's vocabulary is fitted there, and a session is a short list of template ids, so even
+millions of sessions fit. The encoded sessions then go to every rank of ``train.backend``
+(:func:`loganomaly.distributed.train_deeplog_backend`), each training on its shard of the events
+on the shared loop (checkpoints in ``<model-dir>/checkpoints``, ``train.resume``,
+``train.init_from``). The split is chronological on the
 session start, with the rule of :func:`loganomaly.train.chronological_split` (``train.train_until``
 or ``train.train_fraction``; a session belongs to the training period when it *ends* before the
 cut), and validation is the same evenly spread time blocks the autoencoder holds out
@@ -46,21 +49,22 @@ import pandas as pd
 
 from loganomaly.bundle import META, WEIGHTS, DeepLogBundle, load_deeplog_bundle, save_bundle, worker_model
 from loganomaly.config import Config
-from loganomaly.errors import StageInputError
+from loganomaly.distributed import train_deeplog_backend
+from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest import new_run_id
+from loganomaly.model import pick_device
 from loganomaly.reader import validation_block_mask
 from loganomaly.score import RESULT_DDL, ScoreSummary, write_scores
 from loganomaly.sequence_models import (
     END_TOKEN,
     DeepLog,
     DeepLogConfig,
-    SequenceTrainConfig,
+    SessionRows,
     SessionScore,
     Vocabulary,
     calibrate_nll_threshold,
     calibrate_top_g,
     score_sessions,
-    train_deeplog,
     with_end,
 )
 from loganomaly.tables import Lake
@@ -108,14 +112,6 @@ class SessionTrainSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def _sequence_train_config(cfg: Config) -> SequenceTrainConfig:
-    t = cfg.train
-    return SequenceTrainConfig(
-        epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, patience=t.patience,
-        seed=t.seed, device=t.device, bf16=t.bf16, weight_decay=t.weight_decay,
-    )
 
 
 def _load_sessions(lake: Lake, version: int) -> pd.DataFrame:
@@ -198,7 +194,11 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
     train_sessions, val_sessions = list(train_rows["template_ids"]), list(val_rows["template_ids"])
     if cfg.model.session_end:
         train_sessions, val_sessions = with_end(train_sessions), with_end(val_sessions)
-    vocab = Vocabulary.fit(train_sessions, min_support=cfg.model.min_template_support)
+    base = load_deeplog_bundle(cfg.train.init_from) if cfg.train.init_from else None
+    # Continuing a model keeps its vocabulary: its output layer is indexed by it. Templates first
+    # seen in the new data stay unknown (always unexpected) until a model is trained afresh.
+    vocab = base.vocabulary if base is not None else \
+        Vocabulary.fit(train_sessions, min_support=cfg.model.min_template_support)
     train_ids = vocab.encode_many(train_sessions)
     val_ids = vocab.encode_many(val_sessions)
     model_cfg = DeepLogConfig(
@@ -211,10 +211,20 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
         top_g=cfg.model.top_g if cfg.model.top_g > 0 else 1,
         dropout=cfg.model.dropout,
     )
-    train_cfg = _sequence_train_config(cfg)
-    result = train_deeplog(train_ids, val_ids, model_cfg, train_cfg)
-    assert isinstance(result.model, DeepLog)
-    val_scores = score_sessions(result.model, val_ids, top_g=1)
+    if base is not None and dataclasses.replace(base.model_cfg, top_g=model_cfg.top_g) != model_cfg:
+        raise ConfigError(f"train.init_from={cfg.train.init_from} holds DeepLog {base.model_cfg.to_dict()}; "
+                          f"this run's model config is {model_cfg.to_dict()}")
+    result = train_deeplog_backend(
+        spark, cfg.train.backend,
+        SessionRows.build(train_ids, model_cfg.window, model_cfg.vocab_size, "training"),
+        SessionRows.build(val_ids, model_cfg.window, model_cfg.vocab_size, "validation"),
+        model_cfg, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints", resume=cfg.train.resume,
+        init_state=None if base is None else base.state_dict,
+    )
+    model = DeepLog(model_cfg)
+    model.load_state_dict(result.state_dict)
+    model.to(pick_device(cfg.train.device)).eval()
+    val_scores = score_sessions(model, val_ids, top_g=1)
     if cfg.model.top_g > 0:
         top_g = cfg.model.top_g
     else:
@@ -247,6 +257,8 @@ def train_run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lak
             "excluded_labelled_sessions": excluded,
             "templates_version": None if templates is None else _templates_version(templates),
             "history": result.history,
+            "backend": cfg.train.backend,
+            "init_from": cfg.train.init_from or None,
             "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"],
                        "session_key": cfg.features.session_key},
         },

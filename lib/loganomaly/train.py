@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loganomaly.bundle import ModelBundle, save_bundle
+from loganomaly.bundle import ModelBundle, load_bundle, save_bundle
 from loganomaly.config import Config
 from loganomaly.distributed import train_backend
-from loganomaly.errors import StageInputError
+from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
 from loganomaly.reader import (
@@ -251,9 +251,20 @@ def run(
         cfg.train.backend,
         cfg.train.reader,
     )
+    init_state, init_normaliser = None, None
+    if cfg.train.init_from:
+        base = load_bundle(cfg.train.init_from)
+        if base.model_cfg != model_cfg or base.feature_names != feature_names:
+            raise ConfigError(
+                f"train.init_from={cfg.train.init_from} holds a model of {base.model_cfg.to_dict()} over "
+                f"{len(base.feature_names)} features; this run needs {model_cfg.to_dict()} over {feature_names}"
+            )
+        init_state, init_normaliser = base.state_dict, base.normaliser
+        log.info("train %s: continuing model %s from %s", run_id, base.version, cfg.train.init_from)
     result = train_backend(
         spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train,
-        checkpoint_dir=Path(model_dir) / "checkpoints",
+        checkpoint_dir=Path(model_dir) / "checkpoints", resume=cfg.train.resume,
+        init_state=init_state, normaliser=init_normaliser,
     )
     normaliser = result.normaliser
     assert normaliser is not None  # train_on_snapshot always fits one
@@ -294,6 +305,7 @@ def run(
             "validation_windows": n_val,
             "backend": cfg.train.backend,
             "reader": cfg.train.reader,
+            "init_from": cfg.train.init_from or None,
             "history": result.history,
             "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
         },
