@@ -46,7 +46,7 @@ from loganomaly.errors import ModelError
 from loganomaly.files import atomic_write
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.normalize import Normaliser
-from loganomaly.sequence_models import DeepLog, DeepLogConfig, Vocabulary
+from loganomaly.sequence_models import ClassifierConfig, DeepLog, DeepLogConfig, LSTMClassifier, Vocabulary
 
 if TYPE_CHECKING:
     from loganomaly.templates import Templates
@@ -57,8 +57,10 @@ FORMAT_VERSION = 1
 #: Kind of the LSTM autoencoder bundle (the only kind before DeepLog; kept as ``KIND``).
 KIND = "lstm_autoencoder"
 DEEPLOG_KIND = "deeplog"
+#: The supervised LSTM classifier over the same windows as the autoencoder (a ModelBundle too).
+CLASSIFIER_KIND = "lstm_classifier"
 #: Every kind this code reads.
-KINDS = (KIND, DEEPLOG_KIND)
+KINDS = (KIND, DEEPLOG_KIND, CLASSIFIER_KIND)
 WEIGHTS = "model.safetensors"
 META = "model.json"
 #: Hex digits of the content hash kept as the version: short enough to read in a table.
@@ -76,13 +78,16 @@ def _templates_of(data: dict[str, Any] | None) -> Templates | None:
 
 @dataclass
 class ModelBundle:
-    """A trained LSTM autoencoder and everything needed to score with it (kind ``lstm_autoencoder``).
+    """A trained window model and everything needed to score with it: the LSTM autoencoder (kind
+    ``lstm_autoencoder``) or the supervised LSTM classifier (kind ``lstm_classifier``). Both read
+    the numeric windows of ``sequences`` with the same normaliser and feature names.
 
     Attributes:
-        model_cfg: architecture, to rebuild the network.
+        model_cfg: architecture, to rebuild the network; its type decides the kind.
         state_dict: its weights.
         normaliser: per-feature statistics of the training windows.
-        threshold: scores above it are anomalies.
+        threshold: scores above it are anomalies (reconstruction error, or the classifier's
+            probability of the anomalous class).
         feature_names: the F feature names, in model order.
         features: the feature spec the windows were built with (step_seconds, window_steps, ...).
         metrics: validation metrics (loss, score quantiles, typical per-feature error).
@@ -92,7 +97,7 @@ class ModelBundle:
             None when templates were disabled or never fitted.
     """
 
-    model_cfg: LSTMAutoencoderConfig
+    model_cfg: LSTMAutoencoderConfig | ClassifierConfig
     state_dict: dict[str, torch.Tensor]
     normaliser: Normaliser
     threshold: float
@@ -103,11 +108,21 @@ class ModelBundle:
     version: str = ""
     templates: dict[str, Any] | None = None
 
-    kind: ClassVar[str] = KIND
+    @property
+    def kind(self) -> str:
+        return CLASSIFIER_KIND if isinstance(self.model_cfg, ClassifierConfig) else KIND
 
-    def build_model(self, device: torch.device | None = None) -> LSTMAutoencoder:
+    @property
+    def window_steps(self) -> int:
+        """T of the windows scored (the classifier reads any length; it keeps the featurize one)."""
+        if isinstance(self.model_cfg, LSTMAutoencoderConfig):
+            return self.model_cfg.window_steps
+        return int(self.features["window_steps"])
+
+    def build_model(self, device: torch.device | None = None) -> torch.nn.Module:
         """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
-        model = LSTMAutoencoder(self.model_cfg)
+        model: torch.nn.Module = LSTMAutoencoder(self.model_cfg) if isinstance(self.model_cfg, LSTMAutoencoderConfig) \
+            else LSTMClassifier(self.model_cfg)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
@@ -218,7 +233,7 @@ def _meta_of(bundle: AnyBundle) -> dict[str, Any]:
     else:
         meta = {
             "format_version": FORMAT_VERSION,
-            "kind": KIND,
+            "kind": bundle.kind,
             "model": bundle.model_cfg.to_dict(),
             "normaliser": bundle.normaliser.to_dict(),
             "threshold": float(bundle.threshold),
@@ -262,8 +277,8 @@ def save_bundle(model_dir: str | Path, bundle: AnyBundle) -> Path:
         log.info("saved deeplog bundle %s (%d templates, top_g %d) to %s",
                  version, bundle.model_cfg.n_templates, bundle.top_g, directory)
     else:
-        log.info("saved model bundle %s (%d features, threshold %.5f) to %s",
-                 version, bundle.model_cfg.n_features, bundle.threshold, directory)
+        log.info("saved %s bundle %s (%d features, threshold %.5f) to %s",
+                 bundle.kind, version, bundle.model_cfg.n_features, bundle.threshold, directory)
     return directory
 
 
@@ -312,9 +327,11 @@ def _read_verified(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, state
 
 
-def _autoencoder_from(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelBundle:
+def _window_model_from(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelBundle:
+    model_cfg = ClassifierConfig.from_dict(meta["model"]) if meta["kind"] == CLASSIFIER_KIND \
+        else LSTMAutoencoderConfig.from_dict(meta["model"])
     return ModelBundle(
-        model_cfg=LSTMAutoencoderConfig.from_dict(meta["model"]),
+        model_cfg=model_cfg,
         state_dict=state,
         normaliser=Normaliser.from_dict(meta["normaliser"]),
         threshold=float(meta["threshold"]),
@@ -352,7 +369,7 @@ def load_any_bundle(model_dir: str | Path) -> AnyBundle:
     meta, state = _read_verified(directory)
     bundle: AnyBundle
     try:
-        bundle = _deeplog_from(meta, state) if meta["kind"] == DEEPLOG_KIND else _autoencoder_from(meta, state)
+        bundle = _deeplog_from(meta, state) if meta["kind"] == DEEPLOG_KIND else _window_model_from(meta, state)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{directory / META} is incomplete or malformed: {exc!r}") from None
     _check_consistent(bundle)
@@ -362,7 +379,7 @@ def load_any_bundle(model_dir: str | Path) -> AnyBundle:
 
 
 def load_bundle(model_dir: str | Path) -> ModelBundle:
-    """Read an LSTM autoencoder bundle written by :func:`save_bundle`.
+    """Read a window-model bundle (autoencoder or classifier) written by :func:`save_bundle`.
 
     Raises:
         ModelError: as :func:`load_any_bundle`, or the bundle is of another kind (a DeepLog
@@ -371,7 +388,8 @@ def load_bundle(model_dir: str | Path) -> ModelBundle:
     bundle = load_any_bundle(model_dir)
     if not isinstance(bundle, ModelBundle):
         raise ModelError(
-            f"{model_dir} holds a {bundle.kind} bundle, not an {KIND} one; score it with model.kind=deeplog"
+            f"{model_dir} holds a {bundle.kind} bundle, not an {KIND} or {CLASSIFIER_KIND} one; "
+            "score it with model.kind=deeplog"
         )
     return bundle
 

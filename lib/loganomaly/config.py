@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 Engine = Literal["auto", "delta", "deltars"]
 Backend = Literal["local", "torch_distributor", "horovod"]
 Device = Literal["auto", "cpu", "cuda"]
-ModelKind = Literal["autoencoder", "deeplog"]
+ModelKind = Literal["autoencoder", "deeplog", "classifier"]
+ClassWeights = Literal["balanced", "none"]
 # arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
 Reader = Literal["arrow", "petastorm"]
 Optimizer = Literal["adam", "sgd_nesterov"]
@@ -144,8 +145,10 @@ class ModelConfig:
     """Which model and its size.
 
     ``kind``: ``autoencoder`` (LSTM sequence autoencoder over the numeric time-step windows of
-    ``sequences``) or ``deeplog`` (next-event LSTM over the template-id sequences of ``sessions``;
-    needs ``features.session_key``).
+    ``sequences``), ``deeplog`` (next-event LSTM over the template-id sequences of ``sessions``;
+    needs ``features.session_key``) or ``classifier`` (supervised LSTM over the same windows as
+    the autoencoder; a window is anomalous when it holds an event labelled abnormal, so it needs
+    labelled data: Zeek's ``label`` field, a label file).
     """
 
     kind: ModelKind = "autoencoder"
@@ -165,6 +168,8 @@ class ModelConfig:
     # deeplog: close every session with an "<END>" pseudo-event the model must predict, so a
     # session that stops early is anomalous too.
     session_end: bool = True
+    # classifier: weigh both classes alike in the loss (``balanced``; attacks are rare) or not.
+    class_weights: ClassWeights = "balanced"
 
 
 @dataclass
@@ -440,6 +445,10 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.train.clip_value is None or cfg.train.clip_value > 0, "train.clip_value must be > 0 (or empty)"),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (
+            not (cfg.model.kind == "classifier" and cfg.train.normal_only),
+            "model.kind=classifier learns from both classes; set train.normal_only=false",
+        ),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
         (

@@ -5,6 +5,8 @@ Every backend runs the same function, :func:`rank_main`, once per rank, for ever
 * the autoencoder (:class:`AutoencoderWork`): the rank reads its shard of the pinned
   ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with ``train.reader=petastorm``;
   no Spark in the ranks) and trains with :func:`loganomaly.training.train_on_snapshot`;
+* the supervised classifier (:class:`ClassifierWork`): the same, with each window's class read
+  from ``sequences.n_abnormal``;
 * DeepLog (:class:`DeepLogWork`): the driver has already collected the training period's
   sessions (it fits the vocabulary on them) and ships them, laid out as
   :class:`~loganomaly.sequence_models.SessionRows` (one int64 per event), to every rank; each
@@ -53,8 +55,14 @@ from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
 from loganomaly.model import LSTMAutoencoderConfig
 from loganomaly.normalize import Normaliser
 from loganomaly.reader import ShardPlan
-from loganomaly.sequence_models import DeepLogConfig, SessionRows, train_deeplog_rows
-from loganomaly.training import Collective, SnapshotTrainResult, TorchCollective, train_on_snapshot
+from loganomaly.sequence_models import ClassifierConfig, DeepLogConfig, SessionRows, train_deeplog_rows
+from loganomaly.training import (
+    Collective,
+    SnapshotTrainResult,
+    TorchCollective,
+    train_classifier_on_snapshot,
+    train_on_snapshot,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -109,6 +117,30 @@ class AutoencoderWork:
 
 
 @dataclass
+class ClassifierWork(AutoencoderWork):
+    """The supervised classifier's data: the same snapshot plans, labels from ``n_abnormal``.
+
+    Attributes:
+        model_cfg: the classifier's shape.
+        balanced: weigh both classes alike in the loss.
+    """
+
+    model_cfg: ClassifierConfig  # type: ignore[assignment]
+    balanced: bool = True
+
+    def check_world(self, world: int, cfg: TrainConfig) -> None:
+        if cfg.reader != "arrow":
+            raise ConfigError("the classifier reads its labels (sequences.n_abnormal) with train.reader=arrow only")
+        super().check_world(world, cfg)
+
+    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
+            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
+        return train_classifier_on_snapshot(self.train_plan, self.val_plan, self.model_cfg, cfg, comm=comm,
+                                            checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state,
+                                            normaliser=self.normaliser, balanced=self.balanced)
+
+
+@dataclass
 class DeepLogWork:
     """DeepLog's data for the ranks: the encoded sessions themselves (every rank takes its shard).
 
@@ -151,7 +183,7 @@ class RankJob:
         device: ``auto``, ``cpu`` or ``cuda`` for the ranks (``cpu`` when Spark grants no GPUs).
     """
 
-    work: AutoencoderWork | DeepLogWork
+    work: AutoencoderWork | ClassifierWork | DeepLogWork
     train_cfg: TrainConfig
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -380,6 +412,30 @@ def train_backend(
     return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
 
 
+def train_classifier_backend(
+    spark: SparkSession | None,
+    backend: str,
+    train_plan: ShardPlan,
+    val_plan: ShardPlan,
+    model_cfg: ClassifierConfig,
+    cfg: TrainConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    num_processes: int | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    normaliser: Normaliser | None = None,
+    balanced: bool = True,
+) -> SnapshotTrainResult:
+    """Train the supervised classifier on ``backend``; as :func:`train_backend`, labels from ``n_abnormal``.
+
+    Raises:
+        ConfigError: as :func:`train_backend`, or a ``train.reader`` other than ``arrow``.
+        StageInputError: as :func:`train_backend`, no labels, or only one class in training.
+    """
+    work = ClassifierWork(train_plan, val_plan, model_cfg, normaliser, balanced)
+    return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
+
+
 def train_deeplog_backend(
     spark: SparkSession | None,
     backend: str,
@@ -407,7 +463,7 @@ def train_deeplog_backend(
 def run_backend(
     spark: SparkSession | None,
     backend: str,
-    work: AutoencoderWork | DeepLogWork,
+    work: AutoencoderWork | ClassifierWork | DeepLogWork,
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
@@ -462,10 +518,12 @@ def _check_equal_batches(result: SnapshotTrainResult) -> None:
 __all__ = [
     "BACKENDS",
     "AutoencoderWork",
+    "ClassifierWork",
     "DeepLogWork",
     "HorovodCollective",
     "RankJob",
     "run_backend",
+    "train_classifier_backend",
     "train_deeplog_backend",
     "decode_result",
     "encode_result",

@@ -306,11 +306,14 @@ class Shard:
         x: raw (not normalised) windows ``[n, T, F]`` float32.
         entity: entity of each window; with ``window_start`` the row key.
         window_start: start of each window, epoch microseconds.
+        abnormal: ``n_abnormal`` of each window (nulls as 0), or ``None`` when the table has no
+            such column; the labels of the supervised classifier.
     """
 
     x: np.ndarray
     entity: np.ndarray
     window_start: np.ndarray = field(repr=False)
+    abnormal: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -356,6 +359,7 @@ class ShardReader:
         xs: list[np.ndarray] = []
         entities: list[np.ndarray] = []
         starts_us: list[np.ndarray] = []
+        abnormal: list[np.ndarray | None] = []
         shape: tuple[int, int] | None = None
         offset, groups = 0, 0
         files: dict[str, pq.ParquetFile] = {}
@@ -377,6 +381,7 @@ class ShardReader:
                 xs.append(x)
                 entities.append(part.column("entity").to_numpy(zero_copy_only=False))
                 starts_us.append(pc.cast(part.column("window_start"), pa.int64()).to_numpy(zero_copy_only=False))
+                abnormal.append(_mask_args(part)[2])
                 groups += 1
             offset += unit.rows
             if offset >= self.hi:
@@ -386,6 +391,10 @@ class ShardReader:
             np.concatenate(xs) if xs else np.zeros((0, steps, feats), np.float32),
             np.concatenate(entities) if entities else np.zeros(0, object),
             np.concatenate(starts_us) if starts_us else np.zeros(0, np.int64),
+            # A file of an older table version may lack the column: then no labels at all.
+            None if any(a is None for a in abnormal)
+            else np.concatenate([a for a in abnormal if a is not None]).astype(np.int64) if abnormal
+            else np.zeros(0, np.int64),
         )
         log.debug("rank %d/%d read %d %s windows from %d row groups", self.rank, self.world, len(shard),
                   self.plan.selection.part, groups)

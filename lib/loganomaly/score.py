@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 BUNDLE_FILES = ("model.json", "model.safetensors")
 TYPICAL_ERROR_FLOOR = 0.05
 RESULT_DDL = "score double, top_features array<string>, explanation string"
+#: Flagged windows explained per batch of occlusion passes (memory: this x F x T x F floats).
+OCCLUSION_CHUNK = 128
 
 
 
@@ -87,18 +89,90 @@ def explain(
     return tops, texts
 
 
+def explain_classifier(
+    model: torch.nn.Module,
+    device: torch.device,
+    x: np.ndarray,
+    normalised: np.ndarray,
+    probability: np.ndarray,
+    mean: np.ndarray,
+    names: list[str],
+    top_k: int,
+    log1p: bool = True,
+) -> tuple[list[list[str]], list[str]]:
+    """Name the features without which the classifier would find a window least anomalous.
+
+    Occlusion: each feature in turn is set to its training mean at every step (0 once normalised)
+    and the window is classified again; the features whose removal lowers the probability of the
+    anomalous class most explain it. It costs one forward pass per feature and window, so callers
+    pass only the windows they flag.
+
+    Args:
+        x: raw windows ``[N, T, F]``; normalised: the same, normalised.
+        probability: the anomalous-class probability of each window ``[N]``.
+        mean: per-feature training mean (raw units of ``x``) ``[F]``.
+    """
+    from loganomaly.sequence_models import LSTMClassifier, classifier_probabilities
+
+    assert isinstance(model, LSTMClassifier)
+    n, steps, n_feat = normalised.shape
+    if n == 0:
+        return [], []
+    drop = np.empty((n, n_feat), dtype=np.float64)
+    idx = np.arange(n_feat)
+    # A bounded number of windows at a time: the occluded copies are F times the windows.
+    for lo in range(0, n, OCCLUSION_CHUNK):
+        part = normalised[lo : lo + OCCLUSION_CHUNK]
+        occluded = np.repeat(part[:, None], n_feat, axis=1)  # [n, F(occluded), T, F]
+        occluded[:, idx, :, idx] = 0.0
+        flat = occluded.reshape(len(part) * n_feat, steps, n_feat)
+        without = classifier_probabilities(model, flat, device=device)[:, 1].reshape(len(part), n_feat)
+        drop[lo : lo + len(part)] = probability[lo : lo + len(part), None] - without
+    order = np.argsort(-drop, axis=1)[:, :top_k]
+    worst_step = np.abs(normalised).argmax(axis=1)  # [N, F]
+    undo = signed_expm1 if log1p else (lambda v: v)
+    tops, texts = [], []
+    for i, chosen in enumerate(order):
+        tops.append([names[f] for f in chosen])
+        parts = []
+        for f in chosen:
+            step = int(worst_step[i, f])
+            parts.append(f"{names[f]}={float(undo(x[i, step, f])):.3g} at step {step + 1} "
+                         f"(normal ~{float(undo(mean[f])):.3g}; P(anomalous) {probability[i]:.2f} -> "
+                         f"{probability[i] - drop[i, f]:.2f} without it)")
+        texts.append("; ".join(parts))
+    return tops, texts
+
+
 def score_arrays(
     bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int
 ) -> pd.DataFrame:
-    """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body)."""
+    """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body).
+
+    The autoencoder's score is the mean squared reconstruction error, every window explained by
+    its worst-reconstructed features. The classifier's score is the probability of the anomalous
+    class; only windows above the threshold are explained (:func:`explain_classifier`).
+    """
     from loganomaly.model import window_step_errors
+    from loganomaly.sequence_models import ClassifierConfig, LSTMClassifier, classifier_probabilities
 
     normalised = bundle.normaliser.transform(x)
+    mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
+    log1p = bundle.features.get("transform", "log1p") == "log1p"
+    if isinstance(bundle.model_cfg, ClassifierConfig):
+        assert isinstance(model, LSTMClassifier)
+        probability = classifier_probabilities(model, normalised, device=device)[:, 1]
+        flagged = np.flatnonzero(probability > bundle.threshold)
+        tops: list[list[str]] = [[] for _ in range(len(x))]
+        texts = [""] * len(x)
+        for i, top, text in zip(flagged, *explain_classifier(
+                model, device, x[flagged], normalised[flagged], probability[flagged], mean,
+                bundle.feature_names, top_k, log1p), strict=True):
+            tops[i], texts[i] = top, text
+        return pd.DataFrame({"score": probability, "top_features": tops, "explanation": texts})
     per_step = window_step_errors(model, normalised, device=device)
     scores = per_step.mean(axis=(1, 2))
     typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-    mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
-    log1p = bundle.features.get("transform", "log1p") == "log1p"
     tops, texts = explain(x, per_step, typical, mean, bundle.feature_names, top_k, log1p)
     return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
 
@@ -215,7 +289,7 @@ def run(
     if not lake.exists("sequences"):
         raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
     bundle = load_bundle(model_dir)
-    n_steps, n_features = bundle.model_cfg.window_steps, bundle.model_cfg.n_features
+    n_steps, n_features = bundle.window_steps, bundle.model_cfg.n_features
     run_id = new_run_id("score")
 
     windows: DataFrame = lake.read("sequences")

@@ -20,7 +20,7 @@ import numpy as np
 
 from loganomaly.bundle import ModelBundle, load_bundle, save_bundle
 from loganomaly.config import Config
-from loganomaly.distributed import train_backend
+from loganomaly.distributed import train_backend, train_classifier_backend
 from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
@@ -34,9 +34,10 @@ from loganomaly.reader import (
     validation_block_mask,
     window_shape,
 )
+from loganomaly.sequence_models import ClassifierConfig, LSTMClassifier, classifier_probabilities
 from loganomaly.tables import Lake
 from loganomaly.template_store import load_state
-from loganomaly.training import calibrate_threshold
+from loganomaly.training import calibrate_probability_threshold, calibrate_threshold, window_labels
 from loganomaly.windows import FEATURE_NAMES, stored_feature_names
 
 if TYPE_CHECKING:
@@ -233,17 +234,24 @@ def run(
             f"too few windows to train: {n_train} training, {n_val} validation "
             f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
         )
-    model_cfg = LSTMAutoencoderConfig(
-        n_features=shape[1],
-        window_steps=shape[0],
-        hidden_size=cfg.model.hidden_size,
-        num_layers=cfg.model.num_layers,
-        dropout=cfg.model.dropout,
-    )
+    classifier = cfg.model.kind == "classifier"
+    model_cfg: LSTMAutoencoderConfig | ClassifierConfig
+    if classifier:
+        model_cfg = ClassifierConfig(n_features=shape[1], n_classes=2, hidden_size=cfg.model.hidden_size,
+                                     num_layers=cfg.model.num_layers, dropout=cfg.model.dropout)
+    else:
+        model_cfg = LSTMAutoencoderConfig(
+            n_features=shape[1],
+            window_steps=shape[0],
+            hidden_size=cfg.model.hidden_size,
+            num_layers=cfg.model.num_layers,
+            dropout=cfg.model.dropout,
+        )
     log.info(
-        "train %s: %d training and %d validation windows from sequences version %d (split %s, backend %s, "
-        "reader %s)",
+        "train %s: %s on %d training and %d validation windows from sequences version %d (split %s, "
+        "backend %s, reader %s)",
         run_id,
+        cfg.model.kind,
         n_train,
         n_val,
         version,
@@ -256,26 +264,53 @@ def run(
         base = load_bundle(cfg.train.init_from)
         if base.model_cfg != model_cfg or base.feature_names != feature_names:
             raise ConfigError(
-                f"train.init_from={cfg.train.init_from} holds a model of {base.model_cfg.to_dict()} over "
+                f"train.init_from={cfg.train.init_from} holds a {base.kind} of {base.model_cfg.to_dict()} over "
                 f"{len(base.feature_names)} features; this run needs {model_cfg.to_dict()} over {feature_names}"
             )
         init_state, init_normaliser = base.state_dict, base.normaliser
         log.info("train %s: continuing model %s from %s", run_id, base.version, cfg.train.init_from)
-    result = train_backend(
-        spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train,
-        checkpoint_dir=Path(model_dir) / "checkpoints", resume=cfg.train.resume,
-        init_state=init_state, normaliser=init_normaliser,
-    )
+    checkpoints = Path(model_dir) / "checkpoints"
+    if isinstance(model_cfg, ClassifierConfig):
+        result = train_classifier_backend(
+            spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train, checkpoint_dir=checkpoints,
+            resume=cfg.train.resume, init_state=init_state, normaliser=init_normaliser,
+            balanced=cfg.model.class_weights == "balanced",
+        )
+    else:
+        result = train_backend(
+            spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train, checkpoint_dir=checkpoints,
+            resume=cfg.train.resume, init_state=init_state, normaliser=init_normaliser,
+        )
     normaliser = result.normaliser
-    assert normaliser is not None  # train_on_snapshot always fits one
-    val_x = normaliser.transform(ShardReader(val_plan, 0, 1, equal=False).load().x)
+    assert normaliser is not None  # the snapshot trainers always return one
+    val_shard = ShardReader(val_plan, 0, 1, equal=False).load()
+    val_x = normaliser.transform(val_shard.x)
 
     device = pick_device(cfg.train.device)
-    model = LSTMAutoencoder(model_cfg)
-    model.load_state_dict(result.state_dict)
-    model.to(device).eval()
-    val_scores, val_feature_errors = window_errors(model, val_x, device=device)
-    threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+    metrics: dict[str, Any] = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch}
+    if isinstance(model_cfg, ClassifierConfig):
+        clf = LSTMClassifier(model_cfg)
+        clf.load_state_dict(result.state_dict)
+        clf.to(device).eval()
+        val_scores = classifier_probabilities(clf, val_x, device=device)[:, 1]
+        val_y = window_labels(val_shard)
+        threshold = calibrate_probability_threshold(val_scores, val_y)
+        flagged = val_scores > threshold
+        metrics.update({
+            "val_anomalous_windows": int(val_y.sum()),
+            "val_precision": float((flagged & (val_y == 1)).sum() / max(int(flagged.sum()), 1)),
+            "val_recall": float((flagged & (val_y == 1)).sum() / max(int(val_y.sum()), 1)),
+        })
+    else:
+        model = LSTMAutoencoder(model_cfg)
+        model.load_state_dict(result.state_dict)
+        model.to(device).eval()
+        val_scores, val_feature_errors = window_errors(model, val_x, device=device)
+        threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+        # Typical per-feature error on normal windows: scoring explains a window by how many
+        # times its error exceeds this.
+        metrics["val_feature_error"] = [float(v) for v in val_feature_errors.mean(axis=0)]
+    metrics["val_score_quantiles"] = {str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)}
     bundle = ModelBundle(
         model_cfg=model_cfg,
         state_dict=result.state_dict,
@@ -289,14 +324,7 @@ def run(
             # featurize stores counts and sums as log1p; explanations undo it for display.
             "transform": "log1p",
         },
-        metrics={
-            "best_val_loss": result.best_val_loss,
-            "best_epoch": result.best_epoch,
-            "val_score_quantiles": {str(q): float(np.quantile(val_scores, q)) for q in (0.5, 0.9, 0.99)},
-            # Typical per-feature error on normal windows: scoring explains a window by how many
-            # times its error exceeds this.
-            "val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)],
-        },
+        metrics=metrics,
         training={
             "run_id": run_id,
             "sequences_version": version,

@@ -46,6 +46,7 @@ from loganomaly.loop import (
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.normalize import STD_FLOOR, Normaliser
 from loganomaly.reader import Shard, ShardPlan, ShardReader
+from loganomaly.sequence_models import ClassifierConfig, ClassifierTask
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ __all__ = [
     "SnapshotTrainResult",
     "TorchCollective",
     "TrainResult",
+    "calibrate_probability_threshold",
     "calibrate_threshold",
     "default_collective",
     "fit_normaliser",
@@ -70,7 +72,9 @@ __all__ = [
     "seed_everything",
     "shard_indices",
     "train_autoencoder",
+    "train_classifier_on_snapshot",
     "train_on_snapshot",
+    "window_labels",
 ]
 
 
@@ -189,19 +193,92 @@ def train_on_snapshot(
         ModelError: as in :func:`train_autoencoder`.
     """
     comm = comm or default_collective()
+    data = _load_snapshot(train_plan, val_plan, cfg, comm, normaliser, model_cfg.n_features, model_cfg.window_steps)
+    result = fit(AutoencoderTask(data.train_x, data.order, data.val_x, model_cfg), cfg, comm, checkpoint_dir,
+                 resume, init_state, data.meta)
+    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
+                               data.normaliser, train_plan.total, val_plan.total)
+
+
+def train_classifier_on_snapshot(
+    train_plan: ShardPlan,
+    val_plan: ShardPlan,
+    model_cfg: ClassifierConfig,
+    cfg: TrainConfig,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
+    normaliser: Normaliser | None = None,
+    balanced: bool = True,
+) -> SnapshotTrainResult:
+    """:func:`train_on_snapshot` for the supervised classifier: a window is anomalous (class 1) when
+    it holds an event labelled abnormal (``sequences.n_abnormal > 0``).
+
+    The ranks count the classes of all training windows together, so every rank weighs the loss
+    alike (``balanced``: each class as much as the other, since attacks are rare).
+
+    Raises:
+        StageInputError: the table has no ``n_abnormal`` labels (or the reader cannot give them),
+            or the training windows hold only one class (on every rank together).
+        ConfigError, ModelError: as :func:`train_on_snapshot`.
+    """
+    comm = comm or default_collective()
+    data = _load_snapshot(train_plan, val_plan, cfg, comm, normaliser, model_cfg.n_features, None)
+    y, val_y = window_labels(data.shard), window_labels(data.val_shard)
+    counts = comm.sum(torch.from_numpy(np.bincount(y, minlength=2)[:2].astype(np.int64)))
+    if int(counts.min()) == 0:
+        raise StageInputError(f"the classifier needs normal and anomalous training windows, got class counts "
+                              f"{counts.tolist()}; label more data or use model.kind=autoencoder")
+    weights = [float(counts.sum()) / (2.0 * float(c)) for c in counts] if balanced else None
+    if comm.rank == 0:
+        log.info("classifier: %d normal and %d anomalous training windows; class weights %s",
+                 int(counts[0]), int(counts[1]), weights)
+    task = ClassifierTask(data.train_x, y, data.order, data.val_x, val_y, model_cfg, weights)
+    result = fit(task, cfg, comm, checkpoint_dir, resume, init_state, data.meta)
+    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
+                               data.normaliser, train_plan.total, val_plan.total)
+
+
+def window_labels(shard: Shard) -> np.ndarray:
+    """Class per window: 1 when it holds an abnormal-labelled event, else 0.
+
+    Raises:
+        StageInputError: the shard carries no labels.
+    """
+    if shard.abnormal is None:
+        raise StageInputError("sequences has no n_abnormal column (or train.reader=petastorm, which does not read "
+                              "it): the classifier needs labelled windows from featurize with labels")
+    return (shard.abnormal > 0).astype(np.int64)
+
+
+@dataclass
+class _SnapshotData:
+    shard: Shard
+    val_shard: Shard
+    order: Callable[[int], np.ndarray]
+    normaliser: Normaliser
+    train_x: np.ndarray
+    val_x: np.ndarray
+    meta: dict[str, Any]
+
+
+def _load_snapshot(train_plan: ShardPlan, val_plan: ShardPlan, cfg: TrainConfig, comm: Collective,
+                   normaliser: Normaliser | None, n_features: int, window_steps: int | None) -> _SnapshotData:
+    """This rank's windows, normalised with a given normaliser or one the ranks fit together."""
     if val_plan.total == 0:
         raise StageInputError("no validation windows in the snapshot's training period")
     started = time.perf_counter()
     shard, val_shard, order = _read_shards(train_plan, val_plan, cfg.reader, comm)
+    if shard.x.shape[2] != n_features or (window_steps is not None and shard.x.shape[1] != window_steps):
+        raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects "
+                         f"({window_steps or 'any'}, {n_features})")
     if normaliser is None:
         normaliser = fit_normaliser(shard.x, comm)
-    elif len(normaliser.mean) != shard.x.shape[2]:
-        raise ModelError(f"the normaliser has {len(normaliser.mean)} features, the windows {shard.x.shape[2]}")
+    elif len(normaliser.mean) != n_features:
+        raise ModelError(f"the normaliser has {len(normaliser.mean)} features, the windows {n_features}")
     train_x = normaliser.transform(shard.x)
     val_x = normaliser.transform(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
-    if shard.x.shape[1:] != (model_cfg.window_steps, model_cfg.n_features):
-        raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects "
-                         f"({model_cfg.window_steps}, {model_cfg.n_features})")
     if comm.rank == 0:
         log.info("rank 0/%d: %d training and %d validation windows of %d and %d read in %.2fs",
                  comm.world, len(shard), len(val_shard), train_plan.total, val_plan.total,
@@ -210,10 +287,7 @@ def train_on_snapshot(
         "normaliser": normaliser.to_dict(),
         "snapshot": {"path": train_plan.snapshot.path, "version": train_plan.snapshot.version},
     }
-    result = fit(AutoencoderTask(train_x, order, val_x, model_cfg), cfg, comm, checkpoint_dir, resume,
-                 init_state, meta)
-    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
-                               normaliser, train_plan.total, val_plan.total)
+    return _SnapshotData(shard, val_shard, order, normaliser, train_x, val_x, meta)
 
 
 def _read_shards(train_plan: ShardPlan, val_plan: ShardPlan, reader: str, comm: Collective
@@ -328,3 +402,33 @@ def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
         tail = float(np.exp(logs.mean() + z * logs.std(ddof=1)))
         candidates.append(min(tail, THRESHOLD_TAIL_CAP * float(scores.max())))
     return max(candidates)
+
+
+def calibrate_probability_threshold(probability: np.ndarray, labels: np.ndarray) -> float:
+    """The classifier's threshold: the best F1 on labelled validation windows, else 0.5.
+
+    The windows with ``probability > threshold`` are flagged; the threshold lies halfway between
+    the lowest flagged probability and the next one, so nearby scores fall on the side they fell
+    on in validation. Without both classes in validation there is nothing to choose on, and 0.5
+    (the decision the softmax was trained for) is kept.
+
+    Raises:
+        ModelError: no windows, mismatched lengths, or probabilities outside [0, 1].
+    """
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    y = np.asarray(labels).astype(bool).ravel()
+    if p.size == 0 or p.size != y.size:
+        raise ModelError(f"need as many labels as probabilities (> 0), got {p.size} and {y.size}")
+    if not ((p >= 0) & (p <= 1)).all():
+        raise ModelError("probabilities must lie in [0, 1]")
+    if y.all() or not y.any():
+        return 0.5
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    # Flagging the top k windows (ties kept together: cut only where the probability changes).
+    cuts = np.flatnonzero(np.r_[ps[1:] < ps[:-1], True])
+    tp = np.cumsum(ys)[cuts]
+    f1 = 2 * tp / (cuts + 1 + y.sum())
+    best = int(cuts[int(np.argmax(f1))])
+    below = ps[best + 1] if best + 1 < len(ps) else 0.0
+    return float((ps[best] + below) / 2)
