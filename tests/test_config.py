@@ -113,3 +113,20 @@ def test_train_reader_is_arrow_by_default_and_a_checked_choice() -> None:
     assert load_config(overrides=["train.reader=petastorm"], conf_dir=CONF).train.reader == "petastorm"
     with pytest.raises(ConfigError, match="train.reader='parquet' is not valid; choose one of: arrow, petastorm"):
         load_config(overrides=["train.reader=parquet"], conf_dir=CONF)
+
+
+def test_seed_article_recipe_as_settings_matches_the_library_preset() -> None:
+    """The README's --set recipe and SEED_ARTICLE_PRESET describe the same training."""
+    from loganomaly.sequence_models import SEED_ARTICLE_PRESET
+
+    recipe = ["train.optimizer=sgd_nesterov", "train.momentum=0.9", "train.learning_rate=0.005",
+              "train.clip_value=0.5", "train.init=xavier", "train.seed=123"]
+    train = load_config(profile=None, overrides=recipe).train
+    for name in ("optimizer", "momentum", "learning_rate", "clip_value", "init", "seed"):
+        assert getattr(train, name) == getattr(SEED_ARTICLE_PRESET, name), name
+    with pytest.raises(ConfigError, match="momentum"):
+        load_config(profile=None, overrides=["train.optimizer=sgd_nesterov", "train.momentum=0"])
+    with pytest.raises(ConfigError, match="clip_value"):
+        load_config(profile=None, overrides=["train.clip_value=0"])
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config(profile=None, overrides=["train.optimizer=rmsprop"])

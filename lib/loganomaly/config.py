@@ -200,9 +200,10 @@ class TrainConfig:
     threshold_quantile: float = 0.995
     device: Device = "auto"
     bf16: bool = False
-    # Optimiser and its recipe, for every model kind. ``sgd_nesterov`` with momentum 0.9,
-    # learning_rate 0.005, clip_value 0.5, init xavier and seed 123 is the seed article's recipe
-    # (conf/profiles/seed_article.yaml).
+    # Optimiser and its recipe, for every model kind. The seed article's recipe
+    # (sequence_models.SEED_ARTICLE_PRESET) is --set train.optimizer=sgd_nesterov
+    # --set train.momentum=0.9 --set train.learning_rate=0.005 --set train.clip_value=0.5
+    # --set train.init=xavier --set train.seed=123.
     optimizer: Optimizer = "adam"
     momentum: float = 0.9
     # Clip every gradient element to [-clip_value, clip_value] before a step; empty: no clipping.
