@@ -195,3 +195,53 @@ def test_a_bad_session_key_names_the_valid_forms() -> None:
         featurize.SessionKey.parse("no_such_column")
     assert featurize.SessionKey.parse("column:src_addr").column == "src_addr"
     assert featurize.SessionKey.parse(featurize.HDFS_BLOCK_KEY).regex == r"blk_-?\d+"
+
+
+def window_rows(lake) -> dict[tuple[str, Any], tuple[Any, ...]]:  # type: ignore[no-untyped-def]
+    cols = ["entity", "window_start", "date", "features", "n_events", "n_abnormal", "first_event_ts",
+            "last_event_ts", "feature_names"]
+    return {(r.entity, r.window_start): tuple(r[c] for c in cols[2:]) for r in lake.read("sequences").collect()}
+
+
+def test_incremental_featurize_gives_the_full_rebuilds_windows(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """``since`` rebuilds only recent dates, and exactly as a full rebuild would.
+
+    Windows of an hour overlap (the stride, 35 minutes, does not divide a day), they straddle
+    midnight, one host starts only on the new day and another was quiet for a day before its
+    late-evening events: a host with history has windows that start before its first recent event
+    and reach it, which the rebuild gets right only by knowing where each entity's grid starts.
+    """
+    cfg = config(str(lake.root))
+    cfg.features.window_steps, cfg.features.stride_steps = 12, 7
+    night = dt.datetime(2024, 3, 2, 23, 52, tzinfo=UTC)
+    old = (day_events(DAY1, {"TA": 3, "TB": 2}, first_line=0)
+           + [event(night + dt.timedelta(minutes=i), 100 + i, "TA", entity=e) for i in range(3) for e in ("h1", "h2")]
+           + [event(DAY1 + dt.timedelta(hours=3), 200 + i, "TB", entity=e) for i, e in enumerate(("h2", "h4"))])
+    write_events(spark, lake, old)
+    with pytest.raises(Exception, match="needs a sequences table"):
+        featurize.run(spark, cfg, lake=lake, top_templates=2, since="2024-03-03")
+    featurize.run(spark, cfg, lake=lake, top_templates=2)
+    before = window_rows(lake)
+    new = ([event(dt.datetime(2024, 3, 3, 0, 4, tzinfo=UTC), 300, "TA", entity="h1")]
+           + [event(DAY3 + dt.timedelta(minutes=m), 400 + m, "TB", entity="h3", label="attack") for m in range(0, 50, 5)]
+           + [event(DAY3 + dt.timedelta(hours=2), 500, "TA", entity="h2")])
+    write_events(spark, lake, new)
+
+    summary = featurize.run(spark, cfg, lake=lake, since="2024-03-03")
+    incremental = window_rows(lake)
+    # One window (an hour) before the new day can reach it: 2024-03-02 and later are replaced.
+    assert summary.rebuilt_from == "2024-03-02"
+    runs = {r.date: r.run_id for r in lake.read("sequences").select("date", "run_id").distinct().collect()}
+    assert runs[dt.date(2024, 3, 1)] != summary.run_id and runs[dt.date(2024, 3, 3)] == summary.run_id
+    assert {k: v for k, v in incremental.items() if v[0] < dt.date(2024, 3, 2)} == \
+        {k: v for k, v in before.items() if v[0] < dt.date(2024, 3, 2)}
+    # the window across midnight now holds h1's new event too
+    straddling = [v for (e, _), v in incremental.items() if e == "h1" and v[0] == dt.date(2024, 3, 2)
+                  and v[5] is not None and v[5].date() == dt.date(2024, 3, 3)]
+    assert straddling
+    assert sum(v[3] for (e, _), v in incremental.items() if e == "h3") > 0  # labels counted
+
+    featurize.run(spark, cfg, lake=lake)  # a full rebuild of the same events
+    assert window_rows(lake) == incremental
+    with pytest.raises(Exception, match="full run"):
+        featurize.run(spark, cfg, lake=lake, since="2024-03-03", refit_templates=True)

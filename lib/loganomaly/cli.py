@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("featurize", help="build per-entity feature windows into the sequences table")
     _common(p)
     _lake(p)
+    p.add_argument(
+        "--since",
+        help="YYYY-MM-DD, today or yesterday: rebuild only the windows that can hold events of that date or "
+        "later (the nightly run after new data); by default the whole table is rebuilt",
+    )
 
     p = sub.add_parser("train", help="train the LSTM on the training period of sequences")
     _common(p)
@@ -189,7 +194,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "featurize":
         from loganomaly import featurize
 
-        print(json.dumps(featurize.run(spark, cfg).as_dict()))
+        print(json.dumps(featurize.run(spark, cfg, since=args.since).as_dict()))
     elif args.command == "train":
         from loganomaly import train
 

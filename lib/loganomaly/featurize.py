@@ -49,7 +49,7 @@ import pandas as pd
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, StageInputError
-from loganomaly.ingest import new_run_id
+from loganomaly.ingest import new_run_id, resolve_date
 from loganomaly.schemas import EVENT_COLUMNS, TABLES
 from loganomaly.tables import Lake
 from loganomaly.templates import UNKNOWN_TEMPLATE_ID
@@ -276,7 +276,9 @@ def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names
     udf_ddl = ", ".join(f"`{c}` {tp}" for c, tp in columns.items() if c != "feature_names")
 
     def per_entity(pdf: pd.DataFrame) -> pd.DataFrame:
-        out = build_windows(pdf.sort_values("step"), spec, positional)
+        # An incremental rebuild carries where the entity's full-history grid starts.
+        grid_first = int(pdf["grid_first"].iloc[0]) if "grid_first" in pdf.columns else None
+        out = build_windows(pdf.sort_values("step"), spec, positional, grid_first)
 
         def ts(col: str, unit: str) -> pd.Series:
             return pd.to_datetime(out[col].astype(np.int64), unit=unit, utc=True)
@@ -417,6 +419,8 @@ class FeaturizeSummary:
     entities: int
     feature_names: list[str]
     sessions: int | None = None
+    #: First date an incremental run replaced (its ``windows``/``entities`` count from there on).
+    rebuilt_from: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -430,6 +434,7 @@ def run(
     top_templates: int | None = None,
     refit_templates: bool = False,
     feature_names: Sequence[str] | None = None,
+    since: str | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -448,7 +453,18 @@ def run(
             (after which the current model no longer scores the new windows: retrain).
         feature_names: use exactly these features (a trained model's, so that windows of a lake
             the model was not trained on can be scored); overrides the two above.
+        since: ``YYYY-MM-DD``, ``today`` or ``yesterday``: rebuild only the windows that can hold
+            events of that date or later (:func:`incremental_windows`) and replace just their
+            dates, keeping the table's feature names; the nightly run after new data arrived.
+            ``sessions`` are still rebuilt in full (a session may span any dates).
+
+    Raises:
+        StageInputError: no ``events``; ``since`` without an existing ``sequences`` table with
+            feature names.
+        ConfigError: ``since`` with ``refit_templates`` or other feature names.
     """
+    from pyspark.sql import functions as F
+
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     if not lake.exists("events"):
         raise StageInputError(f"no events table under {lake.root}; run `loganomaly ingest` first")
@@ -461,6 +477,15 @@ def run(
     events = lake.read("events", version=events_version)
 
     names = None if refit_templates else previous_feature_names(lake)
+    since_date = None if since is None else dt.date.fromisoformat(str(resolve_date(since)))
+    if since_date is not None:
+        if refit_templates:
+            raise ConfigError("featurize --since keeps the table's feature names; refitting templates needs a full run")
+        if names is None:
+            raise StageInputError("featurize --since needs a sequences table with feature names; run a full "
+                                  "featurize first")
+        if feature_names is not None and list(feature_names) != names:
+            raise ConfigError("featurize --since keeps the table's feature names; these differ (run a full featurize)")
     if feature_names is not None:
         names = list(feature_names)
         feature_templates(names)  # a list this version computes, or ValueError
@@ -480,14 +505,21 @@ def run(
         )
 
     spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)
-    windows = windows_frame(step_features(events, spec.step_seconds, names), spec, run_id, names)
-    version = lake.write(
-        "sequences", windows, mode="overwrite", partition_by=TABLES["sequences"].partition_by, run_id=run_id
-    )
-    stats = (
-        lake.read("sequences", version=version).selectExpr("count(*) AS n", "count(DISTINCT entity) AS e").collect()[0]
-    )
-    summary = FeaturizeSummary(run_id, events_version, int(stats["n"]), int(stats["e"]), list(names))
+    partition_by = TABLES["sequences"].partition_by
+    replaced: list[str] | None = None
+    if since_date is None:
+        windows = windows_frame(step_features(events, spec.step_seconds, names), spec, run_id, names)
+        version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
+    else:
+        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date)
+        version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
+                             replace_where={"date": replaced}, run_id=run_id)
+    written = lake.read("sequences", version=version)
+    if replaced is not None:
+        written = written.where(F.col("date") >= F.lit(dt.date.fromisoformat(replaced[0])))
+    stats = written.selectExpr("count(*) AS n", "count(DISTINCT entity) AS e").collect()[0]
+    summary = FeaturizeSummary(run_id, events_version, int(stats["n"]), int(stats["e"]), list(names),
+                               rebuilt_from=None if replaced is None else replaced[0])
     if key is not None:
         sessions_version = lake.write(
             "sessions",
@@ -499,11 +531,68 @@ def run(
         summary.sessions = lake.read("sessions", version=sessions_version).count()
         log.info("featurize %s: %d sessions by %s", run_id, summary.sessions, spec_text)
     log.info(
-        "featurize %s: %d windows of %d features for %d entities from events version %d",
+        "featurize %s: %d windows of %d features for %d entities from events version %d%s",
         run_id,
         summary.windows,
         len(names),
         summary.entities,
         events_version,
+        "" if replaced is None else f" (dates {replaced[0]}..{replaced[-1]} replaced)",
     )
     return summary
+
+
+def incremental_windows(
+    lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date
+) -> tuple[DataFrame, list[str]]:
+    """The windows that can hold events of ``since`` or later, exactly as a full rebuild makes them.
+
+    A window dated D starts at or after D's midnight and reads only steps from its start on, so
+    the windows dated from ``rebuild_from`` (the date of the first window that can reach
+    ``since``: ``since`` minus one window length) need only the events from that midnight on.
+    What they would miss is where each entity's window grid starts: a full rebuild starts it at
+    the entity's first step ever (rounded down to the stride), so the grid start of the whole
+    history is computed (one pass over two columns of ``events``) and handed to
+    :func:`loganomaly.windows.build_windows`. Events dated before ``since`` must not have changed.
+
+    Returns:
+        The windows (dated ``rebuild_from`` or later) and every date from ``rebuild_from`` to the
+        last date of the events or of the table, the ``replace_where`` of the write.
+    """
+    from pyspark.sql import functions as F
+
+    length_s = spec.window_steps * spec.step_seconds
+    since_s = int(dt.datetime.combine(since, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    rebuild_from = dt.datetime.fromtimestamp(since_s - length_s + 1, dt.timezone.utc).date()
+    from_s = int(dt.datetime.combine(rebuild_from, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    stride, step_s = spec.stride_steps, spec.step_seconds
+    lookback_first = from_s // step_s // stride * stride
+    valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+    recent = valid.where(F.col("ts") >= F.lit(dt.datetime.fromtimestamp(from_s, dt.timezone.utc)))
+    grid = (
+        valid.groupBy("entity")
+        .agg(F.min(F.unix_timestamp("ts")).alias("_min_s"))
+        .select(
+            "entity",
+            F.greatest(
+                (F.floor(F.floor(F.col("_min_s") / step_s) / stride) * stride).cast("long"),
+                F.lit(lookback_first).cast("long"),
+            ).alias("grid_first"),
+        )
+    )
+    steps = step_features(recent, step_s, names).join(grid, "entity")
+    windows = windows_frame(steps, spec, run_id, names).where(F.col("date") >= F.lit(rebuild_from))
+    # Epoch seconds, not a collected timestamp: those come back naive in the driver's time zone.
+    last_event = valid.agg(F.max(F.unix_timestamp("ts")).alias("t")).collect()[0]["t"]
+    last_dates = [rebuild_from]
+    if last_event is not None:
+        last_dates.append(dt.datetime.fromtimestamp(int(last_event), dt.timezone.utc).date())
+    if lake.exists("sequences"):
+        row = lake.read("sequences").agg(F.max("date").alias("d")).collect()[0]
+        if row["d"] is not None:
+            last_dates.append(row["d"])
+    days = (max(last_dates) - rebuild_from).days
+    dates = [(rebuild_from + dt.timedelta(days=i)).isoformat() for i in range(days + 1)]
+    log.info("featurize: incremental from %s (events since %s, one window of lookback): replacing %d date(s)",
+             rebuild_from, since, len(dates))
+    return windows, dates

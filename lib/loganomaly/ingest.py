@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from loganomaly.config import Config
-from loganomaly.errors import ConfigError
+from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.parsing import FormatOptions, iter_input_files, parse_file
 from loganomaly.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.tables import Lake
@@ -49,6 +49,21 @@ KIND = "_kind"
 def new_run_id(stage: str) -> str:
     """A sortable, unique id for one run of a stage (UTC time + random suffix)."""
     return f"{stage}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def resolve_date(date: str | None) -> str | None:
+    """``today``/``yesterday`` (UTC) to ISO; an ISO date is checked; None stays None."""
+    if date is None:
+        return None
+    today = dt.datetime.now(dt.timezone.utc).date()
+    if date == "today":
+        return today.isoformat()
+    if date == "yesterday":
+        return (today - dt.timedelta(days=1)).isoformat()
+    try:
+        return dt.date.fromisoformat(date).isoformat()
+    except ValueError:
+        raise StageInputError(f"date {date!r} is not YYYY-MM-DD, today or yesterday") from None
 
 
 def event_id(path: str, line_no: int) -> str:

@@ -23,7 +23,7 @@ import pandas as pd
 from loganomaly.bundle import ModelBundle, load_bundle, worker_model
 from loganomaly.config import Config
 from loganomaly.errors import ModelError, StageInputError
-from loganomaly.ingest import new_run_id
+from loganomaly.ingest import new_run_id, resolve_date
 from loganomaly.schemas import TABLES
 from loganomaly.tables import Lake
 from loganomaly.windows import signed_expm1, to_tensor
@@ -201,21 +201,6 @@ class ScoreSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
-
-
-def resolve_date(date: str | None) -> str | None:
-    """``today``/``yesterday`` (UTC) to ISO; an ISO date is checked; None stays None."""
-    if date is None:
-        return None
-    today = dt.datetime.now(dt.timezone.utc).date()
-    if date == "today":
-        return today.isoformat()
-    if date == "yesterday":
-        return (today - dt.timedelta(days=1)).isoformat()
-    try:
-        return dt.date.fromisoformat(date).isoformat()
-    except ValueError:
-        raise StageInputError(f"--date {date!r} is not YYYY-MM-DD, today or yesterday") from None
 
 
 def last_scored_date(lake: Lake, model_version: str) -> str | None:

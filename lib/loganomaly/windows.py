@@ -146,7 +146,8 @@ class WindowSpec:
 
 
 def build_windows(
-    steps: pd.DataFrame, spec: WindowSpec, feature_names: Sequence[str] = FEATURE_NAMES
+    steps: pd.DataFrame, spec: WindowSpec, feature_names: Sequence[str] = FEATURE_NAMES,
+    grid_first: int | None = None,
 ) -> pd.DataFrame:
     """Cut one entity's step rows into sliding windows.
 
@@ -157,6 +158,10 @@ def build_windows(
             ``n_abnormal`` (events with an abnormal label), summed per window when present.
         spec: step, window length and stride.
         feature_names: feature columns, in storage order.
+        grid_first: where the entity's window grid starts, in steps since the epoch (a multiple of
+            the stride, at or before the first step given). By default its first step rounded
+            down to the stride, which makes the leading windows depend on the entity's history:
+            an incremental rebuild of recent steps passes the grid start of the whole history.
 
     Returns:
         One row per window: ``window_start``/``window_end`` (epoch seconds), ``features`` (flat
@@ -180,6 +185,10 @@ def build_windows(
     # Window starts are multiples of the stride (in steps since the epoch). Every event step lies
     # in some window; edge windows reach at most ``stride - 1`` empty steps past the active span.
     first = int(idx.min() // stride * stride)
+    if grid_first is not None:
+        if grid_first % stride or grid_first > first:
+            raise ValueError(f"grid_first {grid_first} must be a multiple of the stride {stride} at or before {first}")
+        first = int(grid_first)
     last_start = max(first, int(-(-(idx.max() - length + 1) // stride) * stride))
     starts = np.arange(0, last_start - first + 1, stride, dtype=np.int64)
     n_rows = int(last_start - first + length)
