@@ -225,7 +225,9 @@ def test_nightly_and_weekly_jobs(jobs) -> None:  # type: ignore[no-untyped-def]
     assert after == {"ingest": [], "featurize": ["ingest"], "score": ["featurize"]}
     assert nightly["schedule"]["quartz_cron_expression"].split()[3:6] == ["*", "*", "?"]  # every day
     weekly = jobs["loganomaly_weekly_train"][1]
-    assert [t["task_key"] for t in weekly["tasks"]] == ["train"]
+    assert [t["task_key"] for t in weekly["tasks"]] == ["featurize", "train"]
+    assert "--since" in next(t for t in nightly["tasks"] if t["task_key"] == "featurize")[
+        "python_wheel_task"]["parameters"]
     assert weekly["schedule"]["quartz_cron_expression"].split()[3] == "?"
 
 
@@ -342,7 +344,8 @@ def check_dags(module: types.ModuleType) -> None:
     assert nightly.get_task("ingest").downstream_task_ids == {"featurize"}
     assert nightly.get_task("featurize").downstream_task_ids == {"score"}
     assert nightly.get_task("score").downstream_task_ids == set()
-    assert [t.task_id for t in weekly.tasks] == ["train"]
+    assert sorted(t.task_id for t in weekly.tasks) == ["featurize", "train"]
+    assert weekly.get_task("featurize").downstream_task_ids == {"train"}
     assert nightly.timetable.summary == "30 1 * * *"
     assert weekly.timetable.summary == "0 3 * * 0"
     assert nightly.catchup is False and weekly.catchup is False

@@ -456,11 +456,11 @@ def run(
         since: ``YYYY-MM-DD``, ``today`` or ``yesterday``: rebuild only the windows that can hold
             events of that date or later (:func:`incremental_windows`) and replace just their
             dates, keeping the table's feature names; the nightly run after new data arrived.
-            ``sessions`` are still rebuilt in full (a session may span any dates).
+            ``sessions`` are still rebuilt in full (a session may span any dates). Without a
+            ``sequences`` table with feature names yet, the whole table is built.
 
     Raises:
-        StageInputError: no ``events``; ``since`` without an existing ``sequences`` table with
-            feature names.
+        StageInputError: no ``events``.
         ConfigError: ``since`` with ``refit_templates`` or other feature names.
     """
     from pyspark.sql import functions as F
@@ -482,9 +482,11 @@ def run(
         if refit_templates:
             raise ConfigError("featurize --since keeps the table's feature names; refitting templates needs a full run")
         if names is None:
-            raise StageInputError("featurize --since needs a sequences table with feature names; run a full "
-                                  "featurize first")
-        if feature_names is not None and list(feature_names) != names:
+            # The first night of a new lake: nothing to add to, so build everything.
+            log.info("featurize: --since %s but no sequences table with feature names yet; rebuilding in full",
+                     since_date)
+            since_date = None
+        elif feature_names is not None and list(feature_names) != names:
             raise ConfigError("featurize --since keeps the table's feature names; these differ (run a full featurize)")
     if feature_names is not None:
         names = list(feature_names)
