@@ -27,8 +27,10 @@ Write rule. ``sequences`` (and ``sessions``) are rebuilt from the whole ``events
 written as one atomic overwrite rather than ``replace_where`` per date: windows straddle midnight
 and need the neighbouring day's steps, the rebuild is deterministic (a rerun gives the same rows),
 one commit keeps one ``feature_names`` list across the table, and a full overwrite is the only
-write that may change the table's schema (old tables gain the new columns). Incremental nightly
-runs (replace the new dates with a one-window lookback) are a later optimisation.
+write that may change the table's schema (old tables gain the new columns). The nightly run
+passes ``since`` instead: only the dates whose windows can hold the new day's events are
+rebuilt, from one window length before it, and replaced (:func:`incremental_windows`), with the
+table's feature names kept.
 
 Windows keep references to their events cheaply: the raw lines of a window are the ``events``
 rows of its ``entity`` with ``window_start <= ts < window_end``; ``first_event_ts`` and
