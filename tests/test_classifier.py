@@ -8,9 +8,8 @@ the class counts behind the loss weights and the equal batches cross process bou
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from tests.test_split_pipeline import CONF, SMALL
 
 from loganomaly import evaluate, pipeline, synthetic, train
 from loganomaly.bundle import CLASSIFIER_KIND, load_bundle
@@ -19,9 +18,6 @@ from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.tables import Lake
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-SMALL = ["spark.master=local[2]", "spark.shuffle_partitions=2", "spark.log_level=ERROR", "lake.engine=deltars"]
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,14 @@
 
 Every backend runs the same function, :func:`rank_main`, once per rank, for every model kind:
 
-* the autoencoder (:class:`AutoencoderWork`): the rank reads its shard of the pinned
-  ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with ``train.reader=petastorm``;
-  no Spark in the ranks) and trains with :func:`loganomaly.training.train_on_snapshot`;
-* the supervised classifier (:class:`ClassifierWork`): the same, with each window's class read
-  from ``sequences.n_abnormal``;
+* the autoencoder and the supervised classifier (:class:`WindowWork`): the rank reads its shard
+  of the pinned ``sequences`` snapshot (:mod:`loganomaly.reader`, or Petastorm with
+  ``train.reader=petastorm``; no Spark in the ranks; the classifier also reads each window's class
+  from ``sequences.n_abnormal``) and trains with :func:`loganomaly.training.train_on_snapshot`;
 * DeepLog (:class:`DeepLogWork`): the driver has already collected the training period's
   sessions (it fits the vocabulary on them) and ships them, laid out as
   :class:`~loganomaly.sequence_models.SessionRows` (one int64 per event), to every rank; each
-  rank trains on its shard of the events with :func:`loganomaly.sequence_models.train_deeplog_rows`.
+  rank trains on its shard of the events with :func:`loganomaly.sequence_models.train_deeplog`.
 
 Both run on :func:`loganomaly.loop.fit`. The driver gets rank 0's result back (best weights,
 history, and for the autoencoder the normaliser the ranks fitted), then calibrates and saves
@@ -55,12 +54,11 @@ from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
 from loganomaly.model import LSTMAutoencoderConfig
 from loganomaly.normalize import Normaliser
 from loganomaly.reader import ShardPlan
-from loganomaly.sequence_models import ClassifierConfig, DeepLogConfig, SessionRows, train_deeplog_rows
+from loganomaly.sequence_models import ClassifierConfig, DeepLogConfig, SessionRows, train_deeplog
 from loganomaly.training import (
     Collective,
     SnapshotTrainResult,
     TorchCollective,
-    train_classifier_on_snapshot,
     train_on_snapshot,
 )
 
@@ -86,23 +84,27 @@ _RESULT_MAGIC = b"LGANRES1"
 
 
 @dataclass
-class AutoencoderWork:
-    """The autoencoder's data for the ranks: where its windows are, not the windows.
+class WindowWork:
+    """A window model's data for the ranks (autoencoder or classifier): where its windows are.
 
     Attributes:
         train_plan: training windows of the pinned snapshot, dealt to ranks.
         val_plan: validation windows.
-        model_cfg: model size.
+        model_cfg: model kind and size.
         normaliser: keep this normaliser instead of fitting one (continuing a model's training).
+        balanced: classifier only: weigh both classes alike in the loss.
     """
 
     train_plan: ShardPlan
     val_plan: ShardPlan
-    model_cfg: LSTMAutoencoderConfig
+    model_cfg: LSTMAutoencoderConfig | ClassifierConfig
     normaliser: Normaliser | None = None
+    balanced: bool = True
 
     def check_world(self, world: int, cfg: TrainConfig) -> None:
         """Fail on the driver, not in every rank, when the data cannot be dealt to ``world`` ranks."""
+        if isinstance(self.model_cfg, ClassifierConfig) and cfg.reader != "arrow":
+            raise ConfigError("the classifier reads its labels (sequences.n_abnormal) with train.reader=arrow only")
         self.train_plan.check_world(world)
         if cfg.reader == "petastorm" and world > 1:
             from loganomaly.petastorm_reader import check_dealing
@@ -113,31 +115,7 @@ class AutoencoderWork:
             init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
         return train_on_snapshot(self.train_plan, self.val_plan, self.model_cfg, cfg, comm=comm,
                                  checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state,
-                                 normaliser=self.normaliser)
-
-
-@dataclass
-class ClassifierWork(AutoencoderWork):
-    """The supervised classifier's data: the same snapshot plans, labels from ``n_abnormal``.
-
-    Attributes:
-        model_cfg: the classifier's shape.
-        balanced: weigh both classes alike in the loss.
-    """
-
-    model_cfg: ClassifierConfig  # type: ignore[assignment]
-    balanced: bool = True
-
-    def check_world(self, world: int, cfg: TrainConfig) -> None:
-        if cfg.reader != "arrow":
-            raise ConfigError("the classifier reads its labels (sequences.n_abnormal) with train.reader=arrow only")
-        super().check_world(world, cfg)
-
-    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
-            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
-        return train_classifier_on_snapshot(self.train_plan, self.val_plan, self.model_cfg, cfg, comm=comm,
-                                            checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state,
-                                            normaliser=self.normaliser, balanced=self.balanced)
+                                 normaliser=self.normaliser, balanced=self.balanced)
 
 
 @dataclass
@@ -163,7 +141,7 @@ class DeepLogWork:
 
     def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
             init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
-        result = train_deeplog_rows(self.rows, self.val_rows, self.model_cfg, cfg, comm=comm,
+        result = train_deeplog(self.rows, self.val_rows, self.model_cfg, cfg, comm=comm,
                                     checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state)
         return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
                                    None, len(self.rows), len(self.val_rows))
@@ -183,7 +161,7 @@ class RankJob:
         device: ``auto``, ``cpu`` or ``cuda`` for the ranks (``cpu`` when Spark grants no GPUs).
     """
 
-    work: AutoencoderWork | ClassifierWork | DeepLogWork
+    work: WindowWork | DeepLogWork
     train_cfg: TrainConfig
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -375,15 +353,16 @@ def train_backend(
     backend: str,
     train_plan: ShardPlan,
     val_plan: ShardPlan,
-    model_cfg: LSTMAutoencoderConfig,
+    model_cfg: LSTMAutoencoderConfig | ClassifierConfig,
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     num_processes: int | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
     normaliser: Normaliser | None = None,
+    balanced: bool = True,
 ) -> SnapshotTrainResult:
-    """Train the autoencoder on ``backend`` and return rank 0's result on the driver.
+    """Train a window model (autoencoder or classifier) on ``backend``; return rank 0's result on the driver.
 
     Example:
         >>> result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg, cfg.train)
@@ -395,10 +374,12 @@ def train_backend(
         num_processes: ranks; by default ``cfg.num_processes`` (``local`` always runs one).
         init_state, normaliser: continue training an existing model: start from its weights and
             keep its normaliser (the weights only make sense on inputs normalised the same way).
+        balanced: classifier only: weigh both classes alike in the loss.
 
     Raises:
-        ConfigError: unknown backend, a distributed backend without a SparkSession, or
-            ``train.reader=petastorm`` where Petastorm cannot run (it needs ``make compat``).
+        ConfigError: unknown backend, a distributed backend without a SparkSession,
+            ``train.reader=petastorm`` where Petastorm cannot run (it needs ``make compat``), or
+            with the classifier (which reads its labels with the Arrow reader).
         EngineUnavailableError: ``horovod`` is not installed.
         StageInputError: fewer training windows than ranks, or (Petastorm) a rank whose row groups
             would hold no training window.
@@ -408,31 +389,7 @@ def train_backend(
         from loganomaly.petastorm_reader import import_petastorm
 
         import_petastorm()
-    work = AutoencoderWork(train_plan, val_plan, model_cfg, normaliser)
-    return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
-
-
-def train_classifier_backend(
-    spark: SparkSession | None,
-    backend: str,
-    train_plan: ShardPlan,
-    val_plan: ShardPlan,
-    model_cfg: ClassifierConfig,
-    cfg: TrainConfig,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    num_processes: int | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-    normaliser: Normaliser | None = None,
-    balanced: bool = True,
-) -> SnapshotTrainResult:
-    """Train the supervised classifier on ``backend``; as :func:`train_backend`, labels from ``n_abnormal``.
-
-    Raises:
-        ConfigError: as :func:`train_backend`, or a ``train.reader`` other than ``arrow``.
-        StageInputError: as :func:`train_backend`, no labels, or only one class in training.
-    """
-    work = ClassifierWork(train_plan, val_plan, model_cfg, normaliser, balanced)
+    work = WindowWork(train_plan, val_plan, model_cfg, normaliser, balanced)
     return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
 
 
@@ -463,7 +420,7 @@ def train_deeplog_backend(
 def run_backend(
     spark: SparkSession | None,
     backend: str,
-    work: AutoencoderWork | ClassifierWork | DeepLogWork,
+    work: WindowWork | DeepLogWork,
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
@@ -517,13 +474,11 @@ def _check_equal_batches(result: SnapshotTrainResult) -> None:
 
 __all__ = [
     "BACKENDS",
-    "AutoencoderWork",
-    "ClassifierWork",
+    "WindowWork",
     "DeepLogWork",
     "HorovodCollective",
     "RankJob",
     "run_backend",
-    "train_classifier_backend",
     "train_deeplog_backend",
     "decode_result",
     "encode_result",

@@ -567,8 +567,8 @@ class NextEventTask(FitTask):
 
 
 def train_deeplog(
-    train_sessions: Sequence[Sequence[int]],
-    val_sessions: Sequence[Sequence[int]],
+    train_sessions: Sequence[Sequence[int]] | SessionRows,
+    val_sessions: Sequence[Sequence[int]] | SessionRows,
     cfg: DeepLogConfig,
     train: LoopSettings | None = None,
     comm: Collective | None = None,
@@ -582,8 +582,9 @@ def train_deeplog(
     the events (equal batch counts) and validates its share; the losses are summed over ranks.
 
     Args:
-        train_sessions: encoded normal sessions (:meth:`Vocabulary.encode_many`).
-        val_sessions: encoded normal sessions held out for early stopping.
+        train_sessions: encoded normal sessions (:meth:`Vocabulary.encode_many`), or already laid
+            out as :class:`SessionRows` (what a distributed backend ships to its ranks).
+        val_sessions: encoded normal sessions held out for early stopping (or their rows).
         cfg: model shape; ``vocab_size`` must be the vocabulary's size.
         train: optimiser, epochs, patience, seed, device (Adam by default).
         comm: the process group (by default from the environment; one process without one).
@@ -593,30 +594,12 @@ def train_deeplog(
         ModelError: no training or validation events, ids outside the vocabulary, fewer training
             events than ranks.
     """
-    rows = SessionRows.build(train_sessions, cfg.window, cfg.vocab_size, "training")
-    val_rows = SessionRows.build(val_sessions, cfg.window, cfg.vocab_size, "validation")
-    if (comm or default_collective()).rank == 0:
-        log.info("DeepLog: %d training and %d validation sessions", len(train_sessions), len(val_sessions))
-    return train_deeplog_rows(rows, val_rows, cfg, train, comm, checkpoint_dir, resume, init_state)
-
-
-def train_deeplog_rows(
-    rows: SessionRows,
-    val_rows: SessionRows,
-    cfg: DeepLogConfig,
-    train: LoopSettings | None = None,
-    comm: Collective | None = None,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    init_state: dict[str, torch.Tensor] | None = None,
-) -> SequenceTrainResult:
-    """:func:`train_deeplog` on sessions already laid out (what a distributed backend ships to ranks).
-
-    Raises:
-        ModelError: no validation events, or fewer training events than ranks.
-    """
     train = train or SequenceTrainConfig()
     comm = comm or default_collective()
+    rows = train_sessions if isinstance(train_sessions, SessionRows) else \
+        SessionRows.build(train_sessions, cfg.window, cfg.vocab_size, "training")
+    val_rows = val_sessions if isinstance(val_sessions, SessionRows) else \
+        SessionRows.build(val_sessions, cfg.window, cfg.vocab_size, "validation")
     if len(rows) < comm.world or len(val_rows) == 0:
         raise ModelError(f"DeepLog needs training and validation events (at least one training event per "
                          f"rank), got {len(rows)} and {len(val_rows)} on {comm.world} rank(s)")

@@ -20,7 +20,7 @@ import numpy as np
 
 from loganomaly.bundle import ModelBundle, load_bundle, save_bundle
 from loganomaly.config import Config
-from loganomaly.distributed import train_backend, train_classifier_backend
+from loganomaly.distributed import train_backend
 from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest import new_run_id
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
@@ -269,18 +269,11 @@ def run(
             )
         init_state, init_normaliser = base.state_dict, base.normaliser
         log.info("train %s: continuing model %s from %s", run_id, base.version, cfg.train.init_from)
-    checkpoints = Path(model_dir) / "checkpoints"
-    if isinstance(model_cfg, ClassifierConfig):
-        result = train_classifier_backend(
-            spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train, checkpoint_dir=checkpoints,
-            resume=cfg.train.resume, init_state=init_state, normaliser=init_normaliser,
-            balanced=cfg.model.class_weights == "balanced",
-        )
-    else:
-        result = train_backend(
-            spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train, checkpoint_dir=checkpoints,
-            resume=cfg.train.resume, init_state=init_state, normaliser=init_normaliser,
-        )
+    result = train_backend(
+        spark, cfg.train.backend, train_plan, val_plan, model_cfg, cfg.train,
+        checkpoint_dir=Path(model_dir) / "checkpoints", resume=cfg.train.resume, init_state=init_state,
+        normaliser=init_normaliser, balanced=cfg.model.class_weights == "balanced",
+    )
     normaliser = result.normaliser
     assert normaliser is not None  # the snapshot trainers always return one
     val_shard = ShardReader(val_plan, 0, 1, equal=False).load()

@@ -31,6 +31,7 @@ from loganomaly.loop import (
     CHECKPOINT_WEIGHTS,
     MIN_IMPROVEMENT,
     Collective,
+    FitTask,
     TensorTask,
     TorchCollective,
     TrainResult,
@@ -72,7 +73,6 @@ __all__ = [
     "seed_everything",
     "shard_indices",
     "train_autoencoder",
-    "train_classifier_on_snapshot",
     "train_on_snapshot",
     "window_labels",
 ]
@@ -160,50 +160,7 @@ class SnapshotTrainResult(TrainResult):
 def train_on_snapshot(
     train_plan: ShardPlan,
     val_plan: ShardPlan,
-    model_cfg: LSTMAutoencoderConfig,
-    cfg: TrainConfig,
-    comm: Collective | None = None,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    init_state: dict[str, torch.Tensor] | None = None,
-    normaliser: Normaliser | None = None,
-) -> SnapshotTrainResult:
-    """The rank-aware entry point of every backend: read this rank's shard of a pinned snapshot, train.
-
-    Every rank calls it with the same plans (see :mod:`loganomaly.reader`). The rank reads only
-    its rows, the ranks fit the normaliser together (exact mean and standard deviation of all
-    training windows, combined from per-rank moments), then train with :func:`train_autoencoder`'s
-    loop: equal batch counts on every rank, rank 0 checkpointing every epoch.
-
-    Args:
-        train_plan: training windows dealt to ranks (padded to equal lengths).
-        val_plan: validation windows (split without padding; a rank may get none).
-        model_cfg: model size; ``n_features``/``window_steps`` must match the data.
-        cfg: the training settings (``seed`` also seeds the per-epoch shuffles; ``reader`` picks
-            :mod:`loganomaly.reader` or :mod:`loganomaly.petastorm_reader`, same plans and guarantees).
-        comm: the process group; by default from the environment (DDP when initialised).
-        checkpoint_dir, resume, init_state: as in :func:`train_autoencoder`.
-        normaliser: use this one instead of fitting one (continuing an existing model's training:
-            its weights expect inputs normalised as before).
-
-    Raises:
-        ConfigError: ``cfg.reader`` is unknown or cannot run in this environment.
-        StageInputError: fewer training windows than ranks, no validation windows, or (Petastorm)
-            a rank whose row groups hold no training window.
-        ModelError: as in :func:`train_autoencoder`.
-    """
-    comm = comm or default_collective()
-    data = _load_snapshot(train_plan, val_plan, cfg, comm, normaliser, model_cfg.n_features, model_cfg.window_steps)
-    result = fit(AutoencoderTask(data.train_x, data.order, data.val_x, model_cfg), cfg, comm, checkpoint_dir,
-                 resume, init_state, data.meta)
-    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
-                               data.normaliser, train_plan.total, val_plan.total)
-
-
-def train_classifier_on_snapshot(
-    train_plan: ShardPlan,
-    val_plan: ShardPlan,
-    model_cfg: ClassifierConfig,
+    model_cfg: LSTMAutoencoderConfig | ClassifierConfig,
     cfg: TrainConfig,
     comm: Collective | None = None,
     checkpoint_dir: Path | None = None,
@@ -212,19 +169,54 @@ def train_classifier_on_snapshot(
     normaliser: Normaliser | None = None,
     balanced: bool = True,
 ) -> SnapshotTrainResult:
-    """:func:`train_on_snapshot` for the supervised classifier: a window is anomalous (class 1) when
-    it holds an event labelled abnormal (``sequences.n_abnormal > 0``).
+    """The rank-aware entry point of every backend: read this rank's shard of a pinned snapshot, train.
 
-    The ranks count the classes of all training windows together, so every rank weighs the loss
-    alike (``balanced``: each class as much as the other, since attacks are rare).
+    Every rank calls it with the same plans (see :mod:`loganomaly.reader`). The rank reads only
+    its rows, the ranks fit the normaliser together (exact mean and standard deviation of all
+    training windows, combined from per-rank moments), then train on :func:`loganomaly.loop.fit`:
+    equal batch counts on every rank, rank 0 checkpointing every epoch.
+
+    The model config picks the model: the autoencoder reconstructs its windows; the supervised
+    classifier learns each window's class, anomalous (1) when it holds an event labelled abnormal
+    (``sequences.n_abnormal > 0``). The ranks count the classes of all training windows together,
+    so every rank weighs the loss alike (``balanced``: each class as much as the other, since
+    attacks are rare).
+
+    Args:
+        train_plan: training windows dealt to ranks (padded to equal lengths).
+        val_plan: validation windows (split without padding; a rank may get none).
+        model_cfg: model kind and size; ``n_features`` (and the autoencoder's ``window_steps``)
+            must match the data.
+        cfg: the training settings (``seed`` also seeds the per-epoch shuffles; ``reader`` picks
+            :mod:`loganomaly.reader` or :mod:`loganomaly.petastorm_reader`, same plans and guarantees).
+        comm: the process group; by default from the environment (DDP when initialised).
+        checkpoint_dir, resume, init_state: as in :func:`train_autoencoder`.
+        normaliser: use this one instead of fitting one (continuing an existing model's training:
+            its weights expect inputs normalised as before).
+        balanced: classifier only: weigh both classes alike in the loss.
 
     Raises:
-        StageInputError: the table has no ``n_abnormal`` labels (or the reader cannot give them),
-            or the training windows hold only one class (on every rank together).
-        ConfigError, ModelError: as :func:`train_on_snapshot`.
+        ConfigError: ``cfg.reader`` is unknown or cannot run in this environment.
+        StageInputError: fewer training windows than ranks, no validation windows, or (Petastorm)
+            a rank whose row groups hold no training window; for the classifier, no labels or a
+            single class among all training windows.
+        ModelError: as in :func:`train_autoencoder`.
     """
     comm = comm or default_collective()
-    data = _load_snapshot(train_plan, val_plan, cfg, comm, normaliser, model_cfg.n_features, None)
+    steps = None if isinstance(model_cfg, ClassifierConfig) else model_cfg.window_steps
+    data = _load_snapshot(train_plan, val_plan, cfg, comm, normaliser, model_cfg.n_features, steps)
+    task: FitTask
+    if isinstance(model_cfg, ClassifierConfig):
+        task = _classifier_task(data, model_cfg, comm, balanced)
+    else:
+        task = AutoencoderTask(data.train_x, data.order, data.val_x, model_cfg)
+    result = fit(task, cfg, comm, checkpoint_dir, resume, init_state, data.meta)
+    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
+                               data.normaliser, train_plan.total, val_plan.total)
+
+
+def _classifier_task(data: _SnapshotData, model_cfg: ClassifierConfig, comm: Collective, balanced: bool
+                     ) -> ClassifierTask:
     y, val_y = window_labels(data.shard), window_labels(data.val_shard)
     counts = comm.sum(torch.from_numpy(np.bincount(y, minlength=2)[:2].astype(np.int64)))
     if int(counts.min()) == 0:
@@ -234,10 +226,7 @@ def train_classifier_on_snapshot(
     if comm.rank == 0:
         log.info("classifier: %d normal and %d anomalous training windows; class weights %s",
                  int(counts[0]), int(counts[1]), weights)
-    task = ClassifierTask(data.train_x, y, data.order, data.val_x, val_y, model_cfg, weights)
-    result = fit(task, cfg, comm, checkpoint_dir, resume, init_state, data.meta)
-    return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
-                               data.normaliser, train_plan.total, val_plan.total)
+    return ClassifierTask(data.train_x, y, data.order, data.val_x, val_y, model_cfg, weights)
 
 
 def window_labels(shard: Shard) -> np.ndarray:
