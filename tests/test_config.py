@@ -130,3 +130,16 @@ def test_seed_article_recipe_as_settings_matches_the_library_preset() -> None:
         load_config(profile=None, overrides=["train.clip_value=0"])
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(profile=None, overrides=["train.optimizer=rmsprop"])
+
+
+def test_train_command_flags_become_settings(tmp_path: Path) -> None:
+    from loganomaly.cli import _config, build_parser
+
+    args = build_parser().parse_args(["train", "--conf-dir", str(CONF), "--lake", str(tmp_path), "--model-dir", "m",
+                                      "--backend", "horovod", "--resume", "--init-from", str(tmp_path / "old")])
+    train = _config(args).train
+    assert (train.backend, train.resume, train.init_from) == ("horovod", True, str(tmp_path / "old"))
+    plain = _config(build_parser().parse_args(["train", "--conf-dir", str(CONF), "--model-dir", "m"])).train
+    assert (plain.resume, plain.init_from) == (False, "")
+    args = build_parser().parse_args(["featurize", "--conf-dir", str(CONF), "--since", "yesterday"])
+    assert args.since == "yesterday"

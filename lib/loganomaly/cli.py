@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["arrow", "petastorm"],
         help="how ranks read their shard (overrides train.reader); petastorm needs the `make compat` environment",
     )
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run checkpointed in <model-dir>/checkpoints (train.resume)")
+    p.add_argument("--init-from", metavar="BUNDLE_DIR",
+                   help="continue training this existing model on the current data (train.init_from)")
 
     p = sub.add_parser("score", help="score windows into the scores and anomalies tables")
     _common(p)
@@ -157,6 +161,10 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append(f"train.backend={args.backend}")
     if getattr(args, "reader", None):
         overrides.append(f"train.reader={args.reader}")
+    if getattr(args, "resume", False):
+        overrides.append("train.resume=true")
+    if getattr(args, "init_from", None):
+        overrides.append(f"train.init_from={args.init_from}")
     return load_config(profile=args.profile, overrides=overrides, conf_dir=args.conf_dir)
 
 
