@@ -46,7 +46,7 @@ from loganomaly import pipeline
 from loganomaly.baselines import evaluate as metrics_of
 from loganomaly.baselines import make_baseline
 from loganomaly.config import Config, load_config
-from loganomaly.normalize import Normaliser
+from loganomaly.errors import StageInputError
 from loganomaly.reader import Selection, ShardReader, Snapshot, plan_shards
 from loganomaly.tables import Lake
 from loganomaly.train import snapshot_split
@@ -160,36 +160,16 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
         result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s")
 
 
-def supervised_classifier(spark: Any, cfg: Config, dataset: str, result: Result) -> None:
-    """The seed article's supervised LSTM classifier on the same windows, trained on all labelled training windows."""
-    from deltalake import DeltaTable
-
-    from loganomaly.sequence_models import (
-        SEED_ARTICLE_PRESET,
-        ClassifierConfig,
-        classifier_probabilities,
-        train_classifier,
-    )
-
-    tcfg = pipeline.training_config(cfg)
-    table = DeltaTable(str(Path(tcfg.lake.root) / "sequences")).to_pyarrow_table(
-        columns=["window_start", "n_steps", "n_features", "features", "n_abnormal"])
-    steps, feats = int(table.column("n_steps")[0].as_py()), int(table.column("n_features")[0].as_py())
-    x = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    x = x.astype(np.float32).reshape(-1, steps, feats)
-    y = (table.column("n_abnormal").to_numpy(zero_copy_only=False) > 0).astype(np.int64)
-    # Chronological validation: the last 20 % of training windows by time.
-    order = np.argsort(table.column("window_start").to_numpy(zero_copy_only=False), kind="stable")
-    cut = int(len(order) * 0.8)
-    tr, va = order[:cut], order[cut:]
-    normaliser = Normaliser.fit(x[tr])
-    model_cfg = ClassifierConfig(n_features=feats, n_classes=2, hidden_size=cfg.model.hidden_size)
-    res = train_classifier(normaliser.transform(x[tr]), y[tr], normaliser.transform(x[va]), y[va], model_cfg,
-                           SEED_ARTICLE_PRESET, class_weights="balanced")
-    keys, test_x = _scored_windows(spark, cfg)
-    probs = classifier_probabilities(res.model, normaliser.transform(test_x))[:, 1]  # type: ignore[arg-type]
-    scores, labels = _label_by_events(spark, cfg, keys, probs)
-    result.add(dataset, "lstm_classifier (supervised)", _metrics(scores, labels, 0.5))
+def supervised_classifier(spark: Any, profile: str, dataset: str, work: Path, train_inputs: list[str],
+                          score_inputs: list[str], result: Result) -> None:
+    """``model.kind=classifier`` through the same product path, on labelled training windows of both classes."""
+    cfg = _config(profile, work / "lake", ["model.kind=classifier", "train.normal_only=false"])
+    try:
+        m = run_product(spark, cfg, work, train_inputs, score_inputs, None)
+    except StageInputError as exc:
+        log.warning("%s: no supervised classifier: %s", dataset, exc)
+        return
+    result.add(dataset, "lstm_classifier (supervised)", m, "trained on labelled windows of both classes")
 
 
 # ------------------------------------------------------------------ sessions (HDFS)
@@ -329,6 +309,8 @@ def bgl(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
     m = run_product(spark, cfg, work, [str(inputs / "BGL_train.log")], [str(inputs / "BGL_score.log")], None)
     result.add("bgl (BGL_2k)", "lstm_autoencoder", m)
     window_baselines(spark, cfg, "bgl (BGL_2k)", result, seed)
+    supervised_classifier(spark, "bgl", "bgl (BGL_2k)", work / "supervised", [str(inputs / "BGL_train.log")],
+                          [str(inputs / "BGL_score.log")], result)
 
 
 def zeek(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
@@ -347,7 +329,8 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int) -> Non
     m = run_product(spark, cfg, work, [str(k / "KDDTrain+_20Percent.txt")], [str(k / "KDDTest+.txt")], None)
     result.add("nslkdd (KDDTest+)", "lstm_autoencoder", m, "trained on normal records only")
     window_baselines(spark, cfg, "nslkdd (KDDTest+)", result, seed)
-    supervised_classifier(spark, cfg, "nslkdd (KDDTest+)", result)
+    supervised_classifier(spark, "nslkdd", "nslkdd (KDDTest+)", work / "supervised", [str(k / "KDDTrain+_20Percent.txt")],
+                          [str(k / "KDDTest+.txt")], result)
 
 
 def table(result: Result) -> str:
