@@ -60,6 +60,17 @@ DEFAULT_ARGS = {
 }
 
 
+#: What both DAGs share: no catch-up of missed intervals, one run at a time, retries, the settings.
+DAG_ARGS = {
+    "start_date": START,
+    "catchup": False,
+    "max_active_runs": 1,
+    "default_args": DEFAULT_ARGS,
+    "params": PARAMS,
+    "tags": ["loganomaly"],
+}
+
+
 def setting(name: str) -> str:
     """Jinja for one setting: the Variable ``loganomaly_<name>`` when set, else ``params.<name>``."""
     return f"{{{{ var.value.get('loganomaly_{name}', params.{name}) }}}}"
@@ -92,12 +103,7 @@ with DAG(
     dag_id="loganomaly_nightly",
     description="ingest -> featurize -> score the previous day",
     schedule=CronDataIntervalTimetable(NIGHTLY_CRON, timezone="UTC"),
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params=PARAMS,
-    tags=["loganomaly"],
+    **DAG_ARGS,
 ) as nightly:
     ingest = stage_task("ingest", "--input", setting("input"))
     # Only the windows that can hold the new day's events are rebuilt (a full build on a new lake).
@@ -109,12 +115,7 @@ with DAG(
     dag_id="loganomaly_weekly_train",
     description="rebuild the sequences table in full, then retrain the model bundle on it",
     schedule=CronDataIntervalTimetable(WEEKLY_CRON, timezone="UTC"),
-    start_date=START,
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    params=PARAMS,
-    tags=["loganomaly"],
+    **DAG_ARGS,
 ) as weekly_train:
     # A full featurize first: it also windows late data for dates the nightly --since skips.
     rebuild = stage_task("featurize")
