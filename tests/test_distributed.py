@@ -107,6 +107,10 @@ def test_horovod_trains_two_ranks_with_equal_batches(spark: object, tmp_path: Pa
     result = train_backend(spark, "horovod", train, val, MODEL, cfg(16))  # type: ignore[arg-type]
     assert all(h["batches_min"] == h["batches_max"] for h in result.history)
     assert result.best_val_loss < 0.6 * result.history[0]["val_loss"]
+    # about as good as one process on the same windows (see RELATIVE_TOLERANCE)
+    local = train_backend(None, "local", train, val, MODEL, cfg(32))
+    gap = abs(result.best_val_loss - local.best_val_loss) / max(result.best_val_loss, local.best_val_loss)
+    assert gap < RELATIVE_TOLERANCE, (local.best_val_loss, result.best_val_loss)
 
 
 def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_path: Path) -> None:
