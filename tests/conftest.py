@@ -22,7 +22,7 @@ os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     from loganomaly.config import SparkConfig
-    from loganomaly.spark import get_spark
+    from loganomaly.runtime.spark import get_spark
 
     session = get_spark(
         SparkConfig(master="local[2]", shuffle_partitions=2, ansi=True, log_level="ERROR", driver_memory="1g")
@@ -33,7 +33,7 @@ def spark() -> Iterator[object]:
 
 @pytest.fixture
 def lake(spark, tmp_path):  # type: ignore[no-untyped-def]
-    from loganomaly.tables import Lake
+    from loganomaly.lake.tables import Lake
 
     return Lake(spark, tmp_path / "lake", engine="deltars")
 

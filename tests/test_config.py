@@ -117,7 +117,7 @@ def test_train_reader_is_arrow_by_default_and_a_checked_choice() -> None:
 
 def test_seed_article_recipe_as_settings_matches_the_library_preset() -> None:
     """The README's --set recipe and SEED_ARTICLE_PRESET describe the same training."""
-    from loganomaly.sequence_models import SEED_ARTICLE_PRESET
+    from loganomaly.models.sequence import SEED_ARTICLE_PRESET
 
     recipe = ["train.optimizer=sgd_nesterov", "train.momentum=0.9", "train.learning_rate=0.005",
               "train.clip_value=0.5", "train.init=xavier", "train.seed=123"]

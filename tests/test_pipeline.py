@@ -10,10 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loganomaly import featurize, ingest, score, synthetic, train
 from loganomaly.cli import main
 from loganomaly.config import load_config
-from loganomaly.tables import Lake
+from loganomaly.features import stage as featurize
+from loganomaly.ingest import stage as ingest
+from loganomaly.ingest import synthetic
+from loganomaly.lake.tables import Lake
+from loganomaly.scoring import stage as score
+from loganomaly.training import stage as train
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -148,8 +152,8 @@ def test_sql_command_reads_the_tables(built, capsys) -> None:  # type: ignore[no
 
 
 def test_local_sql_reads_the_same_snapshots_as_spark(spark, cfg, built) -> None:  # type: ignore[no-untyped-def]
-    from loganomaly import sql
     from loganomaly.errors import LogAnomalyError
+    from loganomaly.lake import sql
 
     _, lake, _ = built
     query = "SELECT entity, count(*) AS n FROM scores GROUP BY entity ORDER BY entity"

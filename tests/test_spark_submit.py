@@ -97,7 +97,7 @@ def clean_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env(python: Path) -> dict[str, str]:
-    from loganomaly.java import find_java_home
+    from loganomaly.runtime.java import find_java_home
 
     env = {
         k: v

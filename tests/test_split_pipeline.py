@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from loganomaly import evaluate, pipeline, synthetic
+from loganomaly import pipeline
 from loganomaly.cli import main
 from loganomaly.config import load_config
-from loganomaly.tables import Lake
+from loganomaly.evaluation import stage as evaluate
+from loganomaly.ingest import synthetic
+from loganomaly.lake.tables import Lake
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

@@ -180,55 +180,56 @@ def _print_frame(df: Any, limit: int) -> None:
 def dispatch(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.command == "generate":
-        from loganomaly import synthetic
+        from loganomaly.ingest import synthetic
 
         data = synthetic.generate(args.out, cfg.generate)
         print(json.dumps({"files": len(data.files), "lines": data.n_lines, "labels": str(data.labels_path)}))
         return 0
 
     if args.command == "sql" and args.local:
-        from loganomaly import sql
+        from loganomaly.lake import sql
 
         _print_frame(sql.run_local(cfg.lake.root, args.query).to_pandas(), args.limit)
         return 0
 
-    from loganomaly.spark import get_spark
+    from loganomaly.runtime.spark import get_spark
 
     spark = get_spark(cfg.spark)
     if args.command == "ingest":
-        from loganomaly import ingest
+        from loganomaly.ingest import stage as ingest
 
         print(json.dumps(ingest.run(spark, cfg, args.input).as_dict()))
     elif args.command == "featurize":
-        from loganomaly import featurize
+        from loganomaly.features import stage as featurize
 
         print(json.dumps(featurize.run(spark, cfg, since=args.since).as_dict()))
     elif args.command == "train":
-        from loganomaly import train
+        from loganomaly.training import stage as train
 
         print(json.dumps(train.run(spark, cfg, args.model_dir).as_dict()))
     elif args.command == "score":
-        from loganomaly import score
+        from loganomaly.scoring import stage as score
 
         scored = score.run(spark, cfg, args.model_dir, date=args.date, since_last_run=args.since_last_run)
         print(json.dumps(scored.as_dict()))
     elif args.command == "evaluate":
-        from loganomaly import evaluate
+        from loganomaly.evaluation import stage as evaluate
 
         print(json.dumps(evaluate.run(spark, cfg, args.model_dir, labels=args.labels).as_dict(), indent=2))
     elif args.command == "report":
-        from loganomaly import report
+        from loganomaly.evaluation import report
 
         out = report.build_report(
             spark, cfg, args.model_dir, Path(args.out), labels=args.labels, max_entities=args.max_entities
         )
         print(out)
     elif args.command == "sql":
-        from loganomaly import sql
+        from loganomaly.lake import sql
 
         _print_frame(sql.run(spark, cfg, args.query), args.limit)
     elif args.command == "pipeline":
-        from loganomaly import pipeline, sql
+        from loganomaly import pipeline
+        from loganomaly.lake import sql
 
         model_dir = args.model_dir or str(Path(cfg.lake.root).resolve().parent / "model")
         if args.train_input or args.score_input:

@@ -84,7 +84,7 @@ class SourceConfig:
 
     ``paths`` are shell-style globs matched against each input file's absolute path (``*`` crosses
     directories); the first source whose globs match a file parses it. ``options`` are the fields
-    of :class:`loganomaly.parsing.FormatOptions` (``format``, ``pattern``, ``columns``,
+    of :class:`loganomaly.ingest.parsing.FormatOptions` (``format``, ``pattern``, ``columns``,
     ``timezone``, ...), validated when ingest starts; a file no source covers is detected.
     """
 
@@ -109,10 +109,10 @@ class IngestConfig:
 
 @dataclass
 class TemplatesConfig:
-    """Drain template mining over event messages (see :mod:`loganomaly.templates`)."""
+    """Drain template mining over event messages (see :mod:`loganomaly.ingest.templates.miner`)."""
 
     enabled: bool = True
-    # Named preset of loganomaly.templates.PRESETS ("" = the general default).
+    # Named preset of loganomaly.ingest.templates.miner.PRESETS ("" = the general default).
     preset: str = ""
     # Overrides of TemplateConfig fields (depth, sim_th, masking, ...).
     options: dict[str, Any] = field(default_factory=dict)
@@ -177,8 +177,8 @@ class TrainConfig:
     """Training loop, split and threshold calibration."""
 
     backend: Backend = "local"
-    # How ranks read their shard: ``arrow`` (loganomaly.reader) or ``petastorm``
-    # (loganomaly.petastorm_reader, PySpark 4.0 + pyarrow 14 environment only).
+    # How ranks read their shard: ``arrow`` (loganomaly.training.readers.arrow) or ``petastorm``
+    # (loganomaly.training.readers.petastorm, PySpark 4.0 + pyarrow 14 environment only).
     reader: Reader = "arrow"
     num_processes: int = 2
     epochs: int = 40

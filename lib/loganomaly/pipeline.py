@@ -20,10 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loganomaly import featurize, ingest, score, synthetic, train
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
-from loganomaly.tables import Lake
+from loganomaly.features import stage as featurize
+from loganomaly.ingest import stage as ingest
+from loganomaly.ingest import synthetic
+from loganomaly.lake.tables import Lake
+from loganomaly.runtime.runs import new_run_id
+from loganomaly.scoring import stage as score
+from loganomaly.training import stage as train
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -59,7 +64,7 @@ def run(
     summary.stages["score"] = score.run(spark, cfg, model_dir, lake=lake).as_dict()
     if labels is not None:
         # Generated data comes with its labels: show how well the injected anomalies were found.
-        from loganomaly import evaluate
+        from loganomaly.evaluation import stage as evaluate
 
         summary.stages["evaluate"] = evaluate.run(spark, cfg, model_dir, labels=labels, lake=lake).as_dict()
     log.info("pipeline done: %s", {k: v for k, v in summary.stages.items()})
@@ -97,8 +102,8 @@ def run_split(
     """
     if not train_inputs or not score_inputs:
         raise StageInputError("a split pipeline needs both --train-input and --score-input paths")
-    from loganomaly.bundle import load_any_bundle
-    from loganomaly.template_store import load_state, save_state
+    from loganomaly.ingest.templates.store import load_state, save_state
+    from loganomaly.models.bundle import load_any_bundle
 
     summary = PipelineSummary()
     tcfg = training_config(cfg)
@@ -112,7 +117,7 @@ def run_split(
     if state is not None:
         # The scoring events must get the template ids the model knows: make the training state
         # current in the scoring lake before its ingest matches anything.
-        save_state(spark, lake, state, ingest.new_run_id("pipeline"), "")
+        save_state(spark, lake, state, new_run_id("pipeline"), "")
     scfg = replace(cfg, templates=replace(cfg.templates, refit=False))
     summary.stages["ingest_score"] = ingest.run(spark, scfg, score_inputs, lake=lake).as_dict()
     bundle = load_any_bundle(model_dir)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from loganomaly.config import TrainConfig
-from loganomaly.distributed import train_backend
 from loganomaly.errors import ConfigError
-from loganomaly.model import LSTMAutoencoderConfig
-from loganomaly.reader import Selection, Snapshot, plan_shards, write_windows
+from loganomaly.models.autoencoder import LSTMAutoencoderConfig
+from loganomaly.training.backends import train_backend
+from loganomaly.training.readers.arrow import Selection, Snapshot, plan_shards, write_windows
 
 
 def petastorm_runs_here() -> bool:

@@ -19,9 +19,8 @@ import pytest
 
 from loganomaly.config import TrainConfig
 from loganomaly.errors import StageInputError
-from loganomaly.model import LSTMAutoencoderConfig
-from loganomaly.petastorm_reader import PetastormShardReader, check_dealing, dealt_rows
-from loganomaly.reader import (
+from loganomaly.models.autoencoder import LSTMAutoencoderConfig
+from loganomaly.training.readers.arrow import (
     Selection,
     ShardPlan,
     ShardReader,
@@ -30,8 +29,9 @@ from loganomaly.reader import (
     time_range,
     write_windows,
 )
+from loganomaly.training.readers.petastorm import PetastormShardReader, check_dealing, dealt_rows
 
-# loganomaly.petastorm_reader imports Petastorm lazily, so the imports above work everywhere.
+# loganomaly.training.readers.petastorm imports Petastorm lazily, so the imports above work everywhere.
 petastorm = pytest.importorskip("petastorm", reason="Petastorm lives in the compatibility env: make compat")
 pyarrow = pytest.importorskip("pyarrow")
 if int(pyarrow.__version__.split(".")[0]) >= 15:
@@ -166,7 +166,7 @@ def _rank_load(rank: int, world: int, port: int, plan: ShardPlan, results: Any) 
     """One rank of a real gloo group: load the Petastorm shard, report what happened."""
     import torch.distributed as dist
 
-    from loganomaly.training import TorchCollective
+    from loganomaly.training.tasks import TorchCollective
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -214,7 +214,7 @@ def test_a_rank_with_an_empty_shard_fails_on_every_rank(tmp_path: Path) -> None:
 
 
 def test_the_driver_refuses_a_dealing_that_leaves_a_rank_empty(tmp_path: Path) -> None:
-    from loganomaly.distributed import train_backend
+    from loganomaly.training.backends import train_backend
 
     path = str(tmp_path / "sequences")
     version = write_windows(path, windows(10), np.arange(10) * 60.0, 1.0, max_rows_per_group=5)
@@ -242,7 +242,7 @@ MODEL = LSTMAutoencoderConfig(n_features=3, window_steps=12, hidden_size=8)
 
 def training_plans(tmp_path: Path) -> tuple[ShardPlan, ShardPlan]:
     """The training and validation plans the backend tests in the main env use (same data, same split)."""
-    from tests.test_distributed import plans
+    from tests.training.test_backends import plans
 
     return plans(tmp_path)
 
@@ -253,7 +253,7 @@ def train_cfg(batch_size: int, reader: str = "petastorm") -> TrainConfig:
 
 
 def test_local_training_with_petastorm_sees_the_rows_of_the_arrow_reader(tmp_path: Path) -> None:
-    from loganomaly.distributed import train_backend
+    from loganomaly.training.backends import train_backend
 
     train, val = training_plans(tmp_path)
     arrow = train_backend(None, "local", train, val, MODEL, train_cfg(32, reader="arrow"))
@@ -271,11 +271,11 @@ def test_local_training_with_petastorm_sees_the_rows_of_the_arrow_reader(tmp_pat
 @pytest.mark.slow
 def test_train_run_with_petastorm_on_two_torch_distributor_ranks(spark: object, tmp_path: Path) -> None:
     """``loganomaly train --reader petastorm --backend torch_distributor`` minus the argument parsing."""
-    from loganomaly import train
-    from loganomaly.bundle import load_bundle
     from loganomaly.config import load_config
-    from loganomaly.tables import Lake
-    from loganomaly.windows import FEATURE_NAMES
+    from loganomaly.features.windows import FEATURE_NAMES
+    from loganomaly.lake.tables import Lake
+    from loganomaly.models.bundle import load_bundle
+    from loganomaly.training import stage as train
 
     lake = Lake(spark, tmp_path / "lake", engine="deltars")  # type: ignore[arg-type]
     # smooth curves with a random phase per window (a table without feature_names holds FEATURE_NAMES)
@@ -305,7 +305,7 @@ def test_train_run_with_petastorm_on_two_torch_distributor_ranks(spark: object, 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed in this environment (make compat builds it)")
 def test_horovod_trains_with_the_petastorm_reader(spark: object, tmp_path: Path) -> None:
-    from loganomaly.distributed import train_backend
+    from loganomaly.training.backends import train_backend
 
     train, val = training_plans(tmp_path)
     result = train_backend(spark, "horovod", train, val, MODEL, replace(train_cfg(16), epochs=4))  # type: ignore[arg-type]

@@ -1,0 +1,602 @@
+"""``featurize``: ``events`` -> per-entity time-step features -> sliding windows in ``sequences``.
+
+Spark aggregates events into (entity, step) rows; each entity's steps are then cut into windows
+by the Spark-free :func:`loganomaly.features.windows.build_windows` inside ``applyInPandas``. Features are
+stored raw (sign-preserving log1p of counts, sums and metric means); normalisation is fitted on the training split only and travels with
+the model, so the same ``sequences`` serve training and scoring.
+
+Feature list rule. Besides the fixed :data:`loganomaly.features.windows.FEATURE_NAMES`, every step counts
+the events of each of the ``k`` most frequent templates (``tpl:<id>``), of every other known
+template (``tpl:other``) and of messages no template covers (``tpl:unknown``, id ``T0``; flow
+records without a message count in neither), then the step mean of each numeric attribute named
+in ``features.metrics`` (``metric:<name>``, e.g. the columns of a CSV metric series). Which
+templates are "frequent" is a fitted choice,
+so it must come from the training period only and must not move under a trained model:
+
+1. if ``sequences`` already exists and has ``feature_names``, those names are reused as they are
+   (a nightly run over new dates keeps the same columns, so the deployed model can score them);
+2. otherwise (first run, or ``refit_templates=True`` after a deliberate retrain), the templates
+   are :func:`choose_feature_templates` over the events before ``train.train_until``, or, when
+   that is empty, before the first ``train.train_fraction`` of the events' time range (the same
+   cut ``train`` makes over windows, here over event times).
+
+The names are written on every ``sequences`` row (``feature_names``); ``train`` copies them into
+the model bundle and ``score`` refuses windows whose names differ from the bundle's.
+
+Write rule. ``sequences`` (and ``sessions``) are rebuilt from the whole ``events`` snapshot and
+written as one atomic overwrite rather than ``replace_where`` per date: windows straddle midnight
+and need the neighbouring day's steps, the rebuild is deterministic (a rerun gives the same rows),
+one commit keeps one ``feature_names`` list across the table, and a full overwrite is the only
+write that may change the table's schema (old tables gain the new columns). The nightly run
+passes ``since`` instead: only the dates whose windows can hold the new day's events are
+rebuilt, from one window length before it, and replaced (:func:`incremental_windows`), with the
+table's feature names kept.
+
+Windows keep references to their events cheaply: the raw lines of a window are the ``events``
+rows of its ``entity`` with ``window_start <= ts < window_end``; ``first_event_ts`` and
+``last_event_ts`` narrow that to where they are. Sessions (optional, see :func:`session_frame`)
+store ``event_ids`` explicitly, because a session key is not a time range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from loganomaly.config import Config
+from loganomaly.errors import ConfigError, StageInputError
+from loganomaly.features.windows import (
+    METRIC_PREFIX,
+    OTHER_TEMPLATES,
+    TEMPLATE_PREFIX,
+    UNKNOWN_TEMPLATES,
+    WindowSpec,
+    build_windows,
+    feature_metrics,
+    feature_names_for,
+    feature_templates,
+)
+from loganomaly.ingest.templates.miner import UNKNOWN_TEMPLATE_ID
+from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
+from loganomaly.lake.tables import Lake
+from loganomaly.runtime.runs import new_run_id, resolve_date
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+#: Connection states that mean the connection did not complete normally (Zeek ``conn_state``).
+FAILED_CONN_STATES = ["S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"]
+ERROR_LEVELS = ["emerg", "alert", "crit", "err", "error", "fatal", "critical"]
+WARNING_LEVELS = ["warning", "warn"]
+
+#: Frequent templates counted as their own step feature (``features.top_templates`` once config has it).
+TOP_TEMPLATES = 8
+#: Relative rank error of the per-step duration quantiles: coarse is enough for p50/p95 and
+#: keeps the per-group sketch small.
+DURATION_QUANTILE_ACCURACY = 100
+
+#: Session key used when none is given (``features.session_key`` once config has it): ``None``
+#: builds no sessions, so the default pipeline pays nothing for them.
+SESSION_KEY: str | None = None
+#: Example key: HDFS block ids among the template parameters (one session per block).
+HDFS_BLOCK_KEY = r"params:blk_-?\d+"
+#: Labels that mean "normal" (Loghub BGL marks normal lines with ``-``; the CTU captures call
+#: unlabelled traffic "Background"); compared lower-cased and trimmed.
+NORMAL_LABELS = ["normal", "benign", "background", "-", ""]
+
+
+def is_abnormal_label(label: Column) -> Column:
+    """True for a non-null label outside :data:`NORMAL_LABELS`."""
+    from pyspark.sql import functions as F
+
+    return label.isNotNull() & ~F.lower(F.trim(label)).isin(NORMAL_LABELS)
+
+
+def signed_log1p(x: Column) -> Column:
+    """``sign(x) * log1p(|x|)`` (Spark twin of :func:`loganomaly.features.windows.signed_log1p`)."""
+    from pyspark.sql import functions as F
+
+    return F.signum(x) * F.log1p(F.abs(x))
+
+
+# ---------------------------------------------------------------- feature list
+def training_cut(events: DataFrame, cfg: Config) -> float | None:
+    """End of the training period (epoch seconds) as ``train`` will cut it; ``None`` for no events.
+
+    ``train.train_until`` when set, else ``train.train_fraction`` of the events' time range
+    (:func:`loganomaly.training.stage.chronological_split` does the same over window times; it is not
+    imported here because ``train`` pulls in torch).
+    """
+    from pyspark.sql import functions as F
+
+    if cfg.train.train_until:
+        until = dt.datetime.fromisoformat(cfg.train.train_until)
+        if until.tzinfo is None:
+            until = until.replace(tzinfo=dt.timezone.utc)
+        return until.timestamp()
+    row = events.agg(
+        F.min(F.unix_micros("ts")).alias("lo"), F.max(F.unix_micros("ts")).alias("hi")
+    ).collect()[0]
+    if row["lo"] is None:
+        return None
+    lo, hi = row["lo"] / 1e6, row["hi"] / 1e6
+    return float(lo + (hi - lo) * cfg.train.train_fraction)
+
+
+def choose_feature_templates(events_df: DataFrame, cut: float | None, k: int) -> list[str]:
+    """The ``k`` most frequent known templates among events before ``cut`` (epoch seconds).
+
+    Ties go to the smaller template id so the choice is deterministic. ``T0`` (unknown) and
+    events without a template never count: they have their own bucket. ``cut=None`` uses every
+    event (only for callers without a training period; :func:`run` always passes one).
+
+    Example:
+        >>> choose_feature_templates(lake.read("events"), cut=1709596800.0, k=8)
+        ['T3f2a...', 'T91c0...', ...]
+    """
+    from pyspark.sql import functions as F
+
+    if k <= 0:
+        return []
+    known = events_df.where(F.col("template_id").isNotNull() & (F.col("template_id") != UNKNOWN_TEMPLATE_ID))
+    if cut is not None:
+        known = known.where(F.unix_micros("ts") < F.lit(int(cut * 1e6)))
+    rows = (
+        known.groupBy("template_id")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .orderBy(F.col("n").desc(), F.col("template_id"))
+        .limit(k)
+        .collect()
+    )
+    return [str(r["template_id"]) for r in rows]
+
+
+def previous_feature_names(lake: Lake) -> list[str] | None:
+    """Feature names of the current ``sequences`` snapshot, if it has a usable list."""
+    if not lake.exists("sequences"):
+        return None
+    current = lake.read("sequences")
+    if "feature_names" not in current.columns:
+        return None
+    row = current.select("feature_names").limit(1).collect()
+    if not row or row[0]["feature_names"] is None:
+        return None
+    names = [str(n) for n in row[0]["feature_names"]]
+    try:
+        feature_templates(names)
+    except ValueError as exc:
+        log.warning("featurize: previous sequences feature names are not reusable (%s); choosing again", exc)
+        return None
+    return names
+
+
+# ---------------------------------------------------------------- step features
+def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[str]) -> DataFrame:
+    """Aggregate events into one row per (entity, step), features in ``feature_names`` order.
+
+    Columns: ``entity``, ``step`` (epoch seconds), ``n_events``, ``first_ts``/``last_ts`` (epoch
+    microseconds of the step's first and last event) and ``_f0 .. _f{F-1}`` (positional, because
+    template feature names are not safe Spark column names), every feature log1p-transformed.
+
+    Raises:
+        ValueError: ``feature_names`` is not a list this version computes.
+    """
+    from pyspark.sql import functions as F
+
+    templates = feature_templates(feature_names)
+    metrics = feature_metrics(feature_names)
+    # Network records (Zeek logs of any type, JSON conn logs) name a peer; log lines do not.
+    is_conn = F.col("dst_addr").isNotNull()
+    # Zeek's own direction: an outside host opening a connection into the monitored network.
+    inbound = (
+        is_conn
+        & F.lower(F.col("attributes")["local_orig"]).isin("f", "false")
+        & F.lower(F.col("attributes")["local_resp"]).isin("t", "true")
+    )
+    level = F.lower(F.col("level"))
+    tpl = F.col("template_id")
+    step = (F.floor(F.unix_timestamp("ts") / step_seconds) * step_seconds).cast("long")
+
+    def count_if(cond: Column) -> Column:
+        return F.sum(F.when(cond, F.lit(1)).otherwise(F.lit(0)))
+
+    known = tpl.isNotNull() & (tpl != UNKNOWN_TEMPLATE_ID)
+    other = (known & ~tpl.isin(templates)) if templates else known
+    aggregates: dict[str, Column] = {
+        "connections": F.sum(is_conn.cast("long")),
+        "log_lines": F.sum((~is_conn).cast("long")),
+        "bytes_out": F.sum("bytes_out"),
+        "bytes_in": F.sum("bytes_in"),
+        "distinct_dst_ports": F.count_distinct("dst_port"),
+        "distinct_dst_addrs": F.count_distinct("dst_addr"),
+        "failed_connections": F.sum(F.col("status").isin(FAILED_CONN_STATES).cast("long")),
+        "inbound_connections": count_if(inbound),
+        "errors": F.sum(level.isin(ERROR_LEVELS).cast("long")),
+        "warnings": F.sum(level.isin(WARNING_LEVELS).cast("long")),
+        "mean_duration": F.avg("duration"),
+        "_duration_q": F.percentile_approx("duration", [0.5, 0.95], DURATION_QUANTILE_ACCURACY),
+        OTHER_TEMPLATES: count_if(other),
+        UNKNOWN_TEMPLATES: count_if((tpl == UNKNOWN_TEMPLATE_ID) & F.col("message").isNotNull()),
+        **{TEMPLATE_PREFIX + t: count_if(tpl == t) for t in templates},
+        # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
+        **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
+    }
+    aliases = {name: f"_a{i}" for i, name in enumerate(aggregates)}
+    agg = (
+        events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+        .groupBy("entity", step.alias("step"))
+        .agg(
+            F.count(F.lit(1)).alias("n_events"),
+            count_if(is_abnormal_label(F.col("label"))).alias("n_abnormal"),
+            F.unix_micros(F.min("ts")).alias("first_ts"),
+            F.unix_micros(F.max("ts")).alias("last_ts"),
+            *[expr.alias(aliases[name]) for name, expr in aggregates.items()],
+        )
+    )
+
+    def raw(name: str) -> Column:
+        if name == "events":
+            return F.col("n_events")
+        if name == "error_ratio":
+            return F.col(aliases["errors"]) / F.col("n_events")
+        if name == "p50_duration":
+            return F.col(aliases["_duration_q"])[0]
+        if name == "p95_duration":
+            return F.col(aliases["_duration_q"])[1]
+        return F.col(aliases[name])
+
+    return agg.select(
+        "entity",
+        "step",
+        "n_events",
+        "n_abnormal",
+        "first_ts",
+        "last_ts",
+        *[
+            signed_log1p(F.coalesce(raw(name).cast("double"), F.lit(0.0))).alias(f"_f{i}")
+            for i, name in enumerate(feature_names)
+        ],
+    )
+
+
+def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names: Sequence[str]) -> DataFrame:
+    """Cut each entity's steps into windows (``applyInPandas`` per entity) with the ``sequences`` schema."""
+    from pyspark.sql import functions as F
+
+    names = list(feature_names)
+    positional = [f"_f{i}" for i in range(len(names))]
+    columns = TABLES["sequences"].columns
+    # feature_names is one literal for the whole run: added in Spark, not shipped through pandas.
+    udf_ddl = ", ".join(f"`{c}` {tp}" for c, tp in columns.items() if c != "feature_names")
+
+    def per_entity(pdf: pd.DataFrame) -> pd.DataFrame:
+        # An incremental rebuild carries where the entity's full-history grid starts.
+        grid_first = int(pdf["grid_first"].iloc[0]) if "grid_first" in pdf.columns else None
+        out = build_windows(pdf.sort_values("step"), spec, positional, grid_first)
+
+        def ts(col: str, unit: str) -> pd.Series:
+            return pd.to_datetime(out[col].astype(np.int64), unit=unit, utc=True)
+
+        start = ts("window_start", "s")
+        return pd.DataFrame(
+            {
+                "entity": pdf["entity"].iloc[0],
+                "window_start": start,
+                "window_end": ts("window_end", "s"),
+                "date": start.dt.date,
+                "n_steps": np.int32(spec.window_steps),
+                "n_features": np.int32(len(names)),
+                "features": out["features"],
+                "n_events": out["n_events"].astype(np.int64),
+                "n_abnormal": out["n_abnormal"].astype(np.int64),
+                "first_event_ts": ts("first_event_ts", "us"),
+                "last_event_ts": ts("last_event_ts", "us"),
+                "run_id": run_id,
+            }
+        )
+
+    windows = steps.groupBy("entity").applyInPandas(per_entity, udf_ddl)
+    return windows.withColumn(
+        "feature_names", F.array(*[F.lit(n) for n in names]).cast("array<string>")
+    ).select(*columns)
+
+
+# ---------------------------------------------------------------- sessions
+@dataclass(frozen=True)
+class SessionKey:
+    """What groups events into a session: a column of ``events`` or a regex over ``params``.
+
+    Spelled ``column:<events column>`` (or just the column name) or ``params:<regex>``; an event
+    whose parameters hold several distinct matches (an HDFS line naming two blocks) belongs to
+    each of those sessions. When no parameter matches, the regex is tried on the message, so a
+    key the template miner kept as literal text is still found.
+    """
+
+    column: str | None = None
+    regex: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> SessionKey:
+        """Parse ``column:<name>``, ``<name>`` or ``params:<regex>``.
+
+        Raises:
+            ConfigError: the spec names no events column and is not a ``params:`` regex.
+        """
+        import re
+
+        text = spec.strip()
+        if text.startswith("params:"):
+            regex = text[len("params:"):]
+            try:
+                re.compile(regex)
+            except re.error as exc:
+                raise ConfigError(f"session key {spec!r}: bad regex: {exc}") from exc
+            if not regex:
+                raise ConfigError(f"session key {spec!r}: empty regex")
+            return cls(regex=regex)
+        column = text[len("column:"):] if text.startswith("column:") else text
+        scalar = [c for c, tp in EVENT_COLUMNS.items() if not tp.startswith(("array", "map"))]
+        if column not in scalar:
+            raise ConfigError(
+                f"session key {spec!r}: expected 'params:<regex>' or 'column:<name>' with a name among "
+                f"{', '.join(scalar)}"
+            )
+        return cls(column=column)
+
+    def keys(self) -> Column:
+        """The event's session keys as ``array<string>`` (empty or null: in no session)."""
+        from pyspark.sql import functions as F
+
+        if self.column is not None:
+            value = F.col(self.column).cast("string")
+            return F.when(value.isNotNull(), F.array(value))
+        assert self.regex is not None
+        pattern = self.regex
+        in_params = F.array_distinct(
+            F.transform(
+                F.filter("params", lambda p: p.rlike(pattern)),
+                lambda p: F.regexp_extract(p, pattern, 0),
+            )
+        )
+        in_message = F.array_distinct(F.regexp_extract_all(F.col("message"), F.lit(pattern), F.lit(0)))
+        return F.when(F.size(in_params) > 0, in_params).otherwise(in_message)
+
+
+def session_frame(events: DataFrame, key: SessionKey, run_id: str) -> DataFrame:
+    """Group events by session key into time-ordered template-id sequences (the ``sessions`` schema).
+
+    Built with Spark SQL only (``collect_list`` of ``(ts, file, line_no, event_id, template_id)``
+    structs sorted by ``array_sort``, so ties in time keep file order), never a Python UDF.
+    Sessions are per ``(source, session_key)``. A column key such as ``entity`` gives one session
+    per entity over the whole snapshot: meant for keys that identify short-lived work.
+    """
+    from pyspark.sql import functions as F
+
+    keyed = events.where(F.col("ts").isNotNull()).select(
+        F.explode(key.keys()).alias("session_key"),
+        "source",
+        "ts",
+        "file",
+        "line_no",
+        "event_id",
+        "template_id",
+        "label",
+    ).where(F.col("session_key").isNotNull() & (F.col("session_key") != ""))
+    abnormal = F.when(is_abnormal_label(F.col("label")), F.col("label"))
+    grouped = keyed.groupBy("source", "session_key").agg(
+        F.array_sort(F.collect_list(F.struct("ts", "file", "line_no", "event_id", "template_id"))).alias("_ev"),
+        F.min("ts").alias("start"),
+        F.max("ts").alias("end"),
+        F.count(F.lit(1)).alias("n_events"),
+        F.min(abnormal).alias("label"),
+    )
+    return grouped.select(
+        "session_key",
+        "source",
+        "start",
+        "end",
+        F.to_date("start").alias("date"),
+        F.col("n_events").cast("long").alias("n_events"),
+        F.transform("_ev", lambda e: e["template_id"]).alias("template_ids"),
+        F.transform("_ev", lambda e: e["event_id"]).alias("event_ids"),
+        "label",
+        F.lit(run_id).alias("run_id"),
+    )
+
+
+# ---------------------------------------------------------------- the stage
+@dataclass
+class FeaturizeSummary:
+    run_id: str
+    events_version: int
+    windows: int
+    entities: int
+    feature_names: list[str]
+    sessions: int | None = None
+    #: First date an incremental run replaced (its ``windows``/``entities`` count from there on).
+    rebuilt_from: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def run(
+    spark: SparkSession,
+    cfg: Config,
+    lake: Lake | None = None,
+    session_key: str | None = None,
+    top_templates: int | None = None,
+    refit_templates: bool = False,
+    feature_names: Sequence[str] | None = None,
+    since: str | None = None,
+) -> FeaturizeSummary:
+    """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
+
+    Example:
+        >>> run(spark, cfg, session_key=HDFS_BLOCK_KEY)  # also writes `sessions`, one per block id
+
+    Args:
+        spark: the session.
+        cfg: configuration (``features`` for the windows, ``train`` for the training cut).
+        lake: the tables (default: from ``cfg.lake``).
+        session_key: build ``sessions`` by this key (:class:`SessionKey` syntax); default
+            ``features.session_key`` if config has it, else :data:`SESSION_KEY`.
+        top_templates: frequent templates counted as features when they are (re)chosen; default
+            ``features.top_templates`` if config has it, else :data:`TOP_TEMPLATES`.
+        refit_templates: choose the templates again even if ``sequences`` has feature names
+            (after which the current model no longer scores the new windows: retrain).
+        feature_names: use exactly these features (a trained model's, so that windows of a lake
+            the model was not trained on can be scored); overrides the two above.
+        since: ``YYYY-MM-DD``, ``today`` or ``yesterday``: rebuild only the windows that can hold
+            events of that date or later (:func:`incremental_windows`) and replace just their
+            dates, keeping the table's feature names; the nightly run after new data arrived.
+            ``sessions`` are still rebuilt in full (a session may span any dates). Without a
+            ``sequences`` table with feature names yet, the whole table is built.
+
+    Raises:
+        StageInputError: no ``events``.
+        ConfigError: ``since`` with ``refit_templates`` or other feature names.
+    """
+    from pyspark.sql import functions as F
+
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    if not lake.exists("events"):
+        raise StageInputError(f"no events table under {lake.root}; run `loganomaly ingest` first")
+    spec_text = session_key if session_key is not None else cfg.features.session_key or SESSION_KEY
+    key = SessionKey.parse(spec_text) if spec_text else None  # parse before any work: fail fast
+    k = top_templates if top_templates is not None else cfg.features.top_templates
+    run_id = new_run_id("featurize")
+    events_version = lake.version("events")
+    assert events_version is not None
+    events = lake.read("events", version=events_version)
+
+    names = None if refit_templates else previous_feature_names(lake)
+    since_date = None if since is None else dt.date.fromisoformat(str(resolve_date(since)))
+    if since_date is not None:
+        if refit_templates:
+            raise ConfigError("featurize --since keeps the table's feature names; refitting templates needs a full run")
+        if names is None:
+            # The first night of a new lake: nothing to add to, so build everything.
+            log.info("featurize: --since %s but no sequences table with feature names yet; rebuilding in full",
+                     since_date)
+            since_date = None
+        elif feature_names is not None and list(feature_names) != names:
+            raise ConfigError("featurize --since keeps the table's feature names; these differ (run a full featurize)")
+    if feature_names is not None:
+        names = list(feature_names)
+        feature_templates(names)  # a list this version computes, or ValueError
+    elif names is not None:
+        kept = feature_templates(names)
+        if len(kept) != k:
+            log.info("featurize: keeping the %d templates of the existing sequences (top_templates=%d "
+                     "applies on refit)", len(kept), k)
+    else:
+        cut = training_cut(events, cfg)
+        chosen = choose_feature_templates(events, cut, k)
+        names = feature_names_for(chosen, cfg.features.metrics)
+        log.info(
+            "featurize: chose %d frequent templates from events before %s",
+            len(chosen),
+            dt.datetime.fromtimestamp(cut, dt.timezone.utc).isoformat() if cut is not None else "-",
+        )
+
+    spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)
+    partition_by = TABLES["sequences"].partition_by
+    replaced: list[str] | None = None
+    if since_date is None:
+        windows = windows_frame(step_features(events, spec.step_seconds, names), spec, run_id, names)
+        version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
+    else:
+        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date)
+        version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
+                             replace_where={"date": replaced}, run_id=run_id)
+    written = lake.read("sequences", version=version)
+    if replaced is not None:
+        written = written.where(F.col("date") >= F.lit(dt.date.fromisoformat(replaced[0])))
+    stats = written.selectExpr("count(*) AS n", "count(DISTINCT entity) AS e").collect()[0]
+    summary = FeaturizeSummary(run_id, events_version, int(stats["n"]), int(stats["e"]), list(names),
+                               rebuilt_from=None if replaced is None else replaced[0])
+    if key is not None:
+        sessions_version = lake.write(
+            "sessions",
+            session_frame(events, key, run_id),
+            mode="overwrite",
+            partition_by=TABLES["sessions"].partition_by,
+            run_id=run_id,
+        )
+        summary.sessions = lake.read("sessions", version=sessions_version).count()
+        log.info("featurize %s: %d sessions by %s", run_id, summary.sessions, spec_text)
+    log.info(
+        "featurize %s: %d windows of %d features for %d entities from events version %d%s",
+        run_id,
+        summary.windows,
+        len(names),
+        summary.entities,
+        events_version,
+        "" if replaced is None else f" (dates {replaced[0]}..{replaced[-1]} replaced)",
+    )
+    return summary
+
+
+def incremental_windows(
+    lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date
+) -> tuple[DataFrame, list[str]]:
+    """The windows that can hold events of ``since`` or later, exactly as a full rebuild makes them.
+
+    A window dated D starts at or after D's midnight and reads only steps from its start on, so
+    the windows dated from ``rebuild_from`` (the date of the first window that can reach
+    ``since``: ``since`` minus one window length) need only the events from that midnight on.
+    What they would miss is where each entity's window grid starts: a full rebuild starts it at
+    the entity's first step ever (rounded down to the stride), so the grid start of the whole
+    history is computed (one pass over two columns of ``events``) and handed to
+    :func:`loganomaly.features.windows.build_windows`. Events dated before ``since`` must not have changed.
+
+    Returns:
+        The windows (dated ``rebuild_from`` or later) and every date from ``rebuild_from`` to the
+        last date of the events or of the table, the ``replace_where`` of the write.
+    """
+    from pyspark.sql import functions as F
+
+    length_s = spec.window_steps * spec.step_seconds
+    since_s = int(dt.datetime.combine(since, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    rebuild_from = dt.datetime.fromtimestamp(since_s - length_s + 1, dt.timezone.utc).date()
+    from_s = int(dt.datetime.combine(rebuild_from, dt.time(), tzinfo=dt.timezone.utc).timestamp())
+    stride, step_s = spec.stride_steps, spec.step_seconds
+    lookback_first = from_s // step_s // stride * stride
+    valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+    recent = valid.where(F.col("ts") >= F.lit(dt.datetime.fromtimestamp(from_s, dt.timezone.utc)))
+    grid = (
+        valid.groupBy("entity")
+        .agg(F.min(F.unix_timestamp("ts")).alias("_min_s"))
+        .select(
+            "entity",
+            F.greatest(
+                (F.floor(F.floor(F.col("_min_s") / step_s) / stride) * stride).cast("long"),
+                F.lit(lookback_first).cast("long"),
+            ).alias("grid_first"),
+        )
+    )
+    steps = step_features(recent, step_s, names).join(grid, "entity")
+    windows = windows_frame(steps, spec, run_id, names).where(F.col("date") >= F.lit(rebuild_from))
+    # Epoch seconds, not a collected timestamp: those come back naive in the driver's time zone.
+    last_event = valid.agg(F.max(F.unix_timestamp("ts")).alias("t")).collect()[0]["t"]
+    last_dates = [rebuild_from]
+    if last_event is not None:
+        last_dates.append(dt.datetime.fromtimestamp(int(last_event), dt.timezone.utc).date())
+    if lake.exists("sequences"):
+        row = lake.read("sequences").agg(F.max("date").alias("d")).collect()[0]
+        if row["d"] is not None:
+            last_dates.append(row["d"])
+    days = (max(last_dates) - rebuild_from).days
+    dates = [(rebuild_from + dt.timedelta(days=i)).isoformat() for i in range(days + 1)]
+    log.info("featurize: incremental from %s (events since %s, one window of lookback): replacing %d date(s)",
+             rebuild_from, since, len(dates))
+    return windows, dates

@@ -1,0 +1,236 @@
+"""Spark-free maths of time-step windows: per-step feature rows of one entity -> sliding windows.
+
+A window is ``window_steps`` consecutive steps of ``step_seconds``; windows start every
+``stride_steps`` steps on a grid aligned to the Unix epoch, so the same events always give the
+same window keys (entity, window_start) whichever run or partition computes them. Steps with no
+events are zero rows: silence is information too (a host that stops talking).
+
+The raw lines of a window are exactly the ``events`` rows of its ``entity`` with
+``window_start <= ts < window_end`` (a step is ``floor(ts / step_seconds)``), so ``sequences``
+stores no per-event arrays; ``first_event_ts``/``last_event_ts`` only narrow that range to where
+the window's events actually are.
+
+The feature list is not a constant: :data:`FEATURE_NAMES` are the per-step features every run
+computes, followed by one count per frequent template (``tpl:<template id>``), ``tpl:other``
+and ``tpl:unknown`` (see :func:`feature_names_for`). The names of a run are stored with its
+windows (``sequences.feature_names``) and travel with the model, so train and score agree on
+the order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+#: Per-step features computed by every featurize run, first in ``sequences.features``. Counts,
+#: sums and durations are log1p-transformed so that one busy host does not dwarf the others (the
+#: ratio too, to keep one transform that explanations can undo).
+FEATURE_NAMES: list[str] = [
+    "events",
+    "connections",
+    "log_lines",
+    "bytes_out",
+    "bytes_in",
+    "distinct_dst_ports",
+    "distinct_dst_addrs",
+    "failed_connections",
+    "inbound_connections",
+    "errors",
+    "warnings",
+    "mean_duration",
+    "error_ratio",
+    "p50_duration",
+    "p95_duration",
+]
+
+#: Prefix of the per-template count features (``tpl:T1a2b3c4d5e6f``).
+TEMPLATE_PREFIX = "tpl:"
+#: Events with a known template outside the frequent ones.
+OTHER_TEMPLATES = "tpl:other"
+#: Events whose message no template covers (template id ``T0``).
+UNKNOWN_TEMPLATES = "tpl:unknown"
+#: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
+#: a column of a CSV metric series (``features.metrics``).
+METRIC_PREFIX = "metric:"
+
+
+def feature_names_for(template_ids: Sequence[str], metrics: Sequence[str] = ()) -> list[str]:
+    """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step."""
+    return [
+        *FEATURE_NAMES,
+        *(TEMPLATE_PREFIX + t for t in template_ids),
+        OTHER_TEMPLATES,
+        UNKNOWN_TEMPLATES,
+        *(METRIC_PREFIX + m for m in metrics),
+    ]
+
+
+def feature_metrics(names: Sequence[str]) -> list[str]:
+    """The metric attribute names encoded in a feature list, in order."""
+    return [n[len(METRIC_PREFIX):] for n in names if n.startswith(METRIC_PREFIX)]
+
+
+def feature_templates(names: Sequence[str]) -> list[str]:
+    """The frequent template ids encoded in a feature list, in order (inverse of :func:`feature_names_for`).
+
+    Raises:
+        ValueError: ``names`` is not a list this version computes (an unknown base feature, or
+            one missing), so the stored order cannot be reproduced.
+    """
+    templates = [
+        n[len(TEMPLATE_PREFIX):]
+        for n in names
+        if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
+    ]
+    if list(names) != feature_names_for(templates, feature_metrics(names)):
+        raise ValueError(
+            f"feature names {list(names)[:20]} are not {FEATURE_NAMES} followed by template counts, "
+            f"{OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} and metrics ({METRIC_PREFIX}<name>)"
+        )
+    return templates
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """``sign(x) * log1p(|x|)``: log1p for counts, and defined for metrics that go negative."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+def signed_expm1(y: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`signed_log1p` (equal to ``expm1`` for the non-negative counts)."""
+    return np.sign(y) * np.expm1(np.abs(y))
+
+
+def stored_feature_names(path: str, version: int | None = None) -> list[str] | None:
+    """Feature names of a ``sequences`` snapshot, read from its first row.
+
+    One row is enough: featurize writes the whole table in one commit with one name list. Returns
+    ``None`` for an empty table or one written without the column (e.g. by
+    :func:`loganomaly.training.readers.arrow.write_windows`); callers decide what that means. delta-rs only lists
+    the snapshot's files and pyarrow reads them (not ``DeltaTable.to_pyarrow_dataset``, which
+    needs pyarrow >= 15 and so would fail in the Petastorm environment).
+    """
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+
+    for uri in sorted(DeltaTable(path, version=version).file_uris()):
+        fs, file_path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        parquet = pq.ParquetFile(fs.open_input_file(file_path))
+        if "feature_names" not in parquet.schema_arrow.names:
+            return None
+        for rg in range(parquet.metadata.num_row_groups):
+            head = parquet.read_row_group(rg, columns=["feature_names"])
+            if head.num_rows:
+                names = head.column("feature_names")[0].as_py()
+                return [str(n) for n in names] if names is not None else None
+    return None
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How steps and windows are cut; stored with the model so scoring cuts them the same way."""
+
+    step_seconds: int
+    window_steps: int
+    stride_steps: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "step_seconds": self.step_seconds,
+            "window_steps": self.window_steps,
+            "stride_steps": self.stride_steps,
+        }
+
+
+def build_windows(
+    steps: pd.DataFrame, spec: WindowSpec, feature_names: Sequence[str] = FEATURE_NAMES,
+    grid_first: int | None = None,
+) -> pd.DataFrame:
+    """Cut one entity's step rows into sliding windows.
+
+    Args:
+        steps: rows of one entity with ``step`` (epoch seconds of the step start, a multiple of
+            ``spec.step_seconds``), ``n_events`` and one column per feature name; optionally
+            ``first_ts``/``last_ts`` (epoch microseconds of the step's first and last event) and
+            ``n_abnormal`` (events with an abnormal label), summed per window when present.
+        spec: step, window length and stride.
+        feature_names: feature columns, in storage order.
+        grid_first: where the entity's window grid starts, in steps since the epoch (a multiple of
+            the stride, at or before the first step given). By default its first step rounded
+            down to the stride, which makes the leading windows depend on the entity's history:
+            an incremental rebuild of recent steps passes the grid start of the whole history.
+
+    Returns:
+        One row per window: ``window_start``/``window_end`` (epoch seconds), ``features`` (flat
+        float32 array of ``window_steps * n_features``, row-major) and ``n_events``, plus
+        ``first_event_ts``/``last_event_ts`` (epoch microseconds) when ``steps`` has
+        ``first_ts``/``last_ts``. Only windows that contain at least one event are returned. An
+        entity active for less than one window gets a single window padded with empty steps.
+    """
+    with_refs = "first_ts" in steps.columns and "last_ts" in steps.columns
+    with_abnormal = "n_abnormal" in steps.columns
+    columns = ["window_start", "window_end", "features", "n_events"]
+    if with_abnormal:
+        columns.append("n_abnormal")
+    if with_refs:
+        columns += ["first_event_ts", "last_event_ts"]
+    if steps.empty:
+        return pd.DataFrame(columns=columns)
+    names = list(feature_names)
+    step_s, length, stride = spec.step_seconds, spec.window_steps, spec.stride_steps
+    idx = steps["step"].to_numpy(dtype=np.int64) // step_s
+    # Window starts are multiples of the stride (in steps since the epoch). Every event step lies
+    # in some window; edge windows reach at most ``stride - 1`` empty steps past the active span.
+    first = int(idx.min() // stride * stride)
+    if grid_first is not None:
+        if grid_first % stride or grid_first > first:
+            raise ValueError(f"grid_first {grid_first} must be a multiple of the stride {stride} at or before {first}")
+        first = int(grid_first)
+    last_start = max(first, int(-(-(idx.max() - length + 1) // stride) * stride))
+    starts = np.arange(0, last_start - first + 1, stride, dtype=np.int64)
+    n_rows = int(last_start - first + length)
+    grid = np.zeros((n_rows, len(names)), dtype=np.float32)
+    counts = np.zeros(n_rows, dtype=np.int64)
+    grid[idx - first] = steps[names].to_numpy(dtype=np.float32)
+    counts[idx - first] = steps["n_events"].to_numpy(dtype=np.int64)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    n_events = cum[starts + length] - cum[starts]
+    keep = n_events > 0
+    starts, n_events = starts[keep], n_events[keep]
+    windows = (
+        np.stack([grid[s : s + length].reshape(-1) for s in starts])
+        if len(starts)
+        else np.zeros((0, length * len(names)), dtype=np.float32)
+    )
+    start_s = (first + starts) * step_s
+    out = {
+        "window_start": start_s,
+        "window_end": start_s + length * step_s,
+        "features": list(windows.astype(np.float32)),
+        "n_events": n_events,
+    }
+    if with_abnormal:
+        abnormal = np.zeros(n_rows, dtype=np.int64)
+        abnormal[idx - first] = steps["n_abnormal"].to_numpy(dtype=np.int64)
+        cum_abnormal = np.concatenate([[0], np.cumsum(abnormal)])
+        out["n_abnormal"] = cum_abnormal[starts + length] - cum_abnormal[starts]
+    if with_refs:
+        # Busy steps in grid order; a kept window has at least one, so both lookups land inside it.
+        busy = np.flatnonzero(counts > 0)
+        first_ts = np.zeros(n_rows, dtype=np.int64)
+        last_ts = np.zeros(n_rows, dtype=np.int64)
+        first_ts[idx - first] = steps["first_ts"].to_numpy(dtype=np.int64)
+        last_ts[idx - first] = steps["last_ts"].to_numpy(dtype=np.int64)
+        out["first_event_ts"] = first_ts[busy[np.searchsorted(busy, starts)]]
+        out["last_event_ts"] = last_ts[busy[np.searchsorted(busy, starts + length) - 1]]
+    return pd.DataFrame(out, columns=columns)
+
+
+def to_tensor(flat: np.ndarray | list[np.ndarray], n_steps: int, n_features: int) -> np.ndarray:
+    """Stack flat window vectors into a ``[N, n_steps, n_features]`` float32 array."""
+    if len(flat) == 0:
+        return np.zeros((0, n_steps, n_features), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in flat]).reshape(-1, n_steps, n_features)

@@ -1,0 +1,548 @@
+"""``ingest``: raw log files -> ``events`` + ``quarantine``, recorded in ``ingested_files``.
+
+Parsing is Spark-free (:mod:`loganomaly.ingest.parsing`); here Spark spreads the files over tasks with
+``mapInArrow`` (each task streams its files and never holds one whole in memory), and the
+results land in Delta. Guarantees:
+
+* nothing lost: every line of every file becomes exactly one ``events`` row or one
+  ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
+* incremental and idempotent: a file whose path, size and mtime are already in
+  ``ingested_files`` is skipped; a changed file is re-read and its old rows are replaced;
+* crash-safe: the ledger row is written last, and rows of a file that a crashed run wrote
+  without its ledger row are deleted before the file is loaded again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from loganomaly.config import Config
+from loganomaly.errors import ConfigError
+from loganomaly.ingest.parsing import FormatOptions, iter_input_files, parse_file
+from loganomaly.ingest.templates.miner import Templates
+from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
+from loganomaly.lake.tables import Lake
+from loganomaly.runtime.runs import new_run_id
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+log = logging.getLogger(__name__)
+
+#: Rows per Arrow batch emitted by a parsing task.
+BATCH_ROWS = 8192
+KIND = "_kind"
+
+
+
+
+def event_id(path: str, line_no: int) -> str:
+    """Stable id of the event at ``path:line_no``; the same line always gets the same id."""
+    return hashlib.blake2b(f"{path}\x00{line_no}".encode(), digest_size=12).hexdigest()
+
+
+def _spark_type_to_arrow(tp: str) -> pa.DataType:
+    return {
+        "string": pa.string(),
+        "timestamp": pa.timestamp("us", "UTC"),
+        "date": pa.date32(),
+        "bigint": pa.int64(),
+        "int": pa.int32(),
+        "double": pa.float64(),
+        "boolean": pa.bool_(),
+        "array<string>": pa.list_(pa.string()),
+        "map<string,string>": pa.map_(pa.string(), pa.string()),
+    }[tp]
+
+
+#: One wide schema for the parsing output: event columns, quarantine-only columns, and the kind.
+PARSED_COLUMNS: dict[str, str] = {
+    **EVENT_COLUMNS,
+    **{k: v for k, v in QUARANTINE_COLUMNS.items() if k not in EVENT_COLUMNS},
+    KIND: "string",
+}
+PARSED_ARROW = pa.schema([pa.field(n, _spark_type_to_arrow(t)) for n, t in PARSED_COLUMNS.items()])
+PARSED_DDL = ", ".join(f"`{n}` {t}" for n, t in PARSED_COLUMNS.items())
+
+
+#: Worker-local cache of template matchers by state version (lives as long as the Python worker).
+_MATCHERS: dict[str, Templates] = {}
+
+
+def matcher(version: str, state: str | bytes) -> Templates:
+    """The matcher of a template state, built once per Python worker and reused by later tasks."""
+    if version not in _MATCHERS:
+        _MATCHERS.clear()  # one state at a time: an old one would only hold memory
+        _MATCHERS[version] = Templates.from_json(state)
+    return _MATCHERS[version]
+
+
+def _template_columns(
+    kinds: list[str], messages: list[Any], templates: Templates
+) -> tuple[list[str | None], list[str | None], list[tuple[str, ...] | None]]:
+    """Template id, text and parameters per row: events matched, quarantine rows null."""
+    n = len(kinds)
+    ids: list[str | None] = [None] * n
+    texts: list[str | None] = [None] * n
+    params: list[tuple[str, ...] | None] = [None] * n
+    events = [i for i, kind in enumerate(kinds) if kind == "event"]
+    for i, match in zip(events, templates.match_many([messages[i] for i in events]), strict=True):
+        ids[i], texts[i], params[i] = match  # (id, text, params tuple); Arrow takes tuples as lists
+    return ids, texts, params
+
+
+#: Columns a parser fills; the rest are set per file or computed per batch.
+_PARSER_COLUMNS = [
+    name
+    for name in PARSED_COLUMNS
+    if name not in {"event_id", "date", "source", "file", "line_no", "run_id", KIND, "template_id", "template", "params"}
+]
+
+
+def parse_files_to_batches(
+    paths: Sequence[str],
+    run_id: str,
+    max_raw_chars: int,
+    sources: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    templates: Templates | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Parse files into Arrow batches of :data:`PARSED_ARROW` rows (Spark-free; one task's work).
+
+    A batch never spans two files, so per-file counts need no grouping.
+
+    Args:
+        paths: files to read, in order.
+        run_id: recorded on every row.
+        max_raw_chars: raw text kept per quarantined line.
+        sources: path -> (source name, FormatOptions fields); a path not in it is detected and
+            named after its folder.
+        templates: when given, events get their template id, text and parameters here, in the
+            same pass (no second trip through Python).
+    """
+    import pyarrow.compute as pc
+
+    def batch_of(path: str, source: str, rows: list[dict[str, Any]], lines: list[int], kinds: list[str]) -> pa.RecordBatch:
+        n = len(rows)
+        columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
+        is_event = [k == "event" for k in kinds]
+        columns["event_id"] = [event_id(path, ln) if ev else None for ln, ev in zip(lines, is_event, strict=True)]
+        columns["source"] = [source if ev else None for ev in is_event]
+        columns["file"] = [path] * n
+        columns["line_no"] = lines
+        columns["run_id"] = [run_id] * n
+        columns[KIND] = kinds
+        if templates is not None:
+            columns["template_id"], columns["template"], columns["params"] = _template_columns(
+                kinds, columns["message"], templates
+            )
+        arrays = {}
+        for f in PARSED_ARROW:
+            if f.name == "date":
+                continue
+            values = columns.get(f.name)
+            arrays[f.name] = pa.nulls(n, f.type) if values is None else pa.array(values, f.type)
+        # UTC date of the event time, computed in Arrow rather than per row in Python.
+        arrays["date"] = pc.cast(arrays["ts"], pa.date32())
+        return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
+
+    for path in paths:
+        source, options = (sources or {}).get(path) or (_default_source(path), {})
+        n_events = n_quarantined = 0
+        rows: list[dict[str, Any]] = []
+        lines: list[int] = []
+        kinds: list[str] = []
+        for record in parse_file(path, max_raw_chars=max_raw_chars, options=FormatOptions(**options)):
+            rows.append(record.data)
+            lines.append(record.line_no)
+            kinds.append(record.kind)
+            if len(rows) >= BATCH_ROWS:
+                yield batch_of(path, source, rows, lines, kinds)
+                n_events += kinds.count("event")
+                n_quarantined += len(kinds) - kinds.count("event")
+                rows, lines, kinds = [], [], []
+        if rows:
+            yield batch_of(path, source, rows, lines, kinds)
+            n_events += kinds.count("event")
+            n_quarantined += len(kinds) - kinds.count("event")
+        log.info("parsed %s: %d events, %d quarantined", path, n_events, n_quarantined)
+
+
+def _default_source(path: str) -> str:
+    return os.path.basename(os.path.dirname(path)) or "default"
+
+
+def resolve_sources(cfg: Config, paths: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Source name and parse options of each path: the first ``ingest.sources`` entry whose glob
+    matches, else detection (no options) under the name of the file's folder.
+
+    Options are validated here, on the driver, so a typo fails the run before any task starts.
+
+    Raises:
+        ConfigError: a source's options are not valid ``FormatOptions`` fields or values.
+    """
+    for src in cfg.ingest.sources:
+        try:
+            FormatOptions(**src.options)
+        except TypeError as exc:
+            valid = ", ".join(f.name for f in dataclasses.fields(FormatOptions))
+            raise ConfigError(f"ingest.sources[{src.name}].options: {exc}; valid keys: {valid}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"ingest.sources[{src.name}].options: {exc}") from None
+    resolved: dict[str, tuple[str, dict[str, Any]]] = {}
+    for path in paths:
+        for src in cfg.ingest.sources:
+            if any(fnmatch.fnmatch(path, pattern) for pattern in src.paths):
+                resolved[path] = (src.name, dict(src.options))
+                break
+        else:
+            resolved[path] = (_default_source(path), {})
+    return resolved
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    files_seen: int
+    files_loaded: int
+    events: int
+    quarantined: int
+    template_state: str | None = None
+    templates: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _file_identity(path: str) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return path, int(st.st_size), int(st.st_mtime_ns // 1_000_000)
+
+
+def _already_ingested(lake: Lake) -> set[tuple[str, int, int]]:
+    if not lake.exists("ingested_files"):
+        return set()
+    rows = lake.read("ingested_files").select("path", "size", "mtime").collect()
+    return {(r.path, r.size, r.mtime) for r in rows}
+
+
+def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | None = None) -> IngestSummary:
+    """Ingest every file under ``inputs`` that is new or changed since the last run.
+
+    With templates enabled, the saved template state is broadcast and matched inside the parsing
+    tasks. On the first run (or with ``templates.refit``) a first pass streams the distinct
+    messages of the training window (``templates.train_until``) to the miner, and the fitted state
+    is saved as a new version before the main pass.
+
+    With the ``deltars`` engine the parsing tasks write their Parquet files themselves and the
+    driver commits them (one Delta transaction per table), so rows cross from Python to the JVM
+    never; with ``delta`` they go through a DataFrame and delta-spark.
+
+    Example:
+        >>> summary = run(spark, cfg, ["data/raw"])
+        >>> summary.events, summary.quarantined
+    """
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    run_id = new_run_id("ingest")
+    files = [_file_identity(str(p.resolve())) for p in iter_input_files(inputs)]
+    done = _already_ingested(lake)
+    todo = [f for f in files if f not in done]
+    log.info(
+        "ingest %s: %d files found, %d already ingested, %d to load",
+        run_id,
+        len(files),
+        len(files) - len(todo),
+        len(todo),
+    )
+    if not todo:
+        return IngestSummary(run_id, len(files), 0, 0, 0)
+    paths = [f[0] for f in todo]
+    sources = resolve_sources(cfg, paths)
+    templates: Templates | None = None
+    if cfg.templates.enabled:
+        from loganomaly.ingest.templates.store import load_state, template_config
+
+        template_config(cfg.templates)  # fail on bad settings before reading anything
+        templates = None if cfg.templates.refit else load_state(lake)
+
+    # Rows of these paths from an earlier, changed version of a file or from a run that crashed
+    # before its ledger row: remove them so the load below cannot duplicate anything.
+    for table in ("events", "quarantine"):
+        if lake.exists(table):
+            lake.delete(table, "file", paths)
+
+    per_task = max(1, cfg.ingest.files_per_task)
+    n_tasks = max(1, (len(paths) + per_task - 1) // per_task)
+    # Biggest files first, so the last task to start is a small one (less idle time at the end).
+    by_size = [f[0] for f in sorted(todo, key=lambda f: -f[1])]
+    files_df = spark.createDataFrame([(p,) for p in by_size], "path string").repartition(n_tasks)
+    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources)
+    if cfg.templates.enabled and templates is None:
+        templates = _fit_templates(spark, cfg, lake, files_df, job)
+    if templates is not None:
+        job.state = spark.sparkContext.broadcast(templates.to_json())
+        job.state_version = templates.version
+    try:
+        if lake.engine == "deltars" and cfg.ingest.direct_write:
+            per_file = _ingest_direct(spark, lake, files_df, job)
+        else:
+            per_file = _ingest_dataframe(lake, files_df, job)
+    finally:
+        if job.state is not None:
+            job.state.unpersist()
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ledger = []
+    for path, size, mtime in todo:
+        n_ev, n_q, fmt = per_file.get(path, (0, 0, None))
+        ledger.append((path, size, mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now))
+    ledger_df = spark.createDataFrame(ledger, TABLES["ingested_files"].ddl)
+    lake.merge("ingested_files", ledger_df, keys=["path"])
+    summary = IngestSummary(
+        run_id,
+        len(files),
+        len(todo),
+        sum(r[5] for r in ledger),
+        sum(r[6] for r in ledger),
+        templates.version if templates is not None else None,
+        len(templates) if templates is not None else 0,
+    )
+    log.info(
+        "ingest %s done: %d files, %d events, %d quarantined, template state %s",
+        run_id,
+        summary.files_loaded,
+        summary.events,
+        summary.quarantined,
+        summary.template_state,
+    )
+    return summary
+
+
+@dataclass
+class _ParseJob:
+    """What every parsing task needs; shipped to executors with the task closure."""
+
+    run_id: str
+    max_raw_chars: int
+    sources: dict[str, tuple[str, dict[str, Any]]]
+    state: Any = None  # Broadcast of the template state JSON
+    state_version: str = ""
+
+    def templates(self) -> Templates | None:
+        return matcher(self.state_version, self.state.value) if self.state is not None else None
+
+    def batches(self, path: str, templates: Templates | None) -> Iterator[pa.RecordBatch]:
+        return parse_files_to_batches([path], self.run_id, self.max_raw_chars, self.sources, templates)
+
+
+#: One row per written file (``table`` set) or per input file (``file`` set) of a direct-write task.
+REPORT_DDL = (
+    "table string, path string, size bigint, partition_values string, mtime bigint, num_records bigint, "
+    "file string, events bigint, quarantined bigint, format string"
+)
+_REPORT_ARROW = pa.schema(
+    [
+        ("table", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("partition_values", pa.string()),
+        ("mtime", pa.int64()), ("num_records", pa.int64()), ("file", pa.string()), ("events", pa.int64()),
+        ("quarantined", pa.int64()), ("format", pa.string()),
+    ]
+)
+
+
+def _ingest_direct(
+    spark: SparkSession, lake: Lake, files_df: DataFrame, job: _ParseJob
+) -> dict[str, tuple[int, int, str | None]]:
+    """Parse and write Parquet in the same task; commit each table once on the driver.
+
+    A task that fails deletes its own files; when the job fails, ``abort`` deletes every file of
+    this write (found by the write id in their names) and the tables are unchanged. Events are
+    committed before quarantine rows and both before the ledger row, so a crash between commits
+    leaves rows without a ledger entry, which the next run deletes before it reloads the file.
+    """
+    import pyarrow.compute as pc
+
+    from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
+
+    writers = {
+        name: DeltaRsWriter(
+            {"path": lake.path(name), "partitionBy": ",".join(TABLES[name].partition_by), "runId": job.run_id},
+            _struct(TABLES[name].ddl),
+            overwrite=False,
+        )
+        for name in ("events", "quarantine")
+    }
+    event_names, quarantine_names = list(EVENT_COLUMNS), list(QUARANTINE_COLUMNS)
+
+    def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        templates = job.templates()
+        outputs = {name: writer.file_writer() for name, writer in writers.items()}
+        report: list[dict[str, Any]] = []
+        try:
+            for batch in batches:
+                for path in batch.column("path").to_pylist():
+                    n_ev = n_q = 0
+                    fmt: str | None = None
+                    for parsed in job.batches(path, templates):
+                        is_event = pc.equal(parsed.column(KIND), "event")
+                        events = parsed.filter(is_event)
+                        quarantined = parsed.filter(pc.invert(is_event))
+                        if events.num_rows:
+                            outputs["events"].write_batch(events.select(event_names))
+                            fmt = fmt or events.column("format")[0].as_py()
+                        if quarantined.num_rows:
+                            outputs["quarantine"].write_batch(quarantined.select(quarantine_names))
+                            fmt = fmt or quarantined.column("format")[0].as_py()
+                        n_ev += events.num_rows
+                        n_q += quarantined.num_rows
+                    report.append({"file": path, "events": n_ev, "quarantined": n_q, "format": fmt})
+            for name, output in outputs.items():
+                for f in output.close():
+                    report.append(
+                        {"table": name, "path": f.path, "size": f.size, "mtime": f.modification_time,
+                         "partition_values": json.dumps(f.partition_values), "num_records": f.num_records}
+                    )
+        except BaseException:
+            for output in outputs.values():
+                output.discard()
+            raise
+        yield pa.RecordBatch.from_pylist(report, schema=_REPORT_ARROW)
+
+    try:
+        rows = files_df.mapInArrow(task, REPORT_DDL).collect()
+        written: dict[str, list[WrittenFile]] = {name: [] for name in writers}
+        per_file: dict[str, tuple[int, int, str | None]] = {}
+        for r in rows:
+            if r.table:
+                written[r.table].append(
+                    WrittenFile(r.path, r.size, json.loads(r.partition_values), r.mtime, r.num_records)
+                )
+            else:
+                per_file[r.file] = (int(r.events), int(r.quarantined), r.format)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort([])
+        raise
+    for name, writer in writers.items():
+        if written[name] or not lake.exists(name):
+            writer.commit([DeltaRsCommitMessage(files=written[name])])
+            log.info("wrote table %s version %s: %d files", name, lake.version(name), len(written[name]))
+    return per_file
+
+
+def _struct(ddl: str) -> StructType:
+    from pyspark.sql.types import StructType
+
+    schema = StructType.fromDDL(ddl)
+    assert isinstance(schema, StructType)
+    return schema
+
+
+def _ingest_dataframe(lake: Lake, files_df: DataFrame, job: _ParseJob) -> dict[str, tuple[int, int, str | None]]:
+    """Parse into a persisted DataFrame and write it with the lake's engine (delta-spark)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    def parse_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        templates = job.templates()
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                yield from job.batches(path, templates)
+
+    parsed = files_df.mapInArrow(parse_partition, PARSED_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        per_file: dict[str, tuple[int, int, str | None]] = {}
+        for r in parsed.groupBy("file", KIND, "format").count().collect():
+            n_ev, n_q, fmt = per_file.get(r.file, (0, 0, None))
+            if r[KIND] == "event":
+                n_ev += r["count"]
+            else:
+                n_q += r["count"]
+            # The format of a file is its events' format; a file of only bad lines keeps the guess.
+            per_file[r.file] = (n_ev, n_q, r.format if r[KIND] == "event" or fmt is None else fmt)
+        events_df = parsed.filter(F.col(KIND) == "event").select(*EVENT_COLUMNS)
+        quarantine_df = parsed.filter(F.col(KIND) == "quarantine").select(*QUARANTINE_COLUMNS)
+        lake.write("events", events_df, partition_by=TABLES["events"].partition_by, run_id=job.run_id)
+        lake.write("quarantine", quarantine_df, run_id=job.run_id)
+    finally:
+        parsed.unpersist()
+    return per_file
+
+
+#: Columns of the template training pass: one row per distinct message and task.
+_MESSAGES_ARROW = pa.schema(
+    [("message", pa.string()), ("ts", pa.timestamp("us", "UTC")), ("file", pa.string()), ("line_no", pa.int64())]
+)
+
+
+def _fit_templates(
+    spark: SparkSession, cfg: Config, lake: Lake, files_df: DataFrame, job: _ParseJob
+) -> Templates:
+    """Fit the miner on the training window's distinct messages, in order of first appearance.
+
+    Drain's result depends on the order it sees messages but not on repeats of a message it has
+    already placed, so streaming each distinct message once (ordered by its first timestamp)
+    learns the same templates as the full stream at a fraction of the cost. Tasks drop repeats
+    before anything leaves them, and messages reach the driver one partition at a time
+    (``toLocalIterator``), never all at once. With ``templates.refit``, messages already in
+    ``events`` join this run's.
+    """
+    from pyspark.sql import functions as F
+
+    from loganomaly.ingest.templates.store import save_state, template_config
+
+    until = cfg.templates.train_until
+    limit: dt.datetime | None = None
+    if until:
+        limit = dt.datetime.fromisoformat(until.replace("Z", "+00:00"))
+        if limit.tzinfo is None:
+            limit = limit.replace(tzinfo=dt.timezone.utc)
+
+    def messages(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                seen: dict[str, tuple[Any, int]] = {}
+                for parsed in job.batches(path, None):
+                    kinds = parsed.column(KIND).to_pylist()
+                    texts = parsed.column("message").to_pylist()
+                    times = parsed.column("ts").to_pylist()
+                    lines = parsed.column("line_no").to_pylist()
+                    for kind, text, ts, line in zip(kinds, texts, times, lines, strict=True):
+                        if kind == "event" and text is not None and text not in seen and (limit is None or ts < limit):
+                            seen[text] = (ts, line)
+                rows = [(t, ts, path, line) for t, (ts, line) in seen.items()]
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(col, f.type) for col, f in zip(zip(*rows, strict=True), _MESSAGES_ARROW, strict=True)]
+                    if rows else [pa.array([], f.type) for f in _MESSAGES_ARROW],
+                    schema=_MESSAGES_ARROW,
+                )
+
+    ddl = "message string, ts timestamp, file string, line_no bigint"
+    found = files_df.mapInArrow(messages, ddl)
+    if cfg.templates.refit and lake.exists("events"):
+        old = lake.read("events").select("message", "ts", "file", "line_no").where(F.col("message").isNotNull())
+        if limit is not None:
+            old = old.where(F.col("ts") < F.lit(limit))
+        found = found.unionByName(old)
+    distinct = (
+        found.groupBy("message")
+        .agg(F.min(F.struct("ts", "file", "line_no")).alias("first"))
+        .orderBy("first")
+        .select("message")
+    )
+    templates = Templates(template_config(cfg.templates))
+    templates.fit(row.message for row in distinct.toLocalIterator())
+    if len(templates) == 0:
+        log.warning("ingest %s: no messages in the template training window (train_until=%r)", job.run_id, until)
+    save_state(spark, lake, templates, job.run_id, until)
+    return templates

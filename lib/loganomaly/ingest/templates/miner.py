@@ -1,0 +1,883 @@
+"""Log template mining with Drain (PyPI ``drain3``), with a safe, versioned JSON state.
+
+Why this module exists: models learn over sequences of *event types*, not raw text. Drain turns a
+message such as ``Received block blk_-123 of size 67108864 from /10.0.0.1`` into a template
+(``Received block <BLK> of size <NUM> from /<IP>``), a stable id for it and the varying values
+(``["blk_-123", "67108864", "10.0.0.1"]``; the block id is the HDFS session key).
+
+Life cycle:
+
+1. :meth:`Templates.fit` learns clusters on the configured training window (drain3 learning mode).
+2. The learned state goes to JSON (:meth:`Templates.to_json`, :meth:`Templates.save`), stored beside
+   the Delta tables and shipped with the model; :attr:`Templates.version` (a content hash) is recorded
+   by every table or bundle built from it.
+3. Later data is matched *without learning* (:meth:`Templates.match`, :meth:`Templates.match_many`);
+   a message no template covers gets :data:`UNKNOWN_TEMPLATE_ID`, because at scoring time an unseen
+   template is itself a signal.
+
+Design choices (and why):
+
+* **No pickle, no jsonpickle.** drain3's own persistence is jsonpickle, which can instantiate arbitrary
+  objects on load; the project forbids loading untrusted pickles. The state is plain JSON (config +
+  final templates + sizes) and the matcher is rebuilt from it.
+* **Canonical matcher.** Drain's prefix tree records the *first* message of each cluster, not the final
+  template, so it depends on the fitting history. After fitting we throw that tree away and build the
+  matching tree from the final templates only (inserted in template-id order with drain3's
+  ``add_seq_to_prefix_tree``). The fitted instance and an instance loaded from JSON use the very same
+  code path, so they give identical results by construction (and the tests check it).
+* **Match strategy ``fallback``** (drain3 ``match(..., full_search_strategy="fallback")``, configurable):
+  a prefix-tree search first (a few dict look-ups), and only when that finds no exact match a linear
+  scan of the templates with the same token count. ``never`` misses messages whose token in a tree
+  position was generalised to ``<*>`` while the tree kept the constant (false unknowns, which would read
+  as anomalies); ``always`` scans every same-length template for every new message, slower for the same
+  grouping in practice (see ``bench/templates.py``). Misses are rare and cached, so ``fallback`` costs
+  almost nothing over ``never``.
+* **Stable template ids.** ``"T" + sha256(template text)[:12]``: the id depends only on the template's
+  own text, not on the fitting order of unrelated clusters, so refitting on a new window keeps the id of
+  every template that comes out the same. Two Drain clusters that end with the *same* template text get
+  the same id: downstream consumers only see the text, so they are the same event type (and a model
+  vocabulary should not split them). In the (astronomically rare) case that two different texts share
+  the 12-digit prefix, both get a longer prefix, chosen deterministically from the set of texts.
+* **Own masking, one pass.** Masking rules are combined into one regex with a named group per rule and
+  applied in one left-to-right pass (at a given position the earlier rule wins). Compared with drain3's
+  rule-by-rule substitution this is one scan instead of N, lookbehinds see the raw text, and the masked
+  values come out in message order, which gives the ``params``.
+* **Caches.** Logs repeat a lot: :meth:`Templates.match` is memoised per instance (``functools``' C LRU),
+  and fitting memoises masking/tokenising of repeated lines.
+
+This module is Spark-free; Spark stages broadcast :meth:`Templates.to_json` and call
+:func:`templates_from_state` once per Python worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from drain3.drain import Drain, LogCluster
+from drain3.template_miner import TemplateMiner
+from drain3.template_miner_config import TemplateMinerConfig
+
+from loganomaly.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+
+# The regex parser of the standard library (private; only used to speed masking up, see _first_chars).
+_sre_parser: Any
+_sre_constants: Any
+try:
+    _sre_parser = importlib.import_module("re._parser")
+    _sre_constants = importlib.import_module("re._constants")
+except ImportError:  # Python 3.10
+    _sre_parser = importlib.import_module("sre_parse")
+    _sre_constants = importlib.import_module("sre_constants")
+
+#: Template id of a message that no learned template covers (hash ids are ``T`` + 12 hex digits,
+#: so this can never collide with one).
+UNKNOWN_TEMPLATE_ID = "T0"
+
+#: Version of the JSON layout written by :meth:`Templates.to_json`; :meth:`Templates.from_json`
+#: refuses any other.
+STATE_FORMAT = "loganomaly.ingest.templates.miner"
+STATE_FORMAT_VERSION = 1
+
+#: Drain's wildcard token.
+PARAM_STR = "<*>"
+
+#: Match strategies of drain3's ``match`` (see the module docstring for the choice).
+MATCH_STRATEGIES = ("never", "fallback", "always")
+
+_ID_HEX = 12
+_MASK_NAME = re.compile(r"[A-Za-z0-9_]+|\*")
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+_TOKEN = re.compile(r"\S+")
+
+# Building blocks of the default masks. ``_L``/``_R`` keep a mask from starting or ending inside a word.
+_L = r"(?<![A-Za-z0-9])"
+_R = r"(?![A-Za-z0-9])"
+_H = r"[0-9A-Fa-f]"
+_IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+_H4 = _H + "{1,4}"
+_IPV6 = (
+    rf"(?:(?:{_H4}:){{7}}{_H4}"  # full form
+    rf"|(?:{_H4}(?::{_H4})*)?::(?:{_H4}(?::{_H4})*)?(?:(?<=:){_IPV4})?"  # compressed, optional v4 tail
+    r")"
+)
+
+#: Default masking rules ``(regex, mask name)`` for network and system logs, in priority order (at one
+#: position the earlier rule wins). Each masked value becomes a param; the token reads ``<NAME>``.
+DEFAULT_MASKING: tuple[tuple[str, str], ...] = (
+    (rf"{_L}{_H}{{8}}-{_H}{{4}}-{_H}{{4}}-{_H}{{4}}-{_H}{{12}}{_R}", "UUID"),
+    (r"(?<![A-Za-z0-9_])blk_-?\d+" + _R, "BLK"),
+    (rf"{_L}{_H}{{2}}(?:[:-]{_H}{{2}}){{5}}{_R}", "MAC"),
+    (rf"\[{_IPV6}\](?::\d{{1,5}})?{_R}", "IP"),  # [v6]:port
+    (rf"{_L}{_IPV4}(?::\d{{1,5}})?{_R}", "IP"),  # v4 with optional port
+    (rf"(?<![A-Za-z0-9:.]){_IPV6}(?![A-Za-z0-9:.])", "IP"),
+    (rf"{_L}0[xX]{_H}+{_R}", "HEX"),
+    (r"(?<![^\s=:'\"(\[])(?:/[\w.@~+-]+){2,}/?(?![\w/])", "PATH"),
+    (rf"{_L}[-+]?\d+(?:\.\d+)?{_R}", "NUM"),
+)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"templates: {message}")
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """Settings of the Drain miner and of masking; part of the saved state (and of its version).
+
+    Attributes:
+        depth: depth of Drain's prefix tree (>= 3): root, token count, then ``depth - 2`` leading tokens
+            route a message to its candidate clusters. Deeper separates templates that differ early.
+        sim_th: similarity threshold in (0, 1]: a message joins a cluster when at least this fraction of
+            the template's constant tokens is equal; lower merges more.
+        max_children: most children of an inner tree node before tokens go to a ``<*>`` child (>= 2).
+        max_clusters: most clusters kept while learning (LRU eviction), ``None`` for unlimited.
+        extra_delimiters: strings split like whitespace (after masking), e.g. ``("=", ",")``.
+        masking: ``(regex, mask name)`` rules in priority order; a mask name is ``[A-Za-z0-9_]+`` (the
+            token reads ``<NAME>``) or ``*`` (the token reads ``<*>``, a Drain wildcard, as the logpai
+            benchmark does). Rules must not match the empty string nor use numbered back-references.
+        parametrize_numeric_tokens: route tokens containing a digit to the ``<*>`` branch of the tree.
+        match_strategy: drain3 ``full_search_strategy`` used by :meth:`Templates.match`.
+    """
+
+    depth: int = 4
+    sim_th: float = 0.4
+    max_children: int = 100
+    max_clusters: int | None = None
+    extra_delimiters: tuple[str, ...] = ()
+    masking: tuple[tuple[str, str], ...] = DEFAULT_MASKING
+    parametrize_numeric_tokens: bool = True
+    match_strategy: str = "fallback"
+
+    def __post_init__(self) -> None:
+        # Accept lists (YAML, JSON) but store tuples so the config is hashable and immutable.
+        object.__setattr__(self, "extra_delimiters", tuple(self.extra_delimiters))
+        try:
+            masking = tuple((rule[0], rule[1]) for rule in self.masking if len(rule) == 2)
+            _check(len(masking) == len(self.masking), "each masking rule must be a (regex, mask name) pair")
+        except (TypeError, IndexError, KeyError):
+            raise ConfigError("templates: masking must be a list of (regex, mask name) pairs") from None
+        object.__setattr__(self, "masking", masking)
+        self._validate()
+
+    def _validate(self) -> None:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        _check(is_int(self.depth) and self.depth >= 3, f"depth must be an integer >= 3, got {self.depth!r}")
+        _check(
+            isinstance(self.sim_th, (int, float)) and not isinstance(self.sim_th, bool) and 0 < self.sim_th <= 1,
+            f"sim_th must be a number in (0, 1], got {self.sim_th!r}",
+        )
+        _check(is_int(self.max_children) and self.max_children >= 2,
+               f"max_children must be an integer >= 2, got {self.max_children!r}")
+        _check(self.max_clusters is None or (is_int(self.max_clusters) and self.max_clusters >= 1),
+               f"max_clusters must be null or an integer >= 1, got {self.max_clusters!r}")
+        _check(isinstance(self.parametrize_numeric_tokens, bool),
+               f"parametrize_numeric_tokens must be true or false, got {self.parametrize_numeric_tokens!r}")
+        _check(self.match_strategy in MATCH_STRATEGIES,
+               f"match_strategy must be one of {', '.join(MATCH_STRATEGIES)}, got {self.match_strategy!r}")
+        placeholders = []
+        for i, (pattern, name) in enumerate(self.masking):
+            _check(isinstance(pattern, str) and isinstance(name, str),
+                   f"masking rule {i} must be (regex string, mask name string), got {(pattern, name)!r}")
+            _check(bool(_MASK_NAME.fullmatch(name)), f"masking rule {i}: mask name {name!r} must match "
+                   "[A-Za-z0-9_]+ or be '*'")
+            try:
+                rx = re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"templates: masking rule {i} ({name}): bad regex {pattern!r}: {e}") from None
+            _check(rx.fullmatch("") is None, f"masking rule {i} ({name}): regex {pattern!r} matches the empty string")
+            _check(_BACKREF.search(pattern) is None, f"masking rule {i} ({name}): back-references are not "
+                   "supported (rules are combined into one regex)")
+            placeholders.append(f"<{name}>")
+        try:
+            _combined_mask_regex(self.masking)
+        except re.error as e:
+            raise ConfigError(f"templates: masking rules cannot be combined (duplicate group names?): {e}") from None
+        for d in self.extra_delimiters:
+            _check(isinstance(d, str) and d != "" and not d.isspace(),
+                   f"extra delimiters must be non-empty, non-blank strings, got {d!r}")
+            _check("<" not in d and ">" not in d and not any(d in p for p in placeholders),
+                   f"extra delimiter {d!r} would split a mask token like {placeholders[:1] or ['<NAME>']}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (lists instead of tuples)."""
+        d = dataclasses.asdict(self)
+        d["extra_delimiters"] = list(self.extra_delimiters)
+        d["masking"] = [list(rule) for rule in self.masking]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TemplateConfig:
+        """Build from a mapping (YAML profile, JSON state); unknown keys are refused, missing keys default.
+
+        Raises:
+            ConfigError: unknown key or invalid value.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"templates: config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _check(not unknown, f"unknown config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> TemplateConfig:
+        """Copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _combined_mask_regex(masking: Sequence[tuple[str, str]]) -> re.Pattern[str] | None:
+    """All rules in one regex, one named group each, behind a first-character look-ahead when possible.
+
+    The look-ahead (the union of the characters any rule can start with) lets the engine skip most
+    positions without trying every alternative: about twice as fast on loghub lines with the default rules.
+    """
+    if not masking:
+        return None
+    body = "|".join(f"(?P<m{i}>{pattern})" for i, (pattern, _) in enumerate(masking))
+    starts: list[str] = []
+    for pattern, _ in masking:
+        first = _first_chars(pattern)
+        if first is None:
+            return re.compile(body)
+        starts.extend(first)
+    return re.compile(f"(?=[{''.join(dict.fromkeys(starts))}])(?:{body})")
+
+
+def _class_char(code: int) -> str:
+    c = chr(code)
+    if c.isascii() and c.isalnum():
+        return c
+    return f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
+def _first_chars(pattern: str) -> list[str] | None:
+    """Character-class items for the first character any match of ``pattern`` can start with.
+
+    ``None`` when unsure (any character, case-insensitive flags, a rule that may match nothing, a
+    construct not handled): the caller then uses no look-ahead, which is always correct.
+    """
+    try:
+        parsed = _sre_parser.parse(pattern)
+        if parsed.state.flags & re.IGNORECASE:
+            return None
+        result = _first_of_sequence(list(parsed))
+    except Exception:  # private module of the standard library: never let it break masking
+        log.debug("templates: no first-character filter for %r", pattern, exc_info=True)
+        return None
+    if result is None or result[1]:
+        return None
+    return result[0]
+
+
+def _first_of_sequence(items: list[Any]) -> tuple[list[str], bool] | None:
+    """(first-character class items, may match empty) of a parsed sequence, ``None`` if unknown."""
+    c = _sre_constants
+    categories = {c.CATEGORY_DIGIT: r"\d", c.CATEGORY_NOT_DIGIT: r"\D", c.CATEGORY_WORD: r"\w",
+                  c.CATEGORY_NOT_WORD: r"\W", c.CATEGORY_SPACE: r"\s", c.CATEGORY_NOT_SPACE: r"\S"}
+    repeats = {c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)}
+    out: list[str] = []
+    for op, av in items:
+        first: tuple[list[str], bool] | None
+        if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+            first = ([], True)
+        elif op == c.LITERAL:
+            first = ([_class_char(av)], False)
+        elif op == c.IN:
+            parts = []
+            for iop, iav in av:
+                if iop == c.LITERAL:
+                    parts.append(_class_char(iav))
+                elif iop == c.RANGE:
+                    parts.append(f"{_class_char(iav[0])}-{_class_char(iav[1])}")
+                elif iop == c.CATEGORY and iav in categories:
+                    parts.append(categories[iav])
+                else:
+                    return None  # negated class, unicode-case tricks: give up
+            first = (parts, False)
+        elif op == c.SUBPATTERN:
+            if av[1] & re.IGNORECASE:
+                return None
+            first = _first_of_sequence(list(av[-1]))
+        elif op == getattr(c, "ATOMIC_GROUP", None):
+            first = _first_of_sequence(list(av))
+        elif op in repeats:
+            sub = _first_of_sequence(list(av[2]))
+            first = None if sub is None else (sub[0], av[0] == 0 or sub[1])
+        elif op == c.BRANCH:
+            parts, empty = [], False
+            for branch in av[1]:
+                sub = _first_of_sequence(list(branch))
+                if sub is None:
+                    return None
+                parts.extend(sub[0])
+                empty = empty or sub[1]
+            first = (parts, empty)
+        else:
+            return None
+        if first is None:
+            return None
+        out.extend(first[0])
+        if not first[1]:
+            return out, False
+    return out, True
+
+
+# Per-system presets in the spirit of the logpai Drain benchmark (per-system masks, similarity threshold,
+# depth), written and tuned here against loghub_2k (see bench/templates.py for the accuracy they give).
+# Masks named "*" become Drain wildcards, as in the benchmark; the default masks are kept where they help.
+_W = r"(?<![\w.-])"  # not inside a word or dotted name
+_WR = r"(?![\w.-])"
+_DOTTED = rf"{_W}(?:[\w-]+\.){{2,}}[\w-]+{_WR}"  # host names, Java classes
+_V4PORT = rf"{_L}\d{{1,3}}(?:\.\d{{1,3}}){{3}}(?::\d+)?{_R}"
+_NUMBER = rf"{_L}[-+]?\d+{_R}"
+
+PRESETS: dict[str, TemplateConfig] = {
+    "default": TemplateConfig(),
+    "HDFS": TemplateConfig(sim_th=0.5, depth=4, masking=((r"blk_-?\d+", "BLK"), (_V4PORT, "IP"))),
+    "Hadoop": TemplateConfig(sim_th=0.5, depth=4),
+    "Spark": TemplateConfig(sim_th=0.45, depth=5, masking=(
+        (_V4PORT, "IP"), (r"\b[KGTM]?B\b", "*"), (_DOTTED, "*"))),
+    "Zookeeper": TemplateConfig(sim_th=0.7, depth=4),
+    "BGL": TemplateConfig(sim_th=0.4, depth=6, masking=((r"core\.\d+", "*"),)),
+    "HPC": TemplateConfig(sim_th=0.55, depth=4, masking=((r"(?<==)\d+", "*"),)),
+    "Thunderbird": TemplateConfig(sim_th=0.5, depth=5, masking=((_V4PORT, "IP"),)),
+    "Windows": TemplateConfig(sim_th=0.7, depth=5, masking=((r"0x\S*", "*"),)),
+    "Linux": TemplateConfig(sim_th=0.45, depth=6, masking=((_V4PORT, "IP"), (r"\d{2}:\d{2}:\d{2}", "*"))),
+    "Android": TemplateConfig(sim_th=0.4, depth=5, masking=(
+        (r"(?:/[\w-]+)+", "*"), (_DOTTED, "*"),
+        (rf"{_L}[-+]?\d+{_R}|{_L}0[Xx][a-fA-F\d]+{_R}|{_L}[a-fA-F\d]{{4,}}{_R}", "*"))),
+    "HealthApp": TemplateConfig(sim_th=0.75, depth=4),
+    "Apache": TemplateConfig(sim_th=0.5, depth=4, masking=((_V4PORT, "IP"),)),
+    # "1190 bytes (1.16 KB)" is one value: without this mask the same event has four token counts. Sizes
+    # and durations are named masks (constant tokens for Drain's similarity): as "<*>" the close event
+    # would be half wildcards, below sim_th against its own template, and Drain would open a new cluster
+    # for nearly every line (right grouping by text, but learning slows down to a few thousand lines/s).
+    "Proxifier": TemplateConfig(sim_th=0.6, depth=3, masking=(
+        (r"\d+ bytes(?: \([\d.]+ [KMGT]?B\))?", "SIZE"), (r"<\d+\ssec", "DURATION"),
+        (_W + r"(?:[\w-]+\.)+[\w-]+(?::\d+)?", "*"), (r"\d{2}:\d{2}(?::\d{2})*", "DURATION"),
+        (r"[KGTM]B", "*"))),
+    "OpenSSH": TemplateConfig(sim_th=0.7, depth=5, masking=((_V4PORT, "IP"), (_DOTTED, "*"))),
+    "OpenStack": TemplateConfig(sim_th=0.6, depth=4, masking=(
+        (r"(?:\d+\.){3}\d+(?:,(?:\d+\.){3}\d+)*,?", "*"), (r"/\S+", "*"), (r"\d+", "*"))),
+    "Mac": TemplateConfig(sim_th=0.7, depth=3, masking=((_DOTTED, "*"),)),
+}
+
+
+def preset(name: str) -> TemplateConfig:
+    """The named preset of :data:`PRESETS` (``"default"`` or a loghub system name).
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"templates: unknown preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+class TemplateMatch(NamedTuple):
+    """Result of matching one message. Immutable, because results are shared through the cache.
+
+    Attributes:
+        template_id: stable id (``T`` + hash of the template text) or :data:`UNKNOWN_TEMPLATE_ID`.
+        template: the template text, ``None`` for an unknown message.
+        params: values at the template's ``<*>`` positions and masked values, in message order
+            (for an unknown message: the masked values).
+    """
+
+    template_id: str
+    template: str | None
+    params: tuple[str, ...]
+
+
+class TemplateInfo(NamedTuple):
+    """One learned template: its stable id, text, tokens and number of training messages."""
+
+    template_id: str
+    template: str
+    tokens: tuple[str, ...]
+    size: int
+
+
+def template_ids(texts: Iterable[str]) -> dict[str, str]:
+    """Stable id of each distinct template text: ``T`` + the first 12 hex digits of its SHA-256.
+
+    Texts whose 12-digit prefixes collide get the shortest longer prefix that separates them from every
+    other text; the result depends only on the set of texts, never on their order.
+    """
+    digests = {t: hashlib.sha256(t.encode("utf-8")).hexdigest() for t in set(texts)}
+    by_prefix: dict[str, list[str]] = {}
+    for t, h in digests.items():
+        by_prefix.setdefault(h[:_ID_HEX], []).append(t)
+    out: dict[str, str] = {}
+    for prefix, group in by_prefix.items():
+        if len(group) == 1:
+            out[group[0]] = "T" + prefix
+            continue
+        n = _ID_HEX
+        while len({digests[t][:n] for t in group}) < len(group) and n < 64:
+            n += 4
+        for t in group:
+            out[t] = "T" + digests[t][:n]
+    return out
+
+
+class _Preprocessor:
+    """Masking and tokenising, shared by learning and matching so both see identical tokens.
+
+    ``__call__`` gives the tokens Drain sees, every masked value in message order, and per token with
+    masks ``(its masked values, its raw text or None)``. A message without ``<`` (nearly all) takes a
+    fast path: one ``re.sub`` and ``str.split``, a masked token's values found by counting ``<`` (each
+    mask token has exactly one, delimiters may not contain one). A message with ``<`` could hold text
+    that looks like a mask token, so it takes the exact path that tracks offsets.
+    """
+
+    def __init__(self, config: TemplateConfig) -> None:
+        self.regex = _combined_mask_regex(config.masking)
+        self.placeholders = {f"m{i}": f"<{name}>" for i, (_, name) in enumerate(config.masking)}
+        names = sorted(set(self.placeholders.values()), key=len, reverse=True)
+        self.placeholder_regex = re.compile("|".join(re.escape(n) for n in names)) if names else None
+        # Same-length blanks keep offsets of masked values valid after splitting on delimiters.
+        self.delimiters = [(d, " " * len(d)) for d in config.extra_delimiters]
+
+    def tokens(self, message: str) -> list[str]:
+        """Tokens only (learning needs no values)."""
+        masked = message
+        if self.regex is not None:
+            placeholders = self.placeholders
+            masked = self.regex.sub(lambda m: placeholders[m.lastgroup], message)  # type: ignore[index]
+        for d, blank in self.delimiters:
+            masked = masked.replace(d, blank)
+        return masked.split()
+
+    def unmask(self, token: str, values: Sequence[str]) -> str:
+        """Raw text of a masked token of the fast path (its mask tokens replaced by their values)."""
+        it = iter(values)
+        assert self.placeholder_regex is not None
+        return self.placeholder_regex.sub(lambda _: next(it), token)
+
+    def __call__(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
+        if self.regex is None:
+            return self.tokens(message), (), {}
+        if "<" in message:
+            return self._exact(message)
+        values: list[str] = []
+        append = values.append
+        placeholders = self.placeholders
+
+        def replace(m: re.Match[str]) -> str:
+            append(m.group())
+            return placeholders[m.lastgroup]  # type: ignore[index]
+
+        masked = self.regex.sub(replace, message)
+        for d, blank in self.delimiters:
+            masked = masked.replace(d, blank)
+        tokens = masked.split()
+        if not values:
+            return tokens, (), {}
+        info: dict[int, tuple[tuple[str, ...], str | None]] = {}
+        k = 0
+        for i, token in enumerate(tokens):
+            if "<" in token:
+                n = token.count("<")
+                info[i] = (tuple(values[k:k + n]), None)
+                k += n
+        return tokens, tuple(values), info
+
+    def _exact(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
+        assert self.regex is not None
+        spans: list[tuple[int, int, str]] = []  # mask token start, end (in the masked text), raw value
+        pieces: list[str] = []
+        pos = mpos = 0
+        for m in self.regex.finditer(message):
+            a, b = m.span()
+            if a > pos:
+                pieces.append(message[pos:a])
+                mpos += a - pos
+            ph = self.placeholders[m.lastgroup]  # type: ignore[index]
+            pieces.append(ph)
+            spans.append((mpos, mpos + len(ph), m.group()))
+            mpos += len(ph)
+            pos = b
+        pieces.append(message[pos:])
+        masked = "".join(pieces)
+        for d, blank in self.delimiters:
+            masked = masked.replace(d, blank)
+        tokens: list[str] = []
+        info: dict[int, tuple[tuple[str, ...], str | None]] = {}
+        k, n = 0, len(spans)
+        for t in _TOKEN.finditer(masked):
+            ts, te = t.span()
+            if k < n and spans[k][0] < te:
+                raw: list[str] = []
+                values: list[str] = []
+                cur = ts
+                while k < n and spans[k][0] < te:
+                    s, e, v = spans[k]
+                    raw.append(masked[cur:s])
+                    raw.append(v)
+                    values.append(v)
+                    cur = e
+                    k += 1
+                raw.append(masked[cur:te])
+                info[len(tokens)] = (tuple(values), "".join(raw))
+            tokens.append(t.group())
+        return tokens, tuple(s[2] for s in spans), info
+
+
+class _Matcher:
+    """drain3 prefix tree rebuilt from final templates; inference only (never learns)."""
+
+    def __init__(self, config: TemplateConfig, templates: Sequence[TemplateInfo]) -> None:
+        self.strategy = config.match_strategy
+        self.drain = Drain(depth=config.depth, sim_th=config.sim_th, max_children=config.max_children,
+                           max_clusters=None, extra_delimiters=(), param_str=PARAM_STR,
+                           parametrize_numeric_tokens=config.parametrize_numeric_tokens)
+        # cluster id -> (template id, template text, wildcard positions, tokens)
+        self.info: dict[int, tuple[str, str, tuple[int, ...], tuple[str, ...]]] = {}
+        for cid, t in enumerate(templates, start=1):
+            cluster = LogCluster(list(t.tokens), cid)
+            cluster.size = t.size
+            self.drain.id_to_cluster[cid] = cluster
+            self.drain.add_seq_to_prefix_tree(self.drain.root_node, cluster)
+            wild = tuple(i for i, tok in enumerate(t.tokens) if tok == PARAM_STR)
+            self.info[cid] = (t.template_id, t.template, wild, t.tokens)
+        self.drain.clusters_counter = len(templates)
+        # Same order as drain3's own full search (tree traversal), precomputed once per length.
+        self.by_length = {n: self.drain.get_clusters_ids_for_seq_len(n) for n in {len(t.tokens) for t in templates}}
+
+    def find(self, tokens: list[str]) -> LogCluster | None:
+        """Same result as drain3 ``Drain.match(" ".join(tokens), strategy)``, without re-splitting."""
+        drain = self.drain
+        if self.strategy != "always":
+            cluster = drain.tree_search(drain.root_node, tokens, 1.0, True)
+            if cluster is not None or self.strategy == "never":
+                return cluster
+        return drain.fast_match(self.by_length.get(len(tokens), ()), tokens, 1.0, True)
+
+
+class Templates:
+    """Drain template miner with a JSON state; fit once, then match without learning.
+
+    Args:
+        config: miner and masking settings (default: :class:`TemplateConfig` defaults).
+        cache_size: entries of the per-instance message -> result LRU cache (0 disables it). The cache
+            never changes results: matching is a pure function of the state.
+    """
+
+    def __init__(self, config: TemplateConfig | None = None, cache_size: int = 200_000) -> None:
+        if cache_size < 0:
+            raise ConfigError(f"templates: cache_size must be >= 0, got {cache_size}")
+        self.config = config if config is not None else TemplateConfig()
+        self._cache_size = cache_size
+        self._pre = _Preprocessor(self.config)
+        self._templates: tuple[TemplateInfo, ...] = ()
+        self._messages = 0
+        self._set_templates(())
+
+    # ----------------------------------------------------------------------------------- learning
+    def fit(self, messages: Iterable[str]) -> Templates:
+        """Learn templates from ``messages`` (the training window), replacing any earlier state.
+
+        Returns ``self`` for chaining. ``None`` entries are skipped.
+        """
+        self._fit(messages, assign=False)
+        return self
+
+    def fit_predict(self, messages: Iterable[str]) -> list[str]:
+        """Learn like :meth:`fit` and return, per message, the id of the cluster it was grouped in.
+
+        This is Drain's learning-time grouping (the logpai benchmark metric). :meth:`match` on the same
+        messages may give another id for a few of them: a message whose cluster generalised later can also
+        fit exactly another template; matching picks the best exact fit of the final templates.
+        ``None`` entries get :data:`UNKNOWN_TEMPLATE_ID`.
+        """
+        assigned = self._fit(messages, assign=True)
+        return assigned
+
+    def _fit(self, messages: Iterable[str], assign: bool) -> list[str]:
+        start = time.perf_counter()
+        mc = TemplateMinerConfig()
+        mc.drain_depth = self.config.depth
+        mc.drain_sim_th = self.config.sim_th
+        mc.drain_max_children = self.config.max_children
+        mc.drain_max_clusters = self.config.max_clusters
+        mc.drain_extra_delimiters = []  # split by our preprocessor, which also masks
+        mc.masking_instructions = []
+        mc.parametrize_numeric_tokens = self.config.parametrize_numeric_tokens
+        mc.mask_prefix, mc.mask_suffix = "<", ">"
+        miner = TemplateMiner(persistence_handler=None, config=mc)
+        drain = miner.drain
+        pre = self._pre
+
+        @functools.lru_cache(maxsize=65_536)
+        def content(message: str) -> str:
+            return " ".join(pre.tokens(message))
+
+        add = drain.add_log_message
+        assigned: list[int] = []
+        n = 0
+        for message in messages:
+            if message is None:
+                if assign:
+                    assigned.append(0)
+                continue
+            cluster, _ = add(content(message))
+            n += 1
+            if assign:
+                assigned.append(cluster.cluster_id)
+        clusters = list(drain.id_to_cluster.values())
+        ids = template_ids(c.get_template() for c in clusters)
+        merged: dict[str, list[Any]] = {}
+        for c in clusters:
+            text = c.get_template()
+            entry = merged.setdefault(ids[text], [text, tuple(c.log_template_tokens), 0])
+            entry[2] += c.size
+        templates = [TemplateInfo(tid, text, toks, size) for tid, (text, toks, size) in merged.items()]
+        self._messages = n
+        self._set_templates(templates)
+        elapsed = time.perf_counter() - start
+        log.info("templates: learned %d templates (%d drain clusters) from %d messages in %.2fs (%.0f msg/s), "
+                 "version %s", len(templates), len(clusters), n, elapsed, n / elapsed if elapsed else 0.0,
+                 self.version)
+        if not assign:
+            return []
+        cid_to_tid = {c.cluster_id: ids[c.get_template()] for c in clusters}
+        # A cluster evicted by max_clusters has no final template: its messages read as unknown.
+        return [cid_to_tid.get(cid, UNKNOWN_TEMPLATE_ID) for cid in assigned]
+
+    def _set_templates(self, templates: Iterable[TemplateInfo]) -> None:
+        # Template-id order makes the matcher independent of the order clusters were found in.
+        self._templates = tuple(sorted(templates, key=lambda t: t.template_id))
+        self._by_id = {t.template_id: t for t in self._templates}
+        self._matcher = _Matcher(self.config, self._templates)
+        self._version = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:12]
+        self._cached: Callable[[str], TemplateMatch]
+        if self._cache_size:
+            self._cached = functools.lru_cache(maxsize=self._cache_size)(self._match_uncached)
+        else:
+            self._cached = self._match_uncached
+
+    # ----------------------------------------------------------------------------------- matching
+    def match(self, message: str | None) -> TemplateMatch:
+        """Template of ``message`` among the learned ones, without learning.
+
+        An exact fit is required (every constant token equal; drain3 ``match`` semantics). A message no
+        template fits, and ``None``, gets :data:`UNKNOWN_TEMPLATE_ID`, template ``None`` and the masked
+        values as params.
+        """
+        if message is None:
+            return TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
+        return self._cached(message)
+
+    def match_many(self, messages: Iterable[str | None]) -> list[TemplateMatch]:
+        """:meth:`match` for many messages (e.g. a pandas batch in ``mapInPandas``), cached."""
+        cached = self._cached
+        unknown = TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
+        return [unknown if m is None else cached(m) for m in messages]
+
+    def _match_uncached(self, message: str) -> TemplateMatch:
+        tokens, values, info = self._pre(message)
+        cluster = self._matcher.find(tokens)
+        if cluster is None:
+            return TemplateMatch(UNKNOWN_TEMPLATE_ID, None, values)
+        template_id, text, wild, template_tokens = self._matcher.info[cluster.cluster_id]
+        if not info:
+            return TemplateMatch(template_id, text, tuple(tokens[i] for i in wild))
+        params: list[str] = []
+        for i, tt in enumerate(template_tokens):
+            masked = info.get(i)
+            if tt == PARAM_STR:
+                if masked is None:
+                    params.append(tokens[i])
+                else:
+                    raw = masked[1]
+                    params.append(raw if raw is not None else self._pre.unmask(tokens[i], masked[0]))
+            elif masked is not None:
+                params.extend(masked[0])
+        return TemplateMatch(template_id, text, tuple(params))
+
+    def cache_info(self) -> Any:
+        """``functools`` cache statistics (hits, misses, size), or ``None`` without a cache."""
+        info = getattr(self._cached, "cache_info", None)
+        return info() if info is not None else None
+
+    # ----------------------------------------------------------------------------------- inspection
+    @property
+    def templates(self) -> tuple[TemplateInfo, ...]:
+        """Learned templates, in template-id order."""
+        return self._templates
+
+    def __len__(self) -> int:
+        return len(self._templates)
+
+    def template(self, template_id: str) -> str | None:
+        """Text of a template id, ``None`` for the unknown id or an id this state does not know."""
+        t = self._by_id.get(template_id)
+        return t.template if t is not None else None
+
+    @property
+    def version(self) -> str:
+        """Short content hash (12 hex digits) of the state: config, templates and sizes.
+
+        Record it in every table or bundle built with this state; it changes exactly when the saved JSON
+        changes.
+        """
+        return self._version
+
+    # ----------------------------------------------------------------------------------- state
+    def to_dict(self) -> dict[str, Any]:
+        """The state as plain JSON-able data."""
+        return {
+            "format": STATE_FORMAT,
+            "format_version": STATE_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "messages": self._messages,
+            "templates": [{"id": t.template_id, "tokens": list(t.tokens), "size": t.size} for t in self._templates],
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON of the state (sorted keys, compact): equal states give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, state: str | bytes, cache_size: int = 200_000) -> Templates:
+        """Rebuild from :meth:`to_json` output; matches exactly like the instance that wrote it.
+
+        Raises:
+            ModelError: not JSON, another format or format version, or inconsistent content.
+        """
+        try:
+            data = json.loads(state)
+        except (ValueError, TypeError) as e:
+            raise ModelError(f"template state is not valid JSON: {e}") from None
+        return cls.from_dict(data, cache_size=cache_size)
+
+    @classmethod
+    def from_dict(cls, data: Any, cache_size: int = 200_000) -> Templates:
+        """Rebuild from :meth:`to_dict` output (see :meth:`from_json`)."""
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            raise ModelError(f"not a template state: expected format {STATE_FORMAT!r}")
+        version = data.get("format_version")
+        if version != STATE_FORMAT_VERSION:
+            raise ModelError(f"template state format version {version!r} is not supported "
+                             f"(this loganomaly reads version {STATE_FORMAT_VERSION}); refit the templates")
+        try:
+            config = TemplateConfig.from_dict(data["config"])
+        except ConfigError as e:
+            raise ModelError(f"template state has an invalid config: {e}") from None
+        except KeyError:
+            raise ModelError("template state has no config") from None
+        raw = data.get("templates")
+        messages = data.get("messages", 0)
+        if not isinstance(raw, list) or not isinstance(messages, int):
+            raise ModelError("template state: 'templates' must be a list and 'messages' an integer")
+        templates: list[TemplateInfo] = []
+        for i, entry in enumerate(raw):
+            ok = (isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("size"), int)
+                  and isinstance(entry.get("tokens"), list) and all(isinstance(t, str) for t in entry["tokens"]))
+            if not ok:
+                raise ModelError(f"template state: entry {i} must have a string id, integer size and string tokens")
+            tokens = tuple(entry["tokens"])
+            templates.append(TemplateInfo(entry["id"], " ".join(tokens), tokens, entry["size"]))
+        expected = template_ids(t.template for t in templates)
+        if len(expected) != len(templates) or any(expected[t.template] != t.template_id for t in templates):
+            raise ModelError("template state: template ids do not match their templates (edited or corrupt file)")
+        obj = cls(config, cache_size=cache_size)
+        obj._messages = messages
+        obj._set_templates(templates)
+        return obj
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the JSON state atomically (temp file in the same folder, then ``os.replace``).
+
+        A reader never sees a half-written state. Local (or mounted) file systems only. Returns the
+        :attr:`version`.
+        """
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.info("templates: saved %d templates, version %s, to %s", len(self), self.version, target)
+        return self.version
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], cache_size: int = 200_000) -> Templates:
+        """Read a state written by :meth:`save`.
+
+        Raises:
+            ModelError: missing or unreadable file, unknown format version, inconsistent content.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"cannot read template state {path}: {e}") from None
+        try:
+            obj = cls.from_json(text, cache_size=cache_size)
+        except ModelError as e:
+            raise ModelError(f"{path}: {e}") from None
+        log.info("templates: loaded %d templates, version %s, from %s", len(obj), obj.version, path)
+        return obj
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int]]:
+        # Spark may pickle a closure holding this object: go through our JSON, never drain3 objects.
+        return (_from_json_for_pickle, (self.to_json(), self._cache_size))
+
+    def __repr__(self) -> str:
+        return f"Templates({len(self)} templates, version={self.version})"
+
+
+def _from_json_for_pickle(state: str, cache_size: int) -> Templates:
+    return Templates.from_json(state, cache_size=cache_size)
+
+
+@functools.lru_cache(maxsize=4)
+def templates_from_state(state: str) -> Templates:
+    """The :class:`Templates` of a broadcast JSON state, built once per Python worker and reused.
+
+    Spark calls a ``mapInPandas`` function once per partition; this cache keeps the rebuilt matcher (and
+    its message cache) across partitions of the same job on one worker.
+    """
+    return Templates.from_json(state)
+
+
+__all__ = [
+    "DEFAULT_MASKING",
+    "MATCH_STRATEGIES",
+    "PRESETS",
+    "STATE_FORMAT_VERSION",
+    "TemplateConfig",
+    "TemplateInfo",
+    "TemplateMatch",
+    "Templates",
+    "UNKNOWN_TEMPLATE_ID",
+    "preset",
+    "template_ids",
+    "templates_from_state",
+]
+

@@ -1,0 +1,246 @@
+"""``featurize`` on small hand-built events: template buckets, stable feature names, sessions, reruns."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from loganomaly.config import Config
+from loganomaly.features import stage as featurize
+from loganomaly.features.windows import FEATURE_NAMES, feature_names_for, to_tensor
+from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
+
+pytestmark = pytest.mark.spark
+
+UTC = dt.timezone.utc
+DAY1 = dt.datetime(2024, 3, 1, 10, 0, tzinfo=UTC)  # training period
+DAY2 = dt.datetime(2024, 3, 2, 10, 0, tzinfo=UTC)  # after the cut
+DAY3 = dt.datetime(2024, 3, 3, 10, 0, tzinfo=UTC)  # a later nightly run
+
+
+def config(lake_root: str) -> Config:
+    cfg = Config()
+    cfg.lake.root = lake_root
+    cfg.features.step_seconds = 300
+    cfg.features.window_steps = 4
+    cfg.features.stride_steps = 2
+    cfg.train.train_until = "2024-03-02T00:00:00+00:00"
+    return cfg
+
+
+def event(ts: dt.datetime, line_no: int, template_id: str | None, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = dict.fromkeys(EVENT_COLUMNS)
+    row.update(
+        event_id=f"e{line_no:04d}",
+        ts=ts,
+        date=ts.date(),
+        source="hdfs",
+        format="syslog",
+        entity="h1",
+        level="info",
+        message=f"line {line_no}",
+        template_id=template_id,
+        file="f.log",
+        line_no=line_no,
+        run_id="test",
+    )
+    row.update(fields)
+    return row
+
+
+def write_events(spark, lake, rows: list[dict[str, Any]]) -> None:  # type: ignore[no-untyped-def]
+    lake.write("events", spark.createDataFrame(rows, TABLES["events"].ddl), partition_by=("date",))
+
+
+def day_events(day: dt.datetime, counts: dict[str | None, int], first_line: int) -> list[dict[str, Any]]:
+    """``counts`` events per template id, all in the step that starts at ``day``."""
+    rows, n = [], first_line
+    for tid, count in counts.items():
+        for _ in range(count):
+            rows.append(event(day + dt.timedelta(seconds=n % 250), n, tid))
+            n += 1
+    return rows
+
+
+def step_values(lake, names: list[str], step_start: dt.datetime) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Feature values (log1p undone) of the step at ``step_start``, from a window that holds it."""
+    rows = lake.read("sequences").collect()
+    for r in rows:
+        ws = r.window_start.replace(tzinfo=UTC) if r.window_start.tzinfo is None else r.window_start
+        offset = int((step_start - ws).total_seconds()) // 300
+        if 0 <= offset < r.n_steps:
+            x = to_tensor([np.asarray(r.features)], r.n_steps, r.n_features)[0, offset]
+            return {n: float(np.expm1(v)) for n, v in zip(names, x, strict=True)}
+    raise AssertionError(f"no window holds {step_start}")
+
+
+def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    rows = day_events(DAY1, {"TA": 5, "TB": 3, "TE": 3, "TC": 2, "TD": 1, "T0": 2}, first_line=0)
+    rows[0].update(level="error")
+    rows[1].update(level="ERR")
+    # a flow record: no message, so template T0 but not an unknown *log line*
+    rows.append(event(DAY1 + dt.timedelta(seconds=30), 100, "T0", format="json", message=None, duration=4.0))
+    # after the cut TC dominates: it must not become a feature
+    rows += day_events(DAY2, {"TC": 20, "TA": 1}, first_line=200)
+    write_events(spark, lake, rows)
+
+    summary = featurize.run(spark, config(str(lake.root)), lake=lake, top_templates=2)
+
+    # TB and TE tie at 3: the smaller id wins, deterministically
+    assert summary.feature_names == feature_names_for(["TA", "TB"])
+    stored = lake.read("sequences").select("feature_names").distinct().collect()
+    assert [list(r.feature_names) for r in stored] == [summary.feature_names]
+    v = step_values(lake, summary.feature_names, DAY1)
+    assert v["events"] == pytest.approx(17)
+    assert v["tpl:TA"] == pytest.approx(5)
+    assert v["tpl:TB"] == pytest.approx(3)
+    assert v["tpl:other"] == pytest.approx(3 + 2 + 1)
+    assert v["tpl:unknown"] == pytest.approx(2)
+    assert v["errors"] == pytest.approx(2)
+    assert v["error_ratio"] == pytest.approx(2 / 17, rel=1e-5)
+    assert v["p50_duration"] == pytest.approx(4.0) and v["p95_duration"] == pytest.approx(4.0)
+    later = step_values(lake, summary.feature_names, DAY2)
+    assert later["tpl:other"] == pytest.approx(20) and later["tpl:TA"] == pytest.approx(1)
+
+    # every window points at its raw lines: entity + [window_start, window_end), narrowed by the refs
+    for r in lake.read("sequences").collect():
+        assert r.window_start <= r.first_event_ts <= r.last_event_ts < r.window_end
+        assert r.n_features == len(summary.feature_names) == len(FEATURE_NAMES) + 4
+
+
+def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    write_events(spark, lake, day_events(DAY1, {"TA": 4, "TB": 2}, first_line=0))
+    cfg = config(str(lake.root))
+    first = featurize.run(spark, cfg, lake=lake, top_templates=2)
+    assert first.feature_names == feature_names_for(["TA", "TB"])
+
+    write_events(spark, lake, day_events(DAY3, {"TZ": 30}, first_line=500))
+    again = featurize.run(spark, cfg, lake=lake, top_templates=2)
+    assert again.feature_names == first.feature_names
+    dates = {r.date for r in lake.read("sequences").select("date").distinct().collect()}
+    assert DAY3.date() in dates
+    assert step_values(lake, again.feature_names, DAY3)["tpl:other"] == pytest.approx(30)
+
+    from loganomaly.training.stage import load_windows
+
+    _, _, x, _ = load_windows(lake)
+    assert x.shape[1:] == (4, len(again.feature_names))
+
+    # a deliberate refit with a later training period picks the new template
+    cfg.train.train_until = "2024-03-04T00:00:00+00:00"
+    refit = featurize.run(spark, cfg, lake=lake, top_templates=2, refit_templates=True)
+    assert refit.feature_names == feature_names_for(["TZ", "TA"])
+
+
+def test_sessions_by_block_id_are_ordered_labelled_and_rerun_identically(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    t = DAY1
+    s = dt.timedelta(seconds=1)
+    rows = [
+        # written out of order on purpose; two lines share a timestamp (line order breaks the tie)
+        event(t + 3 * s, 4, "TC", params=["blk_-42", "10.0.0.1"], label="-"),
+        event(t + 1 * s, 2, "TA", params=["blk_7"], label="-"),
+        event(t + 0 * s, 1, "TA", params=["blk_-42"], label="-"),
+        event(t + 1 * s, 3, "TB", params=["blk_-42", "blk_7"], label="-"),  # names two blocks
+        event(t + 5 * s, 5, "TD", params=["blk_7"], entity="h2", label="Anomaly"),
+        event(t + 6 * s, 6, "TE", params=["no block here"], label="-"),
+        # the miner kept the id as text: found in the message
+        event(t + 7 * s, 7, "TF", params=[], message="deleting blk_99 now", label=None),
+    ]
+    write_events(spark, lake, rows)
+    cfg = config(str(lake.root))
+
+    def snapshot() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        sessions = sorted(
+            (r.session_key, r.source, r.start, r.end, r.date, r.n_events, tuple(r.template_ids),
+             tuple(r.event_ids), r.label)
+            for r in lake.read("sessions").collect()
+        )
+        windows = sorted(
+            (r.entity, r.window_start, r.window_end, r.date, tuple(r.feature_names),
+             tuple(round(v, 6) for v in r.features), r.n_events, r.first_event_ts, r.last_event_ts)
+            for r in lake.read("sequences").collect()
+        )
+        return sessions, windows
+
+    summary = featurize.run(spark, cfg, lake=lake, session_key=featurize.HDFS_BLOCK_KEY)
+    assert summary.sessions == 3
+    sessions, windows = snapshot()
+    by_key = {row[0]: row for row in sessions}
+    assert set(by_key) == {"blk_-42", "blk_7", "blk_99"}
+    _, source, start, end, date, n, tids, eids, label = by_key["blk_-42"]
+    assert (source, n, tids, eids, label) == ("hdfs", 3, ("TA", "TB", "TC"), ("e0001", "e0003", "e0004"), None)
+    assert date == DAY1.date()
+    assert by_key["blk_7"][5:] == (3, ("TA", "TB", "TD"), ("e0002", "e0003", "e0005"), "Anomaly")
+    assert by_key["blk_99"][6:] == (("TF",), ("e0007",), None)
+    assert math.isclose((by_key["blk_7"][3] - by_key["blk_7"][2]).total_seconds(), 4.0)
+    # the event references open the raw lines
+    ids = set(by_key["blk_7"][7])
+    opened = lake.read("events").where(F.col("event_id").isin(sorted(ids))).count()
+    assert opened == 3
+
+    featurize.run(spark, cfg, lake=lake, session_key=featurize.HDFS_BLOCK_KEY)
+    assert snapshot() == (sessions, windows)
+
+
+def test_a_bad_session_key_names_the_valid_forms() -> None:
+    from loganomaly.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="params:<regex>"):
+        featurize.SessionKey.parse("no_such_column")
+    assert featurize.SessionKey.parse("column:src_addr").column == "src_addr"
+    assert featurize.SessionKey.parse(featurize.HDFS_BLOCK_KEY).regex == r"blk_-?\d+"
+
+
+def window_rows(lake) -> dict[tuple[str, Any], tuple[Any, ...]]:  # type: ignore[no-untyped-def]
+    cols = ["entity", "window_start", "date", "features", "n_events", "n_abnormal", "first_event_ts",
+            "last_event_ts", "feature_names"]
+    return {(r.entity, r.window_start): tuple(r[c] for c in cols[2:]) for r in lake.read("sequences").collect()}
+
+
+def test_incremental_featurize_gives_the_full_rebuilds_windows(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """``since`` rebuilds only recent dates, and exactly as a full rebuild would.
+
+    Windows of an hour overlap (the stride, 35 minutes, does not divide a day), they straddle
+    midnight, one host starts only on the new day and another was quiet for a day before its
+    late-evening events: a host with history has windows that start before its first recent event
+    and reach it, which the rebuild gets right only by knowing where each entity's grid starts.
+    """
+    cfg = config(str(lake.root))
+    cfg.features.window_steps, cfg.features.stride_steps = 12, 7
+    night = dt.datetime(2024, 3, 2, 23, 52, tzinfo=UTC)
+    old = (day_events(DAY1, {"TA": 3, "TB": 2}, first_line=0)
+           + [event(night + dt.timedelta(minutes=i), 100 + i, "TA", entity=e) for i in range(3) for e in ("h1", "h2")]
+           + [event(DAY1 + dt.timedelta(hours=3), 200 + i, "TB", entity=e) for i, e in enumerate(("h2", "h4"))])
+    write_events(spark, lake, old)
+    # the first night of a new lake has nothing to add to: --since builds everything
+    assert featurize.run(spark, cfg, lake=lake, top_templates=2, since="2024-03-03").rebuilt_from is None
+    before = window_rows(lake)
+    new = ([event(dt.datetime(2024, 3, 3, 0, 4, tzinfo=UTC), 300, "TA", entity="h1")]
+           + [event(DAY3 + dt.timedelta(minutes=m), 400 + m, "TB", entity="h3", label="attack") for m in range(0, 50, 5)]
+           + [event(DAY3 + dt.timedelta(hours=2), 500, "TA", entity="h2")])
+    write_events(spark, lake, new)
+
+    summary = featurize.run(spark, cfg, lake=lake, since="2024-03-03")
+    incremental = window_rows(lake)
+    # One window (an hour) before the new day can reach it: 2024-03-02 and later are replaced.
+    assert summary.rebuilt_from == "2024-03-02"
+    runs = {r.date: r.run_id for r in lake.read("sequences").select("date", "run_id").distinct().collect()}
+    assert runs[dt.date(2024, 3, 1)] != summary.run_id and runs[dt.date(2024, 3, 3)] == summary.run_id
+    assert {k: v for k, v in incremental.items() if v[0] < dt.date(2024, 3, 2)} == \
+        {k: v for k, v in before.items() if v[0] < dt.date(2024, 3, 2)}
+    # the window across midnight now holds h1's new event too
+    straddling = [v for (e, _), v in incremental.items() if e == "h1" and v[0] == dt.date(2024, 3, 2)
+                  and v[5] is not None and v[5].date() == dt.date(2024, 3, 3)]
+    assert straddling
+    assert sum(v[3] for (e, _), v in incremental.items() if e == "h3") > 0  # labels counted
+
+    featurize.run(spark, cfg, lake=lake)  # a full rebuild of the same events
+    assert window_rows(lake) == incremental
+    with pytest.raises(Exception, match="full run"):
+        featurize.run(spark, cfg, lake=lake, since="2024-03-03", refit_templates=True)

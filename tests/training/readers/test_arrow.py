@@ -1,0 +1,199 @@
+"""The Arrow shard reader over real Delta tables written with delta-rs (no Spark, tiny data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loganomaly.config import TrainConfig
+from loganomaly.errors import StageInputError
+from loganomaly.models.autoencoder import LSTMAutoencoderConfig
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.training.readers.arrow import (
+    Selection,
+    ShardPlan,
+    ShardReader,
+    Snapshot,
+    plan_shards,
+    time_range,
+    window_shape,
+    write_windows,
+)
+from loganomaly.training.stage import Split
+from loganomaly.training.tasks import Collective, fit_normaliser, train_on_snapshot
+
+T, F = 4, 3
+HOUR = 3600.0
+N = 61  # prime, so no world size divides it
+
+
+def windows(n: int, first_id: int = 0, seed: int = 0) -> np.ndarray:
+    """Windows whose first value is their id, so a row can be recognised after any shuffle."""
+    x = np.random.default_rng(seed).normal(5.0, 2.0, (n, T, F)).astype(np.float32)
+    x[:, 0, 0] = np.arange(first_id, first_id + n)
+    return x
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> tuple[str, int]:
+    """61 hourly windows over three days (three date partitions), row groups of 5 rows."""
+    path = str(tmp_path / "sequences")
+    version = write_windows(path, windows(N), np.arange(N) * HOUR, 60.0, max_rows_per_group=5)
+    return path, version
+
+
+def ids(x: np.ndarray) -> list[int]:
+    return x[:, 0, 0].astype(int).tolist()
+
+
+def all_rows(path: str, version: int) -> ShardPlan:
+    (plan,) = plan_shards(Snapshot(path, version), [Selection(0.0, 1e12, 0.25, "all")], seed=7)
+    return plan
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_partition_the_rows_exactly_once_per_epoch_with_equal_batches(table: tuple[str, int], world: int) -> None:
+    plan = all_rows(*table)
+    assert plan.total == N and len(plan.units) > world  # several files and row groups
+    readers = [ShardReader(plan, rank, world) for rank in range(world)]
+    shards = [r.load() for r in readers]
+    # the shards partition the table: every row exactly once, sizes within one row
+    seen = sorted(i for s in shards for i in ids(s.x))
+    assert seen == list(range(N))
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+    for epoch in range(2):
+        orders = [r.epoch_indices(epoch) for r in readers]
+        assert len({len(o) for o in orders}) == 1, "every rank yields the same number of rows"
+        assert len({r.batches_per_epoch(8) for r in readers}) == 1, "and runs the same number of batches"
+        epoch_ids = [i for s, o in zip(shards, orders, strict=True) for i in ids(s.x[o])]
+        assert set(epoch_ids) == set(range(N))
+        assert len(epoch_ids) - N == (-N) % world, "padding only to equalise"
+
+
+def test_epochs_and_seeds_change_the_order(table: tuple[str, int]) -> None:
+    plan = all_rows(*table)
+    reader = ShardReader(plan, 0, 2)
+    shard = reader.load()
+    first, second = ids(shard.x[reader.epoch_indices(0)]), ids(shard.x[reader.epoch_indices(1)])
+    assert first != second and sorted(set(first)) == sorted(set(second))
+    assert np.array_equal(reader.epoch_indices(3), reader.epoch_indices(3)), "an epoch's order is reproducible"
+    # the seeded assignment of row groups to ranks depends on the seed
+    (other,) = plan_shards(plan.snapshot, [plan.selection], seed=8)
+    assert set(ids(ShardReader(other, 0, 2).load().x)) != set(ids(shard.x))
+
+
+def test_a_rank_reads_only_the_row_groups_of_its_range(table: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    import loganomaly.training.readers.arrow as reader_module
+
+    plan = all_rows(*table)
+    reads: list[int] = []
+    real_open = reader_module._open
+
+    class Counting:
+        def __init__(self, uri: str) -> None:
+            self.inner = real_open(uri)
+
+        @property
+        def schema_arrow(self) -> object:
+            return self.inner.schema_arrow
+
+        def read_row_group(self, i: int, columns: list[str]) -> object:
+            reads.append(i)
+            return self.inner.read_row_group(i, columns=columns)
+
+    monkeypatch.setattr(reader_module, "_open", Counting)
+    ShardReader(plan, 1, 3).load()
+    # a third of 13 row groups, plus at most the two it shares at its range's ends
+    assert len(reads) <= len(plan.units) // 3 + 2
+
+
+def test_train_and_validation_selections_follow_the_split_rule(table: tuple[str, int]) -> None:
+    path, version = table
+    snapshot = Snapshot(path, version)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    assert (lo, hi) == (0.0, (N - 1) * HOUR + T * 60.0)
+    cut = lo + (hi - lo) * 0.5
+    train, val = plan_shards(snapshot, [Selection(lo, cut, 0.25, "train"), Selection(lo, cut, 0.25, "validation")], 1)
+    starts = np.arange(N) * HOUR
+    in_period = starts + T * 60.0 <= cut
+    expected_val = in_period & Split(lo, cut).validation_mask(starts, 0.25)
+    expected_train = in_period & ~expected_val
+    assert sorted(ids(ShardReader(train, 0, 1).load().x)) == np.flatnonzero(expected_train).tolist()
+    assert sorted(ids(ShardReader(val, 0, 1).load().x)) == np.flatnonzero(expected_val).tolist()
+    assert window_shape(snapshot) == (T, F)
+
+
+def test_the_pinned_version_is_read_after_a_later_append(table: tuple[str, int]) -> None:
+    path, version = table
+    later = write_windows(path, windows(10, first_id=1000, seed=3), np.arange(N, N + 10) * HOUR, 60.0)
+    assert later == version + 1
+    plan = all_rows(path, version)
+    assert sorted(ids(ShardReader(plan, 0, 1).load().x)) == list(range(N))
+    assert all_rows(path, later).total == N + 10
+
+
+def test_fewer_rows_than_ranks_is_a_clear_error(tmp_path: Path) -> None:
+    path = str(tmp_path / "tiny")
+    version = write_windows(path, windows(2), np.arange(2) * HOUR, 60.0)
+    plan = all_rows(path, version)
+    with pytest.raises(StageInputError, match="2 all windows cannot be shared by 3 ranks"):
+        ShardReader(plan, 0, 3)
+    # validation shards may be empty on some ranks: they are not part of the collectives
+    assert [len(ShardReader(plan, r, 3, equal=False).load()) for r in range(3)] == [0, 1, 1]
+
+
+class _Recording(Collective):
+    """Fakes a gather across ranks: first records each rank's vector, then returns them all."""
+
+    def __init__(self, parts: list[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.parts, self.recorded = parts, torch.empty(0)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        self.recorded = t
+        return torch.stack(self.parts) if self.parts is not None else t.unsqueeze(0)
+
+
+def test_normaliser_fitted_across_ranks_equals_the_fit_on_all_windows() -> None:
+    x = windows(50, seed=4) * np.array([1.0, 100.0, 0.001], np.float32)
+    pieces = [x[:7], x[7:30], x[30:]]
+    locals_ = []
+    for piece in pieces:
+        comm = _Recording()
+        fit_normaliser(piece, comm)
+        locals_.append(comm.recorded)
+    combined = fit_normaliser(pieces[0], _Recording(locals_))
+    direct = Normaliser.fit(x)
+    np.testing.assert_allclose(combined.mean, direct.mean, rtol=1e-10)
+    np.testing.assert_allclose(combined.std, direct.std, rtol=1e-8)
+
+
+def test_train_on_snapshot_runs_alone_and_returns_the_normaliser(table: tuple[str, int], tmp_path: Path) -> None:
+    path, version = table
+    snapshot = Snapshot(path, version)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    train, val = plan_shards(snapshot, [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")], 5)
+    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, patience=0, seed=5, device="cpu")
+    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=4)
+    result = train_on_snapshot(train, val, model_cfg, cfg, comm=Collective(), checkpoint_dir=tmp_path / "ckpt")
+    assert [h["batches"] for h in result.history] == [train.batches_per_epoch(1, 8)] * 2
+    assert result.normaliser is not None and result.train_windows == train.total
+    assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
+
+
+def test_normal_only_leaves_out_windows_with_abnormal_events(tmp_path: Path) -> None:
+    n = 40
+    path = str(tmp_path / "sequences")
+    write_windows(path, windows(n), np.arange(n) * HOUR, 60.0, abnormal=np.where(np.arange(n) % 5 == 0, 3, 0))
+    snapshot = Snapshot(path, 0)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    plans = plan_shards(snapshot, [Selection(lo, hi, 0.25, part, normal_only)
+                                   for part in ("train", "validation") for normal_only in (False, True)], 1)
+    every, normal = (sorted(ids(ShardReader(p, 0, 1, equal=False).load().x)) for p in (plans[0], plans[1]))
+    assert set(normal) == {i for i in every if i % 5}
+    assert any(i % 5 == 0 for i in every)
+    val_all, val_normal = (sorted(ids(ShardReader(p, 0, 1, equal=False).load().x)) for p in (plans[2], plans[3]))
+    assert val_normal == [i for i in val_all if i % 5]
