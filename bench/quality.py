@@ -46,10 +46,12 @@ from loganomaly.config import Config, load_config
 from loganomaly.errors import StageInputError
 from loganomaly.evaluation import stage as evaluation
 from loganomaly.lake.tables import Lake
-from loganomaly.models.baselines import evaluate as metrics_of
+from loganomaly.evaluation.metrics import evaluate as metrics_of
 from loganomaly.models.baselines import make_baseline
-from loganomaly.training.readers.arrow import Selection, ShardReader, Snapshot, plan_shards
-from loganomaly.training.stage import snapshot_split
+from loganomaly.training.readers.arrow import ShardReader
+from loganomaly.features.split import Selection, plan_shards
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.features.split import snapshot_split
 
 log = logging.getLogger("bench.quality")
 
@@ -222,8 +224,8 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
                     str(label_file))
     result.add("hdfs (HDFS_5k, raw)", "deeplog", m)
     # Baselines: count vectors of the same sessions; the same validation blocks as DeepLog.
-    from loganomaly.training.readers.arrow import validation_block_mask
-    from loganomaly.training.sessions import order_validation_mask
+    from loganomaly.features.split import validation_block_mask
+    from loganomaly.models.deeplog import order_validation_mask
 
     train_s = _sessions_of(spark, work / "lake" / pipeline.TRAINING_LAKE)
     starts = train_s["start"].astype("int64").to_numpy() / 1e9
@@ -244,15 +246,9 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
 
 def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     """DeepLog on the pre-parsed HDFS_v1 sessions (library level: they are event ids, not logs)."""
-    from loganomaly.models.sequence import (
-        DeepLogConfig,
-        SequenceTrainConfig,
-        Vocabulary,
-        calibrate_top_g,
-        score_sessions,
-        train_deeplog,
-        with_end,
-    )
+    from loganomaly.models.sequence import SequenceTrainConfig, train_deeplog
+    from loganomaly.models.nextevent import DeepLogConfig, calibrate_top_g, score_sessions
+    from loganomaly.models.vocabulary import Vocabulary, with_end
 
     folder = data / "deeplog_hdfs_sessions"
 

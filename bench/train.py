@@ -38,15 +38,11 @@ import torch
 from loganomaly.config import TrainConfig
 from loganomaly.features.windows import FEATURE_NAMES
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.training.readers.arrow import (
-    Selection,
-    ShardReader,
-    Snapshot,
-    plan_shards,
-    time_range,
-    write_windows,
-)
-from loganomaly.training.tasks import Collective, train_autoencoder, train_on_snapshot
+from loganomaly.training.readers.arrow import ShardReader
+from loganomaly.features.split import Selection, plan_shards, time_range, write_windows
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.training.tasks import train_autoencoder, train_on_snapshot
+from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger("bench.train")
 
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         # The in-memory baseline gets the very windows and normaliser the full path uses.
         train_plan, val_plan = plan_shards(snapshot, selections(snapshot), cfg.seed)
         one = Collective()
-        from loganomaly.training.tasks import fit_normaliser
+        from loganomaly.models.normaliser import fit_normaliser
 
         raw_train = ShardReader(train_plan, 0, 1).load().x
         norm = fit_normaliser(raw_train, one)

@@ -17,6 +17,7 @@ from typing import Any
 
 from loganomaly.config import Config, load_config
 from loganomaly.errors import ConfigError, LogAnomalyError
+from loganomaly.registry import BACKENDS, READERS
 
 log = logging.getLogger("loganomaly.cli")
 
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _backend(p)
     p.add_argument(
         "--reader",
-        choices=["arrow", "petastorm"],
+        choices=READERS.names(),
         help="how ranks read their shard (overrides train.reader); petastorm needs the `make compat` environment",
     )
     p.add_argument("--resume", action="store_true",
@@ -136,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
-        choices=["local", "torch_distributor", "horovod"],
+        choices=BACKENDS.names(),
         help="training backend (overrides train.backend)",
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import types
 import typing
@@ -28,18 +29,16 @@ from typing import Any, Literal
 import yaml
 
 from loganomaly.errors import ConfigError
+from loganomaly.registry import BACKENDS, MODEL_KINDS, READERS
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "delta", "deltars"]
-Backend = Literal["local", "torch_distributor", "horovod"]
 Device = Literal["auto", "cpu", "cuda"]
-ModelKind = Literal["autoencoder", "deeplog", "classifier"]
 ClassWeights = Literal["balanced", "none"]
 # arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
-Reader = Literal["arrow", "petastorm"]
 Optimizer = Literal["adam", "sgd_nesterov"]
-Init = Literal["default", "xavier"]
+Init = Literal["auto", "default", "xavier"]
 
 
 @dataclass
@@ -151,7 +150,7 @@ class ModelConfig:
     labelled data: Zeek's ``label`` field, a label file).
     """
 
-    kind: ModelKind = "autoencoder"
+    kind: str = "autoencoder"
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
@@ -176,10 +175,10 @@ class ModelConfig:
 class TrainConfig:
     """Training loop, split and threshold calibration."""
 
-    backend: Backend = "local"
+    backend: str = "local"
     # How ranks read their shard: ``arrow`` (loganomaly.training.readers.arrow) or ``petastorm``
     # (loganomaly.training.readers.petastorm, PySpark 4.0 + pyarrow 14 environment only).
-    reader: Reader = "arrow"
+    reader: str = "arrow"
     num_processes: int = 2
     epochs: int = 40
     batch_size: int = 32
@@ -195,20 +194,21 @@ class TrainConfig:
     # (``sequences.n_abnormal``). For data with labels (Zeek's Benign/Malicious); unlabelled
     # events count as normal, so it changes nothing on unlabelled logs.
     normal_only: bool = False
-    # Chronological tail of the training period held out for early stopping and the threshold.
+    # Share of the training period held out for early stopping and the threshold: evenly spread
+    # time blocks of it (features.split.validation_block_mask), so validation sees every time of day.
     validation_fraction: float = 0.25
     threshold_quantile: float = 0.995
     device: Device = "auto"
     bf16: bool = False
-    # Optimiser and its recipe, for every model kind. The seed article's recipe
-    # (sequence_models.SEED_ARTICLE_PRESET) is --set train.optimizer=sgd_nesterov
-    # --set train.momentum=0.9 --set train.learning_rate=0.005 --set train.clip_value=0.5
-    # --set train.init=xavier --set train.seed=123.
+    # Optimiser and its recipe, for every model kind. The seed article's recipe is the profile
+    # conf/profiles/seed_article.yaml (--profile seed_article).
     optimizer: Optimizer = "adam"
     momentum: float = 0.9
     # Clip every gradient element to [-clip_value, clip_value] before a step; empty: no clipping.
     clip_value: float | None = None
-    init: Init = "default"
+    # Weight initialisation: auto (the kind's own: Xavier for the autoencoder, torch's default for
+    # DeepLog and the classifier), default (torch's) or xavier (Xavier-uniform weights, zero biases).
+    init: Init = "auto"
     # Continue the run whose checkpoint is in <model-dir>/checkpoints (after a crash or a
     # preemption); without one there, training starts fresh.
     resume: bool = False
@@ -447,8 +447,8 @@ def validate(cfg: Config) -> None:
         (cfg.train.clip_value is None or cfg.train.clip_value > 0, "train.clip_value must be > 0 (or empty)"),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (
-            not (cfg.model.kind == "classifier" and cfg.train.normal_only),
-            "model.kind=classifier learns from both classes; set train.normal_only=false",
+            math.isfinite(cfg.train.learning_rate) and cfg.train.learning_rate > 0,
+            f"train.learning_rate must be a positive number, got {cfg.train.learning_rate!r}",
         ),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
@@ -464,3 +464,7 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    # The registries hold the one list of each extension point's names (plug-ins included).
+    MODEL_KINDS.check(cfg.model.kind)
+    BACKENDS.check(cfg.train.backend)
+    READERS.check(cfg.train.reader)

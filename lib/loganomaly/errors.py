@@ -36,6 +36,10 @@ class EngineUnavailableError(TableError):
     """The configured Delta engine cannot run in this session (e.g. ``delta`` without its jars)."""
 
 
+class BackendUnavailableError(ConfigError):
+    """The configured training backend cannot run here (e.g. ``horovod`` is not installed)."""
+
+
 class ParseError(LogAnomalyError):
     """A log line cannot be parsed; its message is the quarantine reason."""
 

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
+from loganomaly.evaluation import stage as evaluate
 from loganomaly.features import stage as featurize
 from loganomaly.ingest import stage as ingest
 from loganomaly.ingest import synthetic
+from loganomaly.ingest.templates.store import load_state, save_state
 from loganomaly.lake.tables import Lake
+from loganomaly.models.bundle import load_bundle
 from loganomaly.runtime.runs import new_run_id
 from loganomaly.scoring import stage as score
 from loganomaly.training import stage as train
@@ -64,8 +67,6 @@ def run(
     summary.stages["score"] = score.run(spark, cfg, model_dir, lake=lake).as_dict()
     if labels is not None:
         # Generated data comes with its labels: show how well the injected anomalies were found.
-        from loganomaly.evaluation import stage as evaluate
-
         summary.stages["evaluate"] = evaluate.run(spark, cfg, model_dir, labels=labels, lake=lake).as_dict()
     log.info("pipeline done: %s", {k: v for k, v in summary.stages.items()})
     return summary
@@ -102,9 +103,6 @@ def run_split(
     """
     if not train_inputs or not score_inputs:
         raise StageInputError("a split pipeline needs both --train-input and --score-input paths")
-    from loganomaly.ingest.templates.store import load_state, save_state
-    from loganomaly.models.bundle import load_any_bundle
-
     summary = PipelineSummary()
     tcfg = training_config(cfg)
     train_lake = Lake(spark, tcfg.lake.root, tcfg.lake.engine)
@@ -120,7 +118,7 @@ def run_split(
         save_state(spark, lake, state, new_run_id("pipeline"), "")
     scfg = replace(cfg, templates=replace(cfg.templates, refit=False))
     summary.stages["ingest_score"] = ingest.run(spark, scfg, score_inputs, lake=lake).as_dict()
-    bundle = load_any_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     names = getattr(bundle, "feature_names", None)
     summary.stages["featurize_score"] = featurize.run(spark, scfg, lake=lake, feature_names=names).as_dict()
     summary.stages["score"] = score.run(spark, scfg, model_dir, lake=lake).as_dict()

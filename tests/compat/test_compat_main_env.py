@@ -12,7 +12,8 @@ from loganomaly.config import TrainConfig
 from loganomaly.errors import ConfigError
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig
 from loganomaly.training.backends import train_backend
-from loganomaly.training.readers.arrow import Selection, Snapshot, plan_shards, write_windows
+from loganomaly.features.split import Selection, plan_shards, write_windows
+from loganomaly.lake.snapshot import Snapshot
 
 
 def petastorm_runs_here() -> bool:

@@ -20,15 +20,9 @@ import pytest
 from loganomaly.config import TrainConfig
 from loganomaly.errors import StageInputError
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.training.readers.arrow import (
-    Selection,
-    ShardPlan,
-    ShardReader,
-    Snapshot,
-    plan_shards,
-    time_range,
-    write_windows,
-)
+from loganomaly.training.readers.arrow import ShardReader
+from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, write_windows
+from loganomaly.lake.snapshot import Snapshot
 from loganomaly.training.readers.petastorm import PetastormShardReader, check_dealing, dealt_rows
 
 # loganomaly.training.readers.petastorm imports Petastorm lazily, so the imports above work everywhere.
@@ -166,7 +160,7 @@ def _rank_load(rank: int, world: int, port: int, plan: ShardPlan, results: Any) 
     """One rank of a real gloo group: load the Petastorm shard, report what happened."""
     import torch.distributed as dist
 
-    from loganomaly.training.tasks import TorchCollective
+    from loganomaly.runtime.collective import TorchCollective
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:

@@ -13,7 +13,8 @@ from loganomaly.errors import StageInputError
 from loganomaly.evaluation import stage as evaluate
 from loganomaly.lake.schemas import TABLES
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig
-from loganomaly.models.bundle import ModelBundle, save_bundle
+from loganomaly.models.bundle import save_bundle
+from loganomaly.models.window import ModelBundle
 from loganomaly.models.normaliser import Normaliser
 
 pytestmark = pytest.mark.spark

@@ -11,7 +11,8 @@ import torch
 
 from loganomaly.errors import ModelError
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
-from loganomaly.models.bundle import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
+from loganomaly.models.bundle import META, WEIGHTS, load_bundle, save_bundle
+from loganomaly.models.window import ModelBundle
 from loganomaly.models.normaliser import STD_FLOOR, Normaliser
 from loganomaly.runtime.device import pick_device
 

@@ -10,17 +10,8 @@ import numpy as np
 import pytest
 
 from loganomaly.errors import ConfigError, ModelError
-from loganomaly.models.baselines import (
-    BASELINES,
-    Baseline,
-    IsolationForestBaseline,
-    OneClassSVMBaseline,
-    PCABaseline,
-    Standardiser,
-    evaluate,
-    flatten_windows,
-    make_baseline,
-)
+from loganomaly.models.baselines import BASELINES, Baseline, IsolationForestBaseline, OneClassSVMBaseline, PCABaseline, Standardiser, flatten_windows, make_baseline
+from loganomaly.evaluation.metrics import evaluate
 
 T, F = 4, 3
 

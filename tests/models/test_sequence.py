@@ -10,26 +10,10 @@ import pytest
 import torch
 
 from loganomaly.errors import ConfigError, ModelError
-from loganomaly.models.sequence import (
-    PAD_ID,
-    SEED_ARTICLE_PRESET,
-    UNKNOWN_ID,
-    ClassifierConfig,
-    DeepLog,
-    DeepLogConfig,
-    LSTMClassifier,
-    SequenceTrainConfig,
-    SessionScore,
-    Vocabulary,
-    balanced_class_weights,
-    calibrate_nll_threshold,
-    calibrate_top_g,
-    classifier_probabilities,
-    next_event_windows,
-    score_sessions,
-    train_classifier,
-    train_deeplog,
-)
+from loganomaly.models.sequence import SEED_ARTICLE_PRESET, SequenceTrainConfig, train_classifier, train_deeplog
+from loganomaly.models.classifier import ClassifierConfig, LSTMClassifier, balanced_class_weights, classifier_probabilities
+from loganomaly.models.nextevent import DeepLog, DeepLogConfig, SessionScore, calibrate_nll_threshold, calibrate_top_g, score_sessions
+from loganomaly.models.vocabulary import PAD_ID, UNKNOWN_ID, Vocabulary, next_event_windows
 from loganomaly.training.loop import build_optimizer, init_weights
 
 CYCLE = "ABCD"
@@ -406,7 +390,7 @@ def test_bf16_on_cpu_warns_and_trains_in_float32(caplog: pytest.LogCaptureFixtur
 
 
 def test_session_rows_cut_the_same_windows_as_next_event_windows() -> None:
-    from loganomaly.models.sequence import NextEventTask, SessionRows
+    from loganomaly.models.nextevent import NextEventTask, SessionRows
 
     sessions = [[5, 6, 7], [], [8], [2, 3, 4, 5, 6, 2]]
     rows = SessionRows.build(sessions, window=3, vocab_size=9, what="test")

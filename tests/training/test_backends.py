@@ -17,7 +17,8 @@ import pytest
 from loganomaly.config import TrainConfig
 from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.models.sequence import DeepLogConfig, SessionRows, Vocabulary
+from loganomaly.models.nextevent import DeepLogConfig, SessionRows
+from loganomaly.models.vocabulary import Vocabulary
 from loganomaly.training.backends import (
     decode_result,
     encode_result,
@@ -25,14 +26,8 @@ from loganomaly.training.backends import (
     train_backend,
     train_deeplog_backend,
 )
-from loganomaly.training.readers.arrow import (
-    Selection,
-    ShardPlan,
-    Snapshot,
-    plan_shards,
-    time_range,
-    write_windows,
-)
+from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, write_windows
+from loganomaly.lake.snapshot import Snapshot
 from loganomaly.training.tasks import SnapshotTrainResult
 from tests.models.test_autoencoder import F, T, periodic_windows
 

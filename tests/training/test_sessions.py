@@ -13,16 +13,11 @@ import torch
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, ModelError
 from loganomaly.lake.schemas import TABLES
-from loganomaly.models.bundle import (
-    META,
-    DeepLogBundle,
-    ModelBundle,
-    load_any_bundle,
-    load_bundle,
-    load_deeplog_bundle,
-    save_bundle,
-)
-from loganomaly.models.sequence import DeepLog, DeepLogConfig, Vocabulary
+from loganomaly.models.bundle import META, load_any_bundle, load_bundle, load_deeplog_bundle, save_bundle
+from loganomaly.models.deeplog import DeepLogBundle
+from loganomaly.models.window import ModelBundle
+from loganomaly.models.nextevent import DeepLog, DeepLogConfig
+from loganomaly.models.vocabulary import Vocabulary
 from loganomaly.scoring import stage as score
 from loganomaly.training import sessions as session_model
 from loganomaly.training import stage as train

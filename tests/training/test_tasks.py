@@ -18,14 +18,11 @@ from loganomaly.models.autoencoder import (
     window_step_errors,
 )
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.scoring.stage import explain
-from loganomaly.training.tasks import (
-    CHECKPOINT_META,
-    calibrate_threshold,
-    load_checkpoint,
-    shard_indices,
-    train_autoencoder,
-)
+from loganomaly.models.autoencoder import explain
+from loganomaly.training.tasks import train_autoencoder
+from loganomaly.training.loop import CHECKPOINT_META, load_checkpoint
+from loganomaly.models.autoencoder import calibrate_threshold
+from loganomaly.runtime.collective import shard_indices
 from tests.models.test_autoencoder import F, T, periodic_windows
 
 

@@ -26,9 +26,11 @@ import numpy as np
 
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
+from loganomaly.evaluation.metrics import evaluate as evaluate_arrays
 from loganomaly.evaluation.stage import EVENTS_SOURCE, LabelledWindows, labelled_windows, read_label_file
 from loganomaly.lake.tables import Lake
-from loganomaly.models.bundle import ModelBundle, load_bundle
+from loganomaly.models.bundle import kind_of, load_bundle
+from loganomaly.models.kind import Bundle
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,7 +268,7 @@ def plot_histogram(scores: np.ndarray, threshold: float) -> Figure:
 
 # ---------------------------------------------------------------- the report
 def _labels(
-    spark: SparkSession, lake: Lake, bundle: ModelBundle, labels: str | Path | None
+    spark: SparkSession, lake: Lake, bundle: Bundle, labels: str | Path | None
 ) -> tuple[LabelledWindows | None, list[tuple[Any, ...]] | None, str]:
     """Labelled windows (or None), interval labels to shade (or None), and a note on what was used."""
     intervals = None
@@ -351,21 +353,24 @@ def build_report(
     n_windows, n_flagged = int(per_entity["windows"].sum()), int(per_entity["flagged"].sum())
     history = list(bundle.training.get("history") or [])
     best_epoch = bundle.metrics.get("best_epoch")
+    kind = kind_of(bundle.kind)
     versions = {
-        "sequences (trained on)": bundle.training.get("sequences_version"),
+        f"{kind.input_table} (trained on)": bundle.training.get(f"{kind.input_table}_version"),
         "scores": scores_version,
         "events": lake.version("events"),
         "evaluations": lake.version("evaluations"),
     }
     meta = [
         ("model version", bundle.version),
+        ("model kind", f"{kind.name} ({bundle.kind})"),
         ("threshold", f"{threshold:.6g}"),
+        *kind.report_facts(bundle),
         ("training run", bundle.training.get("run_id")),
         ("training split", ", ".join(f"{k} {v}" for k, v in (bundle.training.get("split") or {}).items())),
         ("data versions", ", ".join(f"{k} v{v}" for k, v in versions.items() if v is not None)),
-        ("windows scored", f"{n_windows} over {len(per_entity)} entities, "
-                           f"{_fmt(per_entity['first'].min())} to {_fmt(per_entity['last'].max())} UTC"),
-        ("windows flagged", f"{n_flagged} ({100 * n_flagged / max(1, n_windows):.2f}%)"),
+        (f"{kind.unit} scored", f"{n_windows} over {len(per_entity)} entities, "
+                               f"{_fmt(per_entity['first'].min())} to {_fmt(per_entity['last'].max())} UTC"),
+        (f"{kind.unit} flagged", f"{n_flagged} ({100 * n_flagged / max(1, n_windows):.2f}%)"),
         ("labels", label_note),
         ("generated", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
     ]
@@ -410,8 +415,6 @@ def build_report(
 
     parts.append('<section id="evaluation"><h2>Evaluation against labels</h2>')
     if data is not None:
-        from loganomaly.models.baselines import evaluate as evaluate_arrays
-
         stored = evaluate_arrays(data.scores, data.labels, data.threshold)
         best_t = stored["best_f1_threshold"]
         best = evaluate_arrays(data.scores, data.labels, best_t)
@@ -433,8 +436,8 @@ def build_report(
         parts.append(_png(plot_training(history, best_epoch), "training", figures_dir))
         parts.append(f'<p class="note">{_e(len(history))} epochs; best validation loss '
                      f"{_e(_fmt(bundle.metrics.get('best_val_loss')))} at epoch {_e(best_epoch)}; "
-                     f"{_e(bundle.training.get('train_windows'))} training and "
-                     f"{_e(bundle.training.get('validation_windows'))} validation windows.</p>")
+                     f"{_e(bundle.training.get(f'train_{kind.unit}'))} training and "
+                     f"{_e(bundle.training.get(f'validation_{kind.unit}'))} validation {_e(kind.unit)}.</p>")
     else:
         parts.append('<p class="note">The bundle has no training history.</p>')
     parts.append("</section></body></html>")

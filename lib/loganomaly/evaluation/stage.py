@@ -38,10 +38,11 @@ import numpy as np
 
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
+from loganomaly.evaluation.metrics import evaluate as evaluate_arrays
+from loganomaly.features.labels import NORMAL_LABELS, is_abnormal_label
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
-from loganomaly.models.baselines import evaluate as evaluate_arrays
-from loganomaly.models.bundle import ModelBundle, load_any_bundle
+from loganomaly.models.bundle import load_bundle
 from loganomaly.runtime.runs import new_run_id
 
 if TYPE_CHECKING:
@@ -49,9 +50,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Labels (lower-cased, trimmed) that mean "normal"; null labels are normal too. The first four are
-#: the set :mod:`loganomaly.features.stage` uses for sessions; "0"/"false" cover 0/1 key files.
-DEFAULT_NORMAL_LABELS: tuple[str, ...] = ("normal", "benign", "background", "-", "", "0", "false")
+#: Labels that mean "normal" (the one list training uses too).
+DEFAULT_NORMAL_LABELS = NORMAL_LABELS
 #: ``label_source`` of evaluations against the events' own labels.
 EVENTS_SOURCE = "events.label"
 THRESHOLD_KINDS = ("stored", "best_f1")
@@ -157,14 +157,6 @@ def read_label_file(path: str | Path) -> tuple[str, list[tuple[Any, ...]]]:
 
 
 # ---------------------------------------------------------------- labelling in Spark
-def _is_abnormal(col: Any, normal_labels: Iterable[str]) -> Any:
-    """Column expression: a non-null label outside ``normal_labels`` (compared lower-cased, trimmed)."""
-    from pyspark.sql import functions as F
-
-    normal = sorted({str(v).strip().lower() for v in normal_labels})
-    return col.isNotNull() & ~F.lower(F.trim(col)).isin(normal)
-
-
 def label_windows_by_intervals(spark: SparkSession, windows: DataFrame, intervals: list[tuple[Any, ...]]) -> DataFrame:
     """``windows`` plus ``label`` (0/1): 1 when the window overlaps an interval of its entity.
 
@@ -198,7 +190,7 @@ def label_windows_by_keys(
     from pyspark.sql import functions as F
 
     labels = spark.createDataFrame(keys, "entity string, raw_label string").groupBy("entity").agg(
-        F.max(_is_abnormal(F.col("raw_label"), normal_labels).cast("int")).alias("label")
+        F.max(is_abnormal_label(F.col("raw_label"), normal_labels).cast("int")).alias("label")
     )
     return windows.join(F.broadcast(labels), "entity", "left")
 
@@ -211,7 +203,7 @@ def label_windows_by_events(windows: DataFrame, events: DataFrame, normal_labels
     """
     from pyspark.sql import functions as F
 
-    bad = events.where(_is_abnormal(F.col("label"), normal_labels)).select(
+    bad = events.where(is_abnormal_label(F.col("label"), normal_labels)).select(
         F.col("entity").alias("e_entity"), F.col("ts").alias("e_ts")
     )
     hits = (
@@ -323,11 +315,10 @@ def run(
         ModelError: no loadable bundle in ``model_dir``.
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
-    bundle = load_any_bundle(model_dir)
+    bundle = load_bundle(model_dir)
     run_id = new_run_id("evaluate")
     data = labelled_windows(spark, lake, bundle.version, labels, normal_labels)
-    # A DeepLog bundle's scores are unexpected-event counts against a threshold fixed by top_g.
-    bundle_threshold = bundle.threshold if isinstance(bundle, ModelBundle) else data.threshold
+    bundle_threshold = bundle.threshold
     if not math.isclose(data.threshold, bundle_threshold, rel_tol=1e-9, abs_tol=1e-12):
         log.warning("scores carry threshold %.6g, bundle %.6g; evaluating the scores' threshold",
                     data.threshold, bundle_threshold)

@@ -51,6 +51,7 @@ import pandas as pd
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, StageInputError
+from loganomaly.features.labels import is_abnormal_label
 from loganomaly.features.windows import (
     METRIC_PREFIX,
     OTHER_TEMPLATES,
@@ -62,8 +63,7 @@ from loganomaly.features.windows import (
     feature_names_for,
     feature_templates,
 )
-from loganomaly.ingest.templates.miner import UNKNOWN_TEMPLATE_ID
-from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
+from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES, UNKNOWN_TEMPLATE_ID
 from loganomaly.lake.tables import Lake
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
@@ -77,27 +77,12 @@ FAILED_CONN_STATES = ["S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR
 ERROR_LEVELS = ["emerg", "alert", "crit", "err", "error", "fatal", "critical"]
 WARNING_LEVELS = ["warning", "warn"]
 
-#: Frequent templates counted as their own step feature (``features.top_templates`` once config has it).
-TOP_TEMPLATES = 8
 #: Relative rank error of the per-step duration quantiles: coarse is enough for p50/p95 and
 #: keeps the per-group sketch small.
 DURATION_QUANTILE_ACCURACY = 100
 
-#: Session key used when none is given (``features.session_key`` once config has it): ``None``
-#: builds no sessions, so the default pipeline pays nothing for them.
-SESSION_KEY: str | None = None
 #: Example key: HDFS block ids among the template parameters (one session per block).
 HDFS_BLOCK_KEY = r"params:blk_-?\d+"
-#: Labels that mean "normal" (Loghub BGL marks normal lines with ``-``; the CTU captures call
-#: unlabelled traffic "Background"); compared lower-cased and trimmed.
-NORMAL_LABELS = ["normal", "benign", "background", "-", ""]
-
-
-def is_abnormal_label(label: Column) -> Column:
-    """True for a non-null label outside :data:`NORMAL_LABELS`."""
-    from pyspark.sql import functions as F
-
-    return label.isNotNull() & ~F.lower(F.trim(label)).isin(NORMAL_LABELS)
 
 
 def signed_log1p(x: Column) -> Column:
@@ -448,9 +433,9 @@ def run(
         cfg: configuration (``features`` for the windows, ``train`` for the training cut).
         lake: the tables (default: from ``cfg.lake``).
         session_key: build ``sessions`` by this key (:class:`SessionKey` syntax); default
-            ``features.session_key`` if config has it, else :data:`SESSION_KEY`.
+            ``features.session_key`` (empty: no sessions, so the default pipeline pays nothing for them).
         top_templates: frequent templates counted as features when they are (re)chosen; default
-            ``features.top_templates`` if config has it, else :data:`TOP_TEMPLATES`.
+            ``features.top_templates``.
         refit_templates: choose the templates again even if ``sequences`` has feature names
             (after which the current model no longer scores the new windows: retrain).
         feature_names: use exactly these features (a trained model's, so that windows of a lake
@@ -470,7 +455,7 @@ def run(
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     if not lake.exists("events"):
         raise StageInputError(f"no events table under {lake.root}; run `loganomaly ingest` first")
-    spec_text = session_key if session_key is not None else cfg.features.session_key or SESSION_KEY
+    spec_text = session_key if session_key is not None else cfg.features.session_key
     key = SessionKey.parse(spec_text) if spec_text else None  # parse before any work: fail fast
     k = top_templates if top_templates is not None else cfg.features.top_templates
     run_id = new_run_id("featurize")

@@ -103,32 +103,6 @@ def signed_expm1(y: np.ndarray) -> np.ndarray:
     return np.sign(y) * np.expm1(np.abs(y))
 
 
-def stored_feature_names(path: str, version: int | None = None) -> list[str] | None:
-    """Feature names of a ``sequences`` snapshot, read from its first row.
-
-    One row is enough: featurize writes the whole table in one commit with one name list. Returns
-    ``None`` for an empty table or one written without the column (e.g. by
-    :func:`loganomaly.training.readers.arrow.write_windows`); callers decide what that means. delta-rs only lists
-    the snapshot's files and pyarrow reads them (not ``DeltaTable.to_pyarrow_dataset``, which
-    needs pyarrow >= 15 and so would fail in the Petastorm environment).
-    """
-    import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
-    from deltalake import DeltaTable
-
-    for uri in sorted(DeltaTable(path, version=version).file_uris()):
-        fs, file_path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-        parquet = pq.ParquetFile(fs.open_input_file(file_path))
-        if "feature_names" not in parquet.schema_arrow.names:
-            return None
-        for rg in range(parquet.metadata.num_row_groups):
-            head = parquet.read_row_group(rg, columns=["feature_names"])
-            if head.num_rows:
-                names = head.column("feature_names")[0].as_py()
-                return [str(n) for n in names] if names is not None else None
-    return None
-
-
 @dataclass(frozen=True)
 class WindowSpec:
     """How steps and windows are cut; stored with the model so scoring cuts them the same way."""

@@ -155,6 +155,11 @@ EVALUATION_COLUMNS: dict[str, str] = {
     "fn": "bigint",
 }
 
+#: Template id of a message that no learned template covers (hash ids are ``T`` + 12 hex digits,
+#: so this can never collide with one).
+UNKNOWN_TEMPLATE_ID = "T0"
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """A named table: its columns and partition columns."""

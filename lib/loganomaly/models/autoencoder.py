@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from loganomaly.config import Config
 from loganomaly.errors import ModelError
+from loganomaly.features.split import Shard, ShardPlan
+from loganomaly.features.windows import signed_expm1
+from loganomaly.models.common import check_dropout, check_positive_ints, strict_from_dict
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.task import FitTask, TensorTask, float_tensor
+from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
+from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +54,12 @@ class LSTMAutoencoderConfig:
     num_layers: int = 1
     dropout: float = 0.0
 
+    #: ``kind`` of the bundle this model is saved in (the only kind before DeepLog).
+    bundle_kind: ClassVar[str] = "lstm_autoencoder"
+
     def __post_init__(self) -> None:
-        # Refuse nonsense early: torch's own errors for a zero-sized LSTM are cryptic.
-        for name in ("n_features", "window_steps", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ModelError(f"model config {name} must be a positive integer, got {value!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ModelError(f"model config dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive_ints(self, ("n_features", "window_steps", "hidden_size", "num_layers"), "model config")
+        check_dropout(self.dropout, "model config")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON (checkpoints, bundles)."""
@@ -63,16 +72,11 @@ class LSTMAutoencoderConfig:
         Unknown keys are refused because a bundle written by a newer model version could carry a
         setting this code would silently drop, and then build a different network.
         """
-        if not isinstance(data, dict):
-            raise ModelError(f"model config must be a mapping, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ModelError(f"unknown model config keys {unknown}; valid keys: {', '.join(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ModelError(f"incomplete model config {data!r}: {exc}") from None
+        return strict_from_dict(cls, data, "model config")
+
+    def build(self) -> LSTMAutoencoder:
+        """A freshly initialised network of this shape."""
+        return LSTMAutoencoder(self)
 
 
 class LSTMAutoencoder(nn.Module):
@@ -90,15 +94,6 @@ class LSTMAutoencoder(nn.Module):
         self.encoder = nn.LSTM(cfg.n_features, cfg.hidden_size, cfg.num_layers, batch_first=True, dropout=dropout)
         self.decoder = nn.LSTM(cfg.hidden_size, cfg.hidden_size, cfg.num_layers, batch_first=True, dropout=dropout)
         self.output = nn.Linear(cfg.hidden_size, cfg.n_features)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Xavier weights and zero biases: keeps early activations away from tanh/sigmoid saturation."""
-        for name, param in self.named_parameters():
-            if "weight" in name:
-                nn.init.xavier_uniform_(param)
-            else:
-                nn.init.zeros_(param)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruct ``x[B, T, F]`` as ``recon[B, T, F]``."""
@@ -168,3 +163,173 @@ def window_step_errors(
     if not out:
         return np.zeros((0, *x.shape[1:]), dtype=np.float64)
     return np.concatenate(out).astype(np.float64)
+
+
+class AutoencoderTask(TensorTask):
+    """The autoencoder's part of the loop: normalised windows ``[N, T, F]`` reconstruct themselves."""
+
+    label = "autoencoder"
+
+    def __init__(self, train_x: np.ndarray, order: Callable[[int], np.ndarray], val_x: np.ndarray,
+                 model_cfg: LSTMAutoencoderConfig) -> None:
+        super().__init__(float_tensor(train_x), order, float_tensor(val_x))
+        self.model_cfg = model_cfg
+
+    def model_config(self) -> dict[str, Any]:
+        return self.model_cfg.to_dict()
+
+    def build_model(self) -> nn.Module:
+        return LSTMAutoencoder(self.model_cfg)
+
+    def loss_sums(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_window = ((output - target) ** 2).mean(dim=(1, 2))
+        return per_window.sum(dtype=torch.float64), torch.tensor(float(len(target)), device=output.device)
+
+
+#: Robust floor of the threshold: median + this many robust standard deviations (1.4826 * MAD).
+THRESHOLD_MAD_FLOOR = 3.0
+#: The log-normal tail may extrapolate at most this factor beyond the largest validation score.
+THRESHOLD_TAIL_CAP = 2.0
+
+
+def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
+    """Threshold for a false-alarm rate of about ``1 - quantile`` on normal data like validation.
+
+    The larger of three estimates of the ``quantile`` of normal scores:
+
+    * the empirical quantile of the validation scores;
+    * the same quantile of a log-normal fitted to them. Reconstruction errors are positive and
+      right-skewed; with a few hundred validation windows the empirical 0.995 quantile is just the
+      largest score or two and badly underestimates the tail that thousands of scored windows
+      will sample, so the fitted tail extrapolates where the sample runs out;
+    * ``median + 3 * 1.4826 * MAD``, a floor for tiny validation sets where both are unstable.
+
+    The log-normal estimate is capped at :data:`THRESHOLD_TAIL_CAP` times the largest validation
+    score: when validation scores are not one skewed hump (windows of rare but normal events
+    score orders of magnitude above quiet ones, as on BGL), the fitted spread explodes and the
+    "tail" lands far beyond anything normal ever scored, which would silence the detector.
+
+    Raises:
+        ModelError: no scores, non-finite scores, or a quantile outside (0, 1).
+    """
+    scores = np.asarray(val_scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ModelError("no validation scores to calibrate a threshold")
+    if not np.isfinite(scores).all():
+        raise ModelError("validation scores contain NaN or infinity; the model did not train properly")
+    if not 0.0 < quantile < 1.0:
+        raise ModelError(f"threshold quantile must be in (0, 1), got {quantile}")
+    median = float(np.median(scores))
+    mad = float(np.median(np.abs(scores - median)))
+    candidates = [float(np.quantile(scores, quantile)), median + THRESHOLD_MAD_FLOOR * 1.4826 * mad]
+    positive = scores[scores > 0]
+    if positive.size >= 2:
+        logs = np.log(positive)
+        z = statistics.NormalDist().inv_cdf(quantile)
+        tail = float(np.exp(logs.mean() + z * logs.std(ddof=1)))
+        candidates.append(min(tail, THRESHOLD_TAIL_CAP * float(scores.max())))
+    return max(candidates)
+
+
+#: Typical per-feature errors below this are floored when explaining: a feature that never varied
+#: in training has ~0 typical error, and the ratio to it would say nothing more than "unusual".
+TYPICAL_ERROR_FLOOR = 0.05
+
+
+def explain(
+    x: np.ndarray,
+    per_step_error: np.ndarray,
+    typical: np.ndarray,
+    mean: np.ndarray,
+    names: list[str],
+    top_k: int,
+    log1p: bool = True,
+) -> tuple[list[list[str]], list[str]]:
+    """Name the features whose error most exceeds their typical (validation) error, in user units.
+
+    Ranking is by ``error / typical error``; the text shows what a person can check against the
+    raw lines: the feature's value at the step where it was worst next to its training mean, both
+    undone from log1p (``failed_connections=240 at 08:35 step (normal ~0.2)``).
+
+    Args:
+        x: raw windows ``[N, T, F]`` (as stored in ``sequences``).
+        per_step_error: squared reconstruction error ``[N, T, F]``.
+        typical: per-feature mean error on validation windows ``[F]``.
+        mean: per-feature training mean (raw units of ``x``) ``[F]``.
+        names: feature names.
+        top_k: features named per window.
+        log1p: whether features are stored as log1p (then values are shown as expm1).
+    """
+    per_feature = per_step_error.mean(axis=1)
+    # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
+    # error; the ratio would be astronomic and say nothing more than "unusual".
+    ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
+    order = np.argsort(-ratio, axis=1)[:, :top_k]
+    worst_step = per_step_error.argmax(axis=1)  # [N, F]
+    undo = signed_expm1 if log1p else (lambda v: v)
+    tops, texts = [], []
+    for i, idx in enumerate(order):
+        tops.append([names[f] for f in idx])
+        parts = []
+        for f in idx:
+            observed = float(undo(x[i, worst_step[i, f], f]))
+            normal = float(undo(mean[f]))
+            parts.append(f"{names[f]}={observed:.3g} at step {int(worst_step[i, f]) + 1} (normal ~{normal:.3g})")
+        texts.append("; ".join(parts))
+    return tops, texts
+
+
+@dataclass
+class AutoencoderWork(WindowWork):
+    """The autoencoder's rank work: its windows are their own targets."""
+
+    def task(self, data: WindowData, comm: Collective) -> FitTask:
+        return AutoencoderTask(data.train_x, data.order, data.val_x, self.model_cfg)
+
+
+class AutoencoderKind(WindowKind):
+    """``model.kind=autoencoder`` (the default): reconstruction error of normal windows.
+
+    The threshold is calibrated on validation normal windows (:func:`calibrate_threshold`); a window
+    is explained by the features whose error most exceeds their typical validation error.
+    """
+
+    name = "autoencoder"
+    bundle_kind = LSTMAutoencoderConfig.bundle_kind
+    #: Xavier weights and zero biases keep early activations away from tanh/sigmoid saturation; the
+    #: autoencoder has always trained from them (``train.init: auto``).
+    default_init = "xavier"
+
+    def model_config(self, cfg: Config, n_steps: int, n_features: int) -> LSTMAutoencoderConfig:
+        return LSTMAutoencoderConfig(n_features=n_features, window_steps=n_steps, hidden_size=cfg.model.hidden_size,
+                                     num_layers=cfg.model.num_layers, dropout=cfg.model.dropout)
+
+    def config_from(self, data: dict[str, Any]) -> LSTMAutoencoderConfig:
+        return LSTMAutoencoderConfig.from_dict(data)
+
+    def work(self, train_plan: ShardPlan, val_plan: ShardPlan, model_cfg: Any, normaliser: Normaliser | None,
+             cfg: Config) -> AutoencoderWork:
+        return AutoencoderWork(train_plan, val_plan, model_cfg, normaliser)
+
+    def calibrate(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
+                  cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
+        val_scores, val_feature_errors = window_errors(model, val_x, device=device)
+        threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+        # Typical per-feature error on normal windows: scoring explains a window by how many
+        # times its error exceeds this.
+        return threshold, {"val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)]}, val_scores
+
+    def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
+                      top_k: int) -> pd.DataFrame:
+        """Mean squared reconstruction error per window, every window explained by its worst features."""
+        normalised = bundle.normaliser.transform(x)
+        mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
+        log1p = bundle.features.get("transform", "log1p") == "log1p"
+        per_step = window_step_errors(model, normalised, device=device)
+        scores = per_step.mean(axis=(1, 2))
+        typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
+        tops, texts = explain(x, per_step, typical, mean, bundle.feature_names, top_k, log1p)
+        return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
+
+
+KIND = AutoencoderKind()

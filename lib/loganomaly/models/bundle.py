@@ -1,23 +1,18 @@
-"""Model bundles: ``model.safetensors`` (weights) + ``model.json`` (everything else), of two kinds.
+"""Model bundles: ``model.safetensors`` (weights) + ``model.json`` (everything else), of any kind.
 
-A bundle's ``kind`` (a field of ``model.json``) says which model it holds:
+A bundle's ``kind`` (a field of ``model.json``) says which model it holds, and names the model kind
+(:data:`loganomaly.registry.MODEL_KINDS`) that writes and reads its fields: ``lstm_autoencoder``
+and ``lstm_classifier`` (:class:`loganomaly.models.window.ModelBundle`), ``deeplog``
+(:class:`loganomaly.models.deeplog.DeepLogBundle`), or a kind of your own. This module holds what
+every kind shares: the format version, the content hash, atomic writes, verification on load.
 
-* ``lstm_autoencoder`` (:class:`ModelBundle`): the LSTM autoencoder over ``sequences`` windows,
-  with its normaliser, feature names and window spec, threshold, metrics, and training provenance.
-* ``deeplog`` (:class:`DeepLogBundle`): the next-event LSTM over ``sessions``, with its
-  :class:`~loganomaly.models.sequence.DeepLogConfig` (whose ``top_g`` is the scoring rule), the
-  training :class:`~loganomaly.models.sequence.Vocabulary`, an NLL threshold, metrics and
-  provenance (the ``sessions`` version it was trained on included).
+Every kind may carry ``templates``: the template-miner state (``Templates.to_dict()``) the training
+data were mined with, so a bundle alone says which template ids its inputs must use. The key is
+written only when a state is set, so a bundle without one is byte-for-byte what earlier releases
+wrote and keeps its version.
 
-Both may carry ``templates``: the template-miner state (``Templates.to_dict()``) the training data
-were mined with, so a bundle alone says which template ids its inputs must use. The key is
-written only when a state is set, so an autoencoder bundle without one is byte-for-byte what
-earlier releases wrote and keeps its version.
-
-Loading never unpickles: weights are safetensors, the rest is JSON. :func:`load_bundle` reads the
-autoencoder (the stage ``score`` has always used), :func:`load_deeplog_bundle` a DeepLog bundle and
-:func:`load_any_bundle` whichever kind is there; :func:`save_bundle` writes either. An unknown kind
-or format version is refused with a :class:`~loganomaly.errors.ModelError`, never guessed.
+Loading never unpickles: weights are safetensors, the rest is JSON. An unknown kind or format
+version is refused with a :class:`~loganomaly.errors.ModelError`, never guessed.
 
 The bundle's ``version`` is a short hash of its whole content (weights and every JSON field), so
 identical bundles share a version, scores can be traced to the exact model, and an edit to either
@@ -33,155 +28,71 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from loganomaly.config import Config
 from loganomaly.errors import ModelError
-from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig
-from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.sequence import ClassifierConfig, DeepLog, DeepLogConfig, LSTMClassifier, Vocabulary
+from loganomaly.ingest.templates.miner import Templates
+from loganomaly.ingest.templates.store import load_state
+from loganomaly.registry import MODEL_KINDS
+from loganomaly.runtime.device import pick_device
 from loganomaly.runtime.files import atomic_write
 
 if TYPE_CHECKING:
-    from loganomaly.ingest.templates.miner import Templates
+    from loganomaly.lake.tables import Lake
+    from loganomaly.models.kind import Bundle, ModelKind
 
 log = logging.getLogger(__name__)
 
+__all__ = ["BUNDLE_FILES", "FORMAT_VERSION", "META", "WEIGHTS", "kind_of", "load_bundle", "save_bundle",
+           "training_templates", "worker_model"]
+
 FORMAT_VERSION = 1
-#: Kind of the LSTM autoencoder bundle (the only kind before DeepLog; kept as ``KIND``).
-KIND = "lstm_autoencoder"
-DEEPLOG_KIND = "deeplog"
-#: The supervised LSTM classifier over the same windows as the autoencoder (a ModelBundle too).
-CLASSIFIER_KIND = "lstm_classifier"
-#: Every kind this code reads.
-KINDS = (KIND, DEEPLOG_KIND, CLASSIFIER_KIND)
 WEIGHTS = "model.safetensors"
 META = "model.json"
-#: Hex digits of the content hash kept as the version: short enough to read in a table.
+#: The files of a bundle, as shipped to executors.
+BUNDLE_FILES = (META, WEIGHTS)
 VERSION_CHARS = 12
 
 
-def _templates_of(data: dict[str, Any] | None) -> Templates | None:
-    """The miner state a bundle carries, rebuilt (imported lazily: scoring rarely needs it)."""
+def kind_of(bundle_kind: str) -> ModelKind:
+    """The registered model kind that writes bundles of ``bundle_kind``.
+
+    Raises:
+        ModelError: no registered kind writes it.
+    """
+    for _, kind in MODEL_KINDS.items():
+        if kind.bundle_kind == bundle_kind:
+            return kind  # type: ignore[no-any-return]
+    known = [k.bundle_kind for _, k in MODEL_KINDS.items()]
+    raise ModelError(f"unknown bundle kind {bundle_kind!r}; this code reads: {', '.join(known)}")
+
+
+def templates_of(data: dict[str, Any] | None) -> Templates | None:
+    """The miner state a bundle carries, rebuilt."""
     if data is None:
         return None
-    from loganomaly.ingest.templates.miner import Templates
-
     return Templates.from_dict(data)
 
 
-@dataclass
-class ModelBundle:
-    """A trained window model and everything needed to score with it: the LSTM autoencoder (kind
-    ``lstm_autoencoder``) or the supervised LSTM classifier (kind ``lstm_classifier``). Both read
-    the numeric windows of ``sequences`` with the same normaliser and feature names.
+def training_templates(cfg: Config, lake: Lake) -> dict[str, Any] | None:
+    """The template-miner state the training data were mined with, for the bundle; None when disabled.
 
-    Attributes:
-        model_cfg: architecture, to rebuild the network; its type decides the kind.
-        state_dict: its weights.
-        normaliser: per-feature statistics of the training windows.
-        threshold: scores above it are anomalies (reconstruction error, or the classifier's
-            probability of the anomalous class).
-        feature_names: the F feature names, in model order.
-        features: the feature spec the windows were built with (step_seconds, window_steps, ...).
-        metrics: validation metrics (loss, score quantiles, typical per-feature error).
-        training: provenance (data version, run id, history, config).
-        version: content hash, set by :func:`save_bundle` and checked by :func:`load_bundle`.
-        templates: the template-miner state (``Templates.to_dict()``) of the training data, or
-            None when templates were disabled or never fitted.
+    The current state of the lake is the one featurize used (a refit makes a new current state,
+    and its template ids differ), so a bundle that carries it can always be matched to its inputs.
     """
-
-    model_cfg: LSTMAutoencoderConfig | ClassifierConfig
-    state_dict: dict[str, torch.Tensor]
-    normaliser: Normaliser
-    threshold: float
-    feature_names: list[str]
-    features: dict[str, Any]
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    version: str = ""
-    templates: dict[str, Any] | None = None
-
-    @property
-    def kind(self) -> str:
-        return CLASSIFIER_KIND if isinstance(self.model_cfg, ClassifierConfig) else KIND
-
-    @property
-    def window_steps(self) -> int:
-        """T of the windows scored (the classifier reads any length; it keeps the featurize one)."""
-        if isinstance(self.model_cfg, LSTMAutoencoderConfig):
-            return self.model_cfg.window_steps
-        return int(self.features["window_steps"])
-
-    def build_model(self, device: torch.device | None = None) -> torch.nn.Module:
-        """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
-        model: torch.nn.Module = LSTMAutoencoder(self.model_cfg) if isinstance(self.model_cfg, LSTMAutoencoderConfig) \
-            else LSTMClassifier(self.model_cfg)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not match the model config: {exc}") from None
-        return model.to(device or torch.device("cpu")).eval()
-
-    def template_state(self) -> Templates | None:
-        """The template miner the training data were mined with, or None."""
-        return _templates_of(self.templates)
-
-
-@dataclass
-class DeepLogBundle:
-    """A trained DeepLog model and everything needed to score sessions with it (kind ``deeplog``).
-
-    Attributes:
-        model_cfg: architecture; its ``top_g`` is the scoring rule (an event outside the ``top_g``
-            most likely next templates, or of an unknown template, is unexpected).
-        state_dict: its weights.
-        vocabulary: template id strings -> model ids, fitted on the training sessions only.
-        nll_threshold: the validation quantile of the per-session max NLL; an alternative,
-            continuous rule kept for ranking and reports (the top-g rule decides ``is_anomaly``).
-        metrics: validation metrics (loss, false-positive rate at ``top_g``, NLL quantiles).
-        training: provenance (``sessions`` version, split, run id, history, config).
-        version: content hash, set by :func:`save_bundle` and checked at load.
-        templates: the template-miner state (``Templates.to_dict()``) or None.
-    """
-
-    model_cfg: DeepLogConfig
-    state_dict: dict[str, torch.Tensor]
-    vocabulary: Vocabulary
-    nll_threshold: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    version: str = ""
-    templates: dict[str, Any] | None = None
-
-    kind: ClassVar[str] = DEEPLOG_KIND
-
-    @property
-    def top_g(self) -> int:
-        """Candidates that count as expected (stored in the model config)."""
-        return self.model_cfg.top_g
-
-    def build_model(self, device: torch.device | None = None) -> DeepLog:
-        """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
-        model = DeepLog(self.model_cfg)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not match the model config: {exc}") from None
-        return model.to(device or torch.device("cpu")).eval()
-
-    def template_state(self) -> Templates | None:
-        """The template miner the training sessions were mined with, or None."""
-        return _templates_of(self.templates)
-
-
-AnyBundle = ModelBundle | DeepLogBundle
+    if not cfg.templates.enabled:
+        return None
+    state = load_state(lake)
+    if state is None:
+        log.info("no template-miner state in %s; the bundle carries none", lake.root)
+        return None
+    return state.to_dict()
 
 
 def _canonical(meta: dict[str, Any]) -> dict[str, Any]:
@@ -205,50 +116,16 @@ def _content_version(state: dict[str, torch.Tensor], meta: dict[str, Any]) -> st
     return digest.hexdigest()[:VERSION_CHARS]
 
 
-def _check_consistent(bundle: AnyBundle) -> None:
-    if isinstance(bundle, DeepLogBundle):
-        if bundle.vocabulary.size != bundle.model_cfg.vocab_size:
-            raise ModelError(f"vocabulary has {bundle.vocabulary.size} ids, the model {bundle.model_cfg.vocab_size}")
-        return
-    n = bundle.model_cfg.n_features
-    if len(bundle.normaliser.mean) != n:
-        raise ModelError(f"normaliser has {len(bundle.normaliser.mean)} features, the model {n}")
-    if len(bundle.feature_names) != n:
-        raise ModelError(f"{len(bundle.feature_names)} feature names for a model of {n} features")
-
-
-def _meta_of(bundle: AnyBundle) -> dict[str, Any]:
+def _meta_of(bundle: Bundle) -> dict[str, Any]:
     """The JSON fields of a bundle (without ``version``), in the layout of its kind."""
-    meta: dict[str, Any]
-    if isinstance(bundle, DeepLogBundle):
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": DEEPLOG_KIND,
-            "model": bundle.model_cfg.to_dict(),
-            "vocabulary": bundle.vocabulary.to_dict(),
-            "nll_threshold": float(bundle.nll_threshold),
-            "metrics": bundle.metrics,
-            "training": bundle.training,
-        }
-    else:
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "kind": bundle.kind,
-            "model": bundle.model_cfg.to_dict(),
-            "normaliser": bundle.normaliser.to_dict(),
-            "threshold": float(bundle.threshold),
-            "feature_names": list(bundle.feature_names),
-            "features": bundle.features,
-            "metrics": bundle.metrics,
-            "training": bundle.training,
-        }
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, **kind_of(bundle.kind).bundle_meta(bundle)}
     # Only when set: a bundle without a state hashes (and reads) exactly as before the field existed.
     if bundle.templates is not None:
         meta["templates"] = bundle.templates
     return _canonical(meta)
 
 
-def save_bundle(model_dir: str | Path, bundle: AnyBundle) -> Path:
+def save_bundle(model_dir: str | Path, bundle: Bundle) -> Path:
     """Write the bundle (either kind) into ``model_dir`` and set ``bundle.version`` to its content hash.
 
     Example:
@@ -262,7 +139,7 @@ def save_bundle(model_dir: str | Path, bundle: AnyBundle) -> Path:
             names have another number of features than the model, or (DeepLog) the vocabulary
             another size.
     """
-    _check_consistent(bundle)
+    kind_of(bundle.kind).check_bundle(bundle)
     bundle.build_model()  # refuse to write a bundle that could never be loaded
     directory = Path(model_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -273,16 +150,11 @@ def save_bundle(model_dir: str | Path, bundle: AnyBundle) -> Path:
     atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p), metadata={"version": version}))
     atomic_write(directory / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     bundle.version = version
-    if isinstance(bundle, DeepLogBundle):
-        log.info("saved deeplog bundle %s (%d templates, top_g %d) to %s",
-                 version, bundle.model_cfg.n_templates, bundle.top_g, directory)
-    else:
-        log.info("saved %s bundle %s (%d features, threshold %.5f) to %s",
-                 bundle.kind, version, bundle.model_cfg.n_features, bundle.threshold, directory)
+    log.info("saved %s bundle %s (threshold %.5g) to %s", bundle.kind, version, bundle.threshold, directory)
     return directory
 
 
-def _read_verified(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_verified(directory: Path, kind: ModelKind | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``model.json`` and the weights, after every check that does not depend on the kind."""
     weights, meta_path = directory / WEIGHTS, directory / META
     missing = [p.name for p in (weights, meta_path) if not p.is_file()]
@@ -302,10 +174,11 @@ def _read_verified(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
             f"(this code reads format {FORMAT_VERSION}); retrain or upgrade loganomaly"
         )
     # Bundles written before the kind was checked always said lstm_autoencoder; a missing kind is refused too.
-    if meta.get("kind") not in KINDS:
-        raise ModelError(
-            f"{meta_path}: unknown bundle kind {meta.get('kind')!r}; this code reads: {', '.join(KINDS)}"
-        )
+    if kind is None:
+        try:
+            kind_of(str(meta.get("kind")))
+        except ModelError as exc:
+            raise ModelError(f"{meta_path}: {exc}") from None
     try:
         with safe_open(str(weights), framework="pt") as f:
             weights_version = (f.metadata() or {}).get("version")
@@ -327,38 +200,11 @@ def _read_verified(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, state
 
 
-def _window_model_from(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelBundle:
-    model_cfg = ClassifierConfig.from_dict(meta["model"]) if meta["kind"] == CLASSIFIER_KIND \
-        else LSTMAutoencoderConfig.from_dict(meta["model"])
-    return ModelBundle(
-        model_cfg=model_cfg,
-        state_dict=state,
-        normaliser=Normaliser.from_dict(meta["normaliser"]),
-        threshold=float(meta["threshold"]),
-        feature_names=[str(name) for name in meta["feature_names"]],
-        features=dict(meta["features"]),
-        metrics=dict(meta.get("metrics") or {}),
-        training=dict(meta.get("training") or {}),
-        version=str(meta["version"]),
-        templates=meta.get("templates"),
-    )
+def load_bundle(model_dir: str | Path, kind: ModelKind | None = None) -> Bundle:
+    """Read a bundle of any registered kind written by :func:`save_bundle`; its kind is ``bundle.kind``.
 
-
-def _deeplog_from(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> DeepLogBundle:
-    return DeepLogBundle(
-        model_cfg=DeepLogConfig.from_dict(meta["model"]),
-        state_dict=state,
-        vocabulary=Vocabulary.from_dict(meta["vocabulary"]),
-        nll_threshold=float(meta["nll_threshold"]),
-        metrics=dict(meta.get("metrics") or {}),
-        training=dict(meta.get("training") or {}),
-        version=str(meta["version"]),
-        templates=meta.get("templates"),
-    )
-
-
-def load_any_bundle(model_dir: str | Path) -> AnyBundle:
-    """Read a bundle of either kind written by :func:`save_bundle`; check ``.kind`` or ``isinstance``.
+    ``kind`` reads it with that kind instead of the one registered for its ``kind`` field (a Spark
+    worker gets the kind object from the driver, where a plug-in kind may have been registered).
 
     Raises:
         ModelError: a file is missing or unreadable, the format version or kind is unknown, the
@@ -366,46 +212,18 @@ def load_any_bundle(model_dir: str | Path) -> AnyBundle:
             do not fit the model config.
     """
     directory = Path(model_dir)
-    meta, state = _read_verified(directory)
-    bundle: AnyBundle
+    meta, state = _read_verified(directory, kind)
+    if kind is None:
+        kind = kind_of(str(meta.get("kind")))
+    elif kind.bundle_kind != meta.get("kind"):
+        raise ModelError(f"{directory} holds a {meta.get('kind')} bundle, not a {kind.bundle_kind} one")
     try:
-        bundle = _deeplog_from(meta, state) if meta["kind"] == DEEPLOG_KIND else _window_model_from(meta, state)
+        bundle = kind.bundle_from(meta, state)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{directory / META} is incomplete or malformed: {exc!r}") from None
-    _check_consistent(bundle)
+    kind.check_bundle(bundle)
     bundle.build_model()  # fail here, not in a Spark task, when weights do not fit the config
     log.info("loaded %s bundle %s from %s", bundle.kind, bundle.version, directory)
-    return bundle
-
-
-def load_bundle(model_dir: str | Path) -> ModelBundle:
-    """Read a window-model bundle (autoencoder or classifier) written by :func:`save_bundle`.
-
-    Raises:
-        ModelError: as :func:`load_any_bundle`, or the bundle is of another kind (a DeepLog
-            bundle is scored with ``model.kind=deeplog``).
-    """
-    bundle = load_any_bundle(model_dir)
-    if not isinstance(bundle, ModelBundle):
-        raise ModelError(
-            f"{model_dir} holds a {bundle.kind} bundle, not an {KIND} or {CLASSIFIER_KIND} one; "
-            "score it with model.kind=deeplog"
-        )
-    return bundle
-
-
-def load_deeplog_bundle(model_dir: str | Path) -> DeepLogBundle:
-    """Read a DeepLog bundle written by :func:`save_bundle`.
-
-    Raises:
-        ModelError: as :func:`load_any_bundle`, or the bundle is of another kind.
-    """
-    bundle = load_any_bundle(model_dir)
-    if not isinstance(bundle, DeepLogBundle):
-        raise ModelError(
-            f"{model_dir} holds a {bundle.kind} bundle, not a {DEEPLOG_KIND} one; "
-            "score it with model.kind=autoencoder or retrain with model.kind=deeplog"
-        )
     return bundle
 
 
@@ -414,23 +232,18 @@ def load_deeplog_bundle(model_dir: str | Path) -> DeepLogBundle:
 _WORKER_MODELS: dict[str, tuple[Any, Any, Any]] = {}
 
 
-def worker_model(
-    version: str, files: dict[str, bytes], loader: Callable[[str], AnyBundle]
-) -> tuple[Any, Any, Any]:
+def worker_model(version: str, files: dict[str, bytes], kind: ModelKind | None = None) -> tuple[Any, Any, Any]:
     """(bundle, model on its device, device) of bundle ``files`` shipped as bytes to a worker.
 
     Args:
         version: the expected content version (a mismatch is a ModelError: wrong bytes shipped).
         files: bundle file name -> bytes (from a broadcast).
-        loader: :func:`load_bundle`, :func:`load_deeplog_bundle` or :func:`load_any_bundle`.
     """
     if version not in _WORKER_MODELS:
-        from loganomaly.runtime.device import pick_device
-
         directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
         for name, data in files.items():
             Path(directory, name).write_bytes(data)
-        bundle = loader(directory)
+        bundle = load_bundle(directory, kind)
         if bundle.version != version:
             raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
         device = pick_device("auto")

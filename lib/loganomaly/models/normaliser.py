@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from loganomaly.errors import ModelError
+from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,42 @@ class Normaliser:
             return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"invalid normaliser: {exc!r}") from None
+
+
+def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
+    """Per-feature mean and std of all ranks' windows, as :meth:`Normaliser.fit` on their union would give.
+
+    Each rank sends (count, mean, sum of squared deviations) per feature; every rank combines them
+    in rank order (Chan et al.), so all ranks hold the identical normaliser without any rank
+    seeing another's windows.
+
+    Raises:
+        ModelError: a rank's windows hold NaN or infinity (every rank raises together).
+    """
+    f = x.shape[2]
+    flat = x.reshape(-1, f).astype(np.float64)
+    bad = 0.0 if np.isfinite(flat).all() else 1.0
+    n = float(len(flat))
+    mean = flat.mean(axis=0) if n else np.zeros(f)
+    m2 = ((flat - mean) ** 2).sum(axis=0) if n else np.zeros(f)
+    local = torch.from_numpy(np.concatenate([[n, bad], mean, m2]))
+    parts = comm.gather(local).numpy()
+    if parts[:, 1].any():
+        raise ModelError("cannot fit a normaliser: the windows contain NaN or infinite values")
+    total, mu, acc = 0.0, np.zeros(f), np.zeros(f)
+    for row in parts:
+        nb, mb, m2b = row[0], row[2 : 2 + f], row[2 + f :]
+        if nb == 0:
+            continue
+        delta = mb - mu
+        combined = total + nb
+        mu = mu + delta * nb / combined
+        acc = acc + m2b + delta**2 * total * nb / combined
+        total = combined
+    if total == 0:
+        raise ModelError("cannot fit a normaliser on zero windows")
+    std = np.sqrt(acc / total)
+    floored = int((std < STD_FLOOR).sum())
+    if floored and comm.rank == 0:
+        log.info("normaliser: %d of %d features (near) constant in training; std floored at %g", floored, f, STD_FLOOR)
+    return Normaliser(mu.tolist(), np.maximum(std, STD_FLOOR).tolist())

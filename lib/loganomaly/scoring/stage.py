@@ -1,194 +1,48 @@
-"""``score``: windows in ``sequences`` -> ``scores`` (every window) and ``anomalies`` (flagged ones).
+"""``score``: a bundle's input rows -> ``scores`` (every row) and ``anomalies`` (flagged ones).
 
-The model is shipped to executors as bytes in a broadcast (no shared file system needed) and an
-iterator pandas UDF loads it once per Python worker: the first batch of a task materialises the
+The same stage scores every model kind: the kind comes from the bundle (``model.json``), never from
+the config, so a nightly job scores whatever was trained without being told. The kind selects and
+checks its input (:meth:`~loganomaly.models.kind.ModelKind.scoring_input`: the windows of
+``sequences`` or the sessions of ``sessions``) and scores one Arrow batch at a time
+(:meth:`~loganomaly.models.kind.ModelKind.score_batch`).
+
+The model is shipped to executors as bytes in a broadcast (no shared file system needed) and a
+``mapInArrow`` function loads it once per Python worker: the first batch of a task materialises the
 bundle into a worker-local cache keyed by the model version, later batches and later tasks on the
-same (reused) worker use it directly. Writes replace exactly the scored dates (``replace_where``),
-so a rerun for the same dates gives the same rows, never duplicates, and a failed run leaves the
-previous rows in place.
+same (reused) worker use it directly. Batches stay Arrow from the JVM to the model: the features
+column becomes a numpy view of its values, with no per-row Python objects. Writes replace exactly
+the scored dates (``replace_where``), so a rerun for the same dates gives the same rows, never
+duplicates, and a failed run leaves the previous rows in place.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from loganomaly.config import Config
-from loganomaly.errors import ModelError, StageInputError
-from loganomaly.features.windows import signed_expm1, to_tensor
+from loganomaly.errors import StageInputError
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
-from loganomaly.models.bundle import ModelBundle, load_bundle, worker_model
+from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, worker_model
+from loganomaly.models.kind import RESULT_COLUMNS, ModelKind
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
 if TYPE_CHECKING:
-    import torch
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FILES = ("model.json", "model.safetensors")
-TYPICAL_ERROR_FLOOR = 0.05
-RESULT_DDL = "score double, top_features array<string>, explanation string"
-#: Flagged windows explained per batch of occlusion passes (memory: this x F x T x F floats).
-OCCLUSION_CHUNK = 128
+__all__ = ["ScoreSummary", "last_scored_date", "run", "score_partitions", "write_scores"]
 
-
-
-def _load_cached(version: str, files: dict[str, bytes]) -> tuple[Any, Any, Any]:
-    return worker_model(version, files, load_bundle)
-
-
-def explain(
-    x: np.ndarray,
-    per_step_error: np.ndarray,
-    typical: np.ndarray,
-    mean: np.ndarray,
-    names: list[str],
-    top_k: int,
-    log1p: bool = True,
-) -> tuple[list[list[str]], list[str]]:
-    """Name the features whose error most exceeds their typical (validation) error, in user units.
-
-    Ranking is by ``error / typical error``; the text shows what a person can check against the
-    raw lines: the feature's value at the step where it was worst next to its training mean, both
-    undone from log1p (``failed_connections=240 at 08:35 step (normal ~0.2)``).
-
-    Args:
-        x: raw windows ``[N, T, F]`` (as stored in ``sequences``).
-        per_step_error: squared reconstruction error ``[N, T, F]``.
-        typical: per-feature mean error on validation windows ``[F]``.
-        mean: per-feature training mean (raw units of ``x``) ``[F]``.
-        names: feature names.
-        top_k: features named per window.
-        log1p: whether features are stored as log1p (then values are shown as expm1).
-    """
-    per_feature = per_step_error.mean(axis=1)
-    # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
-    # error; the ratio would be astronomic and say nothing more than "unusual".
-    ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
-    order = np.argsort(-ratio, axis=1)[:, :top_k]
-    worst_step = per_step_error.argmax(axis=1)  # [N, F]
-    undo = signed_expm1 if log1p else (lambda v: v)
-    tops, texts = [], []
-    for i, idx in enumerate(order):
-        tops.append([names[f] for f in idx])
-        parts = []
-        for f in idx:
-            observed = float(undo(x[i, worst_step[i, f], f]))
-            normal = float(undo(mean[f]))
-            parts.append(f"{names[f]}={observed:.3g} at step {int(worst_step[i, f]) + 1} (normal ~{normal:.3g})")
-        texts.append("; ".join(parts))
-    return tops, texts
-
-
-def explain_classifier(
-    model: torch.nn.Module,
-    device: torch.device,
-    x: np.ndarray,
-    normalised: np.ndarray,
-    probability: np.ndarray,
-    mean: np.ndarray,
-    names: list[str],
-    top_k: int,
-    log1p: bool = True,
-) -> tuple[list[list[str]], list[str]]:
-    """Name the features without which the classifier would find a window least anomalous.
-
-    Occlusion: each feature in turn is set to its training mean at every step (0 once normalised)
-    and the window is classified again; the features whose removal lowers the probability of the
-    anomalous class most explain it. It costs one forward pass per feature and window, so callers
-    pass only the windows they flag.
-
-    Args:
-        x: raw windows ``[N, T, F]``; normalised: the same, normalised.
-        probability: the anomalous-class probability of each window ``[N]``.
-        mean: per-feature training mean (raw units of ``x``) ``[F]``.
-    """
-    from loganomaly.models.sequence import LSTMClassifier, classifier_probabilities
-
-    assert isinstance(model, LSTMClassifier)
-    n, steps, n_feat = normalised.shape
-    if n == 0:
-        return [], []
-    drop = np.empty((n, n_feat), dtype=np.float64)
-    idx = np.arange(n_feat)
-    # A bounded number of windows at a time: the occluded copies are F times the windows.
-    for lo in range(0, n, OCCLUSION_CHUNK):
-        part = normalised[lo : lo + OCCLUSION_CHUNK]
-        occluded = np.repeat(part[:, None], n_feat, axis=1)  # [n, F(occluded), T, F]
-        occluded[:, idx, :, idx] = 0.0
-        flat = occluded.reshape(len(part) * n_feat, steps, n_feat)
-        without = classifier_probabilities(model, flat, device=device)[:, 1].reshape(len(part), n_feat)
-        drop[lo : lo + len(part)] = probability[lo : lo + len(part), None] - without
-    order = np.argsort(-drop, axis=1)[:, :top_k]
-    worst_step = np.abs(normalised).argmax(axis=1)  # [N, F]
-    undo = signed_expm1 if log1p else (lambda v: v)
-    tops, texts = [], []
-    for i, chosen in enumerate(order):
-        tops.append([names[f] for f in chosen])
-        parts = []
-        for f in chosen:
-            step = int(worst_step[i, f])
-            parts.append(f"{names[f]}={float(undo(x[i, step, f])):.3g} at step {step + 1} "
-                         f"(normal ~{float(undo(mean[f])):.3g}; P(anomalous) {probability[i]:.2f} -> "
-                         f"{probability[i] - drop[i, f]:.2f} without it)")
-        texts.append("; ".join(parts))
-    return tops, texts
-
-
-def score_arrays(
-    bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray, top_k: int
-) -> pd.DataFrame:
-    """Scores and explanations of raw windows ``x[N,T,F]`` (Spark-free; the UDF body).
-
-    The autoencoder's score is the mean squared reconstruction error, every window explained by
-    its worst-reconstructed features. The classifier's score is the probability of the anomalous
-    class; only windows above the threshold are explained (:func:`explain_classifier`).
-    """
-    from loganomaly.models.autoencoder import window_step_errors
-    from loganomaly.models.sequence import ClassifierConfig, LSTMClassifier, classifier_probabilities
-
-    normalised = bundle.normaliser.transform(x)
-    mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
-    log1p = bundle.features.get("transform", "log1p") == "log1p"
-    if isinstance(bundle.model_cfg, ClassifierConfig):
-        assert isinstance(model, LSTMClassifier)
-        probability = classifier_probabilities(model, normalised, device=device)[:, 1]
-        flagged = np.flatnonzero(probability > bundle.threshold)
-        tops: list[list[str]] = [[] for _ in range(len(x))]
-        texts = [""] * len(x)
-        for i, top, text in zip(flagged, *explain_classifier(
-                model, device, x[flagged], normalised[flagged], probability[flagged], mean,
-                bundle.feature_names, top_k, log1p), strict=True):
-            tops[i], texts[i] = top, text
-        return pd.DataFrame({"score": probability, "top_features": tops, "explanation": texts})
-    per_step = window_step_errors(model, normalised, device=device)
-    scores = per_step.mean(axis=(1, 2))
-    typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-    tops, texts = explain(x, per_step, typical, mean, bundle.feature_names, top_k, log1p)
-    return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
-
-
-def score_udf(version: str, broadcast: Any, n_steps: int, n_features: int, top_k: int) -> Any:
-    """The iterator pandas UDF ``features -> struct<score, top_features, explanation>``."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf(RESULT_DDL)  # type: ignore[call-overload]
-    def score_windows(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        bundle, model, device = _load_cached(version, broadcast.value)
-        for features in batches:
-            x = to_tensor(list(features), n_steps, n_features)
-            yield score_arrays(bundle, model, device, x, top_k)
-
-    return score_windows
+#: The columns every kind's scoring input carries besides its own input column.
+KEY_COLUMNS = ("entity", "window_start", "window_end", "date")
 
 
 @dataclass
@@ -201,6 +55,38 @@ class ScoreSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+
+def score_partitions(
+    kind: ModelKind, version: str, files: Any, column: str, top_k: int
+) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: key columns in, key columns plus the kind's results out.
+
+    Args:
+        kind: the bundle's kind (shipped with the function, so a plug-in kind registered on the
+            driver scores on executors too).
+        version: the bundle's content version (the worker cache key, checked on load).
+        files: a broadcast of the bundle's files (name -> bytes).
+        column: the kind's input column.
+        top_k: features or events named per explanation.
+    """
+
+    def score(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        bundle, model, device = worker_model(version, files.value, kind)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            result = kind.score_batch(bundle, model, device, batch.column(column), top_k)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column(name) for name in KEY_COLUMNS] + [
+                    pa.array(result["score"].to_numpy(), pa.float64()),
+                    pa.array(list(result["top_features"]), pa.list_(pa.string())),
+                    pa.array(list(result["explanation"]), pa.string()),
+                ],
+                names=[*KEY_COLUMNS, "score", "top_features", "explanation"],
+            )
+
+    return score
 
 
 def last_scored_date(lake: Lake, model_version: str) -> str | None:
@@ -250,97 +136,67 @@ def run(
     lake: Lake | None = None,
     since_last_run: bool = False,
 ) -> ScoreSummary:
-    """Score the windows of one date, of the dates new since the last run, or of every date.
+    """Score the rows of one date, of the dates new since the last run, or of every date.
+
+    Example:
+        >>> run(spark, cfg, "model", date="2024-03-06")  # doctest: +SKIP
+        ScoreSummary(run_id='score-...', model_version='...', dates=['2024-03-06'], windows=412, anomalies=7)
 
     ``date`` is ``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC; what a scheduler that cannot
-    compute dates passes). ``since_last_run`` scores the dates of ``sequences`` from the last date
+    compute dates passes). ``since_last_run`` scores the dates of the input from the last date
     this model already scored onwards: that date again (it may have been partial when it was
     scored) and every later one, so a nightly run picks up whatever arrived. Each scored date's
-    earlier rows are replaced.
+    earlier rows are replaced. ``ScoreSummary.windows`` counts the kind's rows (windows, sessions).
 
-    With ``model.kind=deeplog`` the sessions are scored instead
-    (:func:`loganomaly.training.sessions.score_run`; ``windows`` then counts sessions).
+    Raises:
+        StageInputError: no input table, or nothing on the dates asked for.
+        ModelError: no loadable bundle in ``model_dir``, or input that does not match it.
     """
-    date = resolve_date(date)
-    if cfg.model.kind == "deeplog":
-        from loganomaly.training import sessions as session_model
-
-        if since_last_run:
-            log.warning("score: --since-last-run is not supported for deeplog yet; scoring every date")
-        return session_model.score_run(spark, cfg, model_dir, date=date, lake=lake)
     from pyspark.sql import functions as F
 
+    date = resolve_date(date)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
-    if not lake.exists("sequences"):
-        raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
     bundle = load_bundle(model_dir)
-    n_steps, n_features = bundle.window_steps, bundle.model_cfg.n_features
+    kind = kind_of(bundle.kind)
+    source = kind.scoring_input(lake, bundle)
+    rows = source.rows
     run_id = new_run_id("score")
-
-    windows: DataFrame = lake.read("sequences")
     if date:
         day = dt.date.fromisoformat(date)
-        windows = windows.where(F.col("date") == F.lit(day))
+        rows = rows.where(F.col("date") == F.lit(day))
         dates = [day.isoformat()]
     else:
-        dates = sorted(r.date.isoformat() for r in windows.select("date").distinct().collect())
+        dates = sorted(r.date.isoformat() for r in rows.select("date").distinct().collect())
         if since_last_run:
             last = last_scored_date(lake, bundle.version)
             if last is not None:
                 dates = [d for d in dates if d >= last]
-                windows = windows.where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+                rows = rows.where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
             log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
             if not dates:
                 return ScoreSummary(run_id, bundle.version, [], 0, 0)
     if not dates:
-        raise StageInputError("sequences has no windows to score")
-    mismatched = (
-        windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
-    )
-    if mismatched:
-        raise ModelError(
-            f"sequences windows do not match the model ({n_steps} steps x {n_features} features); re-run featurize or train"
-        )
-    # Same shape is not enough: the frequent-template columns must be the model's, in its order.
-    if "feature_names" not in windows.columns:
-        raise ModelError("sequences has no feature_names column (written before feature names were stored); "
-                         "re-run featurize")
-    expected = F.array(*[F.lit(n) for n in bundle.feature_names]).cast("array<string>")
-    other = windows.where(~F.col("feature_names").eqNullSafe(expected)).select("feature_names").limit(1).collect()
-    if other:
-        got = list(other[0]["feature_names"] or [])
-        diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(got, bundle.feature_names, strict=False))
-                if a != b][:5]
-        raise ModelError(
-            f"sequences feature names differ from model {bundle.version}'s ({diff or 'missing names'}); "
-            "featurize chose other templates (refit_templates?): retrain, or featurize without refitting"
-        )
+        raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
 
-    files = {name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES}
-    broadcast = spark.sparkContext.broadcast(files)
-    udf = score_udf(bundle.version, broadcast, n_steps, n_features, cfg.score.explain_top_k)
-    scored = windows.withColumn("_r", udf(F.col("features"))).select(
-        "entity",
-        "window_start",
-        "window_end",
-        "date",
-        F.col("_r.score").alias("score"),
-        F.lit(float(bundle.threshold)).alias("threshold"),
-        (F.col("_r.score") > F.lit(float(bundle.threshold))).alias("is_anomaly"),
-        F.col("_r.explanation").alias("explanation"),
-        F.col("_r.top_features").alias("top_features"),
+    files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
+    keys = rows.select(*KEY_COLUMNS).schema
+    schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in keys.fields) + ", " + RESULT_COLUMNS
+    threshold = float(bundle.threshold)
+    scored = rows.select(*KEY_COLUMNS, source.column).mapInArrow(
+        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k), schema
+    ).select(
+        *KEY_COLUMNS,
+        "score",
+        F.lit(threshold).alias("threshold"),
+        (F.col("score") > F.lit(threshold)).alias("is_anomaly"),
+        "explanation",
+        "top_features",
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
     )
-    n_windows, n_anomalies = write_scores(lake, scored, dates, run_id)
-    broadcast.unpersist()
-    summary = ScoreSummary(run_id, bundle.version, dates, n_windows, n_anomalies)
-    log.info(
-        "score %s: %d windows over %d dates, %d anomalies (model %s)",
-        run_id,
-        summary.windows,
-        len(dates),
-        summary.anomalies,
-        bundle.version,
-    )
+    n_rows, n_anomalies = write_scores(lake, scored, dates, run_id)
+    files.unpersist()
+    summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)
+    log.info("score %s: %d %s over %d dates, %d anomalies (%s %s)", run_id, summary.windows, kind.unit, len(dates),
+             summary.anomalies, bundle.kind, bundle.version)
     return summary

@@ -1,19 +1,12 @@
-"""Run the rank-aware training on a backend: ``local``, ``torch_distributor`` or ``horovod``.
+"""Where the ranks of a training run execute: ``local``, ``torch_distributor`` or ``horovod``.
 
-Every backend runs the same function, :func:`rank_main`, once per rank, for every model kind:
-
-* the autoencoder and the supervised classifier (:class:`WindowWork`): the rank reads its shard
-  of the pinned ``sequences`` snapshot (:mod:`loganomaly.training.readers.arrow`, or Petastorm with
-  ``train.reader=petastorm``; no Spark in the ranks; the classifier also reads each window's class
-  from ``sequences.n_abnormal``) and trains with :func:`loganomaly.training.tasks.train_on_snapshot`;
-* DeepLog (:class:`DeepLogWork`): the driver has already collected the training period's
-  sessions (it fits the vocabulary on them) and ships them, laid out as
-  :class:`~loganomaly.models.sequence.SessionRows` (one int64 per event), to every rank; each
-  rank trains on its shard of the events with :func:`loganomaly.models.sequence.train_deeplog`.
-
-Both run on :func:`loganomaly.training.loop.fit`. The driver gets rank 0's result back (best weights,
-history, and for the autoencoder the normaliser the ranks fitted), then calibrates and saves
-the bundle.
+Each backend is one object named in :data:`loganomaly.registry.BACKENDS`; every backend runs the
+same function, :func:`rank_main`, once per rank, for every model kind. A rank gets a
+:class:`RankJob`: the kind's :class:`~loganomaly.models.kind.RankWork` (its data and its own
+settings), the training settings, and where to checkpoint. It builds its communication
+(:class:`~loganomaly.runtime.collective.Collective`), asks the work for this rank's task and trains it
+on the shared loop (:func:`loganomaly.training.loop.train_work`). The driver gets rank 0's result
+back and the kind calibrates and saves the bundle.
 
 * ``local``: one process, in the driver.
 * ``torch_distributor``: ``pyspark.ml.torch.distributor.TorchDistributor``, DDP over gloo on
@@ -40,6 +33,7 @@ import json
 import logging
 import os
 import struct
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,24 +44,17 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from loganomaly.config import Device, TrainConfig
-from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.sequence import ClassifierConfig, DeepLogConfig, SessionRows, train_deeplog
-from loganomaly.training.readers.arrow import ShardPlan
-from loganomaly.training.tasks import (
-    Collective,
-    SnapshotTrainResult,
-    TorchCollective,
-    train_on_snapshot,
-)
+from loganomaly.errors import BackendUnavailableError, ConfigError, ModelError
+from loganomaly.models.kind import RankWork
+from loganomaly.models.task import TrainResult
+from loganomaly.registry import BACKENDS
+from loganomaly.runtime.collective import Collective, TorchCollective
+from loganomaly.training.loop import train_work
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("local", "torch_distributor", "horovod")
 
 #: TorchDistributor ``local_mode``: None decides from the master (``local[*]`` -> True). Candidate
 #: for a config field ``train.distributor_local_mode``.
@@ -84,75 +71,11 @@ _RESULT_MAGIC = b"LGANRES1"
 
 
 @dataclass
-class WindowWork:
-    """A window model's data for the ranks (autoencoder or classifier): where its windows are.
-
-    Attributes:
-        train_plan: training windows of the pinned snapshot, dealt to ranks.
-        val_plan: validation windows.
-        model_cfg: model kind and size.
-        normaliser: keep this normaliser instead of fitting one (continuing a model's training).
-        balanced: classifier only: weigh both classes alike in the loss.
-    """
-
-    train_plan: ShardPlan
-    val_plan: ShardPlan
-    model_cfg: LSTMAutoencoderConfig | ClassifierConfig
-    normaliser: Normaliser | None = None
-    balanced: bool = True
-
-    def check_world(self, world: int, cfg: TrainConfig) -> None:
-        """Fail on the driver, not in every rank, when the data cannot be dealt to ``world`` ranks."""
-        if isinstance(self.model_cfg, ClassifierConfig) and cfg.reader != "arrow":
-            raise ConfigError("the classifier reads its labels (sequences.n_abnormal) with train.reader=arrow only")
-        self.train_plan.check_world(world)
-        if cfg.reader == "petastorm" and world > 1:
-            from loganomaly.training.readers.petastorm import check_dealing
-
-            check_dealing(self.train_plan, world)
-
-    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
-            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
-        return train_on_snapshot(self.train_plan, self.val_plan, self.model_cfg, cfg, comm=comm,
-                                 checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state,
-                                 normaliser=self.normaliser, balanced=self.balanced)
-
-
-@dataclass
-class DeepLogWork:
-    """DeepLog's data for the ranks: the encoded sessions themselves (every rank takes its shard).
-
-    Attributes:
-        rows: training events.
-        val_rows: validation events (each rank validates every ``world``-th).
-        model_cfg: model shape (its vocabulary size).
-    """
-
-    rows: SessionRows
-    val_rows: SessionRows
-    model_cfg: DeepLogConfig
-
-    def check_world(self, world: int, cfg: TrainConfig) -> None:
-        if cfg.reader != "arrow":
-            raise ConfigError("train.reader applies to the autoencoder's windows; DeepLog ships its sessions "
-                              "to the ranks itself, so leave train.reader=arrow")
-        if len(self.rows) < world:
-            raise ModelError(f"{len(self.rows)} training events cannot give each of {world} ranks one")
-
-    def run(self, cfg: TrainConfig, comm: Collective, checkpoint_dir: Path | None, resume: bool,
-            init_state: dict[str, torch.Tensor] | None) -> SnapshotTrainResult:
-        result = train_deeplog(self.rows, self.val_rows, self.model_cfg, cfg, comm=comm,
-                                    checkpoint_dir=checkpoint_dir, resume=resume, init_state=init_state)
-        return SnapshotTrainResult(result.state_dict, result.history, result.best_epoch, result.best_val_loss,
-                                   None, len(self.rows), len(self.val_rows))
-
-
-@dataclass
 class RankJob:
     """Everything a rank needs, as plain picklable data (no SparkSession, no open files).
 
     Attributes:
-        work: what to train and on which data.
+        work: what to train and on which data (the kind's settings travel in it).
         train_cfg: training settings.
         checkpoint_dir: where rank 0 checkpoints every epoch (shared storage on a cluster).
         resume: continue from the checkpoint there.
@@ -161,7 +84,7 @@ class RankJob:
         device: ``auto``, ``cpu`` or ``cuda`` for the ranks (``cpu`` when Spark grants no GPUs).
     """
 
-    work: WindowWork | DeepLogWork
+    work: RankWork
     train_cfg: TrainConfig
     checkpoint_dir: str | None = None
     resume: bool = False
@@ -171,21 +94,19 @@ class RankJob:
 
 
 # ----------------------------------------------------------------------------- result transport
-def encode_result(result: SnapshotTrainResult) -> bytes:
+def encode_result(result: TrainResult) -> bytes:
     """Rank 0's result as bytes: magic, JSON header length, JSON header, safetensors weights."""
     header = {
         "history": result.history,
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_val_loss,
-        "normaliser": result.normaliser.to_dict() if result.normaliser is not None else None,
-        "train_windows": result.train_windows,
-        "validation_windows": result.validation_windows,
+        "extras": result.extras,
     }
     head = json.dumps(header).encode()
     return _RESULT_MAGIC + struct.pack("<Q", len(head)) + head + save_safetensors(result.state_dict)
 
 
-def decode_result(data: object) -> SnapshotTrainResult:
+def decode_result(data: object) -> TrainResult:
     """Inverse of :func:`encode_result`; never unpickles.
 
     Raises:
@@ -198,9 +119,8 @@ def decode_result(data: object) -> SnapshotTrainResult:
     (size,) = struct.unpack("<Q", data[at : at + 8])
     header = json.loads(data[at + 8 : at + 8 + size])
     state = load_safetensors(data[at + 8 + size :])
-    normaliser = Normaliser.from_dict(header["normaliser"]) if header["normaliser"] else None
-    return SnapshotTrainResult(state, header["history"], int(header["best_epoch"]), float(header["best_val_loss"]),
-                               normaliser, int(header["train_windows"]), int(header["validation_windows"]))
+    return TrainResult(state, header["history"], int(header["best_epoch"]), float(header["best_val_loss"]),
+                       dict(header.get("extras") or {}))
 
 
 # ----------------------------------------------------------------------------- ranks
@@ -213,7 +133,7 @@ def _configure_rank_logging() -> None:
 
 
 def rank_main(job: RankJob) -> bytes:
-    """One rank of a training run, for every backend; returns rank 0's encoded result.
+    """One rank of a training run, for every backend and kind; returns rank 0's encoded result.
 
     With ``comm="torch"`` it joins the process group torchrun describes in the environment
     (nccl when the rank trains on CUDA, else gloo) and leaves it at the end.
@@ -238,8 +158,8 @@ def rank_main(job: RankJob) -> bytes:
         cfg = replace(cfg, device=job.device)
     try:
         init_state = load_safetensors(job.init_weights) if job.init_weights else None
-        result = job.work.run(cfg, comm, Path(job.checkpoint_dir) if job.checkpoint_dir else None, job.resume,
-                              init_state)
+        result = train_work(job.work, cfg, comm, Path(job.checkpoint_dir) if job.checkpoint_dir else None,
+                            job.resume, init_state)
         payload = encode_result(result) if comm.rank == 0 else b""
         if job.comm == "torch":
             payload = comm.broadcast_bytes(payload)
@@ -301,7 +221,76 @@ class HorovodCollective(Collective):
             optimiser.step()
 
 
-# ----------------------------------------------------------------------------- driver side
+# ----------------------------------------------------------------------------- backends
+class Backend(ABC):
+    """Where a run's ranks execute. Register one in :data:`loganomaly.registry.BACKENDS`."""
+
+    #: Whether it launches Spark jobs (and so needs a SparkSession).
+    needs_spark = True
+
+    def ranks(self, cfg: TrainConfig, num_processes: int | None) -> int:
+        """How many ranks it runs."""
+        n = num_processes if num_processes is not None else cfg.num_processes
+        if n < 1:
+            raise ConfigError(f"train.num_processes must be >= 1, got {n}")
+        return n
+
+    @abstractmethod
+    def launch(self, spark: SparkSession | None, job: RankJob, n: int) -> bytes:
+        """Run :func:`rank_main` on ``n`` ranks; rank 0's encoded result."""
+
+
+class LocalBackend(Backend):
+    """``local``: one process, in the driver (no Spark needed)."""
+
+    needs_spark = False
+
+    def ranks(self, cfg: TrainConfig, num_processes: int | None) -> int:
+        return 1
+
+    def launch(self, spark: SparkSession | None, job: RankJob, n: int) -> bytes:
+        return rank_main(job)
+
+
+class TorchDistributorBackend(Backend):
+    """``torch_distributor``: DDP ranks launched by PySpark's TorchDistributor (what Databricks recommends)."""
+
+    def launch(self, spark: SparkSession | None, job: RankJob, n: int) -> bytes:
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        assert spark is not None
+        local_mode = TORCH_DISTRIBUTOR_LOCAL_MODE
+        if local_mode is None:
+            local_mode = _is_local_master(spark)
+        use_gpu = _distributor_use_gpu(spark, local_mode, job.train_cfg.device)
+        job.comm, job.device = "torch", (job.train_cfg.device if use_gpu else "cpu")
+        log.info("training %s with TorchDistributor: %d processes, local_mode=%s, use_gpu=%s",
+                 type(job.work).__name__, n, local_mode, use_gpu)
+        payload = TorchDistributor(num_processes=n, local_mode=local_mode, use_gpu=use_gpu).run(rank_main, job)
+        return payload if isinstance(payload, bytes) else b""
+
+
+class HorovodBackend(Backend):
+    """``horovod``: ``horovod.spark.run`` (Horovod builds from source only; see :data:`HOROVOD_INSTALL_HINT`)."""
+
+    def launch(self, spark: SparkSession | None, job: RankJob, n: int) -> bytes:
+        horovod_spark = import_horovod()
+        job.comm = "horovod"
+        log.info("training %s with horovod.spark.run: %d processes", type(job.work).__name__, n)
+        payload: bytes = horovod_spark.run(rank_main, args=(job,), num_proc=n)[0]
+        return payload
+
+    def ranks(self, cfg: TrainConfig, num_processes: int | None) -> int:
+        n = super().ranks(cfg, num_processes)
+        import_horovod()  # fail on the driver, before any rank starts
+        return n
+
+
+LOCAL = LocalBackend()
+TORCH_DISTRIBUTOR = TorchDistributorBackend()
+HOROVOD = HorovodBackend()
+
+
 def _is_local_master(spark: SparkSession) -> bool:
     master = spark.sparkContext.master or ""
     return master == "local" or master.startswith("local[")
@@ -337,135 +326,60 @@ def import_horovod() -> Any:
     """``horovod.spark`` (with ``horovod.torch`` checked), imported only when the backend is chosen.
 
     Raises:
-        EngineUnavailableError: Horovod is not installed or was built without PyTorch.
+        BackendUnavailableError: Horovod is not installed or was built without PyTorch.
     """
     try:
         import horovod.spark as horovod_spark  # type: ignore[import-not-found]
         import horovod.torch  # type: ignore[import-not-found]  # noqa: F401
     except (ImportError, OSError) as exc:
-        raise EngineUnavailableError(f"train.backend=horovod but Horovod cannot be imported ({exc}). "
+        raise BackendUnavailableError(f"train.backend=horovod but Horovod cannot be imported ({exc}). "
                                      f"{HOROVOD_INSTALL_HINT}") from None
     return horovod_spark
-
-
-def train_backend(
-    spark: SparkSession | None,
-    backend: str,
-    train_plan: ShardPlan,
-    val_plan: ShardPlan,
-    model_cfg: LSTMAutoencoderConfig | ClassifierConfig,
-    cfg: TrainConfig,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    num_processes: int | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-    normaliser: Normaliser | None = None,
-    balanced: bool = True,
-) -> SnapshotTrainResult:
-    """Train a window model (autoencoder or classifier) on ``backend``; return rank 0's result on the driver.
-
-    Example:
-        >>> result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg, cfg.train)
-        >>> result.best_val_loss, result.history[-1]["batches_min"] == result.history[-1]["batches_max"]
-
-    Args:
-        spark: the active session (the distributed backends launch Spark jobs; ``local`` needs none).
-        backend: one of :data:`BACKENDS`.
-        num_processes: ranks; by default ``cfg.num_processes`` (``local`` always runs one).
-        init_state, normaliser: continue training an existing model: start from its weights and
-            keep its normaliser (the weights only make sense on inputs normalised the same way).
-        balanced: classifier only: weigh both classes alike in the loss.
-
-    Raises:
-        ConfigError: unknown backend, a distributed backend without a SparkSession,
-            ``train.reader=petastorm`` where Petastorm cannot run (it needs ``make compat``), or
-            with the classifier (which reads its labels with the Arrow reader).
-        EngineUnavailableError: ``horovod`` is not installed.
-        StageInputError: fewer training windows than ranks, or (Petastorm) a rank whose row groups
-            would hold no training window.
-    """
-    if cfg.reader == "petastorm":
-        # Fail on the driver, not in every rank: Petastorm runs only in the compatibility environment.
-        from loganomaly.training.readers.petastorm import import_petastorm
-
-        import_petastorm()
-    work = WindowWork(train_plan, val_plan, model_cfg, normaliser, balanced)
-    return run_backend(spark, backend, work, cfg, checkpoint_dir, resume, num_processes, init_state)
-
-
-def train_deeplog_backend(
-    spark: SparkSession | None,
-    backend: str,
-    rows: SessionRows,
-    val_rows: SessionRows,
-    model_cfg: DeepLogConfig,
-    cfg: TrainConfig,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
-    num_processes: int | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-) -> SnapshotTrainResult:
-    """Train DeepLog on ``backend``; as :func:`train_backend`, with the sessions shipped to the ranks.
-
-    Raises:
-        ConfigError: unknown backend, a distributed backend without a SparkSession, or a
-            ``train.reader`` other than ``arrow``.
-        EngineUnavailableError: ``horovod`` is not installed.
-        ModelError: fewer training events than ranks.
-    """
-    return run_backend(spark, backend, DeepLogWork(rows, val_rows, model_cfg), cfg, checkpoint_dir, resume,
-                       num_processes, init_state)
 
 
 def run_backend(
     spark: SparkSession | None,
     backend: str,
-    work: WindowWork | DeepLogWork,
+    work: RankWork,
     cfg: TrainConfig,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     num_processes: int | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
-) -> SnapshotTrainResult:
-    """Run ``work`` on ``backend`` (one process for ``local``) and return rank 0's result."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown train.backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    n = num_processes if num_processes is not None else cfg.num_processes
-    if backend == "local":
-        work.check_world(1, cfg)
-        return work.run(cfg, Collective(), checkpoint_dir, resume, init_state)
+) -> TrainResult:
+    """Run ``work`` on the backend ``backend`` names (one process for ``local``); rank 0's result.
+
+    Example:
+        >>> result = run_backend(spark, "torch_distributor", plan.work, cfg.train)
+        >>> result.best_val_loss, result.history[-1]["batches_min"] == result.history[-1]["batches_max"]
+
+    Args:
+        spark: the active session (the distributed backends launch Spark jobs; ``local`` needs none).
+        backend: a name in :data:`loganomaly.registry.BACKENDS`.
+        num_processes: ranks; by default ``cfg.num_processes`` (``local`` always runs one).
+        init_state: start from these weights (continuing an existing model).
+
+    Raises:
+        ConfigError: unknown backend, a distributed backend without a SparkSession, or a reader
+            that cannot serve this work.
+        BackendUnavailableError: ``horovod`` is not installed.
+        StageInputError: fewer training rows than ranks.
+    """
+    chosen: Backend = BACKENDS.get(backend)
+    n = chosen.ranks(cfg, num_processes)
+    # Fail on the driver, not in n ranks at once.
+    work.check_world(n, cfg)
+    if chosen.needs_spark and spark is None:
+        raise ConfigError(f"train.backend={backend} needs a SparkSession")
     # Weights cross to the ranks as safetensors bytes, like the result coming back.
     init_weights = save_safetensors({k: v.contiguous() for k, v in init_state.items()}) if init_state else None
     job = RankJob(work, cfg, str(checkpoint_dir) if checkpoint_dir else None, resume, init_weights)
-    if n < 1:
-        raise ConfigError(f"train.num_processes must be >= 1, got {n}")
-    # Fail on the driver, not in n ranks at once.
-    work.check_world(n, cfg)
-    if backend == "horovod":
-        horovod_spark = import_horovod()
-    if spark is None:
-        raise ConfigError(f"train.backend={backend} needs a SparkSession")
-    if backend == "torch_distributor":
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        local_mode = TORCH_DISTRIBUTOR_LOCAL_MODE
-        if local_mode is None:
-            local_mode = _is_local_master(spark)
-        use_gpu = _distributor_use_gpu(spark, local_mode, cfg.device)
-        job.comm, job.device = "torch", (cfg.device if use_gpu else "cpu")
-        log.info("training %s with TorchDistributor: %d processes, local_mode=%s, use_gpu=%s",
-                 type(work).__name__, n, local_mode, use_gpu)
-        payload = TorchDistributor(num_processes=n, local_mode=local_mode, use_gpu=use_gpu).run(rank_main, job)
-    else:
-        job.comm = "horovod"
-        log.info("training %s with horovod.spark.run: %d processes", type(work).__name__, n)
-        payload = horovod_spark.run(rank_main, args=(job,), num_proc=n)[0]
-    result = decode_result(payload)
+    result = decode_result(chosen.launch(spark, job, n))
     _check_equal_batches(result)
     return result
 
 
-def _check_equal_batches(result: SnapshotTrainResult) -> None:
+def _check_equal_batches(result: TrainResult) -> None:
     """The reader's promise, checked after the fact: every rank ran the same number of batches."""
     uneven = [h["epoch"] for h in result.history if h.get("batches_min", 0) != h.get("batches_max", 0)]
     if uneven:
@@ -473,16 +387,15 @@ def _check_equal_batches(result: SnapshotTrainResult) -> None:
 
 
 __all__ = [
-    "BACKENDS",
-    "WindowWork",
-    "DeepLogWork",
+    "HOROVOD",
+    "LOCAL",
+    "TORCH_DISTRIBUTOR",
+    "Backend",
     "HorovodCollective",
     "RankJob",
-    "run_backend",
-    "train_deeplog_backend",
     "decode_result",
     "encode_result",
     "import_horovod",
     "rank_main",
-    "train_backend",
+    "run_backend",
 ]

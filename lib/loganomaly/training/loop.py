@@ -32,15 +32,12 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import time
 import typing
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,9 +45,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from loganomaly.config import Init, Optimizer
+from loganomaly.config import Init, Optimizer, TrainConfig
 from loganomaly.errors import ConfigError, ModelError
-from loganomaly.runtime.device import pick_device
+from loganomaly.models.kind import RankWork
+from loganomaly.models.task import FitTask, TrainResult
+from loganomaly.runtime.collective import Collective, default_collective, epoch_seed
 from loganomaly.runtime.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -69,77 +68,11 @@ OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 INITS: tuple[str, ...] = typing.get_args(Init)
 
 
-class LoopSettings(Protocol):
-    """The settings :func:`fit` reads (a dataclass: checkpoints store it as JSON).
-
-    :class:`loganomaly.config.TrainConfig` and :class:`loganomaly.models.sequence.SequenceTrainConfig`
-    both provide them.
-    """
-
-    @property
-    def epochs(self) -> int: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def learning_rate(self) -> float: ...
-    @property
-    def weight_decay(self) -> float: ...
-    @property
-    def patience(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def device(self) -> str: ...
-    @property
-    def bf16(self) -> bool: ...
-    @property
-    def optimizer(self) -> str: ...
-    @property
-    def momentum(self) -> float: ...
-    @property
-    def clip_value(self) -> float | None: ...
-    @property
-    def init(self) -> str: ...
-
-
-def rank_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from the environment; a single process is (0, 1, 0)."""
-    try:
-        rank = int(os.environ.get("RANK", 0))
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    except ValueError as exc:
-        raise ModelError(f"RANK, WORLD_SIZE and LOCAL_RANK must be integers: {exc}") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ModelError(f"invalid RANK={rank} for WORLD_SIZE={world}")
-    return rank, world, local_rank
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from one integer."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def shard_indices(n: int, rank: int, world: int, epoch_seed: int) -> np.ndarray:
-    """This rank's row indices for one epoch: a seeded shuffle shared by all ranks, dealt round-robin.
-
-    All ranks must use the same ``epoch_seed`` so the shards partition the data. Every rank gets
-    ``ceil(n / world)`` rows (the shuffle is extended by repeating its first rows), so every rank
-    runs the same number of batches: DDP blocks forever when one rank has a batch the others lack.
-    """
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.random.default_rng(epoch_seed).permutation(n)
-    per_rank = math.ceil(n / world)
-    padded = np.resize(order, per_rank * world)
-    return padded[rank::world]
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A seed for one epoch that does not collide across (seed, epoch) pairs."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -174,7 +107,7 @@ def init_weights(model: nn.Module, init: str) -> None:
                 nn.init.zeros_(param)
 
 
-def build_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser ``settings.optimizer`` names, over all of ``model``'s parameters."""
     if settings.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -182,24 +115,6 @@ def build_optimizer(model: nn.Module, settings: LoopSettings) -> torch.optim.Opt
         return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum,
                                nesterov=True, weight_decay=settings.weight_decay)
     raise ConfigError(f"unknown optimizer {settings.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-
-
-@dataclass
-class TrainResult:
-    """What training produced.
-
-    Attributes:
-        state_dict: CPU weights of the best validation epoch.
-        history: one record per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``seconds`` and
-            ``batches`` (this rank's optimiser steps; equal on every rank).
-        best_epoch: epoch (0-based) of ``state_dict``.
-        best_val_loss: its validation loss (the task's weighted mean over all ranks' validation rows).
-    """
-
-    state_dict: dict[str, torch.Tensor]
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_loss: float
 
 
 def save_checkpoint(
@@ -266,120 +181,6 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str,
         raise ModelError(f"{directory / CHECKPOINT_OPTIMIZER} does not belong to epoch {epoch} of {meta_path}")
     meta["optimizer"] = optim["optimizer"]
     return state, best, meta
-
-
-
-class Collective:
-    """What the training loop needs from a process group; this base class is a single process.
-
-    The loop is written once against this interface so the local run, TorchDistributor (DDP) and
-    Horovod share every line of it; a backend only says how to reduce, gather, broadcast and
-    wrap the model and optimiser.
-    """
-
-    name = "single"
-
-    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0) -> None:
-        self.rank, self.world, self.local_rank = rank, world, local_rank
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def device(self, requested: str) -> torch.device:
-        """The device of this rank: ``cuda:<local rank>`` on a GPU node, else the CPU."""
-        device = pick_device(requested)
-        if device.type == "cuda" and self.distributed:
-            device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(device)
-        return device
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over ranks (a new tensor or ``t`` itself)."""
-        return t
-
-    def max(self, t: torch.Tensor) -> torch.Tensor:
-        return t
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """``[world, *t.shape]``: every rank's ``t``, in rank order."""
-        return t.unsqueeze(0)
-
-    def broadcast_bytes(self, data: bytes) -> bytes:
-        """Rank 0's ``data`` on every rank."""
-        return data
-
-    def wrap(self, model: nn.Module, optimiser: torch.optim.Optimizer, device: torch.device
-             ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Make ranks start identical and average gradients; called after any resume loading."""
-        return model, optimiser
-
-    def step(self, model: nn.Module, optimiser: torch.optim.Optimizer, clip_value: float | None) -> None:
-        """One optimiser step on the (averaged) gradients, clipped element-wise when asked."""
-        if clip_value is not None:
-            torch.nn.utils.clip_grad_value_(model.parameters(), clip_value)
-        optimiser.step()
-
-
-class TorchCollective(Collective):
-    """``torch.distributed`` (gloo on CPU, nccl on GPU) with DDP; the group must be initialised."""
-
-    name = "torch"
-
-    def __init__(self) -> None:
-        _, _, local_rank = rank_info()
-        super().__init__(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank)
-
-    def _device_of(self, t: torch.Tensor) -> torch.device:
-        # nccl reduces CUDA tensors only; gloo CPU ones.
-        return torch.device("cuda", self.local_rank) if torch.distributed.get_backend() == "nccl" \
-            else torch.device("cpu")
-
-    def sum(self, t: torch.Tensor) -> torch.Tensor:
-        out = t.to(self._device_of(t)).clone()
-        torch.distributed.all_reduce(out)
-        return out.to(t.device)
-
-    def max(self, t: torch.Tensor) -> torch.Tensor:
-        out = t.to(self._device_of(t)).clone()
-        torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
-        return out.to(t.device)
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        local = t.to(self._device_of(t)).contiguous()
-        parts = [torch.empty_like(local) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, local)
-        return torch.stack(parts).to(t.device)
-
-    def broadcast_bytes(self, data: bytes) -> bytes:
-        device = self._device_of(torch.empty(0))
-        size = torch.tensor([len(data) if self.rank == 0 else 0], dtype=torch.int64, device=device)
-        torch.distributed.broadcast(size, src=0)
-        if int(size) == 0:
-            return b""
-        buf = torch.zeros(int(size), dtype=torch.uint8, device=device)
-        if self.rank == 0:
-            buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        torch.distributed.broadcast(buf, src=0)
-        return bytes(buf.cpu().numpy().tobytes())
-
-    def wrap(self, model: nn.Module, optimiser: torch.optim.Optimizer, device: torch.device
-             ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        # DDP broadcasts rank 0's weights here, so ranks start identical despite per-rank seeds.
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        return ddp, optimiser
-
-
-def default_collective() -> Collective:
-    """The collective the environment implies: DDP when a process group is up, else one process."""
-    rank, world, local_rank = rank_info()
-    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if world > 1 and initialised:
-        # The process group is the authority once it exists; the environment only seeded it.
-        return TorchCollective()
-    if world > 1 and rank == 0:
-        log.warning("WORLD_SIZE=%d but torch.distributed is not initialised; training alone", world)
-    return Collective(rank, 1, local_rank)
 
 
 
@@ -454,82 +255,6 @@ def _log_mlflow(record: dict[str, float]) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class FitTask(ABC):
-    """One model's part of a training run on one rank: its network, its rows, its loss.
-
-    The loop asks for batches by position: ``order(epoch)`` gives this rank's positions into its
-    training rows for one epoch (the same length on every rank), ``train_batch`` cuts the inputs and
-    targets at those positions. Validation rows are this rank's share only; the loop sums the
-    losses over ranks.
-    """
-
-    #: Name in log lines.
-    label: str = "model"
-
-    @abstractmethod
-    def model_config(self) -> dict[str, Any]:
-        """The model's config as JSON; stored in checkpoints, and a resume refuses another."""
-
-    @abstractmethod
-    def build_model(self) -> nn.Module:
-        """A freshly initialised network (torch is seeded just before)."""
-
-    @abstractmethod
-    def order(self, epoch: int) -> np.ndarray:
-        """This rank's positions into its training rows for ``epoch``; equal length on every rank."""
-
-    @abstractmethod
-    def to(self, device: torch.device) -> None:
-        """Move the rows to ``device`` once, before the first epoch."""
-
-    @abstractmethod
-    def train_batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets) of the training rows at ``positions`` (a device tensor)."""
-
-    @abstractmethod
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, targets) of this rank's validation rows, ``batch_size`` at a time."""
-
-    @abstractmethod
-    def loss_sums(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of per-row losses, their total weight) of one batch, both on the output's device."""
-
-
-@dataclass
-class TensorTask(FitTask):
-    """Rows held as tensors: ``x`` rows with targets ``y`` (``None``: the rows are their own targets).
-
-    Attributes:
-        train_x: this rank's indexable training rows (all of them, or its shard).
-        order_fn: ``epoch -> positions`` into ``train_x`` (see :meth:`FitTask.order`).
-        val_x: this rank's validation rows.
-        train_y, val_y: targets, one per row, or ``None`` for an autoencoder.
-    """
-
-    train_x: torch.Tensor
-    order_fn: Callable[[int], np.ndarray]
-    val_x: torch.Tensor
-    train_y: torch.Tensor | None = None
-    val_y: torch.Tensor | None = None
-
-    def order(self, epoch: int) -> np.ndarray:
-        return self.order_fn(epoch)
-
-    def to(self, device: torch.device) -> None:
-        self.train_x, self.val_x = self.train_x.to(device), self.val_x.to(device)
-        if self.train_y is not None and self.val_y is not None:
-            self.train_y, self.val_y = self.train_y.to(device), self.val_y.to(device)
-
-    def train_batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.train_x[positions]
-        return x, (x if self.train_y is None else self.train_y[positions])
-
-    def val_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(self.val_x), batch_size):
-            x = self.val_x[start : start + batch_size]
-            yield x, (x if self.val_y is None else self.val_y[start : start + batch_size])
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -550,7 +275,7 @@ def _val_sums(model: nn.Module, task: FitTask, batch_size: int, device: torch.de
 
 def fit(
     task: FitTask,
-    settings: LoopSettings,
+    settings: TrainConfig,
     comm: Collective | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
@@ -720,3 +445,25 @@ def fit(
 
 def _ratio(total: torch.Tensor, weight: torch.Tensor) -> float:
     return float(total) / max(float(weight), 1e-12)
+
+
+def train_work(
+    work: RankWork,
+    settings: TrainConfig,
+    comm: Collective | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """One rank of a training run: the kind's task for this rank, trained on :func:`fit`.
+
+    What every backend's rank runs (:func:`loganomaly.training.backends.rank_main`), and what a
+    notebook or test calls to train a kind's :class:`~loganomaly.models.kind.RankWork` in this process.
+    The task's extras (e.g. the normaliser the ranks fitted) go into every checkpoint record and
+    come back in :attr:`TrainResult.extras`.
+    """
+    comm = comm or default_collective()
+    task, extras = work.build_task(settings, comm)
+    result = fit(task, settings, comm, checkpoint_dir, resume, init_state, extras)
+    result.extras = extras
+    return result

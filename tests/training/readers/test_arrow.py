@@ -12,18 +12,13 @@ from loganomaly.config import TrainConfig
 from loganomaly.errors import StageInputError
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.training.readers.arrow import (
-    Selection,
-    ShardPlan,
-    ShardReader,
-    Snapshot,
-    plan_shards,
-    time_range,
-    window_shape,
-    write_windows,
-)
-from loganomaly.training.stage import Split
-from loganomaly.training.tasks import Collective, fit_normaliser, train_on_snapshot
+from loganomaly.training.readers.arrow import ShardReader
+from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, window_shape, write_windows
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.features.split import Split
+from loganomaly.training.tasks import train_on_snapshot
+from loganomaly.models.normaliser import fit_normaliser
+from loganomaly.runtime.collective import Collective
 
 T, F = 4, 3
 HOUR = 3600.0

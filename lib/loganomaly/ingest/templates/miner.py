@@ -71,6 +71,7 @@ from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
 
 from loganomaly.errors import ConfigError, ModelError
+from loganomaly.lake.schemas import UNKNOWN_TEMPLATE_ID
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,6 @@ except ImportError:  # Python 3.10
     _sre_parser = importlib.import_module("sre_parse")
     _sre_constants = importlib.import_module("sre_constants")
 
-#: Template id of a message that no learned template covers (hash ids are ``T`` + 12 hex digits,
-#: so this can never collide with one).
-UNKNOWN_TEMPLATE_ID = "T0"
 
 #: Version of the JSON layout written by :meth:`Templates.to_json`; :meth:`Templates.from_json`
 #: refuses any other.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from loganomaly.config import TemplatesConfig
 from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest.templates.miner import TemplateConfig, Templates, preset
+from loganomaly.lake.schemas import TABLES
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -96,8 +97,6 @@ def save_state(
         (version, t.template_id, t.template, int(t.size), fitted_until or None, run_id, now)
         for t in templates.templates
     ]
-    from loganomaly.lake.schemas import TABLES
-
     df = spark.createDataFrame(rows, TABLES["templates"].ddl)
     if lake.exists("templates"):
         # Idempotent: re-saving a state that is already recorded only moves "current" to it.

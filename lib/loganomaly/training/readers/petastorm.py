@@ -41,13 +41,16 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from loganomaly.errors import ConfigError, LogAnomalyError, StageInputError
-from loganomaly.training.readers.arrow import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan, _open
+from loganomaly.features.split import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan
+from loganomaly.lake.snapshot import open_parquet
+from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +220,7 @@ class PetastormShardReader:
         """Read this rank's rows and agree with the other ranks on the epoch length. Collective.
 
         Args:
-            comm: the run's :class:`loganomaly.training.tasks.Collective` (its ``rank``/``world`` must match).
+            comm: the run's :class:`loganomaly.runtime.collective.Collective` (its ``rank``/``world`` must match).
 
         Raises:
             StageInputError: on every rank, when any rank failed to read, a training rank got no
@@ -329,7 +332,7 @@ def dealt_rows(plan: ShardPlan, world: int) -> tuple[list[int], int]:
     selected = {(unit.uri, unit.row_group): unit.rows for unit in plan.units}
     counts, index = [0] * world, 0
     for uri in plan_files(plan):
-        for rg in range(_open(uri).metadata.num_row_groups):
+        for rg in range(open_parquet(uri).metadata.num_row_groups):
             counts[index % world] += selected.get((uri, rg), 0)
             index += 1
     return counts, index
@@ -397,3 +400,31 @@ def _windows(batch: Any, keep: np.ndarray, shape: tuple[int, int] | None) -> tup
 
 __all__ = ["COMPAT_HINT", "PetastormShardReader", "check_dealing", "dealt_rows", "import_petastorm", "plan_files",
            "pool_type_for"]
+
+
+class PetastormReader:
+    """``train.reader=petastorm``: :class:`PetastormShardReader`, in the compatibility environment only."""
+
+    #: It does not read ``sequences.n_abnormal``, so the classifier cannot use it.
+    reads_labels = False
+
+    def check_available(self) -> None:
+        """Fail on the driver, not in every rank: Petastorm runs only in the compatibility environment.
+
+        Raises:
+            ConfigError: Petastorm cannot be imported here (see :data:`COMPAT_HINT`).
+        """
+        import_petastorm()
+
+    def check_dealing(self, plan: ShardPlan, world: int) -> None:
+        """Petastorm deals whole row groups: refuse a world where a rank would get no training window."""
+        if world > 1:
+            check_dealing(plan, world)
+
+    def read(self, plan: ShardPlan, comm: Collective, equal: bool) -> tuple[Shard, Callable[[int], np.ndarray]]:
+        """This rank's rows of ``plan`` and its per-epoch order; collective (every rank must call it)."""
+        reader = PetastormShardReader(plan, comm.rank, comm.world, equal=equal)
+        return reader.load(comm), reader.epoch_indices
+
+
+READER = PetastormReader()

@@ -1,0 +1,431 @@
+"""What every kind over the numeric windows of ``sequences`` shares: data plan, bundle, scoring input.
+
+The autoencoder and the supervised classifier read the same windows with the same normaliser and
+feature names, so they share this base and differ only in their network, task, calibration and
+explanations (:mod:`loganomaly.models.autoencoder`, :mod:`loganomaly.models.classifier`).
+
+Training data. The driver pins the ``sequences`` version, splits it in time and plans how the
+training and validation windows are dealt to ranks (:mod:`loganomaly.features.split`); the plans
+travel in a :class:`WindowWork`. Every rank reads its shard with the reader ``train.reader`` names
+(:data:`loganomaly.registry.READERS`), the ranks fit the normaliser together (or keep the one of
+the model they continue), and the kind builds its task. The bundle records the ``sequences``
+version it was trained on and the feature names stored with those windows, so scoring can refuse
+windows whose columns mean something else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from loganomaly.config import Config, TrainConfig
+from loganomaly.errors import ConfigError, ModelError, StageInputError
+from loganomaly.features.split import (
+    Selection,
+    Shard,
+    ShardPlan,
+    Split,
+    plan_shards,
+    snapshot_split,
+    stored_feature_names,
+    window_shape,
+)
+from loganomaly.features.windows import FEATURE_NAMES
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.models.bundle import load_bundle, templates_of, training_templates
+from loganomaly.models.kind import Bundle, ModelKind, RankWork, ScoringInput, TrainingPlan, quantiles
+from loganomaly.models.normaliser import Normaliser, fit_normaliser
+from loganomaly.models.task import FitTask, TrainResult
+from loganomaly.registry import READERS
+from loganomaly.runtime.collective import Collective
+from loganomaly.runtime.device import pick_device
+
+if TYPE_CHECKING:
+    from loganomaly.ingest.templates.miner import Templates
+    from loganomaly.lake.tables import Lake
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MIN_TRAIN_WINDOWS", "ModelBundle", "WindowData", "WindowKind", "WindowWork", "feature_names_of",
+           "windows_of"]
+
+#: Fewest training windows a run accepts (validation needs two).
+MIN_TRAIN_WINDOWS = 8
+
+
+@dataclass
+class ModelBundle:
+    """A trained window model and everything needed to score with it (autoencoder or classifier).
+
+    Attributes:
+        model_cfg: architecture, to rebuild the network; its type decides the kind
+            (``model_cfg.bundle_kind``).
+        state_dict: its weights.
+        normaliser: per-feature statistics of the training windows.
+        threshold: scores above it are anomalies (reconstruction error, or the classifier's
+            probability of the anomalous class).
+        feature_names: the F feature names, in model order.
+        features: the feature spec the windows were built with (step_seconds, window_steps, ...).
+        metrics: validation metrics (loss, score quantiles, typical per-feature error).
+        training: provenance (data version, run id, history, config).
+        version: content hash, set by :func:`loganomaly.models.bundle.save_bundle`, checked at load.
+        templates: the template-miner state (``Templates.to_dict()``) of the training data, or
+            None when templates were disabled or never fitted.
+    """
+
+    model_cfg: Any
+    state_dict: dict[str, torch.Tensor]
+    normaliser: Normaliser
+    threshold: float
+    feature_names: list[str]
+    features: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
+    templates: dict[str, Any] | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.model_cfg.bundle_kind)
+
+    @property
+    def window_steps(self) -> int:
+        """T of the windows scored (the classifier reads any length; it keeps the featurize one)."""
+        return int(getattr(self.model_cfg, "window_steps", None) or self.features["window_steps"])
+
+    def build_model(self, device: torch.device | None = None) -> torch.nn.Module:
+        """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
+        model: torch.nn.Module = self.model_cfg.build()
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            raise ModelError(f"weights do not match the model config: {exc}") from None
+        return model.to(device or torch.device("cpu")).eval()
+
+    def template_state(self) -> Templates | None:
+        """The template miner the training data were mined with, or None."""
+        return templates_of(self.templates)
+
+
+def feature_names_of(stored: list[str] | None, n_features: int) -> list[str]:
+    """The feature names of a ``sequences`` snapshot: its ``feature_names``, else the fixed list.
+
+    Tables written without the column (:func:`loganomaly.features.windows.write_windows`,
+    benchmarks) are taken to hold :data:`loganomaly.features.windows.FEATURE_NAMES` when the count
+    matches.
+    """
+    if stored is not None:
+        return [str(n) for n in stored]
+    if n_features != len(FEATURE_NAMES):
+        raise StageInputError(
+            f"sequences has {n_features} features and no feature_names column; re-run featurize"
+        )
+    return list(FEATURE_NAMES)
+
+
+@dataclass
+class WindowData:
+    """One rank's windows, read and normalised."""
+
+    shard: Shard
+    val_shard: Shard
+    order: Callable[[int], np.ndarray]
+    normaliser: Normaliser
+    train_x: np.ndarray
+    val_x: np.ndarray
+
+
+@dataclass
+class WindowWork(RankWork):
+    """A window model's data for the ranks: where its windows are, and the model to build.
+
+    Attributes:
+        train_plan: training windows of the pinned snapshot, dealt to ranks.
+        val_plan: validation windows.
+        model_cfg: model shape.
+        normaliser: keep this normaliser instead of fitting one (continuing a model's training).
+    """
+
+    train_plan: ShardPlan
+    val_plan: ShardPlan
+    model_cfg: Any
+    normaliser: Normaliser | None = None
+    #: Whether the task needs each window's class (``sequences.n_abnormal``) from the reader.
+    needs_labels = False
+
+    def check_world(self, world: int, settings: TrainConfig) -> None:
+        reader = READERS.get(settings.reader)
+        if self.needs_labels and not reader.reads_labels:
+            raise ConfigError(f"train.reader={settings.reader} does not read window labels (sequences.n_abnormal); "
+                              f"{type(self).__name__} needs them: use one of "
+                              f"{', '.join(n for n, r in READERS.items() if r.reads_labels)}")
+        reader.check_available()
+        self.train_plan.check_world(world)
+        reader.check_dealing(self.train_plan, world)
+
+    def read(self, settings: TrainConfig, comm: Collective) -> WindowData:
+        """This rank's windows, normalised with the given normaliser or one the ranks fit together."""
+        if self.val_plan.total == 0:
+            raise StageInputError("no validation windows in the snapshot's training period")
+        started = time.perf_counter()
+        reader = READERS.get(settings.reader)
+        shard, order = reader.read(self.train_plan, comm, equal=True)
+        val_shard, _ = reader.read(self.val_plan, comm, equal=False)
+        n_features = self.model_cfg.n_features
+        steps = getattr(self.model_cfg, "window_steps", None)
+        if shard.x.shape[2] != n_features or (steps is not None and shard.x.shape[1] != steps):
+            raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects ({steps or 'any'}, {n_features})")
+        normaliser = self.normaliser
+        if normaliser is None:
+            normaliser = fit_normaliser(shard.x, comm)
+        elif len(normaliser.mean) != n_features:
+            raise ModelError(f"the normaliser has {len(normaliser.mean)} features, the windows {n_features}")
+        train_x = normaliser.transform(shard.x)
+        val_x = normaliser.transform(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
+        if comm.rank == 0:
+            log.info("rank 0/%d: %d training and %d validation windows of %d and %d read in %.2fs",
+                     comm.world, len(shard), len(val_shard), self.train_plan.total, self.val_plan.total,
+                     time.perf_counter() - started)
+        return WindowData(shard, val_shard, order, normaliser, train_x, val_x)
+
+    def build_task(self, settings: TrainConfig, comm: Collective) -> tuple[FitTask, dict[str, Any]]:
+        data = self.read(settings, comm)
+        extras = {
+            "normaliser": data.normaliser.to_dict(),
+            "snapshot": {"path": self.train_plan.snapshot.path, "version": self.train_plan.snapshot.version},
+        }
+        return self.task(data, comm), extras
+
+    @abstractmethod
+    def task(self, data: WindowData, comm: Collective) -> FitTask:
+        """The kind's task over this rank's normalised windows."""
+
+
+def windows_of(values: pa.Array, n_steps: int, n_features: int) -> np.ndarray:
+    """An Arrow ``features`` column (list of float) as ``[N, T, F]`` float32, without per-row objects.
+
+    Raises:
+        ModelError: a null or wrongly sized row.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.null_count:
+        raise ModelError(f"{values.null_count} windows without features")
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    if flat.size != len(values) * n_steps * n_features:
+        raise ModelError(f"features of {flat.size} values for {len(values)} windows of {n_steps} x {n_features}")
+    return flat.astype(np.float32, copy=False).reshape(len(values), n_steps, n_features)
+
+
+class WindowKind(ModelKind):
+    """A kind over the numeric windows of ``sequences``; subclasses bring the network and the calibration."""
+
+    input_table = "sequences"
+    unit = "windows"
+
+    # -------------------------------------------------------------- what a subclass provides
+    @abstractmethod
+    def model_config(self, cfg: Config, n_steps: int, n_features: int) -> Any:
+        """The model config for windows of this shape."""
+
+    @abstractmethod
+    def work(self, train_plan: ShardPlan, val_plan: ShardPlan, model_cfg: Any, normaliser: Normaliser | None,
+             cfg: Config) -> WindowWork:
+        """The rank work (the kind's own settings travel in it)."""
+
+    @abstractmethod
+    def calibrate(self, model: torch.nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
+                  cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
+        """(threshold, metrics, validation scores) from the validation windows (normalised)."""
+
+    @abstractmethod
+    def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
+                      top_k: int) -> pd.DataFrame:
+        """Scores and explanations of raw windows ``x[N, T, F]``."""
+
+    # -------------------------------------------------------------- training
+    def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
+        version = lake.version("sequences")
+        if version is None:
+            raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
+        snapshot = Snapshot(lake.path("sequences"), version)
+        shape = window_shape(snapshot)
+        if shape is None:
+            raise StageInputError("sequences is empty")
+        # featurize writes one name list per table version (one commit), so the first row speaks for all.
+        feature_names = feature_names_of(stored_feature_names(snapshot.path, version), shape[1])
+        if len(feature_names) != shape[1]:
+            raise StageInputError(f"sequences has {shape[1]} features but {len(feature_names)} feature names")
+        split = snapshot_split(snapshot, cfg)
+        fraction = cfg.train.validation_fraction
+        train_plan, val_plan = plan_shards(
+            snapshot,
+            [Selection(split.train_from, split.train_until, fraction, "train", cfg.train.normal_only),
+             Selection(split.train_from, split.train_until, fraction, "validation", cfg.train.normal_only)],
+            seed=cfg.train.seed,
+        )
+        n_train, n_val = train_plan.total, val_plan.total
+        if n_train < MIN_TRAIN_WINDOWS or n_val < 2:
+            raise StageInputError(
+                f"too few windows to train: {n_train} training, {n_val} validation "
+                f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
+            )
+        model_cfg = self.model_config(cfg, *shape)
+        init_state, init_normaliser = None, None
+        if cfg.train.init_from:
+            base = load_bundle(cfg.train.init_from)
+            if not isinstance(base, ModelBundle) or base.model_cfg != model_cfg or base.feature_names != feature_names:
+                raise ConfigError(
+                    f"train.init_from={cfg.train.init_from} holds a {base.kind} of {base.model_cfg.to_dict()}"
+                    f"{' over ' + str(len(base.feature_names)) + ' features' if isinstance(base, ModelBundle) else ''}; "
+                    f"this run needs {model_cfg.to_dict()} over {feature_names}"
+                )
+            init_state, init_normaliser = base.state_dict, base.normaliser
+            log.info("train: continuing model %s from %s", base.version, cfg.train.init_from)
+        return TrainingPlan(
+            work=self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg),
+            init_state=init_state,
+            describe=f"{n_train} training and {n_val} validation windows from sequences version {version} "
+                     f"(split {split.as_dict()})",
+            context={"version": version, "split": split, "feature_names": feature_names,
+                     "train_plan": train_plan, "val_plan": val_plan, "model_cfg": model_cfg},
+        )
+
+    def finish(self, plan: TrainingPlan, result: TrainResult, cfg: Config, lake: Lake, run_id: str) -> ModelBundle:
+        ctx = plan.context
+        normaliser = Normaliser.from_dict(result.extras["normaliser"])
+        val_plan: ShardPlan = ctx["val_plan"]
+        val_shard, _ = READERS.get("arrow").read(val_plan, Collective(), equal=False)
+        val_x = normaliser.transform(val_shard.x)
+        model = ctx["model_cfg"].build()
+        model.load_state_dict(result.state_dict)
+        device = pick_device(cfg.train.device)
+        model.to(device).eval()
+        threshold, metrics, val_scores = self.calibrate(model, device, val_x, val_shard, cfg)
+        metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
+                   "val_score_quantiles": quantiles(val_scores)}
+        split: Split = ctx["split"]
+        return ModelBundle(
+            model_cfg=ctx["model_cfg"],
+            state_dict=result.state_dict,
+            normaliser=normaliser,
+            threshold=threshold,
+            feature_names=ctx["feature_names"],
+            features={
+                "step_seconds": cfg.features.step_seconds,
+                "window_steps": cfg.features.window_steps,
+                "stride_steps": cfg.features.stride_steps,
+                # featurize stores counts and sums as log1p; explanations undo it for display.
+                "transform": "log1p",
+            },
+            metrics=metrics,
+            training={
+                "run_id": run_id,
+                "sequences_version": ctx["version"],
+                "split": split.as_dict(),
+                "train_windows": ctx["train_plan"].total,
+                "validation_windows": val_plan.total,
+                "backend": cfg.train.backend,
+                "reader": cfg.train.reader,
+                "init_from": cfg.train.init_from or None,
+                "history": result.history,
+                "config": {"train": cfg.to_dict()["train"], "model": cfg.to_dict()["model"]},
+            },
+            version="",
+            templates=training_templates(cfg, lake),
+        )
+
+    def summary(self, bundle: Bundle) -> dict[str, Any]:
+        assert isinstance(bundle, ModelBundle)
+        return {"threshold": float(bundle.threshold), "sequences_version": bundle.training.get("sequences_version"),
+                "train_windows": bundle.training.get("train_windows"),
+                "validation_windows": bundle.training.get("validation_windows")}
+
+    # -------------------------------------------------------------- bundles
+    def bundle_meta(self, bundle: Bundle) -> dict[str, Any]:
+        assert isinstance(bundle, ModelBundle)
+        return {
+            "kind": bundle.kind,
+            "model": bundle.model_cfg.to_dict(),
+            "normaliser": bundle.normaliser.to_dict(),
+            "threshold": float(bundle.threshold),
+            "feature_names": list(bundle.feature_names),
+            "features": bundle.features,
+            "metrics": bundle.metrics,
+            "training": bundle.training,
+        }
+
+    @abstractmethod
+    def config_from(self, data: dict[str, Any]) -> Any:
+        """The model config from ``model.json``'s ``model``."""
+
+    def bundle_from(self, meta: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelBundle:
+        return ModelBundle(
+            model_cfg=self.config_from(meta["model"]),
+            state_dict=state,
+            normaliser=Normaliser.from_dict(meta["normaliser"]),
+            threshold=float(meta["threshold"]),
+            feature_names=[str(name) for name in meta["feature_names"]],
+            features=dict(meta["features"]),
+            metrics=dict(meta.get("metrics") or {}),
+            training=dict(meta.get("training") or {}),
+            version=str(meta["version"]),
+            templates=meta.get("templates"),
+        )
+
+    def check_bundle(self, bundle: Bundle) -> None:
+        assert isinstance(bundle, ModelBundle)
+        n = bundle.model_cfg.n_features
+        if len(bundle.normaliser.mean) != n:
+            raise ModelError(f"normaliser has {len(bundle.normaliser.mean)} features, the model {n}")
+        if len(bundle.feature_names) != n:
+            raise ModelError(f"{len(bundle.feature_names)} feature names for a model of {n} features")
+
+    # -------------------------------------------------------------- scoring
+    def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
+        from pyspark.sql import functions as F
+
+        assert isinstance(bundle, ModelBundle)
+        if not lake.exists("sequences"):
+            raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
+        windows = lake.read("sequences")
+        n_steps, n_features = bundle.window_steps, bundle.model_cfg.n_features
+        mismatched = windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
+        if mismatched:
+            raise ModelError(f"sequences windows do not match the model ({n_steps} steps x {n_features} features); "
+                             "re-run featurize or train")
+        # Same shape is not enough: the frequent-template columns must be the model's, in its order.
+        if "feature_names" not in windows.columns:
+            raise ModelError("sequences has no feature_names column (written before feature names were stored); "
+                             "re-run featurize")
+        expected = F.array(*[F.lit(n) for n in bundle.feature_names]).cast("array<string>")
+        other = windows.where(~F.col("feature_names").eqNullSafe(expected)).select("feature_names").limit(1).collect()
+        if other:
+            got = list(other[0]["feature_names"] or [])
+            diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(got, bundle.feature_names, strict=False))
+                    if a != b][:5]
+            raise ModelError(
+                f"sequences feature names differ from model {bundle.version}'s ({diff or 'missing names'}); "
+                "featurize chose other templates (refit_templates?): retrain, or featurize without refitting"
+            )
+        return ScoringInput(windows.select("entity", "window_start", "window_end", "date", "features"), "features")
+
+    def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
+                    top_k: int) -> pd.DataFrame:
+        assert isinstance(bundle, ModelBundle)
+        x = windows_of(values, bundle.window_steps, bundle.model_cfg.n_features)
+        return self.score_windows(bundle, model, device, x, top_k)
+
+    def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
+        assert isinstance(bundle, ModelBundle)
+        return [("features", len(bundle.feature_names)), ("window steps", bundle.window_steps)]
