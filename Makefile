@@ -108,9 +108,11 @@ test-compat:
 	  echo "################################################################################"; \
 	fi
 
+# ruff, mypy, and the layer contracts of pyproject.toml ([tool.importlinter]): one-way layers, no cycles.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib jobs tests bench conf/airflow
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # dist/loganomaly-<v>.whl and dist/loganomaly.zip (the same wheel; spark-submit --py-files needs .zip).
 package: $(STAMP)

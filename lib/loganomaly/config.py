@@ -111,7 +111,7 @@ class TemplatesConfig:
     """Drain template mining over event messages (see :mod:`loganomaly.ingest.templates.miner`)."""
 
     enabled: bool = True
-    # Named preset of loganomaly.ingest.templates.miner.PRESETS ("" = the general default).
+    # Named preset of loganomaly.ingest.templates.masking.PRESETS ("" = the general default).
     preset: str = ""
     # Overrides of TemplateConfig fields (depth, sim_th, masking, ...).
     options: dict[str, Any] = field(default_factory=dict)

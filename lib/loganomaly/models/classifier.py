@@ -15,7 +15,8 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -24,14 +25,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from loganomaly.config import Config
-from loganomaly.errors import ModelError, StageInputError
+from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
 from loganomaly.models.common import check_dropout, check_positive_ints, strict_from_dict
+from loganomaly.models.kind import TrainingPlan
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
 from loganomaly.runtime.collective import Collective
+
+if TYPE_CHECKING:
+    from loganomaly.lake.tables import Lake
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +307,16 @@ class ClassifierKind(WindowKind):
 
     name = "classifier"
     bundle_kind = ClassifierConfig.bundle_kind
+
+    def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
+        """As every window kind, after refusing settings that would leave it one class.
+
+        Raises:
+            ConfigError: ``train.normal_only`` (it would drop the anomalous windows it learns from).
+        """
+        if cfg.train.normal_only:
+            raise ConfigError("model.kind=classifier learns from both classes; set train.normal_only=false")
+        return super().plan(spark, cfg, lake, model_dir)
 
     def model_config(self, cfg: Config, n_steps: int, n_features: int) -> ClassifierConfig:
         return ClassifierConfig(n_features=n_features, n_classes=2, hidden_size=cfg.model.hidden_size,

@@ -10,16 +10,16 @@ import subprocess
 import sys
 
 import pytest
-from loganomaly.ingest.templates import miner as tpl
 
-from loganomaly.errors import ConfigError, ModelError
+from loganomaly.errors import ModelError
+from loganomaly.ingest.templates import masking
+from loganomaly.ingest.templates import miner as tpl
 from loganomaly.ingest.templates.miner import (
     PRESETS,
     UNKNOWN_TEMPLATE_ID,
     TemplateConfig,
     TemplateMatch,
     Templates,
-    preset,
     template_ids,
 )
 
@@ -266,55 +266,6 @@ def test_cache_does_not_change_results(fitted: Templates, corpus: list[str]) -> 
 
 
 # ------------------------------------------------------------------------------------------ config
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"depth": 2}, "depth"),
-        ({"depth": 4.0}, "depth"),
-        ({"sim_th": 0}, "sim_th"),
-        ({"sim_th": 1.5}, "sim_th"),
-        ({"max_children": 1}, "max_children"),
-        ({"max_clusters": 0}, "max_clusters"),
-        ({"parametrize_numeric_tokens": "yes"}, "parametrize_numeric_tokens"),
-        ({"match_strategy": "sometimes"}, "match_strategy"),
-        ({"masking": [("(unclosed", "X")]}, "bad regex"),
-        ({"masking": [(r"\d*", "NUM")]}, "empty string"),
-        ({"masking": [(r"\d+", "bad name")]}, "mask name"),
-        ({"masking": [(r"(a)\1", "X")]}, "back-references"),
-        ({"masking": [(r"(?P<m1>a)", "X"), ("b", "Y")]}, "combined"),
-        ({"masking": [("a", "X", "extra")]}, "pair"),
-        ({"extra_delimiters": ["<"]}, "delimiter"),
-        ({"extra_delimiters": [""]}, "delimiter"),
-        ({"extra_delimiters": ["U"], "masking": [("x", "UID")]}, "delimiter"),
-    ],
-)
-def test_config_validation(changes: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        TemplateConfig.from_dict(changes)
-
-
-def test_config_dict_round_trip_and_unknown_keys() -> None:
-    config = TemplateConfig(depth=5, sim_th=0.6, extra_delimiters=["="], masking=[(r"\d+", "NUM")])  # type: ignore[arg-type]
-    assert config.extra_delimiters == ("=",) and config.masking == ((r"\d+", "NUM"),)
-    assert TemplateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ConfigError, match="unknown config key"):
-        TemplateConfig.from_dict({"depht": 4})
-    with pytest.raises(ConfigError):
-        Templates(cache_size=-1)
-
-
-def test_presets_are_valid() -> None:
-    assert preset("HDFS") is PRESETS["HDFS"]
-    assert len(PRESETS) == 17
-    for config in PRESETS.values():
-        Templates(config).fit(["a 1 b", "a 2 b"])
-    with pytest.raises(ConfigError, match="unknown preset"):
-        preset("NoSuchSystem")
-    hdfs = Templates(preset("HDFS")).fit(_corpus(n=100))
-    m = hdfs.match("PacketResponder 0 for block blk_-99 terminating")
-    assert "blk_-99" in m.params
-
-
 def test_module_imports_without_spark() -> None:
     code = "import sys, loganomaly.ingest.templates.miner; assert 'pyspark' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -347,7 +298,7 @@ def test_first_character_lookahead_changes_nothing(corpus: list[str]) -> None:
 
     extra = ["x 1.2.3.4:5 ::1 [::1]:8 +7 -8 ٣4 /a/b blk_-1 0XAB", "core.12 =5 <1 sec 12 bytes (1.2 KB)"]
     for config in PRESETS.values():
-        fast = tpl._combined_mask_regex(config.masking)
+        fast = masking.combined_mask_regex(config.masking)
         assert fast is not None or not config.masking
         if fast is None:
             continue
@@ -355,6 +306,6 @@ def test_first_character_lookahead_changes_nothing(corpus: list[str]) -> None:
         for message in _probe_messages(corpus) + extra:
             assert [(m.span(), m.lastgroup) for m in fast.finditer(message)] == \
                 [(m.span(), m.lastgroup) for m in plain.finditer(message)]
-    assert tpl._first_chars(r".+x") is None  # any character: no look-ahead
-    assert tpl._first_chars(r"(?i)abc") is None
-    assert tpl._first_chars(r"a?b") == ["a", "b"]
+    assert masking.first_chars(r".+x") is None  # any character: no look-ahead
+    assert masking.first_chars(r"(?i)abc") is None
+    assert masking.first_chars(r"a?b") == ["a", "b"]

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from loganomaly.config import TemplatesConfig
 from loganomaly.errors import ConfigError, StageInputError
-from loganomaly.ingest.templates.miner import TemplateConfig, Templates, preset
+from loganomaly.ingest.templates.masking import TemplateConfig, preset
+from loganomaly.ingest.templates.miner import Templates
 from loganomaly.lake.schemas import TABLES
 
 if TYPE_CHECKING:
