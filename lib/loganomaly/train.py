@@ -10,6 +10,7 @@ by featurize), so scoring can refuse windows whose columns mean something else.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loganomaly.bundle import ModelBundle, load_bundle, save_bundle
+from loganomaly.bundle import META, WEIGHTS, ModelBundle, load_bundle, save_bundle
 from loganomaly.config import Config
 from loganomaly.distributed import train_backend
 from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest import new_run_id
+from loganomaly.loop import mlflow_params, mlflow_run
 from loganomaly.model import LSTMAutoencoder, LSTMAutoencoderConfig, pick_device, window_errors
 from loganomaly.reader import (
     VALIDATION_BLOCKS,
@@ -198,15 +200,48 @@ def run(
     With ``model.kind=deeplog`` the DeepLog model is trained on ``sessions`` instead
     (:func:`loganomaly.session_model.train_run`, which returns its own summary).
 
+    With ``train.mlflow`` on, the training is an MLflow run (:func:`loganomaly.loop.mlflow_run`):
+    the model and train settings as params, every epoch's losses from rank 0 (step = epoch), then
+    the saved bundle's files as artifacts under ``bundle/`` and the summary's numbers as metrics.
+    """
+    params = mlflow_params({"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]})
+    with mlflow_run(cfg.train, params) as tracking:
+        if tracking is not None:
+            cfg = dataclasses.replace(cfg, train=tracking.train_config(cfg.train))
+        summary: TrainSummary | SessionTrainSummary
+        if cfg.model.kind == "deeplog":
+            from loganomaly import session_model
+
+            summary = session_model.train_run(spark, cfg, model_dir, lake=lake)
+        else:
+            summary = _train_window_model(spark, cfg, model_dir, lake)
+        if tracking is not None:
+            metrics, tags = _tracked_outcome(summary)
+            tracking.log_outcome([Path(model_dir) / WEIGHTS, Path(model_dir) / META], metrics, tags,
+                                 name=summary.run_id)
+    return summary
+
+
+def _tracked_outcome(summary: TrainSummary | SessionTrainSummary) -> tuple[dict[str, float], dict[str, str]]:
+    """A summary's numbers as MLflow metrics; its names, paths and versions as ``loganomaly.*`` tags."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for key, value in summary.as_dict().items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.endswith("_version"):
+            metrics[key] = float(value)
+        else:
+            tags[f"loganomaly.{key}"] = str(value)
+    return metrics, tags
+
+
+def _train_window_model(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None) -> TrainSummary:
+    """The autoencoder or the classifier on the training period of ``sequences``.
+
     The ``sequences`` version is pinned first; every rank of every backend (``train.backend``)
     streams its shard of that version, so a featurize run that appends meanwhile changes nothing.
     The driver only scans the two time columns (split and shard plan) and, after training, reads
     the validation windows to calibrate the threshold.
     """
-    if cfg.model.kind == "deeplog":
-        from loganomaly import session_model
-
-        return session_model.train_run(spark, cfg, model_dir, lake=lake)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("train")
     version = lake.version("sequences")
