@@ -25,7 +25,8 @@ AIRFLOW_ENV   := AIRFLOW_HOME=$(CURDIR)/build/airflow-home AIRFLOW__CORE__LOAD_E
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: 2.13.0 is a CPU wheel on our machines; a looser request can pull a multi-GB CUDA build.
+	# torch first, pinned. On the polyglot machines torch 2.13.0 from PyPI is the CUDA-enabled manylinux
+	# wheel (527 MB) plus 2.2 GB of nvidia-*, cuda-* and triton wheels: 2.7 GB to download once; it runs on CPU.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
@@ -88,7 +89,7 @@ $(COMPAT_STAMP): pyproject.toml $(COMPAT_REQS)
 	  "run with PYTHON=python3.12 (or 3.11, 3.10)" % v)'
 	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT)
 	$(COMPAT_PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned, as for .venv: a looser request can pull a multi-GB CUDA build.
+	# torch first, pinned, as for .venv (the same CUDA-enabled wheel).
 	$(COMPAT_PY) -m pip install --quiet "torch==2.13.0"
 	$(COMPAT_PY) -m pip install --quiet -c conf/compat-constraints.txt -r conf/compat-requirements.txt
 	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
