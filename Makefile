@@ -11,12 +11,22 @@ COMPAT_PY    := $(COMPAT)/bin/python
 COMPAT_STAMP := $(COMPAT)/.installed
 COMPAT_REQS  := conf/compat-requirements.txt conf/compat-constraints.txt
 
-.PHONY: setup java horovod demo test test-fast lint package clean compat compat-java compat-horovod test-compat
+# The Airflow check's environment (README "Running on a cluster"): Airflow 3 and its Spark provider,
+# apart from .venv so that their pins cannot move the product's; AIRFLOW_HOME kept under build/.
+AIRFLOW_VENV  := .venv-airflow
+AIRFLOW_PY    := $(AIRFLOW_VENV)/bin/python
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_REQS  := conf/airflow-requirements.txt conf/airflow-constraints.txt
+AIRFLOW_ENV   := AIRFLOW_HOME=$(CURDIR)/build/airflow-home AIRFLOW__CORE__LOAD_EXAMPLES=False
+
+.PHONY: setup java horovod demo test test-fast lint package clean compat compat-java compat-horovod test-compat \
+  airflow test-airflow
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned: 2.13.0 is a CPU wheel on our machines; a looser request can pull a multi-GB CUDA build.
+	# torch first, pinned. On the polyglot machines torch 2.13.0 from PyPI is the CUDA-enabled manylinux
+	# wheel (527 MB) plus 2.2 GB of nvidia-*, cuda-* and triton wheels: 2.7 GB to download once; it runs on CPU.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
@@ -65,6 +75,7 @@ demo: setup
 test: setup horovod
 	$(PY) -m pytest -q
 	@$(MAKE) --no-print-directory test-compat
+	@$(MAKE) --no-print-directory test-airflow
 
 test-fast: setup horovod
 	$(PY) -m pytest -q -m "not slow"
@@ -78,7 +89,7 @@ $(COMPAT_STAMP): pyproject.toml $(COMPAT_REQS)
 	  "run with PYTHON=python3.12 (or 3.11, 3.10)" % v)'
 	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT)
 	$(COMPAT_PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned, as for .venv: a looser request can pull a multi-GB CUDA build.
+	# torch first, pinned, as for .venv (the same CUDA-enabled wheel).
 	$(COMPAT_PY) -m pip install --quiet "torch==2.13.0"
 	$(COMPAT_PY) -m pip install --quiet -c conf/compat-constraints.txt -r conf/compat-requirements.txt
 	$(COMPAT_PY) -m pip install --quiet --no-deps -e .
@@ -105,6 +116,39 @@ test-compat:
 	  echo "################################################################################"; \
 	  echo "# test-compat SKIPPED: could not create $(COMPAT) (see the pip errors above);"; \
 	  echo "# the Petastorm reader was not tested. Retry with: make compat test-compat"; \
+	  echo "################################################################################"; \
+	fi
+
+# .venv-airflow: apache-airflow 3.3.2 and apache-airflow-providers-apache-spark 6.3.4, every package
+# pinned by conf/airflow-constraints.txt (Airflow's own constraint files are not on the package
+# registry); the project goes in with --no-deps: the DAG and its tests need only loganomaly.cli.
+$(AIRFLOW_STAMP): pyproject.toml $(AIRFLOW_REQS)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v >= (3, 11) else \
+	  "make airflow: apache-airflow-providers-apache-spark 6.3 needs Python 3.11 or later, this is %d.%d; "\
+	  "run with PYTHON=python3.11 (or later)" % v)'
+	@test -x $(AIRFLOW_PY) || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	@date +%s > $(AIRFLOW_VENV)/.started
+	$(AIRFLOW_PY) -m pip install --quiet --upgrade pip
+	$(AIRFLOW_PY) -m pip install --quiet -c conf/airflow-constraints.txt -r conf/airflow-requirements.txt
+	$(AIRFLOW_PY) -m pip install --quiet --no-deps -e .
+	@$(AIRFLOW_ENV) $(AIRFLOW_PY) -c "import airflow, airflow.providers.apache.spark as spark, loganomaly.cli; \
+	  print('airflow:', airflow.__version__, 'apache-spark provider', spark.__version__)"
+	@echo "$(AIRFLOW_VENV) made in $$(( $$(date +%s) - $$(cat $(AIRFLOW_VENV)/.started) )) s"
+	@touch $(AIRFLOW_STAMP)
+
+airflow: $(AIRFLOW_STAMP)
+
+# The DAG file loaded by Airflow itself (tests/airflow_env: DagBag, structure, schedules, the spark-submit
+# command lines), plus tests/test_deploy.py's real-Airflow import. A set-up that cannot install (no
+# registry) is reported and skipped; an env that was created but fails its tests fails the target.
+test-airflow:
+	@if $(MAKE) --no-print-directory airflow; then \
+	  $(AIRFLOW_ENV) $(AIRFLOW_PY) -m pytest -q -p no:cacheprovider tests/airflow_env \
+	    tests/test_deploy.py::test_dag_file_with_real_airflow; \
+	else \
+	  echo "################################################################################"; \
+	  echo "# test-airflow SKIPPED: could not create $(AIRFLOW_VENV) (see the errors above);"; \
+	  echo "# the Airflow DAG was not loaded by Airflow. Retry with: make airflow test-airflow"; \
 	  echo "################################################################################"; \
 	fi
 

@@ -215,6 +215,16 @@ class TrainConfig:
     # Continue training an existing model on new data: the bundle directory whose weights (and
     # normaliser, or DeepLog vocabulary) the new model starts from. Its shape must match.
     init_from: str = ""
+    # Track the run in MLflow (needs `pip install 'loganomaly[mlflow]'`): the model and train
+    # settings as params, each epoch's losses as metrics (rank 0), the bundle as artifacts.
+    mlflow: bool = False
+    # Tracking URI (file:/path/mlruns, http://host:5000, databricks); empty: $MLFLOW_TRACKING_URI,
+    # else MLflow's default (./mlruns). A relative path is made absolute, so every rank uses the same store.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "loganomaly"
+    # Log into this existing run instead of starting one (e.g. one an orchestrator started); train
+    # sets it for its ranks.
+    mlflow_run_id: str = ""
 
 
 @dataclass

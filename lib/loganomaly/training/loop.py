@@ -51,6 +51,7 @@ from loganomaly.models.kind import RankWork
 from loganomaly.models.task import FitTask, TrainResult
 from loganomaly.runtime.collective import Collective, default_collective, epoch_seed
 from loganomaly.runtime.files import atomic_write
+from loganomaly.training.tracking import log_epoch
 
 log = logging.getLogger(__name__)
 
@@ -236,20 +237,6 @@ class _Progress:
 
 
 
-def _log_mlflow(record: dict[str, float]) -> None:
-    """Per-epoch metrics to MLflow when it is installed and a run is active; never fails training."""
-    try:
-        import mlflow  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    try:
-        if mlflow.active_run() is not None:
-            metrics = {k: float(v) for k, v in record.items() if k != "epoch"}
-            mlflow.log_metrics(metrics, step=int(record["epoch"]))
-    except Exception as exc:  # a tracking server outage must not kill a training run
-        log.warning("mlflow logging failed: %s", exc)
-
-
 # --------------------------------------------------------------------------------------------------
 # What a model brings to the loop
 # --------------------------------------------------------------------------------------------------
@@ -417,7 +404,7 @@ def fit(
             log.info("%s epoch %d train_loss %.5f val_loss %.5f (%.1fs, %d batches on each of %d ranks)%s",
                      task.label, epoch, train_loss, val_loss, record["seconds"], batches, world,
                      " best" if improved else "")
-            _log_mlflow(record)
+            log_epoch(settings, record)
             if checkpoint_dir is not None:
                 assert best_state is not None  # epoch 0 always improves on inf
                 meta = {

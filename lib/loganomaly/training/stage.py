@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from loganomaly.config import Config, Init
 from loganomaly.lake.tables import Lake
-from loganomaly.models.bundle import save_bundle
+from loganomaly.models.bundle import BUNDLE_FILES, save_bundle
 from loganomaly.models.kind import ModelKind
 from loganomaly.registry import MODEL_KINDS
 from loganomaly.runtime.runs import new_run_id
 from loganomaly.training.backends import run_backend
+from loganomaly.training.tracking import mlflow_params, mlflow_run
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -76,6 +77,10 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     featurize run that appends meanwhile changes nothing. Rank 0 checkpoints to
     ``<model_dir>/checkpoints`` every epoch (``train.resume`` continues from there).
 
+    With ``train.mlflow`` on, the training is an MLflow run (:mod:`loganomaly.training.tracking`):
+    the model and train settings as params, every epoch's losses from rank 0 (step = epoch), then
+    the saved bundle's files as artifacts under ``bundle/`` and the summary's numbers as metrics.
+
     Raises:
         StageInputError: no or too little input.
         ConfigError: settings the kind, reader or backend cannot run with.
@@ -84,12 +89,37 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     kind: ModelKind = MODEL_KINDS.get(cfg.model.kind)
     cfg = resolved_settings(cfg, kind)
+    params = mlflow_params({"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]})
+    with mlflow_run(cfg.train, params) as tracking:
+        if tracking is not None:
+            cfg = dataclasses.replace(cfg, train=tracking.train_config(cfg.train))
+        summary = _train(spark, cfg, kind, Path(model_dir), lake)
+        if tracking is not None:
+            metrics, tags = _tracked_outcome(summary)
+            tracking.log_outcome([Path(model_dir) / name for name in BUNDLE_FILES], metrics, tags, name=summary.run_id)
+    return summary
+
+
+def _tracked_outcome(summary: TrainSummary) -> tuple[dict[str, float], dict[str, str]]:
+    """A summary's numbers as MLflow metrics; its names, paths and versions as ``loganomaly.*`` tags."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for key, value in summary.as_dict().items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.endswith("_version"):
+            metrics[key] = float(value)
+        else:
+            tags[f"loganomaly.{key}"] = str(value)
+    return metrics, tags
+
+
+def _train(spark: SparkSession, cfg: Config, kind: ModelKind, model_dir: Path, lake: Lake) -> TrainSummary:
+    """Plan on the driver, train on the backend, calibrate and save (the body of :func:`run`)."""
     run_id = new_run_id("train")
-    plan = kind.plan(spark, cfg, lake, Path(model_dir))
+    plan = kind.plan(spark, cfg, lake, model_dir)
     log.info("train %s: %s on %s (backend %s, reader %s)", run_id, kind.name, plan.describe, cfg.train.backend,
              cfg.train.reader)
     result = run_backend(
-        spark, cfg.train.backend, plan.work, cfg.train, checkpoint_dir=Path(model_dir) / "checkpoints",
+        spark, cfg.train.backend, plan.work, cfg.train, checkpoint_dir=model_dir / "checkpoints",
         resume=cfg.train.resume, init_state=plan.init_state,
     )
     bundle = kind.finish(plan, result, cfg, lake, run_id)
