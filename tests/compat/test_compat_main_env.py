@@ -10,10 +10,10 @@ import pytest
 
 from loganomaly.config import TrainConfig
 from loganomaly.errors import ConfigError
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.training.backends import train_backend
 from loganomaly.features.split import Selection, plan_shards, write_windows
 from loganomaly.lake.snapshot import Snapshot
+from loganomaly.models.autoencoder import AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.training.backends import run_backend
 
 
 def petastorm_runs_here() -> bool:
@@ -36,4 +36,4 @@ def test_petastorm_reader_outside_the_compat_env_names_make_compat(tmp_path: Pat
     for backend in ("local", "torch_distributor"):
         # refused on the driver before any rank or Spark job starts (no SparkSession needed to see it)
         with pytest.raises(ConfigError, match=r"make compat.*\.venv-compat/bin/loganomaly train --reader petastorm"):
-            train_backend(None, backend, train, val, model, cfg)
+            run_backend(None, backend, AutoencoderWork(train, val, model), cfg)

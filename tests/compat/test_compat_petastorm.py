@@ -19,10 +19,12 @@ import pytest
 
 from loganomaly.config import TrainConfig
 from loganomaly.errors import StageInputError
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.training.readers.arrow import ShardReader
 from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, write_windows
 from loganomaly.lake.snapshot import Snapshot
+from loganomaly.models.autoencoder import AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.task import TrainResult
+from loganomaly.training.readers.arrow import ShardReader
 from loganomaly.training.readers.petastorm import PetastormShardReader, check_dealing, dealt_rows
 
 # loganomaly.training.readers.petastorm imports Petastorm lazily, so the imports above work everywhere.
@@ -208,7 +210,7 @@ def test_a_rank_with_an_empty_shard_fails_on_every_rank(tmp_path: Path) -> None:
 
 
 def test_the_driver_refuses_a_dealing_that_leaves_a_rank_empty(tmp_path: Path) -> None:
-    from loganomaly.training.backends import train_backend
+    from loganomaly.training.backends import run_backend
 
     path = str(tmp_path / "sequences")
     version = write_windows(path, windows(10), np.arange(10) * 60.0, 1.0, max_rows_per_group=5)
@@ -220,7 +222,7 @@ def test_the_driver_refuses_a_dealing_that_leaves_a_rank_empty(tmp_path: Path) -
         check_dealing(train, 3)
     # before any rank or Spark job starts (hence no SparkSession needed)
     with pytest.raises(StageInputError, match="row groups"):
-        train_backend(None, "torch_distributor", train, train, MODEL, train_cfg(16))
+        run_backend(None, "torch_distributor", AutoencoderWork(train, train, MODEL), train_cfg(16))
 
 
 def test_two_real_ranks_agree_on_the_epoch_length(snapshot: Snapshot) -> None:
@@ -242,20 +244,25 @@ def training_plans(tmp_path: Path) -> tuple[ShardPlan, ShardPlan]:
 
 
 def train_cfg(batch_size: int, reader: str = "petastorm") -> TrainConfig:
+    # Xavier: the autoencoder's own init (``train.init: auto`` in the train stage), as these runs always had.
     return TrainConfig(epochs=8, batch_size=batch_size, learning_rate=1e-2, patience=0, seed=5, device="cpu",
-                       num_processes=2, reader=reader)  # type: ignore[arg-type]
+                       num_processes=2, reader=reader, init="xavier")
+
+
+def normaliser(result: TrainResult) -> Normaliser:
+    """The normaliser the ranks fitted together (an autoencoder run's extras)."""
+    return Normaliser.from_dict(result.extras["normaliser"])
 
 
 def test_local_training_with_petastorm_sees_the_rows_of_the_arrow_reader(tmp_path: Path) -> None:
-    from loganomaly.training.backends import train_backend
+    from loganomaly.training.backends import run_backend
 
     train, val = training_plans(tmp_path)
-    arrow = train_backend(None, "local", train, val, MODEL, train_cfg(32, reader="arrow"))
-    local = train_backend(None, "local", train, val, MODEL, train_cfg(32))
+    arrow = run_backend(None, "local", AutoencoderWork(train, val, MODEL), train_cfg(32, reader="arrow"))
+    local = run_backend(None, "local", AutoencoderWork(train, val, MODEL), train_cfg(32))
     # one rank: the same rows as the Arrow reader, so the same normaliser, batches and samples
-    assert local.normaliser is not None and arrow.normaliser is not None
-    np.testing.assert_allclose(local.normaliser.mean, arrow.normaliser.mean, rtol=1e-9)
-    np.testing.assert_allclose(local.normaliser.std, arrow.normaliser.std, rtol=1e-9)
+    np.testing.assert_allclose(normaliser(local).mean, normaliser(arrow).mean, rtol=1e-9)
+    np.testing.assert_allclose(normaliser(local).std, normaliser(arrow).std, rtol=1e-9)
     assert local.history[0]["batches"] == arrow.history[0]["batches"]
     assert local.history[0]["samples"] == train.total
     assert local.best_val_loss < 0.6 * local.history[0]["val_loss"]
@@ -269,6 +276,7 @@ def test_train_run_with_petastorm_on_two_torch_distributor_ranks(spark: object, 
     from loganomaly.features.windows import FEATURE_NAMES
     from loganomaly.lake.tables import Lake
     from loganomaly.models.bundle import load_bundle
+    from loganomaly.models.window import ModelBundle
     from loganomaly.training import stage as train
 
     lake = Lake(spark, tmp_path / "lake", engine="deltars")  # type: ignore[arg-type]
@@ -284,6 +292,7 @@ def test_train_run_with_petastorm_on_two_torch_distributor_ranks(spark: object, 
                                  "model.hidden_size=8"])
     summary = train.run(spark, cfg, tmp_path / "model", lake=lake)  # type: ignore[arg-type]
     bundle = load_bundle(tmp_path / "model")
+    assert isinstance(bundle, ModelBundle)
     assert bundle.training["reader"] == "petastorm" and bundle.training["backend"] == "torch_distributor"
     history = bundle.training["history"]
     assert len(history) == 8
@@ -299,9 +308,10 @@ def test_train_run_with_petastorm_on_two_torch_distributor_ranks(spark: object, 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed in this environment (make compat builds it)")
 def test_horovod_trains_with_the_petastorm_reader(spark: object, tmp_path: Path) -> None:
-    from loganomaly.training.backends import train_backend
+    from loganomaly.training.backends import run_backend
 
     train, val = training_plans(tmp_path)
-    result = train_backend(spark, "horovod", train, val, MODEL, replace(train_cfg(16), epochs=4))  # type: ignore[arg-type]
+    result = run_backend(spark, "horovod", AutoencoderWork(train, val, MODEL),  # type: ignore[arg-type]
+                         replace(train_cfg(16), epochs=4))
     assert all(h["batches_min"] == h["batches_max"] for h in result.history)
     assert result.best_val_loss < 0.8 * result.history[0]["val_loss"]

@@ -1,20 +1,32 @@
-"""The autoencoder, the normaliser and the model bundle, on small synthetic windows (CPU, no Spark)."""
+"""The autoencoder kind: network, config, init, errors, calibration, explanations, rank work (CPU, no Spark)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from loganomaly.errors import ModelError
-from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
-from loganomaly.models.bundle import META, WEIGHTS, load_bundle, save_bundle
+from loganomaly.config import TrainConfig
+from loganomaly.errors import ConfigError, ModelError, StageInputError
+from loganomaly.features.split import Selection, plan_shards
+from loganomaly.models.autoencoder import (
+    AutoencoderTask,
+    AutoencoderWork,
+    LSTMAutoencoder,
+    LSTMAutoencoderConfig,
+    calibrate_threshold,
+    explain,
+    window_errors,
+    window_step_errors,
+)
+from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.window import ModelBundle
-from loganomaly.models.normaliser import STD_FLOOR, Normaliser
+from loganomaly.runtime.collective import Collective
 from loganomaly.runtime.device import pick_device
+from loganomaly.training.loop import init_weights
+from tests.models.fitting import fit_autoencoder, sequence_settings, snapshot_plans
 
 T, F = 12, 3
 
@@ -76,8 +88,11 @@ def test_config_rejects_unknown_missing_and_invalid_keys() -> None:
         LSTMAutoencoderConfig(n_features=3, window_steps=12, dropout=1.5)
 
 
-def test_xavier_init_and_zero_biases() -> None:
+def test_the_kind_trains_from_xavier_weights_and_zero_biases() -> None:
+    """Xavier is the autoencoder's own init: ``train.init: auto`` gives it in the loop, bit for bit."""
+    assert AutoencoderTask.default_init == "xavier"
     model = LSTMAutoencoder(small_cfg())
+    init_weights(model, AutoencoderTask.default_init)
     for name, param in model.named_parameters():
         if "bias" in name:
             assert torch.count_nonzero(param) == 0, name
@@ -86,6 +101,14 @@ def test_xavier_init_and_zero_biases() -> None:
             bound = (6 / (fan_in + fan_out)) ** 0.5
             assert param.abs().max() <= bound + 1e-6, name
             assert param.std() > 0, name
+    with pytest.raises(ConfigError, match="auto"):
+        init_weights(model, "auto")  # the loop resolves it from the task, nobody else
+    x = periodic_windows(24)
+    auto = fit_autoencoder(x, x[:8], small_cfg(), sequence_settings(epochs=1, init="auto"))
+    xavier = fit_autoencoder(x, x[:8], small_cfg(), sequence_settings(epochs=1, init="xavier"))
+    default = fit_autoencoder(x, x[:8], small_cfg(), sequence_settings(epochs=1, init="default"))
+    assert all(torch.equal(auto.state_dict[k], xavier.state_dict[k]) for k in auto.state_dict)
+    assert not all(torch.equal(auto.state_dict[k], default.state_dict[k]) for k in auto.state_dict)
 
 
 def test_pick_device() -> None:
@@ -118,162 +141,74 @@ def test_window_errors_shapes_and_batching() -> None:
         window_errors(model, x[0])
 
 
-# --- normaliser -------------------------------------------------------------------------------
+# --- calibration and explanations -------------------------------------------------------------
 
 
-def test_normaliser_fit_transform() -> None:
-    raw = periodic_windows(200)
+def test_threshold_extrapolates_the_tail_of_a_small_validation_set() -> None:
+    rng = np.random.default_rng(0)
+    population = rng.lognormal(mean=-1.0, sigma=0.6, size=200_000)
+    sample = population[:150]
+    threshold = calibrate_threshold(sample, 0.995)
+    # the empirical quantile of 150 scores is about their maximum and under-covers the tail
+    assert threshold >= np.quantile(sample, 0.995)
+    false_alarms = float((population > threshold).mean())
+    assert false_alarms < 0.02
+    # and it is not absurdly high either: well below the population's 0.99999 quantile
+    assert threshold < np.quantile(population, 0.99999)
+
+
+def test_threshold_of_two_humps_stays_near_the_largest_normal_score() -> None:
+    # half the normal windows reconstruct almost perfectly, the rest (rare but normal events) do not
+    rng = np.random.default_rng(1)
+    scores = np.concatenate([rng.lognormal(-9.0, 0.3, 500), rng.lognormal(4.5, 0.05, 500)])
+    threshold = calibrate_threshold(scores, 0.99)
+    assert np.quantile(scores, 0.99) <= threshold <= 2.0 * scores.max()
+
+
+def test_threshold_refuses_bad_scores() -> None:
+    with pytest.raises(ModelError):
+        calibrate_threshold(np.array([]), 0.99)
+    with pytest.raises(ModelError):
+        calibrate_threshold(np.array([0.1, np.nan]), 0.99)
+    with pytest.raises(ModelError):
+        calibrate_threshold(np.array([0.1, 0.2]), 1.0)
+
+
+def test_step_errors_agree_with_window_errors_and_explain_names_the_broken_feature() -> None:
+    raw = periodic_windows(40, seed=3)
     norm = Normaliser.fit(raw)
-    z = norm.transform(raw)
-    assert z.dtype == np.float32 and z.shape == raw.shape
-    flat = z.reshape(-1, F)
-    np.testing.assert_allclose(flat.mean(axis=0), 0, atol=1e-4)
-    np.testing.assert_allclose(flat.std(axis=0), 1, atol=1e-3)
-    assert Normaliser.from_dict(json.loads(json.dumps(norm.to_dict()))) == norm
+    model = LSTMAutoencoder(LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8))
+    broken = raw.copy()
+    broken[0, 5, 2] += 50.0  # distinct_ports jumps at step 6 of window 0
+    x = norm.transform(broken)
+    per_step = window_step_errors(model, x, batch_size=7)
+    scores, _ = window_errors(model, x, batch_size=7)
+    np.testing.assert_allclose(per_step.mean(axis=(1, 2)), scores, rtol=1e-6)
+    tops, texts = explain(
+        broken, per_step, np.full(F, 0.1), np.asarray(norm.mean), ["conn", "bytes", "ports"], 2, log1p=False
+    )
+    assert tops[0][0] == "ports"
+    assert "at step 6" in texts[0] and "ports=" in texts[0]
 
 
-def test_normaliser_floors_constant_features() -> None:
-    raw = periodic_windows(20)
-    raw[..., 2] = 7.0
-    norm = Normaliser.fit(raw)
-    assert norm.std[2] == STD_FLOOR
-    z = norm.transform(raw)
-    assert np.isfinite(z).all() and np.all(z[..., 2] == 0)
-    bumped = raw.copy()
-    bumped[0, 0, 2] = 8.0
-    assert norm.transform(bumped)[0, 0, 2] == pytest.approx(1 / STD_FLOOR)
+# --- rank work ---------------------------------------------------------------------------------
 
 
-def test_normaliser_refuses_bad_input() -> None:
-    with pytest.raises(ModelError, match="shape"):
-        Normaliser.fit(np.zeros((0, T, F)))
-    bad = periodic_windows(4)
-    bad[1, 2, 0] = np.nan
-    with pytest.raises(ModelError, match="NaN"):
-        Normaliser.fit(bad)
-    with pytest.raises(ModelError, match="features"):
-        Normaliser.fit(periodic_windows(4)).transform(np.zeros((1, T, F + 1)))
-    with pytest.raises(ModelError, match="invalid normaliser"):
-        Normaliser.from_dict({"mean": [0.0]})
-
-
-# --- bundle -----------------------------------------------------------------------------------
-
-
-def test_bundle_round_trip_scores_identically_and_version_is_stable(tmp_path: Path) -> None:
-    bundle, raw = make_bundle()
-    save_bundle(tmp_path / "a", bundle)
-    version = bundle.version
-    assert len(version) == 12
-    loaded = load_bundle(tmp_path / "a")
-    assert loaded.version == version
-    assert loaded.model_cfg == bundle.model_cfg and loaded.normaliser == bundle.normaliser
-    assert loaded.threshold == bundle.threshold and loaded.feature_names == bundle.feature_names
-    assert loaded.training["sequences_version"] == 4
-    # numpy scalars are stored as plain JSON values.
-    assert loaded.metrics["n"] == "1.5"
-    before, before_pf = window_errors(bundle.build_model(), bundle.normaliser.transform(raw))
-    after, after_pf = window_errors(loaded.build_model(), loaded.normaliser.transform(raw))
-    np.testing.assert_array_equal(before, after)
-    np.testing.assert_array_equal(before_pf, after_pf)
-    assert not loaded.build_model().training
-
-    # Same content, same version, wherever and however often it is saved; other content, another.
-    save_bundle(tmp_path / "b", loaded)
-    assert loaded.version == version
-    assert (tmp_path / "a" / META).read_text() == (tmp_path / "b" / META).read_text()
-    other, _ = make_bundle(seed=1)
-    save_bundle(tmp_path / "c", other)
-    assert other.version != version
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([WEIGHTS, META])  # no temp files left
-
-
-@pytest.mark.parametrize("missing", [WEIGHTS, META])
-def test_load_bundle_missing_file(tmp_path: Path, missing: str) -> None:
-    bundle, _ = make_bundle()
-    save_bundle(tmp_path, bundle)
-    (tmp_path / missing).unlink()
-    with pytest.raises(ModelError, match=f"missing {missing}"):
-        load_bundle(tmp_path)
-    with pytest.raises(ModelError, match="no complete model bundle"):
-        load_bundle(tmp_path / "nowhere")
-
-
-def test_load_bundle_detects_tampering(tmp_path: Path) -> None:
-    bundle, _ = make_bundle()
-    save_bundle(tmp_path, bundle)
-    meta_path, weights_path = tmp_path / META, tmp_path / WEIGHTS
-    pristine_meta, pristine_weights = meta_path.read_text(), weights_path.read_bytes()
-
-    meta = json.loads(pristine_meta)
-    meta["threshold"] = 99.0
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="was modified"):
-        load_bundle(tmp_path)
-
-    meta_path.write_text(pristine_meta)
-    data = bytearray(pristine_weights)
-    data[-5] ^= 0xFF  # flip bits inside the last tensor's data
-    weights_path.write_bytes(bytes(data))
-    with pytest.raises(ModelError, match="was modified"):
-        load_bundle(tmp_path)
-
-    weights_path.write_bytes(pristine_weights[:100])
-    with pytest.raises(ModelError, match="cannot be read"):
-        load_bundle(tmp_path)
-
-    weights_path.write_bytes(pristine_weights)
-    meta_path.write_text("{not json")
-    with pytest.raises(ModelError, match="not valid JSON"):
-        load_bundle(tmp_path)
-
-    meta = json.loads(pristine_meta)
-    meta["format_version"] = 99
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="unsupported bundle format 99"):
-        load_bundle(tmp_path)
-
-    meta_path.write_text(pristine_meta)
-    assert load_bundle(tmp_path).version == bundle.version
-
-
-def test_files_from_different_saves_are_refused(tmp_path: Path) -> None:
-    # What a crash between the two renames of a re-save would leave behind.
-    first, _ = make_bundle(seed=0)
-    second, _ = make_bundle(seed=1)
-    save_bundle(tmp_path / "one", first)
-    save_bundle(tmp_path / "two", second)
-    (tmp_path / "one" / WEIGHTS).write_bytes((tmp_path / "two" / WEIGHTS).read_bytes())
-    with pytest.raises(ModelError, match="different saves"):
-        load_bundle(tmp_path / "one")
-
-
-def test_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
-    bundle, _ = make_bundle()
-    bundle.model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=16)
-    with pytest.raises(ModelError, match="do not match the model config"):
-        save_bundle(tmp_path, bundle)
-    bundle, _ = make_bundle()
-    bundle.feature_names = ["only_one"]
-    with pytest.raises(ModelError, match="feature names"):
-        save_bundle(tmp_path, bundle)
-
-
-def test_load_refuses_consistently_hashed_weights_of_another_shape(tmp_path: Path) -> None:
-    # A forged bundle whose hash is right but whose weights belong to a bigger model: the
-    # mismatch must surface at load (on the driver), not later inside a Spark task.
-    from loganomaly.models.bundle import _content_version
-
-    bundle, _ = make_bundle()
-    save_bundle(tmp_path, bundle)
-    meta = json.loads((tmp_path / META).read_text())
-    meta["model"]["hidden_size"] = 4
-    del meta["version"]
-    state = {k: v.contiguous() for k, v in bundle.state_dict.items()}
-    meta["version"] = _content_version(state, meta)
-    from safetensors.torch import save_file
-
-    save_file(state, str(tmp_path / WEIGHTS), metadata={"version": meta["version"]})
-    (tmp_path / META).write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="do not match the model config"):
-        load_bundle(tmp_path)
+def test_bad_data_is_refused(tmp_path: Path) -> None:
+    """Windows of another shape, or no validation windows, are refused when a rank reads its shard."""
+    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
+    settings = TrainConfig(epochs=6, batch_size=16, learning_rate=1e-2, patience=0, seed=5, device="cpu",
+                           init="xavier")
+    train, val = snapshot_plans(tmp_path, periodic_windows(40))
+    (nothing,) = plan_shards(val.snapshot, [Selection(0.0, 1.0, 0.25, "validation")], seed=1)
+    assert train.total and val.total and nothing.total == 0
+    with pytest.raises(StageInputError, match="no validation windows"):
+        AutoencoderWork(train, nothing, model_cfg).build_task(settings, Collective())
+    for other in (LSTMAutoencoderConfig(n_features=F + 1, window_steps=T, hidden_size=8),
+                  LSTMAutoencoderConfig(n_features=F, window_steps=T + 1, hidden_size=8)):
+        with pytest.raises(ModelError, match="windows have shape"):
+            AutoencoderWork(train, val, other).build_task(settings, Collective())
+    # Windows already in memory go straight to the loop, which refuses to run without validation.
+    ok = np.zeros((4, T, F), np.float32)
+    with pytest.raises(ModelError, match="validation loss"):
+        fit_autoencoder(ok, np.zeros((0, T, F), np.float32), model_cfg, settings)

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from loganomaly.errors import ConfigError, ModelError
-from loganomaly.models.baselines import BASELINES, Baseline, IsolationForestBaseline, OneClassSVMBaseline, PCABaseline, Standardiser, flatten_windows, make_baseline
 from loganomaly.evaluation.metrics import evaluate
+from loganomaly.models.baselines import (
+    BASELINES,
+    Baseline,
+    IsolationForestBaseline,
+    OneClassSVMBaseline,
+    PCABaseline,
+    Standardiser,
+    flatten_windows,
+    make_baseline,
+)
 
 T, F = 4, 3
 

@@ -1,26 +1,28 @@
-"""DeepLog as pipeline stages: deeplog bundles, then train/score on a tiny hand-written ``sessions`` table."""
+"""DeepLog as a model kind: its rank work on the shared loop, then train/score on a tiny ``sessions`` table."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, ModelError
 from loganomaly.lake.schemas import TABLES
-from loganomaly.models.bundle import META, load_any_bundle, load_bundle, load_deeplog_bundle, save_bundle
+from loganomaly.models.bundle import load_bundle
 from loganomaly.models.deeplog import DeepLogBundle
-from loganomaly.models.window import ModelBundle
-from loganomaly.models.nextevent import DeepLog, DeepLogConfig
+from loganomaly.models.nextevent import DeepLogConfig
 from loganomaly.models.vocabulary import Vocabulary
 from loganomaly.scoring import stage as score
-from loganomaly.training import sessions as session_model
 from loganomaly.training import stage as train
+from loganomaly.training.stage import TrainSummary
+from tests.models.fitting import fit_deeplog, sequence_settings
+from tests.models.test_nextevent import cyclic_session, tiny_deeplog_cfg
 
 DAYS = [dt.date(2024, 3, 4) + dt.timedelta(days=i) for i in range(4)]
 PER_DAY = 60
@@ -30,55 +32,63 @@ UNKNOWN = (["T1", "T2", "T0", "T3", "T4", "T5", "T6"], "pos 2: T0 (unknown templ
 UNSEEN = (["T1", "T2", "T3", "T4", "T5", "T9", "T6"], "pos 5: T9 (unknown template)")
 
 
-# --- bundle (no Spark) ---------------------------------------------------------------------------
+def deeplog_bundle(model_dir: Path) -> DeepLogBundle:
+    """The bundle in ``model_dir``, which must be a DeepLog one."""
+    bundle = load_bundle(model_dir)
+    assert isinstance(bundle, DeepLogBundle), bundle.kind
+    return bundle
 
 
-def make_deeplog_bundle(templates: dict | None = None) -> DeepLogBundle:  # type: ignore[type-arg]
-    vocab = Vocabulary(["T1", "T2", "T3"])
-    cfg = DeepLogConfig(vocab_size=vocab.size, window=3, embedding_dim=4, hidden_size=8, num_layers=1, top_g=2)
-    torch.manual_seed(0)
-    model = DeepLog(cfg)
-    return DeepLogBundle(model_cfg=cfg, state_dict=model.state_dict(), vocabulary=vocab, nll_threshold=1.5,
-                         metrics={"best_val_loss": 0.1}, training={"sessions_version": 3}, templates=templates)
+# --- DeepLog's rank work on the shared loop (no Spark) --------------------------------------------
 
 
-def test_deeplog_bundle_round_trip_and_kind_checks(tmp_path: Path) -> None:
-    bundle = make_deeplog_bundle()
-    save_bundle(tmp_path / "a", bundle)
-    loaded = load_any_bundle(tmp_path / "a")
-    assert isinstance(loaded, DeepLogBundle) and loaded.version == bundle.version
-    assert loaded.model_cfg == bundle.model_cfg and loaded.vocabulary == bundle.vocabulary
-    assert loaded.top_g == 2 and loaded.nll_threshold == 1.5 and loaded.templates is None
-    assert load_deeplog_bundle(tmp_path / "a").version == bundle.version
-    with pytest.raises(ModelError, match="holds a deeplog bundle"):
-        load_bundle(tmp_path / "a")
-    assert "templates" not in json.loads((tmp_path / "a" / META).read_text())
-
-    # The template state is part of the content hash.
-    with_state = make_deeplog_bundle(templates={"format": "x", "templates": []})
-    save_bundle(tmp_path / "b", with_state)
-    assert with_state.version != bundle.version
-    assert load_deeplog_bundle(tmp_path / "b").templates == {"format": "x", "templates": []}
-
-    meta = json.loads((tmp_path / "a" / META).read_text())
-    meta["model"]["top_g"] = 5
-    (tmp_path / "a" / META).write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="was modified"):
-        load_any_bundle(tmp_path / "a")
-    meta["kind"] = "transformer"
-    (tmp_path / "a" / META).write_text(json.dumps(meta))
-    with pytest.raises(ModelError, match="unknown bundle kind 'transformer'"):
-        load_any_bundle(tmp_path / "a")
+def _tiny_sessions() -> tuple[list[list[int]], list[list[int]], Vocabulary]:
+    sessions = [cyclic_session(n) for n in (6, 9, 12, 7)]
+    vocab = Vocabulary.fit(sessions)
+    return vocab.encode_many(sessions[:3]), vocab.encode_many(sessions[3:]), vocab
 
 
-def test_autoencoder_bundle_is_not_a_deeplog_bundle(tmp_path: Path) -> None:
-    from test_model import make_bundle
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    bundle, _ = make_bundle()
-    save_bundle(tmp_path, bundle)
-    assert isinstance(load_any_bundle(tmp_path), ModelBundle)
-    with pytest.raises(ModelError, match="not a deeplog one"):
-        load_deeplog_bundle(tmp_path)
+
+@pytest.mark.usefixtures("one_thread")
+def test_deeplog_same_seed_gives_identical_weights() -> None:
+    train, val, vocab = _tiny_sessions()
+    cfg = DeepLogConfig(vocab_size=vocab.size, window=3, embedding_dim=4, hidden_size=8, num_layers=2, dropout=0.2)
+    settings = sequence_settings(epochs=3, batch_size=4, seed=7, device="cpu", patience=0)
+    first = fit_deeplog(train, val, cfg, settings)
+    torch.rand(10)  # disturb the global RNG between runs
+    second = fit_deeplog(train, val, cfg, settings)
+    other = fit_deeplog(train, val, cfg, dataclasses.replace(settings, seed=8))
+    assert _same(first.state_dict, second.state_dict)
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    assert not _same(first.state_dict, other.state_dict)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_deeplog_work_refuses_empty_validation() -> None:
+    train, _, vocab = _tiny_sessions()
+    with pytest.raises(ModelError, match="validation"):
+        fit_deeplog(train, [], DeepLogConfig(vocab_size=vocab.size), sequence_settings(device="cpu"))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_deeplog_work_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """DeepLog shares the loop's checkpoints: a resumed run ends where an uninterrupted one does."""
+    rng = np.random.default_rng(3)
+    train = [cyclic_session(int(rng.integers(6, 12))) for _ in range(20)]
+    val = [cyclic_session(9) for _ in range(4)]
+    vocab = Vocabulary.fit(train)
+    ids, val_ids, cfg = vocab.encode_many(train), vocab.encode_many(val), tiny_deeplog_cfg(vocab)
+    settings = sequence_settings(epochs=4, batch_size=16, seed=2, device="cpu", patience=0)
+    whole = fit_deeplog(ids, val_ids, cfg, settings)
+    fit_deeplog(ids, val_ids, cfg, dataclasses.replace(settings, epochs=2), checkpoint_dir=tmp_path)
+    resumed = fit_deeplog(ids, val_ids, cfg, settings, checkpoint_dir=tmp_path, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.best_val_loss == pytest.approx(whole.best_val_loss, rel=1e-6)
+    for key, value in whole.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value)
 
 
 # --- train and score on Spark --------------------------------------------------------------------
@@ -138,12 +148,12 @@ def deeplog_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_train_calibrates_on_normal_sessions_only(deeplog_run) -> None:  # type: ignore[no-untyped-def]
     _, lake, model_dir, summary, _, _, state = deeplog_run
-    assert isinstance(summary, session_model.SessionTrainSummary)
+    assert isinstance(summary, TrainSummary) and summary.model_kind == "deeplog"
     assert summary.excluded_labelled == 3  # the abnormal sessions of day 0
     assert summary.train_sessions + summary.validation_sessions == 2 * PER_DAY - 3
     assert summary.validation_sessions >= 10
     assert summary.top_g <= 2 and summary.validation_fpr <= 0.01
-    bundle = load_deeplog_bundle(model_dir)
+    bundle = deeplog_bundle(model_dir)
     assert bundle.version == summary.model_version and bundle.top_g == summary.top_g
     assert bundle.training["sessions_version"] == lake.version("sessions")
     assert "T0" not in bundle.vocabulary.templates and "T9" not in bundle.vocabulary.templates
@@ -180,9 +190,9 @@ def test_abnormal_sessions_flagged_with_their_unexpected_events(deeplog_run) -> 
 def test_score_rerun_replaces_rows(spark, deeplog_run) -> None:  # type: ignore[no-untyped-def]
     cfg, lake, model_dir, _, _, _, _ = deeplog_run
     before = (lake.read("scores").count(), lake.read("anomalies").count())
-    session_model.score_run(spark, cfg, model_dir, lake=lake)
+    score.run(spark, cfg, model_dir, lake=lake)  # the kind comes from the bundle
     assert (lake.read("scores").count(), lake.read("anomalies").count()) == before
-    again = session_model.score_run(spark, cfg, model_dir, date=DAYS[3].isoformat(), lake=lake)
+    again = score.run(spark, cfg, model_dir, date=DAYS[3].isoformat(), lake=lake)
     assert again.dates == [DAYS[3].isoformat()] and again.windows == PER_DAY
     assert (lake.read("scores").count(), lake.read("anomalies").count()) == before
 
@@ -191,15 +201,13 @@ def test_score_rerun_replaces_rows(spark, deeplog_run) -> None:  # type: ignore[
 @pytest.mark.slow
 def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """train.init_from continues the module's model, on the torch_distributor backend's two ranks."""
-    import dataclasses
-
     cfg, lake, model_dir, summary, _, expected, _ = deeplog_run
-    base = load_deeplog_bundle(model_dir)
+    base = deeplog_bundle(model_dir)
     more = dataclasses.replace(cfg.train, backend="torch_distributor", num_processes=2, epochs=3,
                                init_from=str(model_dir))
     cont_cfg = dataclasses.replace(cfg, train=more)
     cont = train.run(spark, cont_cfg, tmp_path / "continued", lake=lake)
-    bundle = load_deeplog_bundle(tmp_path / "continued")
+    bundle = deeplog_bundle(tmp_path / "continued")
     assert bundle.training["backend"] == "torch_distributor" and bundle.training["init_from"] == str(model_dir)
     assert bundle.vocabulary == base.vocabulary  # continuing keeps the output layer's vocabulary
     history = bundle.training["history"]
@@ -207,7 +215,7 @@ def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tm
     # It started from the trained weights: its first epoch is already about as good as the base.
     assert history[0]["val_loss"] < 1.5 * summary.best_val_loss
     assert cont.top_g <= 2
-    scored = session_model.score_run(spark, cfg, tmp_path / "continued", lake=lake)
+    scored = score.run(spark, cfg, tmp_path / "continued", lake=lake)
     flagged = {r.entity for r in lake.read("anomalies").collect()}
     assert set(expected) <= flagged and scored.model_version == bundle.version
     # A model of another shape cannot be continued.
@@ -216,4 +224,4 @@ def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tm
     with pytest.raises(ConfigError, match="init_from"):
         train.run(spark, other, tmp_path / "other", lake=lake)
     # Leave the module's scores as the other tests expect them.
-    session_model.score_run(spark, cfg, model_dir, lake=lake)
+    score.run(spark, cfg, model_dir, lake=lake)

@@ -15,20 +15,16 @@ import numpy as np
 import pytest
 
 from loganomaly.config import TrainConfig
-from loganomaly.errors import ConfigError, EngineUnavailableError, ModelError
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.models.nextevent import DeepLogConfig, SessionRows
-from loganomaly.models.vocabulary import Vocabulary
-from loganomaly.training.backends import (
-    decode_result,
-    encode_result,
-    import_horovod,
-    train_backend,
-    train_deeplog_backend,
-)
+from loganomaly.errors import BackendUnavailableError, ConfigError, ModelError
 from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, write_windows
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.training.tasks import SnapshotTrainResult
+from loganomaly.models.autoencoder import AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.models.deeplog import DeepLogWork
+from loganomaly.models.nextevent import DeepLogConfig, SessionRows
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.task import TrainResult
+from loganomaly.models.vocabulary import Vocabulary
+from loganomaly.training.backends import decode_result, encode_result, import_horovod, run_backend
 from tests.models.test_autoencoder import F, T, periodic_windows
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -55,18 +51,24 @@ def plans(tmp_path: Path) -> tuple[ShardPlan, ShardPlan]:
 
 
 def cfg(batch_size: int) -> TrainConfig:
+    # Xavier: the autoencoder's own init (``train.init: auto`` in the train stage), as these runs always had.
     return TrainConfig(epochs=8, batch_size=batch_size, learning_rate=1e-2, patience=0, seed=5, device="cpu",
-                       num_processes=2)
+                       num_processes=2, init="xavier")
 
 
 MODEL = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
 
 
+def normaliser(result: TrainResult) -> Normaliser:
+    """The normaliser the ranks fitted together (an autoencoder run's extras)."""
+    return Normaliser.from_dict(result.extras["normaliser"])
+
+
 def test_local_and_torch_distributor_reach_comparable_validation_loss(spark: object, tmp_path: Path) -> None:
     train, val = plans(tmp_path)
-    local = train_backend(None, "local", train, val, MODEL, cfg(32))
-    dist = train_backend(spark, "torch_distributor", train, val, MODEL, cfg(16),  # type: ignore[arg-type]
-                         checkpoint_dir=tmp_path / "ckpt")
+    local = run_backend(None, "local", AutoencoderWork(train, val, MODEL), cfg(32))
+    dist = run_backend(spark, "torch_distributor", AutoencoderWork(train, val, MODEL), cfg(16),  # type: ignore[arg-type]
+                       checkpoint_dir=tmp_path / "ckpt")
     assert len(dist.history) == len(local.history) == 8
     for record in dist.history:
         assert record["batches_min"] == record["batches_max"] == record["batches"], "ranks ran equal batch counts"
@@ -74,9 +76,8 @@ def test_local_and_torch_distributor_reach_comparable_validation_loss(spark: obj
     # every training window exactly once per epoch, plus padding to equalise (at most one row)
     assert train.total <= dist.history[0]["samples"] <= train.total + 1
     # the ranks fitted the normaliser together: the same as one process over all windows
-    assert local.normaliser is not None and dist.normaliser is not None
-    np.testing.assert_allclose(dist.normaliser.mean, local.normaliser.mean, rtol=1e-9)
-    np.testing.assert_allclose(dist.normaliser.std, local.normaliser.std, rtol=1e-9)
+    np.testing.assert_allclose(normaliser(dist).mean, normaliser(local).mean, rtol=1e-9)
+    np.testing.assert_allclose(normaliser(dist).std, normaliser(local).std, rtol=1e-9)
     # both learned, and about equally well
     for result in (local, dist):
         assert result.best_val_loss < 0.6 * result.history[0]["val_loss"]
@@ -88,10 +89,10 @@ def test_local_and_torch_distributor_reach_comparable_validation_loss(spark: obj
 
 def test_result_transport_round_trips_without_pickle(tmp_path: Path) -> None:
     train, val = plans(tmp_path)
-    result = train_backend(None, "local", train, val, MODEL, replace(cfg(32), epochs=1))
+    result = run_backend(None, "local", AutoencoderWork(train, val, MODEL), replace(cfg(32), epochs=1))
     back = decode_result(encode_result(result))
     assert back.history == result.history and back.best_val_loss == result.best_val_loss
-    assert back.normaliser == result.normaliser
+    assert back.extras == result.extras and normaliser(back) == normaliser(result)
     assert all((back.state_dict[k] == v).all() for k, v in result.state_dict.items())
     with pytest.raises(ModelError, match="returned no result"):
         decode_result(None)
@@ -99,18 +100,18 @@ def test_result_transport_round_trips_without_pickle(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(HAVE_HOROVOD, reason="Horovod is installed")
 def test_horovod_backend_without_horovod_names_the_install() -> None:
-    with pytest.raises(EngineUnavailableError, match="horovod==0.28.1"):
+    with pytest.raises(BackendUnavailableError, match="horovod==0.28.1"):
         import_horovod()
 
 
 @pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see DESIGN.md)")
 def test_horovod_trains_two_ranks_with_equal_batches(spark: object, tmp_path: Path) -> None:
     train, val = plans(tmp_path)
-    result = train_backend(spark, "horovod", train, val, MODEL, cfg(16))  # type: ignore[arg-type]
+    result = run_backend(spark, "horovod", AutoencoderWork(train, val, MODEL), cfg(16))  # type: ignore[arg-type]
     assert all(h["batches_min"] == h["batches_max"] for h in result.history)
     assert result.best_val_loss < 0.6 * result.history[0]["val_loss"]
     # about as good as one process on the same windows (see RELATIVE_TOLERANCE)
-    local = train_backend(None, "local", train, val, MODEL, cfg(32))
+    local = run_backend(None, "local", AutoencoderWork(train, val, MODEL), cfg(32))
     gap = abs(result.best_val_loss - local.best_val_loss) / max(result.best_val_loss, local.best_val_loss)
     assert gap < RELATIVE_TOLERANCE, (local.best_val_loss, result.best_val_loss)
 
@@ -120,6 +121,7 @@ def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_p
     from loganomaly.features.windows import FEATURE_NAMES
     from loganomaly.lake.tables import Lake
     from loganomaly.models.bundle import load_bundle
+    from loganomaly.models.window import ModelBundle
     from loganomaly.training import stage as train
 
     lake = Lake(spark, tmp_path / "lake", engine="deltars")  # type: ignore[arg-type]
@@ -132,6 +134,7 @@ def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_p
                         device="cpu", train_fraction=0.8)
     summary = train.run(spark, cfg, tmp_path / "model", lake=lake)  # type: ignore[arg-type]
     bundle = load_bundle(tmp_path / "model")
+    assert isinstance(bundle, ModelBundle)
     assert summary.sequences_version == 0 and summary.epochs == 2
     assert bundle.training["backend"] == "torch_distributor"
     assert summary.train_windows + summary.validation_windows == bundle.training["train_windows"] + \
@@ -142,6 +145,7 @@ def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_p
     cfg.train = replace(cfg.train, epochs=3, resume=True)
     train.run(spark, cfg, tmp_path / "model", lake=lake)  # type: ignore[arg-type]
     resumed = load_bundle(tmp_path / "model")
+    assert isinstance(resumed, ModelBundle)
     assert [h["epoch"] for h in resumed.training["history"]] == [0, 1, 2]
     assert resumed.training["history"][:2] == bundle.training["history"]
 
@@ -149,6 +153,7 @@ def test_train_run_saves_a_bundle_through_torch_distributor(spark: object, tmp_p
     cfg.train = replace(cfg.train, backend="local", epochs=1, resume=False, init_from=str(tmp_path / "model"))
     train.run(spark, cfg, tmp_path / "continued", lake=lake)  # type: ignore[arg-type]
     continued = load_bundle(tmp_path / "continued")
+    assert isinstance(continued, ModelBundle)
     assert continued.normaliser == resumed.normaliser
     assert continued.training["init_from"] == str(tmp_path / "model")
     assert continued.training["history"][0]["val_loss"] < resumed.training["history"][0]["val_loss"]
@@ -171,11 +176,12 @@ def deeplog_data() -> tuple[SessionRows, SessionRows, DeepLogConfig]:
 
 
 def deeplog_cfg(batch_size: int) -> TrainConfig:
+    # torch's own init: DeepLog's (``train.init: auto`` in the train stage), as these runs always had.
     return TrainConfig(epochs=6, batch_size=batch_size, learning_rate=2e-2, patience=0, seed=3, device="cpu",
-                       num_processes=2)
+                       num_processes=2, init="default")
 
 
-def check_deeplog_ranks(result: SnapshotTrainResult, rows: SessionRows, local: SnapshotTrainResult) -> None:
+def check_deeplog_ranks(result: TrainResult, rows: SessionRows, local: TrainResult) -> None:
     for record in result.history:
         assert record["batches_min"] == record["batches_max"] == record["batches"], "ranks ran equal batch counts"
     # every training event exactly once per epoch, plus padding to equalise (at most one row)
@@ -186,9 +192,9 @@ def check_deeplog_ranks(result: SnapshotTrainResult, rows: SessionRows, local: S
 
 
 @pytest.fixture(scope="module")
-def deeplog_local() -> tuple[SessionRows, SessionRows, DeepLogConfig, SnapshotTrainResult]:
+def deeplog_local() -> tuple[SessionRows, SessionRows, DeepLogConfig, TrainResult]:
     rows, val_rows, model_cfg = deeplog_data()
-    local = train_deeplog_backend(None, "local", rows, val_rows, model_cfg, deeplog_cfg(32))
+    local = run_backend(None, "local", DeepLogWork(rows, val_rows, model_cfg), deeplog_cfg(32))
     assert local.history[0]["batches"] == -(-len(rows) // 32)
     assert local.best_val_loss < 0.5 * local.history[0]["val_loss"]
     return rows, val_rows, model_cfg, local
@@ -196,11 +202,11 @@ def deeplog_local() -> tuple[SessionRows, SessionRows, DeepLogConfig, SnapshotTr
 
 def test_deeplog_trains_on_two_torch_distributor_ranks(spark: object, tmp_path: Path, deeplog_local) -> None:  # type: ignore[no-untyped-def]
     rows, val_rows, model_cfg, local = deeplog_local
-    dist = train_deeplog_backend(spark, "torch_distributor", rows, val_rows, model_cfg, deeplog_cfg(16),  # type: ignore[arg-type]
-                                 checkpoint_dir=tmp_path / "ckpt")
+    dist = run_backend(spark, "torch_distributor", DeepLogWork(rows, val_rows, model_cfg),  # type: ignore[arg-type]
+                       deeplog_cfg(16), checkpoint_dir=tmp_path / "ckpt")
     check_deeplog_ranks(dist, rows, local)
     assert dist.history[0]["batches"] == local.history[0]["batches"]
-    assert dist.normaliser is None and dist.train_windows == len(rows)
+    assert "normaliser" not in dist.extras  # DeepLog reads ids, nothing to normalise
     # rank 0 checkpointed DeepLog's config (without top_g, which training does not use)
     meta = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
     assert meta["model"]["vocab_size"] == model_cfg.vocab_size and "top_g" not in meta["model"]
@@ -212,15 +218,15 @@ def test_deeplog_trains_on_two_horovod_ranks_with_clipping(spark: object, deeplo
     rows, val_rows, model_cfg, local = deeplog_local
     # Element-wise clipping on Horovod needs its gradients synchronised first (HorovodCollective.step).
     settings = replace(deeplog_cfg(16), clip_value=0.5)
-    result = train_deeplog_backend(spark, "horovod", rows, val_rows, model_cfg, settings)  # type: ignore[arg-type]
+    result = run_backend(spark, "horovod", DeepLogWork(rows, val_rows, model_cfg), settings)  # type: ignore[arg-type]
     check_deeplog_ranks(result, rows, local)
 
 
 def test_deeplog_backend_refuses_the_petastorm_reader_and_too_many_ranks(deeplog_local) -> None:  # type: ignore[no-untyped-def]
     rows, val_rows, model_cfg, _ = deeplog_local
     with pytest.raises(ConfigError, match="train.reader"):
-        train_deeplog_backend(None, "torch_distributor", rows, val_rows, model_cfg,
-                              replace(deeplog_cfg(16), reader="petastorm"))
+        run_backend(None, "torch_distributor", DeepLogWork(rows, val_rows, model_cfg),
+                    replace(deeplog_cfg(16), reader="petastorm"))
     few = rows.take(np.arange(2))
     with pytest.raises(ModelError, match="cannot give each of 3 ranks"):
-        train_deeplog_backend(None, "torch_distributor", few, val_rows, model_cfg, deeplog_cfg(16), num_processes=3)
+        run_backend(None, "torch_distributor", DeepLogWork(few, val_rows, model_cfg), deeplog_cfg(16), num_processes=3)

@@ -1,8 +1,11 @@
-"""The rank-aware training loop, sharding, checkpoints and threshold calibration (CPU, no Spark)."""
+"""The rank-aware training loop: sharding, reproducibility, checkpoints, resume, early stopping and the
+optimiser recipe, on the autoencoder and classifier tasks (CPU, no Spark)."""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +14,41 @@ import torch
 
 from loganomaly.config import TrainConfig
 from loganomaly.errors import ModelError
-from loganomaly.models.autoencoder import (
-    LSTMAutoencoder,
-    LSTMAutoencoderConfig,
-    window_errors,
-    window_step_errors,
-)
+from loganomaly.features.split import Selection, plan_shards, time_range, write_windows
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.models.autoencoder import AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.models.classifier import ClassifierConfig, LSTMClassifier
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.autoencoder import explain
-from loganomaly.training.tasks import train_autoencoder
-from loganomaly.training.loop import CHECKPOINT_META, load_checkpoint
-from loganomaly.models.autoencoder import calibrate_threshold
-from loganomaly.runtime.collective import shard_indices
+from loganomaly.runtime.collective import Collective, shard_indices
+from loganomaly.training.loop import (
+    CHECKPOINT_META,
+    build_optimizer,
+    init_weights,
+    load_checkpoint,
+    train_work,
+)
+from tests.models.fitting import (
+    fit_autoencoder,
+    fit_classifier,
+    seed_article,
+    sequence_settings,
+    single_thread,
+)
 from tests.models.test_autoencoder import F, T, periodic_windows
+from tests.models.test_classifier import separable
+from tests.training.readers import test_arrow
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the tiny classifier runs (see :func:`tests.models.fitting.single_thread`)."""
+    with single_thread():
+        yield
 
 
 def small_train_cfg(**overrides: object) -> TrainConfig:
-    cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=1e-2, patience=0, seed=5, device="cpu")
+    # Xavier: the autoencoder's own init (``train.init: auto`` in the train stage), as these runs always had.
+    cfg = TrainConfig(epochs=6, batch_size=16, learning_rate=1e-2, patience=0, seed=5, device="cpu", init="xavier")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -53,12 +74,12 @@ def test_shards_cover_every_row_and_are_equal_in_length(n: int, world: int) -> N
 def test_training_lowers_validation_loss_and_is_reproducible() -> None:
     train_x, val_x = data()
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
-    first = train_autoencoder(train_x, val_x, model_cfg, small_train_cfg())
+    first = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg())
     losses = [h["val_loss"] for h in first.history]
     assert len(losses) == 6
     assert min(losses) < losses[0] * 0.9
     assert first.best_val_loss == pytest.approx(min(losses))
-    again = train_autoencoder(train_x, val_x, model_cfg, small_train_cfg())
+    again = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg())
     for name, tensor in first.state_dict.items():
         torch.testing.assert_close(tensor, again.state_dict[name])
 
@@ -66,12 +87,12 @@ def test_training_lowers_validation_loss_and_is_reproducible() -> None:
 def test_resume_repeats_the_uninterrupted_run(tmp_path: Path) -> None:
     train_x, val_x = data()
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
-    full = train_autoencoder(train_x, val_x, model_cfg, small_train_cfg(), checkpoint_dir=tmp_path / "a")
+    full = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(), checkpoint_dir=tmp_path / "a")
     # stop after 3 epochs, then resume to 6
-    train_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=3), checkpoint_dir=tmp_path / "b")
+    fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=3), checkpoint_dir=tmp_path / "b")
     meta = json.loads((tmp_path / "b" / CHECKPOINT_META).read_text())
     assert meta["epoch"] == 2 and meta["model"] == model_cfg.to_dict() and meta["train"]["epochs"] == 3
-    resumed = train_autoencoder(
+    resumed = fit_autoencoder(
         train_x, val_x, model_cfg, small_train_cfg(), checkpoint_dir=tmp_path / "b", resume=True
     )
     assert [h["epoch"] for h in resumed.history] == list(range(6))
@@ -83,10 +104,10 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path: Path) -> None:
 def test_checkpoint_of_another_model_or_torn_checkpoint_is_refused(tmp_path: Path) -> None:
     train_x, val_x = data()
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
-    train_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=2), checkpoint_dir=tmp_path)
+    fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=2), checkpoint_dir=tmp_path)
     bigger = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=16)
     with pytest.raises(ModelError, match="checkpoint .* is of model"):
-        train_autoencoder(train_x, val_x, bigger, small_train_cfg(), checkpoint_dir=tmp_path, resume=True)
+        fit_autoencoder(train_x, val_x, bigger, small_train_cfg(), checkpoint_dir=tmp_path, resume=True)
     # a checkpoint.json from another epoch than the weights: a crash between two renames
     meta = json.loads((tmp_path / CHECKPOINT_META).read_text())
     meta["epoch"] = 7
@@ -99,62 +120,85 @@ def test_early_stopping_stops_when_validation_stalls() -> None:
     train_x, val_x = data()
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
     # a learning rate of ~0 never improves after epoch 0
-    result = train_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=20, patience=2, learning_rate=1e-12))
+    result = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=20, patience=2, learning_rate=1e-12))
     assert len(result.history) == 3
     assert result.best_epoch == 0
 
 
-def test_bad_data_is_refused() -> None:
-    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
-    ok = np.zeros((4, T, F), np.float32)
-    with pytest.raises(ModelError, match="no validation windows"):
-        train_autoencoder(ok, np.zeros((0, T, F), np.float32), model_cfg, small_train_cfg())
-    with pytest.raises(ModelError, match="shape"):
-        train_autoencoder(np.zeros((4, T, F + 1), np.float32), ok, model_cfg, small_train_cfg())
+def test_train_work_runs_alone_and_returns_the_normaliser(tmp_path: Path) -> None:
+    """One rank of a run in this process: its shard of a pinned snapshot, the normaliser in the extras."""
+    path = str(tmp_path / "sequences")
+    version = write_windows(path, test_arrow.windows(test_arrow.N), np.arange(test_arrow.N) * test_arrow.HOUR, 60.0,
+                            max_rows_per_group=5)
+    snapshot = Snapshot(path, version)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    train, val = plan_shards(snapshot, [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")], 5)
+    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, patience=0, seed=5, device="cpu", init="xavier")
+    model_cfg = LSTMAutoencoderConfig(n_features=test_arrow.F, window_steps=test_arrow.T, hidden_size=4)
+    result = train_work(AutoencoderWork(train, val, model_cfg), cfg, comm=Collective(),
+                        checkpoint_dir=tmp_path / "ckpt")
+    assert [h["batches"] for h in result.history] == [train.batches_per_epoch(1, 8)] * 2
+    assert Normaliser.from_dict(result.extras["normaliser"]) is not None
+    assert result.history[0]["samples"] == train.total  # one rank: every training window once
+    assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
+    # the extras travel in every checkpoint record
+    assert json.loads((tmp_path / "ckpt" / CHECKPOINT_META).read_text())["normaliser"] == result.extras["normaliser"]
 
 
-def test_threshold_extrapolates_the_tail_of_a_small_validation_set() -> None:
-    rng = np.random.default_rng(0)
-    population = rng.lognormal(mean=-1.0, sigma=0.6, size=200_000)
-    sample = population[:150]
-    threshold = calibrate_threshold(sample, 0.995)
-    # the empirical quantile of 150 scores is about their maximum and under-covers the tail
-    assert threshold >= np.quantile(sample, 0.995)
-    false_alarms = float((population > threshold).mean())
-    assert false_alarms < 0.02
-    # and it is not absurdly high either: well below the population's 0.99999 quantile
-    assert threshold < np.quantile(population, 0.99999)
+# ----------------------------------------------------------------------------- the optimiser recipe
 
 
-def test_threshold_of_two_humps_stays_near_the_largest_normal_score() -> None:
-    # half the normal windows reconstruct almost perfectly, the rest (rare but normal events) do not
-    rng = np.random.default_rng(1)
-    scores = np.concatenate([rng.lognormal(-9.0, 0.3, 500), rng.lognormal(4.5, 0.05, 500)])
-    threshold = calibrate_threshold(scores, 0.99)
-    assert np.quantile(scores, 0.99) <= threshold <= 2.0 * scores.max()
+def test_seed_article_settings_and_optimizer() -> None:
+    preset = seed_article()
+    assert (preset.seed, preset.learning_rate, preset.clip_value, preset.init) == (123, 0.005, 0.5, "xavier")
+    model = LSTMClassifier(ClassifierConfig(n_features=F, n_classes=2, hidden_size=4))
+    optimiser = build_optimizer(model, preset)
+    assert isinstance(optimiser, torch.optim.SGD)
+    group = optimiser.param_groups[0]
+    assert group["nesterov"] is True and group["momentum"] == 0.9 and group["lr"] == 0.005
+    assert isinstance(build_optimizer(model, TrainConfig()), torch.optim.Adam)
 
 
-def test_threshold_refuses_bad_scores() -> None:
-    with pytest.raises(ModelError):
-        calibrate_threshold(np.array([]), 0.99)
-    with pytest.raises(ModelError):
-        calibrate_threshold(np.array([0.1, np.nan]), 0.99)
-    with pytest.raises(ModelError):
-        calibrate_threshold(np.array([0.1, 0.2]), 1.0)
+def test_xavier_init_zeroes_biases() -> None:
+    torch.manual_seed(0)
+    model = LSTMClassifier(ClassifierConfig(n_features=F, n_classes=2, hidden_size=4))
+    init_weights(model, "xavier")
+    biases = [p for n, p in model.named_parameters() if "bias" in n]
+    assert biases and all(torch.count_nonzero(b) == 0 for b in biases)
 
 
-def test_step_errors_agree_with_window_errors_and_explain_names_the_broken_feature() -> None:
-    raw = periodic_windows(40, seed=3)
-    norm = Normaliser.fit(raw)
-    model = LSTMAutoencoder(LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8))
-    broken = raw.copy()
-    broken[0, 5, 2] += 50.0  # distinct_ports jumps at step 6 of window 0
-    x = norm.transform(broken)
-    per_step = window_step_errors(model, x, batch_size=7)
-    scores, _ = window_errors(model, x, batch_size=7)
-    np.testing.assert_allclose(per_step.mean(axis=(1, 2)), scores, rtol=1e-6)
-    tops, texts = explain(
-        broken, per_step, np.full(F, 0.1), np.asarray(norm.mean), ["conn", "bytes", "ports"], 2, log1p=False
-    )
-    assert tops[0][0] == "ports"
-    assert "at step 6" in texts[0] and "ports=" in texts[0]
+def _max_grad_seen_by_step(monkeypatch: pytest.MonkeyPatch, settings: TrainConfig) -> float:
+    """Train one epoch on large inputs, recording the largest gradient element the SGD step sees."""
+    seen: list[float] = []
+    original = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(max(float(p.grad.abs().max()) for g in self.param_groups for p in g["params"]
+                        if p.grad is not None))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    x, y = separable(64, 2)
+    fit_classifier(x * 50, y, x[:8] * 50, y[:8], ClassifierConfig(n_features=F, n_classes=2, hidden_size=4),
+                   settings)
+    monkeypatch.undo()
+    assert seen
+    return max(seen)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_seed_article_clips_gradients_element_wise(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = seed_article(epochs=1, batch_size=8, device="cpu")
+    assert _max_grad_seen_by_step(monkeypatch, seed_article(epochs=1, batch_size=8, device="cpu",
+                                                            clip_value=None)) > 0.5
+    assert _max_grad_seen_by_step(monkeypatch, settings) == pytest.approx(0.5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bf16_on_cpu_warns_and_trains_in_float32(caplog: pytest.LogCaptureFixture) -> None:
+    x, y = separable(16, 6)
+    cfg = ClassifierConfig(n_features=F, n_classes=2, hidden_size=4)
+    with caplog.at_level(logging.WARNING, logger="loganomaly.training.loop"):
+        result = fit_classifier(x, y, x, y, cfg, sequence_settings(epochs=1, device="cpu", bf16=True))
+    assert "CUDA only" in caplog.text
+    assert all(v.dtype == torch.float32 for v in result.state_dict.values())

@@ -259,11 +259,11 @@ def iter_row_group_times(snapshot: Snapshot) -> Iterator[tuple[str, int, np.ndar
 
     Memory stays at one row group's timestamps, so the driver can scan any table this way.
     """
-    for uri, rg, starts, ends, _ in _iter_row_groupmask_args(snapshot):
+    for uri, rg, starts, ends, _ in _iter_row_group_mask_args(snapshot):
         yield uri, rg, starts, ends
 
 
-def _iter_row_groupmask_args(
+def _iter_row_group_mask_args(
     snapshot: Snapshot,
 ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray | None]]:
     """(file, row group, starts, ends, n_abnormal or None): the columns the selections need."""
@@ -310,7 +310,7 @@ def plan_shards(snapshot: Snapshot, selections: Sequence[Selection], seed: int) 
         >>> ShardReader(train, rank=1, world=2).load()
     """
     counts: list[list[Unit]] = [[] for _ in selections]
-    for uri, rg, starts, ends, abnormal in _iter_row_groupmask_args(snapshot):
+    for uri, rg, starts, ends, abnormal in _iter_row_group_mask_args(snapshot):
         for i, sel in enumerate(selections):
             n = int(sel.mask(starts, ends, abnormal).sum())
             if n:

@@ -169,6 +169,9 @@ class AutoencoderTask(TensorTask):
     """The autoencoder's part of the loop: normalised windows ``[N, T, F]`` reconstruct themselves."""
 
     label = "autoencoder"
+    #: Xavier weights and zero biases keep early activations away from tanh/sigmoid saturation; the
+    #: autoencoder has always trained from them (``train.init: auto``).
+    default_init = "xavier"
 
     def __init__(self, train_x: np.ndarray, order: Callable[[int], np.ndarray], val_x: np.ndarray,
                  model_cfg: LSTMAutoencoderConfig) -> None:
@@ -296,9 +299,6 @@ class AutoencoderKind(WindowKind):
 
     name = "autoencoder"
     bundle_kind = LSTMAutoencoderConfig.bundle_kind
-    #: Xavier weights and zero biases keep early activations away from tanh/sigmoid saturation; the
-    #: autoencoder has always trained from them (``train.init: auto``).
-    default_init = "xavier"
 
     def model_config(self, cfg: Config, n_steps: int, n_features: int) -> LSTMAutoencoderConfig:
         return LSTMAutoencoderConfig(n_features=n_features, window_steps=n_steps, hidden_size=cfg.model.hidden_size,

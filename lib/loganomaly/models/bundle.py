@@ -131,7 +131,7 @@ def save_bundle(model_dir: str | Path, bundle: Bundle) -> Path:
     Example:
         >>> save_bundle("model", bundle)  # doctest: +SKIP
         PosixPath('model')
-        >>> load_any_bundle("model").version == bundle.version  # doctest: +SKIP
+        >>> load_bundle("model").version == bundle.version  # doctest: +SKIP
         True
 
     Raises:

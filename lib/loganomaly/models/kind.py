@@ -127,8 +127,6 @@ class ModelKind(ABC):
     input_table: ClassVar[str]
     #: What one scored row is, for log lines (``windows``, ``sessions``).
     unit: ClassVar[str] = "windows"
-    #: What ``train.init: auto`` means for this kind (``default``: torch's initialisation, or ``xavier``).
-    default_init: ClassVar[str] = "default"
 
     # ------------------------------------------------------------------ training (driver, ranks)
     @abstractmethod

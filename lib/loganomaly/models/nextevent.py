@@ -181,7 +181,7 @@ class NextEventTask(FitTask):
         val_rows: this rank's validation events.
         cfg: the model shape.
         order: ``epoch -> positions`` into ``train_rows``; by default this rank's shard of a
-            seeded shuffle (:func:`loganomaly.training.loop.shard_indices`).
+            seeded shuffle (:func:`loganomaly.runtime.collective.shard_indices`).
     """
 
     label = "deeplog"

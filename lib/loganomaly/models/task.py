@@ -51,6 +51,8 @@ class FitTask(ABC):
 
     #: Name in log lines.
     label: str = "model"
+    #: What ``train.init: auto`` means for this model: ``default`` (torch's initialisation) or ``xavier``.
+    default_init: str = "default"
 
     @abstractmethod
     def model_config(self) -> dict[str, Any]:

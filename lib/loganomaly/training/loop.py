@@ -96,6 +96,8 @@ def init_weights(model: nn.Module, init: str) -> None:
     """
     if init not in INITS:
         raise ConfigError(f"unknown init {init!r}; choose one of: {', '.join(INITS)}")
+    if init == "auto":
+        raise ConfigError("init 'auto' is the task's own choice: pass task.default_init (fit does)")
     if init == "default":
         return
     for module in model.modules():
@@ -305,7 +307,7 @@ def fit(
         log.warning("bf16 autocast is for CUDA only; training %s in float32 on %s", task.label, device)
 
     model: nn.Module = task.build_model()
-    init_weights(model, settings.init)
+    init_weights(model, task.default_init if settings.init == "auto" else settings.init)
     model.to(device)
     if init_state is not None:
         _load_weights(model, init_state, "init_state")

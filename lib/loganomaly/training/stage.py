@@ -14,9 +14,9 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from loganomaly.config import Config, Init
+from loganomaly.config import Config
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import BUNDLE_FILES, save_bundle
 from loganomaly.models.kind import ModelKind
@@ -58,14 +58,6 @@ class TrainSummary:
         return out
 
 
-def resolved_settings(cfg: Config, kind: ModelKind) -> Config:
-    """``cfg`` with the kind's defaults filled in (``train.init: auto`` becomes the kind's init)."""
-    if cfg.train.init != "auto":
-        return cfg
-    init = cast(Init, kind.default_init)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=init))
-
-
 def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | None = None) -> TrainSummary:
     """Train the kind ``model.kind`` names on its input table and save the bundle under ``model_dir``.
 
@@ -88,7 +80,6 @@ def run(spark: SparkSession, cfg: Config, model_dir: str | Path, lake: Lake | No
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     kind: ModelKind = MODEL_KINDS.get(cfg.model.kind)
-    cfg = resolved_settings(cfg, kind)
     params = mlflow_params({"model": cfg.to_dict()["model"], "train": cfg.to_dict()["train"]})
     with mlflow_run(cfg.train, params) as tracking:
         if tracking is not None:

@@ -6,19 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from loganomaly.config import TrainConfig
 from loganomaly.errors import StageInputError
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.models.normaliser import Normaliser
-from loganomaly.training.readers.arrow import ShardReader
-from loganomaly.features.split import Selection, ShardPlan, plan_shards, time_range, window_shape, write_windows
+from loganomaly.features.split import (
+    Selection,
+    ShardPlan,
+    Split,
+    plan_shards,
+    time_range,
+    window_shape,
+    write_windows,
+)
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.features.split import Split
-from loganomaly.training.tasks import train_on_snapshot
-from loganomaly.models.normaliser import fit_normaliser
-from loganomaly.runtime.collective import Collective
+from loganomaly.training.readers.arrow import ShardReader
 
 T, F = 4, 3
 HOUR = 3600.0
@@ -85,7 +85,7 @@ def test_a_rank_reads_only_the_row_groups_of_its_range(table: tuple[str, int], m
 
     plan = all_rows(*table)
     reads: list[int] = []
-    real_open = reader_module._open
+    real_open = reader_module.open_parquet
 
     class Counting:
         def __init__(self, uri: str) -> None:
@@ -99,7 +99,7 @@ def test_a_rank_reads_only_the_row_groups_of_its_range(table: tuple[str, int], m
             reads.append(i)
             return self.inner.read_row_group(i, columns=columns)
 
-    monkeypatch.setattr(reader_module, "_open", Counting)
+    monkeypatch.setattr(reader_module, "open_parquet", Counting)
     ShardReader(plan, 1, 3).load()
     # a third of 13 row groups, plus at most the two it shares at its range's ends
     assert len(reads) <= len(plan.units) // 3 + 2
@@ -138,45 +138,6 @@ def test_fewer_rows_than_ranks_is_a_clear_error(tmp_path: Path) -> None:
         ShardReader(plan, 0, 3)
     # validation shards may be empty on some ranks: they are not part of the collectives
     assert [len(ShardReader(plan, r, 3, equal=False).load()) for r in range(3)] == [0, 1, 1]
-
-
-class _Recording(Collective):
-    """Fakes a gather across ranks: first records each rank's vector, then returns them all."""
-
-    def __init__(self, parts: list[torch.Tensor] | None = None) -> None:
-        super().__init__()
-        self.parts, self.recorded = parts, torch.empty(0)
-
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        self.recorded = t
-        return torch.stack(self.parts) if self.parts is not None else t.unsqueeze(0)
-
-
-def test_normaliser_fitted_across_ranks_equals_the_fit_on_all_windows() -> None:
-    x = windows(50, seed=4) * np.array([1.0, 100.0, 0.001], np.float32)
-    pieces = [x[:7], x[7:30], x[30:]]
-    locals_ = []
-    for piece in pieces:
-        comm = _Recording()
-        fit_normaliser(piece, comm)
-        locals_.append(comm.recorded)
-    combined = fit_normaliser(pieces[0], _Recording(locals_))
-    direct = Normaliser.fit(x)
-    np.testing.assert_allclose(combined.mean, direct.mean, rtol=1e-10)
-    np.testing.assert_allclose(combined.std, direct.std, rtol=1e-8)
-
-
-def test_train_on_snapshot_runs_alone_and_returns_the_normaliser(table: tuple[str, int], tmp_path: Path) -> None:
-    path, version = table
-    snapshot = Snapshot(path, version)
-    lo, hi = time_range(snapshot) or (0.0, 0.0)
-    train, val = plan_shards(snapshot, [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")], 5)
-    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, patience=0, seed=5, device="cpu")
-    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=4)
-    result = train_on_snapshot(train, val, model_cfg, cfg, comm=Collective(), checkpoint_dir=tmp_path / "ckpt")
-    assert [h["batches"] for h in result.history] == [train.batches_per_epoch(1, 8)] * 2
-    assert result.normaliser is not None and result.train_windows == train.total
-    assert (tmp_path / "ckpt" / "checkpoint.json").is_file()
 
 
 def test_normal_only_leaves_out_windows_with_abnormal_events(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ The default :mod:`loganomaly.training.readers.arrow` (Arrow) needs none of this;
 platform already standardises on it.
 
 What it reads: the same pinned snapshot and the same plan as the Arrow reader. The plan
-(:class:`~loganomaly.training.readers.arrow.ShardPlan`) names the Parquet files that hold selected rows and how many
+(:class:`~loganomaly.features.split.ShardPlan`) names the Parquet files that hold selected rows and how many
 rows the selection keeps; Petastorm reads those files with ``cur_shard=rank``,
 ``shard_count=world``, ``num_epochs=1``, and every batch is filtered with the same
-:meth:`~loganomaly.training.readers.arrow.Selection.mask`, so train and validation are split exactly as with Arrow.
+:meth:`~loganomaly.features.split.Selection.mask`, so train and validation are split exactly as with Arrow.
 
 How its guarantees are kept, given that Petastorm deals *whole row groups* to ranks (row group
 ``i`` of the listed files goes to rank ``i % world``) and so gives ranks unequal shares:
@@ -24,7 +24,7 @@ How its guarantees are kept, given that Petastorm deals *whole row groups* to ra
   of batches (DDP hangs otherwise). Every selected row is seen exactly once per epoch; padding adds
   ``sum(max - n_rank)`` rows, at most ``world - 1`` times the largest shard.
 * The counts must add up to the plan's total (counted from the Parquet metadata scan of
-  :func:`~loganomaly.training.readers.arrow.plan_shards`): a short or repeated read, like Petastorm 0.13's
+  :func:`~loganomaly.features.split.plan_shards`): a short or repeated read, like Petastorm 0.13's
   thread pool returning nothing without an error, fails the run instead of training on less.
 * A rank whose row groups hold no selected window has nothing to pad with: every rank raises a
   :class:`~loganomaly.errors.StageInputError` that says to write more row groups or use fewer

@@ -16,7 +16,9 @@ from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.evaluation import stage as evaluate
 from loganomaly.ingest import synthetic
 from loganomaly.lake.tables import Lake
-from loganomaly.models.bundle import CLASSIFIER_KIND, load_bundle
+from loganomaly.models.bundle import load_bundle
+from loganomaly.models.classifier import ClassifierConfig
+from loganomaly.models.window import ModelBundle
 from loganomaly.training import stage as train
 from tests.test_split_pipeline import CONF, SMALL
 
@@ -40,7 +42,8 @@ def classifier_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_classifier_bundle_records_both_classes_and_equal_batches(classifier_run) -> None:  # type: ignore[no-untyped-def]
     _, _, model_dir, _ = classifier_run
     bundle = load_bundle(model_dir)
-    assert bundle.kind == CLASSIFIER_KIND and bundle.model_cfg.n_classes == 2  # type: ignore[union-attr]
+    assert isinstance(bundle, ModelBundle) and isinstance(bundle.model_cfg, ClassifierConfig)
+    assert bundle.kind == ClassifierConfig.bundle_kind and bundle.model_cfg.n_classes == 2
     assert bundle.training["backend"] == "torch_distributor"
     history = bundle.training["history"]
     assert all(h["batches_min"] == h["batches_max"] for h in history)
@@ -69,9 +72,12 @@ def test_classifier_refuses_unlabelled_training_data(spark, tmp_path) -> None:  
     from loganomaly.features import stage as featurize
     from loganomaly.ingest import stage as ingest
 
+    # Training on normal windows only would leave the classifier one class: the kind refuses it first.
+    normal_only = load_config(profile="metrics", conf_dir=CONF, overrides=[
+        *SMALL, f"lake.root={tmp_path / 'lake'}", "model.kind=classifier", "train.normal_only=true",
+    ])
     with pytest.raises(ConfigError, match="normal_only"):
-        load_config(profile="metrics", conf_dir=CONF, overrides=[*SMALL, "model.kind=classifier",
-                                                                  "train.normal_only=true"])
+        train.run(spark, normal_only, tmp_path / "model")
     clean = synthetic.generate_metrics(tmp_path / "clean", hosts=2, days=1, anomalies=0, seed=5)
     cfg = load_config(profile="metrics", conf_dir=CONF, overrides=[
         *SMALL, f"lake.root={tmp_path / 'lake'}", "model.kind=classifier", "train.epochs=1", "train.device=cpu",

@@ -1,0 +1,77 @@
+"""The per-feature normaliser: fitted on training windows only, alone or across ranks (no torch model, no Spark)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from loganomaly.errors import ModelError
+from loganomaly.models.normaliser import STD_FLOOR, Normaliser, fit_normaliser
+from loganomaly.runtime.collective import Collective
+from tests.models.test_autoencoder import F, T, periodic_windows
+from tests.training.readers.test_arrow import windows
+
+
+def test_normaliser_fit_transform() -> None:
+    raw = periodic_windows(200)
+    norm = Normaliser.fit(raw)
+    z = norm.transform(raw)
+    assert z.dtype == np.float32 and z.shape == raw.shape
+    flat = z.reshape(-1, F)
+    np.testing.assert_allclose(flat.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(flat.std(axis=0), 1, atol=1e-3)
+    assert Normaliser.from_dict(json.loads(json.dumps(norm.to_dict()))) == norm
+
+
+def test_normaliser_floors_constant_features() -> None:
+    raw = periodic_windows(20)
+    raw[..., 2] = 7.0
+    norm = Normaliser.fit(raw)
+    assert norm.std[2] == STD_FLOOR
+    z = norm.transform(raw)
+    assert np.isfinite(z).all() and np.all(z[..., 2] == 0)
+    bumped = raw.copy()
+    bumped[0, 0, 2] = 8.0
+    assert norm.transform(bumped)[0, 0, 2] == pytest.approx(1 / STD_FLOOR)
+
+
+def test_normaliser_refuses_bad_input() -> None:
+    with pytest.raises(ModelError, match="shape"):
+        Normaliser.fit(np.zeros((0, T, F)))
+    bad = periodic_windows(4)
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(ModelError, match="NaN"):
+        Normaliser.fit(bad)
+    with pytest.raises(ModelError, match="features"):
+        Normaliser.fit(periodic_windows(4)).transform(np.zeros((1, T, F + 1)))
+    with pytest.raises(ModelError, match="invalid normaliser"):
+        Normaliser.from_dict({"mean": [0.0]})
+
+
+class _Recording(Collective):
+    """Fakes a gather across ranks: first records each rank's vector, then returns them all."""
+
+    def __init__(self, parts: list[torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.parts, self.recorded = parts, torch.empty(0)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        self.recorded = t
+        return torch.stack(self.parts) if self.parts is not None else t.unsqueeze(0)
+
+
+def test_normaliser_fitted_across_ranks_equals_the_fit_on_all_windows() -> None:
+    x = windows(50, seed=4) * np.array([1.0, 100.0, 0.001], np.float32)
+    pieces = [x[:7], x[7:30], x[30:]]
+    locals_ = []
+    for piece in pieces:
+        comm = _Recording()
+        fit_normaliser(piece, comm)
+        locals_.append(comm.recorded)
+    combined = fit_normaliser(pieces[0], _Recording(locals_))
+    direct = Normaliser.fit(x)
+    np.testing.assert_allclose(combined.mean, direct.mean, rtol=1e-10)
+    np.testing.assert_allclose(combined.std, direct.std, rtol=1e-8)
