@@ -1,6 +1,6 @@
 """``ingest``: raw log files -> ``events`` + ``quarantine``, recorded in ``ingested_files``.
 
-Parsing is Spark-free (:mod:`loganomaly.ingest.parsing`); here Spark spreads the files over tasks with
+Parsing is Spark-free (:mod:`loganomaly.ingest.formats`); here Spark spreads the files over tasks with
 ``mapInArrow`` (each task streams its files and never holds one whole in memory), and the
 results land in Delta. Guarantees:
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError
-from loganomaly.ingest.parsing import FormatOptions, iter_input_files, parse_file
+from loganomaly.ingest.formats import FormatOptions, iter_input_files, parse_file
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
