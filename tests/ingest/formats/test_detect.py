@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from loganomaly.ingest.formats import (
     detect_format,
     iter_input_files,
     parse_file,
+    registered_formats,
 )
 from loganomaly.ingest.formats.csv import nsl_kdd_options
+from loganomaly.registry import LOG_FORMATS
+from tests.ingest.formats import toy
 from tests.ingest.formats.helpers import GOOD_JSON, LOGS, events, parse, reasons, write
 
 
@@ -92,3 +96,43 @@ def test_every_fixture_keeps_the_line_invariant() -> None:
         opts = nsl_kdd_options() if path.name.startswith("kdd") else FormatOptions(year=2023)
         records = parse(path, options=opts)
         assert events(records), path.name
+
+
+# ------------------------------------------------------------------------------ a format registered from outside
+
+
+def test_a_registered_format_is_validated_detected_and_parsed(tmp_path: Path) -> None:
+    path = write(tmp_path, "app.log", "\n".join(toy.LINES) + "\n")
+    assert detect(path) == Detection("csv")  # four "|"-separated columns
+    with pytest.raises(ConfigError, match="unknown log format 'toy'"):
+        FormatOptions(format="toy")
+    with toy.registered(before="csv"):
+        assert FormatOptions(format="toy").format == "toy"
+        # Same score as CSV, listed before it: the registry's order breaks the tie.
+        assert detect(path) == Detection("toy")
+        records = parse(path)
+        assert [r.kind for r in records] == ["event", "event", "quarantine", "event"]
+        assert reasons(records) == ["unparseable timestamp: 'yesterday'"]
+        first = events(records)[0]
+        assert (first["format"], first["entity"], first["message"]) == (
+            "toy",
+            "web-1",
+            "user alice logged in",
+        )
+        assert first["ts"] == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.timezone.utc)
+        forced = parse(write(tmp_path, "other.txt", "hello\n" + toy.LINES[0] + "\n"), fmt="toy")
+        assert [r.kind for r in forced] == ["quarantine", "event"] and reasons(forced) == ["not a toy line"]
+        with pytest.raises(ParseError, match="supported: json, zeek, syslog, access, loghub, toy, csv"):
+            detect(write(tmp_path, "notes.txt", "hello there\n"))
+    assert "toy" not in LOG_FORMATS
+    with toy.registered():  # after CSV, the tie goes to CSV
+        assert detect(path) == Detection("csv")
+
+
+def test_explicit_formats_replace_the_registry(tmp_path: Path) -> None:
+    # What the ingest stage does in its tasks: detect and parse with the driver's formats.
+    path = write(tmp_path, "app.log", "\n".join(toy.LINES) + "\n")
+    formats = {"toy": toy.ToyFormat(), **registered_formats()}
+    assert detect(path, formats=formats) == Detection("toy")
+    assert [r.kind for r in parse_file(path, formats=formats)] == ["event", "event", "quarantine", "event"]
+    assert "toy" not in LOG_FORMATS and detect(path) == Detection("csv")
