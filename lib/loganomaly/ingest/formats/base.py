@@ -49,9 +49,10 @@ TIMESTAMP_FIELDS = (
 
 # ------------------------------------------------------------------------------ detection scale
 
-#: Detection scores (what :meth:`LogFormat.detect` returns). The highest score wins; a tie goes to
-#: the format listed first in ``LOG_FORMATS``. The levels say what kind of evidence a format has:
-#: the file says what it is (Zeek's ``#fields`` header); ``True`` from ``detect`` counts as this.
+# What :meth:`LogFormat.detect` returns: the highest score wins, a tie goes to the format listed
+# first in ``LOG_FORMATS``. The levels name the kind of evidence a format has.
+
+#: The file says what it is (Zeek's ``#fields`` header). ``True`` from ``detect`` counts as this.
 CERTAIN = 1.0
 #: Strong evidence: the lines' structure (JSON objects), or a name given by the user or carried by
 #: the file that the lines agree with (a custom Loghub pattern, ``HDFS_2k.log``).
@@ -329,16 +330,9 @@ class LogFormat(ABC):
 
     An instance is registered in :data:`loganomaly.registry.LOG_FORMATS` under :attr:`name`
     (the ``format`` option and the ``format`` column of its events). Detection asks every
-    registered format for a score and never asks which format it holds.
-
-    Example:
-        >>> class KeyValue(LogFormat):
-        ...     name = "kv"
-        ...     def detect(self, path, lines, opts):
-        ...         return POSSIBLE if all("=" in line for line in lines) else 0.0
-        ...     def make_parser(self, path, opts, sample, variant=None):
-        ...         return KeyValueParser(opts)
-        >>> LOG_FORMATS.register("kv", KeyValue(), before="csv")
+    registered format for a score and never asks which format it holds. A worked example is in
+    the README ("A new log format"); ``tests/ingest/formats/toy.py`` is one defined outside the
+    package.
     """
 
     name: str = ""
@@ -380,7 +374,7 @@ class LogFormat(ABC):
 
         Args:
             sample: the file's first clean non-empty lines (may be empty for a forced format).
-            variant: what :meth:`variant` said, when detection ran.
+            variant: what :meth:`variant` said (None if the caller's Detection has none).
 
         Raises:
             ParseError: the file cannot be read in this format (all its lines are quarantined).
