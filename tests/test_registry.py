@@ -35,7 +35,7 @@ def test_a_registry_lists_its_names_in_order_and_refuses_unknown_ones() -> None:
 
 
 def test_the_product_registries_resolve_every_entry() -> None:
-    for registry in (MODEL_KINDS, BACKENDS, READERS):
+    for registry in (MODEL_KINDS, BACKENDS, READERS, LOG_FORMATS):
         for name, impl in registry.items():
             assert impl is not None, name
     assert {k.bundle_kind for _, k in MODEL_KINDS.items()} == {"lstm_autoencoder", "lstm_classifier", "deeplog"}

@@ -83,7 +83,7 @@ class SourceConfig:
 
     ``paths`` are shell-style globs matched against each input file's absolute path (``*`` crosses
     directories); the first source whose globs match a file parses it. ``options`` are the fields
-    of :class:`loganomaly.ingest.parsing.FormatOptions` (``format``, ``pattern``, ``columns``,
+    of :class:`loganomaly.ingest.formats.FormatOptions` (``format``, ``pattern``, ``columns``,
     ``timezone``, ...), validated when ingest starts; a file no source covers is detected.
     """
 

@@ -15,6 +15,7 @@ from loganomaly.errors import ConfigError
 from loganomaly.ingest import stage as ingest
 from loganomaly.ingest.templates.miner import UNKNOWN_TEMPLATE_ID
 from loganomaly.ingest.templates.store import current_version, load_state
+from tests.ingest.formats import toy
 
 pytestmark = pytest.mark.spark
 
@@ -173,3 +174,38 @@ def test_bad_source_options_fail_before_reading(spark, lake, tmp_path) -> None: 
     with pytest.raises(ConfigError, match="ingest.sources\\[x\\].options.*valid keys"):
         ingest.run(spark, cfg, [str(tmp_path / "a.jsonl")], lake=lake)
     assert not lake.exists("events")
+
+
+@pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
+def test_a_log_format_registered_on_the_driver_is_parsed_in_the_tasks(spark, lake, tmp_path, direct_write) -> None:  # type: ignore[no-untyped-def]
+    # Spark's Python workers are other processes, where "toy" is not registered: the job ships the
+    # driver's formats. By value, because a worker's sys.path has the driver's working directory,
+    # which need not be the repository root (where ``tests`` is importable).
+    from pyspark import cloudpickle
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "app.log").write_text("\n".join(toy.LINES) + "\n")  # detected
+    (raw / "forced.txt").write_text("hello\n" + toy.LINES[1] + "\n")  # format: toy, through a source
+    cfg = Config()
+    cfg.ingest.direct_write = direct_write
+    cfg.ingest.sources = [SourceConfig(name="forced", paths=["*/forced.txt"], options={"format": "toy"})]
+    cloudpickle.register_pickle_by_value(toy)
+    try:
+        with toy.registered(before="csv"):
+            summary = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    finally:
+        cloudpickle.unregister_pickle_by_value(toy)
+    assert (summary.events, summary.quarantined) == (4, 2)
+    ledger = {Path(r.path).name: (r.format, r.lines, r.events, r.quarantined) for r in lake.read("ingested_files").collect()}
+    assert ledger == {"app.log": ("toy", 4, 3, 1), "forced.txt": ("toy", 2, 1, 1)}
+    events = lake.read("events").collect()
+    assert {r.format for r in events} == {"toy"}
+    assert sorted((r.source, r.entity, r.message) for r in events) == [
+        ("forced", "web-2", "user bob logged in"),
+        ("raw", "web-1", "user alice logged in"),
+        ("raw", "web-1", "user alice logged out"),
+        ("raw", "web-2", "user bob logged in"),
+    ]
+    quarantined = sorted((Path(r.file).name, r.line_no, r.reason) for r in lake.read("quarantine").collect())
+    assert quarantined == [("app.log", 3, "unparseable timestamp: 'yesterday'"), ("forced.txt", 1, "not a toy line")]

@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from loganomaly.config import GenerateConfig
-from loganomaly.ingest.parsing import parse_file
+from loganomaly.ingest.formats import parse_file
 from loganomaly.ingest.synthetic import generate
 
 

@@ -1,6 +1,6 @@
 """``ingest``: raw log files -> ``events`` + ``quarantine``, recorded in ``ingested_files``.
 
-Parsing is Spark-free (:mod:`loganomaly.ingest.parsing`); here Spark spreads the files over tasks with
+Parsing is Spark-free (:mod:`loganomaly.ingest.formats`); here Spark spreads the files over tasks with
 ``mapInArrow`` (each task streams its files and never holds one whole in memory), and the
 results land in Delta. Guarantees:
 
@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,13 @@ import pyarrow as pa
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError
-from loganomaly.ingest.parsing import FormatOptions, iter_input_files, parse_file
+from loganomaly.ingest.formats import (
+    FormatOptions,
+    LogFormat,
+    iter_input_files,
+    parse_file,
+    registered_formats,
+)
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
@@ -115,8 +121,9 @@ def parse_files_to_batches(
     paths: Sequence[str],
     run_id: str,
     max_raw_chars: int,
-    sources: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    sources: dict[str, tuple[str, FormatOptions]] | None = None,
     templates: Templates | None = None,
+    formats: Mapping[str, LogFormat] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Parse files into Arrow batches of :data:`PARSED_ARROW` rows (Spark-free; one task's work).
 
@@ -126,10 +133,12 @@ def parse_files_to_batches(
         paths: files to read, in order.
         run_id: recorded on every row.
         max_raw_chars: raw text kept per quarantined line.
-        sources: path -> (source name, FormatOptions fields); a path not in it is detected and
-            named after its folder.
+        sources: path -> (source name, FormatOptions); a path not in it is detected and named
+            after its folder.
         templates: when given, events get their template id, text and parameters here, in the
             same pass (no second trip through Python).
+        formats: the log formats to detect and parse with, in detection order; default the
+            registry's (see :class:`_ParseJob` for why a task gets the driver's).
     """
     import pyarrow.compute as pc
 
@@ -158,12 +167,12 @@ def parse_files_to_batches(
         return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
 
     for path in paths:
-        source, options = (sources or {}).get(path) or (_default_source(path), {})
+        source, options = (sources or {}).get(path) or (_default_source(path), None)
         n_events = n_quarantined = 0
         rows: list[dict[str, Any]] = []
         lines: list[int] = []
         kinds: list[str] = []
-        for record in parse_file(path, max_raw_chars=max_raw_chars, options=FormatOptions(**options)):
+        for record in parse_file(path, max_raw_chars=max_raw_chars, options=options, formats=formats):
             rows.append(record.data)
             lines.append(record.line_no)
             kinds.append(record.kind)
@@ -183,31 +192,34 @@ def _default_source(path: str) -> str:
     return os.path.basename(os.path.dirname(path)) or "default"
 
 
-def resolve_sources(cfg: Config, paths: Sequence[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+def resolve_sources(cfg: Config, paths: Sequence[str]) -> dict[str, tuple[str, FormatOptions]]:
     """Source name and parse options of each path: the first ``ingest.sources`` entry whose glob
     matches, else detection (no options) under the name of the file's folder.
 
-    Options are validated here, on the driver, so a typo fails the run before any task starts.
+    Options are validated here, on the driver, so a typo fails the run before any task starts; the
+    tasks get the validated objects (a format registered on the driver only validates there).
 
     Raises:
         ConfigError: a source's options are not valid ``FormatOptions`` fields or values.
     """
+    options: list[FormatOptions] = []
     for src in cfg.ingest.sources:
         try:
-            FormatOptions(**src.options)
+            options.append(FormatOptions(**src.options))
         except TypeError as exc:
             valid = ", ".join(f.name for f in dataclasses.fields(FormatOptions))
             raise ConfigError(f"ingest.sources[{src.name}].options: {exc}; valid keys: {valid}") from None
         except ConfigError as exc:
             raise ConfigError(f"ingest.sources[{src.name}].options: {exc}") from None
-    resolved: dict[str, tuple[str, dict[str, Any]]] = {}
+    by_detection = FormatOptions()
+    resolved: dict[str, tuple[str, FormatOptions]] = {}
     for path in paths:
-        for src in cfg.ingest.sources:
+        for src, opts in zip(cfg.ingest.sources, options, strict=True):
             if any(fnmatch.fnmatch(path, pattern) for pattern in src.paths):
-                resolved[path] = (src.name, dict(src.options))
+                resolved[path] = (src.name, opts)
                 break
         else:
-            resolved[path] = (_default_source(path), {})
+            resolved[path] = (_default_source(path), by_detection)
     return resolved
 
 
@@ -287,7 +299,7 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     # Biggest files first, so the last task to start is a small one (less idle time at the end).
     by_size = [f[0] for f in sorted(todo, key=lambda f: -f[1])]
     files_df = spark.createDataFrame([(p,) for p in by_size], "path string").repartition(n_tasks)
-    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources)
+    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, registered_formats())
     if cfg.templates.enabled and templates is None:
         templates = _fit_templates(spark, cfg, lake, files_df, job)
     if templates is not None:
@@ -331,11 +343,18 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
 
 @dataclass
 class _ParseJob:
-    """What every parsing task needs; shipped to executors with the task closure."""
+    """What every parsing task needs; shipped to executors with the task closure.
+
+    ``formats`` are the log formats resolved from the registry on the driver: Spark's Python
+    workers are other processes, where a format registered at run time (``LOG_FORMATS.register``
+    from user code) does not exist, so tasks detect and parse with these (cloudpickle sends each
+    by reference to its class, which a worker imports, or by value where so registered).
+    """
 
     run_id: str
     max_raw_chars: int
-    sources: dict[str, tuple[str, dict[str, Any]]]
+    sources: dict[str, tuple[str, FormatOptions]]
+    formats: dict[str, LogFormat]
     state: Any = None  # Broadcast of the template state JSON
     state_version: str = ""
 
@@ -343,7 +362,9 @@ class _ParseJob:
         return matcher(self.state_version, self.state.value) if self.state is not None else None
 
     def batches(self, path: str, templates: Templates | None) -> Iterator[pa.RecordBatch]:
-        return parse_files_to_batches([path], self.run_id, self.max_raw_chars, self.sources, templates)
+        return parse_files_to_batches(
+            [path], self.run_id, self.max_raw_chars, self.sources, templates, self.formats
+        )
 
 
 #: One row per written file (``table`` set) or per input file (``file`` set) of a direct-write task.

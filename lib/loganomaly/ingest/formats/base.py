@@ -1,0 +1,382 @@
+"""What every log format shares: options, reading files, the parser and format protocols.
+
+A log format (:class:`LogFormat`) is registered in :data:`loganomaly.registry.LOG_FORMATS`; it
+recognises its files (:meth:`LogFormat.detect`, a score on the detection scale below) and builds
+a :class:`LineParser` per file. Spark-free, like the whole package.
+"""
+
+from __future__ import annotations
+
+import bz2
+import datetime as dt
+import gzip
+import logging
+import math
+import os
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from loganomaly.errors import ConfigError, StageInputError
+from loganomaly.ingest.formats.timestamps import _UTC, TimeFormat, _Clock
+from loganomaly.registry import LOG_FORMATS
+
+log = logging.getLogger(__name__)
+
+#: Lines longer than this are quarantined without parsing (their head is kept as raw text).
+MAX_LINE_BYTES = 1024 * 1024
+#: Quarantine reason of header lines (Zeek ``#`` lines, CSV header rows): counted, never lost.
+HEADER_REASON = "header line (not an event)"
+#: Timestamp keys tried, in order, in JSON records and CSV headers (override: FormatOptions).
+TIMESTAMP_FIELDS = (
+    "ts",
+    "timestamp",
+    "@timestamp",
+    "time",
+    "date",
+    "datetime",
+    "eventTime",
+    "event_time",
+    "EventTime",
+    "TimeCreated",
+    "time_stamp",
+    "Timestamp",
+)
+
+# ------------------------------------------------------------------------------ detection scale
+
+# What :meth:`LogFormat.detect` returns: the highest score wins, a tie goes to the format listed
+# first in ``LOG_FORMATS``. The levels name the kind of evidence a format has.
+
+#: The file says what it is (Zeek's ``#fields`` header). ``True`` from ``detect`` counts as this.
+CERTAIN = 1.0
+#: Strong evidence: the lines' structure (JSON objects), or a name given by the user or carried by
+#: the file that the lines agree with (a custom Loghub pattern, ``HDFS_2k.log``).
+STRONG = 0.8
+#: Most lines start with a head few other formats have (syslog's ``<PRI>``, access logs' ``[dd/Mon/yyyy:``).
+LIKELY = 0.5
+#: Most lines fit a generic shape (RFC 3164 without PRI, some Loghub pattern, a table).
+POSSIBLE = 0.2
+
+# ------------------------------------------------------------------------------ options
+
+
+@dataclass
+class FormatOptions:
+    """How to read one file (or a set of files of one kind); every field is optional.
+
+    ``format``: a name in :data:`loganomaly.registry.LOG_FORMATS`, None = detect per file.
+    ``pattern``: a name of :data:`loganomaly.ingest.formats.loghub.LOGHUB_PATTERNS` or a custom
+    logpai-style pattern (``<Date> <Time> <Level>: <Content>``; literal text is a regex fragment,
+    runs of spaces match any whitespace; ``<Name:regex>`` constrains a field). ``columns``: column
+    names of a headerless CSV (a list, or a name of
+    :data:`loganomaly.ingest.formats.csv.COLUMN_PRESETS` such as ``"nsl_kdd"``) or of a
+    header-less Zeek TSV.
+    ``has_header``/``delimiter``: CSV (None = detect). ``timestamp_fields``: keys/columns/pattern fields holding the time (joined
+    by a space when several). ``timestamp_format``: a strptime-style format (subset, see
+    :class:`TimeFormat`; ``"epoch"`` for epoch numbers). ``timezone``: IANA name applied to
+    times that carry no zone (else UTC). ``year``: for formats without a year (RFC 3164, several
+    Loghub systems); default the file's mtime year. ``entity_field``/``label_field``/
+    ``level_field``/``message_field``: which field fills that column. ``default_entity``: the
+    entity of events whose format has none. ``synthetic_time_start`` (ISO time) and
+    ``synthetic_time_step_seconds``: for tables without a time column (NSL-KDD), each row gets
+    ``start + line_no * step`` — deterministic and ordered, but not a real time.
+    ``sample_lines``: lines read to detect format, pattern, CSV header and delimiter.
+    """
+
+    format: str | None = None
+    pattern: str | None = None
+    columns: Sequence[str] | None = None
+    has_header: bool | None = None
+    delimiter: str | None = None
+    timestamp_fields: Sequence[str] | None = None
+    timestamp_format: str | None = None
+    timezone: str | None = None
+    year: int | None = None
+    entity_field: str | None = None
+    label_field: str | None = None
+    level_field: str | None = None
+    message_field: str | None = None
+    default_entity: str | None = None
+    synthetic_time_start: str | dt.datetime | None = None
+    synthetic_time_step_seconds: float = 1.0
+    sample_lines: int = 50
+
+    def __post_init__(self) -> None:
+        # Derived values are plain attributes, not dataclass fields, so that
+        # ``dataclasses.fields(FormatOptions)`` lists exactly the settings a user may give.
+        self.tz: dt.tzinfo | None = None
+        self.synthetic_start: dt.datetime | None = None
+        if self.format is not None and self.format not in LOG_FORMATS:
+            raise ConfigError(f"unknown log format {self.format!r}; valid: {', '.join(LOG_FORMATS.names())}")
+        # Options a format owns (Loghub's pattern, CSV's column presets) are checked by that format.
+        for _, log_format in LOG_FORMATS.items():
+            log_format.check_options(self)
+        if self.columns is not None:
+            cols = list(self.columns)
+            if not cols or not all(isinstance(c, str) and c for c in cols):
+                raise ConfigError("columns must be a non-empty list of non-empty names")
+            if len(set(cols)) != len(cols):
+                raise ConfigError(
+                    f"columns has duplicate names: {sorted({c for c in cols if cols.count(c) > 1})}"
+                )
+            self.columns = tuple(cols)
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ConfigError(f"delimiter must be one character, got {self.delimiter!r}")
+        if self.timestamp_fields is not None:
+            if isinstance(self.timestamp_fields, str):
+                self.timestamp_fields = (self.timestamp_fields,)
+            if not self.timestamp_fields or not all(isinstance(f, str) and f for f in self.timestamp_fields):
+                raise ConfigError("timestamp_fields must be a non-empty list of names")
+            self.timestamp_fields = tuple(self.timestamp_fields)
+        if self.timestamp_format is not None:
+            TimeFormat.compile(self.timestamp_format)
+        if self.timezone is not None:
+            try:
+                self.tz = ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(
+                    f"unknown timezone {self.timezone!r}; use an IANA name such as 'Europe/Paris'"
+                ) from None
+        if self.year is not None and (
+            isinstance(self.year, bool) or not isinstance(self.year, int) or not 1970 <= self.year <= 2099
+        ):
+            raise ConfigError(f"year must be an integer in 1970..2099, got {self.year!r}")
+        if (
+            isinstance(self.synthetic_time_step_seconds, bool)
+            or not isinstance(self.synthetic_time_step_seconds, (int, float))
+            or not (math.isfinite(self.synthetic_time_step_seconds) and self.synthetic_time_step_seconds > 0)
+        ):
+            raise ConfigError(
+                f"synthetic_time_step_seconds must be > 0, got {self.synthetic_time_step_seconds!r}"
+            )
+        if self.synthetic_time_start is not None:
+            start = self.synthetic_time_start
+            if isinstance(start, str):
+                try:
+                    start = dt.datetime.fromisoformat(start.replace("Z", "+00:00"))
+                except ValueError:
+                    raise ConfigError(f"synthetic_time_start is not an ISO time: {start!r}") from None
+            if not isinstance(start, dt.datetime):
+                raise ConfigError(f"synthetic_time_start must be an ISO string or datetime, got {start!r}")
+            if start.tzinfo is None:
+                start = start.replace(tzinfo=self.tz or _UTC)
+            self.synthetic_start = start.astimezone(_UTC)
+        if (
+            isinstance(self.sample_lines, bool)
+            or not isinstance(self.sample_lines, int)
+            or self.sample_lines < 1
+        ):
+            raise ConfigError(f"sample_lines must be a positive integer, got {self.sample_lines!r}")
+
+
+_DEFAULT_OPTIONS: FormatOptions | None = None
+
+
+def _default_options() -> FormatOptions:
+    global _DEFAULT_OPTIONS
+    if _DEFAULT_OPTIONS is None:
+        _DEFAULT_OPTIONS = FormatOptions()
+    return _DEFAULT_OPTIONS
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open by content (gzip/bz2 magic bytes), not only by name: a ``.log`` may be compressed."""
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    if magic[:2] == b"\x1f\x8b":
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    if magic == b"BZh":
+        return cast(IO[bytes], bz2.open(path, "rb"))
+    return open(path, "rb")
+
+
+def open_lines(path: str | Path) -> Iterator[tuple[int, str, str | None]]:
+    """Stream ``(line_no, text, problem)`` for every line of a plain, gzip or bz2 file.
+
+    ``text`` has no line ending (``\\n`` or ``\\r\\n``). ``problem`` is None for a clean line,
+    ``"invalid UTF-8"`` when bytes had to be replaced, ``"line too long (N bytes)"`` past
+    :data:`MAX_LINE_BYTES` (then ``text`` is only the head of the line). A compressed file that
+    ends early yields what it could read, then one last line with problem
+    ``"truncated or corrupt compressed stream: ..."`` so the damage is recorded, not hidden.
+    """
+    path = Path(path)
+    line_no = 0
+    with _open_binary(path) as fh:
+        try:
+            while True:
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                line_no += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    # Drain the rest of the long line without holding it in memory.
+                    total = len(raw)
+                    while True:
+                        more = fh.readline(MAX_LINE_BYTES)
+                        total += len(more)
+                        if not more or more.endswith(b"\n"):
+                            break
+                    length = total - (1 if more.endswith(b"\n") else 0)
+                    yield (
+                        line_no,
+                        raw[:4096].decode("utf-8", errors="replace"),
+                        f"line too long ({length} bytes)",
+                    )
+                    continue
+                raw = raw.rstrip(b"\n").rstrip(b"\r")
+                try:
+                    yield line_no, raw.decode("utf-8"), None
+                except UnicodeDecodeError:
+                    yield line_no, raw.decode("utf-8", errors="replace"), "invalid UTF-8"
+        except (EOFError, OSError, zlib.error) as exc:
+            line_no += 1
+            yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
+
+
+def _sample(path: str | Path, n: int) -> tuple[list[str], int]:
+    """First ``n`` clean non-empty lines, and how many lines were unreadable (binary, bad UTF-8)."""
+    lines: list[str] = []
+    bad = 0
+    for _, text, problem in open_lines(path):
+        if problem is not None or "\x00" in text:
+            bad += 1
+            if bad >= n:
+                break
+            continue
+        if not text or text.isspace():
+            continue
+        lines.append(text)
+        if len(lines) >= n:
+            break
+    return lines, bad
+
+
+def iter_input_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand files and directories (recursively, sorted; hidden files and labels.csv skipped)."""
+    found: list[Path] = []
+    for given in paths:
+        p = Path(given)
+        if not p.exists():
+            raise StageInputError(f"input path does not exist: {p}")
+        if p.is_file():
+            found.append(p)
+            continue
+        for child in sorted(p.rglob("*")):
+            rel = child.relative_to(p).parts
+            if (
+                child.is_file()
+                and not any(part.startswith(".") for part in rel)
+                and child.name != "labels.csv"
+            ):
+                found.append(child)
+    if not found:
+        raise StageInputError(f"no input files under {', '.join(map(str, paths))}")
+    return found
+
+
+def _majority(lines: Sequence[str], test: Callable[[str], Any]) -> bool:
+    return bool(lines) and sum(1 for line in lines if test(line)) * 2 > len(lines)
+
+
+def _file_year(path: Path) -> int:
+    try:
+        return dt.datetime.fromtimestamp(os.stat(path).st_mtime, _UTC).year
+    except (OSError, ValueError, OverflowError):
+        return dt.datetime.now(_UTC).year
+
+
+def _file_clock(path: Path, opts: FormatOptions) -> _Clock:
+    """The clock of one file: the options' zone, and their year or else the file's mtime year."""
+    return _Clock(opts.tz, opts.year or _file_year(path))
+
+
+# ------------------------------------------------------------------------------ parsers and formats
+
+
+class LineParser:
+    """Parses the lines of one file. ``parse(text, line_no)`` returns an event dict, or None for
+    a header line (quarantined with :data:`HEADER_REASON`), or raises ParseError whose text is
+    the reason. ``line_no`` is the physical line number (synthetic CSV times use it).
+
+    Parsers are stateful per file (Zeek and CSV headers, the year of year-less formats), so
+    :meth:`LogFormat.make_parser` builds a fresh one for every file.
+    """
+
+    format: str = ""
+
+    def parse(self, text: str, line_no: int = 0) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+@dataclass(slots=True)
+class ParsedRecord:
+    """One line's outcome: an event, or a quarantine record with the reason."""
+
+    kind: Literal["event", "quarantine"]
+    line_no: int
+    data: dict[str, Any]
+
+
+class LogFormat(ABC):
+    """One log format: how to recognise its files and how to parse their lines.
+
+    An instance is registered in :data:`loganomaly.registry.LOG_FORMATS` under :attr:`name`
+    (the ``format`` option and the ``format`` column of its events). Detection asks every
+    registered format for a score and never asks which format it holds. A worked example is in
+    the README ("A new log format"); ``tests/ingest/formats/toy.py`` is one defined outside the
+    package.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def detect(self, path: Path, lines: Sequence[str], opts: FormatOptions) -> float:
+        """How surely the file is in this format: 0 (no) up to :data:`CERTAIN` (a bool is fine too).
+
+        Args:
+            path: the file (its name may be a hint).
+            lines: its first clean non-empty lines (``opts.sample_lines`` of them at most; never empty).
+            opts: the options of the file (``format`` is None: detection is running).
+        """
+
+    def variant(self, path: Path, lines: Sequence[str], opts: FormatOptions) -> str | None:
+        """Which variant of the format the file is, once the format is chosen (forced or detected);
+        :class:`loganomaly.ingest.formats.detect.Detection` reports it. None for formats without
+        variants (Loghub's are its line patterns).
+
+        Raises:
+            ParseError: no variant fits (every line is then quarantined with this reason).
+        """
+        return None
+
+    def check_options(self, opts: FormatOptions) -> None:
+        """Validate (and normalise) the options this format owns; called on every new FormatOptions
+        for every registered format, so a wrong value fails when the config is read.
+
+        Raises:
+            ConfigError: an option value this format cannot use.
+        """
+        return None  # most formats own no option of their own
+
+    @abstractmethod
+    def make_parser(
+        self, path: Path, opts: FormatOptions, sample: Sequence[str], variant: str | None = None
+    ) -> LineParser:
+        """A fresh parser for ``path``.
+
+        Args:
+            sample: the file's first clean non-empty lines (may be empty for a forced format).
+            variant: what :meth:`variant` said (None if the caller's Detection has none).
+
+        Raises:
+            ParseError: the file cannot be read in this format (all its lines are quarantined).
+            ConfigError: the options contradict the file.
+        """

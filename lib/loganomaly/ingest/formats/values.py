@@ -1,0 +1,137 @@
+"""Value converters shared by the log formats: typed event columns, levels, flattened records."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from loganomaly.errors import ParseError
+
+_INT_RE = re.compile(r"[+-]?\d+")
+#: Values meaning "no value" in the formats we read (Zeek unset/empty markers, CSV blanks).
+_MISSING = frozenset({"-", "", "(empty)"})
+
+
+def _as_str(name: str, value: Any) -> str | None:
+    if value.__class__ is str:
+        return None if value in _MISSING else value
+    return None if value is None else json.dumps(value)
+
+
+def _as_int(name: str, value: Any) -> int | None:
+    """An int column's value: ints, integral floats and integer text; bools and ``1.5`` refused."""
+    cls = value.__class__
+    if cls is int:
+        return value  # type: ignore[no-any-return]
+    if cls is str:
+        if value.isascii() and value.isdigit() and len(value) < 40:
+            return int(value)
+        if value in _MISSING:
+            return None
+        text = value.strip()
+        if len(text) < 40 and _INT_RE.fullmatch(text):
+            return int(text)
+    elif value is None:
+        return None
+    elif cls is float and value.is_integer():
+        return int(value)
+    raise ParseError(f"field {name} is not an integer: {str(value)[:40]!r}")
+
+
+def _as_float(name: str, value: Any) -> float | None:
+    """A float column's value: numbers and numeric text, finite; bools refused."""
+    cls = value.__class__
+    if cls is float:
+        number = value
+    elif cls is int:
+        return float(value)
+    elif cls is str:
+        if value in _MISSING:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise ParseError(f"field {name} is not a number: {value[:40]!r}") from None
+    elif value is None:
+        return None
+    else:
+        raise ParseError(f"field {name} is not a number: {str(value)[:40]!r}")
+    if not math.isfinite(number):
+        raise ParseError(f"field {name} is not a finite number: {value!r}")
+    return number  # type: ignore[no-any-return]
+
+
+_CONVERTERS: dict[type, Callable[[str, Any], Any]] = {str: _as_str, int: _as_int, float: _as_float}
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested objects -> dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); flat input as is."""
+    if not prefix:
+        for value in obj.values():
+            if value.__class__ is dict:
+                break
+        else:
+            return obj
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+_LEVELS = {
+    "v": "debug",
+    "verbose": "debug",
+    "trace": "debug",
+    "d": "debug",
+    "dbg": "debug",
+    "debug": "debug",
+    "i": "info",
+    "info": "info",
+    "information": "info",
+    "informational": "info",
+    "notice": "notice",
+    "n": "notice",
+    "w": "warning",
+    "warn": "warning",
+    "warning": "warning",
+    "e": "error",
+    "err": "error",
+    "error": "error",
+    "severe": "error",
+    "failure": "error",
+    "f": "fatal",
+    "fatal": "fatal",
+    "a": "fatal",
+    "assert": "fatal",
+    "crit": "critical",
+    "critical": "critical",
+    "alert": "alert",
+    "emerg": "emerg",
+    "emergency": "emerg",
+    "panic": "emerg",
+}
+
+
+def normalize_level(value: Any) -> str | None:
+    """Map level spellings of many formats (``W``, ``WARN``, ``Warning``, ``SEVERE``) to one set.
+
+    The result is lower case: debug, info, notice, warning, error, fatal, critical, alert,
+    emerg (the names :mod:`loganomaly.features.stage` counts), or the lower-cased input if unknown.
+    """
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if not text or text == "-":
+        return None
+    return _LEVELS.get(text, text)
+
+
+def _attr(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)

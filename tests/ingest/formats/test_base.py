@@ -1,0 +1,148 @@
+"""Spark-free tests of :mod:`loganomaly.ingest.formats.base`: options, and reading bad input line by line.
+
+The invariant checked throughout: one record per physical line (events + quarantine), with a
+specific reason for every quarantined line."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loganomaly.errors import ConfigError
+from loganomaly.ingest.formats import (
+    MAX_LINE_BYTES,
+    FormatOptions,
+    open_lines,
+    parse_file,
+)
+from tests.ingest.formats.helpers import GOOD_JSON, LOGS, events, parse, physical_lines
+
+
+def test_formats_import_without_pyspark() -> None:
+    # The package and every registered format module (the registry imports them all).
+    code = (
+        "import sys; sys.modules['pyspark'] = None; import loganomaly.ingest.formats; "
+        "from loganomaly.registry import LOG_FORMATS; assert len(list(LOG_FORMATS.items())) == 6"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": "lib"}, cwd=LOGS.parents[2]
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"format": "xml"}, "unknown log format 'xml'; valid: json, zeek, syslog, access, loghub, csv"),
+        ({"timezone": "Mars/Olympus"}, "unknown timezone"),
+        ({"year": 1900}, "year must be an integer in 1970..2099"),
+        ({"pattern": "NotASystem"}, "valid names: Android, Apache"),
+        ({"pattern": "<Date> (<Content>"}, "not a valid regex"),
+        ({"timestamp_format": "%Y-%Q"}, "unsupported strptime directive"),
+        ({"columns": ["a", "a"]}, "duplicate"),
+        ({"columns": "kdd99"}, "unknown column preset 'kdd99'; valid: nsl_kdd"),
+        ({"synthetic_time_step_seconds": 0}, "must be > 0"),
+        ({"synthetic_time_start": "soon"}, "not an ISO time"),
+        ({"delimiter": ";;"}, "one character"),
+    ],
+)
+def test_format_options_validation(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        FormatOptions(**kwargs)
+
+
+def corpus(tmp_path: Path) -> dict[str, tuple[Path, list[str | None]]]:
+    """Bad files and, per line, the expected reason prefix (None = an event)."""
+    out: dict[str, tuple[Path, list[str | None]]] = {}
+
+    def add(name: str, data: bytes, expected: list[str | None]) -> None:
+        path = tmp_path / name
+        path.write_bytes(data)
+        out[name] = (path, expected)
+
+    garbage = random.Random(7).randbytes(8192).replace(b"\x1f\x8b", b"xx").replace(b"BZh", b"xxx")
+    add("garbage.bin", garbage, ["binary or non-UTF-8 file"] * physical_lines(garbage))
+    add("truncated.jsonl", f'{GOOD_JSON}\n{{"ts": 1700000000, "a": [1, 2\n'.encode(), [None, "invalid JSON"])
+    long_line = '{"ts": 1700000000, "pad": "' + "x" * (MAX_LINE_BYTES + 10) + '"}'
+    add("long.jsonl", f"{GOOD_JSON}\n{long_line}\n{GOOD_JSON}\n".encode(), [None, "line too long", None])
+    latin = f"{GOOD_JSON}\n".encode() + '{"ts": 1700000000, "message": "café"}\n'.encode("latin-1")
+    add("latin1.jsonl", latin, [None, "invalid UTF-8"])
+    impossible = "\n".join(
+        [
+            GOOD_JSON,
+            '{"ts": "2023-13-01T00:00:00Z"}',
+            '{"ts": "99999-01-01T00:00:00Z"}',
+            '{"ts": -1700000000}',
+        ]
+    )
+    add(
+        "impossible.jsonl",
+        impossible.encode(),
+        [None, "impossible date/time", "unparseable timestamp", "negative epoch"],
+    )
+    add(
+        "empty_lines.jsonl",
+        f"\n{GOOD_JSON}\n   \n\n{GOOD_JSON}\n".encode(),
+        ["empty line", None, "empty line", "empty line", None],
+    )
+    add("crlf.jsonl", f"{GOOD_JSON}\r\n{GOOD_JSON}\r\n\r\n".encode(), [None, None, "empty line"])
+    text = f"{GOOD_JSON}\n{{broken\n{GOOD_JSON}\n".encode()
+    add("c.jsonl.gz", gzip.compress(text), [None, "invalid JSON", None])
+    add("c.jsonl.bz2", bz2.compress(text), [None, "invalid JSON", None])
+    add("gzip_named_plain.log", gzip.compress(text), [None, "invalid JSON", None])
+    add("nul.log", b"\x00\x00\x00\n\x00\x01\x02\n", ["binary or non-UTF-8 file"] * 2)
+    add("empty.log", b"", [])
+    return out
+
+
+def test_bad_input_corpus_one_specific_record_per_line(tmp_path: Path) -> None:
+    for name, (path, expected) in corpus(tmp_path).items():
+        records = parse(path)
+        assert len(records) == len(expected), name
+        for record, want in zip(records, expected, strict=True):
+            if want is None:
+                assert record.kind == "event", (name, record)
+            elif name == "garbage.bin":
+                assert record.kind == "quarantine", (name, record)
+                assert record.data["reason"] == "invalid UTF-8" or record.data["reason"].startswith(want), (
+                    name,
+                    record,
+                )
+            else:
+                assert record.kind == "quarantine" and record.data["reason"].startswith(want), (
+                    name,
+                    record,
+                    want,
+                )
+
+
+def test_long_line_keeps_its_length_and_only_a_head(tmp_path: Path) -> None:
+    path, _ = corpus(tmp_path)["long.jsonl"]
+    record = parse(path, max_raw_chars=100)[1]
+    length = MAX_LINE_BYTES + 10 + len('{"ts": 1700000000, "pad": ""}')
+    assert record.data["reason"] == f"line too long ({length} bytes)" and record.data["raw_length"] == length
+    assert len(record.data["raw"]) == 100
+
+
+def test_truncated_gzip_records_what_it_read_then_the_damage(tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"ts": 1700000000 + i, "host": f"h{i % 3}", "message": "x" * 50 + str(i)})
+        for i in range(2000)
+    ]
+    full = gzip.compress(("\n".join(lines) + "\n").encode())
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(full[: len(full) // 2])
+    records = list(parse_file(path))
+    assert len(records) == sum(1 for _ in open_lines(path))
+    assert records[-1].kind == "quarantine"
+    assert records[-1].data["reason"].startswith("truncated or corrupt compressed stream")
+    assert 0 < len(events(records)) < 2000
+    assert [r.line_no for r in records] == list(range(1, len(records) + 1))

@@ -1,0 +1,107 @@
+"""Spark-free tests of :mod:`loganomaly.ingest.formats.json`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from loganomaly.ingest.formats import (
+    FormatOptions,
+)
+from tests.ingest.formats.helpers import LOGS, UTC, events, parse, write
+
+
+def test_zeek_json_records_map_to_typed_columns() -> None:
+    records = parse(LOGS / "zeek_json.log")
+    conn, http, notice = events(records)
+    assert conn["ts"] == dt.datetime(2023, 3, 1, 10, 0, 0, 250000, tzinfo=UTC)
+    assert (conn["src_addr"], conn["src_port"], conn["dst_addr"], conn["dst_port"]) == (
+        "10.9.0.4",
+        50111,
+        "10.9.0.1",
+        53,
+    )
+    assert (conn["bytes_out"], conn["bytes_in"], conn["packets_out"], conn["packets_in"]) == (44, 120, 1, 1)
+    assert conn["duration"] == 0.0125 and conn["proto"] == "udp" and conn["component"] == "dns"
+    assert conn["status"] == "SF" and conn["label"] == "Benign" and conn["entity"] == "10.9.0.4"
+    assert conn["message"] == "udp dns 10.9.0.4:50111 -> 10.9.0.1:53 SF"
+    assert conn["attributes"]["uid"] == "CJ1" and conn["attributes"]["local_orig"] == "true"
+    assert "detailed_label" not in conn["attributes"]  # "-" means none
+    # HTTP "host" is the Host header (the server), so the entity stays the client.
+    assert http["entity"] == "10.9.0.4" and http["attributes"]["host"] == "www.example.com"
+    assert http["status"] == "200"
+    assert notice["level"] == "warning" and notice["message"].startswith(
+        "198.51.100.3 appears to be guessing"
+    )
+
+
+def test_generic_json_nested_fields_levels_and_zones() -> None:
+    records = parse(LOGS / "app.jsonl")
+    first, second, third, fourth = events(records)
+    assert first["ts"] == dt.datetime(2023, 5, 4, 10, 0, tzinfo=UTC)  # +02:00 -> two hours earlier
+    assert first["level"] == "warning" and first["entity"] == "app-1"
+    assert first["component"] == "billing" and first["attributes"]["trace.id"] == "ab12"
+    assert first["message"] == "payment retry 2 for order 7781"
+    assert second["ts"] == dt.datetime(2023, 5, 4, 10, 0, 0, 123000, tzinfo=UTC)  # epoch ms
+    assert second["level"] == "error" and second["attributes"]["latency_ms"] == "30000"
+    assert third["ts"] == dt.datetime(2023, 5, 4, 10, 0, tzinfo=UTC) and third["level"] == "debug"
+    assert fourth["label"] == "attack" and fourth["entity"] == "svc-4"
+
+
+def test_synthetic_json_keeps_host_as_entity(tmp_path: Path) -> None:
+    line = {"ts": 1700000000.5, "host": "host-03", "id.orig_h": "10.0.0.3", "id.orig_p": 40000, "id.resp_h": "10.0.0.1",
+            "id.resp_p": 53, "proto": "udp", "service": "dns", "duration": 1, "orig_bytes": 10, "resp_bytes": 20,
+            "conn_state": "SF"}  # fmt: skip
+    (event,) = events(parse(write(tmp_path, "c.jsonl", json.dumps(line) + "\n")))
+    assert event["entity"] == "host-03" and "host" not in event["attributes"]
+    assert event["duration"] == 1.0 and type(event["duration"]) is float
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"ts": 1700000000, "orig_bytes": true}', "field orig_bytes is not an integer"),
+        ('{"ts": 1700000000, "id.orig_p": 80.5}', "field id.orig_p is not an integer"),
+        ('{"ts": 1700000000, "resp_bytes": "12kB"}', "field resp_bytes is not an integer"),
+        ('{"ts": 1700000000, "orig_pkts": -3}', "field packets_out is negative"),
+        ('{"ts": 1700000000, "duration": "NaN"}', "field duration is not a finite number"),
+        ('{"ts": 1700000000, "duration": [1]}', "field duration is not a number"),
+        ('{"msg": "no time"}', "no timestamp field"),
+        ('{"ts": "2023-13-01T00:00:00Z"}', "impossible date/time"),
+        ('{"ts": -1}', "negative epoch"),
+        ("[1, 2]", "JSON line is not an object"),
+        ('{"ts": 1700000000, "a": ', "invalid JSON"),
+        ('{"ts": 1700000000, "n": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+        ('{"ts": "' + "1" * 5000 + '"}', "unparseable timestamp"),
+        ('{"ts": 1700000000, "orig_bytes": "' + "1" * 5000 + '"}', "field orig_bytes is not an integer"),
+    ],
+)
+def test_json_bad_values_are_quarantined_with_the_reason(tmp_path: Path, line: str, reason: str) -> None:
+    path = write(tmp_path, "bad.jsonl", '{"ts": 1700000000}\n' + line + "\n")
+    records = parse(path, fmt="json")
+    assert records[0].kind == "event"
+    assert records[1].kind == "quarantine" and reason in records[1].data["reason"]
+    assert records[1].data["raw"] == line[:2048] and records[1].data["format"] == "json"
+
+
+def test_json_odd_value_types_and_missing_markers(tmp_path: Path) -> None:
+    line = '{"ts": 1700000000, "status": [1], "conn_state": "-", "service": "-", "level": ["x"], "tags": {"a": [1]}}'
+    (event,) = events(parse(write(tmp_path, "o.jsonl", line + "\n")))
+    assert event["status"] == "[1]" and event["component"] is None
+    assert event["attributes"] == {"tags.a": "[1]"}  # "-" markers are dropped, not kept as text
+
+
+def test_json_configurable_timestamp_and_fields(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "x.jsonl", '{"when": "04/05/2023 10:00:00", "who": "alice", "sev": "W", "text": "hi"}\n'
+    )
+    opts = FormatOptions(
+        timestamp_fields=["when"], timestamp_format="%d/%m/%Y %H:%M:%S", timezone="Europe/Paris",
+        entity_field="who", level_field="sev", message_field="text",
+    )  # fmt: skip
+    (event,) = events(parse(path, options=opts))
+    assert event["ts"] == dt.datetime(2023, 5, 4, 8, tzinfo=UTC)
+    assert (event["entity"], event["level"], event["message"]) == ("alice", "warning", "hi")

@@ -1,0 +1,93 @@
+"""Spark-free tests of :mod:`loganomaly.ingest.formats.timestamps`: epoch, ISO and strptime-subset times."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from loganomaly.errors import ConfigError, ParseError
+from loganomaly.ingest.formats import (
+    FormatOptions,
+    TimeFormat,
+    parse_epoch,
+    parse_timestamp,
+)
+from loganomaly.ingest.formats.timestamps import _Clock
+from tests.ingest.formats.helpers import UTC
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_700_000_000, dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        (1_700_000_000.5, dt.datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)),
+        (1_700_000_000_123, dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)),
+        (1_700_000_000_123_456, dt.datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)),
+        (1_700_000_000_123_456_789, dt.datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)),
+        ("1700000000123", dt.datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)),
+        ("1700000000.25", dt.datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=UTC)),
+        ("2023-11-14T22:13:20Z", dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("2023-11-15T00:13:20+02:00", dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("2023-11-15T00:13:20+0200", dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("2023-11-14T17:13:20.000123-05:00", dt.datetime(2023, 11, 14, 22, 13, 20, 123, tzinfo=UTC)),
+        ("2023-11-14 22:13:20,5", dt.datetime(2023, 11, 14, 22, 13, 20, 500000, tzinfo=UTC)),
+        ("2023-11-14T22:13:20", dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+    ],
+)
+def test_parse_timestamp_normalises_to_utc(value: Any, expected: dt.datetime) -> None:
+    got = parse_timestamp(value)
+    assert got == expected
+    assert got.tzinfo is UTC or got.utcoffset() == dt.timedelta(0)
+
+
+def test_zone_less_iso_time_is_read_in_the_given_timezone() -> None:
+    paris = FormatOptions(timezone="Europe/Paris").tz
+    assert parse_timestamp("2023-07-01T12:00:00", paris) == dt.datetime(2023, 7, 1, 10, tzinfo=UTC)
+    assert parse_timestamp("2023-01-01T12:00:00", paris) == dt.datetime(2023, 1, 1, 11, tzinfo=UTC)
+    # An explicit zone wins over the default zone.
+    assert parse_timestamp("2023-07-01T12:00:00Z", paris) == dt.datetime(2023, 7, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("2023-13-01T00:00:00Z", "impossible date/time"),
+        ("2023-02-30T00:00:00", "impossible date/time"),
+        ("99999-01-01T00:00:00Z", "unparseable timestamp"),
+        (-5, "negative epoch"),
+        ("-1700000000", "negative epoch"),
+        (10**25, "out of range"),
+        ("2150-01-01T00:00:00Z", "out of range"),
+        (True, "not a time"),
+        (float("nan"), "not a time"),
+        ("yesterday", "unparseable timestamp"),
+        ("", "empty timestamp"),
+    ],
+)
+def test_impossible_timestamps_raise_specific_reasons(value: Any, reason: str) -> None:
+    with pytest.raises(ParseError, match=reason):
+        parse_timestamp(value)
+
+
+def test_epoch_integers_are_exact() -> None:
+    assert parse_epoch(1_700_000_000_000_001).microsecond == 1
+    assert parse_epoch("1700000000000001") == parse_epoch(1_700_000_000_000_001)
+
+
+def test_time_format_subset_and_year_rollover() -> None:
+    clock = _Clock(None, 2022)
+    fmt = TimeFormat.compile("%b %d %H:%M:%S")
+    assert fmt.parse("Dec 31 23:59:59", clock) == dt.datetime(2022, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert fmt.parse("Jan  1 00:00:01", clock) == dt.datetime(2023, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert TimeFormat.compile("%d/%b/%Y:%H:%M:%S %z").parse(
+        "10/Oct/2000:13:55:36 -0700", clock
+    ) == dt.datetime(2000, 10, 10, 20, 55, 36, tzinfo=UTC)
+    assert TimeFormat.compile("%Y-%m-%d %I:%M:%S %p").parse("2020-01-02 01:02:03 PM", clock).hour == 13
+    with pytest.raises(ParseError, match="impossible date/time"):
+        TimeFormat.compile("%y%m%d %H%M%S").parse("081310 101502", clock)
+    with pytest.raises(ParseError, match="does not match format"):
+        fmt.parse("not a time", clock)
+    with pytest.raises(ConfigError, match="unsupported strptime directive"):
+        TimeFormat.compile("%Q")
