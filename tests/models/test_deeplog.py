@@ -225,3 +225,30 @@ def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tm
         train.run(spark, other, tmp_path / "other", lake=lake)
     # Leave the module's scores as the other tests expect them.
     score.run(spark, cfg, model_dir, lake=lake)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_default_config_scores_evaluates_and_reports_a_deeplog_bundle(spark, deeplog_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A nightly task without --profile (model.kind is the default autoencoder) still handles DeepLog."""
+    from loganomaly.evaluation import report
+    from loganomaly.evaluation import stage as evaluate
+
+    cfg, lake, model_dir, summary, _, expected, _ = deeplog_run
+    plain = Config()
+    plain.lake.root, plain.lake.engine = cfg.lake.root, "deltars"
+    assert plain.model.kind == "autoencoder"
+    before = lake.read("scores").count()
+    again = score.run(spark, plain, model_dir, lake=lake, since_last_run=True)
+    # --since-last-run works for DeepLog too: the last date it scored again, and nothing older.
+    assert again.dates == [DAYS[3].isoformat()] and again.windows == PER_DAY
+    assert lake.read("scores").count() == before
+    labels = tmp_path / "labels.csv"
+    rows, _ = session_rows()
+    labels.write_text("session,label\n" + "".join(f"{r[0]},{r[8] or 'normal'}\n" for r in rows))
+    result = evaluate.run(spark, plain, model_dir, labels=str(labels), lake=lake)
+    assert result.model_version == summary.model_version and result.n_windows == 4 * PER_DAY
+    assert result.results["stored"]["recall"] >= len(expected) / result.n_positive
+    html = report.build_report(spark, plain, model_dir, tmp_path / "report.html", lake=lake,
+                               labels=str(labels)).read_text()
+    assert "deeplog (deeplog)" in html and "sessions scored" in html and "top_g" in html
