@@ -53,6 +53,10 @@ class SparkConfig:
     log_level: str = "WARN"
     driver_memory: str = "2g"
     arrow_max_records_per_batch: int = 4096
+    # Put the delta-spark jars cached by `make setup` (loganomaly.delta_jars) on a local session,
+    # with Delta's SQL extension and catalog, so lake.engine auto/delta can use them. Ignored under
+    # spark-submit and on Databricks, where the launcher owns the class path.
+    delta_jars: bool = True
     conf: dict[str, str] = field(default_factory=dict)
 
 

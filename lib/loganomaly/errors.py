@@ -36,6 +36,10 @@ class EngineUnavailableError(TableError):
     """The configured Delta engine cannot run in this session (e.g. ``delta`` without its jars)."""
 
 
+class DeltaJarsError(LogAnomalyError):
+    """The delta-spark jars could not be fetched from Maven into the jars cache, or did not work."""
+
+
 class ParseError(LogAnomalyError):
     """A log line cannot be parsed; its message is the quarantine reason."""
 
