@@ -7,19 +7,16 @@ machinery (the delta-rs data source, its concurrent writers) use ``rs_lake``.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import multiprocessing
 import os
-from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from conftest import ENGINES, require_engine
 from loganomaly.errors import SchemaMismatchError, TableError, TableNotFoundError
 from loganomaly.tables import Lake
-
-from conftest import ENGINES, require_engine
 
 pytestmark = pytest.mark.spark
 
