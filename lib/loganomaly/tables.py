@@ -211,6 +211,8 @@ class Lake:
         run_id: str,
     ) -> None:
         """One commit with Delta's own writer; a failed job commits nothing (Delta's optimistic log)."""
+        from loganomaly.deltars_source import run_metadata
+
         exists = os.path.isdir(os.path.join(path, "_delta_log"))
         writer = df.write.format("delta").mode(mode)
         if exists and mode == "overwrite" and replace_where is None:
@@ -229,7 +231,7 @@ class Lake:
             )
             writer = writer.option("replaceWhere", clause)
         if run_id:
-            writer = writer.option("userMetadata", json.dumps({"loganomaly.runId": run_id}))
+            writer = writer.option("userMetadata", run_metadata(run_id)["userMetadata"])
         try:
             writer.save(path)
         except Exception as exc:
@@ -416,6 +418,8 @@ class Lake:
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters."""
+        from loganomaly.deltars_source import run_id_of
+
         path = self._require(name)
         if self.engine == "deltars":
             from deltalake import DeltaTable
@@ -426,7 +430,7 @@ class Lake:
                     "timestamp": h.get("timestamp"),
                     "operation": h.get("operation"),
                     "operationParameters": h.get("operationParameters"),
-                    "runId": h.get("loganomaly.runId"),
+                    "runId": run_id_of(h),
                 }
                 for h in DeltaTable(path).history(limit)
             ]
@@ -437,7 +441,7 @@ class Lake:
                 "timestamp": r["timestamp"],
                 "operation": r["operation"],
                 "operationParameters": r["operationParameters"],
-                "runId": (json.loads(r["userMetadata"]) if r["userMetadata"] else {}).get("loganomaly.runId"),
+                "runId": run_id_of({"userMetadata": r["userMetadata"]}),
             }
             for r in self.spark.sql(query).collect()
         ]
