@@ -196,6 +196,28 @@ def test_sql_time_travel_reads_by_path(spark, tmp_path, engine):
     assert warehouse.exists() == had_warehouse
 
 
+def test_maintain_command_compacts_and_vacuums_every_table(spark, tmp_path, capsys):
+    from loganomaly.cli import main
+
+    require_engine(spark, "delta")
+    lake = Lake(spark, tmp_path / "lake", engine="delta")
+    for start in (0, 3, 6):
+        lake.write("events", spark.createDataFrame(rows(range(start, start + 3)), SCHEMA), partition_by=["date"])
+    lake.write("scores", spark.createDataFrame(rows(range(2)), SCHEMA))
+    small = {os.path.join(dirpath, f) for dirpath, _, files in os.walk(lake.path("events"))
+             for f in files if f.endswith(".parquet") and "_delta_log" not in dirpath}
+    code = main(["maintain", "--lake", lake.root, "--conf-dir", str(CONF), "--profile", "test",
+                 "--retain-hours", "0", "--log-level", "WARNING"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["engine"] == "delta" and set(summary["tables"]) == {"events", "scores"}
+    assert summary["tables"]["events"]["files_removed"] == len(small) >= 3
+    assert summary["tables"]["events"]["files_vacuumed"] == len(small)
+    assert not any(os.path.exists(f) for f in small)
+    assert sorted(r.id for r in lake.read("events").collect()) == list(range(9))
+    assert "OPTIMIZE" in [h["operation"] for h in lake.history("events")]
+
+
 # ------------------------------------------------------------------ the whole pipeline per engine
 
 

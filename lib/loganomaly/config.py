@@ -2,7 +2,8 @@
 
 Layers, later wins:
 
-1. the dataclass defaults below (the embedded local default: local Spark, ``deltars`` engine);
+1. the dataclass defaults below (local Spark, ``lake.engine: auto``: delta-spark when its jars are on
+   the session, else ``deltars``);
 2. ``<conf_dir>/default.yaml`` (the site's settings);
 3. ``<conf_dir>/profiles/<name>.yaml`` when a profile is named;
 4. ``--set section.key=value`` overrides from the command line.
