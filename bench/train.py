@@ -34,15 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from loganomaly.training.tasks import train_autoencoder, train_on_snapshot
 
 from loganomaly.config import TrainConfig
-from loganomaly.features.windows import FEATURE_NAMES
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.training.readers.arrow import ShardReader
 from loganomaly.features.split import Selection, plan_shards, time_range, write_windows
+from loganomaly.features.windows import FEATURE_NAMES
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.training.tasks import train_autoencoder, train_on_snapshot
+from loganomaly.models.autoencoder import LSTMAutoencoderConfig
 from loganomaly.runtime.collective import Collective
+from loganomaly.training.readers.arrow import ShardReader
 
 log = logging.getLogger("bench.train")
 

@@ -38,6 +38,28 @@ def lake(spark, tmp_path):  # type: ignore[no-untyped-def]
     return Lake(spark, tmp_path / "lake", engine="deltars")
 
 
+#: Both table engines; tests parametrized over them run on one session that has the Delta jars.
+ENGINES = ("deltars", "delta")
+
+
+def require_engine(spark, engine: str) -> None:  # type: ignore[no-untyped-def]
+    """Fail (not skip) when the delta engine cannot run: `make setup` caches its jars.
+
+    ``LOGANOMALY_SKIP_DELTA=1`` (what ``make test DELTA=0`` sets) turns that into a skip.
+    """
+    from loganomaly.lake.tables import delta_spark_status
+
+    if engine != "delta":
+        return
+    available, why = delta_spark_status(spark)
+    if available:
+        return
+    message = f"engine 'delta' cannot run on the test session: {why}"
+    if os.environ.get("LOGANOMALY_SKIP_DELTA") == "1":
+        pytest.skip(message + " (LOGANOMALY_SKIP_DELTA=1)")
+    pytest.fail(message + "; run `make setup` (or `.venv/bin/python -m loganomaly.runtime.delta_jars`)")
+
+
 @pytest.fixture
 def resources() -> Path:
     return RESOURCES

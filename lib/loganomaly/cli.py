@@ -21,7 +21,7 @@ from loganomaly.registry import BACKENDS, READERS
 
 log = logging.getLogger("loganomaly.cli")
 
-STAGES = ("generate", "ingest", "featurize", "train", "score", "evaluate", "report", "sql", "pipeline")
+STAGES = ("generate", "ingest", "featurize", "train", "score", "evaluate", "report", "sql", "pipeline", "maintain")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="labels CSV for PR/ROC curves (default: the events' label column)")
     p.add_argument("--max-entities", type=int, default=12, help="entities drawn as score timelines")
 
+    p = sub.add_parser("maintain", help="compact (OPTIMIZE) then vacuum the lake's tables")
+    _common(p)
+    _lake(p)
+    p.add_argument("--table", dest="tables", action="append", default=[],
+                   help="a table to maintain (repeatable; default: every table)")
+    p.add_argument("--retain-hours", type=int, default=168,
+                   help="keep files that snapshots of the last N hours need (time travel window; default 168)")
+
     p = sub.add_parser("pipeline", help="generate (when no --input) -> ingest -> featurize -> train -> score")
     _common(p)
     _lake(p)
@@ -205,7 +213,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(featurize.run(spark, cfg, since=args.since).as_dict()))
     elif args.command == "train":
-        from loganomaly.training import stage as train
+        from loganomaly.training.tasks import stage as train
 
         print(json.dumps(train.run(spark, cfg, args.model_dir).as_dict()))
     elif args.command == "score":
@@ -228,6 +236,11 @@ def dispatch(args: argparse.Namespace) -> int:
         from loganomaly.lake import sql
 
         _print_frame(sql.run(spark, cfg, args.query), args.limit)
+    elif args.command == "maintain":
+        from loganomaly.lake import maintenance
+
+        maintained = maintenance.run(spark, cfg, tables=args.tables, retention_hours=args.retain_hours)
+        print(json.dumps(maintained.as_dict(), indent=2))
     elif args.command == "pipeline":
         from loganomaly import pipeline
         from loganomaly.lake import sql

@@ -2,7 +2,8 @@
 
 Layers, later wins:
 
-1. the dataclass defaults below (the embedded local default: local Spark, ``deltars`` engine);
+1. the dataclass defaults below (local Spark, ``lake.engine: auto``: delta-spark when its jars are on
+   the session, else ``deltars``);
 2. ``<conf_dir>/default.yaml`` (the site's settings);
 3. ``<conf_dir>/profiles/<name>.yaml`` when a profile is named;
 4. ``--set section.key=value`` overrides from the command line.
@@ -52,6 +53,10 @@ class SparkConfig:
     log_level: str = "WARN"
     driver_memory: str = "2g"
     arrow_max_records_per_batch: int = 4096
+    # Put the delta-spark jars cached by `make setup` (loganomaly.runtime.delta_jars) on a local session,
+    # with Delta's SQL extension and catalog, so lake.engine auto/delta can use them. Ignored under
+    # spark-submit and on Databricks, where the launcher owns the class path.
+    delta_jars: bool = True
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -83,7 +88,7 @@ class SourceConfig:
 
     ``paths`` are shell-style globs matched against each input file's absolute path (``*`` crosses
     directories); the first source whose globs match a file parses it. ``options`` are the fields
-    of :class:`loganomaly.ingest.formats.FormatOptions` (``format``, ``pattern``, ``columns``,
+    of :class:`loganomaly.ingest.stage.formats.FormatOptions` (``format``, ``pattern``, ``columns``,
     ``timezone``, ...), validated when ingest starts; a file no source covers is detected.
     """
 

@@ -40,6 +40,10 @@ class BackendUnavailableError(ConfigError):
     """The configured training backend cannot run here (e.g. ``horovod`` is not installed)."""
 
 
+class DeltaJarsError(LogAnomalyError):
+    """The delta-spark jars could not be fetched from Maven into the jars cache, or did not work."""
+
+
 class ParseError(LogAnomalyError):
     """A log line cannot be parsed; its message is the quarantine reason."""
 

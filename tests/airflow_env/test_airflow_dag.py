@@ -31,6 +31,7 @@ pytest.importorskip(
 from airflow.models import DagBag  # noqa: E402
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator  # noqa: E402
 from airflow.timetables.base import DataInterval, TimeRestriction  # noqa: E402
+
 from tests.test_deploy import DAG_FILE, ROOT, _parses, check_dags  # noqa: E402
 
 NIGHTLY, WEEKLY = "loganomaly_nightly", "loganomaly_weekly_train"

@@ -232,10 +232,21 @@ class ShardPlan:
             )
 
 
+def micros(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A timestamp column as epoch microseconds (int64), whatever unit its files store.
+
+    delta-rs writes microseconds; delta-spark writes Spark's default INT96, which pyarrow reads as
+    nanoseconds.
+    """
+    if pa.types.is_timestamp(column.type) and column.type.unit != "us":
+        column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
+    return pc.cast(column, pa.int64()).to_numpy(zero_copy_only=False)
+
+
 def _times(batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Window start and end as epoch seconds (float64), as the split rule expects them."""
-    starts = pc.cast(batch.column("window_start"), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
-    ends = pc.cast(batch.column("window_end"), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+    starts = micros(batch.column("window_start")) / 1e6
+    ends = micros(batch.column("window_end")) / 1e6
     return starts, ends
 
 

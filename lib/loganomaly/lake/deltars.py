@@ -376,7 +376,7 @@ class DeltaRsWriter(DataSourceArrowWriter):
             ]
             schema = Schema.from_arrow(self.arrow_schema)
             props = CommitProperties(
-                custom_metadata={"loganomaly.runId": self.run_id} if self.run_id else None
+                custom_metadata=run_metadata(self.run_id) if self.run_id else None
             )
             if not DeltaTable.is_deltatable(self.path):
                 os.makedirs(self.path, exist_ok=True)
@@ -433,6 +433,26 @@ class DeltaRsWriter(DataSourceArrowWriter):
             _remove_quietly(os.path.join(self.path, f.path))
         # Files of tasks that failed or were cancelled never reached a commit message.
         remove_write_files(self.path, self.write_id)
+
+
+def run_metadata(run_id: str) -> dict[str, str]:
+    """commitInfo entries that carry a run id: Delta's standard ``userMetadata`` (a JSON string, as
+    delta-spark writes it, so both engines' history shows it) and the older top-level key."""
+    return {"loganomaly.runId": run_id, "userMetadata": json.dumps({"loganomaly.runId": run_id})}
+
+
+def run_id_of(commit: dict[str, Any]) -> str | None:
+    """The run id of a commit written by either engine (see :func:`run_metadata`)."""
+    user = commit.get("userMetadata")
+    if user:
+        try:
+            found = json.loads(user).get("loganomaly.runId")
+        except (ValueError, AttributeError):
+            found = None
+        if found:
+            return str(found)
+    legacy = commit.get("loganomaly.runId")
+    return None if legacy is None else str(legacy)
 
 
 def remove_write_files(path: str, write_id: str) -> int:

@@ -1,9 +1,12 @@
 """Named Delta tables under one lake root, through one API and two engines.
 
 * ``delta``: native delta-spark, used when ``io.delta.sql.DeltaSparkSessionExtension`` is on the
-  session (Databricks, or spark-submit with ``--packages io.delta:delta-spark_2.13:<version>``).
-* ``deltars``: the embedded default, a Spark Python data source over delta-rs
-  (:mod:`loganomaly.lake.deltars`), for machines where the Delta jars cannot be fetched.
+  session: a local session built by :func:`loganomaly.runtime.spark.get_spark` once ``make setup`` cached
+  the jars (:mod:`loganomaly.runtime.delta_jars`), Databricks, or spark-submit with
+  ``--packages io.delta:delta-spark_4.1_2.13:4.4.0``. Writes with Delta's own writer (``replaceWhere``
+  for partition replacement), MERGE through ``DeltaTable.merge``, ``OPTIMIZE`` and ``VACUUM``.
+* ``deltars``: a Spark Python data source over delta-rs (:mod:`loganomaly.lake.deltars`), for
+  sessions without the Delta jars (``auto`` falls back to it).
 
 Both write standard Delta tables (``<root>/<name>/_delta_log``). The rest of the code only uses
 :class:`Lake`: write (append, overwrite, replace some partitions), merge (upsert on keys), read
@@ -20,50 +23,67 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlparse
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
+from loganomaly.runtime.delta_jars import DELTA_CATALOG, DELTA_EXTENSION, coordinate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
-DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # Partition values that a Hive-style path carries unchanged (no escaping needed).
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 WriteMode = Literal["append", "overwrite"]
 
 
-def delta_spark_available(spark: SparkSession) -> bool:
-    """True when the delta-spark extension is configured and its classes load."""
+def delta_spark_status(spark: SparkSession) -> tuple[bool, str]:
+    """Whether delta-spark can run on this session, and why (or why not)."""
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if DELTA_EXTENSION not in extensions:
-        return False
+        return False, (
+            f"{DELTA_EXTENSION} is not in spark.sql.extensions (no cached delta-spark jars when the "
+            "session started: run `make setup`, or submit with --packages)"
+        )
     try:
         jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-        jvm.java.lang.Class.forName(DELTA_EXTENSION)  # type: ignore[union-attr]
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not usable"
-        return False
+        # Jars from spark.jars live in the context class loader, not in py4j's own.
+        jvm.java.lang.Thread.currentThread().getContextClassLoader().loadClass(  # type: ignore[union-attr]
+            DELTA_EXTENSION
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+        return False, f"{DELTA_EXTENSION} is configured but its class does not load ({type(exc).__name__})"
+    catalog = spark.conf.get("spark.sql.catalog.spark_catalog", "") or ""
+    return True, f"{DELTA_EXTENSION} is on the session (catalog {catalog or 'default'})"
+
+
+def delta_spark_available(spark: SparkSession) -> bool:
+    """True when the delta-spark extension is configured and its classes load."""
+    return delta_spark_status(spark)[0]
 
 
 def resolve_engine(spark: SparkSession, requested: str = "auto") -> str:
-    """Pick ``delta`` when its jars are present (or demanded), else ``deltars``."""
+    """Pick ``delta`` when delta-spark is on the session (or demanded), else ``deltars``; log why."""
     if requested == "deltars":
         return "deltars"
-    available = delta_spark_available(spark)
+    if requested not in ("auto", "delta"):
+        raise TableError(f"unknown engine {requested!r}; choose one of: auto, delta, deltars")
+    available, why = delta_spark_status(spark)
     if requested == "delta":
         if not available:
             raise EngineUnavailableError(
-                f"engine 'delta' requested but {DELTA_EXTENSION} is not on this session; "
-                "submit with --packages io.delta:delta-spark_2.13:<version> and "
-                f"--conf spark.sql.extensions={DELTA_EXTENSION}, or use engine 'deltars'"
+                f"engine 'delta' requested but delta-spark is not usable on this session: {why}. "
+                "Locally, `make setup` (python -m loganomaly.runtime.delta_jars) caches the jars and get_spark adds "
+                f"them; under spark-submit pass --packages {coordinate()} "
+                f"--conf spark.sql.extensions={DELTA_EXTENSION} "
+                f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG}; or use engine 'deltars'"
             )
         return "delta"
-    if requested != "auto":
-        raise TableError(f"unknown engine {requested!r}; choose one of: auto, delta, deltars")
-    return "delta" if available else "deltars"
+    engine = "delta" if available else "deltars"
+    log.info("lake.engine auto -> %s: %s", engine, why)
+    return engine
 
 
 def _seconds(text: str) -> float:
@@ -73,6 +93,13 @@ def _seconds(text: str) -> float:
         raise TableError(f"not a time setting: {text!r}")
     value, unit = float(match.group(1)), match.group(2) or "s"
     return value * {"ms": 0.001, "s": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def _local_path(uri: str) -> str:
+    """A local path from ``file:/...`` or ``file:///...`` (what Delta's VACUUM lists)."""
+    if uri.startswith("file:"):
+        return unquote(urlparse(uri).path)
+    return uri
 
 
 def _sql_literal(value: Any) -> str:
@@ -168,22 +195,55 @@ class Lake:
                 self._sweep_failed_write(path, write_id)
                 raise
         else:
-            writer = df.write.format("delta").mode(mode)
-            if partition_by and not self.exists(name):
-                writer = writer.partitionBy(*partition_by)
-            if replace_where is not None:
-                clause = " AND ".join(
-                    f"`{col}` IN ({', '.join(_sql_literal(v) for v in vals)})" if vals else "false"
-                    for col, vals in replace_where.items()
-                )
-                writer = writer.option("replaceWhere", clause)
-            if run_id:
-                writer = writer.option("userMetadata", json.dumps({"loganomaly.runId": run_id}))
-            writer.save(path)
+            self._write_delta(path, df, mode, partition_by, replace_where, run_id)
         version = self.version(name)
         assert version is not None
         log.info("wrote table %s version %d (mode=%s)", name, version, mode)
         return version
+
+    def _write_delta(
+        self,
+        path: str,
+        df: DataFrame,
+        mode: WriteMode,
+        partition_by: Sequence[str],
+        replace_where: dict[str, Sequence[Any]] | None,
+        run_id: str,
+    ) -> None:
+        """One commit with Delta's own writer; a failed job commits nothing (Delta's optimistic log)."""
+        from loganomaly.lake.deltars import run_metadata
+
+        exists = os.path.isdir(os.path.join(path, "_delta_log"))
+        writer = df.write.format("delta").mode(mode)
+        if exists and mode == "overwrite" and replace_where is None:
+            # A full overwrite may change the schema (as with deltars) and keeps the partitioning
+            # unless new partition columns are given.
+            writer = writer.option("overwriteSchema", "true").partitionBy(
+                *(partition_by or self._partition_columns(path))
+            )
+        elif partition_by and not exists:
+            writer = writer.partitionBy(*partition_by)
+        clause = ""
+        if replace_where is not None:
+            clause = " AND ".join(
+                f"`{col}` IN ({', '.join(_sql_literal(v) for v in vals)})" if vals else "false"
+                for col, vals in replace_where.items()
+            )
+            writer = writer.option("replaceWhere", clause)
+        if run_id:
+            writer = writer.option("userMetadata", run_metadata(run_id)["userMetadata"])
+        try:
+            writer.save(path)
+        except Exception as exc:
+            if "DELTA_REPLACE_WHERE_MISMATCH" in str(exc):
+                raise TableError(f"rows written to {path} fall outside replaceWhere {clause}") from exc
+            raise
+
+    def _partition_columns(self, path: str) -> list[str]:
+        from delta.tables import DeltaTable
+
+        detail = DeltaTable.forPath(self.spark, path).detail().select("partitionColumns").first()
+        return list(detail[0]) if detail is not None else []
 
     def _sweep_failed_write(self, path: str, write_id: str, max_wait_s: float = 60.0) -> None:
         """Remove the files of a failed write once its cancelled tasks can no longer add any.
@@ -262,13 +322,23 @@ class Lake:
                 result.get("num_target_rows_updated"),
             )
         else:
-            view = f"_loganomaly_merge_{name}"
-            df.createOrReplaceTempView(view)
-            self.spark.sql(
-                f"MERGE INTO delta.`{path}` AS t USING {view} AS s ON {predicate} "
-                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            metrics = (
+                SparkDeltaTable.forPath(self.spark, path)
+                .alias("t")
+                .merge(df.alias("s"), predicate)
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
             )
-            self.spark.catalog.dropTempView(view)
+            row = metrics.first() if metrics is not None else None
+            log.info(
+                "merged into %s: %s inserted, %s updated",
+                name,
+                row["num_inserted_rows"] if row is not None else "?",
+                row["num_updated_rows"] if row is not None else "?",
+            )
         version = self.version(name)
         assert version is not None
         return version
@@ -285,7 +355,9 @@ class Lake:
             metrics = DeltaTable(path).delete(clause.replace("`", '"'))
             log.info("deleted from %s: %s", name, metrics.get("num_deleted_rows"))
         else:
-            self.spark.sql(f"DELETE FROM delta.`{path}` WHERE {clause}")
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            SparkDeltaTable.forPath(self.spark, path).delete(clause)
         return self.version(name) or 0
 
     # ---------------------------------------------------------------- read and inspect
@@ -346,6 +418,8 @@ class Lake:
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters."""
+        from loganomaly.lake.deltars import run_id_of
+
         path = self._require(name)
         if self.engine == "deltars":
             from deltalake import DeltaTable
@@ -356,7 +430,7 @@ class Lake:
                     "timestamp": h.get("timestamp"),
                     "operation": h.get("operation"),
                     "operationParameters": h.get("operationParameters"),
-                    "runId": h.get("loganomaly.runId"),
+                    "runId": run_id_of(h),
                 }
                 for h in DeltaTable(path).history(limit)
             ]
@@ -367,7 +441,7 @@ class Lake:
                 "timestamp": r["timestamp"],
                 "operation": r["operation"],
                 "operationParameters": r["operationParameters"],
-                "runId": (json.loads(r["userMetadata"]) if r["userMetadata"] else {}).get("loganomaly.runId"),
+                "runId": run_id_of({"userMetadata": r["userMetadata"]}),
             }
             for r in self.spark.sql(query).collect()
         ]
@@ -383,11 +457,54 @@ class Lake:
             )
             log.info("vacuum %s: %d files%s", name, len(removed), " (dry run)" if dry_run else "")
             return list(removed)
-        self.spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-        rows = self.spark.sql(
-            f"VACUUM delta.`{path}` RETAIN {int(retention_hours)} HOURS" + (" DRY RUN" if dry_run else "")
-        ).collect()
-        return [r[0] for r in rows] if dry_run else []
+        # Delta refuses a retention under 7 days unless this check is off; the caller asked for it.
+        check = "spark.databricks.delta.retentionDurationCheck.enabled"
+        before = self.spark.conf.get(check, "true")
+        self.spark.conf.set(check, "false")
+        try:
+            vacuum = f"VACUUM delta.`{path}` RETAIN {int(retention_hours)} HOURS"
+            # VACUUM itself returns only the table path: its DRY RUN lists what it deletes.
+            listed = [str(r[0]) for r in self.spark.sql(vacuum + " DRY RUN").collect()]
+            if not dry_run:
+                self.spark.sql(vacuum).collect()
+        finally:
+            self.spark.conf.set(check, before or "true")
+        removed = [os.path.relpath(_local_path(p), path) for p in listed]
+        log.info("vacuum %s: %d files%s", name, len(removed), " (dry run)" if dry_run else "")
+        return removed
+
+    def optimize(self, name: str, where: dict[str, Sequence[Any]] | None = None) -> dict[str, int]:
+        """Compact small files into larger ones: one new version, same rows; returns file counts.
+
+        ``where`` limits it to some partitions (e.g. ``{"date": ["2024-03-05"]}``). Appends of a
+        nightly job and replaced dates leave many small files; compaction keeps reads fast, and
+        :meth:`vacuum` later deletes the files it replaced once no retained snapshot needs them.
+
+        Example:
+            >>> lake.optimize("events", where={"date": ["2024-03-05"]})
+            {'files_added': 1, 'files_removed': 4}
+        """
+        path = self._require(name)
+        if self.engine == "deltars":
+            from deltalake import DeltaTable
+
+            filters = [(col, "in", [str(v) for v in vals]) for col, vals in (where or {}).items()]
+            metrics = DeltaTable(path).optimize.compact(partition_filters=filters or None)  # type: ignore[arg-type]
+            added, removed = int(metrics.get("numFilesAdded", 0)), int(metrics.get("numFilesRemoved", 0))
+        else:
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            builder = SparkDeltaTable.forPath(self.spark, path).optimize()
+            if where:
+                builder = builder.where(
+                    " AND ".join(
+                        f"`{col}` IN ({', '.join(_sql_literal(v) for v in vals)})" for col, vals in where.items()
+                    )
+                )
+            row = builder.executeCompaction().select("metrics.numFilesAdded", "metrics.numFilesRemoved").first()
+            added, removed = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+        log.info("optimize %s: %d files compacted into %d", name, removed, added)
+        return {"files_added": added, "files_removed": removed}
 
     def register_views(self) -> list[str]:
         """Expose every table under the root as a temporary view of the same name."""

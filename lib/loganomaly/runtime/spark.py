@@ -3,7 +3,9 @@
 Local by default (``local[*]``); under spark-submit (or on Databricks) the master and the
 cluster settings come from the launcher and are never overridden here. The session always runs in
 UTC, with Arrow on and ANSI mode set explicitly (Spark 4 defaults it on; parsers use
-``try_*`` functions and quarantine instead of relying on NULL-on-error casts).
+``try_*`` functions and quarantine instead of relying on NULL-on-error casts). A local session
+also gets the delta-spark jars that ``make setup`` cached (:mod:`loganomaly.runtime.delta_jars`) with
+Delta's SQL extension and catalog, so one session serves both table engines.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from loganomaly.config import SparkConfig
+from loganomaly.runtime import delta_jars
 from loganomaly.runtime.java import ensure_java
 
 if TYPE_CHECKING:
@@ -60,13 +63,44 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
             .config("spark.sql.warehouse.dir", os.path.join(os.getcwd(), "spark-warehouse"))
             .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.getcwd())
         )
-    for key, value in cfg.conf.items():
+    conf = dict(cfg.conf)
+    if not submitted and cfg.delta_jars:
+        conf = _with_delta(conf, cfg)
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     _apply_runtime_conf(spark, cfg)
     log.info("spark session %s master=%s version=%s", cfg.app_name, spark.sparkContext.master, spark.version)
     return spark
+
+
+def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
+    """``conf`` plus the cached delta-spark jars, extension and catalog (when cached; see delta_jars)."""
+    if delta_jars.DELTA_EXTENSION in conf.get("spark.sql.extensions", "") and "spark.jars.packages" in conf:
+        return conf  # the caller brings Delta its own way
+    jars = delta_jars.cached_jars()
+    if jars is None:
+        log.info(
+            "delta-spark jars %s are not in the cache %s (make setup fetches them): "
+            "this session has no Delta extension, tables use the deltars engine",
+            delta_jars.coordinate(),
+            delta_jars.cache_dir(),
+        )
+        return conf
+    out = dict(conf)
+    for key, value in delta_jars.session_conf(jars).items():
+        if key in ("spark.jars", "spark.sql.extensions") and out.get(key):
+            if value not in out[key].split(","):
+                out[key] = f"{out[key]},{value}"
+        else:
+            out.setdefault(key, value)
+    # Delta rebuilds a table's state with this many tasks (default 50): far too many for local tables.
+    out.setdefault("spark.databricks.delta.snapshotPartitions", str(max(1, cfg.shuffle_partitions)))
+    # VACUUM lists a table's files with this many tasks (default 10000: minutes on a laptop).
+    out.setdefault("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(max(1, cfg.shuffle_partitions)))
+    log.info("delta-spark %s on this session (%d cached jars)", delta_jars.coordinate(), len(jars))
+    return out
 
 
 def _apply_runtime_conf(spark: SparkSession, cfg: SparkConfig) -> None:

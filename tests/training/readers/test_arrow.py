@@ -153,3 +153,16 @@ def test_normal_only_leaves_out_windows_with_abnormal_events(tmp_path: Path) -> 
     assert any(i % 5 == 0 for i in every)
     val_all, val_normal = (sorted(ids(ShardReader(p, 0, 1, equal=False).load().x)) for p in (plans[2], plans[3]))
     assert val_normal == [i for i in val_all if i % 5]
+
+
+def test_time_columns_read_the_same_in_any_stored_unit() -> None:
+    """delta-rs stores microseconds, delta-spark Spark's INT96 (nanoseconds in pyarrow)."""
+    import pyarrow as pa
+
+    from loganomaly.training.readers.arrow import _micros
+
+    micros = [1709510400_000_000, 1709510700_123_456]
+    us = pa.array(micros, pa.timestamp("us", "UTC"))
+    ns = pa.array([m * 1000 for m in micros], pa.timestamp("ns"))
+    assert _micros(us).tolist() == _micros(ns).tolist() == micros
+    assert _micros(pa.chunked_array([ns])).tolist() == micros

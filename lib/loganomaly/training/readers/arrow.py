@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from loganomaly.errors import StageInputError
-from loganomaly.features.split import READ_COLUMNS, Shard, ShardPlan, mask_args, with_abnormal
+from loganomaly.features.split import READ_COLUMNS, Shard, ShardPlan, mask_args, micros, with_abnormal
 from loganomaly.lake.snapshot import open_parquet
 from loganomaly.runtime.collective import Collective
 
@@ -95,7 +95,7 @@ class ShardReader:
                 x, shape = _windows(part, shape, unit.uri)
                 xs.append(x)
                 entities.append(part.column("entity").to_numpy(zero_copy_only=False))
-                starts_us.append(pc.cast(part.column("window_start"), pa.int64()).to_numpy(zero_copy_only=False))
+                starts_us.append(micros(part.column("window_start")))
                 abnormal.append(mask_args(part)[2])
                 groups += 1
             offset += unit.rows
