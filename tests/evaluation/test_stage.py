@@ -14,8 +14,8 @@ from loganomaly.evaluation import stage as evaluate
 from loganomaly.lake.schemas import TABLES
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.models.bundle import save_bundle
-from loganomaly.models.window import ModelBundle
 from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.window import ModelBundle
 
 pytestmark = pytest.mark.spark
 

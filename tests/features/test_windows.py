@@ -6,7 +6,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loganomaly.features.windows import FEATURE_NAMES, OTHER_TEMPLATES, UNKNOWN_TEMPLATES, WindowSpec, build_windows, feature_names_for, feature_templates, to_tensor
+from loganomaly.features.windows import (
+    FEATURE_NAMES,
+    OTHER_TEMPLATES,
+    UNKNOWN_TEMPLATES,
+    WindowSpec,
+    build_windows,
+    feature_names_for,
+    feature_templates,
+    to_tensor,
+)
 
 
 def steps_frame(step_indices: list[int], step_s: int = 60, refs: bool = False) -> pd.DataFrame:
