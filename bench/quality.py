@@ -46,6 +46,7 @@ from loganomaly.config import Config, load_config
 from loganomaly.errors import StageInputError
 from loganomaly.evaluation import stage as evaluation
 from loganomaly.evaluation.metrics import evaluate as metrics_of
+from loganomaly.features.labels import is_normal_value
 from loganomaly.features.split import Selection, plan_shards, snapshot_split
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.lake.tables import Lake
@@ -223,20 +224,19 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
                     str(label_file))
     result.add("hdfs (HDFS_5k, raw)", "deeplog", m)
     # Baselines: count vectors of the same sessions; the same validation blocks as DeepLog.
-    from loganomaly.features.split import validation_block_mask
-    from loganomaly.models.deeplog import order_validation_mask
+    from loganomaly.features.split import order_validation_mask, validation_block_mask
 
     train_s = _sessions_of(spark, work / "lake" / pipeline.TRAINING_LAKE)
     starts = train_s["start"].astype("int64").to_numpy() / 1e9
     normal = train_s["label"].isna().to_numpy()
     is_val = validation_block_mask(starts, starts.min(), starts.max() + 1, cfg.train.validation_fraction)
-    if int((normal & is_val).sum()) < 2:  # the same fallback as session_model.train_run
+    if int((normal & is_val).sum()) < 2:  # the same fallback as DeepLogKind.plan
         is_val = order_validation_mask(starts, normal, cfg.train.validation_fraction)
     tr = [list(s) for s in train_s["template_ids"][normal & ~is_val]]
     va = [list(s) for s in train_s["template_ids"][normal & is_val]]
     test_s = _sessions_of(spark, work / "lake")
     kind, rows = evaluation.read_label_file(label_file)
-    truth = {k: str(v).strip().lower() not in evaluation.DEFAULT_NORMAL_LABELS for k, v in rows}
+    truth = {k: not is_normal_value(v, evaluation.DEFAULT_NORMAL_LABELS) for k, v in rows}
     keep = test_s["session_key"].isin(list(truth)).to_numpy()
     te = [list(s) for s in test_s["template_ids"][keep]]
     y = np.array([truth[k] for k in test_s["session_key"][keep]], np.int64)
@@ -245,10 +245,17 @@ def hdfs(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
 
 def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     """DeepLog on the pre-parsed HDFS_v1 sessions (library level: they are event ids, not logs)."""
-    from loganomaly.models.sequence import SequenceTrainConfig, train_deeplog
-
-    from loganomaly.models.nextevent import DeepLogConfig, calibrate_top_g, score_sessions
+    from loganomaly.config import TrainConfig
+    from loganomaly.models.deeplog import DeepLogWork
+    from loganomaly.models.nextevent import (
+        DeepLog,
+        DeepLogConfig,
+        SessionRows,
+        calibrate_top_g,
+        score_sessions,
+    )
     from loganomaly.models.vocabulary import Vocabulary, with_end
+    from loganomaly.training.loop import train_work
 
     folder = data / "deeplog_hdfs_sessions"
 
@@ -264,7 +271,7 @@ def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     # (fitted on training sessions only), as sessions from the lake do.
     def strings(sessions: list[list[int]]) -> list[list[str]]:
         out = [[str(t) for t in s] for s in sessions]
-        return with_end(out) if cfg.model.session_end else out  # as session_model does
+        return with_end(out) if cfg.model.session_end else out  # as DeepLogKind.plan does
 
     vocab = Vocabulary.fit(strings(train_raw))
 
@@ -275,15 +282,20 @@ def hdfs_sessions(data: Path, result: Result, seed: int, cfg: Config) -> None:
     n_ids = vocab.size
     model_cfg = DeepLogConfig(vocab_size=n_ids, window=cfg.model.history, embedding_dim=cfg.model.embedding_dim,
                               hidden_size=cfg.model.hidden_size, num_layers=cfg.model.num_layers, top_g=1)
-    # 61k training windows: a few epochs converge (the validation loss flattens by epoch 5).
-    train_cfg = SequenceTrainConfig(epochs=8, batch_size=256, learning_rate=cfg.train.learning_rate,
-                                    patience=3, seed=seed)
-    res = train_deeplog(train, val, model_cfg, train_cfg)
-    val_scores = score_sessions(res.model, val, top_g=1)  # type: ignore[arg-type]
+    # 61k training windows: a few epochs converge (the validation loss flattens by epoch 5). The other
+    # settings are TrainConfig's defaults: Adam, no clipping, DeepLog's own init (train.init=auto).
+    settings = TrainConfig(epochs=8, batch_size=256, learning_rate=cfg.train.learning_rate, patience=3, seed=seed)
+    work = DeepLogWork(SessionRows.build(train, model_cfg.window, model_cfg.vocab_size, "training"),
+                       SessionRows.build(val, model_cfg.window, model_cfg.vocab_size, "validation"), model_cfg)
+    res = train_work(work, settings)
+    model = DeepLog(model_cfg)
+    model.load_state_dict(res.state_dict)
+    model.eval()
+    val_scores = score_sessions(model, val, top_g=1)
     top_g = calibrate_top_g(val_scores, cfg.model.target_fpr, max_g=n_ids)
     test = enc(normal_test + abnormal)
     y = np.array([0] * len(normal_test) + [1] * len(abnormal), np.int64)
-    scored = score_sessions(res.model, test, top_g=top_g)  # type: ignore[arg-type]
+    scored = score_sessions(model, test, top_g=top_g)
     unexpected = np.array([s.n_misses for s in scored], np.float64)
     m = _metrics(unexpected, y, 0.0)
     nll = np.array([s.max_nll for s in scored], np.float64)

@@ -1,4 +1,4 @@
-"""Scoring throughput per core: the Spark scoring UDF against pure torch inference, in the same run.
+"""Scoring throughput per core: the Spark scoring function against pure torch inference, in the same run.
 
 Writes its own ``sequences`` table (periodic windows plus noise and a few spikes, the full
 ``sequences`` schema with ``feature_names``, delta-rs) and its own model bundle (an untrained
@@ -7,23 +7,27 @@ on the same windows and the same bundle:
 
 * ``torch model only``: :func:`loganomaly.models.autoencoder.window_step_errors` on the normalised array,
   one process, one torch thread;
-* ``torch score_arrays``: :func:`loganomaly.scoring.stage.score_arrays` (normalise + model + explain, the
-  UDF body) on the in-memory array in chunks of ``--batch`` windows: the baseline of the ratio;
-* ``arrow -> pandas -> to_tensor``: what the UDF adds in the Python worker before the model (the
-  Arrow batch of ``features`` to a pandas Series of arrays, then :func:`~loganomaly.features.windows.to_tensor`);
-* ``spark no-op UDF``: the same scan into an iterator pandas UDF that returns zeros: the cost of
-  reading ``features`` and shipping it through Arrow to a Python worker and back;
-* ``spark score_udf``: ``Lake.read("sequences")`` + :func:`loganomaly.scoring.stage.score_udf` on
-  ``--master``, every output column materialised with a ``noop`` write (a plain ``.count()``
-  would prune the UDF away);
-* ``spark score.run``: the real stage, :func:`loganomaly.scoring.stage.run` (checks, UDF, ``scores`` and
-  ``anomalies`` writes, the final count).
+* ``torch score_windows``: the kind's
+  :meth:`~loganomaly.models.window.WindowKind.score_windows` (normalise + model + explain, the body
+  of the scoring function) on the in-memory array in chunks of ``--batch`` windows: the baseline of
+  the ratio;
+* ``arrow -> windows_of``: what the scoring function adds in the Python worker before the model (the
+  Arrow batch of ``features`` to a ``[N, T, F]`` array, :func:`loganomaly.models.window.windows_of`);
+* ``spark no-op mapInArrow``: the same scan and the same ``mapInArrow`` transport, into a function
+  that returns the key columns and zeros: the cost of reading ``features`` and shipping it through
+  Arrow to a Python worker and back;
+* ``spark score_partitions``: ``Lake.read("sequences")`` +
+  :func:`loganomaly.scoring.stage.score_partitions` in ``DataFrame.mapInArrow`` on ``--master``,
+  every output column materialised with a ``noop`` write (a plain ``.count()`` would prune the
+  columns away);
+* ``spark score.run``: the real stage, :func:`loganomaly.scoring.stage.run` (checks, mapInArrow,
+  ``scores`` and ``anomalies`` writes, the final count).
 
 Per core = windows/s divided by the Spark task slots of ``--master`` (1 for the torch rows).
 Every process runs torch with one thread (``OMP_NUM_THREADS=1`` for the Python workers,
 ``torch.set_num_threads(1)`` here), so the figure is per core, not per process. Runs alternate
 and the median of ``--repeats`` is reported, because the machine's cores are shared. Aim:
-``spark score_udf`` per core >= 0.8 of ``torch score_arrays``.
+``spark score_partitions`` per core >= 0.8 of ``torch score_windows``.
 
 Usage:
     .venv/bin/python bench/score.py [--windows 50000] [--master local[2]] [--batch 4096] [--repeats 3]
@@ -41,21 +45,21 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from loganomaly.config import Config, LakeConfig, ScoreConfig, SparkConfig
-from loganomaly.features.windows import feature_names_for, to_tensor
+from loganomaly.features.windows import feature_names_for
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_step_errors
-from loganomaly.models.bundle import load_bundle, save_bundle
+from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, save_bundle
+from loganomaly.models.kind import RESULT_COLUMNS
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.window import ModelBundle
-from loganomaly.scoring.stage import BUNDLE_FILES, score_arrays, score_udf
+from loganomaly.models.window import ModelBundle, WindowKind, windows_of
+from loganomaly.scoring.stage import KEY_COLUMNS, score_partitions
 
 log = logging.getLogger("bench.score")
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=50_000)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--batch", type=int, default=4096, help="spark.sql.execution.arrow.maxRecordsPerBatch, "
-                        "and the chunk size of the torch score_arrays baseline")
+                        "and the chunk size of the torch score_windows baseline")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--templates", type=int, default=8, help="frequent-template features (features.top_templates)")
     parser.add_argument("--hidden", type=int, default=32)
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = root / "model"
         make_bundle(model_dir, x, names, args.hidden, step_seconds, args.templates)
         bundle = load_bundle(model_dir)
+        kind = kind_of(bundle.kind)
+        assert isinstance(bundle, ModelBundle) and isinstance(kind, WindowKind)
         device = torch.device("cpu")
         model = bundle.build_model(device)
         n = len(x)
@@ -187,21 +193,20 @@ def main(argv: list[str] | None = None) -> None:
         def torch_model_only() -> None:
             window_step_errors(model, normalised, device=device)
 
-        def torch_score_arrays() -> None:
+        def torch_score_windows() -> None:
             for i in range(0, n, args.batch):
-                score_arrays(bundle, model, device, x[i : i + args.batch], args.top_k)
+                kind.score_windows(bundle, model, device, x[i : i + args.batch], args.top_k)
 
-        # The worker's conversion, alone: Arrow batches of the column -> pandas Series -> to_tensor.
+        # The worker's conversion, alone: Arrow batches of the column -> [N, T, F] windows.
         features_col = pa.ListArray.from_arrays(
             pa.array(np.arange(n + 1, dtype=np.int32) * args.steps * len(names)), pa.array(x.reshape(-1)))
         arrow_batches = [features_col.slice(i, args.batch) for i in range(0, n, args.batch)]
 
         def convert() -> None:
             for b in arrow_batches:
-                to_tensor(list(b.to_pandas()), args.steps, len(names))
+                windows_of(b, args.steps, len(names))
 
         from pyspark.sql import functions as F
-        from pyspark.sql.functions import pandas_udf
 
         from loganomaly.lake.tables import Lake
         from loganomaly.runtime.spark import get_spark
@@ -215,22 +220,24 @@ def main(argv: list[str] | None = None) -> None:
             lake = Lake(spark, lake_root, "auto")
             files = {name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES}
             broadcast = spark.sparkContext.broadcast(files)
-            udf = score_udf(bundle.version, broadcast, args.steps, len(names), args.top_k)
-            windows = lake.read("sequences")
-            scored = windows.select("entity", "window_start", udf(F.col("features")).alias("_r")).select(
-                "entity", "window_start", "_r.score", "_r.top_features", "_r.explanation")
+            # What the stage feeds its scoring function: the key columns and the kind's input column.
+            windows = lake.read("sequences").select(*KEY_COLUMNS, "features")
+            keys = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in windows.select(*KEY_COLUMNS).schema)
+            scored = windows.mapInArrow(
+                score_partitions(kind, bundle.version, broadcast, "features", args.top_k), f"{keys}, {RESULT_COLUMNS}")
             partitions = windows.rdd.getNumPartitions()
 
-            def spark_udf() -> None:
+            def spark_score() -> None:
                 scored.write.format("noop").mode("overwrite").save()
 
-            @pandas_udf("double")  # type: ignore[call-overload]
-            def passthrough(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-                for features in batches:
-                    yield pd.Series(np.zeros(len(features)))
+            def passthrough(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                for batch in batches:
+                    yield pa.RecordBatch.from_arrays(
+                        [batch.column(name) for name in KEY_COLUMNS] + [pa.array(np.zeros(batch.num_rows))],
+                        names=[*KEY_COLUMNS, "score"])
 
             def spark_passthrough() -> None:
-                windows.select(passthrough(F.col("features"))).write.format("noop").mode("overwrite").save()
+                windows.mapInArrow(passthrough, f"{keys}, score double").write.format("noop").mode("overwrite").save()
 
             cfg = Config(spark=spark_cfg, lake=LakeConfig(root=str(lake_root), engine=lake.engine),
                          score=ScoreConfig(explain_top_k=args.top_k))
@@ -248,20 +255,20 @@ def main(argv: list[str] | None = None) -> None:
             threads = sorted({r[0] for r in spark.range(slots * 2, numPartitions=slots).select(
                 worker_threads("id")).collect()})
             # Warm-up, not counted: oneDNN kernels here; Python workers start and load the model.
-            torch_score_arrays()
+            torch_score_windows()
             for _ in range(2):  # the JVM's JIT needs more than one pass
                 spark_passthrough()
-                spark_udf()
+                spark_score()
             if not args.no_run:
                 spark_run()
 
-            runs: dict[str, list[float]] = {k: [] for k in ("model", "arrays", "convert", "pass", "udf", "run")}
+            runs: dict[str, list[float]] = {k: [] for k in ("model", "windows", "convert", "pass", "score", "run")}
             for _ in range(args.repeats):
                 runs["model"].append(timed(torch_model_only))
-                runs["arrays"].append(timed(torch_score_arrays))
+                runs["windows"].append(timed(torch_score_windows))
                 runs["convert"].append(timed(convert))
                 runs["pass"].append(timed(spark_passthrough))
-                runs["udf"].append(timed(spark_udf))
+                runs["score"].append(timed(spark_score))
                 if not args.no_run:
                     runs["run"].append(timed(spark_run))
             broadcast.unpersist()
@@ -272,19 +279,19 @@ def main(argv: list[str] | None = None) -> None:
 
     seconds = {k: statistics.median(v) for k, v in runs.items() if v}
     log.warning("seconds per run: %s", {k: [round(s, 2) for s in v] for k, v in runs.items() if v})
-    base = n / seconds["arrays"]
+    base = n / seconds["windows"]
     rows = [
         ("torch model only (window_step_errors)", 1, "model", "batch 1024"),
-        ("torch score_arrays (UDF body, baseline)", 1, "arrays", f"chunks of {args.batch}"),
-        ("arrow -> pandas -> to_tensor (worker side)", 1, "convert", "conversion alone, no model"),
-        ("spark scan + Arrow round trip (no-op pandas UDF)", slots, "pass", "the floor of any Python UDF here"),
-        ("spark score_udf -> noop write", slots, "udf", f"{partitions} input partitions"),
-        ("spark score.run (checks, UDF, 2 Delta writes)", slots, "run", "the real stage"),
+        ("torch score_windows (the scoring body, baseline)", 1, "windows", f"chunks of {args.batch}"),
+        ("arrow -> windows_of (worker side)", 1, "convert", "conversion alone, no model"),
+        ("spark scan + Arrow round trip (no-op mapInArrow)", slots, "pass", "the floor of any Python function here"),
+        ("spark score_partitions (mapInArrow) -> noop write", slots, "score", f"{partitions} input partitions"),
+        ("spark score.run (checks, mapInArrow, 2 Delta writes)", slots, "run", "the real stage"),
     ]
     print(f"\nwindows: {n:,} x {args.steps} steps x {len(names)} features, hidden {args.hidden}, "
           f"top_k {args.top_k}, master {args.master}, arrow batch {args.batch}, repeats {args.repeats} (median), "
           f"torch threads: 1 here, {threads} in the Python workers; {os.cpu_count()} cores (shared)")
-    print("| path | cores | windows/s | windows/s per core | per core / torch score_arrays | note |")
+    print("| path | cores | windows/s | windows/s per core | per core / torch score_windows | note |")
     print("|---|---:|---:|---:|---:|---|")
     for name, cores, key, note in rows:
         if key not in seconds:

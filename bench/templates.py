@@ -21,7 +21,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from loganomaly.ingest.templates.miner import PRESETS, TemplateConfig, Templates
+from loganomaly.ingest.templates.masking import PRESETS, TemplateConfig
+from loganomaly.ingest.templates.miner import Templates
 
 SYSTEMS = ("HDFS", "Hadoop", "Spark", "Zookeeper", "BGL", "HPC", "Thunderbird", "Windows", "Linux", "Android",
            "HealthApp", "Apache", "Proxifier", "OpenSSH", "OpenStack", "Mac")

@@ -3,14 +3,17 @@
 Writes its own ``sequences``-shaped table (random windows, delta-rs) in a temp dir, then measures,
 in the same process and with the same model, data, batch size and epochs:
 
-* ``in-memory``: :func:`loganomaly.training.tasks.train_autoencoder` on arrays already normalised in memory;
-* ``delta``: :func:`loganomaly.training.tasks.train_on_snapshot`, timed from planning the shards (time
-  columns scan), reading the rank's Parquet row groups and fitting the normaliser, to the end of
-  training; the ratio ``delta / in-memory`` is the cost of the full path (aim: >= 0.9);
-  once per reader (``--reader``): the Arrow reader and, where it runs, Petastorm;
+* ``in-memory``: an :class:`~loganomaly.models.autoencoder.AutoencoderTask` over arrays already
+  normalised in memory, trained by :func:`loganomaly.training.loop.fit`;
+* ``delta``: :func:`loganomaly.training.loop.train_work` on an
+  :class:`~loganomaly.models.autoencoder.AutoencoderWork` (what every backend's rank runs), timed
+  from planning the shards (time columns scan), reading the rank's Parquet row groups and fitting
+  the normaliser, to the end of training; the ratio ``delta / in-memory`` is the cost of the full
+  path (aim: >= 0.9); once per reader (``--reader``): the Arrow reader and, where it runs, Petastorm;
 * ``read only``: windows/s of each reader loading one rank's whole training shard (no training);
-* ``torch_distributor`` with 1 and 2 processes on ``local[2]`` (skip with ``--no-distributed``):
-  wall time including torchrun start-up, and the training loop's own samples/s, per reader.
+* ``torch_distributor`` with 1 and 2 processes on ``local[2]`` (skip with ``--no-distributed``), through
+  :func:`loganomaly.training.backends.run_backend`: wall time including torchrun start-up, and the
+  training loop's own samples/s, per reader.
 
 Runs alternate and the median of ``--repeats`` is reported, because the machine's cores are shared.
 
@@ -34,14 +37,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from loganomaly.training.tasks import train_autoencoder, train_on_snapshot
 
 from loganomaly.config import TrainConfig
 from loganomaly.features.split import Selection, plan_shards, time_range, write_windows
 from loganomaly.features.windows import FEATURE_NAMES
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.models.autoencoder import LSTMAutoencoderConfig
-from loganomaly.runtime.collective import Collective
+from loganomaly.models.autoencoder import AutoencoderTask, AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.runtime.collective import Collective, epoch_seed, shard_indices
+from loganomaly.training.loop import fit, train_work
 from loganomaly.training.readers.arrow import ShardReader
 
 log = logging.getLogger("bench.train")
@@ -92,7 +95,7 @@ def run_delta(snapshot: Snapshot, model_cfg: LSTMAutoencoderConfig, cfg: TrainCo
     """(wall seconds, samples trained, seconds inside the epoch loops)."""
     started = time.perf_counter()
     train, val = plan_shards(snapshot, selections(snapshot), cfg.seed)
-    result = train_on_snapshot(train, val, model_cfg, cfg, comm=Collective())
+    result = train_work(AutoencoderWork(train, val, model_cfg), cfg, comm=Collective())
     return (time.perf_counter() - started, sum(int(h["samples"]) for h in result.history),
             sum(float(h["seconds"]) for h in result.history))
 
@@ -100,7 +103,12 @@ def run_delta(snapshot: Snapshot, model_cfg: LSTMAutoencoderConfig, cfg: TrainCo
 def run_memory(train_x: np.ndarray, val_x: np.ndarray, model_cfg: LSTMAutoencoderConfig, cfg: TrainConfig
                ) -> tuple[float, int, float]:
     started = time.perf_counter()
-    result = train_autoencoder(train_x, val_x, model_cfg, cfg)
+    n = len(train_x)
+
+    def order(epoch: int) -> np.ndarray:  # one rank: every window, reshuffled per epoch
+        return shard_indices(n, 0, 1, epoch_seed(cfg.seed, epoch))
+
+    result = fit(AutoencoderTask(train_x, order, val_x, model_cfg), cfg, Collective())
     return (time.perf_counter() - started, sum(int(h["samples"]) for h in result.history),
             sum(float(h["seconds"]) for h in result.history))
 
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_distributed:
             from loganomaly.config import SparkConfig
             from loganomaly.runtime.spark import get_spark
-            from loganomaly.training.backends import train_backend
+            from loganomaly.training.backends import run_backend
 
             spark = get_spark(SparkConfig(master="local[2]", shuffle_partitions=2, log_level="ERROR",
                                           driver_memory="1g"))
@@ -184,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                 for reader in readers:
                     for n in (1, 2):
                         started = time.perf_counter()
-                        result = train_backend(spark, "torch_distributor", train_plan, val_plan, model_cfg,
-                                               replace(cfg, reader=reader), num_processes=n)  # type: ignore[arg-type]
+                        result = run_backend(spark, "torch_distributor", AutoencoderWork(train_plan, val_plan, model_cfg),
+                                             replace(cfg, reader=reader), num_processes=n)
                         wall = time.perf_counter() - started
                         samples = sum(int(h["samples"]) for h in result.history)
                         loop = sum(float(h["seconds"]) for h in result.history)

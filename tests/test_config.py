@@ -24,6 +24,9 @@ def test_project_conf_and_profiles_load() -> None:
     for profile in (None, "synthetic", "test"):
         cfg = load_config(profile=profile, conf_dir=CONF)
         assert isinstance(cfg, Config)
+    # every shipped profile names registered kinds, backends and readers
+    for path in sorted((CONF / "profiles").glob("*.yaml")):
+        assert isinstance(load_config(profile=path.stem, conf_dir=CONF), Config), path.name
     assert load_config(profile="synthetic", conf_dir=CONF).train.train_until.startswith("2024-03-05")
 
 
@@ -49,7 +52,9 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
         ("train.epochs=true", "expects an integer"),
         ("train.bf16=yes please", "expects true or false"),
         ("lake.engine=hive", "choose one of: auto, delta, deltars"),
-        ("train.backend=mpi", "choose one of: local, torch_distributor, horovod"),
+        ("train.backend=mpi", "unknown train.backend 'mpi'.*choose one of: local, torch_distributor, horovod"),
+        ("model.kind=lstm", "unknown model.kind 'lstm'.*choose one of: autoencoder, classifier, deeplog"),
+        ("train.init=he", "choose one of: auto, default, xavier"),
         ("train.learning_rate=[1]", "expects a number"),
         ("train.threshold_quantile=1.5", "threshold_quantile must be in"),
         ("nonsense", "section.key=value"),
@@ -111,19 +116,45 @@ def test_sources_and_templates_sections(tmp_path: Path) -> None:
 def test_train_reader_is_arrow_by_default_and_a_checked_choice() -> None:
     assert load_config(conf_dir=CONF).train.reader == "arrow"
     assert load_config(overrides=["train.reader=petastorm"], conf_dir=CONF).train.reader == "petastorm"
-    with pytest.raises(ConfigError, match="train.reader='parquet' is not valid; choose one of: arrow, petastorm"):
+    with pytest.raises(ConfigError, match="unknown train.reader 'parquet' .*; choose one of: arrow, petastorm"):
         load_config(overrides=["train.reader=parquet"], conf_dir=CONF)
 
 
-def test_seed_article_recipe_as_settings_matches_the_library_preset() -> None:
-    """The README's --set recipe and SEED_ARTICLE_PRESET describe the same training."""
-    from loganomaly.models.sequence import SEED_ARTICLE_PRESET
+@pytest.mark.parametrize("value", ["nan", ".nan", "-1", "0", "inf"])
+def test_learning_rate_must_be_a_finite_positive_number(value: str) -> None:
+    with pytest.raises(ConfigError, match="train.learning_rate must be a positive number"):
+        load_config(overrides=[f"train.learning_rate={value}"], conf_dir=CONF)
 
-    recipe = ["train.optimizer=sgd_nesterov", "train.momentum=0.9", "train.learning_rate=0.005",
-              "train.clip_value=0.5", "train.init=xavier", "train.seed=123"]
-    train = load_config(profile=None, overrides=recipe).train
+
+def test_init_is_auto_by_default_so_each_kind_keeps_its_own() -> None:
+    assert Config().train.init == "auto"
+    assert load_config(conf_dir=CONF).train.init == "auto"
+    assert load_config(overrides=["train.init=default"], conf_dir=CONF).train.init == "default"
+
+
+def test_classifier_with_normal_only_is_refused_by_the_kind_not_the_config(tmp_path: Path) -> None:
+    """The config holds no per-kind rules; the classifier refuses to train on one class itself."""
+    from loganomaly.registry import MODEL_KINDS
+
+    cfg = load_config(overrides=["model.kind=classifier", "train.normal_only=true"], conf_dir=CONF)
+    # Refused before the kind reads any input: no Spark session and no lake are needed to see it.
+    with pytest.raises(ConfigError, match="classifier learns from both classes; set train.normal_only=false"):
+        MODEL_KINDS.get("classifier").plan(None, cfg, None, tmp_path / "model")
+
+
+def test_seed_article_recipe_as_settings_matches_the_profile() -> None:
+    """The README's --set recipe and the ``seed_article`` profile describe the same training."""
+    # README, "The seed article's recipe is --set ...", as written there (momentum: the default 0.9)
+    recipe = ["train.optimizer=sgd_nesterov", "train.learning_rate=0.005", "train.clip_value=0.5",
+              "train.init=xavier", "train.seed=123"]
+    train = load_config(profile=None, overrides=recipe, conf_dir=CONF).train
+    profile = load_config(profile="seed_article", conf_dir=CONF).train
     for name in ("optimizer", "momentum", "learning_rate", "clip_value", "init", "seed"):
-        assert getattr(train, name) == getattr(SEED_ARTICLE_PRESET, name), name
+        assert getattr(train, name) == getattr(profile, name), name
+    # The profile sets the recipe only: everything else is the defaults'.
+    plain = load_config(profile=None, conf_dir=CONF).train
+    differs = {f for f in plain.__dataclass_fields__ if getattr(plain, f) != getattr(profile, f)}
+    assert differs <= {"optimizer", "momentum", "learning_rate", "clip_value", "init", "seed"}, differs
     with pytest.raises(ConfigError, match="momentum"):
         load_config(profile=None, overrides=["train.optimizer=sgd_nesterov", "train.momentum=0"])
     with pytest.raises(ConfigError, match="clip_value"):

@@ -87,15 +87,26 @@ def test_rerunning_the_split_pipeline_duplicates_nothing(spark, metrics_run) -> 
 
 def test_deeplog_from_raw_hdfs_lines_through_the_cli(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     train_data = synthetic.generate_hdfs(tmp_path / "train", blocks=160, anomalous=0, seed=3)
+    # the scored blocks start ten minutes before midnight, so their sessions fall on two dates
     score_data = synthetic.generate_hdfs(tmp_path / "score", blocks=60, anomalous=6, seed=4,
-                                         start="2008-11-10T08:00:00")
+                                         start="2008-11-10T23:50:00")
     common = ["--profile", "hdfs", "--conf-dir", str(CONF), "--lake", str(tmp_path / "lake"),
               "--log-level", "WARNING", *(x for s in [*SMALL, "model.hidden_size=32", "model.num_layers=1",
                                                        "train.epochs=30", "train.device=cpu", "model.history=4"]
                                            for x in ("--set", s))]
     assert main(["pipeline", *common, "--model-dir", str(tmp_path / "model"),
                  "--train-input", str(train_data.files[0]), "--score-input", str(score_data.files[0])]) == 0
-    capsys.readouterr()
+    # the stages' summaries as JSON, then the top anomalies as a table
+    stages, _ = json.JSONDecoder().raw_decode(capsys.readouterr().out)
+    scored = stages["score"]
+    assert scored["dates"] == ["2008-11-10", "2008-11-11"] and scored["windows"] == 60
+
+    # --since-last-run works for DeepLog too: only the last scored date again, its rows replaced
+    assert main(["score", *common, "--model-dir", str(tmp_path / "model"), "--since-last-run"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["model_version"] == scored["model_version"] and again["dates"] == ["2008-11-11"]
+    assert 0 < again["windows"] < 60
+
     assert main(["evaluate", *common, "--model-dir", str(tmp_path / "model"),
                  "--labels", str(score_data.labels_path)]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -125,10 +125,16 @@ def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  
     assert DAY3.date() in dates
     assert step_values(lake, again.feature_names, DAY3)["tpl:other"] == pytest.approx(30)
 
-    from loganomaly.training.stage import load_windows
+    # the training reader sees every window of the table in the one shape the names describe
+    from loganomaly.features.split import Selection, plan_shards
+    from loganomaly.lake.snapshot import Snapshot
+    from loganomaly.training.readers.arrow import ShardReader
 
-    _, _, x, _ = load_windows(lake)
-    assert x.shape[1:] == (4, len(again.feature_names))
+    version = lake.version("sequences")
+    assert version is not None
+    (plan,) = plan_shards(Snapshot(lake.path("sequences"), version), [Selection(0.0, 0.0, 0.25, "all")], seed=0)
+    x = ShardReader(plan, rank=0, world=1).load().x
+    assert x.shape == (lake.read("sequences").count(), 4, len(again.feature_names))
 
     # a deliberate refit with a later training period picks the new template
     cfg.train.train_until = "2024-03-04T00:00:00+00:00"
