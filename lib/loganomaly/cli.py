@@ -24,6 +24,16 @@ log = logging.getLogger("loganomaly.cli")
 STAGES = ("generate", "ingest", "featurize", "train", "score", "evaluate", "report", "sql", "pipeline")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser without abbreviated options (every sub-parser is one too, argparse
+    builds them with the parent's class): ``score --since 2024-03-05`` is an unknown option,
+    never a silent ``--since-last-run``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="conf/profiles/<name>.yaml applied over conf/default.yaml")
     parser.add_argument("--conf-dir", help="directory holding default.yaml and profiles/ (default: ./conf)")
@@ -43,7 +53,7 @@ def _lake(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loganomaly", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="loganomaly", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write synthetic activity logs with injected anomalies and labels")
