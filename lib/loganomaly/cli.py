@@ -17,6 +17,7 @@ from typing import Any
 
 from loganomaly.config import Config, load_config
 from loganomaly.errors import ConfigError, LogAnomalyError
+from loganomaly.lake.guard import check_root
 from loganomaly.registry import BACKENDS, READERS
 
 log = logging.getLogger("loganomaly.cli")
@@ -190,6 +191,8 @@ def _print_frame(df: Any, limit: int) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if getattr(args, "lake", None):
+        check_root(cfg.lake.root)  # a file given as --lake: refused before Spark starts or anything is read
     if args.command == "generate":
         from loganomaly.ingest import synthetic
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
+from loganomaly.lake.guard import check_root, delta_errors
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -93,6 +94,7 @@ class Lake:
     """
 
     def __init__(self, spark: SparkSession, root: str | os.PathLike[str], engine: str = "auto") -> None:
+        check_root(root)
         self.spark = spark
         self.root = os.path.abspath(str(root))
         self.engine = resolve_engine(spark, engine)
@@ -129,6 +131,7 @@ class Lake:
         return self.path(name)
 
     # ---------------------------------------------------------------- write
+    @delta_errors
     def write(
         self,
         name: str,
@@ -227,6 +230,7 @@ class Lake:
         check_schema(path, table_schema, spark_to_delta_arrow(df.schema))
 
     # ---------------------------------------------------------------- merge / delete
+    @delta_errors
     def merge(self, name: str, df: DataFrame, keys: Sequence[str], partition_by: Sequence[str] = ()) -> int:
         """Upsert ``df`` on ``keys``: matching rows are updated, the others inserted.
 
@@ -273,6 +277,7 @@ class Lake:
         assert version is not None
         return version
 
+    @delta_errors
     def delete(self, name: str, column: str, values: Sequence[Any]) -> int:
         """Delete rows whose ``column`` is in ``values`` (one new version; no-op when none match)."""
         path = self._require(name)
@@ -289,6 +294,7 @@ class Lake:
         return self.version(name) or 0
 
     # ---------------------------------------------------------------- read and inspect
+    @delta_errors
     def read(self, name: str, version: int | None = None) -> DataFrame:
         """The table as a DataFrame: the latest snapshot, or ``version`` (time travel)."""
         path = self._require(name)
@@ -333,6 +339,7 @@ class Lake:
             .select(*schema.names)
         )
 
+    @delta_errors
     def version(self, name: str) -> int | None:
         """Latest version number, or None when the table does not exist."""
         if not self.exists(name):
@@ -344,6 +351,7 @@ class Lake:
         row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.path(name)}` LIMIT 1").collect()[0]
         return int(row["version"])
 
+    @delta_errors
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters."""
         path = self._require(name)
@@ -372,6 +380,7 @@ class Lake:
             for r in self.spark.sql(query).collect()
         ]
 
+    @delta_errors
     def vacuum(self, name: str, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
         """Delete files no snapshot within ``retention_hours`` needs (and orphans of crashed writers)."""
         path = self._require(name)
