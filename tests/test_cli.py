@@ -43,3 +43,18 @@ def test_an_abbreviated_option_is_an_error_naming_it(argv: list[str], unknown: s
 def test_full_option_names_still_parse() -> None:
     args = build_parser().parse_args(["score", "--model-dir", "m", "--since-last-run"])
     assert args.since_last_run and args.date is None
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.cli import main
+
+    log_file = tmp_path / "conn.log"
+    log_file.write_text("x\n")
+    assert main(["sql", "--local", "--lake", str(log_file), "SELECT 1"]) == 2
+    assert main(["ingest", "--lake", str(log_file), "--input", str(log_file)]) == 2  # before Spark starts
+    (tmp_path / "lake").mkdir()
+    assert main(["sql", "--local", "--lake", str(tmp_path / "lake"), "COPY (SELECT 1) TO '/tmp/x.json'"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[:2] == [f"ConfigError: lake root {log_file} is not a directory (lake.root / --lake must name a folder)"] * 2
+    assert errors[2].startswith("QueryError: sql is read-only: COPY refused")
+    assert all("\n" not in e for e in errors) and "Traceback" not in capsys.readouterr().err

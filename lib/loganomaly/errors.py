@@ -36,6 +36,11 @@ class EngineUnavailableError(TableError):
     """The configured Delta engine cannot run in this session (e.g. ``delta`` without its jars)."""
 
 
+class QueryError(ConfigError):
+    """A ``loganomaly sql`` query was refused: a syntax error, an unknown table or column, or a
+    statement that is not a read (the SQL path is read-only)."""
+
+
 class BackendUnavailableError(ConfigError):
     """The configured training backend cannot run here (e.g. ``horovod`` is not installed)."""
 
