@@ -55,3 +55,7 @@ class StageInputError(LogAnomalyError):
 
 class ModelError(LogAnomalyError):
     """A model bundle is missing, incomplete or incompatible with the data it is asked to score."""
+
+
+class LakeBusyError(StageInputError):
+    """Another run holds the lake's writer lock (``<lake>/_locks/writer.lock``); the message names it."""

@@ -289,3 +289,19 @@ def test_a_file_gone_before_it_is_stat_ed_is_left_out(tmp_path) -> None:  # type
     present.write_text("x\n")
     assert [Path(p).name for p, _, _ in ingest._identities([present, tmp_path / "gone.log"])] == ["a.log"]
     assert list(ingest.parse_files_to_batches([str(tmp_path / "gone.log")], "r1", 100)) == []
+
+
+def test_an_ingest_is_refused_while_another_run_writes_the_lake(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.errors import LakeBusyError
+    from tests.lake.test_lock import start_holder
+
+    (tmp_path / "a.jsonl").write_text(json_line(1) + "\n")
+    holder = start_holder(Path(lake.root), tmp_path / "flags")
+    try:
+        with pytest.raises(LakeBusyError, match="being written by run run-A"):
+            ingest.run(spark, Config(), [str(tmp_path / "a.jsonl")], lake=lake)
+        assert not lake.exists("events") and not lake.exists("ingested_files")
+    finally:
+        (tmp_path / "flags" / "release").touch()
+        holder.wait(30)
+    assert ingest.run(spark, Config(), [str(tmp_path / "a.jsonl")], lake=lake).events == 1

@@ -40,6 +40,7 @@ from loganomaly.ingest.formats import (
     registered_formats,
 )
 from loganomaly.ingest.templates.miner import Templates
+from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.runtime.runs import new_run_id
@@ -304,12 +305,20 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     driver commits them (one Delta transaction per table), so rows cross from Python to the JVM
     never; with ``delta`` they go through a DataFrame and delta-spark.
 
+    The run holds the lake's writer lock (:mod:`loganomaly.lake.lock`): a second writer on the
+    same lake is refused with ``LakeBusyError`` instead of duplicating events.
+
     Example:
         >>> summary = run(spark, cfg, ["data/raw"])
         >>> summary.events, summary.quarantined
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("ingest")
+    with writer_lock(lake.root, run_id, "ingest"):
+        return _run(spark, cfg, inputs, lake, run_id)
+
+
+def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, run_id: str) -> IngestSummary:
     files = _identities(iter_input_files(inputs))
     done = _already_ingested(lake)
     todo = [f for f in files if f not in done]
