@@ -56,5 +56,5 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, caplog) -> None:  
     assert main(["sql", "--local", "--lake", str(tmp_path / "lake"), "COPY (SELECT 1) TO '/tmp/x.json'"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors[:2] == [f"ConfigError: lake root {log_file} is not a directory (lake.root / --lake must name a folder)"] * 2
-    assert errors[2].startswith("QueryError: sql is read-only: COPY refused")
+    assert errors[2].startswith("QueryError: sql is read-only: COPY is not a read-only statement")
     assert all("\n" not in e for e in errors) and "Traceback" not in capsys.readouterr().err

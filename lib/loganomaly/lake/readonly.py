@@ -128,7 +128,10 @@ def check_datafusion_query(text: str) -> None:
     if ";" in tokens:
         raise QueryError("sql is read-only: one statement at a time")
     if tokens[0] not in _FIRST_WORDS:
-        raise QueryError(f"sql is read-only: {tokens[0]} refused (only SELECT/WITH/VALUES queries and EXPLAIN)")
+        raise QueryError(
+            f"sql is read-only: {tokens[0]} is not a read-only statement (only SELECT/WITH/VALUES queries "
+            "and EXPLAIN run here)"
+        )
     writes = sorted(set(tokens) & _WRITE_WORDS)
     if writes:
         raise QueryError(f"sql is read-only: {', '.join(writes)} refused")
