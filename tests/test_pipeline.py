@@ -162,4 +162,6 @@ def test_local_sql_reads_the_same_snapshots_as_spark(spark, cfg, built) -> None:
     assert local == remote and sum(r["n"] for r in local) == lake.read("scores").count()
     assert "events" in sql.local_tables(cfg.lake.root)
     with pytest.raises(LogAnomalyError, match="DataFusion"):
-        sql.run_local(cfg.lake.root, "SELEC 1")
+        sql.run_local(cfg.lake.root, "SELECT * FROM no_such_table")
+    with pytest.raises(LogAnomalyError, match="SELEC is not a read-only statement"):
+        sql.run_local(cfg.lake.root, "SELEC 1")  # refused by the read-only check before DataFusion

@@ -17,11 +17,22 @@ from typing import Any
 
 from loganomaly.config import Config, load_config
 from loganomaly.errors import ConfigError, LogAnomalyError
+from loganomaly.lake.guard import check_root
 from loganomaly.registry import BACKENDS, READERS
 
 log = logging.getLogger("loganomaly.cli")
 
 STAGES = ("generate", "ingest", "featurize", "train", "score", "evaluate", "report", "sql", "pipeline", "maintain")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser without abbreviated options (every sub-parser is one too, argparse
+    builds them with the parent's class): ``score --since 2024-03-05`` is an unknown option,
+    never a silent ``--since-last-run``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +54,7 @@ def _lake(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loganomaly", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="loganomaly", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write synthetic activity logs with injected anomalies and labels")
@@ -188,6 +199,8 @@ def _print_frame(df: Any, limit: int) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if getattr(args, "lake", None):
+        check_root(cfg.lake.root)  # a file given as --lake: refused before Spark starts or anything is read
     if args.command == "generate":
         from loganomaly.ingest import synthetic
 

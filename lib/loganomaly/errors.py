@@ -36,6 +36,11 @@ class EngineUnavailableError(TableError):
     """The configured Delta engine cannot run in this session (e.g. ``delta`` without its jars)."""
 
 
+class QueryError(ConfigError):
+    """A ``loganomaly sql`` query was refused: a syntax error, an unknown table or column, or a
+    statement that is not a read (the SQL path is read-only)."""
+
+
 class BackendUnavailableError(ConfigError):
     """The configured training backend cannot run here (e.g. ``horovod`` is not installed)."""
 
@@ -54,3 +59,7 @@ class StageInputError(LogAnomalyError):
 
 class ModelError(LogAnomalyError):
     """A model bundle is missing, incomplete or incompatible with the data it is asked to score."""
+
+
+class LakeBusyError(StageInputError):
+    """Another run holds the lake's writer lock (``<lake>/_locks/writer.lock``); the message names it."""

@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,3 +210,98 @@ def test_a_log_format_registered_on_the_driver_is_parsed_in_the_tasks(spark, lak
     ]
     quarantined = sorted((Path(r.file).name, r.line_no, r.reason) for r in lake.read("quarantine").collect())
     assert quarantined == [("app.log", 3, "unparseable timestamp: 'yesterday'"), ("forced.txt", 1, "not a toy line")]
+
+
+def test_out_of_range_numbers_are_quarantined_and_the_file_loads(spark, lake, tmp_path, resources) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("out_of_range.jsonl", "zeek_out_of_range.log"):
+        shutil.copy(resources / "logs" / name, raw / name)
+    summary = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert (summary.events, summary.quarantined) == (2 + 1, 2 + 6)  # zeek: 4 header lines + 2 bad
+    reasons = {(Path(r.file).name, r.line_no): r.reason for r in lake.read("quarantine").collect()}
+    assert reasons[("out_of_range.jsonl", 2)] == "bytes_out 1e+29 out of int64 range"
+    assert reasons[("zeek_out_of_range.log", 6)] == "src_port 99999999999 out of int32 range"
+    assert {r.bytes_out for r in lake.read("events").where("file like '%jsonl'").collect()} == {100, 2**63 - 1}
+    again = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert again.files_loaded == 0
+
+
+class _WrongTypeParser(toy.ToyParser):
+    """Returns text in an integer column for one line: a plug-in bug that Arrow cannot store."""
+
+    def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
+        event = super().parse(text, line_no)
+        return {**event, "bytes_out": "lots"} if line_no == 2 else event
+
+
+class _WrongTypeFormat(toy.ToyFormat):
+    def make_parser(self, path, opts, sample, variant=None):  # type: ignore[no-untyped-def]
+        return _WrongTypeParser()
+
+
+def test_an_event_arrow_cannot_store_becomes_its_lines_quarantine_row(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(toy.LINES) + "\n")
+    table = pa.Table.from_batches(
+        list(ingest.parse_files_to_batches([str(path)], "r1", 100, formats={"toy": _WrongTypeFormat()}))
+    )
+    rows = {r["line_no"]: r for r in table.to_pylist()}
+    assert sorted(rows) == [1, 2, 3, 4]
+    assert rows[2][ingest.KIND] == "quarantine" and rows[2]["event_id"] is None
+    assert rows[2]["reason"].startswith("event not storable: ")
+    assert [rows[i][ingest.KIND] for i in (1, 3, 4)] == ["event", "quarantine", "event"]
+
+
+@pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
+def test_a_file_deleted_between_listing_and_parsing_is_skipped_and_the_others_load(
+    spark, lake, tmp_path, monkeypatch, direct_write
+) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text("\n".join(json_line(i) for i in range(3)) + "\n")
+    (raw / "gone.jsonl").write_text(json_line(9) + "\n")
+    resolve = ingest.resolve_sources
+
+    def delete_then_resolve(cfg, paths):  # type: ignore[no-untyped-def]
+        # runs after the files were listed and stat'ed, before any task opens them
+        (raw / "gone.jsonl").unlink()
+        return resolve(cfg, paths)
+
+    monkeypatch.setattr(ingest, "resolve_sources", delete_then_resolve)
+    cfg = Config()
+    cfg.ingest.direct_write = direct_write
+    summary = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (summary.files_seen, summary.files_loaded, summary.events, summary.quarantined) == (2, 1, 3, 0)
+    assert [Path(r.path).name for r in lake.read("ingested_files").collect()] == ["a.jsonl"]
+
+    monkeypatch.setattr(ingest, "resolve_sources", resolve)
+    (raw / "gone.jsonl").write_text(json_line(9) + "\n")  # it comes back: it loads
+    assert ingest.run(spark, cfg, [str(raw)], lake=lake).events == 1
+
+
+def test_a_file_gone_before_it_is_stat_ed_is_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    present = tmp_path / "a.log"
+    present.write_text("x\n")
+    assert [Path(p).name for p, _, _ in ingest._identities([present, tmp_path / "gone.log"])] == ["a.log"]
+    assert list(ingest.parse_files_to_batches([str(tmp_path / "gone.log")], "r1", 100)) == []
+
+
+def test_an_ingest_is_refused_while_another_run_writes_the_lake(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.errors import LakeBusyError
+    from tests.lake.test_lock import start_holder
+
+    (tmp_path / "a.jsonl").write_text(json_line(1) + "\n")
+    holder = start_holder(Path(lake.root), tmp_path / "flags")
+    try:
+        with pytest.raises(LakeBusyError, match="being written by run run-A"):
+            ingest.run(spark, Config(), [str(tmp_path / "a.jsonl")], lake=lake)
+        assert not lake.exists("events") and not lake.exists("ingested_files")
+    finally:
+        (tmp_path / "flags" / "release").touch()
+        holder.wait(30)
+    assert ingest.run(spark, Config(), [str(tmp_path / "a.jsonl")], lake=lake).events == 1

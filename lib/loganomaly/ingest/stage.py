@@ -8,6 +8,8 @@ results land in Delta. Guarantees:
   ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
 * incremental and idempotent: a file whose path, size and mtime are already in
   ``ingested_files`` is skipped; a changed file is re-read and its old rows are replaced;
+* a file deleted between listing and parsing is skipped with a warning and gets no ledger row
+  (it loads if it comes back); the run's other files load;
 * crash-safe: the ledger row is written last, and rows of a file that a crashed run wrote
   without its ledger row are deleted before the file is loaded again.
 """
@@ -23,6 +25,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -37,6 +40,7 @@ from loganomaly.ingest.formats import (
     registered_formats,
 )
 from loganomaly.ingest.templates.miner import Templates
+from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.runtime.runs import new_run_id
@@ -143,6 +147,28 @@ def parse_files_to_batches(
     import pyarrow.compute as pc
 
     def batch_of(path: str, source: str, rows: list[dict[str, Any]], lines: list[int], kinds: list[str]) -> pa.RecordBatch:
+        try:
+            return build(path, source, rows, lines, kinds)
+        except Exception as exc:  # noqa: BLE001 - one unstorable event must not fail the file
+            log.warning("%s: a batch did not convert (%r); finding its unstorable events", path, exc)
+        # Rare path: convert each event alone; those that fail become quarantine rows in place
+        # (``kinds`` too, which the caller counts), so the file still loads line for line.
+        for i, kind in enumerate(kinds):
+            if kind != "event":
+                continue
+            try:
+                build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1])
+            except Exception as exc:  # noqa: BLE001
+                rows[i] = {
+                    "format": rows[i].get("format"),
+                    "reason": f"event not storable: {type(exc).__name__}: {str(exc)[:200]}",
+                    "raw": None,
+                    "raw_length": None,
+                }
+                kinds[i] = "quarantine"
+        return build(path, source, rows, lines, kinds)
+
+    def build(path: str, source: str, rows: list[dict[str, Any]], lines: list[int], kinds: list[str]) -> pa.RecordBatch:
         n = len(rows)
         columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
         is_event = [k == "event" for k in kinds]
@@ -172,15 +198,22 @@ def parse_files_to_batches(
         rows: list[dict[str, Any]] = []
         lines: list[int] = []
         kinds: list[str] = []
-        for record in parse_file(path, max_raw_chars=max_raw_chars, options=options, formats=formats):
-            rows.append(record.data)
-            lines.append(record.line_no)
-            kinds.append(record.kind)
-            if len(rows) >= BATCH_ROWS:
-                yield batch_of(path, source, rows, lines, kinds)
-                n_events += kinds.count("event")
-                n_quarantined += len(kinds) - kinds.count("event")
-                rows, lines, kinds = [], [], []
+        try:
+            for record in parse_file(path, max_raw_chars=max_raw_chars, options=options, formats=formats):
+                rows.append(record.data)
+                lines.append(record.line_no)
+                kinds.append(record.kind)
+                if len(rows) >= BATCH_ROWS:
+                    yield batch_of(path, source, rows, lines, kinds)
+                    n_events += kinds.count("event")
+                    n_quarantined += len(kinds) - kinds.count("event")
+                    rows, lines, kinds = [], [], []
+        except FileNotFoundError:
+            if n_events or n_quarantined or rows:
+                raise  # an open file cannot vanish on POSIX; this is something else
+            # Deleted since it was listed: no rows; the driver writes no ledger row for it.
+            log.warning("%s vanished before it was read: skipped", path)
+            continue
         if rows:
             yield batch_of(path, source, rows, lines, kinds)
             n_events += kinds.count("event")
@@ -242,6 +275,17 @@ def _file_identity(path: str) -> tuple[str, int, int]:
     return path, int(st.st_size), int(st.st_mtime_ns // 1_000_000)
 
 
+def _identities(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of each listed file; one deleted since the listing is left out."""
+    found = []
+    for p in paths:
+        try:
+            found.append(_file_identity(str(p.resolve())))
+        except FileNotFoundError:
+            log.warning("%s vanished after it was listed: skipped", p)
+    return found
+
+
 def _already_ingested(lake: Lake) -> set[tuple[str, int, int]]:
     if not lake.exists("ingested_files"):
         return set()
@@ -261,13 +305,21 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     driver commits them (one Delta transaction per table), so rows cross from Python to the JVM
     never; with ``delta`` they go through a DataFrame and delta-spark.
 
+    The run holds the lake's writer lock (:mod:`loganomaly.lake.lock`): a second writer on the
+    same lake is refused with ``LakeBusyError`` instead of duplicating events.
+
     Example:
         >>> summary = run(spark, cfg, ["data/raw"])
         >>> summary.events, summary.quarantined
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("ingest")
-    files = [_file_identity(str(p.resolve())) for p in iter_input_files(inputs)]
+    with writer_lock(lake.root, run_id, "ingest"):
+        return _run(spark, cfg, inputs, lake, run_id)
+
+
+def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, run_id: str) -> IngestSummary:
+    files = _identities(iter_input_files(inputs))
     done = _already_ingested(lake)
     todo = [f for f in files if f not in done]
     log.info(
@@ -318,13 +370,17 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
     ledger = []
     for path, size, mtime in todo:
         n_ev, n_q, fmt = per_file.get(path, (0, 0, None))
+        if n_ev + n_q == 0 and not os.path.exists(path):
+            # Deleted between listing and parsing: not recorded, so it loads if it comes back.
+            log.warning("ingest %s: %s vanished before it was read; not recorded as ingested", run_id, path)
+            continue
         ledger.append((path, size, mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now))
     ledger_df = spark.createDataFrame(ledger, TABLES["ingested_files"].ddl)
     lake.merge("ingested_files", ledger_df, keys=["path"])
     summary = IngestSummary(
         run_id,
         len(files),
-        len(todo),
+        len(ledger),
         sum(r[5] for r in ledger),
         sum(r[6] for r in ledger),
         templates.version if templates is not None else None,

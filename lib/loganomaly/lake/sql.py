@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from loganomaly.config import Config
 from loganomaly.errors import LogAnomalyError, TableNotFoundError
+from loganomaly.lake.guard import check_root
+from loganomaly.lake.readonly import check_datafusion_query, check_spark_query, run_checked
 from loganomaly.lake.tables import Lake
 
 if TYPE_CHECKING:
@@ -41,14 +43,19 @@ LIMIT {limit}
 
 
 def run(spark: SparkSession, cfg: Config, query: str, lake: Lake | None = None) -> DataFrame:
-    """Register every table as a view and run ``query``.
+    """Register every table as a view and run ``query``, which must be a read.
+
+    Raises:
+        QueryError: a syntax error, an unknown table or column, or a statement that writes
+            (:mod:`loganomaly.lake.readonly`); nothing has run.
 
     Example:
         >>> run(spark, cfg, "SELECT entity, count(*) FROM anomalies GROUP BY entity").show()
     """
+    check_spark_query(spark, query)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     lake.register_views()
-    return spark.sql(expand_time_travel(query, lake))
+    return run_checked(spark, expand_time_travel(query, lake))
 
 
 # A quoted string or identifier (left alone), or a table name followed by a time-travel clause.
@@ -117,11 +124,14 @@ def run_local(root: str | os.PathLike[str], query: str) -> pa.Table:
 
     Raises:
         TableNotFoundError: no Delta table under ``root``.
+        QueryError: the query is not one read-only statement.
         LogAnomalyError: DataFusion refused the query (its message says why).
     """
     import pyarrow as pa
     from deltalake import DeltaTable, QueryBuilder
 
+    check_root(root)
+    check_datafusion_query(query)
     names = local_tables(root)
     if not names:
         raise TableNotFoundError(f"no Delta tables under {root}")

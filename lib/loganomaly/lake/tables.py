@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
+from loganomaly.lake.guard import check_root, delta_errors
 from loganomaly.runtime.delta_jars import DELTA_CATALOG, DELTA_EXTENSION, coordinate
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ class Lake:
     """
 
     def __init__(self, spark: SparkSession, root: str | os.PathLike[str], engine: str = "auto") -> None:
+        check_root(root)
         self.spark = spark
         self.root = os.path.abspath(str(root))
         self.engine = resolve_engine(spark, engine)
@@ -156,6 +158,7 @@ class Lake:
         return self.path(name)
 
     # ---------------------------------------------------------------- write
+    @delta_errors
     def write(
         self,
         name: str,
@@ -287,6 +290,7 @@ class Lake:
         check_schema(path, table_schema, spark_to_delta_arrow(df.schema))
 
     # ---------------------------------------------------------------- merge / delete
+    @delta_errors
     def merge(self, name: str, df: DataFrame, keys: Sequence[str], partition_by: Sequence[str] = ()) -> int:
         """Upsert ``df`` on ``keys``: matching rows are updated, the others inserted.
 
@@ -343,6 +347,7 @@ class Lake:
         assert version is not None
         return version
 
+    @delta_errors
     def delete(self, name: str, column: str, values: Sequence[Any]) -> int:
         """Delete rows whose ``column`` is in ``values`` (one new version; no-op when none match)."""
         path = self._require(name)
@@ -361,6 +366,7 @@ class Lake:
         return self.version(name) or 0
 
     # ---------------------------------------------------------------- read and inspect
+    @delta_errors
     def read(self, name: str, version: int | None = None) -> DataFrame:
         """The table as a DataFrame: the latest snapshot, or ``version`` (time travel)."""
         path = self._require(name)
@@ -405,6 +411,7 @@ class Lake:
             .select(*schema.names)
         )
 
+    @delta_errors
     def version(self, name: str) -> int | None:
         """Latest version number, or None when the table does not exist."""
         if not self.exists(name):
@@ -416,6 +423,7 @@ class Lake:
         row = self.spark.sql(f"DESCRIBE HISTORY delta.`{self.path(name)}` LIMIT 1").collect()[0]
         return int(row["version"])
 
+    @delta_errors
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters."""
         from loganomaly.lake.deltars import run_id_of
@@ -446,6 +454,7 @@ class Lake:
             for r in self.spark.sql(query).collect()
         ]
 
+    @delta_errors
     def vacuum(self, name: str, retention_hours: int = 168, dry_run: bool = False) -> list[str]:
         """Delete files no snapshot within ``retention_hours`` needs (and orphans of crashed writers)."""
         path = self._require(name)

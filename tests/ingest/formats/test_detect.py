@@ -136,3 +136,26 @@ def test_explicit_formats_replace_the_registry(tmp_path: Path) -> None:
     assert detect(path, formats=formats) == Detection("toy")
     assert [r.kind for r in parse_file(path, formats=formats)] == ["event", "event", "quarantine", "event"]
     assert "toy" not in LOG_FORMATS and detect(path) == Detection("csv")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "out_of_range.jsonl",
+            {2: "bytes_out 1e+29 out of int64 range", 3: "src_port 4294967296 out of int32 range"},
+        ),
+        (
+            "zeek_out_of_range.log",
+            {6: "src_port 99999999999 out of int32 range", 7: "bytes_out 18446744073709551616 out of int64 range"},
+        ),
+    ],
+)
+def test_a_number_past_its_column_type_quarantines_its_line_only(name: str, expected: dict[int, str]) -> None:
+    records = parse(LOGS / name)  # one record per physical line, checked by the helper
+    bad = {r.line_no: r.data["reason"] for r in records if r.kind == "quarantine" and r.line_no in expected}
+    assert bad == expected
+    good = [r.data for r in records if r.kind == "event"]
+    assert good and all(r.data["raw"] for r in records if r.line_no in expected)
+    if name == "out_of_range.jsonl":  # the types' own limits still load
+        assert (good[-1]["bytes_out"], good[-1]["dst_port"]) == (2**63 - 1, 2**31 - 1)

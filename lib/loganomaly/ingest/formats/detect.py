@@ -26,6 +26,7 @@ from loganomaly.ingest.formats.base import (
     _sample,
     open_lines,
 )
+from loganomaly.ingest.formats.values import check_int_ranges
 from loganomaly.registry import LOG_FORMATS
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,8 @@ def parse_file(
                 assert parse is not None
                 try:
                     event = parse(text, line_no)
+                    if event is not None:
+                        check_int_ranges(event)
                 except ParseError as exc:
                     reason = str(exc)
                 except Exception as exc:  # a parser bug must lose neither the line nor the file

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from loganomaly.errors import ParseError
+from loganomaly.lake.schemas import EVENT_NUMERIC_FIELDS
 
 _INT_RE = re.compile(r"[+-]?\d+")
 #: Values meaning "no value" in the formats we read (Zeek unset/empty markers, CSV blanks).
@@ -62,6 +63,30 @@ def _as_float(name: str, value: Any) -> float | None:
     if not math.isfinite(number):
         raise ParseError(f"field {name} is not a finite number: {value!r}")
     return number  # type: ignore[no-any-return]
+
+
+#: (column, Arrow type name, lowest, highest) of every integer column of ``events``.
+INT_COLUMN_RANGES: tuple[tuple[str, str, int, int], ...] = tuple(
+    (name, *{"bigint": ("int64", -(2**63), 2**63 - 1), "int": ("int32", -(2**31), 2**31 - 1)}[tp])
+    for name, tp in EVENT_NUMERIC_FIELDS.items()
+    if tp in ("bigint", "int")
+)
+
+
+def check_int_ranges(event: Mapping[str, Any]) -> None:
+    """Refuse an event whose integer column cannot be stored (e.g. ``bytes_out`` past int64).
+
+    Python ints are unbounded; the table's are not, and one such value would fail the whole
+    Arrow batch (and with it every rerun of the file), so it is this line's problem instead.
+
+    Raises:
+        ParseError: naming the column, the value and the type's range.
+    """
+    for name, kind, low, high in INT_COLUMN_RANGES:
+        value = event.get(name)
+        if value.__class__ is int and not low <= value <= high:
+            shown = str(value) if len(str(value)) <= 20 else f"{value:.3g}"
+            raise ParseError(f"{name} {shown} out of {kind} range")
 
 
 _CONVERTERS: dict[type, Callable[[str, Any], Any]] = {str: _as_str, int: _as_int, float: _as_float}

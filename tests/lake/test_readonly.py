@@ -1,0 +1,92 @@
+"""``loganomaly sql`` is read-only on both engines: writes are refused and leave the lake as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from loganomaly.config import Config
+from loganomaly.errors import QueryError
+from loganomaly.lake import sql
+from loganomaly.lake.readonly import check_datafusion_query
+
+pytestmark = pytest.mark.spark
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` with a hash of its content."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture
+def filled(spark, lake):  # type: ignore[no-untyped-def]
+    lake.write("events", spark.createDataFrame([(1, "a"), (2, "b")], "id bigint, v string"))
+    return lake
+
+
+def test_spark_refuses_writes_and_the_lake_is_unchanged(spark, filled, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # where CREATE TABLE would put spark-warehouse/
+    cfg = Config()
+    root = Path(filled.root)
+    before = snapshot(root)
+    attacks = {
+        f"INSERT OVERWRITE DIRECTORY '{root}/events' USING parquet SELECT 3 AS id, 'x' AS v": "InsertIntoDir",
+        "CREATE TABLE t AS SELECT * FROM events": "CreateTableAsSelect",
+        "CREATE TABLE t2 (a int)": "CreateTable",
+        "WITH a AS (SELECT 1) INSERT INTO events SELECT * FROM a": "InsertIntoStatement",
+        "EXPLAIN INSERT INTO events SELECT 1, 'x'": "InsertIntoStatement",
+        "DROP TABLE events": "DropTable",
+        "SET spark.sql.ansi.enabled=false": "SetCommand",
+    }
+    for query, refused in attacks.items():
+        with pytest.raises(QueryError, match=f"read-only: {refused} refused"):
+            sql.run(spark, cfg, query, lake=filled)
+    assert snapshot(root) == before
+    assert not (tmp_path / "spark-warehouse").exists()
+    assert spark.conf.get("spark.sql.ansi.enabled") == "true"
+    # reads still work
+    assert [r.n for r in sql.run(spark, cfg, "SELECT count(*) AS n FROM events", lake=filled).collect()] == [2]
+    assert sql.run(spark, cfg, "WITH e AS (SELECT * FROM events) SELECT max(id) AS m FROM e", lake=filled).first().m == 2
+    assert "Physical Plan" in sql.run(spark, cfg, "EXPLAIN SELECT * FROM events", lake=filled).first()[0]
+
+
+def test_spark_syntax_and_analysis_errors_are_query_errors_with_sparks_message(spark, filled) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(QueryError, match="SQL syntax error: .*PARSE_SYNTAX_ERROR.*SELEC"):
+        sql.run(spark, Config(), "SELEC * FROM events", lake=filled)
+    with pytest.raises(QueryError, match="TABLE_OR_VIEW_NOT_FOUND.*nope"):
+        sql.run(spark, Config(), "SELECT * FROM nope", lake=filled)
+
+
+def test_datafusion_refuses_writes_and_the_lake_is_unchanged(filled) -> None:  # type: ignore[no-untyped-def]
+    root = Path(filled.root)
+    before = snapshot(root)
+    commit = f"{root}/events/_delta_log/00000000000000000000.json"
+    for query, refused in {
+        f"COPY (SELECT 1) TO '{commit}' STORED AS JSON": "COPY is not a read-only statement",
+        "CREATE TABLE t AS SELECT * FROM events": "CREATE is not a read-only statement",
+        "INSERT INTO events VALUES (3, 'x')": "INSERT is not a read-only statement",
+        "SELECT 1; COPY (SELECT 1) TO '/tmp/x.json'": "one statement",
+        "WITH a AS (SELECT 1) INSERT INTO events SELECT * FROM a": "INSERT, INTO refused",
+        "SET datafusion.execution.batch_size = 1": "SET is not a read-only statement",
+    }.items():
+        with pytest.raises(QueryError, match=refused):
+            sql.run_local(root, query)
+    assert snapshot(root) == before
+    assert sql.run_local(root, "SELECT count(*) AS n FROM events").column("n").to_pylist() == [2]
+    assert sql.run_local(root, "WITH e AS (SELECT id FROM events) SELECT max(id) AS m FROM e;").num_rows == 1
+    assert sql.run_local(root, "EXPLAIN SELECT * FROM events").num_rows >= 1
+
+
+def test_datafusion_check_ignores_keywords_in_quotes_and_comments() -> None:
+    check_datafusion_query("SELECT 'insert into x' AS s, \"copy\" FROM events -- drop table\n/* delete */")
+    with pytest.raises(QueryError, match="unterminated"):
+        check_datafusion_query("SELECT 'x FROM events")

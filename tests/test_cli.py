@@ -1,0 +1,60 @@
+"""The ``loganomaly`` command line: parsing and error handling (no Spark needed here)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from loganomaly.cli import build_parser
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _parsers(sub)
+    return found
+
+
+def test_no_parser_accepts_abbreviated_options() -> None:
+    parsers = _parsers(build_parser())
+    assert len(parsers) > 5
+    assert [p.prog for p in parsers if p.allow_abbrev] == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "unknown"),
+    [
+        (["score", "--model-dir", "m", "--since", "2024-03-05"], "--since"),
+        (["ingest", "--input", "x", "--la", "/tmp/l"], "--la"),
+        (["sql", "--loc", "SELECT 1"], "--loc"),
+    ],
+)
+def test_an_abbreviated_option_is_an_error_naming_it(argv: list[str], unknown: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err and unknown in err
+
+
+def test_full_option_names_still_parse() -> None:
+    args = build_parser().parse_args(["score", "--model-dir", "m", "--since-last-run"])
+    assert args.since_last_run and args.date is None
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, caplog) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.cli import main
+
+    log_file = tmp_path / "conn.log"
+    log_file.write_text("x\n")
+    assert main(["sql", "--local", "--lake", str(log_file), "SELECT 1"]) == 2
+    assert main(["ingest", "--lake", str(log_file), "--input", str(log_file)]) == 2  # before Spark starts
+    (tmp_path / "lake").mkdir()
+    assert main(["sql", "--local", "--lake", str(tmp_path / "lake"), "COPY (SELECT 1) TO '/tmp/x.json'"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors[:2] == [f"ConfigError: lake root {log_file} is not a directory (lake.root / --lake must name a folder)"] * 2
+    assert errors[2].startswith("QueryError: sql is read-only: COPY is not a read-only statement")
+    assert all("\n" not in e for e in errors) and "Traceback" not in capsys.readouterr().err
