@@ -76,3 +76,23 @@ def test_a_lock_held_from_another_host_is_not_taken_over(tmp_path) -> None:  # t
         with writer_lock(lake, "run-B", "ingest"):
             pass
     assert json.loads(Path(lock_path(lake)).read_text()) == other
+
+
+@pytest.mark.spark
+def test_featurize_and_score_are_refused_while_another_run_writes(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every stage that writes the lake takes the same lock, before it reads or writes anything."""
+    from loganomaly.config import Config
+    from loganomaly.errors import LakeBusyError
+    from loganomaly.features import stage as featurize
+    from loganomaly.scoring import stage as score
+
+    holder = start_holder(Path(lake.root), tmp_path / "flags")
+    try:
+        with pytest.raises(LakeBusyError, match="being written by run run-A"):
+            featurize.run(spark, Config(), lake=lake)
+        with pytest.raises(LakeBusyError, match="being written by run run-A"):
+            score.run(spark, Config(), tmp_path / "no-model", lake=lake)
+    finally:
+        (tmp_path / "flags" / "release").touch()
+        holder.wait(30)
+    assert not lake.exists("sequences") and not lake.exists("scores")

@@ -63,6 +63,7 @@ from loganomaly.features.windows import (
     feature_names_for,
     feature_templates,
 )
+from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES, UNKNOWN_TEMPLATE_ID
 from loganomaly.lake.tables import Lake
 from loganomaly.runtime.runs import new_run_id, resolve_date
@@ -450,15 +451,22 @@ def run(
         StageInputError: no ``events``.
         ConfigError: ``since`` with ``refit_templates`` or other feature names.
     """
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    run_id = new_run_id("featurize")
+    # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
+    with writer_lock(lake.root, run_id, "featurize"):
+        return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id)
+
+
+def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, top_templates: int | None,
+         refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str) -> FeaturizeSummary:
     from pyspark.sql import functions as F
 
-    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     if not lake.exists("events"):
         raise StageInputError(f"no events table under {lake.root}; run `loganomaly ingest` first")
     spec_text = session_key if session_key is not None else cfg.features.session_key
     key = SessionKey.parse(spec_text) if spec_text else None  # parse before any work: fail fast
     k = top_templates if top_templates is not None else cfg.features.top_templates
-    run_id = new_run_id("featurize")
     events_version = lake.version("events")
     assert events_version is not None
     events = lake.read("events", version=events_version)

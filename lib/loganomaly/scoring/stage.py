@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from loganomaly.config import Config
 from loganomaly.errors import StageInputError
+from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, worker_model
@@ -152,15 +153,22 @@ def run(
         StageInputError: no input table, or nothing on the dates asked for.
         ModelError: no loadable bundle in ``model_dir``, or input that does not match it.
     """
+    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
+    run_id = new_run_id("score")
+    # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
+    with writer_lock(lake.root, run_id, "score"):
+        return _run(spark, cfg, model_dir, date, lake, since_last_run, run_id)
+
+
+def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | None, lake: Lake, since_last_run: bool,
+         run_id: str) -> ScoreSummary:
     from pyspark.sql import functions as F
 
     date = resolve_date(date)
-    lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     bundle = load_bundle(model_dir)
     kind = kind_of(bundle.kind)
     source = kind.scoring_input(lake, bundle)
     rows = source.rows
-    run_id = new_run_id("score")
     if date:
         day = dt.date.fromisoformat(date)
         rows = rows.where(F.col("date") == F.lit(day))
