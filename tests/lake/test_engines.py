@@ -97,6 +97,9 @@ def test_auto_prefers_delta_spark_when_the_session_has_it(spark, tmp_path, caplo
     # the session is path-based: Delta's catalog is on, and nothing is registered in a metastore
     assert spark.conf.get("spark.sql.catalog.spark_catalog") == delta_jars.DELTA_CATALOG
     assert Path(spark.conf.get("spark.jars").split(",")[0].removeprefix("file:")).name.startswith("io.delta_")
+    # parameterized SQL still binds with Delta's parser on the session (delta-io/delta#7640)
+    assert spark.sql("SELECT :x + 1 AS y", args={"x": 41}).first().y == 42
+    assert spark.sql("SELECT ? AS y", args=[7]).first().y == 7
 
 
 FALLBACK = textwrap.dedent(

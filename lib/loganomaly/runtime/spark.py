@@ -97,6 +97,9 @@ def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
             out.setdefault(key, value)
     # Delta rebuilds a table's state with this many tasks (default 50): far too many for local tables.
     out.setdefault("spark.databricks.delta.snapshotPartitions", str(max(1, cfg.shuffle_partitions)))
+    # Delta's SQL parser drops Spark 4.1's parser-level parameter binding, so spark.sql(q, args=...)
+    # fails with UNBOUND_SQL_PARAMETER (delta-io/delta#7640); binding constants in the analyzer works.
+    out.setdefault("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
     # VACUUM lists a table's files with this many tasks (default 10000: minutes on a laptop).
     out.setdefault("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(max(1, cfg.shuffle_partitions)))
     log.info("delta-spark %s on this session (%d cached jars)", delta_jars.coordinate(), len(jars))
