@@ -226,7 +226,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(featurize.run(spark, cfg, since=args.since).as_dict()))
     elif args.command == "train":
-        from loganomaly.training.tasks import stage as train
+        from loganomaly.training import stage as train
 
         print(json.dumps(train.run(spark, cfg, args.model_dir).as_dict()))
     elif args.command == "score":

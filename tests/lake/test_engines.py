@@ -228,15 +228,14 @@ def test_maintain_command_compacts_and_vacuums_every_table(spark, tmp_path, caps
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pipeline_end_to_end_on_each_engine(spark, tmp_path, engine, capsys):
     """generate -> ingest -> featurize -> train -> score -> evaluate -> sql, small, on one engine."""
-    from loganomaly.training.tasks import stage as train
-
     from loganomaly.cli import main
     from loganomaly.config import load_config
     from loganomaly.evaluation import stage as evaluate
     from loganomaly.features import stage as featurize
-    from loganomaly.ingest.stage import stage as ingest
-    from loganomaly.ingest.stage import synthetic
+    from loganomaly.ingest import stage as ingest
+    from loganomaly.ingest import synthetic
     from loganomaly.scoring import stage as score
+    from loganomaly.training import stage as train
 
     require_engine(spark, engine)
     cfg = load_config(

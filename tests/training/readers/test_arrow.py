@@ -159,7 +159,7 @@ def test_time_columns_read_the_same_in_any_stored_unit() -> None:
     """delta-rs stores microseconds, delta-spark Spark's INT96 (nanoseconds in pyarrow)."""
     import pyarrow as pa
 
-    from loganomaly.training.readers.arrow import _micros
+    from loganomaly.features.split import micros as _micros
 
     micros = [1709510400_000_000, 1709510700_123_456]
     us = pa.array(micros, pa.timestamp("us", "UTC"))
