@@ -13,13 +13,13 @@ from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Selection, plan_shards
 from loganomaly.models.autoencoder import (
     KIND,
-    flagged_step_errors,
     AutoencoderTask,
     AutoencoderWork,
     LSTMAutoencoder,
     LSTMAutoencoderConfig,
     calibrate_threshold,
     explain,
+    flagged_step_errors,
     window_errors,
     window_step_errors,
 )
