@@ -76,10 +76,18 @@ def test_score_rerun_gives_the_same_rows(spark, cfg, built, run_dir: Path) -> No
         rows = lake.read("scores").select("entity", "window_start", "score", "is_anomaly").collect()
         return sorted((r.entity, r.window_start, round(r.score, 6), r.is_anomaly) for r in rows)
 
-    first, n_anomalies = snapshot(), lake.read("anomalies").count()
+    def anomalies():  # type: ignore[no-untyped-def]
+        rows = lake.read("anomalies").select("entity", "window_start", "score", "explanation").collect()
+        return sorted((r.entity, r.window_start, round(r.score, 6), r.explanation) for r in rows)
+
+    first, flagged = snapshot(), anomalies()
+    assert flagged and len(flagged) == sum(1 for r in first if r[3])
+    # only flagged windows are explained; the anomalies table holds them with their explanations
+    rows = lake.read("scores").select("is_anomaly", "explanation", "top_features").collect()
+    assert all((r.explanation != "" and bool(r.top_features)) == r.is_anomaly for r in rows)
     score.run(spark, cfg, run_dir / "model", lake=lake)
     assert snapshot() == first
-    assert lake.read("anomalies").count() == n_anomalies
+    assert anomalies() == flagged
     # one date alone can be re-scored without touching the others
     day = first[-1][1].date().isoformat()
     score.run(spark, cfg, run_dir / "model", date=day, lake=lake)
@@ -89,6 +97,7 @@ def test_score_rerun_gives_the_same_rows(spark, cfg, built, run_dir: Path) -> No
     last = max(r[1] for r in first).date().isoformat()
     assert again.dates == [last]
     assert snapshot() == first
+    assert anomalies() == flagged
 
 
 def test_injected_anomalies_rank_above_normal_windows(built) -> None:  # type: ignore[no-untyped-def]

@@ -234,9 +234,12 @@ class TrainConfig:
 
 @dataclass
 class ScoreConfig:
-    """Scoring: how many features explain a flagged window."""
+    """Scoring: how many features explain a flagged window, and how the forward passes run."""
 
     explain_top_k: int = 3
+    # bf16 autocast of the scoring forward passes on CUDA workers (ignored on CPU workers, where an
+    # LSTM under bf16 autocast fails in oneDNN). Scores move by about bf16's precision (~3 digits).
+    bf16: bool = False
 
 
 @dataclass

@@ -12,15 +12,18 @@ from loganomaly.config import TrainConfig
 from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Selection, plan_shards
 from loganomaly.models.autoencoder import (
+    KIND,
     AutoencoderTask,
     AutoencoderWork,
     LSTMAutoencoder,
     LSTMAutoencoderConfig,
     calibrate_threshold,
     explain,
+    flagged_step_errors,
     window_errors,
     window_step_errors,
 )
+from loganomaly.models.kind import Inference
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.window import ModelBundle
 from loganomaly.runtime.collective import Collective
@@ -189,6 +192,44 @@ def test_step_errors_agree_with_window_errors_and_explain_names_the_broken_featu
     )
     assert tops[0][0] == "ports"
     assert "at step 6" in texts[0] and "ports=" in texts[0]
+
+
+def test_only_flagged_windows_are_explained_and_keep_their_explanation() -> None:
+    """Scoring explains windows above the threshold exactly as explaining every window did; the rest stay empty."""
+    bundle, raw = make_bundle(seed=4)
+    model = bundle.build_model()
+    x = raw.copy()
+    x[::5, 3, 1] += 8.0  # every fifth window has a burst of bytes
+    per_step = window_step_errors(model, bundle.normaliser.transform(x))
+    everything = explain(x, per_step, np.asarray(bundle.metrics["val_feature_error"]),
+                         np.asarray(bundle.normaliser.mean), bundle.feature_names, 2)
+    score = per_step.mean(axis=(1, 2))
+    bundle.threshold = float(np.median(score))  # half the windows flagged
+    for batch_size in (7, 1024):
+        scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 2, Inference(batch_size=batch_size))
+        np.testing.assert_allclose(scored["score"].to_numpy(), score, rtol=1e-12)
+        flagged = score > bundle.threshold
+        assert 0 < flagged.sum() < len(x)
+        for i in range(len(x)):
+            if flagged[i]:
+                assert list(scored["top_features"][i]) == everything[0][i]
+                assert scored["explanation"][i] == everything[1][i] != ""
+            else:
+                assert list(scored["top_features"][i]) == [] and scored["explanation"][i] == ""
+
+
+def test_flagged_step_errors_returns_the_errors_of_flagged_windows_only() -> None:
+    bundle, raw = make_bundle(seed=5)
+    model = bundle.build_model()
+    x = bundle.normaliser.transform(raw)
+    per_step = window_step_errors(model, x)
+    threshold = float(np.quantile(per_step.mean(axis=(1, 2)), 0.75))
+    score, flagged, errors = flagged_step_errors(model, x, threshold, batch_size=5)
+    np.testing.assert_allclose(score, per_step.mean(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_array_equal(flagged, np.flatnonzero(score > threshold))
+    np.testing.assert_array_equal(errors, per_step[flagged])
+    none = flagged_step_errors(model, x, np.inf)
+    assert none[1].shape == (0,) and none[2].shape == (0, T, F)
 
 
 # --- rank work ---------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class StepLinearKind(WindowKind):
         return float(np.quantile(scores, cfg.train.threshold_quantile)), {}, scores
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int) -> pd.DataFrame:
+                      top_k: int, inference: Any = None) -> pd.DataFrame:
         per_feature = _errors(model, bundle.normaliser.transform(x), device)
         top = np.argsort(-per_feature, axis=1)[:, :top_k]
         names = [[bundle.feature_names[f] for f in row] for row in top]

@@ -27,7 +27,8 @@ from loganomaly.config import Config
 from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
-from loganomaly.models.common import check_dropout, check_positive_ints, strict_from_dict
+from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
+from loganomaly.models.kind import Inference
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
@@ -165,6 +166,57 @@ def window_step_errors(
     return np.concatenate(out).astype(np.float64)
 
 
+def flagged_step_errors(
+    model: nn.Module,
+    x: np.ndarray,
+    threshold: float,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+    bf16: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window scores, and the per-step errors of only the windows scoring above ``threshold``.
+
+    What scoring needs: every window's score (as :func:`window_errors`) but the full error tensor
+    (which feature, at which step) only for the windows it explains. The score is reduced on the
+    device, so unflagged windows' errors never leave it nor become float64 arrays.
+
+    Args:
+        x: normalised windows ``[N, T, F]``.
+        threshold: windows scoring above it are returned with their errors.
+        bf16: bf16 autocast of the forward pass (CUDA only; float32 elsewhere).
+
+    Returns:
+        ``(score[N], flagged[K], per_step[K, T, F])``: float64 scores, the indices of the windows
+        above ``threshold`` in order, and their squared errors (float64).
+    """
+    if x.ndim != 3:
+        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
+    if batch_size < 1:
+        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+    device = device or next(model.parameters()).device
+    scores: list[np.ndarray] = []
+    flagged: list[np.ndarray] = []
+    errors: list[np.ndarray] = []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
+            with inference_autocast(device, bf16):
+                recon = model(batch)
+            err = (recon.float() - batch) ** 2
+            score = err.double().mean(dim=(1, 2))
+            above = torch.nonzero(score > threshold).squeeze(1)
+            scores.append(score.cpu().numpy())
+            if len(above):
+                flagged.append(above.cpu().numpy() + i)
+                errors.append(err[above].cpu().numpy().astype(np.float64))
+    if not scores:
+        return np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, *x.shape[1:]), np.float64)
+    if not flagged:
+        return np.concatenate(scores), np.zeros(0, np.int64), np.zeros((0, *x.shape[1:]), np.float64)
+    return np.concatenate(scores), np.concatenate(flagged), np.concatenate(errors)
+
+
 class AutoencoderTask(TensorTask):
     """The autoencoder's part of the loop: normalised windows ``[N, T, F]`` reconstruct themselves."""
 
@@ -267,18 +319,19 @@ def explain(
     # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
     # error; the ratio would be astronomic and say nothing more than "unusual".
     ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
-    order = np.argsort(-ratio, axis=1)[:, :top_k]
-    worst_step = per_step_error.argmax(axis=1)  # [N, F]
+    order = np.argsort(-ratio, axis=1)[:, :top_k]  # [N, K]
+    rows = np.arange(len(order))[:, None]
+    step = per_step_error.argmax(axis=1)[rows, order]  # [N, K]: each named feature's worst step
     undo = signed_expm1 if log1p else (lambda v: v)
-    tops, texts = [], []
-    for i, idx in enumerate(order):
-        tops.append([names[f] for f in idx])
-        parts = []
-        for f in idx:
-            observed = float(undo(x[i, worst_step[i, f], f]))
-            normal = float(undo(mean[f]))
-            parts.append(f"{names[f]}={observed:.3g} at step {int(worst_step[i, f]) + 1} (normal ~{normal:.3g})")
-        texts.append("; ".join(parts))
+    # Gathered and undone as arrays; only the formatting is per named feature.
+    observed = undo(x[rows, step, order]).tolist()
+    normal = undo(np.asarray(mean)).tolist()
+    tops = [[names[f] for f in idx] for idx in order.tolist()]
+    texts = [
+        "; ".join(f"{names[f]}={o:.3g} at step {s + 1} (normal ~{normal[f]:.3g})" for f, o, s in zip(idx, obs, st,
+                                                                                                   strict=True))
+        for idx, obs, st in zip(order.tolist(), observed, step.tolist(), strict=True)
+    ]
     return tops, texts
 
 
@@ -320,16 +373,26 @@ class AutoencoderKind(WindowKind):
         return threshold, {"val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)]}, val_scores
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int) -> pd.DataFrame:
-        """Mean squared reconstruction error per window, every window explained by its worst features."""
+                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+        """Mean squared reconstruction error per window; only windows above the threshold are explained.
+
+        Unflagged windows get no ``top_features`` and an empty ``explanation``: nobody reads them,
+        and explaining every window cost a float64 copy of every error and Python per row.
+        """
+        inference = inference or Inference()
         normalised = bundle.normaliser.transform(x)
         mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
         log1p = bundle.features.get("transform", "log1p") == "log1p"
-        per_step = window_step_errors(model, normalised, device=device)
-        scores = per_step.mean(axis=(1, 2))
-        typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-        tops, texts = explain(x, per_step, typical, mean, bundle.feature_names, top_k, log1p)
-        return pd.DataFrame({"score": scores.astype(np.float64), "top_features": tops, "explanation": texts})
+        scores, flagged, per_step = flagged_step_errors(model, normalised, bundle.threshold, inference.batch_size,
+                                                        device, inference.bf16)
+        tops: list[list[str]] = [[] for _ in range(len(x))]
+        texts = [""] * len(x)
+        if len(flagged):
+            typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
+            for i, top, text in zip(flagged.tolist(), *explain(x[flagged], per_step, typical, mean,
+                                                               bundle.feature_names, top_k, log1p), strict=True):
+                tops[i], texts[i] = top, text
+        return pd.DataFrame({"score": scores, "top_features": tops, "explanation": texts})
 
 
 KIND = AutoencoderKind()

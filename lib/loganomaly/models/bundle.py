@@ -232,13 +232,21 @@ def load_bundle(model_dir: str | Path, kind: ModelKind | None = None) -> Bundle:
 _WORKER_MODELS: dict[str, tuple[Any, Any, Any]] = {}
 
 
-def worker_model(version: str, files: dict[str, bytes], kind: ModelKind | None = None) -> tuple[Any, Any, Any]:
+def worker_model(version: str, files: dict[str, bytes], kind: ModelKind | None = None,
+                 threads: int | None = None) -> tuple[Any, Any, Any]:
     """(bundle, model on its device, device) of bundle ``files`` shipped as bytes to a worker.
+
+    The model goes on CUDA when the worker has a GPU, else the CPU.
 
     Args:
         version: the expected content version (a mismatch is a ModelError: wrong bytes shipped).
         files: bundle file name -> bytes (from a broadcast).
+        threads: torch intra-op threads for this worker process (the task's cores); set when it
+            differs from the current setting, so once per worker in practice.
     """
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        log.info("worker %d: torch uses %d threads", os.getpid(), threads)
     if version not in _WORKER_MODELS:
         directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
         for name, data in files.items():

@@ -28,8 +28,8 @@ from loganomaly.config import Config
 from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
-from loganomaly.models.common import check_dropout, check_positive_ints, strict_from_dict
-from loganomaly.models.kind import TrainingPlan
+from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
+from loganomaly.models.kind import Inference, TrainingPlan
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
@@ -161,11 +161,13 @@ class ClassifierTask(TensorTask):
 
 
 def classifier_probabilities(
-    model: LSTMClassifier, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None
+    model: LSTMClassifier, x: np.ndarray, batch_size: int = 1024, device: torch.device | None = None,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Class probabilities ``[N, C]`` (float64) of windows ``x[N, T, F]``, computed in batches.
 
-    The probability of the anomalous class is the score to threshold or rank.
+    The probability of the anomalous class is the score to threshold or rank. ``bf16``: autocast
+    the forward pass (CUDA only; float32 elsewhere).
     """
     if x.ndim != 3 or x.shape[2] != model.cfg.n_features:
         raise ModelError(f"windows have shape {x.shape}; expected [N, T, {model.cfg.n_features}]")
@@ -177,7 +179,9 @@ def classifier_probabilities(
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)).to(device)
-            out.append(torch.softmax(model(xb).float(), dim=1).cpu().numpy())
+            with inference_autocast(device, bf16):
+                logits = model(xb)
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     if not out:
         return np.zeros((0, model.cfg.n_classes), dtype=np.float64)
     return np.concatenate(out).astype(np.float64)
@@ -344,13 +348,14 @@ class ClassifierKind(WindowKind):
         return threshold, metrics, val_scores
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int) -> pd.DataFrame:
+                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
         """P(anomalous) of every window; only windows above the threshold are explained (by occlusion)."""
         assert isinstance(model, LSTMClassifier)
+        inference = inference or Inference()
         normalised = bundle.normaliser.transform(x)
         mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
         log1p = bundle.features.get("transform", "log1p") == "log1p"
-        probability = classifier_probabilities(model, normalised, device=device)[:, 1]
+        probability = classifier_probabilities(model, normalised, inference.batch_size, device, inference.bf16)[:, 1]
         flagged = np.flatnonzero(probability > bundle.threshold)
         tops: list[list[str]] = [[] for _ in range(len(x))]
         texts = [""] * len(x)

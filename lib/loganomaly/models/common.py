@@ -11,11 +11,22 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+import torch
+
 from loganomaly.errors import ModelError
 
 C = TypeVar("C")
 
-__all__ = ["check_dropout", "check_positive_ints", "strict_from_dict"]
+__all__ = ["check_dropout", "check_positive_ints", "inference_autocast", "strict_from_dict"]
+
+
+def inference_autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """bf16 autocast for a forward pass on CUDA when asked; disabled elsewhere.
+
+    CPU bf16 autocast of an LSTM fails in oneDNN on CPUs without bf16 instructions, so it is never
+    enabled on a CPU, whatever ``bf16`` says.
+    """
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
 def strict_from_dict(cls: type[C], data: Any, what: str, error: type[Exception] = ModelError) -> C:

@@ -45,7 +45,15 @@ from loganomaly.features.split import chronological_split, order_validation_mask
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.ingest.templates.store import current_version
 from loganomaly.models.bundle import load_bundle, templates_of, training_templates
-from loganomaly.models.kind import Bundle, ModelKind, RankWork, ScoringInput, TrainingPlan, quantiles
+from loganomaly.models.kind import (
+    Bundle,
+    Inference,
+    ModelKind,
+    RankWork,
+    ScoringInput,
+    TrainingPlan,
+    quantiles,
+)
 from loganomaly.models.nextevent import (
     DeepLog,
     DeepLogConfig,
@@ -237,7 +245,8 @@ def explain_sessions(
 
 
 def score_template_sessions(
-    bundle: DeepLogBundle, model: DeepLog, device: torch.device, sessions: Sequence[Sequence[str]]
+    bundle: DeepLogBundle, model: DeepLog, device: torch.device, sessions: Sequence[Sequence[str]],
+    inference: Inference | None = None,
 ) -> pd.DataFrame:
     """Score sessions of template id strings with DeepLog: the UDF body, Spark-free.
 
@@ -246,7 +255,9 @@ def score_template_sessions(
     if END_TOKEN in bundle.vocabulary.templates:
         sessions = with_end(sessions)
     encoded = [bundle.vocabulary.encode(s) for s in sessions]
-    scores = score_sessions(model, encoded, top_g=bundle.top_g, device=device)
+    inference = inference or Inference()
+    scores = score_sessions(model, encoded, top_g=bundle.top_g, batch_size=inference.batch_size, device=device,
+                            bf16=inference.bf16)
     return explain_sessions(bundle, sessions, scores)
 
 
@@ -436,10 +447,10 @@ class DeepLogKind(ModelKind):
         return ScoringInput(rows, "template_ids")
 
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
         assert isinstance(bundle, DeepLogBundle) and isinstance(model, DeepLog)
         sessions = [[str(t) for t in (ids if ids is not None else [])] for ids in values.to_pylist()]
-        return score_template_sessions(bundle, model, device, sessions)
+        return score_template_sessions(bundle, model, device, sessions, inference)
 
     def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
         assert isinstance(bundle, DeepLogBundle)

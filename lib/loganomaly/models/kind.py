@@ -21,6 +21,7 @@ nightly job scores whatever kind was trained without being told.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
     from loganomaly.lake.tables import Lake
 
-__all__ = ["RESULT_COLUMNS", "Bundle", "ModelKind", "RankWork", "ScoringInput", "TrainingPlan"]
+__all__ = ["RESULT_COLUMNS", "Bundle", "Inference", "ModelKind", "RankWork", "RowCheck", "ScoringInput",
+           "TrainingPlan"]
 
 #: What :meth:`ModelKind.score_batch` returns per row, as a Spark DDL string.
 RESULT_COLUMNS = "score double, top_features array<string>, explanation string"
@@ -102,6 +104,35 @@ class TrainingPlan:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a kind runs its network while scoring (the stage sizes it: :mod:`loganomaly.models.sizing`).
+
+    Attributes:
+        batch_size: rows per forward pass.
+        bf16: bf16 autocast in the forward passes, on CUDA only (``score.bf16``); ignored on a CPU,
+            where an LSTM under bf16 autocast fails in oneDNN on CPUs without bf16 instructions.
+    """
+
+    batch_size: int = 1024
+    bf16: bool = False
+
+
+@dataclass
+class RowCheck:
+    """A condition every scored row must meet, checked by the stage in the one aggregate it runs anyway.
+
+    Attributes:
+        bad: a boolean Column, true on a row the bundle cannot score.
+        detail: a Column shown (its value on one bad row) in the error.
+        message: the error's text, given that value.
+    """
+
+    bad: Any
+    detail: Any
+    message: Callable[[Any], str]
+
+
 @dataclass
 class ScoringInput:
     """The rows a bundle judges, in the common shape of ``scores``.
@@ -110,10 +141,13 @@ class ScoringInput:
         rows: a DataFrame with ``entity``, ``window_start``, ``window_end``, ``date`` and the
             kind's input column.
         column: the input column handed to :meth:`ModelKind.score_batch`.
+        checks: conditions on the rows scored (shape, feature names), evaluated by the stage over
+            exactly the rows it scores; a failing one is a ModelError.
     """
 
     rows: DataFrame
     column: str
+    checks: list[RowCheck] = field(default_factory=list)
 
 
 class ModelKind(ABC):
@@ -174,17 +208,23 @@ class ModelKind(ABC):
 
         Raises:
             StageInputError: no input table.
-            ModelError: the rows do not match the bundle (shape, feature names).
+            ModelError: the table cannot match the bundle at all (e.g. a column is missing); row-level
+                conditions (shape, feature names) go in :attr:`ScoringInput.checks`.
         """
+
+    def row_floats(self, bundle: Bundle) -> int | None:
+        """Input floats per scored row (``T x F`` of a window), to size batches; None when rows vary."""
+        return None
 
     @abstractmethod
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
         """Score one batch of the input column (Spark-free: the UDF body).
 
         Args:
             values: the input column of one Arrow batch (a ``pyarrow.Array``).
             top_k: how many features or events an explanation names.
+            inference: forward-pass batch size and bf16 autocast (defaults: :class:`Inference`).
 
         Returns:
             ``score`` (float64), ``top_features`` (list of str) and ``explanation`` (str) per row;

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from loganomaly.errors import ModelError
-from loganomaly.models.common import check_dropout, check_positive_ints, strict_from_dict
+from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
 from loganomaly.models.task import FitTask
 from loganomaly.models.vocabulary import FIRST_TEMPLATE_ID, PAD_ID, UNKNOWN_ID, session_windows
 
@@ -277,6 +277,7 @@ def score_sessions(
     top_g: int | None = None,
     batch_size: int = 1024,
     device: torch.device | None = None,
+    bf16: bool = False,
 ) -> list[SessionScore]:
     """Judge every event of every session against the model's top-g next-template candidates.
 
@@ -290,6 +291,7 @@ def score_sessions(
         top_g: candidates per step; by default the model config's ``top_g``.
         batch_size: windows per forward pass.
         device: where to run; by default where the model's parameters are.
+        bf16: autocast the forward pass (CUDA only; float32 elsewhere).
 
     Raises:
         ModelError: ids outside the vocabulary, or a ``top_g``/``batch_size`` below 1.
@@ -313,7 +315,9 @@ def score_sessions(
         for start in range(0, len(y), batch_size):
             xb = torch.from_numpy(x[start : start + batch_size]).to(device)
             yb = torch.from_numpy(y[start : start + batch_size]).to(device)
-            logits = model(xb).float()
+            with inference_autocast(device, bf16):
+                logits = model(xb)
+            logits = logits.float()
             nll[start : start + len(yb)] = (-F.log_softmax(logits, dim=1).gather(1, yb[:, None])[:, 0]).cpu().numpy()
             real = logits[:, FIRST_TEMPLATE_ID:]
             actual = logits.gather(1, yb[:, None])

@@ -43,7 +43,16 @@ from loganomaly.features.split import (
 from loganomaly.features.windows import FEATURE_NAMES
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.models.bundle import load_bundle, templates_of, training_templates
-from loganomaly.models.kind import Bundle, ModelKind, RankWork, ScoringInput, TrainingPlan, quantiles
+from loganomaly.models.kind import (
+    Bundle,
+    Inference,
+    ModelKind,
+    RankWork,
+    RowCheck,
+    ScoringInput,
+    TrainingPlan,
+    quantiles,
+)
 from loganomaly.models.normaliser import Normaliser, fit_normaliser
 from loganomaly.models.task import FitTask, TrainResult
 from loganomaly.registry import READERS
@@ -250,8 +259,8 @@ class WindowKind(ModelKind):
 
     @abstractmethod
     def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int) -> pd.DataFrame:
-        """Scores and explanations of raw windows ``x[N, T, F]``."""
+                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+        """Scores and explanations of raw windows ``x[N, T, F]`` (explanations may be left empty below the threshold)."""
 
     # -------------------------------------------------------------- training
     def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
@@ -400,31 +409,41 @@ class WindowKind(ModelKind):
             raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
         windows = lake.read("sequences")
         n_steps, n_features = bundle.window_steps, bundle.model_cfg.n_features
-        mismatched = windows.where((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features)).limit(1).count()
-        if mismatched:
-            raise ModelError(f"sequences windows do not match the model ({n_steps} steps x {n_features} features); "
-                             "re-run featurize or train")
         # Same shape is not enough: the frequent-template columns must be the model's, in its order.
         if "feature_names" not in windows.columns:
             raise ModelError("sequences has no feature_names column (written before feature names were stored); "
                              "re-run featurize")
+        version = bundle.version
+
+        def shape_message(got: Any) -> str:
+            return (f"sequences windows of {got} do not match the model ({n_steps} steps x {n_features} features); "
+                    "re-run featurize or train")
+
+        def names_message(got: Any) -> str:
+            diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(list(got or []), bundle.feature_names,
+                                                                         strict=False)) if a != b][:5]
+            return (f"sequences feature names differ from model {version}'s ({diff or 'missing names'}); "
+                    "featurize chose other templates (refit_templates?): retrain, or featurize without refitting")
+
         expected = F.array(*[F.lit(n) for n in bundle.feature_names]).cast("array<string>")
-        other = windows.where(~F.col("feature_names").eqNullSafe(expected)).select("feature_names").limit(1).collect()
-        if other:
-            got = list(other[0]["feature_names"] or [])
-            diff = [f"{i}: {a!r} != {b!r}" for i, (a, b) in enumerate(zip(got, bundle.feature_names, strict=False))
-                    if a != b][:5]
-            raise ModelError(
-                f"sequences feature names differ from model {bundle.version}'s ({diff or 'missing names'}); "
-                "featurize chose other templates (refit_templates?): retrain, or featurize without refitting"
-            )
-        return ScoringInput(windows.select("entity", "window_start", "window_end", "date", "features"), "features")
+        checks = [
+            RowCheck((F.col("n_steps") != n_steps) | (F.col("n_features") != n_features),
+                     F.concat_ws(" x ", F.col("n_steps").cast("string"), F.col("n_features").cast("string")),
+                     shape_message),
+            RowCheck(~F.col("feature_names").eqNullSafe(expected), F.col("feature_names"), names_message),
+        ]
+        return ScoringInput(windows.select("entity", "window_start", "window_end", "date", "features", "n_steps",
+                                           "n_features", "feature_names"), "features", checks)
 
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
         assert isinstance(bundle, ModelBundle)
         x = windows_of(values, bundle.window_steps, bundle.model_cfg.n_features)
-        return self.score_windows(bundle, model, device, x, top_k)
+        return self.score_windows(bundle, model, device, x, top_k, inference)
+
+    def row_floats(self, bundle: Bundle) -> int | None:
+        assert isinstance(bundle, ModelBundle)
+        return bundle.window_steps * int(bundle.model_cfg.n_features)
 
     def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
         assert isinstance(bundle, ModelBundle)

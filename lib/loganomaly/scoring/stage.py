@@ -10,9 +10,19 @@ The model is shipped to executors as bytes in a broadcast (no shared file system
 ``mapInArrow`` function loads it once per Python worker: the first batch of a task materialises the
 bundle into a worker-local cache keyed by the model version, later batches and later tasks on the
 same (reused) worker use it directly. Batches stay Arrow from the JVM to the model: the features
-column becomes a numpy view of its values, with no per-row Python objects. Writes replace exactly
-the scored dates (``replace_where``), so a rerun for the same dates gives the same rows, never
-duplicates, and a failed run leaves the previous rows in place.
+column becomes a numpy view of its values, with no per-row Python objects.
+
+Sizes come from the task and the row, not constants (:mod:`loganomaly.models.sizing`): each Python
+worker runs torch with ``spark.task.cpus`` threads (the task's own cores), and the Arrow batch
+(``spark.sql.execution.arrow.maxRecordsPerBatch``, set for the scoring writes only) and the
+forward-pass batch hold a fixed number of input floats, so wide windows get fewer rows per batch.
+``score.bf16`` autocasts the forward passes on CUDA workers.
+
+One aggregate over the rows to score gives the dates, the counts and the kind's row checks (shape,
+feature names) together, before any model work. The scored DataFrame is persisted, so the model
+runs once for both writes: ``scores`` and then ``anomalies`` (its flagged rows), each replacing
+exactly the scored dates (``replace_where``). A rerun for the same dates gives the same rows, never
+duplicates, and a failed write leaves that table's previous rows in place.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from loganomaly.config import Config
-from loganomaly.errors import StageInputError
+from loganomaly.errors import ModelError, StageInputError
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, worker_model
-from loganomaly.models.kind import RESULT_COLUMNS, ModelKind
+from loganomaly.models.kind import RESULT_COLUMNS, Inference, ModelKind, ScoringInput
+from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
 if TYPE_CHECKING:
@@ -40,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreSummary", "last_scored_date", "run", "score_partitions", "write_scores"]
+__all__ = ["ScoreSummary", "checked_dates", "last_scored_date", "run", "score_partitions", "write_scores"]
 
 #: The columns every kind's scoring input carries besides its own input column.
 KEY_COLUMNS = ("entity", "window_start", "window_end", "date")
@@ -59,7 +71,7 @@ class ScoreSummary:
 
 
 def score_partitions(
-    kind: ModelKind, version: str, files: Any, column: str, top_k: int
+    kind: ModelKind, version: str, files: Any, column: str, top_k: int, inference: Inference | None = None
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
     """The ``mapInArrow`` function: key columns in, key columns plus the kind's results out.
 
@@ -70,14 +82,22 @@ def score_partitions(
         files: a broadcast of the bundle's files (name -> bytes).
         column: the kind's input column.
         top_k: features or events named per explanation.
+        inference: forward-pass batch size and bf16 (:func:`loganomaly.models.sizing.scoring_sizes`).
+
+    Torch in the worker runs with as many threads as the task has cores (``spark.task.cpus``, read
+    from the task's context).
     """
 
     def score(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        bundle, model, device = worker_model(version, files.value, kind)
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        threads = torch_threads(context.cpus() if context is not None else 1)
+        bundle, model, device = worker_model(version, files.value, kind, threads=threads)
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            result = kind.score_batch(bundle, model, device, batch.column(column), top_k)
+            result = kind.score_batch(bundle, model, device, batch.column(column), top_k, inference)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(name) for name in KEY_COLUMNS] + [
                     pa.array(result["score"].to_numpy(), pa.float64()),
@@ -100,32 +120,52 @@ def last_scored_date(lake: Lake, model_version: str) -> str | None:
     return None if row[0] is None else row[0].isoformat()
 
 
-def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> tuple[int, int]:
-    """Replace ``dates`` in ``scores``, then in ``anomalies`` from the written version; (rows, flagged).
+def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
+    """Rows per date of ``rows`` (the rows about to be scored), after the kind's checks pass on them.
 
-    ``anomalies`` is derived from the committed ``scores`` version, so the two never disagree, and
-    both writes replace exactly the scored dates: a rerun gives the same rows, never duplicates.
+    One aggregate, whatever the number of checks: each check adds a flag and a sample value to it.
+
+    Raises:
+        ModelError: a check fails on some row (the message names a failing row's value).
     """
     from pyspark.sql import functions as F
 
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for i, check in enumerate(source.checks):
+        aggs += [F.max(check.bad.cast("int")).alias(f"bad{i}"),
+                 F.first(F.when(check.bad, check.detail), ignorenulls=True).alias(f"detail{i}")]
+    per_date = rows.groupBy("date").agg(*aggs).collect()
+    for i, check in enumerate(source.checks):
+        bad = [r for r in per_date if r[f"bad{i}"]]
+        if bad:
+            raise ModelError(check.message(next((r[f"detail{i}"] for r in bad if r[f"detail{i}"] is not None), None)))
+    return {r["date"].isoformat(): int(r["n"]) for r in per_date}
+
+
+def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> tuple[int, int]:
+    """Replace ``dates`` in ``scores`` and in ``anomalies`` from one persisted scoring; (rows, flagged).
+
+    ``scored`` is persisted for the two writes and the count, so the model runs once and both
+    tables hold exactly what it said. Each write replaces exactly the scored dates: a rerun gives
+    the same rows, never duplicates; a write that fails leaves its table's previous rows.
+
+    Example:
+        >>> write_scores(lake, scored, ["2024-03-06"], "score-20240307-...")  # doctest: +SKIP
+        (412, 7)
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
     partition_by = TABLES["scores"].partition_by
-    version = lake.write(
-        "scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates}, run_id=run_id
-    )
-    written = lake.read("scores", version=version).where(
-        F.col("date").isin([dt.date.fromisoformat(d) for d in dates])
-    )
-    lake.write(
-        "anomalies",
-        written.where(F.col("is_anomaly")),
-        mode="overwrite",
-        partition_by=partition_by,
-        replace_where={"date": dates},
-        run_id=run_id,
-    )
-    counts = written.agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")
-    ).collect()[0]
+    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        lake.write("scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates},
+                   run_id=run_id)
+        lake.write("anomalies", scored.where(F.col("is_anomaly")), mode="overwrite", partition_by=partition_by,
+                   replace_where={"date": dates}, run_id=run_id)
+        counts = scored.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")).collect()[0]
+    finally:
+        scored.unpersist()
     return int(counts["n"]), int(counts["a"] or 0)
 
 
@@ -170,28 +210,29 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     source = kind.scoring_input(lake, bundle)
     rows = source.rows
     if date:
-        day = dt.date.fromisoformat(date)
-        rows = rows.where(F.col("date") == F.lit(day))
-        dates = [day.isoformat()]
-    else:
-        dates = sorted(r.date.isoformat() for r in rows.select("date").distinct().collect())
-        if since_last_run:
-            last = last_scored_date(lake, bundle.version)
-            if last is not None:
-                dates = [d for d in dates if d >= last]
-                rows = rows.where(F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
-            log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
-            if not dates:
-                return ScoreSummary(run_id, bundle.version, [], 0, 0)
+        rows = rows.where(F.col("date") == F.lit(dt.date.fromisoformat(date)))
+    elif since_last_run:
+        last = last_scored_date(lake, bundle.version)
+        if last is not None:
+            rows = rows.where(F.col("date") >= F.lit(dt.date.fromisoformat(last)))
+    counts = checked_dates(source, rows)
+    # A date asked for by name is replaced even when it has no rows left (its old scores go too).
+    dates = [dt.date.fromisoformat(date).isoformat()] if date else sorted(counts)
+    if since_last_run and not date:
+        log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
+        if not dates:
+            return ScoreSummary(run_id, bundle.version, [], 0, 0)
     if not dates:
         raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
 
+    sizes = scoring_sizes(kind.row_floats(bundle), int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+    inference = Inference(batch_size=sizes.forward_rows, bf16=cfg.score.bf16)
     files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
     keys = rows.select(*KEY_COLUMNS).schema
     schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in keys.fields) + ", " + RESULT_COLUMNS
     threshold = float(bundle.threshold)
     scored = rows.select(*KEY_COLUMNS, source.column).mapInArrow(
-        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k), schema
+        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k, inference), schema
     ).select(
         *KEY_COLUMNS,
         "score",
@@ -202,9 +243,28 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
     )
-    n_rows, n_anomalies = write_scores(lake, scored, dates, run_id)
-    files.unpersist()
+    log.info("score: %d %s to score on %d dates; %s", sum(counts.values()), kind.unit, len(dates), sizes)
+    try:
+        with arrow_batch_rows(spark, sizes):
+            n_rows, n_anomalies = write_scores(lake, scored, dates, run_id)
+    finally:
+        files.unpersist()
     summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)
     log.info("score %s: %d %s over %d dates, %d anomalies (%s %s)", run_id, summary.windows, kind.unit, len(dates),
              summary.anomalies, bundle.kind, bundle.version)
     return summary
+
+
+@contextmanager
+def arrow_batch_rows(spark: SparkSession, sizes: ScoringSizes) -> Iterator[None]:
+    """``spark.sql.execution.arrow.maxRecordsPerBatch`` set to the scoring size, restored afterwards."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, str(sizes.arrow_rows))
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
