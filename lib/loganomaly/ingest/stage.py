@@ -8,6 +8,9 @@ results land in Delta. Guarantees:
   ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
 * incremental and idempotent: a file whose path, size and mtime are already in
   ``ingested_files`` is skipped; a changed file is re-read and its old rows are replaced;
+* rotation keeps rows: a known file now smaller than recorded (copytruncate, or truncated and
+  rewritten) is a new *generation* of the file: earlier generations' rows stay, the new content
+  loads as generation N+1 with its own ledger row and event ids;
 * a file deleted between listing and parsing is skipped with a warning and gets no ledger row
   (it loads if it comes back); the run's other files load;
 * crash-safe: the ledger row is written last, and rows of a file that a crashed run wrote
@@ -58,9 +61,13 @@ KIND = "_kind"
 
 
 
-def event_id(path: str, line_no: int) -> str:
-    """Stable id of the event at ``path:line_no``; the same line always gets the same id."""
-    return hashlib.blake2b(f"{path}\x00{line_no}".encode(), digest_size=12).hexdigest()
+def event_id(path: str, line_no: int, generation: int = 0) -> str:
+    """Stable id of the event at ``path:line_no`` of the file's ``generation``; the same line always
+    gets the same id. Generation 0 ids are those of lakes written before generations existed; later
+    generations put the generation in the key (a path holds no NUL, so no key collides).
+    """
+    key = f"{path}\x00{line_no}" if generation == 0 else f"{path}\x00{generation}\x00{line_no}"
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
 def _spark_type_to_arrow(tp: str) -> pa.DataType:
@@ -128,6 +135,7 @@ def parse_files_to_batches(
     sources: dict[str, tuple[str, FormatOptions]] | None = None,
     templates: Templates | None = None,
     formats: Mapping[str, LogFormat] | None = None,
+    generations: Mapping[str, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Parse files into Arrow batches of :data:`PARSED_ARROW` rows (Spark-free; one task's work).
 
@@ -143,6 +151,7 @@ def parse_files_to_batches(
             same pass (no second trip through Python).
         formats: the log formats to detect and parse with, in detection order; default the
             registry's (see :class:`_ParseJob` for why a task gets the driver's).
+        generations: path -> generation of the file being loaded (event ids); default 0.
     """
     import pyarrow.compute as pc
 
@@ -172,7 +181,10 @@ def parse_files_to_batches(
         n = len(rows)
         columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
         is_event = [k == "event" for k in kinds]
-        columns["event_id"] = [event_id(path, ln) if ev else None for ln, ev in zip(lines, is_event, strict=True)]
+        generation = (generations or {}).get(path, 0)
+        columns["event_id"] = [
+            event_id(path, ln, generation) if ev else None for ln, ev in zip(lines, is_event, strict=True)
+        ]
         columns["source"] = [source if ev else None for ev in is_event]
         columns["file"] = [path] * n
         columns["line_no"] = lines
@@ -286,11 +298,80 @@ def _identities(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
     return found
 
 
-def _already_ingested(lake: Lake) -> set[tuple[str, int, int]]:
+@dataclass(frozen=True)
+class _Generation:
+    """One ``ingested_files`` row: a generation of a file as last loaded."""
+
+    generation: int
+    size: int
+    mtime: int
+    run_id: str
+
+
+def _ledger(lake: Lake) -> dict[str, list[_Generation]]:
+    """Ledger rows by path, oldest generation first (a ledger without the column is generation 0)."""
     if not lake.exists("ingested_files"):
-        return set()
-    rows = lake.read("ingested_files").select("path", "size", "mtime").collect()
-    return {(r.path, r.size, r.mtime) for r in rows}
+        return {}
+    from pyspark.sql import functions as F
+
+    df = lake.read("ingested_files")
+    gen = F.coalesce(F.col("generation"), F.lit(0)) if "generation" in df.columns else F.lit(0)
+    found: dict[str, list[_Generation]] = {}
+    for r in df.select("path", "size", "mtime", "run_id", gen.alias("generation")).collect():
+        found.setdefault(r.path, []).append(_Generation(int(r.generation), r.size, r.mtime, r.run_id))
+    for gens in found.values():
+        gens.sort(key=lambda g: g.generation)
+    return found
+
+
+@dataclass(frozen=True)
+class _Load:
+    """A file to load: its identity, the generation it loads as, and the runs whose rows of it stay."""
+
+    path: str
+    size: int
+    mtime: int
+    generation: int
+    keep_runs: tuple[str, ...]
+
+
+def _plan(files: Sequence[tuple[str, int, int]], ledger: Mapping[str, list[_Generation]]) -> list[_Load]:
+    """What to load: a file is skipped when its latest generation has its size and mtime; a known
+    file now smaller than that generation was rotated (copytruncate, truncate-and-rewrite) and
+    loads as the next generation, keeping every earlier one; a file that changed at the same or a
+    larger size (appended to, edited) replaces its latest generation's rows.
+    """
+    todo = []
+    for path, size, mtime in files:
+        gens = ledger.get(path, [])
+        if not gens:
+            todo.append(_Load(path, size, mtime, 0, ()))
+            continue
+        last = gens[-1]
+        if (size, mtime) == (last.size, last.mtime):
+            continue
+        generation = last.generation + 1 if size < last.size else last.generation
+        if generation > last.generation:
+            log.info("%s is smaller than recorded (%d < %d bytes): rotated; loading it as generation %d, "
+                     "earlier rows kept", path, size, last.size, generation)
+        keep = tuple(g.run_id for g in gens if g.generation < generation and g.run_id)
+        todo.append(_Load(path, size, mtime, generation, keep))
+    return todo
+
+
+def _migrate_ledger(spark: SparkSession, lake: Lake) -> None:
+    """Give a ledger written before ``generation`` existed that column (0 on every row), so merges
+    on (path, generation) match its rows. One overwrite of a small table, on either engine."""
+    if not lake.exists("ingested_files"):
+        return
+    old = lake.read("ingested_files")
+    if "generation" in old.columns:
+        return
+    from pyspark.sql import functions as F
+
+    rows = old.withColumn("generation", F.lit(0).cast("bigint")).select(*TABLES["ingested_files"].columns).collect()
+    lake.write("ingested_files", spark.createDataFrame(rows, TABLES["ingested_files"].ddl), mode="overwrite")
+    log.info("ingested_files: added column generation (0 on %d existing rows)", len(rows))
 
 
 def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | None = None) -> IngestSummary:
@@ -320,8 +401,7 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
 
 def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, run_id: str) -> IngestSummary:
     files = _identities(iter_input_files(inputs))
-    done = _already_ingested(lake)
-    todo = [f for f in files if f not in done]
+    todo = _plan(files, _ledger(lake))
     log.info(
         "ingest %s: %d files found, %d already ingested, %d to load",
         run_id,
@@ -331,7 +411,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     )
     if not todo:
         return IngestSummary(run_id, len(files), 0, 0, 0)
-    paths = [f[0] for f in todo]
+    paths = [f.path for f in todo]
     sources = resolve_sources(cfg, paths)
     templates: Templates | None = None
     if cfg.templates.enabled:
@@ -340,18 +420,21 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
         template_config(cfg.templates)  # fail on bad settings before reading anything
         templates = None if cfg.templates.refit else load_state(lake)
 
-    # Rows of these paths from an earlier, changed version of a file or from a run that crashed
-    # before its ledger row: remove them so the load below cannot duplicate anything.
+    # Rows of these paths from an earlier, changed version of the generation being loaded or from a
+    # run that crashed before its ledger row: remove them so the load below cannot duplicate
+    # anything. Rows of earlier generations (written by the runs in their ledger rows) stay.
     for table in ("events", "quarantine"):
         if lake.exists(table):
-            lake.delete(table, "file", paths)
+            lake.delete_keeping(table, "file", {f.path: f.keep_runs for f in todo}, "run_id")
 
     per_task = max(1, cfg.ingest.files_per_task)
     n_tasks = max(1, (len(paths) + per_task - 1) // per_task)
     # Biggest files first, so the last task to start is a small one (less idle time at the end).
-    by_size = [f[0] for f in sorted(todo, key=lambda f: -f[1])]
+    by_size = [f.path for f in sorted(todo, key=lambda f: -f.size)]
     files_df = spark.createDataFrame([(p,) for p in by_size], "path string").repartition(n_tasks)
-    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, registered_formats())
+    job = _ParseJob(
+        run_id, cfg.ingest.max_raw_chars, sources, registered_formats(), {f.path: f.generation for f in todo}
+    )
     if cfg.templates.enabled and templates is None:
         templates = _fit_templates(spark, cfg, lake, files_df, job)
     if templates is not None:
@@ -368,15 +451,17 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
 
     now = dt.datetime.now(dt.timezone.utc)
     ledger = []
-    for path, size, mtime in todo:
+    for f in todo:
+        path = f.path
         n_ev, n_q, fmt = per_file.get(path, (0, 0, None))
         if n_ev + n_q == 0 and not os.path.exists(path):
             # Deleted between listing and parsing: not recorded, so it loads if it comes back.
             log.warning("ingest %s: %s vanished before it was read; not recorded as ingested", run_id, path)
             continue
-        ledger.append((path, size, mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now))
+        ledger.append((path, f.size, f.mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now, f.generation))
+    _migrate_ledger(spark, lake)
     ledger_df = spark.createDataFrame(ledger, TABLES["ingested_files"].ddl)
-    lake.merge("ingested_files", ledger_df, keys=["path"])
+    lake.merge("ingested_files", ledger_df, keys=["path", "generation"])
     summary = IngestSummary(
         run_id,
         len(files),
@@ -411,6 +496,7 @@ class _ParseJob:
     max_raw_chars: int
     sources: dict[str, tuple[str, FormatOptions]]
     formats: dict[str, LogFormat]
+    generations: dict[str, int] = dataclasses.field(default_factory=dict)
     state: Any = None  # Broadcast of the template state JSON
     state_version: str = ""
 
@@ -419,7 +505,7 @@ class _ParseJob:
 
     def batches(self, path: str, templates: Templates | None) -> Iterator[pa.RecordBatch]:
         return parse_files_to_batches(
-            [path], self.run_id, self.max_raw_chars, self.sources, templates, self.formats
+            [path], self.run_id, self.max_raw_chars, self.sources, templates, self.formats, self.generations
         )
 
 

@@ -66,6 +66,9 @@ INGESTED_FILES_COLUMNS: dict[str, str] = {
     "quarantined": "bigint",
     "run_id": "string",
     "ingested_at": "timestamp",
+    # 0 for a file's first content; +1 each time the file is found smaller than recorded (rotated
+    # by copytruncate or truncated and rewritten). Ledgers written before it existed read it as 0.
+    "generation": "bigint",
 }
 
 #: One row per template of every fitted template-miner state (see loganomaly.ingest.templates.store).

@@ -21,7 +21,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
@@ -354,6 +354,37 @@ class Lake:
         if not values:
             return self.version(name) or 0
         clause = f"`{column}` IN ({', '.join(_sql_literal(v) for v in values)})"
+        if self.engine == "deltars":
+            from deltalake import DeltaTable
+
+            metrics = DeltaTable(path).delete(clause.replace("`", '"'))
+            log.info("deleted from %s: %s", name, metrics.get("num_deleted_rows"))
+        else:
+            from delta.tables import DeltaTable as SparkDeltaTable
+
+            SparkDeltaTable.forPath(self.spark, path).delete(clause)
+        return self.version(name) or 0
+
+    @delta_errors
+    def delete_keeping(self, name: str, column: str, keep: Mapping[Any, Sequence[Any]], keep_column: str) -> int:
+        """Delete rows whose ``column`` is a key of ``keep``, except those whose ``keep_column`` is in
+        that key's list (one new version; no-op when none match).
+
+        Example: ``delete_keeping("events", "file", {"/a.log": ["run1"]}, "run_id")`` deletes the
+        rows of ``/a.log`` that run ``run1`` did not write.
+        """
+        path = self._require(name)
+        if not keep:
+            return self.version(name) or 0
+        plain = [v for v, kept in keep.items() if not kept]
+        clauses = [f"`{column}` IN ({', '.join(_sql_literal(v) for v in plain)})"] if plain else []
+        for value, kept in keep.items():
+            if kept:
+                clauses.append(
+                    f"(`{column}` = {_sql_literal(value)} AND (`{keep_column}` IS NULL OR "
+                    f"`{keep_column}` NOT IN ({', '.join(_sql_literal(k) for k in kept)})))"
+                )
+        clause = " OR ".join(clauses)
         if self.engine == "deltars":
             from deltalake import DeltaTable
 

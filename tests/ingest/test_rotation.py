@@ -1,0 +1,111 @@
+"""Log rotation (issue 16 item 4): a file truncated in place is a new generation; old rows stay."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loganomaly.config import Config
+from loganomaly.ingest import stage as ingest
+from loganomaly.lake.tables import Lake
+from tests.conftest import ENGINES, require_engine
+from tests.ingest.test_stage import json_line
+
+pytestmark = pytest.mark.spark
+
+BAD = '{"ts": 1709510400, "host": "h1", "proto": "tc'
+
+
+def write(path: Path, lines: list[str], mtime: int) -> None:
+    path.write_text("\n".join(lines) + "\n")
+    os.utime(path, (mtime, mtime))
+
+
+def check_ledger(lake: Lake) -> dict[tuple[str, int], int]:
+    """lines = events + quarantined per (file, generation); returns the events per generation."""
+    ledger = lake.read("ingested_files").collect()
+    events = lake.read("events").collect()
+    quarantine = lake.read("quarantine").collect()
+    by_gen: dict[tuple[str, int], int] = {}
+    for row in ledger:
+        ev = [e for e in events if e.file == row.path and e.run_id == row.run_id]
+        q = [e for e in quarantine if e.file == row.path and e.run_id == row.run_id]
+        assert (row.events, row.quarantined) == (len(ev), len(q))
+        assert row.lines == row.events + row.quarantined
+        by_gen[(Path(row.path).name, row.generation)] = len(ev)
+    assert sum(r.lines for r in ledger) == len(events) + len(quarantine)
+    ids = [e.event_id for e in events]
+    assert len(ids) == len(set(ids))
+    return by_gen
+
+
+@pytest.mark.parametrize("engine", [*ENGINES, "deltars-dataframe"])
+def test_a_truncated_file_keeps_its_old_rows_and_loads_as_the_next_generation(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    require_engine(spark, engine.split("-")[0])
+    lake = Lake(spark, tmp_path / "lake", engine=engine.split("-")[0])
+    cfg = Config()
+    cfg.ingest.direct_write = engine == "deltars"
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(10)] + [BAD], 1_000)
+    first = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (first.events, first.quarantined) == (10, 1)
+    gen0_ids = {r.event_id for r in lake.read("events").collect()}
+    assert gen0_ids == {ingest.event_id(str(log.resolve()), n) for n in range(1, 11)}  # ids as before
+
+    # copytruncate: the old content went elsewhere; the file restarts with fewer new lines
+    write(log, [json_line(100 + i) for i in range(3)] + [BAD], 2_000)
+    second = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (second.files_loaded, second.events, second.quarantined) == (1, 3, 1)
+    events = lake.read("events").collect()
+    assert gen0_ids <= {r.event_id for r in events} and len(events) == 13
+    assert lake.read("quarantine").count() == 2
+    assert check_ledger(lake) == {("app.jsonl", 0): 10, ("app.jsonl", 1): 3}
+
+    # nothing new: nothing loads, nothing moves
+    versions = {t: lake.version(t) for t in ("events", "quarantine", "ingested_files")}
+    third = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (third.files_loaded, third.events, third.quarantined) == (0, 0, 0)
+    assert {t: lake.version(t) for t in versions} == versions
+
+    # the new generation grows (appended to): its rows are replaced, generation 0 stays
+    write(log, [json_line(100 + i) for i in range(3)] + [BAD] + [json_line(200 + i) for i in range(5)], 3_000)
+    fourth = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (fourth.events, fourth.quarantined) == (8, 1)
+    assert check_ledger(lake) == {("app.jsonl", 0): 10, ("app.jsonl", 1): 8}
+    assert gen0_ids <= {r.event_id for r in lake.read("events").collect()}
+
+
+def test_a_file_rewritten_at_the_same_or_larger_size_replaces_its_rows(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(5)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    # same size, other content (json_line(i) and json_line(i + 1) differ only in digits of equal width)
+    write(log, [json_line(i + 1) for i in range(5)], 2_000)
+    assert log.stat().st_size == lake.read("ingested_files").first().size
+    again = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert again.events == 5
+    assert check_ledger(lake) == {("app.jsonl", 0): 5}
+    assert lake.read("events").count() == 5
+
+
+def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(6)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    # a lake from before generations: the ledger has no such column
+    lake.write("ingested_files", lake.read("ingested_files").drop("generation").localCheckpoint(), mode="overwrite")
+    assert "generation" not in lake.read("ingested_files").columns
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
+
+    write(log, [json_line(50)], 2_000)
+    rotated = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert rotated.events == 1
+    assert check_ledger(lake) == {("app.jsonl", 0): 6, ("app.jsonl", 1): 1}
