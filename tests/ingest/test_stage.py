@@ -14,6 +14,7 @@ import pytest
 from loganomaly.config import Config, SourceConfig
 from loganomaly.errors import ConfigError
 from loganomaly.ingest import stage as ingest
+from loganomaly.ingest.ledger import identities
 from loganomaly.ingest.templates.miner import UNKNOWN_TEMPLATE_ID
 from loganomaly.ingest.templates.store import current_version, load_state
 from tests.ingest.formats import toy
@@ -287,7 +288,7 @@ def test_a_file_deleted_between_listing_and_parsing_is_skipped_and_the_others_lo
 def test_a_file_gone_before_it_is_stat_ed_is_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
     present = tmp_path / "a.log"
     present.write_text("x\n")
-    assert [Path(p).name for p, _, _ in ingest._identities([present, tmp_path / "gone.log"])] == ["a.log"]
+    assert [Path(p).name for p, _, _ in identities([present, tmp_path / "gone.log"])] == ["a.log"]
     assert list(ingest.parse_files_to_batches([str(tmp_path / "gone.log")], "r1", 100)) == []
 
 

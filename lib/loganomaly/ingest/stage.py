@@ -28,7 +28,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -42,6 +41,7 @@ from loganomaly.ingest.formats import (
     parse_file,
     registered_formats,
 )
+from loganomaly.ingest.ledger import identities, migrate_ledger, plan_loads, read_ledger
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
@@ -282,98 +282,6 @@ class IngestSummary:
         return self.__dict__.copy()
 
 
-def _file_identity(path: str) -> tuple[str, int, int]:
-    st = os.stat(path)
-    return path, int(st.st_size), int(st.st_mtime_ns // 1_000_000)
-
-
-def _identities(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of each listed file; one deleted since the listing is left out."""
-    found = []
-    for p in paths:
-        try:
-            found.append(_file_identity(str(p.resolve())))
-        except FileNotFoundError:
-            log.warning("%s vanished after it was listed: skipped", p)
-    return found
-
-
-@dataclass(frozen=True)
-class _Generation:
-    """One ``ingested_files`` row: a generation of a file as last loaded."""
-
-    generation: int
-    size: int
-    mtime: int
-    run_id: str
-
-
-def _ledger(lake: Lake) -> dict[str, list[_Generation]]:
-    """Ledger rows by path, oldest generation first (a ledger without the column is generation 0)."""
-    if not lake.exists("ingested_files"):
-        return {}
-    from pyspark.sql import functions as F
-
-    df = lake.read("ingested_files")
-    gen = F.coalesce(F.col("generation"), F.lit(0)) if "generation" in df.columns else F.lit(0)
-    found: dict[str, list[_Generation]] = {}
-    for r in df.select("path", "size", "mtime", "run_id", gen.alias("generation")).collect():
-        found.setdefault(r.path, []).append(_Generation(int(r.generation), r.size, r.mtime, r.run_id))
-    for gens in found.values():
-        gens.sort(key=lambda g: g.generation)
-    return found
-
-
-@dataclass(frozen=True)
-class _Load:
-    """A file to load: its identity, the generation it loads as, and the runs whose rows of it stay."""
-
-    path: str
-    size: int
-    mtime: int
-    generation: int
-    keep_runs: tuple[str, ...]
-
-
-def _plan(files: Sequence[tuple[str, int, int]], ledger: Mapping[str, list[_Generation]]) -> list[_Load]:
-    """What to load: a file is skipped when its latest generation has its size and mtime; a known
-    file now smaller than that generation was rotated (copytruncate, truncate-and-rewrite) and
-    loads as the next generation, keeping every earlier one; a file that changed at the same or a
-    larger size (appended to, edited) replaces its latest generation's rows.
-    """
-    todo = []
-    for path, size, mtime in files:
-        gens = ledger.get(path, [])
-        if not gens:
-            todo.append(_Load(path, size, mtime, 0, ()))
-            continue
-        last = gens[-1]
-        if (size, mtime) == (last.size, last.mtime):
-            continue
-        generation = last.generation + 1 if size < last.size else last.generation
-        if generation > last.generation:
-            log.info("%s is smaller than recorded (%d < %d bytes): rotated; loading it as generation %d, "
-                     "earlier rows kept", path, size, last.size, generation)
-        keep = tuple(g.run_id for g in gens if g.generation < generation and g.run_id)
-        todo.append(_Load(path, size, mtime, generation, keep))
-    return todo
-
-
-def _migrate_ledger(spark: SparkSession, lake: Lake) -> None:
-    """Give a ledger written before ``generation`` existed that column (0 on every row), so merges
-    on (path, generation) match its rows. One overwrite of a small table, on either engine."""
-    if not lake.exists("ingested_files"):
-        return
-    old = lake.read("ingested_files")
-    if "generation" in old.columns:
-        return
-    from pyspark.sql import functions as F
-
-    rows = old.withColumn("generation", F.lit(0).cast("bigint")).select(*TABLES["ingested_files"].columns).collect()
-    lake.write("ingested_files", spark.createDataFrame(rows, TABLES["ingested_files"].ddl), mode="overwrite")
-    log.info("ingested_files: added column generation (0 on %d existing rows)", len(rows))
-
-
 def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | None = None) -> IngestSummary:
     """Ingest every file under ``inputs`` that is new or changed since the last run.
 
@@ -400,8 +308,8 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
 
 
 def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, run_id: str) -> IngestSummary:
-    files = _identities(iter_input_files(inputs))
-    todo = _plan(files, _ledger(lake))
+    files = identities(iter_input_files(inputs))
+    todo = plan_loads(files, read_ledger(lake))
     log.info(
         "ingest %s: %d files found, %d already ingested, %d to load",
         run_id,
@@ -459,7 +367,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
             log.warning("ingest %s: %s vanished before it was read; not recorded as ingested", run_id, path)
             continue
         ledger.append((path, f.size, f.mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now, f.generation))
-    _migrate_ledger(spark, lake)
+    migrate_ledger(spark, lake)
     ledger_df = spark.createDataFrame(ledger, TABLES["ingested_files"].ddl)
     lake.merge("ingested_files", ledger_df, keys=["path", "generation"])
     summary = IngestSummary(
