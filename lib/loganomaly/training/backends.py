@@ -64,7 +64,7 @@ HOROVOD_INSTALL_HINT = (
     "Horovod 0.28.1 builds from source only: pip install 'cmake<4', then with a C++ compiler wrapper "
     "that adds -std=c++17, HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 "
     "HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 pip install --no-build-isolation horovod==0.28.1 "
-    "(see DESIGN.md); or use train.backend=torch_distributor"
+    "(see the README, \"Training backends\", or `make horovod`); or use train.backend=torch_distributor"
 )
 
 _RESULT_MAGIC = b"LGANRES1"

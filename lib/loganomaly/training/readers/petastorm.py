@@ -60,7 +60,7 @@ COMPAT_HINT = (
     "petastorm ...`, or use train.reader=arrow"
 )
 
-#: Petastorm releases whose thread pool returned zero rows with no error in some reads (DESIGN.md);
+#: Petastorm releases whose thread pool returned zero rows with no error in some reads (README "Readers");
 #: they get the single-threaded ``dummy`` pool.
 RACY_THREAD_POOL_FROM = (0, 13)
 
