@@ -104,7 +104,7 @@ def test_horovod_backend_without_horovod_names_the_install() -> None:
         import_horovod()
 
 
-@pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see the README, "Training backends")")
+@pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see the README, 'Training backends')")
 def test_horovod_trains_two_ranks_with_equal_batches(spark: object, tmp_path: Path) -> None:
     train, val = plans(tmp_path)
     result = run_backend(spark, "horovod", AutoencoderWork(train, val, MODEL), cfg(16))  # type: ignore[arg-type]
@@ -213,7 +213,7 @@ def test_deeplog_trains_on_two_torch_distributor_ranks(spark: object, tmp_path: 
     assert meta["world_size"] == 2
 
 
-@pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see the README, "Training backends")")
+@pytest.mark.skipif(not HAVE_HOROVOD, reason="Horovod is not installed (builds from source; see the README, 'Training backends')")
 def test_deeplog_trains_on_two_horovod_ranks_with_clipping(spark: object, deeplog_local) -> None:  # type: ignore[no-untyped-def]
     rows, val_rows, model_cfg, local = deeplog_local
     # Element-wise clipping on Horovod needs its gradients synchronised first (HorovodCollective.step).
