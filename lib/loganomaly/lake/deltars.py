@@ -46,6 +46,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.types import StructType
 
 from loganomaly.errors import SchemaMismatchError, TableError, TableNotFoundError
+from loganomaly.lake.snapshot import checked_table
 
 FORMAT_NAME = "deltars"
 #: Target bytes of Parquet read by one Spark task.
@@ -505,10 +506,12 @@ class FileSlice(InputPartition):
 
 
 def snapshot_files(path: str, version: int | None) -> list[tuple[str, int, dict[str, str | None]]]:
-    """Active files of a snapshot: (absolute path, size, partition values as strings)."""
-    from deltalake import DeltaTable
+    """Active files of a snapshot: (absolute path, size, partition values as strings).
 
-    table = DeltaTable(path, version=version)
+    Raises:
+        TableError: the table uses deletion vectors or column mapping (:func:`checked_table`).
+    """
+    table = checked_table(path, version)
     partition_columns = list(table.metadata().partition_columns)
     actions = pa.table(table.get_add_actions(flatten=True))
     rows = actions.to_pylist()

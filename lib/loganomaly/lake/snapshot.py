@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Snapshot", "open_parquet"]
+__all__ = ["Snapshot", "checked_table", "open_parquet"]
 
 
 @dataclass(frozen=True)
@@ -42,25 +42,32 @@ class Snapshot:
         return sorted(self.table().file_uris())
 
     def table(self) -> DeltaTable:
-        """The delta-rs table at this version, after checking it holds no feature the readers skip.
+        """The delta-rs table at this version, after :func:`checked_table`'s checks."""
+        return checked_table(self.path, self.version)
 
-        Raises:
-            TableError: the table or version does not exist, or it uses deletion vectors or column
-                mapping.
-        """
-        from deltalake import DeltaTable
 
-        try:
-            table = DeltaTable(self.path, version=self.version)
-        except Exception as exc:  # delta-rs raises several types for a missing table or version
-            raise TableError(f"cannot open Delta table {self.path} at version {self.version}: {exc}") from None
-        features = set(table.protocol().reader_features or [])
-        if "deletionVectors" in features:
-            raise TableError(f"{self.path} uses deletion vectors, which this reader does not apply")
-        mapping = table.metadata().configuration.get("delta.columnMapping.mode", "none")
-        if mapping not in ("none", None):
-            raise TableError(f"{self.path} uses column mapping mode {mapping!r}, which this reader does not apply")
-        return table
+def checked_table(path: str, version: int | None = None) -> DeltaTable:
+    """The delta-rs table at ``version`` (latest when None), refused when a reader outside Spark would
+    get it wrong. Every read of a snapshot outside Spark (training ranks, the embedded engine's Spark
+    reader, the feature-name lookup) opens its table here.
+
+    Raises:
+        TableError: the table or version does not exist, or it uses deletion vectors or column
+            mapping.
+    """
+    from deltalake import DeltaTable
+
+    try:
+        table = DeltaTable(path, version=version)
+    except Exception as exc:  # delta-rs raises several types for a missing table or version
+        raise TableError(f"cannot open Delta table {path} at version {version}: {exc}") from None
+    features = set(table.protocol().reader_features or [])
+    if "deletionVectors" in features:
+        raise TableError(f"{path} uses deletion vectors, which this reader does not apply")
+    mapping = table.metadata().configuration.get("delta.columnMapping.mode", "none")
+    if mapping not in ("none", None):
+        raise TableError(f"{path} uses column mapping mode {mapping!r}, which this reader does not apply")
+    return table
 
 
 def open_parquet(uri: str) -> pq.ParquetFile:
