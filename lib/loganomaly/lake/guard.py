@@ -18,8 +18,6 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from deltalake.exceptions import DeltaError
-
 from loganomaly.errors import ConfigError, TableError
 
 log = logging.getLogger(__name__)
@@ -86,6 +84,10 @@ def delta_errors(method: F) -> F:
     """Decorate a ``Lake`` method ``(self, name, ...)``: delta-rs errors become :func:`table_error`."""
     @functools.wraps(method)
     def wrapper(self: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        # delta-rs is imported when a table method runs, not with this module: the CLI imports
+        # check_root, and the Airflow environment (which imports the CLI) has no delta-rs.
+        from deltalake.exceptions import DeltaError
+
         try:
             return method(self, name, *args, **kwargs)
         except DeltaError as exc:
