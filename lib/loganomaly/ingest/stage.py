@@ -43,6 +43,8 @@ from loganomaly.ingest.formats import (
 )
 from loganomaly.ingest.ledger import identities, migrate_ledger, plan_loads, read_ledger
 from loganomaly.ingest.templates.miner import Templates
+from loganomaly.ingest.templates.store import load_state, save_state, template_config
+from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
@@ -323,8 +325,6 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     sources = resolve_sources(cfg, paths)
     templates: Templates | None = None
     if cfg.templates.enabled:
-        from loganomaly.ingest.templates.store import load_state, template_config
-
         template_config(cfg.templates)  # fail on bad settings before reading anything
         templates = None if cfg.templates.refit else load_state(lake)
 
@@ -442,9 +442,6 @@ def _ingest_direct(
     leaves rows without a ledger entry, which the next run deletes before it reloads the file.
     """
     import pyarrow.compute as pc
-
-    from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
-
     writers = {
         name: DeltaRsWriter(
             {"path": lake.path(name), "partitionBy": ",".join(TABLES[name].partition_by), "runId": job.run_id},
@@ -569,9 +566,6 @@ def _fit_templates(
     ``events`` join this run's.
     """
     from pyspark.sql import functions as F
-
-    from loganomaly.ingest.templates.store import save_state, template_config
-
     until = cfg.templates.train_until
     limit: dt.datetime | None = None
     if until:

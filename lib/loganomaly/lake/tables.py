@@ -26,6 +26,16 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
+from loganomaly.lake.deltars import (
+    DeltaRsDataSource,
+    check_schema,
+    remove_write_files,
+    run_id_of,
+    run_metadata,
+    snapshot_files,
+    spark_to_delta_arrow,
+    table_arrow_schema,
+)
 from loganomaly.lake.guard import check_root, delta_errors
 from loganomaly.runtime.delta_jars import DELTA_CATALOG, DELTA_EXTENSION, coordinate
 
@@ -126,8 +136,6 @@ class Lake:
         self.root = os.path.abspath(str(root))
         self.engine = resolve_engine(spark, engine)
         if self.engine == "deltars":
-            from loganomaly.lake.deltars import DeltaRsDataSource
-
             spark.dataSource.register(DeltaRsDataSource)
         log.info("lake %s engine=%s", self.root, self.engine)
 
@@ -214,8 +222,6 @@ class Lake:
         run_id: str,
     ) -> None:
         """One commit with Delta's own writer; a failed job commits nothing (Delta's optimistic log)."""
-        from loganomaly.lake.deltars import run_metadata
-
         exists = os.path.isdir(os.path.join(path, "_delta_log"))
         writer = df.write.format("delta").mode(mode)
         if exists and mode == "overwrite" and replace_where is None:
@@ -257,8 +263,6 @@ class Lake:
         task (bounded: other jobs on a shared session may keep them busy), then keep sweeping
         for one kill timeout.
         """
-        from loganomaly.lake.deltars import remove_write_files
-
         deadline = time.monotonic() + max_wait_s
         while time.monotonic() < deadline and self._running_tasks() > 0:
             time.sleep(0.1)
@@ -280,8 +284,6 @@ class Lake:
             return len(self.spark.sparkContext.statusTracker().getActiveStageIds())
 
     def _check_schema(self, name: str, df: DataFrame) -> None:
-        from loganomaly.lake.deltars import check_schema, spark_to_delta_arrow, table_arrow_schema
-
         path = self.path(name)
         if self.engine == "deltars":
             table_schema = table_arrow_schema(path)
@@ -308,9 +310,6 @@ class Lake:
         if self.engine == "deltars":
             import pyarrow as pa
             from deltalake import DeltaTable
-
-            from loganomaly.lake.deltars import table_arrow_schema
-
             source = df.toArrow().cast(table_arrow_schema(path).remove_metadata())
             result = (
                 DeltaTable(path)
@@ -423,9 +422,6 @@ class Lake:
         this path is taken only when every partition value reads back unchanged from a path.
         """
         from pyspark.sql.pandas.types import from_arrow_schema
-
-        from loganomaly.lake.deltars import snapshot_files, table_arrow_schema
-
         schema = from_arrow_schema(table_arrow_schema(path, version))
         files = snapshot_files(path, version)
         if not files:
@@ -457,8 +453,6 @@ class Lake:
     @delta_errors
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commits, newest first: version, timestamp, operation, parameters."""
-        from loganomaly.lake.deltars import run_id_of
-
         path = self._require(name)
         if self.engine == "deltars":
             from deltalake import DeltaTable

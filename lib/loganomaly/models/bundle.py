@@ -73,6 +73,21 @@ def kind_of(bundle_kind: str) -> ModelKind:
     raise ModelError(f"unknown bundle kind {bundle_kind!r}; this code reads: {', '.join(known)}")
 
 
+def build_network(model_cfg: Any, state_dict: dict[str, torch.Tensor], device: torch.device | None = None
+                  ) -> torch.nn.Module:
+    """``model_cfg.build()`` with ``state_dict`` loaded, in eval mode, on ``device`` (CPU by default).
+
+    Raises:
+        ModelError: the weights do not fit the config.
+    """
+    model: torch.nn.Module = model_cfg.build()
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ModelError(f"weights do not match the model config: {exc}") from None
+    return model.to(device or torch.device("cpu")).eval()
+
+
 def templates_of(data: dict[str, Any] | None) -> Templates | None:
     """The miner state a bundle carries, rebuilt."""
     if data is None:

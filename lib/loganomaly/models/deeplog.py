@@ -44,7 +44,7 @@ from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import chronological_split, order_validation_mask, validation_block_mask
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.ingest.templates.store import current_version
-from loganomaly.models.bundle import load_bundle, templates_of, training_templates
+from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
 from loganomaly.models.kind import (
     Bundle,
     Inference,
@@ -127,12 +127,9 @@ class DeepLogBundle:
 
     def build_model(self, device: torch.device | None = None) -> DeepLog:
         """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
-        model = DeepLog(self.model_cfg)
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not match the model config: {exc}") from None
-        return model.to(device or torch.device("cpu")).eval()
+        model = build_network(self.model_cfg, self.state_dict, device)
+        assert isinstance(model, DeepLog)
+        return model
 
     def template_state(self) -> Templates | None:
         """The template miner the training sessions were mined with, or None."""

@@ -42,7 +42,7 @@ from loganomaly.features.split import (
 )
 from loganomaly.features.windows import FEATURE_NAMES
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.models.bundle import load_bundle, templates_of, training_templates
+from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
 from loganomaly.models.kind import (
     Bundle,
     Inference,
@@ -114,12 +114,7 @@ class ModelBundle:
 
     def build_model(self, device: torch.device | None = None) -> torch.nn.Module:
         """The model with its weights, in eval mode, on ``device`` (CPU by default)."""
-        model: torch.nn.Module = self.model_cfg.build()
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"weights do not match the model config: {exc}") from None
-        return model.to(device or torch.device("cpu")).eval()
+        return build_network(self.model_cfg, self.state_dict, device)
 
     def template_state(self) -> Templates | None:
         """The template miner the training data were mined with, or None."""
