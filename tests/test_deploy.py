@@ -225,7 +225,10 @@ def test_nightly_and_weekly_jobs(jobs) -> None:  # type: ignore[no-untyped-def]
     assert after == {"ingest": [], "featurize": ["ingest"], "score": ["featurize"]}
     assert nightly["schedule"]["quartz_cron_expression"].split()[3:6] == ["*", "*", "?"]  # every day
     weekly = jobs["loganomaly_weekly_train"][1]
-    assert [t["task_key"] for t in weekly["tasks"]] == ["featurize", "train"]
+    assert [t["task_key"] for t in weekly["tasks"]] == ["featurize", "train", "maintain"]
+    assert [d["task_key"] for d in weekly["tasks"][2]["depends_on"]] == ["train"]
+    maintain = _parses(weekly["tasks"][2]["python_wheel_task"]["parameters"])
+    assert maintain.command == "maintain" and maintain.retain_hours == 168
     assert "--since" in next(t for t in nightly["tasks"] if t["task_key"] == "featurize")[
         "python_wheel_task"]["parameters"]
     assert weekly["schedule"]["quartz_cron_expression"].split()[3] == "?"
@@ -344,8 +347,9 @@ def check_dags(module: types.ModuleType) -> None:
     assert nightly.get_task("ingest").downstream_task_ids == {"featurize"}
     assert nightly.get_task("featurize").downstream_task_ids == {"score"}
     assert nightly.get_task("score").downstream_task_ids == set()
-    assert sorted(t.task_id for t in weekly.tasks) == ["featurize", "train"]
+    assert sorted(t.task_id for t in weekly.tasks) == ["featurize", "maintain", "train"]
     assert weekly.get_task("featurize").downstream_task_ids == {"train"}
+    assert weekly.get_task("train").downstream_task_ids == {"maintain"}
     assert nightly.timetable.summary == "30 1 * * *"
     assert weekly.timetable.summary == "0 3 * * 0"
     assert nightly.catchup is False and weekly.catchup is False
@@ -369,6 +373,8 @@ def check_dags(module: types.ModuleType) -> None:
                 assert parsed.date == ds and parsed.model_dir == dag.params["model_dir"]
             if task.task_id == "ingest":
                 assert parsed.input == [dag.params["input"]]
+            if task.task_id == "maintain":
+                assert parsed.retain_hours == 168 and parsed.tables == []
     assert {t.task_id for d in (nightly, weekly) for t in d.tasks} <= set(STAGES)
 
 

@@ -1,4 +1,4 @@
-"""Airflow DAGs for loganomaly: nightly ingest -> featurize -> score, weekly train.
+"""Airflow DAGs for loganomaly: nightly ingest -> featurize -> score, weekly train -> maintain.
 
 Every task is a ``SparkSubmitOperator`` running a ``jobs/<stage>.py`` shim, with the package
 shipped as ``dist/loganomaly.zip`` (``scripts/package.sh``) through ``--py-files``. Copy (or link)
@@ -113,11 +113,15 @@ with DAG(
 
 with DAG(
     dag_id="loganomaly_weekly_train",
-    description="rebuild the sequences table in full, then retrain the model bundle on it",
+    description="rebuild the sequences table in full, retrain the model bundle on it, then compact and vacuum the lake",
     schedule=CronDataIntervalTimetable(WEEKLY_CRON, timezone="UTC"),
     **DAG_ARGS,
 ) as weekly_train:
     # A full featurize first: it also windows late data for dates the nightly --since skips.
     rebuild = stage_task("featurize")
     train = stage_task("train", "--model-dir", setting("model_dir"))
-    rebuild >> train
+    # Last, once a week: OPTIMIZE every table (one new version, same rows), then VACUUM files older
+    # than a week, which also removes the orphans a killed run leaves. A week keeps time travel over
+    # the nights since the last maintenance; set it to what your audits need.
+    maintain = stage_task("maintain", "--retain-hours", "168")
+    rebuild >> train >> maintain

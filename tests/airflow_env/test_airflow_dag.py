@@ -67,7 +67,7 @@ def test_the_deploy_checks_hold_for_the_dags_airflow_built(bag: DagBag) -> None:
 
 
 def test_task_order_catchup_and_the_operators_defaults(bag: DagBag, dag_module: types.ModuleType) -> None:
-    order = {NIGHTLY: ["ingest", "featurize", "score"], WEEKLY: ["featurize", "train"]}
+    order = {NIGHTLY: ["ingest", "featurize", "score"], WEEKLY: ["featurize", "train", "maintain"]}
     for dag_id, expected in order.items():
         dag = bag.dags[dag_id]
         assert [t.task_id for t in dag.topological_sort()] == expected
@@ -192,8 +192,10 @@ def test_spark_submit_command_lines_are_valid_cli_calls(bag: DagBag, monkeypatch
                 assert parsed.date == ds and parsed.model_dir == dag.params["model_dir"]
             if task.task_id == "featurize" and dag.dag_id == NIGHTLY:
                 assert parsed.since == ds
+            if task.task_id == "maintain":
+                assert parsed.retain_hours == 168
             seen.append((dag.dag_id, task.task_id))
-    assert len(seen) == 5
+    assert len(seen) == 6
 
 
 def test_airflow_variables_override_the_params(bag: DagBag, monkeypatch: pytest.MonkeyPatch) -> None:
