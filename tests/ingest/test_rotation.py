@@ -163,7 +163,10 @@ def test_an_append_rereads_the_generation_and_a_touch_loads_nothing(spark, lake,
     assert {t: lake.version(t) for t in versions} == versions
 
 
-def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    require_engine(spark, engine)
+    lake = Lake(spark, tmp_path / "lake", engine=engine)
     raw = tmp_path / "raw"
     raw.mkdir()
     log = raw / "app.jsonl"
