@@ -321,6 +321,17 @@ def test_a_file_gone_before_its_head_is_read_is_recorded_without_touching_its_ro
                     ("c.jsonl", 0, "loaded", 1)]
     assert lake.read("events").count() == 5
 
+    def list_then_delete_c(paths):  # type: ignore[no-untyped-def]
+        found = listed(paths)
+        (raw / "c.jsonl").unlink()
+        return found
+
+    monkeypatch.setattr(ingest, "iter_input_files", list_then_delete_c)  # nothing left to load
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
+    gone = [(r.generation, r.status, r.reason) for r in lake.read("ingested_files").collect() if r.path.endswith("c.jsonl")]
+    assert sorted(gone) == [(0, "loaded", None), (1, "vanished", "vanished after it was listed, before it was read")]
+    assert lake.read("events").count() == 5
+
 
 def test_a_file_gone_before_it_is_stat_ed_is_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]
     present = tmp_path / "a.log"

@@ -340,7 +340,8 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
         todo.remove(f)
     if not todo:
         if vanished:
-            record(spark, lake, [vanished_row(p, g, run_id, dt.datetime.now(dt.timezone.utc), why) for p, g, why in vanished], run_id)
+            now = dt.datetime.now(dt.timezone.utc)
+            record(spark, lake, [vanished_row(p, g, run_id, now, why) for p, g, why in vanished], run_id)
             log.warning("ingest %s: %d listed files vanished before they were read (ledger status 'vanished')",
                         run_id, len(vanished))
         return IngestSummary(run_id, len(files), 0, 0, 0)
