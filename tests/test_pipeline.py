@@ -100,6 +100,35 @@ def test_score_rerun_gives_the_same_rows(spark, cfg, built, run_dir: Path) -> No
     assert anomalies() == flagged
 
 
+def test_a_score_killed_between_its_two_commits_is_repaired_by_the_next_run(spark, cfg, built, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The first commit alone (``scores`` of a day from another model, flags changed), then a real
+    ``score`` of another day: ``anomalies`` of the first day is repaired from ``scores``."""
+    from pyspark.sql import functions as F
+
+    _, lake, _ = built
+
+    def flagged(name: str):  # type: ignore[no-untyped-def]
+        df = lake.read(name)
+        df = df.where(F.col("is_anomaly")) if name == "scores" else df
+        return sorted((r.entity, r.window_start, r.run_id, r.model_version) for r in df.collect())
+
+    days = sorted({r.date for r in lake.read("scores").select("date").collect()})
+    first, last = days[0], days[-1]
+    crashed = (
+        lake.read("scores").where(F.col("date") == F.lit(first))
+        .withColumn("is_anomaly", ~F.col("is_anomaly"))
+        .withColumn("model_version", F.lit("another-model")).withColumn("run_id", F.lit("score-killed"))
+        .localCheckpoint()
+    )  # fmt: skip
+    lake.write("scores", crashed, mode="overwrite", partition_by=["date"], replace_where={"date": [first.isoformat()]})
+    assert flagged("scores") != flagged("anomalies")  # the state between the two commits
+    score.run(spark, cfg, run_dir / "model", date=last.isoformat(), lake=lake)
+    assert flagged("scores") == flagged("anomalies")
+    assert {r[2] for r in flagged("anomalies") if r[1].date() == first} == {"score-killed"}
+    score.run(spark, cfg, run_dir / "model", date=first.isoformat(), lake=lake)  # the real model again
+    assert flagged("scores") == flagged("anomalies")
+
+
 def test_injected_anomalies_rank_above_normal_windows(built) -> None:  # type: ignore[no-untyped-def]
     data, lake, summaries = built
     with open(data.labels_path, newline="") as fh:

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run with DataFusion (delta-rs) instead of Spark: no JVM, for quick queries",
     )
+    p.add_argument(
+        "--allow-write",
+        action="store_true",
+        help="run a statement that writes (DDL, INSERT, COPY...): refused without it; bypasses the "
+        "lake's writer lock, so use it for repairs and exports only",
+    )
 
     p = sub.add_parser("evaluate", help="measure a model's scores against labels into the evaluations table")
     _common(p)
@@ -211,7 +217,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "sql" and args.local:
         from loganomaly.lake import sql
 
-        _print_frame(sql.run_local(cfg.lake.root, args.query).to_pandas(), args.limit)
+        _print_frame(sql.run_local(cfg.lake.root, args.query, allow_write=args.allow_write).to_pandas(), args.limit)
         return 0
 
     from loganomaly.runtime.spark import get_spark
@@ -248,7 +254,7 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "sql":
         from loganomaly.lake import sql
 
-        _print_frame(sql.run(spark, cfg, args.query), args.limit)
+        _print_frame(sql.run(spark, cfg, args.query, allow_write=args.allow_write), args.limit)
     elif args.command == "maintain":
         from loganomaly.lake import maintenance
 

@@ -1,4 +1,8 @@
-"""Log rotation (issue 16 item 4): a file truncated in place is a new generation; old rows stay."""
+"""Log rotation (issue 16): whether a file changed is decided on its content (head hash + size).
+
+copytruncate and rename-and-recreate make a new generation and keep every ingested row; an
+append re-reads the generation; an unchanged file (even touched) loads nothing.
+"""
 
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ def test_a_truncated_file_keeps_its_old_rows_and_loads_as_the_next_generation(sp
     assert gen0_ids <= {r.event_id for r in lake.read("events").collect()}
 
 
-def test_a_file_rewritten_at_the_same_or_larger_size_replaces_its_rows(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_rewritten_at_the_same_size_with_other_content_is_a_new_generation(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
     raw = tmp_path / "raw"
     raw.mkdir()
     log = raw / "app.jsonl"
@@ -90,18 +94,87 @@ def test_a_file_rewritten_at_the_same_or_larger_size_replaces_its_rows(spark, la
     assert log.stat().st_size == lake.read("ingested_files").first().size
     again = ingest.run(spark, Config(), [str(raw)], lake=lake)
     assert again.events == 5
-    assert check_ledger(lake) == {("app.jsonl", 0): 5}
-    assert lake.read("events").count() == 5
+    assert check_ledger(lake) == {("app.jsonl", 0): 5, ("app.jsonl", 1): 5}
+    assert lake.read("events").count() == 10
 
 
-def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_copytruncate_then_more_lines_than_before_is_a_new_generation(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The size rule missed this one: truncated, then refilled past the old size before the next run."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(4)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    old_ids = {r.event_id for r in lake.read("events").collect()}
+    with open(log, "r+") as fh:  # copytruncate: the same inode, emptied in place
+        fh.truncate(0)
+    with open(log, "a") as fh:
+        fh.write("\n".join(json_line(500 + i) for i in range(9)) + "\n")
+    assert log.stat().st_size > lake.read("ingested_files").first().size
+    summary = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert (summary.files_loaded, summary.events) == (1, 9)
+    assert old_ids <= {r.event_id for r in lake.read("events").collect()}
+    assert check_ledger(lake) == {("app.jsonl", 0): 4, ("app.jsonl", 1): 9}
+
+
+def test_rename_and_recreate_loads_both_files_once_and_deletes_nothing(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """logrotate's default: app.jsonl -> app.jsonl.1, and a new app.jsonl. The moved file is a new
+    path: its lines load again under that name (the documented cost of a glob that matches
+    rotated names); the new file is a new generation of the old path; no row is deleted."""
     raw = tmp_path / "raw"
     raw.mkdir()
     log = raw / "app.jsonl"
     write(log, [json_line(i) for i in range(6)], 1_000)
     ingest.run(spark, Config(), [str(raw)], lake=lake)
-    # a lake from before generations: the ledger has no such column
-    lake.write("ingested_files", lake.read("ingested_files").drop("generation").localCheckpoint(), mode="overwrite")
+    old_ids = {r.event_id for r in lake.read("events").collect()}
+    log.rename(raw / "app.jsonl.1")
+    write(log, [json_line(300 + i) for i in range(8)], 2_000)  # larger than the old file
+    summary = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert (summary.files_loaded, summary.events) == (2, 14)
+    assert old_ids <= {r.event_id for r in lake.read("events").collect()}
+    assert check_ledger(lake) == {("app.jsonl", 0): 6, ("app.jsonl", 1): 8, ("app.jsonl.1", 0): 6}
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
+    assert lake.read("events").count() == 20
+
+    # an input that names only live files (what an operator's rotation glob should do) sees no copy
+    write(raw / "app.jsonl.2", [json_line(i) for i in range(2)], 3_000)
+    only_live = ingest.run(spark, Config(), [str(log)], lake=lake)
+    assert only_live.files_loaded == 0 and lake.read("events").count() == 20
+
+
+def test_an_append_rereads_the_generation_and_a_touch_loads_nothing(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(5)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    first_ids = {r.event_id for r in lake.read("events").collect()}
+    with open(log, "a") as fh:
+        fh.write(json_line(5) + "\n" + BAD + "\n")
+    appended = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert (appended.events, appended.quarantined) == (6, 1)
+    events = lake.read("events").collect()
+    assert first_ids < {r.event_id for r in events} and len(events) == 6  # same ids for the same lines
+    assert check_ledger(lake) == {("app.jsonl", 0): 6}
+
+    os.utime(log, (9_000, 9_000))  # touched, not changed: the content rule skips it
+    versions = {t: lake.version(t) for t in ("events", "quarantine", "ingested_files")}
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
+    assert {t: lake.version(t) for t in versions} == versions
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    require_engine(spark, engine)
+    lake = Lake(spark, tmp_path / "lake", engine=engine)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    write(log, [json_line(i) for i in range(6)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    # a lake from before generations and head hashes: the ledger has none of the later columns
+    old = lake.read("ingested_files").drop("generation", "head_hash", "status", "reason")
+    lake.write("ingested_files", old.localCheckpoint(), mode="overwrite")
     assert "generation" not in lake.read("ingested_files").columns
     assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
 
@@ -109,3 +182,9 @@ def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark,
     rotated = ingest.run(spark, Config(), [str(raw)], lake=lake)
     assert rotated.events == 1
     assert check_ledger(lake) == {("app.jsonl", 0): 6, ("app.jsonl", 1): 1}
+    rows = sorted(lake.read("ingested_files").collect(), key=lambda r: r.generation)
+    assert [(r.status, r.head_hash is None) for r in rows] == [("loaded", True), ("loaded", False)]
+    with open(log, "a") as fh:  # the new generation has a hash: the content rule applies to it
+        fh.write(json_line(51) + "\n")
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).events == 2
+    assert check_ledger(lake) == {("app.jsonl", 0): 6, ("app.jsonl", 1): 2}

@@ -259,7 +259,7 @@ def test_an_event_arrow_cannot_store_becomes_its_lines_quarantine_row(tmp_path) 
 
 
 @pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
-def test_a_file_deleted_between_listing_and_parsing_is_skipped_and_the_others_load(
+def test_a_file_deleted_between_listing_and_parsing_is_recorded_as_vanished_and_the_others_load(
     spark, lake, tmp_path, monkeypatch, direct_write
 ) -> None:  # type: ignore[no-untyped-def]
     raw = tmp_path / "raw"
@@ -278,11 +278,59 @@ def test_a_file_deleted_between_listing_and_parsing_is_skipped_and_the_others_lo
     cfg.ingest.direct_write = direct_write
     summary = ingest.run(spark, cfg, [str(raw)], lake=lake)
     assert (summary.files_seen, summary.files_loaded, summary.events, summary.quarantined) == (2, 1, 3, 0)
-    assert [Path(r.path).name for r in lake.read("ingested_files").collect()] == ["a.jsonl"]
+    rows = {Path(r.path).name: r for r in lake.read("ingested_files").collect()}
+    assert sorted(rows) == ["a.jsonl", "gone.jsonl"]
+    assert (rows["a.jsonl"].status, rows["a.jsonl"].lines, rows["a.jsonl"].reason) == ("loaded", 3, None)
+    gone = rows["gone.jsonl"]
+    assert (gone.status, gone.lines, gone.events, gone.quarantined) == ("vanished", 0, 0, 0)
+    assert gone.reason == "vanished before it was read"
+    assert lake.read("events").count() == 3
 
     monkeypatch.setattr(ingest, "resolve_sources", resolve)
     (raw / "gone.jsonl").write_text(json_line(9) + "\n")  # it comes back: it loads
-    assert ingest.run(spark, cfg, [str(raw)], lake=lake).events == 1
+    back = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (back.files_loaded, back.events) == (1, 1)
+    gone = next(r for r in lake.read("ingested_files").collect() if r.path.endswith("gone.jsonl"))
+    assert (gone.status, gone.events, gone.reason) == ("loaded", 1, None)
+    assert ingest.run(spark, cfg, [str(raw)], lake=lake).files_loaded == 0
+
+
+def test_a_file_gone_before_its_head_is_read_is_recorded_without_touching_its_rows(
+    spark, lake, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.jsonl").write_text("\n".join(json_line(i) for i in range(3)) + "\n")
+    (raw / "b.jsonl").write_text(json_line(7) + "\n")
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).events == 4
+    (raw / "b.jsonl").write_text(json_line(7) + "\n" + json_line(8) + "\n")  # appended to
+    (raw / "c.jsonl").write_text(json_line(9) + "\n")  # new
+    listed = ingest.iter_input_files
+
+    def list_then_delete(paths):  # type: ignore[no-untyped-def]
+        found = listed(paths)
+        (raw / "b.jsonl").unlink()  # listed, gone before its size or head is read
+        return found
+
+    monkeypatch.setattr(ingest, "iter_input_files", list_then_delete)
+    summary = ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert (summary.files_loaded, summary.events) == (1, 1)  # c.jsonl
+    rows = sorted((Path(r.path).name, r.generation, r.status, r.lines) for r in lake.read("ingested_files").collect())
+    # b's loaded generation 0 stays as it was, and so do its rows; the vanishing has a row of its own
+    assert rows == [("a.jsonl", 0, "loaded", 3), ("b.jsonl", 0, "loaded", 1), ("b.jsonl", 1, "vanished", 0),
+                    ("c.jsonl", 0, "loaded", 1)]
+    assert lake.read("events").count() == 5
+
+    def list_then_delete_c(paths):  # type: ignore[no-untyped-def]
+        found = listed(paths)
+        (raw / "c.jsonl").unlink()
+        return found
+
+    monkeypatch.setattr(ingest, "iter_input_files", list_then_delete_c)  # nothing left to load
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).files_loaded == 0
+    gone = [(r.generation, r.status, r.reason) for r in lake.read("ingested_files").collect() if r.path.endswith("c.jsonl")]
+    assert sorted(gone) == [(0, "loaded", None), (1, "vanished", "vanished after it was listed, before it was read")]
+    assert lake.read("events").count() == 5
 
 
 def test_a_file_gone_before_it_is_stat_ed_is_left_out(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -90,3 +90,38 @@ def test_datafusion_check_ignores_keywords_in_quotes_and_comments() -> None:
     check_datafusion_query("SELECT 'insert into x' AS s, \"copy\" FROM events -- drop table\n/* delete */")
     with pytest.raises(QueryError, match="unterminated"):
         check_datafusion_query("SELECT 'x FROM events")
+
+
+def test_spark_runs_a_write_only_with_allow_write_and_warns(spark, filled, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "export"
+    query = f"INSERT OVERWRITE DIRECTORY '{out}' USING parquet SELECT id FROM events"
+    with pytest.raises(QueryError, match="read-only: InsertIntoDir refused"):
+        sql.run(spark, Config(), query, lake=filled)
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="loganomaly.lake.sql"):
+        sql.run(spark, Config(), query, lake=filled, allow_write=True)
+    assert "--allow-write" in caplog.text and "without the read-only check" in caplog.text
+    assert sorted(r.id for r in spark.read.parquet(str(out)).collect()) == [1, 2]
+    with pytest.raises(QueryError, match="SELEC"):  # a syntax error is still a clear error
+        sql.run(spark, Config(), "SELEC 1", lake=filled, allow_write=True)
+
+
+def test_datafusion_runs_a_write_only_with_allow_write_and_warns(filled, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "export.json"
+    query = f"COPY (SELECT id FROM events) TO '{out}' STORED AS JSON"
+    with pytest.raises(QueryError, match="COPY is not a read-only statement"):
+        sql.run_local(filled.root, query)
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="loganomaly.lake.sql"):
+        sql.run_local(filled.root, query, allow_write=True)
+    assert "--allow-write" in caplog.text
+    assert out.exists() and out.read_text().count('"id"') == 2
+
+
+def test_the_cli_passes_allow_write(filled, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.cli import main
+
+    out = tmp_path / "cli.json"
+    query = f"COPY (SELECT id FROM events) TO '{out}' STORED AS JSON"
+    assert main(["sql", "--local", "--lake", str(filled.root), query]) == 2 and not out.exists()
+    assert main(["sql", "--local", "--allow-write", "--lake", str(filled.root), query]) == 0 and out.exists()

@@ -6,13 +6,15 @@ results land in Delta. Guarantees:
 
 * nothing lost: every line of every file becomes exactly one ``events`` row or one
   ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
-* incremental and idempotent: a file whose path, size and mtime are already in
-  ``ingested_files`` is skipped; a changed file is re-read and its old rows are replaced;
-* rotation keeps rows: a known file now smaller than recorded (copytruncate, or truncated and
-  rewritten) is a new *generation* of the file: earlier generations' rows stay, the new content
-  loads as generation N+1 with its own ledger row and event ids;
-* a file deleted between listing and parsing is skipped with a warning and gets no ledger row
-  (it loads if it comes back); the run's other files load;
+* incremental and idempotent: whether a file changed is decided on its content (a hash of its
+  first 64 KiB and its size, :mod:`loganomaly.ingest.ledger`): an unchanged file is skipped, an
+  appended one re-read and its rows of that generation replaced;
+* rotation keeps rows: a known file now smaller than recorded (copytruncate) or starting with
+  other bytes (renamed away and recreated) is a new *generation* of the file: earlier
+  generations' rows stay, the new content loads as generation N+1 with its own ledger row and
+  event ids;
+* a file deleted between listing and parsing gets a ledger row with status ``vanished``, its
+  reason and counts 0 (it loads if it comes back); the run's other files load;
 * crash-safe: the ledger row is written last, and rows of a file that a crashed run wrote
   without its ledger row are deleted before the file is loaded again.
 """
@@ -41,7 +43,15 @@ from loganomaly.ingest.formats import (
     parse_file,
     registered_formats,
 )
-from loganomaly.ingest.ledger import identities, migrate_ledger, plan_loads, read_ledger
+from loganomaly.ingest.ledger import (
+    ledger_row,
+    list_files,
+    next_generation,
+    plan_loads,
+    read_ledger,
+    record,
+    vanished_row,
+)
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.ingest.templates.store import load_state, save_state, template_config
 from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
@@ -310,8 +320,13 @@ def run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake | No
 
 
 def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, run_id: str) -> IngestSummary:
-    files = identities(iter_input_files(inputs))
-    todo = plan_loads(files, read_ledger(lake))
+    listing = list_files(iter_input_files(inputs))
+    known = read_ledger(lake)
+    gone = list(listing.vanished)
+    todo = plan_loads(listing.files, known, gone)
+    files = listing.files
+    # Gone before anything of theirs was deleted: a row of their own, their loaded rows untouched.
+    vanished = [(p, next_generation(known, p), "vanished after it was listed, before it was read") for p in gone]
     log.info(
         "ingest %s: %d files found, %d already ingested, %d to load",
         run_id,
@@ -319,7 +334,16 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
         len(files) - len(todo),
         len(todo),
     )
+    for f in [f for f in todo if not os.path.exists(f.path)]:
+        # Checked again just before this run deletes any rows of the file.
+        vanished.append((f.path, next_generation(known, f.path), "vanished after it was listed, before it was read"))
+        todo.remove(f)
     if not todo:
+        if vanished:
+            now = dt.datetime.now(dt.timezone.utc)
+            record(spark, lake, [vanished_row(p, g, run_id, now, why) for p, g, why in vanished], run_id)
+            log.warning("ingest %s: %d listed files vanished before they were read (ledger status 'vanished')",
+                        run_id, len(vanished))
         return IngestSummary(run_id, len(files), 0, 0, 0)
     paths = [f.path for f in todo]
     sources = resolve_sources(cfg, paths)
@@ -360,16 +384,18 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     now = dt.datetime.now(dt.timezone.utc)
     ledger = []
     for f in todo:
-        path = f.path
-        n_ev, n_q, fmt = per_file.get(path, (0, 0, None))
-        if n_ev + n_q == 0 and not os.path.exists(path):
-            # Deleted between listing and parsing: not recorded, so it loads if it comes back.
-            log.warning("ingest %s: %s vanished before it was read; not recorded as ingested", run_id, path)
+        counts = per_file.get(f.path, (0, 0, None))
+        if counts[0] + counts[1] == 0 and not os.path.exists(f.path):
+            # Deleted between the check above and parsing: this generation's earlier rows (if it
+            # was being re-read) were deleted above, so its row now says 0 with the reason.
+            log.warning("ingest %s: %s vanished before it was read; recorded as vanished", run_id, f.path)
+            vanished.append((f.path, f.generation, "vanished before it was read"))
             continue
-        ledger.append((path, f.size, f.mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now, f.generation))
-    migrate_ledger(spark, lake)
-    ledger_df = spark.createDataFrame(ledger, TABLES["ingested_files"].ddl)
-    lake.merge("ingested_files", ledger_df, keys=["path", "generation"])
+        ledger.append(ledger_row(f, counts, run_id, now))
+    record(spark, lake, ledger + [vanished_row(p, g, run_id, now, why) for p, g, why in vanished], run_id)
+    if vanished:
+        log.warning("ingest %s: %d listed files vanished before they were read (ledger status 'vanished')",
+                    run_id, len(vanished))
     summary = IngestSummary(
         run_id,
         len(files),

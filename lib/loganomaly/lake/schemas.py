@@ -69,6 +69,15 @@ INGESTED_FILES_COLUMNS: dict[str, str] = {
     # 0 for a file's first content; +1 each time the file is found smaller than recorded (rotated
     # by copytruncate or truncated and rewritten). Ledgers written before it existed read it as 0.
     "generation": "bigint",
+    # blake2b (16 bytes, hex) of the file's first min(64 KiB, size) bytes when loaded: the content
+    # rule that tells an append (same head, larger) from a new file at the same path (another
+    # head). Ledgers written before it existed read it as NULL and fall back to the size rule.
+    "head_hash": "string",
+    # "loaded", or "vanished" (listed, then gone before it was read: counts 0, loads when it
+    # reappears); NULL in ledgers written before it existed means loaded.
+    "status": "string",
+    # Why a row is not "loaded" (NULL when it is).
+    "reason": "string",
 }
 
 #: One row per template of every fitted template-miner state (see loganomaly.ingest.templates.store).

@@ -42,17 +42,30 @@ LIMIT {limit}
 """
 
 
-def run(spark: SparkSession, cfg: Config, query: str, lake: Lake | None = None) -> DataFrame:
-    """Register every table as a view and run ``query``, which must be a read.
+#: Logged when a statement runs without the read-only check.
+_UNCHECKED = "sql --allow-write: running %r without the read-only check; it may change or destroy tables"
+
+
+def run(
+    spark: SparkSession, cfg: Config, query: str, lake: Lake | None = None, allow_write: bool = False
+) -> DataFrame:
+    """Register every table as a view and run ``query``, which must be a read unless ``allow_write``.
+
+    ``allow_write`` (the CLI's ``--allow-write``) is the operator's explicit choice to run a
+    statement that writes (a repair, an export): it runs as given, with a warning in the log. It
+    bypasses the lake's writer lock and the ledger, so a stage running meanwhile may conflict.
 
     Raises:
         QueryError: a syntax error, an unknown table or column, or a statement that writes
-            (:mod:`loganomaly.lake.readonly`); nothing has run.
+            (:mod:`loganomaly.lake.readonly`) without ``allow_write``; nothing has run.
 
     Example:
         >>> run(spark, cfg, "SELECT entity, count(*) FROM anomalies GROUP BY entity").show()
     """
-    check_spark_query(spark, query)
+    if allow_write:
+        log.warning(_UNCHECKED, query[:200])
+    else:
+        check_spark_query(spark, query)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     lake.register_views()
     return run_checked(spark, expand_time_travel(query, lake))
@@ -119,19 +132,24 @@ def local_tables(root: str | os.PathLike[str]) -> list[str]:
     return sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir())
 
 
-def run_local(root: str | os.PathLike[str], query: str) -> pa.Table:
+def run_local(root: str | os.PathLike[str], query: str, allow_write: bool = False) -> pa.Table:
     """Run ``query`` with DataFusion (delta-rs ``QueryBuilder``) over every table under ``root``.
+
+    ``allow_write`` lets a statement that writes (``COPY ... TO``) run, with a warning (see :func:`run`).
 
     Raises:
         TableNotFoundError: no Delta table under ``root``.
-        QueryError: the query is not one read-only statement.
+        QueryError: the query is not one read-only statement (without ``allow_write``).
         LogAnomalyError: DataFusion refused the query (its message says why).
     """
     import pyarrow as pa
     from deltalake import DeltaTable, QueryBuilder
 
     check_root(root)
-    check_datafusion_query(query)
+    if allow_write:
+        log.warning(_UNCHECKED, query[:200])
+    else:
+        check_datafusion_query(query)
     names = local_tables(root)
     if not names:
         raise TableNotFoundError(f"no Delta tables under {root}")

@@ -23,6 +23,12 @@ feature names) together, before any model work. The scored DataFrame is persiste
 runs once for both writes: ``scores`` and then ``anomalies`` (its flagged rows), each replacing
 exactly the scored dates (``replace_where``). A rerun for the same dates gives the same rows, never
 duplicates, and a failed write leaves that table's previous rows in place.
+
+The two writes are two commits: a run killed between them leaves ``anomalies`` of those dates from
+the previous run (rows whose ``run_id`` differs from ``scores``'). Every run first repairs that
+(:func:`repair_anomalies`): ``anomalies`` of each date is exactly the flagged ``scores`` rows, so a
+date whose (run id, count) of flagged rows differ between the two tables is rewritten from
+``scores``, without the model.
 """
 
 from __future__ import annotations
@@ -52,7 +58,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreSummary", "checked_dates", "last_scored_date", "run", "score_partitions", "write_scores"]
+__all__ = [
+    "ScoreSummary",
+    "checked_dates",
+    "last_scored_date",
+    "repair_anomalies",
+    "run",
+    "score_partitions",
+    "write_scores",
+]
 
 #: The columns every kind's scoring input carries besides its own input column.
 KEY_COLUMNS = ("entity", "window_start", "window_end", "date")
@@ -169,6 +183,44 @@ def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -
     return int(counts["n"]), int(counts["a"] or 0)
 
 
+def repair_anomalies(lake: Lake, run_id: str) -> list[str]:
+    """Rewrite ``anomalies`` for the dates where it is not the flagged rows of ``scores``; the dates.
+
+    A ``score`` killed after its ``scores`` commit and before its ``anomalies`` one leaves the
+    two tables from different runs (and maybe models) on those dates. ``anomalies`` is derived
+    from ``scores`` (its ``is_anomaly`` rows), so the repair needs no model: compare flagged rows
+    per (date, run id) in both tables (two aggregates over three columns) and replace the dates
+    that differ in one commit. Runs under the stage's writer lock, before anything is scored.
+    """
+    if not lake.exists("scores"):
+        return []
+    from pyspark.sql import functions as F
+
+    def per_run(name: str, flagged_only: bool) -> dict[tuple[str, str], int]:
+        if not lake.exists(name):
+            return {}
+        df = lake.read(name)
+        if flagged_only:
+            df = df.where(F.col("is_anomaly"))
+        rows = df.groupBy("date", "run_id").agg(F.count(F.lit(1)).alias("n")).collect()
+        return {(r.date.isoformat(), r.run_id): int(r.n) for r in rows}
+
+    flagged, held = per_run("scores", True), per_run("anomalies", False)
+    dates = sorted({d for d, r in flagged.keys() | held.keys() if flagged.get((d, r)) != held.get((d, r))})
+    if not dates:
+        return []
+    rows = lake.read("scores").where(F.col("is_anomaly") & F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+    partition_by = TABLES["anomalies"].partition_by
+    if lake.exists("anomalies"):
+        lake.write("anomalies", rows, mode="overwrite", partition_by=partition_by, replace_where={"date": dates},
+                   run_id=run_id)
+    else:
+        lake.write("anomalies", rows, partition_by=partition_by, run_id=run_id)
+    log.warning("score %s: anomalies lagged scores on %d dates (an earlier score stopped between its two "
+                "commits); rewritten from scores: %s", run_id, len(dates), ", ".join(dates))
+    return dates
+
+
 def run(
     spark: SparkSession,
     cfg: Config,
@@ -206,6 +258,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
 
     date = resolve_date(date)
     bundle = load_bundle(model_dir)
+    repair_anomalies(lake, run_id)
     kind = kind_of(bundle.kind)
     source = kind.scoring_input(lake, bundle)
     rows = source.rows

@@ -91,3 +91,51 @@ def test_time_format_subset_and_year_rollover() -> None:
         fmt.parse("not a time", clock)
     with pytest.raises(ConfigError, match="unsupported strptime directive"):
         TimeFormat.compile("%Q")
+
+
+MS_1E11 = dt.datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)  # 1e8 seconds after the epoch
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (10**11 - 1, "s"),  # seconds: year 5138, refused
+        (10**11, MS_1E11),  # the first value read as ms
+        (10**14 - 1, "ms"),  # ms: year 5138, refused
+        (10**14, MS_1E11),  # the first value read as us
+        (10**17 - 1, "us"),
+        (10**17, MS_1E11),  # the first value read as ns
+        (10**20, "ns"),  # ns: year 5138
+        (1e11, MS_1E11),  # floats follow the same rule
+        (float(10**11 - 1), "s"),
+        (4_102_444_799, dt.datetime(2099, 12, 31, 23, 59, 59, tzinfo=UTC)),  # the last accepted second
+        (4_102_444_800, "s"),  # 2100-01-01: refused
+        (4_102_444_800_000, "ms"),
+        (4_102_444_799_999, dt.datetime(2099, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)),
+        (0, dt.datetime(1970, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_the_epoch_magnitude_rule_and_its_accepted_range(value: Any, expected: Any) -> None:
+    if isinstance(expected, dt.datetime):
+        assert parse_epoch(value) == expected
+        assert parse_epoch(str(value)) == expected
+    else:
+        with pytest.raises(ParseError, match=f"out of range: .* read as epoch {expected} .* not in 1970..2099"):
+            parse_epoch(value)
+
+
+def test_an_out_of_range_epoch_quarantines_its_line_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.ingest.formats import parse_file
+
+    path = tmp_path / "conn.jsonl"
+    lines = [
+        '{"ts": 1709510400, "host": "h"}',
+        '{"ts": 99999999999, "host": "h"}',
+        '{"ts": 1709510400000, "host": "h"}',
+        '{"ts": 5000000000000000000000, "host": "h"}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    records = list(parse_file(str(path), max_raw_chars=200))
+    assert [r.kind for r in records] == ["event", "quarantine", "event", "quarantine"]
+    assert "read as epoch s" in records[1].data["reason"] and "read as epoch ns" in records[3].data["reason"]
+    assert records[0].data["ts"] == records[2].data["ts"]

@@ -222,12 +222,40 @@ def _zone_offset(text: str) -> int:
     return sign * (hours * 3600 + minutes * 60)
 
 
-def parse_epoch(value: int | float | str) -> dt.datetime:
-    """Epoch seconds, ms, us or ns (told apart by magnitude) -> aware UTC datetime.
+#: The magnitude rule of epoch numbers: (lowest value, unit name, units per second), largest first.
+#: A value is read in the first unit whose lower bound it reaches, then the result must fall in the
+#: accepted range [1970-01-01, 2100-01-01): so 1e11 - 1 is seconds (year 5138: refused), 1e11 is
+#: ms (1973-03-03), 1e14 us and 1e17 ns (both 1973-03-03 again), and nothing is ever re-read in
+#: another unit to make it fit.
+EPOCH_UNITS: tuple[tuple[int, str, int], ...] = (
+    (10**17, "ns", 10**9),
+    (10**14, "us", 10**6),
+    (10**11, "ms", 10**3),
+    (0, "s", 1),
+)
 
-    Integers (and digit strings) are converted exactly; a value below 1e11 is seconds (up to
-    year 5138), below 1e14 ms, below 1e17 us, else ns. Negative values are refused: no log we
-    read predates 1970, so a negative epoch is corruption, not history.
+
+def _epoch_unit(value: float) -> tuple[str, int]:
+    for lowest, name, per_second in EPOCH_UNITS:
+        if value >= lowest:
+            return name, per_second
+    raise AssertionError("negative values are refused before")  # pragma: no cover
+
+
+def _out_of_range(value: object, unit: str) -> ParseError:
+    return ParseError(
+        f"timestamp out of range: {str(value)[:40]} read as epoch {unit} (by magnitude) is not in "
+        f"{_MIN_TS.year}..{_MAX_TS.year - 1}"
+    )
+
+
+def parse_epoch(value: int | float | str) -> dt.datetime:
+    """Epoch seconds, ms, us or ns (told apart by magnitude, :data:`EPOCH_UNITS`) -> aware UTC datetime.
+
+    Integers (and digit strings) are converted exactly. The result must fall in 1970..2099 (a
+    ParseError otherwise, which quarantines the line with its reason): a 12-digit number is never
+    taken as seconds of a far future, nor a 20-digit one as a date at all. Negative values are
+    refused: no log we read predates 1970, so a negative epoch is corruption, not history.
     """
     if isinstance(value, str):
         text = value.strip()
@@ -245,31 +273,19 @@ def parse_epoch(value: int | float | str) -> dt.datetime:
     if isinstance(value, int):
         if value < 0:
             raise ParseError(f"negative epoch timestamp: {value}")
-        if value >= 10**17:
-            seconds, micro = divmod(value // 1000, 1_000_000)
-        elif value >= 10**14:
-            seconds, micro = divmod(value, 1_000_000)
-        elif value >= 10**11:
-            seconds, millis = divmod(value, 1000)
-            micro = millis * 1000
-        else:
-            seconds, micro = value, 0
+        unit, per_second = _epoch_unit(value)
+        seconds, fraction = divmod(value, per_second)
         if seconds >= _MAX_EPOCH_S:
-            raise ParseError(f"timestamp out of range: {value}")
-        return _EPOCH + dt.timedelta(seconds=seconds, microseconds=micro)
+            raise _out_of_range(value, unit)
+        return _EPOCH + dt.timedelta(seconds=seconds, microseconds=fraction * 1_000_000 // per_second)
     if not isinstance(value, float) or not math.isfinite(value):
         raise ParseError(f"timestamp is not a time: {value!r}")
     if value < 0:
         raise ParseError(f"negative epoch timestamp: {value}")
-    seconds_f = value
-    if seconds_f >= 1e17:
-        seconds_f /= 1e9
-    elif seconds_f >= 1e14:
-        seconds_f /= 1e6
-    elif seconds_f >= 1e11:
-        seconds_f /= 1e3
+    unit, per_second = _epoch_unit(value)
+    seconds_f = value / per_second
     if seconds_f >= _MAX_EPOCH_S:
-        raise ParseError(f"timestamp out of range: {value}")
+        raise _out_of_range(value, unit)
     return dt.datetime.fromtimestamp(seconds_f, _UTC)
 
 
