@@ -11,7 +11,7 @@ import pytest
 
 from loganomaly.config import Config
 from loganomaly.features import stage as featurize
-from loganomaly.features.windows import FEATURE_NAMES, feature_names_for, to_tensor
+from loganomaly.features.windows import feature_names_for, to_tensor
 from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
 
 pytestmark = pytest.mark.spark
@@ -20,6 +20,14 @@ UTC = dt.timezone.utc
 DAY1 = dt.datetime(2024, 3, 1, 10, 0, tzinfo=UTC)  # training period
 DAY2 = dt.datetime(2024, 3, 2, 10, 0, tzinfo=UTC)  # after the cut
 DAY3 = dt.datetime(2024, 3, 3, 10, 0, tzinfo=UTC)  # a later nightly run
+
+
+#: Peer groups of the default config: every run here computes the entity features.
+GROUPS = ["internal", "external", "default"]
+
+
+def names_for(templates: list[str]) -> list[str]:
+    return feature_names_for(templates, (), GROUPS)
 
 
 def config(lake_root: str) -> Config:
@@ -91,7 +99,7 @@ def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None
     summary = featurize.run(spark, config(str(lake.root)), lake=lake, top_templates=2)
 
     # TB and TE tie at 3: the smaller id wins, deterministically
-    assert summary.feature_names == feature_names_for(["TA", "TB"])
+    assert summary.feature_names == names_for(["TA", "TB"])
     stored = lake.read("sequences").select("feature_names").distinct().collect()
     assert [list(r.feature_names) for r in stored] == [summary.feature_names]
     v = step_values(lake, summary.feature_names, DAY1)
@@ -109,14 +117,14 @@ def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None
     # every window points at its raw lines: entity + [window_start, window_end), narrowed by the refs
     for r in lake.read("sequences").collect():
         assert r.window_start <= r.first_event_ts <= r.last_event_ts < r.window_end
-        assert r.n_features == len(summary.feature_names) == len(FEATURE_NAMES) + 4
+        assert r.n_features == len(summary.feature_names) == len(names_for(["TA", "TB"]))
 
 
 def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  # type: ignore[no-untyped-def]
     write_events(spark, lake, day_events(DAY1, {"TA": 4, "TB": 2}, first_line=0))
     cfg = config(str(lake.root))
     first = featurize.run(spark, cfg, lake=lake, top_templates=2)
-    assert first.feature_names == feature_names_for(["TA", "TB"])
+    assert first.feature_names == names_for(["TA", "TB"])
 
     write_events(spark, lake, day_events(DAY3, {"TZ": 30}, first_line=500))
     again = featurize.run(spark, cfg, lake=lake, top_templates=2)
@@ -139,7 +147,7 @@ def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  
     # a deliberate refit with a later training period picks the new template
     cfg.train.train_until = "2024-03-04T00:00:00+00:00"
     refit = featurize.run(spark, cfg, lake=lake, top_templates=2, refit_templates=True)
-    assert refit.feature_names == feature_names_for(["TZ", "TA"])
+    assert refit.feature_names == names_for(["TZ", "TA"])
 
 
 def test_sessions_by_block_id_are_ordered_labelled_and_rerun_identically(spark, lake) -> None:  # type: ignore[no-untyped-def]
