@@ -157,10 +157,12 @@ def in_networks(addr: Column, networks: Sequence[Network]) -> Column:
     text = F.lower(F.trim(addr))
     octets = F.split(text, r"\.")
     is_v4 = text.rlike(r"^\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
-    as_number = sum(
-        (F.coalesce(F.element_at(octets, i + 1).try_cast("long"), F.lit(-1 << 40)) * (1 << (8 * (3 - i))))
-        for i in range(4)
-    )
+    values = [F.coalesce(F.try_element_at(octets, F.lit(i + 1)).try_cast("long"), F.lit(-1)) for i in range(4)]
+    octets_ok = values[0].between(0, 255)
+    for v in values[1:]:
+        octets_ok = octets_ok & v.between(0, 255)
+    as_number = (values[0] * (1 << 24)) + (values[1] * (1 << 16)) + (values[2] * (1 << 8)) + values[3]
+    is_v4 = is_v4 & octets_ok
     is_v6 = text.contains(":") & text.rlike(r"^[0-9a-f:.]+$")
     # The first group of an IPv6 address ("" when it starts with "::", i.e. 0).
     head = F.split(text, ":").getItem(0)

@@ -664,9 +664,10 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     entity: EntitySettings | None = None
     if feature_groups(names) is not None:
         # Peer baselines, like the templates, are fitted once and kept while the names are kept.
-        kept = read_peer_baselines(lake) if reused else None
-        entity = EntitySettings.from_config(cfg, None if kept is not None else training_cut(events, cfg), kept)
-        if kept is None:
+        kept_baselines = read_peer_baselines(lake) if reused else None
+        entity = EntitySettings.from_config(cfg, None if kept_baselines is not None else training_cut(events, cfg),
+                                            kept_baselines)
+        if kept_baselines is None:
             entity = dataclasses.replace(entity, group_baselines=peer_baselines(
                 step_features(events, cfg.features.step_seconds, names, entity, base_only=True),
                 {b: f"_f{names.index(b)}" for b in relative_bases(feature_metrics(names))}, entity.cut))
