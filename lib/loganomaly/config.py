@@ -143,9 +143,12 @@ class FeaturesConfig:
     # per step as extra features ``metric:<name>``; a value that is not a number counts as missing.
     metrics: list[str] = field(default_factory=list)
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
-    # trailing baselines and the peer group one-hot. A new lake gets them; an existing
-    # ``sequences`` keeps its feature list (and a model trained on it keeps scoring).
-    entity_features: bool = True
+    # trailing baselines and the peer group one-hot (and with them per-group normalisers and
+    # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
+    # an existing ``sequences`` keeps its list, so a model trained on it keeps scoring. Off by
+    # default: on the synthetic demo the extra features dilute a one-host traffic spike below the
+    # normal windows' 99th percentile; the zeek profile turns them on.
+    entity_features: bool = False
     # Networks whose addresses are local (group "internal"); other addresses are "external".
     # Zeek's local_orig/local_resp, where present, decide first. Default: RFC 1918, loopback,
     # link-local and IPv6 unique-local.

@@ -22,7 +22,7 @@ DAY2 = dt.datetime(2024, 3, 2, 10, 0, tzinfo=UTC)  # after the cut
 DAY3 = dt.datetime(2024, 3, 3, 10, 0, tzinfo=UTC)  # a later nightly run
 
 
-#: Peer groups of the default config: every run here computes the entity features.
+#: Peer groups of the default config: every run here computes the entity features (turned on).
 GROUPS = ["internal", "external", "default"]
 
 
@@ -37,6 +37,7 @@ def config(lake_root: str) -> Config:
     cfg.features.window_steps = 4
     cfg.features.stride_steps = 2
     cfg.train.train_until = "2024-03-02T00:00:00+00:00"
+    cfg.features.entity_features = True
     return cfg
 
 
