@@ -338,3 +338,10 @@ def test_entity_features_direction_failures_novelty_baselines_and_groups(spark, 
     assert first[outside][:3] == ("external", "zeek_local_orig", 1)
     featurize.run(spark, cfg, lake=lake, top_templates=0)  # rerun: same rows, not duplicated
     assert entities() == first and lake.read("entities").count() == 2
+
+    # A model's baselines (scoring a lake it was not trained on) replace this lake's own.
+    model_baselines = {"*": {b: 0.5 for b in baselines["*"]}, "external": {b: 0.25 for b in baselines["*"]}}
+    featurize.run(spark, cfg, lake=lake, feature_names=names, peer_baselines=model_baselines)
+    assert featurize.read_peer_baselines(lake) == model_baselines
+    w = raw_step(lake, names, outside, probe)
+    assert w["rel:events"] == pytest.approx(np.log1p(1) - 0.25, rel=1e-5)

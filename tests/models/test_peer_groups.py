@@ -114,3 +114,23 @@ def test_explanations_of_entity_features_are_in_user_units() -> None:
     _, texts = explain(x, err, np.ones(F), np.zeros(F), NAMES, 2, prefixes=["peer group external"])
     assert texts[0] == ("peer group external: inbound_connections 12 vs baseline 2 at step 3; "
                         "3 new destination ports (first seen) at step 2")
+
+
+def test_the_rank_work_fits_group_normalisers_and_hands_them_to_the_bundle(tmp_path: Path) -> None:
+    from loganomaly.config import TrainConfig
+    from loganomaly.models.autoencoder import AutoencoderWork
+    from tests.models.fitting import snapshot_plans
+
+    x = np.concatenate([windows(60, "internal", 1.0, 0), windows(60, "external", 5.0, 1), windows(4, "default", 9.0, 2)])
+    x = x[np.random.default_rng(3).permutation(len(x))]  # both groups in training and validation blocks
+    train, val = snapshot_plans(tmp_path, x)
+    cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
+    work = AutoencoderWork(train, val, cfg, group_names=GROUPS,
+                           group_columns=[NAMES.index("group:" + g) for g in GROUPS], group_min_windows=20)
+    settings = TrainConfig(epochs=1, batch_size=16, seed=5, device="cpu")
+    data = work.read(settings, Collective())
+    assert sorted(data.group_normalisers) == ["external", "internal"]
+    _, extras = work.build_task(settings, Collective())
+    own = {k: Normaliser.from_dict(v) for k, v in extras["group_normalisers"].items()}
+    peers = PeerGroups(GROUPS, work.group_columns, own, {}, 0.01, 6)
+    np.testing.assert_allclose(data.train_x, peers.transform(data.shard.x, data.normaliser), rtol=1e-6)

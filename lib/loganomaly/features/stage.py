@@ -239,7 +239,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     entity's earlier busy steps within ``baseline_steps``, a window function bounded to the past)
     and, for an entity with less history, its peer group's training-period baseline.
     ``base_only`` stops before those: the rows with ``group`` and the other features, what
-    :func:`peer_baselines` averages.
+    :func:`fit_peer_baselines` averages.
 
     Raises:
         ValueError: ``feature_names`` is not a list this version computes, or has entity
@@ -361,7 +361,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         return steps
     baselines = entity.group_baselines
     if baselines is None:
-        baselines = peer_baselines(steps, {b: f"_f{position[b]}" for b in bases}, entity.cut)
+        baselines = fit_peer_baselines(steps, {b: f"_f{position[b]}" for b in bases}, entity.cut)
     # Strictly earlier steps of the same entity within the horizon: never the step itself, never the future.
     past = (Window.partitionBy("entity").orderBy("step")
             .rangeBetween(-entity.baseline_steps * step_seconds, -1))
@@ -387,7 +387,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     return out.select(*keys, *[f"_f{i}" for i in range(len(feature_names))])
 
 
-def peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | None) -> dict[str, dict[str, float]]:
+def fit_peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | None) -> dict[str, dict[str, float]]:
     """Mean of each feature column over the busy steps before ``cut``, per group and overall (``*``).
 
     The training period's steps only, like the frequent templates: scoring never moves them.
@@ -578,6 +578,7 @@ def run(
     refit_templates: bool = False,
     feature_names: Sequence[str] | None = None,
     since: str | None = None,
+    peer_baselines: dict[str, dict[str, float]] | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -601,6 +602,10 @@ def run(
             dates, keeping the table's feature names; the nightly run after new data arrived.
             ``sessions`` are still rebuilt in full (a session may span any dates). Without a
             ``sequences`` table with feature names yet, the whole table is built.
+        peer_baselines: the peer-group baselines to judge cold-start entities by (a trained
+            model's, with its ``feature_names``, when scoring a lake it was not trained on);
+            default: the table's (``peer_baselines``) when its names are kept, else fitted on
+            this lake's training period.
 
     Raises:
         StageInputError: no ``events``.
@@ -610,11 +615,13 @@ def run(
     run_id = new_run_id("featurize")
     # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
     with writer_lock(lake.root, run_id, "featurize"):
-        return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id)
+        return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id,
+                    peer_baselines)
 
 
 def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, top_templates: int | None,
-         refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str) -> FeaturizeSummary:
+         refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str,
+         given_baselines: dict[str, dict[str, float]] | None = None) -> FeaturizeSummary:
     from pyspark.sql import functions as F
 
     if not lake.exists("events"):
@@ -664,13 +671,14 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     entity: EntitySettings | None = None
     if feature_groups(names) is not None:
         # Peer baselines, like the templates, are fitted once and kept while the names are kept.
-        kept_baselines = read_peer_baselines(lake) if reused else None
+        kept_baselines = given_baselines or (read_peer_baselines(lake) if reused else None)
         entity = EntitySettings.from_config(cfg, None if kept_baselines is not None else training_cut(events, cfg),
                                             kept_baselines)
         if kept_baselines is None:
-            entity = dataclasses.replace(entity, group_baselines=peer_baselines(
+            entity = dataclasses.replace(entity, group_baselines=fit_peer_baselines(
                 step_features(events, cfg.features.step_seconds, names, entity, base_only=True),
                 {b: f"_f{names.index(b)}" for b in relative_bases(feature_metrics(names))}, entity.cut))
+        if given_baselines is not None or kept_baselines is None:
             write_peer_baselines(spark, lake, entity.group_baselines or {}, run_id)
 
     spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)

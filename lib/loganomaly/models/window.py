@@ -419,19 +419,27 @@ class WindowKind(ModelKind):
                      {k: round(v, 5) for k, v in peers.thresholds.items()}, threshold, peers.budget,
                      windows_per_group)
         split: Split = ctx["split"]
+        features: dict[str, Any] = {
+            "step_seconds": cfg.features.step_seconds,
+            "window_steps": cfg.features.window_steps,
+            "stride_steps": cfg.features.stride_steps,
+            # featurize stores counts and sums as log1p; explanations undo it for display.
+            "transform": "log1p",
+        }
+        if peers is not None and lake.exists("peer_baselines"):
+            # The training period's peer baselines travel with the model: a lake it scores but was
+            # not trained on judges its cold-start entities by them (pipeline passes them on).
+            table: dict[str, dict[str, float]] = {}
+            for row in lake.read("peer_baselines").collect():
+                table.setdefault(str(row["group"]), {})[str(row["feature"])] = float(row["baseline"])
+            features["peer_baselines"] = table
         return ModelBundle(
             model_cfg=ctx["model_cfg"],
             state_dict=result.state_dict,
             normaliser=normaliser,
             threshold=threshold,
             feature_names=ctx["feature_names"],
-            features={
-                "step_seconds": cfg.features.step_seconds,
-                "window_steps": cfg.features.window_steps,
-                "stride_steps": cfg.features.stride_steps,
-                # featurize stores counts and sums as log1p; explanations undo it for display.
-                "transform": "log1p",
-            },
+            features=features,
             metrics=metrics,
             training={
                 "run_id": run_id,
