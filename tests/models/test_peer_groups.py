@@ -88,7 +88,7 @@ def test_scores_are_judged_by_the_group_threshold_and_explanations_say_which(tmp
     # the score is the error in units of the group threshold (scaled to the global one)
     np.testing.assert_allclose(scored["score"].to_numpy()[:40], raw[:40] / peers.thresholds["internal"], rtol=1e-6)
     text = scored["explanation"][int(np.flatnonzero(flagged)[0])]
-    assert text.startswith("peer group internal (threshold ") and "baseline: own history" in text
+    assert text.startswith("peer group internal (own threshold ") and "baseline: own history" in text
 
     # stored with the model and back: same scores; a bundle without peers has no key at all
     save_bundle(tmp_path / "m", bundle)

@@ -141,8 +141,8 @@ class ModelBundle:
         out = []
         for i, g in enumerate(groups.tolist()):
             name = self.peers.names[g] if g >= 0 else "none"
-            own = name if g >= 0 and name in self.peers.thresholds else "global"
-            text = f"peer group {name} (threshold {thresholds[i]:.4g}, {own})"
+            own = "own" if g >= 0 and name in self.peers.thresholds else "global"
+            text = f"peer group {name} ({own} threshold {thresholds[i]:.4g})"
             if hist is not None:
                 text += (f"; baseline: own history ({hist[i]} earlier busy steps)" if hist[i] >= self.peers.min_history
                          else f"; baseline: peer group {name} (cold start, {hist[i]} earlier busy steps)")
