@@ -142,6 +142,31 @@ class FeaturesConfig:
     # Numeric attributes (e.g. the value columns of a CSV metric series: cpu, mem_used) averaged
     # per step as extra features ``metric:<name>``; a value that is not a number counts as missing.
     metrics: list[str] = field(default_factory=list)
+    # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
+    # trailing baselines and the peer group one-hot (and with them per-group normalisers and
+    # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
+    # an existing ``sequences`` keeps its list, so a model trained on it keeps scoring. Off by
+    # default and in every profile: on the synthetic demo the extra features dilute a one-host
+    # traffic spike below the normal windows' 99th percentile, and on Zeek (train 008, score
+    # 010+001) they lowered the autoencoder's ROC-AUC from 0.727 to 0.656 (README).
+    entity_features: bool = False
+    # Networks whose addresses are local (group "internal"); other addresses are "external".
+    # Zeek's local_orig/local_resp, where present, decide first. Default: RFC 1918, loopback,
+    # link-local and IPv6 unique-local.
+    local_networks: list[str] = field(
+        default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8",
+                                 "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7"]
+    )
+    # Role groups that override internal/external: group name -> comma-separated CIDRs and/or
+    # ``re:<regex>`` over the entity name (e.g. servers: "10.0.1.0/24,re:^db-").
+    groups: dict[str, str] = field(default_factory=dict)
+    # Group of an entity that is not an address (a hostname, a component, a metric series).
+    default_group: str = "default"
+    # Trailing baseline: the mean of the entity's earlier busy steps within this many steps.
+    baseline_steps: int = 288
+    # An entity with fewer earlier busy steps than this is judged against its peer group's
+    # training-period baseline instead (cold start).
+    baseline_min_steps: int = 6
 
 
 @dataclass
@@ -203,6 +228,12 @@ class TrainConfig:
     # time blocks of it (features.split.validation_block_mask), so validation sees every time of day.
     validation_fraction: float = 0.25
     threshold_quantile: float = 0.995
+    # Alert budget: the share of benign validation windows allowed to alert, calibrated per peer
+    # group (windows with group features); empty: 1 - threshold_quantile.
+    alert_budget: float | None = None
+    # A peer group needs this many training windows for its own normaliser and validation
+    # windows for its own threshold; fewer fall back to the global ones.
+    group_min_windows: int = 30
     device: Device = "auto"
     bf16: bool = False
     # Optimiser and its recipe, for every model kind. The seed article's recipe is the profile
@@ -454,6 +485,15 @@ def validate(cfg: Config) -> None:
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
         (0 <= cfg.model.min_template_support < 1, "model.min_template_support must be in [0, 1)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
+        (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
+        (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),
+        (cfg.features.baseline_steps >= 1, "features.baseline_steps must be >= 1"),
+        (cfg.features.baseline_min_steps >= 1, "features.baseline_min_steps must be >= 1"),
+        (
+            all(g.replace("_", "").replace("-", "").isalnum() for g in [*cfg.features.groups,
+                                                                          cfg.features.default_group]),
+            "features.groups names and features.default_group must be letters, digits, '_' or '-'",
+        ),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.num_processes >= 1, "train.num_processes must be >= 1"),

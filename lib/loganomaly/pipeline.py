@@ -120,7 +120,10 @@ def run_split(
     summary.stages["ingest_score"] = ingest.run(spark, scfg, score_inputs, lake=lake).as_dict()
     bundle = load_bundle(model_dir)
     names = getattr(bundle, "feature_names", None)
-    summary.stages["featurize_score"] = featurize.run(spark, scfg, lake=lake, feature_names=names).as_dict()
+    # Cold-start entities of the scored lake are judged against the training period's peer baselines.
+    baselines = (getattr(bundle, "features", None) or {}).get("peer_baselines")
+    summary.stages["featurize_score"] = featurize.run(spark, scfg, lake=lake, feature_names=names,
+                                                      peer_baselines=baselines).as_dict()
     summary.stages["score"] = score.run(spark, scfg, model_dir, lake=lake).as_dict()
     log.info("pipeline (train on %d, score %d inputs) done: %s", len(train_inputs), len(score_inputs),
              summary.stages)

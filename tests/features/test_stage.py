@@ -11,7 +11,7 @@ import pytest
 
 from loganomaly.config import Config
 from loganomaly.features import stage as featurize
-from loganomaly.features.windows import FEATURE_NAMES, feature_names_for, to_tensor
+from loganomaly.features.windows import feature_names_for, to_tensor
 from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
 
 pytestmark = pytest.mark.spark
@@ -22,6 +22,14 @@ DAY2 = dt.datetime(2024, 3, 2, 10, 0, tzinfo=UTC)  # after the cut
 DAY3 = dt.datetime(2024, 3, 3, 10, 0, tzinfo=UTC)  # a later nightly run
 
 
+#: Peer groups of the default config: every run here computes the entity features (turned on).
+GROUPS = ["internal", "external", "default"]
+
+
+def names_for(templates: list[str]) -> list[str]:
+    return feature_names_for(templates, (), GROUPS)
+
+
 def config(lake_root: str) -> Config:
     cfg = Config()
     cfg.lake.root = lake_root
@@ -29,6 +37,7 @@ def config(lake_root: str) -> Config:
     cfg.features.window_steps = 4
     cfg.features.stride_steps = 2
     cfg.train.train_until = "2024-03-02T00:00:00+00:00"
+    cfg.features.entity_features = True
     return cfg
 
 
@@ -91,7 +100,7 @@ def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None
     summary = featurize.run(spark, config(str(lake.root)), lake=lake, top_templates=2)
 
     # TB and TE tie at 3: the smaller id wins, deterministically
-    assert summary.feature_names == feature_names_for(["TA", "TB"])
+    assert summary.feature_names == names_for(["TA", "TB"])
     stored = lake.read("sequences").select("feature_names").distinct().collect()
     assert [list(r.feature_names) for r in stored] == [summary.feature_names]
     v = step_values(lake, summary.feature_names, DAY1)
@@ -109,14 +118,14 @@ def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None
     # every window points at its raw lines: entity + [window_start, window_end), narrowed by the refs
     for r in lake.read("sequences").collect():
         assert r.window_start <= r.first_event_ts <= r.last_event_ts < r.window_end
-        assert r.n_features == len(summary.feature_names) == len(FEATURE_NAMES) + 4
+        assert r.n_features == len(summary.feature_names) == len(names_for(["TA", "TB"]))
 
 
 def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  # type: ignore[no-untyped-def]
     write_events(spark, lake, day_events(DAY1, {"TA": 4, "TB": 2}, first_line=0))
     cfg = config(str(lake.root))
     first = featurize.run(spark, cfg, lake=lake, top_templates=2)
-    assert first.feature_names == feature_names_for(["TA", "TB"])
+    assert first.feature_names == names_for(["TA", "TB"])
 
     write_events(spark, lake, day_events(DAY3, {"TZ": 30}, first_line=500))
     again = featurize.run(spark, cfg, lake=lake, top_templates=2)
@@ -139,7 +148,7 @@ def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  
     # a deliberate refit with a later training period picks the new template
     cfg.train.train_until = "2024-03-04T00:00:00+00:00"
     refit = featurize.run(spark, cfg, lake=lake, top_templates=2, refit_templates=True)
-    assert refit.feature_names == feature_names_for(["TZ", "TA"])
+    assert refit.feature_names == names_for(["TZ", "TA"])
 
 
 def test_sessions_by_block_id_are_ordered_labelled_and_rerun_identically(spark, lake) -> None:  # type: ignore[no-untyped-def]
@@ -250,3 +259,89 @@ def test_incremental_featurize_gives_the_full_rebuilds_windows(spark, lake) -> N
     assert window_rows(lake) == incremental
     with pytest.raises(Exception, match="full run"):
         featurize.run(spark, cfg, lake=lake, since="2024-03-03", refit_templates=True)
+
+
+def raw_step(lake, names: list[str], entity: str, step_start: dt.datetime) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Stored (log1p) feature values of one entity's step."""
+    for r in lake.read("sequences").where(f"entity = '{entity}'").collect():
+        ws = r.window_start.replace(tzinfo=UTC) if r.window_start.tzinfo is None else r.window_start
+        offset = int((step_start - ws).total_seconds()) // 300
+        if 0 <= offset < r.n_steps:
+            x = to_tensor([np.asarray(r.features)], r.n_steps, r.n_features)[0, offset]
+            return dict(zip(names, (float(v) for v in x), strict=True))
+    raise AssertionError(f"no window of {entity} holds {step_start}")
+
+
+def conn(ts: dt.datetime, line_no: int, src: str, dst: str, port: int, status: str, service: str,
+         orig: str, resp: str) -> dict[str, Any]:
+    return event(ts, line_no, None, format="zeek", entity=src, src_addr=src, dst_addr=dst, dst_port=port,
+                 status=status, component=service, message=None,
+                 attributes={"local_orig": orig, "local_resp": resp})
+
+
+def test_entity_features_direction_failures_novelty_baselines_and_groups(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """An internal host with a steady history, then a burst outward; an internet host seen once.
+
+    The host's burst is measured against its own trailing baseline; the internet host has no
+    history and is measured against the training period's baseline (its own group never occurs
+    there, so the all-entities one). ``entities`` records both, and a rerun changes nothing.
+    """
+    cfg = config(str(lake.root))
+    cfg.features.baseline_steps, cfg.features.baseline_min_steps = 12, 2
+    host, outside = "10.0.0.5", "203.0.113.7"
+    rows, n = [], 0
+    for s in range(6):  # two web connections inside the network every step
+        for k in range(2):
+            rows.append(conn(DAY1 + dt.timedelta(minutes=5 * s, seconds=10 * k), n, host, "10.0.0.9", 80, "SF",
+                             "http", "T", "T"))
+            n += 1
+    burst = DAY1 + dt.timedelta(minutes=30)
+    for k, (port, status) in enumerate([(53, "REJ"), (443, "S0"), (22, "SF")]):
+        rows.append(conn(burst + dt.timedelta(seconds=k), n, host, "8.8.8.8", port, status, "dns", "T", "F"))
+        n += 1
+    probe = DAY2 + dt.timedelta(minutes=10)
+    rows.append(conn(probe, n, outside, host, 445, "S0", "smb", "F", "T"))
+    write_events(spark, lake, rows)
+
+    summary = featurize.run(spark, cfg, lake=lake, top_templates=0)
+    names = summary.feature_names
+    assert names == names_for([])
+    v = raw_step(lake, names, host, burst)
+    count = {k: float(np.expm1(v[k])) for k in names if not k.startswith(("rel:", "group:"))}
+    assert count["outbound_connections"] == pytest.approx(3) and count["inbound_connections"] == pytest.approx(0)
+    assert count["to_external_peers"] == pytest.approx(3) and count["to_local_peers"] == pytest.approx(0)
+    assert count["failed_share"] == pytest.approx(2 / 3, rel=1e-5)  # REJ and S0 failed, SF did not
+    assert count["new_peers"] == pytest.approx(1) and count["new_ports"] == pytest.approx(3)
+    assert count["new_services"] == pytest.approx(1)
+    assert count["history_steps"] == pytest.approx(6)  # six earlier busy steps in the horizon
+    # own trailing baseline: two connections per step, so 3 reads as "3 vs baseline 2"
+    from loganomaly.features.windows import relative_baseline
+
+    assert float(relative_baseline(v["connections"], v["rel:connections"])) == pytest.approx(2, rel=1e-5)
+    assert (v["group:internal"], v["group:external"], v["group:default"]) == (1.0, 0.0, 0.0)
+    quiet = raw_step(lake, names, host, DAY1 + dt.timedelta(minutes=5))
+    assert np.expm1(quiet["new_peers"]) == pytest.approx(0) and np.expm1(quiet["new_ports"]) == pytest.approx(0)
+
+    w = raw_step(lake, names, outside, probe)
+    assert np.expm1(w["inbound_connections"]) == pytest.approx(1) and np.expm1(w["history_steps"]) == 0
+    assert w["group:external"] == 1.0
+    baselines = featurize.read_peer_baselines(lake)
+    assert baselines is not None and set(baselines) == {"internal", "*"}  # the training period's groups
+    assert w["rel:events"] == pytest.approx(np.log1p(1) - baselines["*"]["events"], rel=1e-5)
+
+    def entities() -> dict[str, tuple[Any, ...]]:
+        return {r.entity: (r.group, r.group_rule, r.events, r.windows, r.first_seen, r.last_seen)
+                for r in lake.read("entities").collect()}
+
+    first = entities()
+    assert first[host][:3] == ("internal", "zeek_local_orig", 15) and first[host][3] > 0
+    assert first[outside][:3] == ("external", "zeek_local_orig", 1)
+    featurize.run(spark, cfg, lake=lake, top_templates=0)  # rerun: same rows, not duplicated
+    assert entities() == first and lake.read("entities").count() == 2
+
+    # A model's baselines (scoring a lake it was not trained on) replace this lake's own.
+    model_baselines = {"*": {b: 0.5 for b in baselines["*"]}, "external": {b: 0.25 for b in baselines["*"]}}
+    featurize.run(spark, cfg, lake=lake, feature_names=names, peer_baselines=model_baselines)
+    assert featurize.read_peer_baselines(lake) == model_baselines
+    w = raw_step(lake, names, outside, probe)
+    assert w["rel:events"] == pytest.approx(np.log1p(1) - 0.25, rel=1e-5)

@@ -40,6 +40,7 @@ store ``event_ids`` explicitly, because a session key is not a time range.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -51,17 +52,23 @@ import pandas as pd
 
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, StageInputError
+from loganomaly.features.entities import GroupRules, group_column, in_networks
 from loganomaly.features.labels import is_abnormal_label
 from loganomaly.features.windows import (
+    GROUP_PREFIX,
+    HISTORY_STEPS,
     METRIC_PREFIX,
     OTHER_TEMPLATES,
+    RELATIVE_PREFIX,
     TEMPLATE_PREFIX,
     UNKNOWN_TEMPLATES,
     WindowSpec,
     build_windows,
+    feature_groups,
     feature_metrics,
     feature_names_for,
     feature_templates,
+    relative_bases,
 )
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES, UNKNOWN_TEMPLATE_ID
@@ -165,22 +172,91 @@ def previous_feature_names(lake: Lake) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- step features
-def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[str]) -> DataFrame:
+@dataclass(frozen=True)
+class EntitySettings:
+    """How the entity features of a run are computed (``features.*`` config, fixed per run).
+
+    Attributes:
+        rules: peer-group rules.
+        baseline_steps: trailing horizon of the per-entity baseline, in steps.
+        baseline_min_steps: fewer earlier busy steps than this: the peer group's baseline is used.
+        cut: end of the training period (epoch seconds) whose steps give the peer-group baselines.
+        group_baselines: baselines to use instead of computing them (group -> feature -> log1p
+            mean; group ``*`` the fallback), e.g. the ``peer_baselines`` of an earlier run.
+    """
+
+    rules: GroupRules
+    baseline_steps: int
+    baseline_min_steps: int
+    cut: float | None = None
+    group_baselines: dict[str, dict[str, float]] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config, cut: float | None = None,
+                    group_baselines: dict[str, dict[str, float]] | None = None) -> EntitySettings:
+        rules = GroupRules.from_config(cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
+        return cls(rules, cfg.features.baseline_steps, cfg.features.baseline_min_steps, cut, group_baselines)
+
+
+#: Group key of the all-entities baseline in ``peer_baselines``.
+ALL_GROUPS = "*"
+
+
+def zeek_flag(value: Column) -> Column:
+    """Zeek's ``T``/``F`` (or true/false) as a boolean, null when absent."""
+    from pyspark.sql import functions as F
+
+    low = F.lower(value)
+    return F.when(low.isin("t", "true"), F.lit(True)).when(low.isin("f", "false"), F.lit(False))
+
+
+def entity_groups(events: DataFrame, rules: GroupRules) -> DataFrame:
+    """``entity, group, group_rule`` of every entity of ``events``.
+
+    Zeek's ``local_orig`` counts when any of the entity's records carries it (an originator seen
+    as local once is local: the sensor saw it inside).
+    """
+    from pyspark.sql import functions as F
+
+    local = zeek_flag(F.col("attributes")["local_orig"]).cast("int")
+    per_entity = events.where(F.col("entity").isNotNull()).groupBy("entity").agg(F.max(local).alias("_local"))
+    group, rule = group_column(F.col("entity"), F.col("_local").cast("boolean"), rules)
+    return per_entity.select("entity", group.alias("group"), rule.alias("group_rule"))
+
+
+def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[str],
+                  entity: EntitySettings | None = None, history: DataFrame | None = None,
+                  base_only: bool = False) -> DataFrame:
     """Aggregate events into one row per (entity, step), features in ``feature_names`` order.
 
     Columns: ``entity``, ``step`` (epoch seconds), ``n_events``, ``first_ts``/``last_ts`` (epoch
     microseconds of the step's first and last event) and ``_f0 .. _f{F-1}`` (positional, because
     template feature names are not safe Spark column names), every feature log1p-transformed.
 
+    With entity features in ``feature_names`` (``entity`` settings then required), also the
+    novelty counts (first-seen values within the entity's history: ``history``, the events from
+    the start, defaulting to ``events``), the trailing per-entity baseline (the mean of the
+    entity's earlier busy steps within ``baseline_steps``, a window function bounded to the past)
+    and, for an entity with less history, its peer group's training-period baseline.
+    ``base_only`` stops before those: the rows with ``group`` and the other features, what
+    :func:`fit_peer_baselines` averages.
+
     Raises:
-        ValueError: ``feature_names`` is not a list this version computes.
+        ValueError: ``feature_names`` is not a list this version computes, or has entity
+            features without ``entity`` settings.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     templates = feature_templates(feature_names)
     metrics = feature_metrics(feature_names)
+    groups = feature_groups(feature_names)
+    if groups is not None and entity is None:
+        raise ValueError("entity features need EntitySettings")
     # Network records (Zeek logs of any type, JSON conn logs) name a peer; log lines do not.
     is_conn = F.col("dst_addr").isNotNull()
+    orig_local = zeek_flag(F.col("attributes")["local_orig"])
+    resp_local = zeek_flag(F.col("attributes")["local_resp"])
     # Zeek's own direction: an outside host opening a connection into the monitored network.
     inbound = (
         is_conn
@@ -215,10 +291,19 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
         **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
     }
+    if entity is not None and groups is not None:
+        # The peer's side: Zeek's local_resp where the record has it, else the configured networks.
+        peer_local = F.coalesce(resp_local, in_networks(F.col("dst_addr"), entity.rules.local_networks))
+        aggregates |= {
+            "outbound_connections": count_if(is_conn & F.coalesce(orig_local, F.lit(False))
+                                             & ~F.coalesce(resp_local, F.lit(True))),
+            "to_local_peers": count_if(is_conn & peer_local),
+            "to_external_peers": count_if(is_conn & ~peer_local),
+        }
     aliases = {name: f"_a{i}" for i, name in enumerate(aggregates)}
+    valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
     agg = (
-        events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
-        .groupBy("entity", step.alias("step"))
+        valid.groupBy("entity", step.alias("step"))
         .agg(
             F.count(F.lit(1)).alias("n_events"),
             count_if(is_abnormal_label(F.col("label"))).alias("n_abnormal"),
@@ -227,30 +312,100 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
             *[expr.alias(aliases[name]) for name, expr in aggregates.items()],
         )
     )
+    novelty = {"new_peers": F.col("dst_addr"), "new_ports": F.col("dst_port").cast("string"),
+               "new_services": F.when(is_conn, F.col("component")),
+               "new_templates": F.when(known, tpl)}
+    if groups is not None:
+        # First-seen values: the step where each (entity, value) first occurs in the history,
+        # counted per step. ``history`` reaches before ``events`` on an incremental rebuild.
+        seen = (history if history is not None else events).where(
+            F.col("entity").isNotNull() & F.col("ts").isNotNull())
+        for i, (name, value) in enumerate(novelty.items()):
+            firsts = (
+                seen.select("entity", value.alias("_v"), step.alias("_s"))
+                .where(F.col("_v").isNotNull())
+                .groupBy("entity", "_v").agg(F.min("_s").alias("step"))
+                .groupBy("entity", "step").agg(F.count(F.lit(1)).alias(f"_n{i}"))
+            )
+            agg = agg.join(firsts, ["entity", "step"], "left")
+            aliases[name] = f"_n{i}"
 
     def raw(name: str) -> Column:
         if name == "events":
             return F.col("n_events")
         if name == "error_ratio":
             return F.col(aliases["errors"]) / F.col("n_events")
+        if name == "failed_share":
+            return F.col(aliases["failed_connections"]) / F.when(F.col(aliases["connections"]) > 0,
+                                                                 F.col(aliases["connections"]))
         if name == "p50_duration":
             return F.col(aliases["_duration_q"])[0]
         if name == "p95_duration":
             return F.col(aliases["_duration_q"])[1]
         return F.col(aliases[name])
 
-    return agg.select(
-        "entity",
-        "step",
-        "n_events",
-        "n_abnormal",
-        "first_ts",
-        "last_ts",
-        *[
-            signed_log1p(F.coalesce(raw(name).cast("double"), F.lit(0.0))).alias(f"_f{i}")
-            for i, name in enumerate(feature_names)
-        ],
+    def logged(name: str) -> Column:
+        return signed_log1p(F.coalesce(raw(name).cast("double"), F.lit(0.0)))
+
+    keys = ["entity", "step", "n_events", "n_abnormal", "first_ts", "last_ts"]
+    if groups is None:
+        return agg.select(*keys, *[logged(name).alias(f"_f{i}") for i, name in enumerate(feature_names)])
+    assert entity is not None
+    position = {name: i for i, name in enumerate(feature_names)}
+    plain = [n for n in feature_names if not n.startswith((RELATIVE_PREFIX, GROUP_PREFIX)) and n != HISTORY_STEPS]
+    bases = relative_bases(metrics)
+    steps = agg.select(*keys, *[logged(n).alias(f"_f{position[n]}") for n in plain]).join(
+        entity_groups(history if history is not None else events, entity.rules), "entity", "left"
+    ).withColumn("group", F.coalesce(F.col("group"), F.lit(entity.rules.default_group)))
+    if base_only:
+        return steps
+    baselines = entity.group_baselines
+    if baselines is None:
+        baselines = fit_peer_baselines(steps, {b: f"_f{position[b]}" for b in bases}, entity.cut)
+    # Strictly earlier steps of the same entity within the horizon: never the step itself, never the future.
+    past = (Window.partitionBy("entity").orderBy("step")
+            .rangeBetween(-entity.baseline_steps * step_seconds, -1))
+    hist = F.count(F.lit(1)).over(past)
+    steps = steps.withColumn("_hist", hist)
+    fallback = baselines.get(ALL_GROUPS, {})
+    relative: list[Column] = []
+    for b in bases:
+        col = F.col(f"_f{position[b]}")
+        peer = F.lit(float(fallback.get(b, 0.0)))
+        for g, values in baselines.items():
+            if g != ALL_GROUPS and b in values:
+                peer = F.when(F.col("group") == g, F.lit(float(values[b]))).otherwise(peer)
+        own = F.avg(col).over(past)
+        base = F.when(F.col("_hist") >= entity.baseline_min_steps, own).otherwise(peer)
+        relative.append((col - base).alias(f"_f{position[RELATIVE_PREFIX + b]}"))
+    one_hot = [(F.col("group") == g).cast("double").alias(f"_f{position[GROUP_PREFIX + g]}") for g in groups]
+    out = steps.select(
+        *keys, "group", *[f"_f{position[n]}" for n in plain],
+        F.log1p(F.col("_hist").cast("double")).alias(f"_f{position[HISTORY_STEPS]}"),
+        *relative, *one_hot,
     )
+    return out.select(*keys, *[f"_f{i}" for i in range(len(feature_names))])
+
+
+def fit_peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | None) -> dict[str, dict[str, float]]:
+    """Mean of each feature column over the busy steps before ``cut``, per group and overall (``*``).
+
+    The training period's steps only, like the frequent templates: scoring never moves them.
+    """
+    from pyspark.sql import functions as F
+
+    train = steps if cut is None else steps.where(F.col("step") < F.lit(int(cut)))
+    means = [F.avg(c).alias(f"m_{i}") for i, c in enumerate(columns.values())]
+    names = list(columns)
+    out: dict[str, dict[str, float]] = {}
+    rows = [*train.groupBy("group").agg(*means).collect(),
+            *train.agg(*means).withColumn("group", F.lit(ALL_GROUPS)).collect()]
+    for row in rows:
+        if row["group"] is None or row["m_0"] is None:
+            continue
+        out[str(row["group"])] = {n: float(row[f"m_{i}"]) for i, n in enumerate(names)}
+    log.info("featurize: peer-group baselines of %d groups from the training period", len(out) - (ALL_GROUPS in out))
+    return out
 
 
 def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names: Sequence[str]) -> DataFrame:
@@ -423,6 +578,7 @@ def run(
     refit_templates: bool = False,
     feature_names: Sequence[str] | None = None,
     since: str | None = None,
+    peer_baselines: dict[str, dict[str, float]] | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -446,6 +602,10 @@ def run(
             dates, keeping the table's feature names; the nightly run after new data arrived.
             ``sessions`` are still rebuilt in full (a session may span any dates). Without a
             ``sequences`` table with feature names yet, the whole table is built.
+        peer_baselines: the peer-group baselines to judge cold-start entities by (a trained
+            model's, with its ``feature_names``, when scoring a lake it was not trained on);
+            default: the table's (``peer_baselines``) when its names are kept, else fitted on
+            this lake's training period.
 
     Raises:
         StageInputError: no ``events``.
@@ -455,11 +615,13 @@ def run(
     run_id = new_run_id("featurize")
     # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
     with writer_lock(lake.root, run_id, "featurize"):
-        return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id)
+        return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id,
+                    peer_baselines)
 
 
 def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, top_templates: int | None,
-         refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str) -> FeaturizeSummary:
+         refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str,
+         given_baselines: dict[str, dict[str, float]] | None = None) -> FeaturizeSummary:
     from pyspark.sql import functions as F
 
     if not lake.exists("events"):
@@ -472,6 +634,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     events = lake.read("events", version=events_version)
 
     names = None if refit_templates else previous_feature_names(lake)
+    reused = names is not None and feature_names is None
     since_date = None if since is None else dt.date.fromisoformat(str(resolve_date(since)))
     if since_date is not None:
         if refit_templates:
@@ -494,23 +657,42 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     else:
         cut = training_cut(events, cfg)
         chosen = choose_feature_templates(events, cut, k)
-        names = feature_names_for(chosen, cfg.features.metrics)
+        groups = (GroupRules.from_config(cfg.features.local_networks, cfg.features.groups,
+                                         cfg.features.default_group).names
+                  if cfg.features.entity_features else None)
+        names = feature_names_for(chosen, cfg.features.metrics, groups)
         log.info(
-            "featurize: chose %d frequent templates from events before %s",
+            "featurize: chose %d frequent templates from events before %s%s",
             len(chosen),
             dt.datetime.fromtimestamp(cut, dt.timezone.utc).isoformat() if cut is not None else "-",
+            f"; entity features with peer groups {groups}" if groups is not None else "",
         )
+
+    entity: EntitySettings | None = None
+    if feature_groups(names) is not None:
+        # Peer baselines, like the templates, are fitted once and kept while the names are kept.
+        kept_baselines = given_baselines or (read_peer_baselines(lake) if reused else None)
+        entity = EntitySettings.from_config(cfg, None if kept_baselines is not None else training_cut(events, cfg),
+                                            kept_baselines)
+        if kept_baselines is None:
+            entity = dataclasses.replace(entity, group_baselines=fit_peer_baselines(
+                step_features(events, cfg.features.step_seconds, names, entity, base_only=True),
+                {b: f"_f{names.index(b)}" for b in relative_bases(feature_metrics(names))}, entity.cut))
+        if given_baselines is not None or kept_baselines is None:
+            write_peer_baselines(spark, lake, entity.group_baselines or {}, run_id)
 
     spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)
     partition_by = TABLES["sequences"].partition_by
     replaced: list[str] | None = None
     if since_date is None:
-        windows = windows_frame(step_features(events, spec.step_seconds, names), spec, run_id, names)
+        windows = windows_frame(step_features(events, spec.step_seconds, names, entity), spec, run_id, names)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
     else:
-        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date)
+        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
                              replace_where={"date": replaced}, run_id=run_id)
+    if entity is not None:
+        merge_entities(lake, events, lake.read("sequences", version=version), entity.rules, run_id)
     written = lake.read("sequences", version=version)
     if replaced is not None:
         written = written.where(F.col("date") >= F.lit(dt.date.fromisoformat(replaced[0])))
@@ -540,7 +722,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
 
 
 def incremental_windows(
-    lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date
+    lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date,
+    entity: EntitySettings | None = None,
 ) -> tuple[DataFrame, list[str]]:
     """The windows that can hold events of ``since`` or later, exactly as a full rebuild makes them.
 
@@ -577,7 +760,15 @@ def incremental_windows(
             ).alias("grid_first"),
         )
     )
-    steps = step_features(recent, step_s, names).join(grid, "entity")
+    if entity is None:
+        steps = step_features(recent, step_s, names)
+    else:
+        # The trailing baselines read one horizon further back; novelty reads the whole history.
+        horizon_s = from_s - entity.baseline_steps * step_s
+        earlier = valid.where(F.col("ts") >= F.lit(dt.datetime.fromtimestamp(horizon_s, dt.timezone.utc)))
+        steps = step_features(earlier, step_s, names, entity, history=valid).where(
+            F.col("step") >= F.lit(lookback_first * step_s))
+    steps = steps.join(grid, "entity")
     windows = windows_frame(steps, spec, run_id, names).where(F.col("date") >= F.lit(rebuild_from))
     # Epoch seconds, not a collected timestamp: those come back naive in the driver's time zone.
     last_event = valid.agg(F.max(F.unix_timestamp("ts")).alias("t")).collect()[0]["t"]
@@ -593,3 +784,60 @@ def incremental_windows(
     log.info("featurize: incremental from %s (events since %s, one window of lookback): replacing %d date(s)",
              rebuild_from, since, len(dates))
     return windows, dates
+
+
+# ---------------------------------------------------------------- entities and peer baselines
+def read_peer_baselines(lake: Lake) -> dict[str, dict[str, float]] | None:
+    """The ``peer_baselines`` table as group -> feature -> baseline, or None without one."""
+    if not lake.exists("peer_baselines"):
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for row in lake.read("peer_baselines").collect():
+        out.setdefault(str(row["group"]), {})[str(row["feature"])] = float(row["baseline"])
+    return out or None
+
+
+def write_peer_baselines(spark: SparkSession, lake: Lake, baselines: dict[str, dict[str, float]], run_id: str) -> None:
+    """Overwrite ``peer_baselines`` with this run's (one atomic commit; a rerun writes the same rows).
+
+    Example:
+        >>> write_peer_baselines(spark, lake, {"internal": {"events": 1.2}, "*": {"events": 1.0}}, run_id)
+    """
+    rows = [(g, f, float(v), run_id) for g, values in sorted(baselines.items()) for f, v in sorted(values.items())]
+    df = spark.createDataFrame(rows, TABLES["peer_baselines"].ddl)
+    lake.write("peer_baselines", df, mode="overwrite", run_id=run_id)
+
+
+def merge_entities(lake: Lake, events: DataFrame, sequences: DataFrame, rules: GroupRules, run_id: str) -> int:
+    """Upsert one ``entities`` row per entity of ``events``: group, rule, first/last seen, counts.
+
+    MERGE on ``entity``: a rerun over the same events rewrites the same values (idempotent), a
+    later run updates last_seen and the counts. Counts are over the whole ``events`` and
+    ``sequences`` snapshots read, so they never double on a rerun.
+
+    Example:
+        >>> merge_entities(lake, lake.read("events"), lake.read("sequences"), rules, run_id)
+    """
+    from pyspark.sql import functions as F
+
+    valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+    seen = valid.groupBy("entity").agg(F.min("ts").alias("first_seen"), F.max("ts").alias("last_seen"),
+                                       F.count(F.lit(1)).alias("events"))
+    windows = sequences.groupBy("entity").agg(F.count(F.lit(1)).alias("windows"))
+    rows = (
+        seen.join(entity_groups(valid, rules), "entity", "left")
+        .join(windows, "entity", "left")
+        .select(
+            "entity",
+            F.coalesce(F.col("group"), F.lit(rules.default_group)).alias("group"),
+            F.coalesce(F.col("group_rule"), F.lit("not_an_address")).alias("group_rule"),
+            "first_seen",
+            "last_seen",
+            F.col("events").cast("long"),
+            F.coalesce(F.col("windows"), F.lit(0)).cast("long").alias("windows"),
+            F.lit(run_id).alias("run_id"),
+        )
+    )
+    version = lake.merge("entities", rows, ["entity"])
+    log.info("featurize %s: entities table at version %d", run_id, version)
+    return version

@@ -56,21 +56,96 @@ UNKNOWN_TEMPLATES = "tpl:unknown"
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
 
+#: Entity features (``features.entity_features``), after :data:`FEATURE_NAMES`: direction of the
+#: entity's own connections (``inbound_connections`` is the other direction), peers inside or
+#: outside the local networks, the failed share of connections (Zeek ``conn_state``), and novelty:
+#: how many peers, destination ports, services and templates the step shows for the first time in
+#: the entity's history. Counts carry across networks where absolute levels do not.
+NETWORK_FEATURES: list[str] = [
+    "outbound_connections",
+    "to_local_peers",
+    "to_external_peers",
+    "failed_share",
+    "new_peers",
+    "new_ports",
+    "new_services",
+    "new_templates",
+]
+#: Novelty features and what they count, for explanations ("3 new destination ports (first seen)").
+NOVELTY_UNITS: dict[str, str] = {
+    "new_peers": "new peers",
+    "new_ports": "new destination ports",
+    "new_services": "new services",
+    "new_templates": "new templates",
+}
+#: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the
+#: relative features stand on; below ``features.baseline_min_steps`` they use the peer group's.
+HISTORY_STEPS = "history_steps"
+#: ``rel:<feature>``: the step's value minus the entity's trailing baseline (both log1p), i.e. the
+#: log of the ratio to what is usual for this entity (or its peer group on a cold start).
+RELATIVE_PREFIX = "rel:"
+#: Features that get a relative twin (plus every metric).
+RELATIVE_BASES: list[str] = [
+    "events",
+    "connections",
+    "inbound_connections",
+    "outbound_connections",
+    "bytes_out",
+    "bytes_in",
+    "distinct_dst_ports",
+    "distinct_dst_addrs",
+    "failed_connections",
+    "errors",
+]
+#: ``group:<name>``: 1 on the steps of an entity of that peer group (one-hot, last in the list), so
+#: a model can read the group of any window from its features alone.
+GROUP_PREFIX = "group:"
 
-def feature_names_for(template_ids: Sequence[str], metrics: Sequence[str] = ()) -> list[str]:
-    """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step."""
-    return [
+
+def relative_bases(metrics: Sequence[str]) -> list[str]:
+    """The features that get a ``rel:`` twin in a run averaging ``metrics``."""
+    return [*RELATIVE_BASES, *(METRIC_PREFIX + m for m in metrics)]
+
+
+def feature_names_for(
+    template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None
+) -> list[str]:
+    """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
+
+    ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
+    fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
+    ``None`` is the list of runs before entity features (still computed, so older tables and
+    models keep working).
+    """
+    names = [
         *FEATURE_NAMES,
+        *(NETWORK_FEATURES if groups is not None else []),
         *(TEMPLATE_PREFIX + t for t in template_ids),
         OTHER_TEMPLATES,
         UNKNOWN_TEMPLATES,
         *(METRIC_PREFIX + m for m in metrics),
     ]
+    if groups is not None:
+        names += [HISTORY_STEPS, *(RELATIVE_PREFIX + b for b in relative_bases(metrics)),
+                  *(GROUP_PREFIX + g for g in groups)]
+    return names
+
+
+def feature_groups(names: Sequence[str]) -> list[str] | None:
+    """The peer groups encoded in a feature list, or None for a list without entity features."""
+    if NETWORK_FEATURES[0] not in names:
+        return None
+    return [n[len(GROUP_PREFIX):] for n in names if n.startswith(GROUP_PREFIX)]
 
 
 def feature_metrics(names: Sequence[str]) -> list[str]:
     """The metric attribute names encoded in a feature list, in order."""
     return [n[len(METRIC_PREFIX):] for n in names if n.startswith(METRIC_PREFIX)]
+
+
+def relative_baseline(x: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """The baseline a ``rel:`` feature compared against, in user units (``expm1(x - rel)``)."""
+    return signed_expm1(np.asarray(x, dtype=np.float64) - np.asarray(rel, dtype=np.float64))
 
 
 def feature_templates(names: Sequence[str]) -> list[str]:
@@ -85,10 +160,12 @@ def feature_templates(names: Sequence[str]) -> list[str]:
         for n in names
         if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
     ]
-    if list(names) != feature_names_for(templates, feature_metrics(names)):
+    if list(names) != feature_names_for(templates, feature_metrics(names), feature_groups(names)):
         raise ValueError(
-            f"feature names {list(names)[:20]} are not {FEATURE_NAMES} followed by template counts, "
-            f"{OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} and metrics ({METRIC_PREFIX}<name>)"
+            f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
+            f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r}, "
+            f"metrics ({METRIC_PREFIX}<name>) and, with entity features, {HISTORY_STEPS!r}, "
+            f"{RELATIVE_PREFIX}<feature> and {GROUP_PREFIX}<group>"
         )
     return templates
 

@@ -129,6 +129,30 @@ SESSION_COLUMNS: dict[str, str] = {
     "run_id": "string",
 }
 
+#: One row per entity (see loganomaly.features.entities): its peer group and how it was decided,
+#: when it was first and last seen, how much it did. Upserted on ``entity`` by every featurize.
+ENTITY_COLUMNS: dict[str, str] = {
+    "entity": "string",
+    "group": "string",
+    # role:<name>, zeek_local_orig, local_networks, not_local or not_an_address.
+    "group_rule": "string",
+    "first_seen": "timestamp",
+    "last_seen": "timestamp",
+    "events": "bigint",
+    "windows": "bigint",
+    "run_id": "string",
+}
+
+#: Peer-group baselines of the training period: the mean (log1p units) of each relative feature's
+#: base over the group's busy steps, what a cold-start entity of the group is compared against.
+#: Group ``*`` is every entity (the fallback for a group unseen in training).
+PEER_BASELINE_COLUMNS: dict[str, str] = {
+    "group": "string",
+    "feature": "string",
+    "baseline": "double",
+    "run_id": "string",
+}
+
 SCORE_COLUMNS: dict[str, str] = {
     "entity": "string",
     "window_start": "timestamp",
@@ -195,6 +219,8 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("templates", TEMPLATE_COLUMNS),
         TableSpec("sequences", SEQUENCE_COLUMNS, ("date",)),
         TableSpec("sessions", SESSION_COLUMNS, ("date",)),
+        TableSpec("entities", ENTITY_COLUMNS),
+        TableSpec("peer_baselines", PEER_BASELINE_COLUMNS),
         TableSpec("scores", SCORE_COLUMNS, ("date",)),
         TableSpec("anomalies", SCORE_COLUMNS, ("date",)),
         TableSpec("evaluations", EVALUATION_COLUMNS),

@@ -26,12 +26,12 @@ from torch import nn
 from loganomaly.config import Config
 from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
-from loganomaly.features.windows import signed_expm1
+from loganomaly.features.windows import NOVELTY_UNITS, RELATIVE_PREFIX, relative_baseline, signed_expm1
 from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
 from loganomaly.models.kind import Inference
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
-from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
+from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork, alert_budget
 from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def window_step_errors(
 def flagged_step_errors(
     model: nn.Module,
     x: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     batch_size: int = 1024,
     device: torch.device | None = None,
     bf16: bool = False,
@@ -182,7 +182,8 @@ def flagged_step_errors(
 
     Args:
         x: normalised windows ``[N, T, F]``.
-        threshold: windows scoring above it are returned with their errors.
+        threshold: windows scoring above it are returned with their errors; one per window
+            (``[N]``, e.g. each window's peer-group threshold) or one for all.
         bf16: bf16 autocast of the forward pass (CUDA only; float32 elsewhere).
 
     Returns:
@@ -197,6 +198,7 @@ def flagged_step_errors(
     scores: list[np.ndarray] = []
     flagged: list[np.ndarray] = []
     errors: list[np.ndarray] = []
+    per_window = np.ndim(threshold) > 0
     model.eval()
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
@@ -205,7 +207,9 @@ def flagged_step_errors(
                 recon = model(batch)
             err = (recon.float() - batch) ** 2
             score = err.double().mean(dim=(1, 2))
-            above = torch.nonzero(score > threshold).squeeze(1)
+            limit = (torch.from_numpy(np.asarray(threshold, dtype=np.float64)[i : i + batch_size]).to(device)
+                     if per_window else threshold)
+            above = torch.nonzero(score > limit).squeeze(1)
             scores.append(score.cpu().numpy())
             if len(above):
                 flagged.append(above.cpu().numpy() + i)
@@ -299,6 +303,7 @@ def explain(
     names: list[str],
     top_k: int,
     log1p: bool = True,
+    prefixes: list[str] | None = None,
 ) -> tuple[list[list[str]], list[str]]:
     """Name the features whose error most exceeds their typical (validation) error, in user units.
 
@@ -310,10 +315,17 @@ def explain(
         x: raw windows ``[N, T, F]`` (as stored in ``sequences``).
         per_step_error: squared reconstruction error ``[N, T, F]``.
         typical: per-feature mean error on validation windows ``[F]``.
-        mean: per-feature training mean (raw units of ``x``) ``[F]``.
+        mean: per-feature training mean (raw units of ``x``) ``[F]``, or one per window ``[N, F]``
+            (each window's peer-group normaliser).
         names: feature names.
         top_k: features named per window.
         log1p: whether features are stored as log1p (then values are shown as expm1).
+        prefixes: per window, text put first (which peer group and baseline judged it).
+
+    Entity features read in their own units: a novelty count as ``3 new destination ports (first
+    seen)``, a relative feature as the value against the baseline it was compared with
+    (``rel:inbound_connections: 12 vs baseline 2``, the baseline being the entity's trailing one
+    or its peer group's on a cold start).
     """
     per_feature = per_step_error.mean(axis=1)
     # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
@@ -325,13 +337,31 @@ def explain(
     undo = signed_expm1 if log1p else (lambda v: v)
     # Gathered and undone as arrays; only the formatting is per named feature.
     observed = undo(x[rows, step, order]).tolist()
-    normal = undo(np.asarray(mean)).tolist()
+    means = np.asarray(mean, dtype=np.float64)
+    normal = undo(means[None, :] if means.ndim == 1 else means)
+    normal = np.broadcast_to(normal, (len(x), x.shape[2]))
+    # rel:<f> is log1p(f) - log1p(baseline): with f's own value beside it the baseline reads back.
+    base_of = {i: names.index(n[len(RELATIVE_PREFIX):]) for i, n in enumerate(names)
+               if n.startswith(RELATIVE_PREFIX) and n[len(RELATIVE_PREFIX):] in names}
     tops = [[names[f] for f in idx] for idx in order.tolist()]
+
+    def text(n: int, f: int, o: float, s: int) -> str:
+        name = names[f]
+        if name in NOVELTY_UNITS:
+            return f"{o:.3g} {NOVELTY_UNITS[name]} (first seen) at step {s + 1}"
+        if f in base_of and log1p:
+            b = base_of[f]
+            value = float(signed_expm1(np.asarray(x[n, s, b])))
+            baseline = float(relative_baseline(x[n, s, b], x[n, s, f]))
+            return f"{names[b]} {value:.3g} vs baseline {baseline:.3g} at step {s + 1}"
+        return f"{name}={o:.3g} at step {s + 1} (normal ~{normal[n, f]:.3g})"
+
     texts = [
-        "; ".join(f"{names[f]}={o:.3g} at step {s + 1} (normal ~{normal[f]:.3g})" for f, o, s in zip(idx, obs, st,
-                                                                                                   strict=True))
-        for idx, obs, st in zip(order.tolist(), observed, step.tolist(), strict=True)
+        "; ".join(text(n, f, o, s) for f, o, s in zip(idx, obs, st, strict=True))
+        for n, (idx, obs, st) in enumerate(zip(order.tolist(), observed, step.tolist(), strict=True))
     ]
+    if prefixes is not None:
+        texts = [f"{p}: {t}" if p else t for p, t in zip(prefixes, texts, strict=True)]
     return tops, texts
 
 
@@ -367,10 +397,13 @@ class AutoencoderKind(WindowKind):
     def calibrate(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
         val_scores, val_feature_errors = window_errors(model, val_x, device=device)
-        threshold = calibrate_threshold(val_scores, cfg.train.threshold_quantile)
+        threshold = calibrate_threshold(val_scores, 1.0 - alert_budget(cfg))
         # Typical per-feature error on normal windows: scoring explains a window by how many
         # times its error exceeds this.
         return threshold, {"val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)]}, val_scores
+
+    def calibrate_group(self, val_scores: np.ndarray, cfg: Config) -> float | None:
+        return calibrate_threshold(val_scores, 1.0 - alert_budget(cfg))
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
                       top_k: int, inference: Inference | None = None) -> pd.DataFrame:
@@ -378,19 +411,37 @@ class AutoencoderKind(WindowKind):
 
         Unflagged windows get no ``top_features`` and an empty ``explanation``: nobody reads them,
         and explaining every window cost a float64 copy of every error and Python per row.
+
+        With peer groups, a window is standardised with its group's normaliser and judged by its
+        group's threshold; its score is the error rescaled so that the bundle's (global)
+        threshold stands for every group's (``error * threshold / group threshold``): the
+        scoring stage compares every score with one threshold, and a score reads as "this many
+        times its group's alert level" across groups.
         """
         inference = inference or Inference()
-        normalised = bundle.normaliser.transform(x)
-        mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
         log1p = bundle.features.get("transform", "log1p") == "log1p"
-        scores, flagged, per_step = flagged_step_errors(model, normalised, bundle.threshold, inference.batch_size,
-                                                        device, inference.bf16)
+        if bundle.peers is None:
+            normalised = bundle.normaliser.transform(x)
+            mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
+            scores, flagged, per_step = flagged_step_errors(model, normalised, bundle.threshold,
+                                                            inference.batch_size, device, inference.bf16)
+            prefixes = None
+        else:
+            groups = bundle.peers.groups_of(x)
+            limits = bundle.peers.thresholds_of(groups, bundle.threshold)
+            normalised = bundle.normalise(x, groups)
+            scores, flagged, per_step = flagged_step_errors(model, normalised, limits, inference.batch_size,
+                                                            device, inference.bf16)
+            scores = scores * (bundle.threshold / limits)
+            mean = bundle.peers.means_of(groups[flagged], bundle.normaliser)
+            prefixes = bundle.judged_against(x[flagged], groups[flagged], limits[flagged])
         tops: list[list[str]] = [[] for _ in range(len(x))]
         texts = [""] * len(x)
         if len(flagged):
             typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
             for i, top, text in zip(flagged.tolist(), *explain(x[flagged], per_step, typical, mean,
-                                                               bundle.feature_names, top_k, log1p), strict=True):
+                                                               bundle.feature_names, top_k, log1p, prefixes),
+                                    strict=True):
                 tops[i], texts[i] = top, text
         return pd.DataFrame({"score": scores, "top_features": tops, "explanation": texts})
 

@@ -352,17 +352,22 @@ class ClassifierKind(WindowKind):
         """P(anomalous) of every window; only windows above the threshold are explained (by occlusion)."""
         assert isinstance(model, LSTMClassifier)
         inference = inference or Inference()
-        normalised = bundle.normaliser.transform(x)
+        # With peer groups: each window standardised by its group's normaliser (one probability
+        # threshold for all: a probability means the same in every group).
+        groups = bundle.peers.groups_of(x) if bundle.peers is not None else None
+        normalised = bundle.normalise(x, groups)
         mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
         log1p = bundle.features.get("transform", "log1p") == "log1p"
         probability = classifier_probabilities(model, normalised, inference.batch_size, device, inference.bf16)[:, 1]
         flagged = np.flatnonzero(probability > bundle.threshold)
+        prefixes = (bundle.judged_against(x[flagged], groups[flagged], np.full(len(flagged), bundle.threshold))
+                    if groups is not None else [""] * len(flagged))
         tops: list[list[str]] = [[] for _ in range(len(x))]
         texts = [""] * len(x)
-        for i, top, text in zip(flagged, *explain_classifier(
+        for i, prefix, top, text in zip(flagged, prefixes, *explain_classifier(
                 model, device, x[flagged], normalised[flagged], probability[flagged], mean,
                 bundle.feature_names, top_k, log1p), strict=True):
-            tops[i], texts[i] = top, text
+            tops[i], texts[i] = top, f"{prefix}: {text}" if prefix else text
         return pd.DataFrame({"score": probability, "top_features": tops, "explanation": texts})
 
 

@@ -127,3 +127,126 @@ def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
     if floored and comm.rank == 0:
         log.info("normaliser: %d of %d features (near) constant in training; std floored at %g", floored, f, STD_FLOOR)
     return Normaliser(mu.tolist(), np.maximum(std, STD_FLOOR).tolist())
+
+
+def group_index(x: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Which peer group each window ``x[N, T, F]`` belongs to (index into ``columns``), -1 for none.
+
+    The group is the one-hot feature set on the window's busy steps; empty steps (zeros) carry
+    no group, so the maximum over steps reads it.
+    """
+    if not columns or len(x) == 0:
+        return np.full(len(x), -1, dtype=np.int64)
+    hot = np.asarray(x)[:, :, columns].max(axis=1)
+    idx = hot.argmax(axis=1)
+    return np.where(hot[np.arange(len(x)), idx] > 0.5, idx, -1).astype(np.int64)
+
+
+@dataclass
+class PeerGroups:
+    """Per peer group normaliser and threshold (the alert budget), stored with the model.
+
+    A window of a group with its own normaliser is standardised with it (the group's normal, not
+    the whole training set's); a group with too few training windows, or one never seen in
+    training, uses the global normaliser. Likewise the threshold: calibrated per group on its
+    validation windows at the alert budget, else the global one.
+
+    Attributes:
+        names: the group names, in feature order.
+        columns: feature index of each group's one-hot feature.
+        normalisers: the groups with their own normaliser.
+        thresholds: the groups with their own threshold.
+        budget: share of benign validation windows allowed to alert, per group.
+        min_history: earlier busy steps an entity needs to be judged by its own baseline
+            (``features.baseline_min_steps`` of the training config), for explanations.
+    """
+
+    names: list[str]
+    columns: list[int]
+    normalisers: dict[str, Normaliser]
+    thresholds: dict[str, float]
+    budget: float
+    min_history: int
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.columns):
+            raise ModelError(f"peer groups: {len(self.names)} names for {len(self.columns)} columns")
+        unknown = sorted((set(self.normalisers) | set(self.thresholds)) - set(self.names))
+        if unknown:
+            raise ModelError(f"peer groups: statistics for unknown groups {unknown}; groups: {self.names}")
+
+    def groups_of(self, x: np.ndarray) -> np.ndarray:
+        """Group index of each window (-1: none)."""
+        return group_index(x, self.columns)
+
+    def transform(self, x: np.ndarray, fallback: Normaliser, groups: np.ndarray | None = None) -> np.ndarray:
+        """Standardise each window with its group's normaliser, else ``fallback``."""
+        out = fallback.transform(x)
+        if not self.normalisers or len(x) == 0:
+            return out
+        groups = self.groups_of(x) if groups is None else groups
+        for gi, name in enumerate(self.names):
+            own = self.normalisers.get(name)
+            mask = groups == gi
+            if own is not None and mask.any():
+                out[mask] = own.transform(x[mask])
+        return out
+
+    def thresholds_of(self, groups: np.ndarray, fallback: float) -> np.ndarray:
+        """Each window's threshold: its group's, else ``fallback``."""
+        table = np.asarray([self.thresholds.get(n, fallback) for n in self.names] + [fallback], dtype=np.float64)
+        return table[np.where(groups < 0, len(self.names), groups)]
+
+    def means_of(self, groups: np.ndarray, fallback: Normaliser) -> np.ndarray:
+        """Each window's per-feature training mean ``[N, F]`` (its group's normaliser, else ``fallback``)."""
+        rows = [np.asarray((self.normalisers.get(n) or fallback).mean, dtype=np.float64) for n in self.names]
+        table = np.stack([*rows, np.asarray(fallback.mean, dtype=np.float64)])
+        return table[np.where(groups < 0, len(self.names), groups)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON (``model.json`` ``peers``)."""
+        return {
+            "names": list(self.names),
+            "columns": [int(c) for c in self.columns],
+            "normalisers": {k: v.to_dict() for k, v in sorted(self.normalisers.items())},
+            "thresholds": {k: float(v) for k, v in sorted(self.thresholds.items())},
+            "budget": float(self.budget),
+            "min_history": int(self.min_history),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PeerGroups:
+        """Rebuild from :meth:`to_dict`; ModelError on missing or malformed values."""
+        try:
+            unknown = sorted(set(data) - {"names", "columns", "normalisers", "thresholds", "budget", "min_history"})
+            if unknown:
+                raise ModelError(f"unknown peer-group keys {unknown}")
+            return cls(
+                [str(n) for n in data["names"]],
+                [int(c) for c in data["columns"]],
+                {str(k): Normaliser.from_dict(v) for k, v in data["normalisers"].items()},
+                {str(k): float(v) for k, v in data["thresholds"].items()},
+                float(data["budget"]),
+                int(data["min_history"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"invalid peer groups: {exc!r}") from None
+
+
+def fit_group_normalisers(x: np.ndarray, groups: np.ndarray, names: list[str], min_windows: int,
+                          comm: Collective) -> dict[str, Normaliser]:
+    """One normaliser per group with at least ``min_windows`` training windows over all ranks.
+
+    Every rank calls this with the same ``names``, so the collective calls line up; a group
+    below the minimum keeps the global normaliser (fewer windows would give noisy statistics).
+    """
+    counts = torch.tensor([float((groups == gi).sum()) for gi in range(len(names))], dtype=torch.float64)
+    totals = comm.gather(counts).numpy().sum(axis=0) if len(names) else np.zeros(0)
+    out: dict[str, Normaliser] = {}
+    for gi, name in enumerate(names):
+        if totals[gi] >= min_windows:
+            out[name] = fit_normaliser(x[groups == gi], comm)
+    if comm.rank == 0:
+        log.info("normaliser: own statistics for peer groups %s (of %s; the others use the global one)",
+                 sorted(out), names)
+    return out

@@ -40,7 +40,7 @@ from loganomaly.features.split import (
     stored_feature_names,
     window_shape,
 )
-from loganomaly.features.windows import FEATURE_NAMES
+from loganomaly.features.windows import FEATURE_NAMES, GROUP_PREFIX, HISTORY_STEPS, feature_groups
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
 from loganomaly.models.kind import (
@@ -53,7 +53,13 @@ from loganomaly.models.kind import (
     TrainingPlan,
     quantiles,
 )
-from loganomaly.models.normaliser import Normaliser, fit_normaliser
+from loganomaly.models.normaliser import (
+    Normaliser,
+    PeerGroups,
+    fit_group_normalisers,
+    fit_normaliser,
+    group_index,
+)
 from loganomaly.models.task import FitTask, TrainResult
 from loganomaly.registry import READERS
 from loganomaly.runtime.collective import Collective
@@ -65,11 +71,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_TRAIN_WINDOWS", "ModelBundle", "WindowData", "WindowKind", "WindowWork", "feature_names_of",
+__all__ = ["MIN_TRAIN_WINDOWS", "ModelBundle", "alert_budget", "WindowData", "WindowKind", "WindowWork", "feature_names_of",
            "windows_of"]
 
 #: Fewest training windows a run accepts (validation needs two).
 MIN_TRAIN_WINDOWS = 8
+
+
+def alert_budget(cfg: Config) -> float:
+    """Share of benign validation windows allowed to alert: ``train.alert_budget``, else ``1 - threshold_quantile``."""
+    return cfg.train.alert_budget if cfg.train.alert_budget is not None else 1.0 - cfg.train.threshold_quantile
 
 
 @dataclass
@@ -90,6 +101,8 @@ class ModelBundle:
         version: content hash, set by :func:`loganomaly.models.bundle.save_bundle`, checked at load.
         templates: the template-miner state (``Templates.to_dict()``) of the training data, or
             None when templates were disabled or never fitted.
+        peers: per peer group normaliser and threshold (windows with ``group:`` features);
+            None for bundles without groups, which score exactly as before.
     """
 
     model_cfg: Any
@@ -102,10 +115,39 @@ class ModelBundle:
     training: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     templates: dict[str, Any] | None = None
+    peers: PeerGroups | None = None
 
     @property
     def kind(self) -> str:
         return str(self.model_cfg.bundle_kind)
+
+    def normalise(self, x: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        """Raw windows -> model input: the window's peer-group normaliser where it has one."""
+        if self.peers is None:
+            return self.normaliser.transform(x)
+        return self.peers.transform(x, self.normaliser, groups)
+
+    def judged_against(self, x: np.ndarray, groups: np.ndarray, thresholds: np.ndarray) -> list[str]:
+        """Per window, which peer group and baseline it was judged against (empty without groups).
+
+        ``history_steps`` (log1p of the entity's earlier busy steps) tells whether the relative
+        features compared it with its own trailing baseline or, on a cold start, its group's.
+        """
+        if self.peers is None:
+            return [""] * len(x)
+        hist = None
+        if HISTORY_STEPS in self.feature_names:
+            hist = np.rint(np.expm1(x[:, :, self.feature_names.index(HISTORY_STEPS)].max(axis=1))).astype(int)
+        out = []
+        for i, g in enumerate(groups.tolist()):
+            name = self.peers.names[g] if g >= 0 else "none"
+            own = "own" if g >= 0 and name in self.peers.thresholds else "global"
+            text = f"peer group {name} ({own} threshold {thresholds[i]:.4g})"
+            if hist is not None:
+                text += (f"; baseline: own history ({hist[i]} earlier busy steps)" if hist[i] >= self.peers.min_history
+                         else f"; baseline: peer group {name} (cold start, {hist[i]} earlier busy steps)")
+            out.append(text)
+        return out
 
     @property
     def window_steps(self) -> int:
@@ -147,6 +189,8 @@ class WindowData:
     normaliser: Normaliser
     train_x: np.ndarray
     val_x: np.ndarray
+    #: Peer groups with their own normaliser.
+    group_normalisers: dict[str, Normaliser] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +208,12 @@ class WindowWork(RankWork):
     val_plan: ShardPlan
     model_cfg: Any
     normaliser: Normaliser | None = None
+    #: Peer groups to fit normalisers for: names and one-hot feature columns (empty: none).
+    group_names: list[str] = field(default_factory=list)
+    group_columns: list[int] = field(default_factory=list)
+    group_min_windows: int = 30
+    #: Keep these group normalisers (continuing a model's training) instead of fitting them.
+    group_normalisers: dict[str, Normaliser] | None = None
     #: Whether the task needs each window's class (``sequences.n_abnormal``) from the reader.
     needs_labels = False
 
@@ -194,18 +244,28 @@ class WindowWork(RankWork):
             normaliser = fit_normaliser(shard.x, comm)
         elif len(normaliser.mean) != n_features:
             raise ModelError(f"the normaliser has {len(normaliser.mean)} features, the windows {n_features}")
-        train_x = normaliser.transform(shard.x)
-        val_x = normaliser.transform(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
+        own = self.group_normalisers
+        if own is None and self.group_columns:
+            own = fit_group_normalisers(shard.x, group_index(shard.x, self.group_columns), self.group_names,
+                                        self.group_min_windows, comm)
+        peers = PeerGroups(self.group_names, self.group_columns, own or {}, {}, 0.0, 0) if self.group_columns else None
+
+        def apply(x: np.ndarray) -> np.ndarray:
+            return peers.transform(x, normaliser) if peers is not None else normaliser.transform(x)
+
+        train_x = apply(shard.x)
+        val_x = apply(val_shard.x) if len(val_shard) else np.zeros((0, *shard.x.shape[1:]), np.float32)
         if comm.rank == 0:
             log.info("rank 0/%d: %d training and %d validation windows of %d and %d read in %.2fs",
                      comm.world, len(shard), len(val_shard), self.train_plan.total, self.val_plan.total,
                      time.perf_counter() - started)
-        return WindowData(shard, val_shard, order, normaliser, train_x, val_x)
+        return WindowData(shard, val_shard, order, normaliser, train_x, val_x, own or {})
 
     def build_task(self, settings: TrainConfig, comm: Collective) -> tuple[FitTask, dict[str, Any]]:
         data = self.read(settings, comm)
         extras = {
             "normaliser": data.normaliser.to_dict(),
+            "group_normalisers": {k: v.to_dict() for k, v in data.group_normalisers.items()},
             "snapshot": {"path": self.train_plan.snapshot.path, "version": self.train_plan.snapshot.version},
         }
         return self.task(data, comm), extras
@@ -252,6 +312,13 @@ class WindowKind(ModelKind):
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
         """(threshold, metrics, validation scores) from the validation windows (normalised)."""
 
+    def calibrate_group(self, val_scores: np.ndarray, cfg: Config) -> float | None:
+        """A peer group's own threshold from its validation scores, or None to keep the global one.
+
+        Kinds whose scores mean the same in every group (a probability) keep the default.
+        """
+        return None
+
     @abstractmethod
     def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
                       top_k: int, inference: Inference | None = None) -> pd.DataFrame:
@@ -285,7 +352,7 @@ class WindowKind(ModelKind):
                 f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
             )
         model_cfg = self.model_config(cfg, *shape)
-        init_state, init_normaliser = None, None
+        init_state, init_normaliser, init_groups = None, None, None
         if cfg.train.init_from:
             base = load_bundle(cfg.train.init_from)
             if not isinstance(base, ModelBundle) or base.model_cfg != model_cfg or base.feature_names != feature_names:
@@ -295,9 +362,17 @@ class WindowKind(ModelKind):
                     f"this run needs {model_cfg.to_dict()} over {feature_names}"
                 )
             init_state, init_normaliser = base.state_dict, base.normaliser
+            init_groups = base.peers.normalisers if base.peers is not None else None
             log.info("train: continuing model %s from %s", base.version, cfg.train.init_from)
+        work = self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg)
+        groups = feature_groups(feature_names)
+        if groups:
+            work.group_names = list(groups)
+            work.group_columns = [feature_names.index(GROUP_PREFIX + g) for g in groups]
+            work.group_min_windows = cfg.train.group_min_windows
+            work.group_normalisers = init_groups
         return TrainingPlan(
-            work=self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg),
+            work=work,
             init_state=init_state,
             describe=f"{n_train} training and {n_val} validation windows from sequences version {version} "
                      f"(split {split.as_dict()})",
@@ -310,7 +385,17 @@ class WindowKind(ModelKind):
         normaliser = Normaliser.from_dict(result.extras["normaliser"])
         val_plan: ShardPlan = ctx["val_plan"]
         val_shard, _ = READERS.get("arrow").read(val_plan, Collective(), equal=False)
-        val_x = normaliser.transform(val_shard.x)
+        names: list[str] = ctx["feature_names"]
+        groups = feature_groups(names)
+        peers = None
+        if groups:
+            peers = PeerGroups(list(groups), [names.index(GROUP_PREFIX + g) for g in groups],
+                               {k: Normaliser.from_dict(v) for k, v in result.extras["group_normalisers"].items()},
+                               {}, alert_budget(cfg), cfg.features.baseline_min_steps)
+            val_groups = peers.groups_of(val_shard.x)
+            val_x = peers.transform(val_shard.x, normaliser, val_groups)
+        else:
+            val_x = normaliser.transform(val_shard.x)
         model = ctx["model_cfg"].build()
         model.load_state_dict(result.state_dict)
         device = pick_device(cfg.train.device)
@@ -318,20 +403,43 @@ class WindowKind(ModelKind):
         threshold, metrics, val_scores = self.calibrate(model, device, val_x, val_shard, cfg)
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
                    "val_score_quantiles": quantiles(val_scores)}
+        if peers is not None:
+            # The alert budget per group, on the group's own validation windows (benign ones when
+            # train.normal_only); a group with too few keeps the global threshold.
+            windows_per_group = {}
+            for gi, name in enumerate(peers.names):
+                mine = val_scores[val_groups == gi]
+                windows_per_group[name] = int(len(mine))
+                own = self.calibrate_group(mine, cfg) if len(mine) >= cfg.train.group_min_windows else None
+                if own is not None:
+                    peers.thresholds[name] = float(own)
+            metrics["peer_groups"] = {"validation_windows": windows_per_group, "thresholds": dict(peers.thresholds),
+                                      "own_normaliser": sorted(peers.normalisers)}
+            log.info("train: peer-group thresholds %s (global %.4g, alert budget %.3g); validation windows %s",
+                     {k: round(v, 5) for k, v in peers.thresholds.items()}, threshold, peers.budget,
+                     windows_per_group)
         split: Split = ctx["split"]
+        features: dict[str, Any] = {
+            "step_seconds": cfg.features.step_seconds,
+            "window_steps": cfg.features.window_steps,
+            "stride_steps": cfg.features.stride_steps,
+            # featurize stores counts and sums as log1p; explanations undo it for display.
+            "transform": "log1p",
+        }
+        if peers is not None and lake.exists("peer_baselines"):
+            # The training period's peer baselines travel with the model: a lake it scores but was
+            # not trained on judges its cold-start entities by them (pipeline passes them on).
+            table: dict[str, dict[str, float]] = {}
+            for row in lake.read("peer_baselines").collect():
+                table.setdefault(str(row["group"]), {})[str(row["feature"])] = float(row["baseline"])
+            features["peer_baselines"] = table
         return ModelBundle(
             model_cfg=ctx["model_cfg"],
             state_dict=result.state_dict,
             normaliser=normaliser,
             threshold=threshold,
             feature_names=ctx["feature_names"],
-            features={
-                "step_seconds": cfg.features.step_seconds,
-                "window_steps": cfg.features.window_steps,
-                "stride_steps": cfg.features.stride_steps,
-                # featurize stores counts and sums as log1p; explanations undo it for display.
-                "transform": "log1p",
-            },
+            features=features,
             metrics=metrics,
             training={
                 "run_id": run_id,
@@ -347,6 +455,7 @@ class WindowKind(ModelKind):
             },
             version="",
             templates=training_templates(cfg, lake),
+            peers=peers,
         )
 
     def summary(self, bundle: Bundle) -> dict[str, Any]:
@@ -367,6 +476,8 @@ class WindowKind(ModelKind):
             "features": bundle.features,
             "metrics": bundle.metrics,
             "training": bundle.training,
+            # Only bundles with peer groups have the key: older bundles resave byte for byte.
+            **({"peers": bundle.peers.to_dict()} if bundle.peers is not None else {}),
         }
 
     @abstractmethod
@@ -385,6 +496,7 @@ class WindowKind(ModelKind):
             training=dict(meta.get("training") or {}),
             version=str(meta["version"]),
             templates=meta.get("templates"),
+            peers=PeerGroups.from_dict(meta["peers"]) if meta.get("peers") is not None else None,
         )
 
     def check_bundle(self, bundle: Bundle) -> None:
@@ -394,6 +506,11 @@ class WindowKind(ModelKind):
             raise ModelError(f"normaliser has {len(bundle.normaliser.mean)} features, the model {n}")
         if len(bundle.feature_names) != n:
             raise ModelError(f"{len(bundle.feature_names)} feature names for a model of {n} features")
+        if bundle.peers is not None:
+            wanted = [bundle.feature_names.index(GROUP_PREFIX + g) if GROUP_PREFIX + g in bundle.feature_names else -1
+                      for g in bundle.peers.names]
+            if wanted != bundle.peers.columns or any(len(v.mean) != n for v in bundle.peers.normalisers.values()):
+                raise ModelError(f"peer groups {bundle.peers.names} do not match the feature names or feature count")
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
