@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", type=int, default=1_000, help="windows of the fixed-cost rows")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--templates", type=int, default=13, help="frequent-template features (24 features in all)")
+    parser.add_argument("--templates", type=int, default=7, help="frequent-template features (24 features in all)")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--days", type=int, default=4, help="dates (= Delta partitions, one file each)")
     parser.add_argument("--entities", type=int, default=4096)
