@@ -1,51 +1,60 @@
-"""Scoring throughput per core: the Spark scoring function against pure torch inference, in the same run.
+"""Scoring throughput per core: torch alone, the scoring function in Spark, its floor and the whole stage.
 
-Writes its own ``sequences`` table (periodic windows plus noise and a few spikes, the full
-``sequences`` schema with ``feature_names``, delta-rs) and its own model bundle (an untrained
-LSTM autoencoder, seeded; inference costs the same as a trained one) in a temp dir, then measures
-on the same windows and the same bundle:
+Generates its own windows (a daily cycle plus noise and a few spikes) into a temp dir (never into the
+repository), writes them as a ``sequences`` table (every column featurize writes, delta-rs, one file
+per date) and an untrained, seeded LSTM autoencoder bundle (inference costs the same as a trained
+one; the threshold sits at the 99th percentile of its scores, so about 1% of windows are flagged
+and explained, as on a real night). Then, on the same windows and bundle:
 
-* ``torch model only``: :func:`loganomaly.models.autoencoder.window_step_errors` on the normalised array,
-  one process, one torch thread;
-* ``torch score_windows``: the kind's
-  :meth:`~loganomaly.models.window.WindowKind.score_windows` (normalise + model + explain, the body
-  of the scoring function) on the in-memory array in chunks of ``--batch`` windows: the baseline of
-  the ratio;
-* ``arrow -> windows_of``: what the scoring function adds in the Python worker before the model (the
-  Arrow batch of ``features`` to a ``[N, T, F]`` array, :func:`loganomaly.models.window.windows_of`);
-* ``spark no-op mapInArrow``: the same scan and the same ``mapInArrow`` transport, into a function
-  that returns the key columns and zeros: the cost of reading ``features`` and shipping it through
-  Arrow to a Python worker and back;
-* ``spark score_partitions``: ``Lake.read("sequences")`` +
-  :func:`loganomaly.scoring.stage.score_partitions` in ``DataFrame.mapInArrow`` on ``--master``,
-  every output column materialised with a ``noop`` write (a plain ``.count()`` would prune the
-  columns away);
-* ``spark score.run``: the real stage, :func:`loganomaly.scoring.stage.run` (checks, mapInArrow,
-  ``scores`` and ``anomalies`` writes, the final count).
+* ``torch model(x)``: forward passes over the normalised windows in memory, in the scoring
+  forward-batch size, one process, one torch thread;
+* ``torch score path``: the kind's :meth:`~loganomaly.models.kind.ModelKind.score_batch` on Arrow
+  batches of the ``features`` column, in the scoring Arrow-batch size: what a Spark task runs per
+  batch (features -> windows, normalise, forward, scores, explanations of the flagged windows).
+  **The baseline of the ratios ("torch alone")**;
+* ``spark no-op floor``: the same scan and the same ``mapInArrow`` transport into a function that
+  returns the key columns and zeros; output written to Spark's ``noop`` sink;
+* ``spark scoring UDF``: :func:`loganomaly.scoring.stage.score_partitions` in ``mapInArrow``, every
+  output column materialised with a ``noop`` write;
+* ``spark score stage``: :func:`loganomaly.scoring.stage.run` (the checks' aggregate, mapInArrow,
+  the ``scores`` and ``anomalies`` Delta writes).
 
-Per core = windows/s divided by the Spark task slots of ``--master`` (1 for the torch rows).
-Every process runs torch with one thread (``OMP_NUM_THREADS=1`` for the Python workers,
-``torch.set_num_threads(1)`` here), so the figure is per core, not per process. Runs alternate
-and the median of ``--repeats`` is reported, because the machine's cores are shared. Aim:
-``spark score_partitions`` per core >= 0.8 of ``torch score_windows``.
+Per core = windows/s divided by the task slots of ``--master`` (1 for the torch rows). Every
+process runs torch with one thread (``OMP_NUM_THREADS=1``, and the stage sets ``spark.task.cpus``
+threads = 1 in its workers). Runs alternate and the median of ``--repeats`` is reported, because
+the machine's cores are shared.
+
+Fixed cost: the stage on ``--small`` (1,000) windows against a bare Spark job over the same table
+(read ``sequences``, write its rows to the ``noop`` sink), both in the warm session (after a
+warm-up, median of ``--repeats``) and each in a fresh process: there the time from the session
+being ready to the job's end is measured, so the JVM and Python start-up (the same for both) is
+left out; the start-up itself is printed apart.
+
+Scale: the stage at 1x, 4x and 16x of ``--scale-base`` windows (16x is at most ``--windows``),
+reported as the growth of the cost per window per doubling of the input.
+
+Layout: the floor and the UDF also run over a copy of the table whose ``features`` is a binary
+column of float32 tensors instead of ``array<float>`` (``--no-layouts`` skips it).
 
 Usage:
-    .venv/bin/python bench/score.py [--windows 50000] [--master local[2]] [--batch 4096] [--repeats 3]
+    .venv/bin/python bench/score.py [--windows 1000000] [--scale-base 62500] [--master local[2]] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,31 +63,47 @@ import torch
 
 from loganomaly.config import Config, LakeConfig, ScoreConfig, SparkConfig
 from loganomaly.features.windows import feature_names_for
-from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_step_errors
+from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, flagged_step_errors
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, save_bundle
-from loganomaly.models.kind import RESULT_COLUMNS
+from loganomaly.models.kind import RESULT_COLUMNS, Inference
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.window import ModelBundle, WindowKind, windows_of
-from loganomaly.scoring.stage import KEY_COLUMNS, score_partitions
+from loganomaly.models.sizing import scoring_sizes
+from loganomaly.models.window import ModelBundle, WindowKind
 
 log = logging.getLogger("bench.score")
 
 DAY0 = dt.datetime(2024, 3, 4, tzinfo=dt.UTC)
+STEP_SECONDS = 300
+KEY_COLUMNS = ("entity", "window_start", "window_end", "date")
 
 
-def make_windows(n: int, steps: int, n_features: int, seed: int = 0) -> np.ndarray:
-    """log1p-like windows: a daily cycle per feature plus noise, 0.5% of windows with a spike."""
+def make_windows(n: int, steps: int, n_features: int, seed: int = 0, chunk: int = 100_000) -> np.ndarray:
+    """log1p-like windows: a daily cycle per feature plus noise, 0.5% of windows with a spike (in chunks)."""
     rng = np.random.default_rng(seed)
-    phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
-    angle = 2 * np.pi * np.arange(steps)[None, :, None] / (4 * steps) + phase + np.arange(n_features)[None, None, :]
-    x = np.clip(2 + 1.5 * np.sin(angle) + rng.normal(0, 0.2, (n, steps, n_features)), 0, None)
-    spiky = rng.random(n) < 0.005
-    x[spiky, rng.integers(0, steps), rng.integers(0, n_features)] += 4.0
-    return x.astype(np.float32)
+    out = np.empty((n, steps, n_features), np.float32)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        phase = rng.uniform(0, 2 * np.pi, (m, 1, 1))
+        angle = (2 * np.pi * np.arange(steps)[None, :, None] / (4 * steps) + phase
+                 + np.arange(n_features)[None, None, :])
+        x = np.clip(2 + 1.5 * np.sin(angle) + rng.normal(0, 0.2, (m, steps, n_features)), 0, None)
+        spiky = rng.random(m) < 0.005
+        x[spiky, rng.integers(0, steps), rng.integers(0, n_features)] += 4.0
+        out[i : i + m] = x
+    return out
+
+
+def features_column(x: np.ndarray, layout: str) -> pa.Array:
+    n, steps, feats = x.shape
+    if layout == "binary":
+        width = steps * feats * 4
+        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.arange(n + 1, dtype=np.int32) * width),
+                                                      pa.py_buffer(np.ascontiguousarray(x, "<f4"))])
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * steps * feats), pa.array(x.reshape(-1)))
 
 
 def write_sequences(path: str, x: np.ndarray, names: list[str], days: int, entities: int,
-                    step_seconds: int) -> None:
+                    layout: str = "list") -> None:
     """The windows as a ``sequences`` table (every column featurize writes), one file per date."""
     from deltalake import WriterProperties, write_deltalake
 
@@ -90,50 +115,47 @@ def write_sequences(path: str, x: np.ndarray, names: list[str], days: int, entit
     day, within = i // per_day, i % per_day
     start_s = DAY0.timestamp() + day * 86_400 + (within // entities) * stride
     start_us = (start_s * 1e6).astype(np.int64)
-    end_us = start_us + steps * step_seconds * 1_000_000
+    end_us = start_us + steps * STEP_SECONDS * 1_000_000
     ts = pa.timestamp("us", tz="UTC")
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * steps * feats)
+    entity_names = pa.array([f"host-{e:05d}" for e in range(entities)], pa.string())
     table = pa.table({
-        "entity": pa.array([f"host-{e:03d}" for e in within % entities], pa.string()),
+        "entity": entity_names.take(pa.array(within % entities)),
         "window_start": pa.array(start_us, ts),
         "window_end": pa.array(end_us, ts),
         "date": pa.array((start_us // 86_400_000_000).astype(np.int32), pa.int32()).cast(pa.date32()),
         "n_steps": pa.array(np.full(n, steps, np.int32)),
         "n_features": pa.array(np.full(n, feats, np.int32)),
-        "feature_names": pa.array([names] * n, pa.list_(pa.string())),
-        "features": pa.ListArray.from_arrays(offsets, pa.array(x.reshape(-1))),
+        "feature_names": pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * feats),
+                                                  pa.array(names * n, pa.string())) if n else
+        pa.array([], pa.list_(pa.string())),
+        "features": features_column(x, layout),
         "n_events": pa.array(np.full(n, 100, np.int64)),
+        "n_abnormal": pa.array(np.zeros(n, np.int64)),
         "first_event_ts": pa.array(start_us, ts),
         "last_event_ts": pa.array(end_us, ts),
-        "run_id": pa.array(["bench-score"] * n, pa.string()),
+        "run_id": pa.array(np.full(n, "bench-score", object), pa.string()),
     })
     write_deltalake(path, table, mode="overwrite", partition_by=["date"],
-                    writer_properties=WriterProperties(max_row_group_size=8192))
+                    writer_properties=WriterProperties(max_row_group_size=65_536))
 
 
-def make_bundle(model_dir: Path, x: np.ndarray, names: list[str], hidden: int, step_seconds: int,
-                top_templates: int) -> ModelBundle:
-    """An untrained (seeded) autoencoder with a real normaliser, typical errors and threshold."""
+def make_bundle(model_dir: Path, x: np.ndarray, names: list[str], hidden: int, top_templates: int) -> None:
+    """An untrained (seeded) autoencoder with a real normaliser, typical errors, threshold at its p99."""
     torch.manual_seed(0)
     _, steps, feats = x.shape
     cfg = LSTMAutoencoderConfig(n_features=feats, window_steps=steps, hidden_size=hidden)
     model = LSTMAutoencoder(cfg).eval()
-    normaliser = Normaliser.fit(x[:4096])
-    per_step = window_step_errors(model, normaliser.transform(x[:4096]))
-    scores = per_step.mean(axis=(1, 2))
-    bundle = ModelBundle(
-        model_cfg=cfg,
-        state_dict=model.state_dict(),
-        normaliser=normaliser,
-        threshold=float(np.quantile(scores, 0.99)),
-        feature_names=names,
-        features={"step_seconds": step_seconds, "window_steps": steps, "stride_steps": 3,
+    sample = x[:: max(1, len(x) // 8192)][:8192]
+    normaliser = Normaliser.fit(sample)
+    scores, _, errors = flagged_step_errors(model, normaliser.transform(sample), -np.inf)
+    save_bundle(model_dir, ModelBundle(
+        model_cfg=cfg, state_dict=model.state_dict(), normaliser=normaliser,
+        threshold=float(np.quantile(scores, 0.99)), feature_names=names,
+        features={"step_seconds": STEP_SECONDS, "window_steps": steps, "stride_steps": 3,
                   "top_templates": top_templates, "transform": "log1p"},
-        metrics={"val_feature_error": per_step.mean(axis=(0, 1)).tolist()},
+        metrics={"val_feature_error": errors.mean(axis=(0, 1)).tolist()},
         training={"note": "bench/score.py: untrained"},
-    )
-    save_bundle(model_dir, bundle)
-    return bundle
+    ))
 
 
 def slots_of(master: str) -> int:
@@ -144,160 +166,211 @@ def slots_of(master: str) -> int:
     return os.cpu_count() or 1 if m.group(1) == "*" else int(m.group(1) or 1)
 
 
-def timed(fn) -> float:  # type: ignore[no-untyped-def]
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
+def spark_config(master: str, slots: int) -> SparkConfig:
+    return SparkConfig(master=master, shuffle_partitions=slots, log_level="ERROR", driver_memory="3g",
+                       conf={"spark.executorEnv.OMP_NUM_THREADS": "1"})
+
+
+def zeros(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The floor's function: same input, the key columns and a zero score out."""
+    for batch in batches:
+        yield pa.RecordBatch.from_arrays([batch.column(name) for name in KEY_COLUMNS]
+                                         + [pa.array(np.zeros(batch.num_rows))], names=[*KEY_COLUMNS, "score"])
+
+
+def fresh_process(lake: Path, model_dir: Path, master: str, what: str) -> dict[str, float]:
+    """Start-up and job seconds of ``what`` (``stage`` or ``bare``) in a new Python process and JVM."""
+    out = subprocess.run([sys.executable, __file__, "--child", what, "--child-lake", str(lake), "--child-model",
+                          str(model_dir), "--master", master], check=True, capture_output=True, text=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def child(args: argparse.Namespace) -> None:
+    """One job in this fresh process: prints {"startup": s, "job": s} (start-up = imports + session)."""
+    from loganomaly.lake.tables import Lake
+    from loganomaly.runtime.spark import get_spark
+    from loganomaly.scoring import stage
+
+    slots = slots_of(args.master)
+    spark = get_spark(spark_config(args.master, slots))
+    lake = Lake(spark, args.child_lake, "auto")
+    ready = time.perf_counter()
+    if args.child == "stage":
+        cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=args.child_lake, engine=lake.engine))
+        stage.run(spark, cfg, args.child_model, lake=lake)
+    else:
+        lake.read("sequences").write.format("noop").mode("overwrite").save()
+    job = time.perf_counter() - ready
+    print(json.dumps({"startup": ready - STARTED, "job": job}))
+    spark.stop()
+
+
+STARTED = time.perf_counter()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--windows", type=int, default=50_000)
+    parser.add_argument("--windows", type=int, default=1_000_000)
+    parser.add_argument("--scale-base", type=int, default=62_500, help="1x of the scale rows (4x, 16x follow)")
+    parser.add_argument("--small", type=int, default=1_000, help="windows of the fixed-cost rows")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--batch", type=int, default=4096, help="spark.sql.execution.arrow.maxRecordsPerBatch, "
-                        "and the chunk size of the torch score_windows baseline")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--templates", type=int, default=8, help="frequent-template features (features.top_templates)")
+    parser.add_argument("--templates", type=int, default=7, help="frequent-template features (24 features in all)")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--days", type=int, default=4, help="dates (= Delta partitions, one file each)")
-    parser.add_argument("--entities", type=int, default=64)
+    parser.add_argument("--entities", type=int, default=4096)
     parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-run", action="store_true", help="skip the full score.run rows")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-layouts", action="store_true", help="skip the binary-layout rows")
+    parser.add_argument("--child", choices=("stage", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-lake", help=argparse.SUPPRESS)
+    parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    slots = slots_of(args.master)
-    # One torch thread per process: here directly, in the Python workers through the environment
-    # they inherit from the JVM started below (PySpark would also default it to spark.task.cpus).
+    # One torch thread per process: here, and in the Python workers through the environment they
+    # inherit from the JVM started below.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-
+    if args.child:
+        child(args)
+        return
+    slots = slots_of(args.master)
     names = feature_names_for([f"Tbench{i:08x}" for i in range(args.templates)])
-    step_seconds = 300
+    n = args.windows
+    scales = [s for s in (args.scale_base, 4 * args.scale_base, 16 * args.scale_base) if s <= n]
     root = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    started = time.perf_counter()
     try:
-        x = make_windows(args.windows, args.steps, len(names))
-        lake_root = root / "lake"
-        write_sequences(str(lake_root / "sequences"), x, names, args.days, args.entities, step_seconds)
+        x = make_windows(n, args.steps, len(names))
         model_dir = root / "model"
-        make_bundle(model_dir, x, names, args.hidden, step_seconds, args.templates)
+        make_bundle(model_dir, x, names, args.hidden, args.templates)
+        lakes = {size: root / f"lake-{size}" for size in {n, args.small, *scales}}
+        for size, lake_root in lakes.items():
+            write_sequences(str(lake_root / "sequences"), x[:size], names, args.days, args.entities)
+        if not args.no_layouts:
+            write_sequences(str(root / "lake-binary" / "sequences"), x, names, args.days, args.entities, "binary")
+        log.warning("generated %d windows and %d tables in %.0fs", n, len(lakes) + (not args.no_layouts),
+                    time.perf_counter() - started)
         bundle = load_bundle(model_dir)
         kind = kind_of(bundle.kind)
         assert isinstance(bundle, ModelBundle) and isinstance(kind, WindowKind)
         device = torch.device("cpu")
         model = bundle.build_model(device)
-        n = len(x)
-        normalised = bundle.normaliser.transform(x)
+        sizes = scoring_sizes(kind.row_floats(bundle), 1)
+        inference = Inference(batch_size=sizes.forward_rows)
+        normalised = torch.from_numpy(bundle.normaliser.transform(x))
+        column = features_column(x, "list")
+        arrow_batches = [column.slice(i, sizes.arrow_rows) for i in range(0, n, sizes.arrow_rows)]
 
-        def torch_model_only() -> None:
-            window_step_errors(model, normalised, device=device)
+        def torch_model() -> None:
+            with torch.inference_mode():
+                for i in range(0, n, sizes.forward_rows):
+                    model(normalised[i : i + sizes.forward_rows])
 
-        def torch_score_windows() -> None:
-            for i in range(0, n, args.batch):
-                kind.score_windows(bundle, model, device, x[i : i + args.batch], args.top_k)
-
-        # The worker's conversion, alone: Arrow batches of the column -> [N, T, F] windows.
-        features_col = pa.ListArray.from_arrays(
-            pa.array(np.arange(n + 1, dtype=np.int32) * args.steps * len(names)), pa.array(x.reshape(-1)))
-        arrow_batches = [features_col.slice(i, args.batch) for i in range(0, n, args.batch)]
-
-        def convert() -> None:
+        def torch_score_path() -> None:
             for b in arrow_batches:
-                windows_of(b, args.steps, len(names))
-
-        from pyspark.sql import functions as F
+                kind.score_batch(bundle, model, device, b, args.top_k, inference)
 
         from loganomaly.lake.tables import Lake
         from loganomaly.runtime.spark import get_spark
-        from loganomaly.scoring import stage as score
+        from loganomaly.scoring import stage
 
-        spark_cfg = SparkConfig(master=args.master, shuffle_partitions=slots, log_level="ERROR",
-                                driver_memory="2g", arrow_max_records_per_batch=args.batch,
-                                conf={"spark.executorEnv.OMP_NUM_THREADS": "1"})
-        spark = get_spark(spark_cfg)
+        spark = get_spark(spark_config(args.master, slots))
         try:
-            lake = Lake(spark, lake_root, "auto")
-            files = {name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES}
-            broadcast = spark.sparkContext.broadcast(files)
-            # What the stage feeds its scoring function: the key columns and the kind's input column.
-            windows = lake.read("sequences").select(*KEY_COLUMNS, "features")
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(sizes.arrow_rows))
+            lake = Lake(spark, lakes[n], "auto")
+            engine = lake.engine
+            files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
+
+            def scan(lake_root: Path) -> object:
+                return Lake(spark, lake_root, engine).read("sequences").select(*KEY_COLUMNS, "features")
+
+            windows = scan(lakes[n])
             keys = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in windows.select(*KEY_COLUMNS).schema)
-            scored = windows.mapInArrow(
-                score_partitions(kind, bundle.version, broadcast, "features", args.top_k), f"{keys}, {RESULT_COLUMNS}")
-            partitions = windows.rdd.getNumPartitions()
+            score_fn = stage.score_partitions(kind, bundle.version, files, "features", args.top_k, inference)
 
-            def spark_score() -> None:
-                scored.write.format("noop").mode("overwrite").save()
+            def noop(df: object) -> Callable[[], None]:
+                return lambda: df.write.format("noop").mode("overwrite").save()  # type: ignore[attr-defined]
 
-            def passthrough(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                for batch in batches:
-                    yield pa.RecordBatch.from_arrays(
-                        [batch.column(name) for name in KEY_COLUMNS] + [pa.array(np.zeros(batch.num_rows))],
-                        names=[*KEY_COLUMNS, "score"])
+            floor = noop(windows.mapInArrow(zeros, f"{keys}, score double"))
+            scoring = noop(windows.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
+            binary = None if args.no_layouts else scan(root / "lake-binary")
+            floor_binary = None if binary is None else noop(binary.mapInArrow(zeros, f"{keys}, score double"))
+            scoring_binary = None if binary is None else noop(binary.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
 
-            def spark_passthrough() -> None:
-                windows.mapInArrow(passthrough, f"{keys}, score double").write.format("noop").mode("overwrite").save()
+            def stage_on(size: int) -> Callable[[], None]:
+                cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=str(lakes[size]),
+                                                                                  engine=engine),
+                             score=ScoreConfig(explain_top_k=args.top_k))
 
-            cfg = Config(spark=spark_cfg, lake=LakeConfig(root=str(lake_root), engine=lake.engine),
-                         score=ScoreConfig(explain_top_k=args.top_k))
+                def go() -> None:
+                    summary = stage.run(spark, cfg, model_dir, lake=Lake(spark, lakes[size], engine))
+                    assert summary.windows == size, summary
+                return go
 
-            def spark_run() -> None:
-                summary = score.run(spark, cfg, model_dir, lake=lake)
-                assert summary.windows == n, summary
-
-            @F.udf("int")
-            def worker_threads(_):  # type: ignore[no-untyped-def]
-                import torch as t
-
-                return int(t.get_num_threads())
-
-            threads = sorted({r[0] for r in spark.range(slots * 2, numPartitions=slots).select(
-                worker_threads("id")).collect()})
-            # Warm-up, not counted: oneDNN kernels here; Python workers start and load the model.
-            torch_score_windows()
-            for _ in range(2):  # the JVM's JIT needs more than one pass
-                spark_passthrough()
-                spark_score()
-            if not args.no_run:
-                spark_run()
-
-            runs: dict[str, list[float]] = {k: [] for k in ("model", "windows", "convert", "pass", "score", "run")}
+            bare_small = noop(Lake(spark, lakes[args.small], engine).read("sequences"))
+            plan: dict[str, Callable[[], None]] = {
+                "model": torch_model, "path": torch_score_path, "floor": floor, "udf": scoring,
+                "stage": stage_on(n), "small": stage_on(args.small), "bare": bare_small,
+            }
+            if floor_binary is not None and scoring_binary is not None:
+                plan["floor_binary"], plan["udf_binary"] = floor_binary, scoring_binary
+            for size in scales:
+                if size != n:
+                    plan[f"scale{size}"] = stage_on(size)
+            # Warm-up, not counted: kernels, the JVM's JIT, Python workers loading the model.
+            torch_score_path()
+            for key in ("floor", "udf", "small", "bare", "small", "bare"):
+                plan[key]()
+            runs: dict[str, list[float]] = {key: [] for key in plan}
             for _ in range(args.repeats):
-                runs["model"].append(timed(torch_model_only))
-                runs["windows"].append(timed(torch_score_windows))
-                runs["convert"].append(timed(convert))
-                runs["pass"].append(timed(spark_passthrough))
-                runs["score"].append(timed(spark_score))
-                if not args.no_run:
-                    runs["run"].append(timed(spark_run))
-            broadcast.unpersist()
+                for key, fn in plan.items():
+                    runs[key].append(timed(fn))
+            files.unpersist()
+            partitions = windows.rdd.getNumPartitions()  # type: ignore[attr-defined]
         finally:
             spark.stop()
+        fresh = {what: fresh_process(lakes[args.small], model_dir, args.master, what) for what in ("bare", "stage")}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    seconds = {k: statistics.median(v) for k, v in runs.items() if v}
-    log.warning("seconds per run: %s", {k: [round(s, 2) for s in v] for k, v in runs.items() if v})
-    base = n / seconds["windows"]
-    rows = [
-        ("torch model only (window_step_errors)", 1, "model", "batch 1024"),
-        ("torch score_windows (the scoring body, baseline)", 1, "windows", f"chunks of {args.batch}"),
-        ("arrow -> windows_of (worker side)", 1, "convert", "conversion alone, no model"),
-        ("spark scan + Arrow round trip (no-op mapInArrow)", slots, "pass", "the floor of any Python function here"),
-        ("spark score_partitions (mapInArrow) -> noop write", slots, "score", f"{partitions} input partitions"),
-        ("spark score.run (checks, mapInArrow, 2 Delta writes)", slots, "run", "the real stage"),
-    ]
-    print(f"\nwindows: {n:,} x {args.steps} steps x {len(names)} features, hidden {args.hidden}, "
-          f"top_k {args.top_k}, master {args.master}, arrow batch {args.batch}, repeats {args.repeats} (median), "
-          f"torch threads: 1 here, {threads} in the Python workers; {os.cpu_count()} cores (shared)")
-    print("| path | cores | windows/s | windows/s per core | per core / torch score_windows | note |")
-    print("|---|---:|---:|---:|---:|---|")
-    for name, cores, key, note in rows:
-        if key not in seconds:
-            continue
-        rate = n / seconds[key]
-        print(f"| {name} | {cores} | {rate:,.0f} | {rate / cores:,.0f} | {rate / cores / base:.2f} | {note} |")
+    seconds = {k: statistics.median(v) for k, v in runs.items()}
+    log.warning("seconds per run: %s", {k: [round(s, 2) for s in v] for k, v in runs.items()})
+    base = n / seconds["path"]
+    floor_rate = n / seconds["floor"] / slots
+    print(f"\n{n:,} windows of {args.steps} x {len(names)}, hidden {args.hidden}, top_k {args.top_k}, "
+          f"master {args.master} ({partitions} input partitions), engine {engine}, {sizes}, "
+          f"median of {args.repeats}; torch threads 1 per process; {os.cpu_count()} cores (shared)")
+    print("| path | cores | windows/s | per core | / torch score path | / no-op floor |")
+    print("|---|---:|---:|---:|---:|---:|")
+    rows = [("torch model(x) alone", 1, "model"), ("torch score path (kind.score_batch on Arrow batches)", 1, "path"),
+            ("spark no-op mapInArrow floor", slots, "floor"), ("spark scoring UDF (score_partitions)", slots, "udf"),
+            ("spark score stage (checks, UDF, 2 Delta writes)", slots, "stage"),
+            ("binary layout: no-op floor", slots, "floor_binary"), ("binary layout: scoring UDF", slots, "udf_binary")]
+    for label, cores, key in rows:
+        if key in seconds:
+            per_core = n / seconds[key] / cores
+            print(f"| {label} | {cores} | {n / seconds[key]:,.0f} | {per_core:,.0f} | {per_core / base:.2f} | "
+                  f"{per_core / floor_rate:.2f} |")
+    print(f"\nfixed cost, {args.small:,} windows: warm session: stage {seconds['small']:.2f}s, bare job (read "
+          f"sequences + noop write) {seconds['bare']:.2f}s, ratio {seconds['small'] / seconds['bare']:.2f}; "
+          f"fresh process (from session ready to job end): stage {fresh['stage']['job']:.2f}s, bare "
+          f"{fresh['bare']['job']:.2f}s, ratio {fresh['stage']['job'] / fresh['bare']['job']:.2f} "
+          f"(start-up left out: {fresh['stage']['startup']:.1f}s and {fresh['bare']['startup']:.1f}s)")
+    timing = {size: seconds["stage" if size == n else f"scale{size}"] for size in scales}
+    if len(scales) > 1:
+        first, last = scales[0], scales[-1]
+        growth = ((timing[last] / last) / (timing[first] / first)) ** (1 / np.log2(last / first))
+        print("scale: " + ", ".join(f"{size:,} windows {timing[size]:.1f}s ({size / timing[size] / slots:,.0f}/s "
+                                    f"per core)" for size in scales)
+              + f"; cost per window grows {growth:.2f}x per doubling")
 
 
 if __name__ == "__main__":

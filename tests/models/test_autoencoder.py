@@ -206,7 +206,7 @@ def test_only_flagged_windows_are_explained_and_keep_their_explanation() -> None
     score = per_step.mean(axis=(1, 2))
     bundle.threshold = float(np.median(score))  # half the windows flagged
     for batch_size in (7, 1024):
-        scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 2, Inference(batch_size=batch_size))
+        scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 2, Inference(batch_size=batch_size)).to_pandas()
         np.testing.assert_allclose(scored["score"].to_numpy(), score, rtol=1e-12)
         flagged = score > bundle.threshold
         assert 0 < flagged.sum() < len(x)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from loganomaly.models.bundle import kind_of, load_bundle, save_bundle
+from loganomaly.models.kind import RESULT_SCHEMA
 
 BUNDLES = Path(__file__).resolve().parents[1] / "resources" / "bundles"
 EXPECTED = json.loads((BUNDLES / "expected.json").read_text())
@@ -32,14 +33,15 @@ def test_old_bundles_load_with_their_version(kind: str) -> None:
 def test_old_window_bundles_score_as_before(kind: str) -> None:
     bundle = load_bundle(BUNDLES / kind)
     x = np.asarray(EXPECTED["windows"], dtype=np.float32)
-    scored = kind_of(bundle.kind).score_windows(bundle, bundle.build_model(), torch.device("cpu"), x, 2)
+    scored = kind_of(bundle.kind).score_windows(bundle, bundle.build_model(), torch.device("cpu"), x, 2).to_pandas()
     np.testing.assert_allclose(scored["score"].to_numpy(), EXPECTED[kind]["scores"], rtol=1e-5, atol=1e-7)
     if kind == "autoencoder":  # the classifier explains only what it flags
         assert [list(t) for t in scored["top_features"]] == EXPECTED[kind]["top_features"]
     # The scoring stage's path: the Arrow features column of the same windows, batch by batch.
     column = pa.array(list(x.reshape(len(x), -1)), pa.list_(pa.float32()))
     batch = kind_of(bundle.kind).score_batch(bundle, bundle.build_model(), torch.device("cpu"), column, 2)
-    np.testing.assert_allclose(batch["score"].to_numpy(), scored["score"].to_numpy())
+    assert batch.schema == RESULT_SCHEMA
+    np.testing.assert_allclose(batch.column("score").to_numpy(), scored["score"].to_numpy())
 
 
 def test_old_deeplog_bundle_scores_sessions_as_before() -> None:

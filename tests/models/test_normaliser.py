@@ -24,6 +24,11 @@ def test_normaliser_fit_transform() -> None:
     np.testing.assert_allclose(flat.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(flat.std(axis=0), 1, atol=1e-3)
     assert Normaliser.from_dict(json.loads(json.dumps(norm.to_dict()))) == norm
+    # float32 arithmetic (the scoring path): within a float32 rounding or two of the float64 result,
+    # for float64 input as well
+    exact = (raw.astype(np.float64) - np.asarray(norm.mean)) / np.asarray(norm.std)
+    np.testing.assert_allclose(z, exact, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(norm.transform(raw.astype(np.float64)), z)
 
 
 def test_normaliser_floors_constant_features() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -28,7 +28,7 @@ from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import NOVELTY_UNITS, RELATIVE_PREFIX, relative_baseline, signed_expm1
 from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
-from loganomaly.models.kind import Inference
+from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork, alert_budget
@@ -406,7 +406,7 @@ class AutoencoderKind(WindowKind):
         return calibrate_threshold(val_scores, 1.0 - alert_budget(cfg))
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                      top_k: int, inference: Inference | None = None) -> pa.RecordBatch:
         """Mean squared reconstruction error per window; only windows above the threshold are explained.
 
         Unflagged windows get no ``top_features`` and an empty ``explanation``: nobody reads them,
@@ -435,15 +435,12 @@ class AutoencoderKind(WindowKind):
             scores = scores * (bundle.threshold / limits)
             mean = bundle.peers.means_of(groups[flagged], bundle.normaliser)
             prefixes = bundle.judged_against(x[flagged], groups[flagged], limits[flagged])
-        tops: list[list[str]] = [[] for _ in range(len(x))]
-        texts = [""] * len(x)
+        tops: list[list[str]] = []
+        texts: list[str] = []
         if len(flagged):
             typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-            for i, top, text in zip(flagged.tolist(), *explain(x[flagged], per_step, typical, mean,
-                                                               bundle.feature_names, top_k, log1p, prefixes),
-                                    strict=True):
-                tops[i], texts[i] = top, text
-        return pd.DataFrame({"score": scores, "top_features": tops, "explanation": texts})
+            tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p, prefixes)
+        return scored_batch(scores, flagged, list(tops), list(texts))
 
 
 KIND = AutoencoderKind()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,7 +29,7 @@ from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
 from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
-from loganomaly.models.kind import Inference, TrainingPlan
+from loganomaly.models.kind import Inference, TrainingPlan, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork
@@ -348,7 +348,7 @@ class ClassifierKind(WindowKind):
         return threshold, metrics, val_scores
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                      top_k: int, inference: Inference | None = None) -> pa.RecordBatch:
         """P(anomalous) of every window; only windows above the threshold are explained (by occlusion)."""
         assert isinstance(model, LSTMClassifier)
         inference = inference or Inference()
@@ -360,15 +360,17 @@ class ClassifierKind(WindowKind):
         log1p = bundle.features.get("transform", "log1p") == "log1p"
         probability = classifier_probabilities(model, normalised, inference.batch_size, device, inference.bf16)[:, 1]
         flagged = np.flatnonzero(probability > bundle.threshold)
-        prefixes = (bundle.judged_against(x[flagged], groups[flagged], np.full(len(flagged), bundle.threshold))
-                    if groups is not None else [""] * len(flagged))
-        tops: list[list[str]] = [[] for _ in range(len(x))]
-        texts = [""] * len(x)
-        for i, prefix, top, text in zip(flagged, prefixes, *explain_classifier(
-                model, device, x[flagged], normalised[flagged], probability[flagged], mean,
-                bundle.feature_names, top_k, log1p), strict=True):
-            tops[i], texts[i] = top, f"{prefix}: {text}" if prefix else text
-        return pd.DataFrame({"score": probability, "top_features": tops, "explanation": texts})
+        tops: list[list[str]] = []
+        texts: list[str] = []
+        if len(flagged):
+            prefixes = (bundle.judged_against(x[flagged], groups[flagged], np.full(len(flagged), bundle.threshold))
+                        if groups is not None else [""] * len(flagged))
+            found_tops, found_texts = explain_classifier(model, device, x[flagged], normalised[flagged],
+                                                         probability[flagged], mean, bundle.feature_names, top_k, log1p)
+            tops = list(found_tops)
+            texts = [f"{prefix}: {text}" if prefix else text
+                     for prefix, text in zip(prefixes, found_texts, strict=True)]
+        return scored_batch(probability, flagged, tops, texts)
 
 
 KIND = ClassifierKind()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from loganomaly.config import Config, TrainConfig
@@ -39,11 +40,66 @@ if TYPE_CHECKING:
 
     from loganomaly.lake.tables import Lake
 
-__all__ = ["RESULT_COLUMNS", "Bundle", "Inference", "ModelKind", "RankWork", "RowCheck", "ScoringInput",
-           "TrainingPlan"]
+__all__ = ["RESULT_COLUMNS", "RESULT_SCHEMA", "Bundle", "Inference", "ModelKind", "RankWork", "RowCheck",
+           "ScoringInput", "TrainingPlan", "result_arrays", "scored_batch"]
 
 #: What :meth:`ModelKind.score_batch` returns per row, as a Spark DDL string.
 RESULT_COLUMNS = "score double, top_features array<string>, explanation string"
+#: The same columns as an Arrow schema (what :func:`scored_batch` builds).
+RESULT_SCHEMA = pa.schema([("score", pa.float64()), ("top_features", pa.list_(pa.string())),
+                           ("explanation", pa.string())])
+
+
+def scored_batch(score: np.ndarray, flagged: np.ndarray, top_features: list[list[str]],
+                 explanations: list[str]) -> pa.RecordBatch:
+    """The result of scoring N rows as one Arrow batch, built from the flagged rows' explanations only.
+
+    Most rows are never explained; building a Python list and a string per row just to say so cost
+    more than the model on small networks. Here the unexplained rows cost nothing in Python: their
+    ``top_features`` is an empty list and their ``explanation`` an empty string, written straight as
+    Arrow offsets.
+
+    Args:
+        score: the score of every row ``[N]``.
+        flagged: indices (ascending) of the explained rows.
+        top_features: per flagged row, the names it explains by.
+        explanations: per flagged row, its text.
+    """
+    n = len(score)
+    flagged = np.asarray(flagged, dtype=np.int64)
+    if not len(flagged) == len(top_features) == len(explanations):
+        raise ValueError(f"{len(flagged)} flagged rows, {len(top_features)} feature lists, "
+                         f"{len(explanations)} explanations")
+    names = [name for names in top_features for name in names]
+    encoded = [text.encode() for text in explanations]
+    list_sizes = np.zeros(n, np.int32)
+    text_sizes = np.zeros(n, np.int32)
+    if len(flagged):
+        list_sizes[flagged] = [len(names_) for names_ in top_features]
+        text_sizes[flagged] = [len(e) for e in encoded]
+    list_offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(list_sizes, out=list_offsets[1:])
+    text_offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(text_sizes, out=text_offsets[1:])
+    return pa.RecordBatch.from_arrays(
+        [pa.array(np.asarray(score, dtype=np.float64)),
+         pa.ListArray.from_arrays(pa.array(list_offsets), pa.array(names, pa.string())),
+         pa.StringArray.from_buffers(n, pa.py_buffer(text_offsets), pa.py_buffer(b"".join(encoded)))],
+        schema=RESULT_SCHEMA,
+    )
+
+
+def result_arrays(result: pa.RecordBatch | pd.DataFrame) -> list[pa.Array]:
+    """``score``, ``top_features`` and ``explanation`` of a kind's result, as Arrow arrays.
+
+    Kinds in this package return a :func:`scored_batch`; a kind written elsewhere may still return a
+    pandas DataFrame with the same columns (converted here, at its per-row cost).
+    """
+    if isinstance(result, pa.RecordBatch):
+        return [result.column(name) for name in RESULT_SCHEMA.names]
+    return [pa.array(result["score"].to_numpy(), pa.float64()),
+            pa.array(list(result["top_features"]), pa.list_(pa.string())),
+            pa.array(list(result["explanation"]), pa.string())]
 
 
 class Bundle(Protocol):
@@ -218,7 +274,7 @@ class ModelKind(ABC):
 
     @abstractmethod
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
         """Score one batch of the input column (Spark-free: the UDF body).
 
         Args:
@@ -228,7 +284,9 @@ class ModelKind(ABC):
 
         Returns:
             ``score`` (float64), ``top_features`` (list of str) and ``explanation`` (str) per row;
-            rows at or below the threshold may have empty explanations.
+            rows at or below the threshold may have empty explanations. Preferably an Arrow batch
+            (:func:`scored_batch` builds one without per-row Python objects); a pandas DataFrame
+            with those columns is accepted too (:func:`result_arrays`).
         """
 
     # ------------------------------------------------------------------ evaluation and report

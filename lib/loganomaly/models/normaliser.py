@@ -67,12 +67,12 @@ class Normaliser:
         """Standardise ``x[..., F]`` feature-wise; float32, ready for the model."""
         if x.shape[-1] != len(self.mean):
             raise ModelError(f"windows have {x.shape[-1]} features, the normaliser {len(self.mean)}")
-        # In place on one float64 copy: the same values as ``(x - mean) / std`` without its
-        # temporaries (about 4x faster on a scoring batch).
-        out = np.array(x, dtype=np.float64)
-        out -= np.asarray(self.mean, dtype=np.float64)
-        out /= np.asarray(self.std, dtype=np.float64)
-        return out.astype(np.float32)
+        # One float32 pass writing a fresh array, then one in place: no float64 copy and no cast
+        # back (a third of the time of doing it in float64 on a scoring batch). The model runs in
+        # float32 anyway; the values differ from float64 arithmetic by a float32 rounding or two.
+        out = np.subtract(x, np.asarray(self.mean, dtype=np.float32), dtype=np.float32)
+        out /= np.asarray(self.std, dtype=np.float32)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
@@ -90,6 +90,10 @@ class Normaliser:
             raise ModelError(f"invalid normaliser: {exc!r}") from None
 
 
+#: Rows per float64 chunk in :func:`fit_normaliser` (a few MiB).
+_CHUNK_ROWS = 1 << 15
+
+
 def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
     """Per-feature mean and std of all ranks' windows, as :meth:`Normaliser.fit` on their union would give.
 
@@ -101,11 +105,17 @@ def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
         ModelError: a rank's windows hold NaN or infinity (every rank raises together).
     """
     f = x.shape[2]
-    flat = x.reshape(-1, f).astype(np.float64)
+    # float64 sums over the float32 windows in chunks: no float64 copy of the whole shard (which
+    # cost about as much as reading it), same statistics.
+    flat = x.reshape(-1, f)
     bad = 0.0 if np.isfinite(flat).all() else 1.0
     n = float(len(flat))
-    mean = flat.mean(axis=0) if n else np.zeros(f)
-    m2 = ((flat - mean) ** 2).sum(axis=0) if n else np.zeros(f)
+    mean = flat.mean(axis=0, dtype=np.float64) if n else np.zeros(f)
+    m2 = np.zeros(f)
+    for start in range(0, len(flat), _CHUNK_ROWS):
+        deviation = flat[start : start + _CHUNK_ROWS].astype(np.float64)
+        deviation -= mean
+        m2 += np.einsum("ij,ij->j", deviation, deviation)
     local = torch.from_numpy(np.concatenate([[n, bad], mean, m2]))
     parts = comm.gather(local).numpy()
     if parts[:, 1].any():

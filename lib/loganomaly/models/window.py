@@ -276,7 +276,12 @@ class WindowWork(RankWork):
 
 
 def windows_of(values: pa.Array, n_steps: int, n_features: int) -> np.ndarray:
-    """An Arrow ``features`` column (list of float) as ``[N, T, F]`` float32, without per-row objects.
+    """An Arrow ``features`` column as ``[N, T, F]`` float32, a view of its buffers where it can be.
+
+    ``features`` is stored as ``array<float>``: the list's values are one contiguous float32 buffer,
+    so the windows are a reshape of it (no per-row objects, no copy). A binary column of
+    little-endian float32 tensors (``T x F x 4`` bytes a row, or a fixed-size binary of that width)
+    is read the same way, so a table written in that layout scores without a conversion step.
 
     Raises:
         ModelError: a null or wrongly sized row.
@@ -285,10 +290,29 @@ def windows_of(values: pa.Array, n_steps: int, n_features: int) -> np.ndarray:
         values = values.combine_chunks()
     if values.null_count:
         raise ModelError(f"{values.null_count} windows without features")
+    n, row = len(values), n_steps * n_features
+    kind = values.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        width = row * 4
+        if pa.types.is_fixed_size_binary(kind):
+            if kind.byte_width != width:
+                raise ModelError(f"features of {kind.byte_width} bytes for windows of {n_steps} x {n_features}")
+            start = values.offset * width
+            data = values.buffers()[1]
+        else:
+            offsets = np.frombuffer(values.buffers()[1], np.int64 if pa.types.is_large_binary(kind) else np.int32,
+                                    count=n + 1, offset=values.offset * (8 if pa.types.is_large_binary(kind) else 4))
+            if n and (offsets[-1] - offsets[0] != n * width or (np.diff(offsets) != width).any()):
+                raise ModelError(f"features rows are not all {width} bytes (windows of {n_steps} x {n_features})")
+            start = int(offsets[0]) if n else 0
+            data = values.buffers()[2]
+        if n == 0:
+            return np.zeros((0, n_steps, n_features), np.float32)
+        return np.frombuffer(data, np.dtype("<f4"), count=n * row, offset=start).reshape(n, n_steps, n_features)
     flat = values.flatten().to_numpy(zero_copy_only=False)
-    if flat.size != len(values) * n_steps * n_features:
-        raise ModelError(f"features of {flat.size} values for {len(values)} windows of {n_steps} x {n_features}")
-    return flat.astype(np.float32, copy=False).reshape(len(values), n_steps, n_features)
+    if flat.size != n * row:
+        raise ModelError(f"features of {flat.size} values for {n} windows of {n_steps} x {n_features}")
+    return flat.astype(np.float32, copy=False).reshape(n, n_steps, n_features)
 
 
 class WindowKind(ModelKind):
@@ -321,8 +345,12 @@ class WindowKind(ModelKind):
 
     @abstractmethod
     def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
-                      top_k: int, inference: Inference | None = None) -> pd.DataFrame:
-        """Scores and explanations of raw windows ``x[N, T, F]`` (explanations may be left empty below the threshold)."""
+                      top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
+        """Scores and explanations of raw windows ``x[N, T, F]`` (explanations may be left empty below the threshold).
+
+        Returns what :meth:`~loganomaly.models.kind.ModelKind.score_batch` does: preferably
+        :func:`~loganomaly.models.kind.scored_batch`'s Arrow batch.
+        """
 
     # -------------------------------------------------------------- training
     def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
@@ -548,7 +576,7 @@ class WindowKind(ModelKind):
                                            "n_features", "feature_names"), "features", checks)
 
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
-                    top_k: int, inference: Inference | None = None) -> pd.DataFrame:
+                    top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
         assert isinstance(bundle, ModelBundle)
         x = windows_of(values, bundle.window_steps, bundle.model_cfg.n_features)
         return self.score_windows(bundle, model, device, x, top_k, inference)

@@ -18,11 +18,16 @@ worker runs torch with ``spark.task.cpus`` threads (the task's own cores), and t
 forward-pass batch hold a fixed number of input floats, so wide windows get fewer rows per batch.
 ``score.bf16`` autocasts the forward passes on CUDA workers.
 
-One aggregate over the rows to score gives the dates, the counts and the kind's row checks (shape,
-feature names) together, before any model work. The scored DataFrame is persisted, so the model
-runs once for both writes: ``scores`` and then ``anomalies`` (its flagged rows), each replacing
-exactly the scored dates (``replace_where``). A rerun for the same dates gives the same rows, never
-duplicates, and a failed write leaves that table's previous rows in place.
+One pass over the input does everything before the writes: the kind's row checks (shape, feature
+names) become boolean columns computed next to the scan and carried through the scoring function
+(a batch holding a refused row is not scored), the scored rows are persisted, and one aggregate
+over them gives the dates, the counts, the flagged counts and the checks' verdicts. A failed
+check raises its ModelError there, before anything is written. The model runs once for both
+writes: ``scores`` and then ``anomalies`` (its flagged rows), each replacing exactly the scored
+dates (``replace_where``). A rerun for the same dates gives the same rows, never duplicates, and a
+failed write leaves that table's previous rows in place. (An earlier version ran the checks as a
+separate aggregate over ``sequences`` and counted the rows after the writes: two more Spark jobs,
+a second scan, and most of the stage's fixed cost on a small night.)
 
 The two writes are two commits: a run killed between them leaves ``anomalies`` of those dates from
 the previous run (rows whose ``run_id`` differs from ``scores``'). Every run first repairs that
@@ -41,7 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute in the workers)
 
 from loganomaly.config import Config
 from loganomaly.errors import ModelError, StageInputError
@@ -49,7 +56,14 @@ from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, worker_model
-from loganomaly.models.kind import RESULT_COLUMNS, Inference, ModelKind, ScoringInput
+from loganomaly.models.kind import (
+    RESULT_COLUMNS,
+    RESULT_SCHEMA,
+    Inference,
+    ModelKind,
+    ScoringInput,
+    result_arrays,
+)
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
@@ -60,8 +74,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ScoreSummary",
+    "check_columns",
     "checked_dates",
     "last_scored_date",
+    "per_date",
     "repair_anomalies",
     "run",
     "score_partitions",
@@ -85,7 +101,8 @@ class ScoreSummary:
 
 
 def score_partitions(
-    kind: ModelKind, version: str, files: Any, column: str, top_k: int, inference: Inference | None = None
+    kind: ModelKind, version: str, files: Any, column: str, top_k: int, inference: Inference | None = None,
+    refused: str | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
     """The ``mapInArrow`` function: key columns in, key columns plus the kind's results out.
 
@@ -97,6 +114,9 @@ def score_partitions(
         column: the kind's input column.
         top_k: features or events named per explanation.
         inference: forward-pass batch size and bf16 (:func:`loganomaly.models.sizing.scoring_sizes`).
+        refused: a boolean input column, true on rows the kind's checks refuse: a batch holding one
+            is not scored (NaN scores; the driver raises the check's error before writing). Every
+            input column besides ``column`` is passed through to the output, after the results.
 
     Torch in the worker runs with as many threads as the task has cores (``spark.task.cpus``, read
     from the task's context).
@@ -111,14 +131,16 @@ def score_partitions(
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            result = kind.score_batch(bundle, model, device, batch.column(column), top_k, inference)
+            carried = [name for name in batch.schema.names if name not in KEY_COLUMNS and name != column]
+            if refused is not None and pa.compute.any(batch.column(refused)).as_py():
+                n = batch.num_rows
+                result = [pa.array(np.full(n, np.nan)), pa.array([[]] * n, pa.list_(pa.string())),
+                          pa.array([""] * n, pa.string())]
+            else:
+                result = result_arrays(kind.score_batch(bundle, model, device, batch.column(column), top_k, inference))
             yield pa.RecordBatch.from_arrays(
-                [batch.column(name) for name in KEY_COLUMNS] + [
-                    pa.array(result["score"].to_numpy(), pa.float64()),
-                    pa.array(list(result["top_features"]), pa.list_(pa.string())),
-                    pa.array(list(result["explanation"]), pa.string()),
-                ],
-                names=[*KEY_COLUMNS, "score", "top_features", "explanation"],
+                [batch.column(name) for name in KEY_COLUMNS] + result + [batch.column(name) for name in carried],
+                names=[*KEY_COLUMNS, *RESULT_SCHEMA.names, *carried],
             )
 
     return score
@@ -134,53 +156,68 @@ def last_scored_date(lake: Lake, model_version: str) -> str | None:
     return None if row[0] is None else row[0].isoformat()
 
 
-def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
-    """Rows per date of ``rows`` (the rows about to be scored), after the kind's checks pass on them.
+def check_columns(source: ScoringInput) -> list[Any]:
+    """The kind's row checks as columns: ``_bad{i}`` (true on a refused row), ``_detail{i}`` (its value, else null)."""
+    from pyspark.sql import functions as F
 
-    One aggregate, whatever the number of checks: each check adds a flag and a sample value to it.
+    columns = []
+    for i, check in enumerate(source.checks):
+        columns += [F.coalesce(check.bad, F.lit(False)).alias(f"_bad{i}"),
+                    F.when(check.bad, check.detail).alias(f"_detail{i}")]
+    return columns
+
+
+def per_date(source: ScoringInput, rows: DataFrame, *extra: Any) -> list[Any]:
+    """One aggregate per date of ``rows`` (which carry :func:`check_columns`): ``n``, the checks, ``extra``.
 
     Raises:
         ModelError: a check fails on some row (the message names a failing row's value).
     """
     from pyspark.sql import functions as F
 
-    aggs = [F.count(F.lit(1)).alias("n")]
+    aggs = [F.count(F.lit(1)).alias("n"), *extra]
+    for i, _ in enumerate(source.checks):
+        aggs += [F.max(F.col(f"_bad{i}").cast("int")).alias(f"bad{i}"),
+                 F.first(F.col(f"_detail{i}"), ignorenulls=True).alias(f"detail{i}")]
+    dates = rows.groupBy("date").agg(*aggs).collect()
     for i, check in enumerate(source.checks):
-        aggs += [F.max(check.bad.cast("int")).alias(f"bad{i}"),
-                 F.first(F.when(check.bad, check.detail), ignorenulls=True).alias(f"detail{i}")]
-    per_date = rows.groupBy("date").agg(*aggs).collect()
-    for i, check in enumerate(source.checks):
-        bad = [r for r in per_date if r[f"bad{i}"]]
+        bad = [r for r in dates if r[f"bad{i}"]]
         if bad:
             raise ModelError(check.message(next((r[f"detail{i}"] for r in bad if r[f"detail{i}"] is not None), None)))
-    return {r["date"].isoformat(): int(r["n"]) for r in per_date}
+    return dates
 
 
-def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> tuple[int, int]:
-    """Replace ``dates`` in ``scores`` and in ``anomalies`` from one persisted scoring; (rows, flagged).
+def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
+    """Rows per date of ``rows`` (the rows about to be scored), after the kind's checks pass on them.
 
-    ``scored`` is persisted for the two writes and the count, so the model runs once and both
-    tables hold exactly what it said. Each write replaces exactly the scored dates: a rerun gives
-    the same rows, never duplicates; a write that fails leaves its table's previous rows.
+    One aggregate, whatever the number of checks: each check adds a flag and a sample value to it.
+    (The stage itself runs the same aggregate over its scored output: :func:`per_date`.)
+
+    Raises:
+        ModelError: a check fails on some row (the message names a failing row's value).
+    """
+    return {r["date"].isoformat(): int(r["n"])
+            for r in per_date(source, rows.select("date", *check_columns(source)))}
+
+
+def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> None:
+    """Replace ``dates`` in ``scores`` and in ``anomalies`` from one scoring (persist ``scored`` first).
+
+    Each write replaces exactly the scored dates: a rerun gives the same rows, never duplicates; a
+    write that fails leaves its table's previous rows. The caller persists ``scored`` (and counts
+    it in the same pass, :func:`per_date`), so the model runs once and both tables hold exactly
+    what it said.
 
     Example:
-        >>> write_scores(lake, scored, ["2024-03-06"], "score-20240307-...")  # doctest: +SKIP
-        (412, 7)
+        >>> write_scores(lake, scored.persist(), ["2024-03-06"], "score-20240307-...")  # doctest: +SKIP
     """
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     partition_by = TABLES["scores"].partition_by
-    scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        lake.write("scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates},
-                   run_id=run_id)
-        lake.write("anomalies", scored.where(F.col("is_anomaly")), mode="overwrite", partition_by=partition_by,
-                   replace_where={"date": dates}, run_id=run_id)
-        counts = scored.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("is_anomaly").cast("long")).alias("a")).collect()[0]
-    finally:
-        scored.unpersist()
-    return int(counts["n"]), int(counts["a"] or 0)
+    lake.write("scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates},
+               run_id=run_id)
+    lake.write("anomalies", scored.where(F.col("is_anomaly")), mode="overwrite", partition_by=partition_by,
+               replace_where={"date": dates}, run_id=run_id)
 
 
 def repair_anomalies(lake: Lake, run_id: str) -> list[str]:
@@ -262,30 +299,29 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     kind = kind_of(bundle.kind)
     source = kind.scoring_input(lake, bundle)
     rows = source.rows
+    last = None
     if date:
         rows = rows.where(F.col("date") == F.lit(dt.date.fromisoformat(date)))
     elif since_last_run:
         last = last_scored_date(lake, bundle.version)
         if last is not None:
             rows = rows.where(F.col("date") >= F.lit(dt.date.fromisoformat(last)))
-    counts = checked_dates(source, rows)
-    # A date asked for by name is replaced even when it has no rows left (its old scores go too).
-    dates = [dt.date.fromisoformat(date).isoformat()] if date else sorted(counts)
-    if since_last_run and not date:
-        log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
-        if not dates:
-            return ScoreSummary(run_id, bundle.version, [], 0, 0)
-    if not dates:
-        raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
 
     sizes = scoring_sizes(kind.row_floats(bundle), int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
     inference = Inference(batch_size=sizes.forward_rows, bf16=cfg.score.bf16)
     files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
-    keys = rows.select(*KEY_COLUMNS).schema
-    schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in keys.fields) + ", " + RESULT_COLUMNS
+    checks = check_columns(source)
+    refused = F.lit(False)
+    for i, _ in enumerate(source.checks):
+        refused = refused | F.col(f"_bad{i}")
+    checked = rows.select(*KEY_COLUMNS, source.column, *checks).withColumn("_refused", refused)
+    carried = [f for f in checked.schema.fields if f.name not in KEY_COLUMNS and f.name != source.column]
+    schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in checked.select(*KEY_COLUMNS).schema.fields)
+    schema += ", " + RESULT_COLUMNS + "".join(f", {f.name} {f.dataType.simpleString()}" for f in carried)
     threshold = float(bundle.threshold)
-    scored = rows.select(*KEY_COLUMNS, source.column).mapInArrow(
-        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k, inference), schema
+    scored = checked.mapInArrow(
+        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k, inference, "_refused"),
+        schema,
     ).select(
         *KEY_COLUMNS,
         "score",
@@ -295,11 +331,33 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
         "top_features",
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
+        *[f.name for f in carried if f.name != "_refused"],
     )
-    log.info("score: %d %s to score on %d dates; %s", sum(counts.values()), kind.unit, len(dates), sizes)
+    from pyspark import StorageLevel
+
     try:
         with arrow_batch_rows(spark, sizes):
-            n_rows, n_anomalies = write_scores(lake, scored, dates, run_id)
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+            try:
+                # The one pass over the input: scores every row into the cache, then dates, counts
+                # and the checks' verdicts from it (a failed check raises before any write).
+                counts = per_date(source, scored, F.sum(F.col("is_anomaly").cast("long")).alias("flagged"))
+                # A date asked for by name is replaced even when it has no rows left (its old scores go too).
+                dates = [dt.date.fromisoformat(date).isoformat()] if date else sorted(r["date"].isoformat()
+                                                                                        for r in counts)
+                if since_last_run and not date:
+                    log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
+                    if not dates:
+                        return ScoreSummary(run_id, bundle.version, [], 0, 0)
+                if not dates:
+                    raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
+                n_rows = sum(int(r["n"]) for r in counts)
+                n_anomalies = sum(int(r["flagged"] or 0) for r in counts)
+                log.info("score: %d %s scored on %d dates (%d flagged); %s", n_rows, kind.unit, len(dates),
+                         n_anomalies, sizes)
+                write_scores(lake, scored.select(*TABLES["scores"].columns), dates, run_id)
+            finally:
+                scored.unpersist()
     finally:
         files.unpersist()
     summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)

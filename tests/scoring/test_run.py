@@ -1,0 +1,98 @@
+"""The ``score`` stage on a small lake: reruns change nothing, refused rows stop it before any write."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from loganomaly.config import Config, LakeConfig
+from loganomaly.errors import ModelError
+from loganomaly.lake.schemas import TABLES
+from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
+from loganomaly.models.bundle import save_bundle
+from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.window import ModelBundle
+from loganomaly.scoring import stage
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+T, F = 4, 3
+NAMES = ["conn_count", "log_bytes", "distinct_ports"]
+DAYS = [dt.date(2024, 3, 4), dt.date(2024, 3, 5)]
+
+
+def _windows(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = (2 + np.sin(np.arange(T))[None, :, None] + rng.normal(0, 0.3, (n, T, F))).astype(np.float32)
+    x[::9, 2, 1] += 6.0  # a few bursts, so some windows are flagged and explained
+    return x
+
+
+def _rows(x: np.ndarray, names: list[str] = NAMES, steps: int = T) -> list[tuple]:  # type: ignore[type-arg]
+    rows = []
+    for i, window in enumerate(x):
+        day = DAYS[i % len(DAYS)]
+        start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=5 * i)
+        rows.append((f"host-{i % 3}", start, start + dt.timedelta(minutes=20), day, steps, len(names), names,
+                     window.reshape(-1).tolist(), 10, 0, start, start, "featurize-test"))
+    return rows
+
+
+@pytest.fixture
+def scored_lake(spark, lake, tmp_path: Path):  # type: ignore[no-untyped-def]
+    x = _windows(60)
+    lake.write("sequences", spark.createDataFrame(_rows(x), TABLES["sequences"].ddl), partition_by=("date",))
+    torch.manual_seed(0)
+    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=4)
+    model = LSTMAutoencoder(model_cfg)
+    normaliser = Normaliser.fit(x)
+    scores, per_feature = window_errors(model, normaliser.transform(x))
+    save_bundle(tmp_path / "model", ModelBundle(
+        model_cfg=model_cfg, state_dict=model.state_dict(), normaliser=normaliser,
+        threshold=float(np.quantile(scores, 0.8)), feature_names=NAMES,
+        features={"step_seconds": 300, "window_steps": T, "transform": "log1p"},
+        metrics={"val_feature_error": per_feature.mean(axis=0).tolist()}))
+    cfg = Config(lake=LakeConfig(root=str(lake.root), engine=lake.engine))
+    return lake, cfg, tmp_path / "model", x
+
+
+def _table(lake, name: str) -> list[tuple]:  # type: ignore[no-untyped-def, type-arg]
+    rows = lake.read(name).drop("run_id").collect()
+    return sorted(tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in rows)
+
+
+def test_scoring_twice_leaves_the_tables_unchanged(spark, scored_lake) -> None:  # type: ignore[no-untyped-def]
+    lake, cfg, model_dir, x = scored_lake
+    first = stage.run(spark, cfg, model_dir, lake=lake)
+    assert first.windows == len(x) and first.dates == [d.isoformat() for d in DAYS]
+    scores, anomalies = _table(lake, "scores"), _table(lake, "anomalies")
+    assert len(scores) == len(x) and 0 < len(anomalies) == first.anomalies < len(x)
+    assert [r for r in scores if r[6]] == anomalies  # is_anomaly rows are the anomalies table
+    assert all((r[7] != "") == r[6] and bool(r[8]) == r[6] for r in scores)  # only flagged rows explained
+    again = stage.run(spark, cfg, model_dir, lake=lake)
+    assert (again.windows, again.anomalies) == (first.windows, first.anomalies)
+    assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies
+    day = stage.run(spark, cfg, model_dir, date=DAYS[1].isoformat(), lake=lake)
+    assert day.dates == [DAYS[1].isoformat()] and day.windows == len(x) // 2
+    assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies
+
+
+@pytest.mark.parametrize("bad", ["shape", "names"])
+def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: str) -> None:  # type: ignore[no-untyped-def]
+    lake, cfg, model_dir, x = scored_lake
+    stage.run(spark, cfg, model_dir, lake=lake)
+    versions = (lake.version("scores"), lake.version("anomalies"))
+    # one more row, on one date, that the model cannot judge
+    odd = _rows(x[:1], names=["conn_count", "log_bytes", "other"]) if bad == "names" else [
+        (*_rows(x[:1])[0][:4], 2, F, NAMES, x[0, :2].reshape(-1).tolist(), 10, 0, *_rows(x[:1])[0][10:])]
+    lake.write("sequences", spark.createDataFrame(odd, TABLES["sequences"].ddl))
+    message = "do not match the model" if bad == "shape" else "feature names differ"
+    with pytest.raises(ModelError, match=message):
+        stage.run(spark, cfg, model_dir, lake=lake)
+    assert (lake.version("scores"), lake.version("anomalies")) == versions
+    # the other date holds no refused row: it scores
+    assert stage.run(spark, cfg, model_dir, date=DAYS[1].isoformat(), lake=lake).windows == len(x) // 2
