@@ -82,7 +82,7 @@ def test_scores_are_judged_by_the_group_threshold_and_explanations_say_which(tmp
     bundle = ModelBundle(model_cfg=cfg, state_dict=model.state_dict(), normaliser=glob, threshold=1.0,
                          feature_names=NAMES, features={"step_seconds": 300, "window_steps": T, "stride_steps": 2},
                          metrics={"val_feature_error": [0.1] * F}, peers=peers)
-    scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 3)
+    scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 3).to_pandas()
     flagged = scored["score"].to_numpy() > bundle.threshold
     assert 0 < flagged[:40].sum() < 40 and not flagged[40:].any()
     # the score is the error in units of the group threshold (scaled to the global one)
@@ -95,7 +95,7 @@ def test_scores_are_judged_by_the_group_threshold_and_explanations_say_which(tmp
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["peers"]["thresholds"] == pytest.approx(peers.thresholds)
     loaded = load_bundle(tmp_path / "m")
-    again = KIND.score_windows(loaded, loaded.build_model(), torch.device("cpu"), x, 3)
+    again = KIND.score_windows(loaded, loaded.build_model(), torch.device("cpu"), x, 3).to_pandas()
     np.testing.assert_allclose(again["score"].to_numpy(), scored["score"].to_numpy(), rtol=1e-6)
     bundle.peers = None
     save_bundle(tmp_path / "plain", bundle)
