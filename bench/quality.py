@@ -376,8 +376,8 @@ def _unseen_note(cfg: Config, scored_file: Path) -> str:
     """How many scored lines no template fits, and how many went to a near relative instead."""
     from deltalake import DeltaTable
 
-    from loganomaly.ingest.templates.store import template_config
     from loganomaly.ingest.templates.miner import Templates
+    from loganomaly.ingest.templates.store import template_config
     from loganomaly.lake.schemas import UNKNOWN_TEMPLATE_ID
 
     ids = DeltaTable(str(Path(cfg.lake.root) / "events")).to_pyarrow_table(columns=["template_id"])
