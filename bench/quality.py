@@ -412,6 +412,43 @@ LOCO_CAPTURES = {
     "009": "009-zeek-malicious/data",
     "010": "010-zeek-mixed/data",
 }
+#: 001 and 009 carry times relative to the capture start (1970-01-01 in epoch terms). Mixed with
+#: 008 and 010 (June 2022) in one lake, an address seen in both would span 52 years of steps, so
+#: their copies are moved to days of their own before 008 (the flows' order and gaps are kept).
+RELATIVE_TIME_BASE = {"001": 1_654_041_600, "009": 1_654_214_400}  # 2022-06-01, 2022-06-03 UTC
+
+
+def _absolute_copy(src: Path, dst: Path, base: int) -> None:
+    """Copy the Zeek TSV log(s) at ``src`` to ``dst`` with every ``time`` column moved by ``base`` s."""
+    files = [src] if src.is_file() else sorted(f for f in src.iterdir() if f.is_file())
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shift: list[int] = []
+        out: list[str] = []
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith("#types"):
+                shift = [i for i, t in enumerate(line.split("\t")[1:]) if t == "time"]
+            if line.startswith("#") or not shift:
+                out.append(line)
+                continue
+            values = line.split("\t")
+            for i in shift:
+                if i < len(values) and values[i] not in ("-", "(empty)"):
+                    values[i] = f"{float(values[i]) + base:.6f}"
+            out.append("\t".join(values))
+        (dst / f.name).write_text("\n".join(out) + "\n")
+
+
+def _capture_input(data: Path, work: Path, capture: str) -> str:
+    source = data / "zeek" / LOCO_CAPTURES[capture]
+    if capture not in RELATIVE_TIME_BASE:
+        return str(source)
+    target = work / "inputs" / capture
+    if not target.exists():
+        _absolute_copy(source, target, RELATIVE_TIME_BASE[capture])
+    return str(target)
+
+
 #: Captures without labels (one scenario each: a port scan, RATs, SSH logins, a honeypot): no truth
 #: to judge a window by, and training on them as if normal would teach the attacks. Not used.
 UNLABELLED_CAPTURES = ("002", "003", "004", "005", "006", "007")
@@ -425,7 +462,6 @@ def zeek_loco(spark: Any, data: Path, work: Path, result: Result, seed: int, cap
     capture is scored whole; one without benign windows would only be judged on recall and ranking
     (its FPR is undefined and shows as "-").
     """
-    z = data / "zeek"
     held = list(captures) or list(LOCO_CAPTURES)
     unknown = sorted(set(held) - set(LOCO_CAPTURES))
     if unknown:
@@ -436,8 +472,8 @@ def zeek_loco(spark: Any, data: Path, work: Path, result: Result, seed: int, cap
         fold = work / f"holdout-{capture}"
         dataset = f"zeek LOCO: score {capture}, train {'+'.join(others)}"
         cfg = _config("zeek", fold / "lake")
-        m = run_product(spark, cfg, fold, [str(z / LOCO_CAPTURES[c]) for c in others],
-                        [str(z / LOCO_CAPTURES[capture])], None)
+        m = run_product(spark, cfg, fold, [_capture_input(data, work, c) for c in others],
+                        [_capture_input(data, work, capture)], None)
         result.add(dataset, "lstm_autoencoder", m)
         folds.setdefault("lstm_autoencoder", []).append(product_windows(spark, cfg, fold))
         for name, scored in window_baselines(spark, cfg, dataset, result, seed).items():
