@@ -77,9 +77,14 @@ class Row:
 @dataclass
 class Result:
     rows: list[Row] = field(default_factory=list)
+    #: Where the table so far is rewritten after every row, so a long run that is stopped keeps its rows.
+    partial: Path | None = None
 
     def add(self, dataset: str, detector: str, m: dict[str, Any], note: str = "") -> None:
         self.rows.append(Row(dataset, detector, m, int(m.get("n", 0)), int(m.get("positives", 0)), note))
+        if self.partial is not None:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self.partial.write_text(table(self) + "\n")
         log.info("%s %s: P %.3f R %.3f F1 %.3f ROC-AUC %s", dataset, detector, m["precision"], m["recall"],
                  m["f1"], _fmt(m.get("roc_auc")))
 
@@ -119,8 +124,15 @@ def _pooled(folds: Sequence[Scored]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the product's path
+#: ``--set`` overrides, applied to every data set's config after its own (e.g. fewer epochs for a
+#: quick look); the table's note says when there were any.
+EXTRA_OVERRIDES: list[str] = []
+#: ``--no-supervised`` turns the supervised classifier rows (BGL, NSL-KDD) off.
+SUPERVISED = True
+
+
 def _config(profile: str, lake: Path, overrides: Sequence[str] = ()) -> Config:
-    return load_config(profile=profile, overrides=[f"lake.root={lake}", *overrides])
+    return load_config(profile=profile, overrides=[f"lake.root={lake}", *overrides, *EXTRA_OVERRIDES])
 
 
 def run_product(spark: Any, cfg: Config, work: Path, train_inputs: list[str], score_inputs: list[str],
@@ -368,8 +380,9 @@ def bgl(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
     m = run_product(spark, cfg, work, [str(inputs / "BGL_train.log")], [str(inputs / "BGL_score.log")], None)
     result.add("bgl (BGL_2k)", "lstm_autoencoder", m, _unseen_note(cfg, inputs / "BGL_score.log"))
     window_baselines(spark, cfg, "bgl (BGL_2k)", result, seed)
-    supervised_classifier(spark, "bgl", "bgl (BGL_2k)", work / "supervised", [str(inputs / "BGL_train.log")],
-                          [str(inputs / "BGL_score.log")], result)
+    if SUPERVISED:
+        supervised_classifier(spark, "bgl", "bgl (BGL_2k)", work / "supervised", [str(inputs / "BGL_train.log")],
+                              [str(inputs / "BGL_score.log")], result)
 
 
 def _unseen_note(cfg: Config, scored_file: Path) -> str:
@@ -513,8 +526,9 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int) -> Non
                f"trained on normal records only; hidden {best} chosen on a validation split of the training "
                f"file (ROC-AUC {tried})")
     window_baselines(spark, cfg, "nslkdd (KDDTest+)", result, seed)
-    supervised_classifier(spark, "nslkdd", "nslkdd (KDDTest+)", work / "supervised", [str(k / "KDDTrain+_20Percent.txt")],
-                          [str(k / "KDDTest+.txt")], result)
+    if SUPERVISED:
+        supervised_classifier(spark, "nslkdd", "nslkdd (KDDTest+)", work / "supervised",
+                              [str(k / "KDDTrain+_20Percent.txt")], [str(k / "KDDTest+.txt")], result)
 
 
 def table(result: Result) -> str:
@@ -544,7 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--captures", default="",
                         help=f"zeek_loco: held-out captures to run (default all of {','.join(LOCO_CAPTURES)})")
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every data set (repeatable), e.g. train.epochs=10")
+    parser.add_argument("--no-supervised", action="store_true", help="skip the supervised classifier rows")
     args = parser.parse_args(argv)
+    global SUPERVISED
+    EXTRA_OVERRIDES[:] = args.overrides
+    SUPERVISED = not args.no_supervised
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("py4j").setLevel(logging.WARNING)
@@ -556,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from loganomaly.runtime.spark import get_spark
 
     chosen = [s for s in args.only.split(",") if s] or ["zeek", "zeek_loco", "hdfs", "hdfs_sessions", "bgl", "nslkdd"]
-    result = Result()
+    result = Result(partial=work / "quality.partial.md")
     spark = get_spark(load_config().spark)
     runs: dict[str, Callable[[], None]] = {
         "zeek": lambda: zeek(spark, data, work / "zeek", result, args.seed),
@@ -577,6 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs[name]()
         log.info("%s done in %.0fs", name, time.perf_counter() - started)
     text = table(result)
+    if args.overrides:
+        text += f"\n\nOverrides for every data set: {', '.join(args.overrides)}"
     work.mkdir(parents=True, exist_ok=True)
     (work / "quality.md").write_text(text + "\n")
     print(text)
