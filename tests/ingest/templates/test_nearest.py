@@ -93,3 +93,13 @@ def test_the_setting_survives_the_json_state() -> None:
 def test_bad_minimum_similarity_is_refused(bad: object) -> None:
     with pytest.raises(ConfigError, match="nearest_min_similarity"):
         TemplateConfig(nearest_min_similarity=bad)  # type: ignore[arg-type]
+
+
+def test_the_setting_comes_from_templates_options() -> None:
+    from loganomaly.config import TemplatesConfig
+    from loganomaly.ingest.templates.store import template_config
+
+    cfg = template_config(TemplatesConfig(preset="BGL", options={"nearest_min_similarity": 0.6}))
+    assert cfg.nearest_min_similarity == 0.6 and cfg.depth == 6  # the preset's other settings stay
+    with pytest.raises(ConfigError, match="nearest_min_similarity"):
+        template_config(TemplatesConfig(options={"nearest_min_similarity": 2}))
