@@ -83,6 +83,13 @@ def _assert_hand_metrics(summary: evaluate.EvaluationSummary) -> None:
     assert stored["f1"] == pytest.approx(0.5)
     assert stored["roc_auc"] == pytest.approx(7 / 8)
     assert stored["pr_auc"] == pytest.approx(5 / 6)
+    # What an analyst reads: 1 of 4 benign windows flagged; 2 alerts over 2 entity-days (a and b,
+    # one day), 1 of them false; flagging all 6 windows (2 anomalous) gives F1 2 * (1/3) / (4/3).
+    assert stored["fpr"] == pytest.approx(0.25)
+    assert stored["n_entity_days"] == 2
+    assert stored["alerts_per_entity_day"] == pytest.approx(1.0)
+    assert stored["false_alerts_per_entity_day"] == pytest.approx(0.5)
+    assert stored["flag_all_f1"] == pytest.approx(0.5)
     assert best["threshold"] == pytest.approx(0.375)
     assert (best["tp"], best["fp"], best["tn"], best["fn"]) == (2, 1, 3, 0)
     assert best["precision"] == pytest.approx(2 / 3)

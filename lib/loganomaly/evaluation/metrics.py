@@ -17,11 +17,20 @@ from loganomaly.errors import ModelError
 __all__ = ["evaluate"]
 
 
-def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, Any]:
+def evaluate(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, entity_days: np.ndarray | None = None
+) -> dict[str, Any]:
     """Detection quality of ``scores`` (higher = more anomalous) against binary ``labels`` (1 = anomaly).
 
     A score strictly above ``threshold`` is a predicted anomaly (as everywhere in loganomaly).
     Precision, recall and F1 with no predicted (or no actual) anomaly are 0.0, not an error.
+
+    F1 alone flatters when most windows are anomalous (a capture of an attacked host), so the
+    result also carries what an analyst lives with: ``fpr``, the share of benign windows flagged
+    (NaN without benign windows), ``flag_all_f1``, the F1 that flagging every window gets (the
+    floor any detector must beat), and, given ``entity_days`` (one hashable key per window, e.g.
+    ``(entity, date)``), ``alerts_per_entity_day`` and ``false_alerts_per_entity_day``: flagged
+    windows (all, and benign only) divided by the number of distinct entity-days scored.
 
     When the labels hold one class only, ROC-AUC, PR-AUC and the best-F1 threshold are undefined:
     they are NaN and ``note`` says why (a test period without anomalies is normal, not a crash).
@@ -30,7 +39,9 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[s
         ``n``, ``n_positive``, ``threshold``, ``tp``, ``fp``, ``tn``, ``fn``, ``precision``,
         ``recall``, ``f1``, ``roc_auc``, ``pr_auc`` (average precision), ``best_f1``,
         ``best_f1_threshold`` (a threshold for the same ``>`` rule, halfway between the two scores
-        it separates) and ``note`` (``None`` unless something is undefined).
+        it separates), ``fpr``, ``flag_all_f1``, ``n_entity_days``, ``alerts_per_entity_day``,
+        ``false_alerts_per_entity_day`` (NaN without ``entity_days``) and ``note`` (``None`` unless
+        something is undefined).
 
     Example:
         >>> r = evaluate(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]), threshold=0.5)
@@ -51,6 +62,15 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[s
     y = y_raw.astype(np.int64)
     pred = (s > threshold).astype(np.int64)
     tn, fp, fn, tp = (int(v) for v in metrics.confusion_matrix(y, pred, labels=[0, 1]).ravel())
+    # Flagging every window: precision = the positive share p, recall 1, so F1 = 2p / (1 + p).
+    share = float(y.mean())
+    n_days, alerts, false_alerts = math.nan, math.nan, math.nan
+    if entity_days is not None:
+        keys = list(entity_days)
+        if len(keys) != s.size:
+            raise ModelError(f"evaluate needs one entity-day per score, got {len(keys)} for {s.size} scores")
+        n_days = float(len(set(keys)))
+        alerts, false_alerts = (tp + fp) / n_days, fp / n_days
     result: dict[str, Any] = {
         "n": int(s.size),
         "n_positive": int(y.sum()),
@@ -66,6 +86,11 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[s
         "pr_auc": math.nan,
         "best_f1": math.nan,
         "best_f1_threshold": math.nan,
+        "fpr": fp / (fp + tn) if fp + tn else math.nan,
+        "flag_all_f1": 2 * share / (1 + share),
+        "n_entity_days": n_days,
+        "alerts_per_entity_day": alerts,
+        "false_alerts_per_entity_day": false_alerts,
         "note": None,
     }
     if y.min() == y.max():

@@ -73,6 +73,8 @@ class LabelledWindows:
     label_source: str
     scores_version: int
     n_unlabelled: int = 0
+    #: ``(entity, UTC date of window_start)`` per window: the unit of "alerts per entity-day".
+    entity_days: np.ndarray | None = None
 
 
 @dataclass
@@ -258,7 +260,9 @@ def labelled_windows(
             raise StageInputError(f"no labels file given and no events table under {lake.root}")
         source = EVENTS_SOURCE
         labelled = label_windows_by_events(windows, lake.read("events"), normal_labels)
-    table = labelled.select("score", "threshold", "label").toArrow()
+    table = labelled.select(
+        "score", "threshold", "label", "entity", F.to_date(F.col("window_start")).cast("string").alias("day")
+    ).toArrow()
     if table.num_rows == 0:
         raise StageInputError(
             f"scores (version {scores_version}) holds no window of model {model_version}; "
@@ -275,6 +279,9 @@ def labelled_windows(
     if len(thresholds) > 1:
         # One model version has one threshold; two mean the bundle was edited and re-hashed wrongly.
         raise StageInputError(f"scores of model {model_version} carry {len(thresholds)} thresholds")
+    entity_days = np.empty(int(known.sum()), dtype=object)
+    entity_days[:] = list(zip(np.asarray(table.column("entity").to_pylist(), dtype=object)[known],
+                              np.asarray(table.column("day").to_pylist(), dtype=object)[known], strict=True))
     return LabelledWindows(
         scores=table.column("score").to_numpy(zero_copy_only=False).astype(np.float64)[known],
         labels=label[known].astype(np.int64),
@@ -283,6 +290,7 @@ def labelled_windows(
         label_source=source,
         scores_version=int(scores_version),
         n_unlabelled=n_unlabelled,
+        entity_days=entity_days,
     )
 
 
@@ -322,10 +330,10 @@ def run(
     if not math.isclose(data.threshold, bundle_threshold, rel_tol=1e-9, abs_tol=1e-12):
         log.warning("scores carry threshold %.6g, bundle %.6g; evaluating the scores' threshold",
                     data.threshold, bundle_threshold)
-    stored = evaluate_arrays(data.scores, data.labels, data.threshold)
+    stored = evaluate_arrays(data.scores, data.labels, data.threshold, data.entity_days)
     results = {"stored": stored}
     if math.isfinite(stored["best_f1_threshold"]):
-        results["best_f1"] = evaluate_arrays(data.scores, data.labels, stored["best_f1_threshold"])
+        results["best_f1"] = evaluate_arrays(data.scores, data.labels, stored["best_f1_threshold"], data.entity_days)
     else:
         log.warning("evaluate %s: %s; only the stored threshold is evaluated", run_id, stored["note"])
     evaluated_at = dt.datetime.now(dt.timezone.utc)
@@ -349,15 +357,18 @@ def run(
         n_unlabelled=data.n_unlabelled,
         results={
             kind: {k: r[k] for k in ("threshold", "precision", "recall", "f1", "roc_auc", "pr_auc",
-                                     "tp", "fp", "tn", "fn")}
+                                     "tp", "fp", "tn", "fn", "fpr", "flag_all_f1", "n_entity_days",
+                                     "alerts_per_entity_day", "false_alerts_per_entity_day")}
             for kind, r in results.items()
         },
         note=stored["note"],
     )
     log.info(
-        "evaluate %s: model %s on %d windows (%d positive) from %s: F1 %.3f at the stored threshold, "
-        "ROC-AUC %.3f; evaluations version %d",
+        "evaluate %s: model %s on %d windows (%d positive) from %s: F1 %.3f at the stored threshold "
+        "(flagging all: %.3f), FPR on benign windows %.3f, %.2f alerts per entity-day, ROC-AUC %.3f; "
+        "evaluations version %d",
         run_id, bundle.version, summary.n_windows, summary.n_positive, data.label_source,
-        stored["f1"], stored["roc_auc"], version,
+        stored["f1"], stored["flag_all_f1"], stored["fpr"], stored["alerts_per_entity_day"], stored["roc_auc"],
+        version,
     )
     return summary

@@ -67,6 +67,39 @@ class GeneratedData:
     labels_path: Path
     n_lines: int
     anomalies: list[InjectedAnomaly] = field(default_factory=list)
+    #: Benign level shifts of :func:`generate_metrics` with ``drift``: (host, time) of each step.
+    level_shifts: list[tuple[str, dt.datetime]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MetricDrift:
+    """How :func:`generate_metrics`' series move while staying normal (none of it is labelled).
+
+    Real hosts do not keep the level they had during training: a deploy moves CPU and disk to a new
+    level and keeps them there, load follows the day, memory creeps. A detector fitted once on the
+    first days reads all of that as anomalous; this is what the per-entity baseline must follow.
+
+    Attributes:
+        shift_at: where each host's level shifts, as fractions of the series (one step per
+            fraction); host ``h`` shifts ``h`` hours later than host 0, so shifts are not
+            simultaneous across the fleet.
+        shift_size: relative size of each shift (0.3 = CPU, memory and disk I/O at 130 % of their
+            level after it; shifts compound).
+        drift_per_day: slow linear drift, relative per day, on all three metrics.
+        season_amplitude: daily cycle on memory (relative), which the default series lack; CPU and
+            disk I/O keep their own daily cycle.
+    """
+
+    shift_at: tuple[float, ...] = (0.45,)
+    shift_size: float = 0.3
+    drift_per_day: float = 0.02
+    season_amplitude: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not all(0 < f < 1 for f in self.shift_at):
+            raise ValueError(f"shift_at fractions must be in (0, 1), got {self.shift_at}")
+        if self.shift_size <= -1:
+            raise ValueError(f"shift_size must be > -1 (a level cannot go below zero), got {self.shift_size}")
 
 
 def _host(i: int) -> str:
@@ -282,6 +315,7 @@ def generate_metrics(
     start: str = "2024-03-04",
     anomalies: int = 0,
     seed: int = 0,
+    drift: MetricDrift | None = None,
 ) -> GeneratedData:
     """One-minute metric series per host (``metrics.csv``: ``timestamp,host,cpu,mem_used,disk_io,label``).
 
@@ -289,6 +323,11 @@ def generate_metrics(
     episodes of 20 minutes each (a stuck CPU at 100 % with disk I/O collapsing, on one host) are
     written with ``label=incident`` on their rows and to ``labels.csv`` as intervals, so the same
     data can be judged through the events' labels or the interval file. Deterministic per seed.
+
+    ``drift`` (see :class:`MetricDrift`) adds benign level shifts, a daily cycle on memory and slow
+    drift; the shifts are returned in ``level_shifts``. It draws no random numbers, so the noise is
+    the same with and without it, and the default (``None``) writes exactly the bytes it wrote
+    before the option existed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -301,11 +340,18 @@ def generate_metrics(
         plan.append(InjectedAnomaly(_host(k % hosts), dt.datetime.fromtimestamp(t0 + m0 * 60, dt.timezone.utc),
                                     dt.datetime.fromtimestamp(t0 + (m0 + 20) * 60, dt.timezone.utc), "incident"))
     rows: list[tuple[Any, ...]] = []
+    shifts: list[tuple[str, dt.datetime]] = []
     for h in range(hosts):
         load = _diurnal(minutes % 1440) * (0.5 + 0.2 * h)
         cpu = np.clip(0.15 + 0.5 * load + rng.normal(0, 0.03, len(minutes)), 0, 1)
         mem = 2.0e9 + 3.0e8 * h + np.cumsum(rng.normal(0, 1e6, len(minutes)))
         disk = np.maximum(0, 200 + 800 * load + rng.normal(0, 40, len(minutes)))
+        if drift is not None:
+            factor, at = _drift_factor(drift, len(minutes), offset=60 * h)
+            cpu = np.clip(cpu * factor, 0, 1)
+            mem = mem * factor * (1 + drift.season_amplitude * (_diurnal(minutes % 1440) - 1))
+            disk = disk * factor
+            shifts.extend((_host(h), dt.datetime.fromtimestamp(t0 + m * 60, dt.timezone.utc)) for m in at)
         labels = [""] * len(minutes)
         for a in plan:
             if a.entity != _host(h):
@@ -329,7 +375,17 @@ def generate_metrics(
         writer.writerow(["entity", "start", "end", "kind"])
         for a in plan:
             writer.writerow([a.entity, a.start.isoformat(), a.end.isoformat(), a.kind])
-    return GeneratedData([path], labels_path, len(rows) + 1, plan)
+    return GeneratedData([path], labels_path, len(rows) + 1, plan, sorted(shifts, key=lambda s: (s[1], s[0])))
+
+
+def _drift_factor(drift: MetricDrift, n: int, offset: int) -> tuple[np.ndarray, list[int]]:
+    """Multiplier per minute (level shifts times slow drift) and the minutes where shifts happen."""
+    minute = np.arange(n)
+    at = [min(n - 1, int(f * n) + offset) for f in drift.shift_at]
+    factor = 1 + drift.drift_per_day * minute / 1440.0
+    for m in at:
+        factor = factor * np.where(minute >= m, 1 + drift.shift_size, 1.0)
+    return factor, at
 
 
 # ------------------------------------------------------------------ HDFS-style block sessions

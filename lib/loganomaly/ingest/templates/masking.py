@@ -85,6 +85,11 @@ class TemplateConfig:
             benchmark does). Rules must not match the empty string nor use numbered back-references.
         parametrize_numeric_tokens: route tokens containing a digit to the ``<*>`` branch of the tree.
         match_strategy: drain3 ``full_search_strategy`` used by :meth:`Templates.match`.
+        nearest_min_similarity: a message no template fits exactly goes to its most similar known
+            template when their token similarity (see :meth:`Templates.match`) is at least this, in
+            (0, 1]; 0 (the default) turns this off and such a message is unknown. Why: a later
+            release of the same software reworded or added a variable part, and that line is the
+            same event to a model, not a new anomaly.
     """
 
     depth: int = 4
@@ -95,6 +100,7 @@ class TemplateConfig:
     masking: tuple[tuple[str, str], ...] = DEFAULT_MASKING
     parametrize_numeric_tokens: bool = True
     match_strategy: str = "fallback"
+    nearest_min_similarity: float = 0.0
 
     def __post_init__(self) -> None:
         # Accept lists (YAML, JSON) but store tuples so the config is hashable and immutable.
@@ -124,6 +130,9 @@ class TemplateConfig:
                f"parametrize_numeric_tokens must be true or false, got {self.parametrize_numeric_tokens!r}")
         _check(self.match_strategy in MATCH_STRATEGIES,
                f"match_strategy must be one of {', '.join(MATCH_STRATEGIES)}, got {self.match_strategy!r}")
+        _check(isinstance(self.nearest_min_similarity, (int, float)) and not isinstance(self.nearest_min_similarity, bool)
+               and 0 <= self.nearest_min_similarity <= 1,
+               f"nearest_min_similarity must be a number in [0, 1] (0 = off), got {self.nearest_min_similarity!r}")
         placeholders = []
         for i, (pattern, name) in enumerate(self.masking):
             _check(isinstance(pattern, str) and isinstance(name, str),
@@ -151,6 +160,9 @@ class TemplateConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists instead of tuples)."""
         d = dataclasses.asdict(self)
+        if not self.nearest_min_similarity:
+            # Off: the state (and its version) stays what it was before the setting existed.
+            del d["nearest_min_similarity"]
         d["extra_delimiters"] = list(self.extra_delimiters)
         d["masking"] = [list(rule) for rule in self.masking]
         return d

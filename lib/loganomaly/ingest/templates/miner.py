@@ -13,7 +13,9 @@ Life cycle:
    by every table or bundle built from it.
 3. Later data is matched *without learning* (:meth:`Templates.match`, :meth:`Templates.match_many`);
    a message no template covers gets :data:`UNKNOWN_TEMPLATE_ID`, because at scoring time an unseen
-   template is itself a signal.
+   template is itself a signal. With ``nearest_min_similarity`` set, such a message first goes to its
+   most similar known template when they are close enough (a relative whose variable parts moved),
+   so drift in wording does not read as a new event type.
 
 Design choices (and why):
 
@@ -104,6 +106,16 @@ class TemplateMatch(NamedTuple):
     template_id: str
     template: str | None
     params: tuple[str, ...]
+
+
+class NearestMatch(TemplateMatch):
+    """A :class:`TemplateMatch` found by similarity, not by an exact fit (still a 3-tuple).
+
+    Its own type only so that :meth:`Templates.match_many` can count such lines without changing
+    what callers unpack; ``params`` are the message's masked values, as for an unknown message.
+    """
+
+    __slots__ = ()
 
 
 class TemplateInfo(NamedTuple):
@@ -261,6 +273,46 @@ class _Matcher:
         self.drain.clusters_counter = len(templates)
         # Same order as drain3's own full search (tree traversal), precomputed once per length.
         self.by_length = {n: self.drain.get_clusters_ids_for_seq_len(n) for n in {len(t.tokens) for t in templates}}
+        # Nearest-template fallback: each template's constant tokens and wildcard count, and an
+        # inverted index token -> templates, so a miss only compares templates sharing a token.
+        self.min_similarity = config.nearest_min_similarity
+        self.templates = tuple(templates)
+        self.constants = [frozenset(tok for tok in t.tokens if tok != PARAM_STR) for t in templates]
+        self.wildcards = [sum(tok == PARAM_STR for tok in t.tokens) for t in templates]
+        self.index: dict[str, list[int]] = {}
+        for k, consts in enumerate(self.constants):
+            for tok in consts:
+                self.index.setdefault(tok, []).append(k)
+
+    def nearest(self, tokens: Sequence[str]) -> TemplateInfo | None:
+        """The known template most similar to ``tokens``, if at least ``min_similarity``.
+
+        Similarity is Jaccard on masked tokens where each of a template's ``<*>`` may absorb one
+        message token it lacks: ``shared / (constants + max(0, extra - wildcards))``, with
+        ``shared`` the template's constant tokens present in the message and ``extra`` the
+        message's distinct tokens that are not constants of the template. Ties go to the larger
+        template (more training lines), then the smaller id, so the choice is deterministic.
+        """
+        if not self.min_similarity:
+            return None
+        seen = set(tokens)
+        shared: dict[int, int] = {}
+        for tok in seen:
+            for k in self.index.get(tok, ()):
+                shared[k] = shared.get(k, 0) + 1
+        best: tuple[float, int, str] | None = None
+        best_k = -1
+        for k, n in shared.items():
+            extra = len(seen) - n
+            sim = n / (len(self.constants[k]) + max(0, extra - self.wildcards[k]))
+            t = self.templates[k]
+            key = (sim, t.size, t.template_id)
+            if best is None or (key[0], key[1]) > (best[0], best[1]) or (
+                    (key[0], key[1]) == (best[0], best[1]) and key[2] < best[2]):
+                best, best_k = key, k
+        if best is None or best[0] < self.min_similarity:
+            return None
+        return self.templates[best_k]
 
     def find(self, tokens: list[str]) -> LogCluster | None:
         """Same result as drain3 ``Drain.match(" ".join(tokens), strategy)``, without re-splitting."""
@@ -289,6 +341,8 @@ class Templates:
         self._pre = _Preprocessor(self.config)
         self._templates: tuple[TemplateInfo, ...] = ()
         self._messages = 0
+        #: Lines :meth:`match_many` gave to their nearest template (not exact fits), since creation.
+        self.nearest_lines = 0
         self._set_templates(())
 
     # ----------------------------------------------------------------------------------- learning
@@ -378,24 +432,40 @@ class Templates:
     def match(self, message: str | None) -> TemplateMatch:
         """Template of ``message`` among the learned ones, without learning.
 
-        An exact fit is required (every constant token equal; drain3 ``match`` semantics). A message no
-        template fits, and ``None``, gets :data:`UNKNOWN_TEMPLATE_ID`, template ``None`` and the masked
-        values as params.
+        An exact fit comes first (every constant token equal; drain3 ``match`` semantics). With
+        ``nearest_min_similarity`` set, a message no template fits goes to its most similar template
+        (a :class:`NearestMatch`; similarity in :meth:`_Matcher.nearest`) when that reaches the
+        setting. Any other message, and ``None``, gets :data:`UNKNOWN_TEMPLATE_ID`, template ``None``
+        and the masked values as params.
         """
         if message is None:
             return TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
         return self._cached(message)
 
     def match_many(self, messages: Iterable[str | None]) -> list[TemplateMatch]:
-        """:meth:`match` for many messages (e.g. a pandas batch in ``mapInPandas``), cached."""
+        """:meth:`match` for many messages (e.g. a pandas batch in ``mapInPandas``), cached.
+
+        Lines given to their nearest template (``nearest_min_similarity``) are added to
+        :attr:`nearest_lines` and logged per batch with the batch's size.
+        """
         cached = self._cached
         unknown = TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
-        return [unknown if m is None else cached(m) for m in messages]
+        out = [unknown if m is None else cached(m) for m in messages]
+        if self.config.nearest_min_similarity:
+            near = sum(isinstance(r, NearestMatch) for r in out)
+            if near:
+                self.nearest_lines += near
+                log.info("templates: %d of %d lines matched no template exactly and went to their nearest "
+                         "template (similarity >= %.2f)", near, len(out), self.config.nearest_min_similarity)
+        return out
 
     def _match_uncached(self, message: str) -> TemplateMatch:
         tokens, values, info = self._pre(message)
         cluster = self._matcher.find(tokens)
         if cluster is None:
+            near = self._matcher.nearest(tokens)
+            if near is not None:
+                return NearestMatch(near.template_id, near.template, values)
             return TemplateMatch(UNKNOWN_TEMPLATE_ID, None, values)
         template_id, text, wild, template_tokens = self._matcher.info[cluster.cluster_id]
         if not info:
@@ -572,6 +642,7 @@ __all__ = [
     "STATE_FORMAT_VERSION",
     "TemplateConfig",
     "TemplateInfo",
+    "NearestMatch",
     "TemplateMatch",
     "Templates",
     "UNKNOWN_TEMPLATE_ID",

@@ -10,6 +10,7 @@ leaves an unused file, never a table row without its state.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -38,9 +39,11 @@ def template_config(cfg: TemplatesConfig) -> TemplateConfig:
     if not cfg.options:
         return base
     data = base.to_dict()
-    unknown = sorted(set(cfg.options) - set(data))
+    # The fields, not to_dict's keys: to_dict leaves settings that are off out of the state.
+    valid = {f.name for f in dataclasses.fields(TemplateConfig)}
+    unknown = sorted(set(cfg.options) - valid)
     if unknown:
-        raise ConfigError(f"templates.options: unknown keys {unknown}; valid keys: {', '.join(sorted(data))}")
+        raise ConfigError(f"templates.options: unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}")
     data.update(cfg.options)
     return TemplateConfig.from_dict(data)
 
