@@ -569,10 +569,11 @@ class _Json:
             f"THEN concat('weird ', {_sval(name)}) END, "
             f"CASE WHEN {present('id.orig_h')} OR {present('id.resp_h')} THEN {conn} ELSE {pairs} END)"
         )
-        ok = " AND ".join(["_ts_key IS NOT NULL", *oks])
+        df = step(df, {"_ok": " AND ".join(["_ts_key IS NOT NULL", *oks])})
+        # Only rows kept: a line with a duplicate key would fail the map (and goes to Python anyway).
         return step(
             df,
-            {"attributes": "map_from_arrays(_ak, _av)", "message": message, "format": "'json'", "_ok": ok},
+            {"attributes": "CASE WHEN _ok THEN map_from_arrays(_ak, _av) END", "message": message, "format": "'json'"},
         )
 
 
