@@ -6,7 +6,12 @@ per format and master:
 1. ingests the first file (the miner's training window: parse, fit, match, write);
 2. times ``loganomaly ingest`` of the remaining files: the nightly path, with the saved state
    matched inside the parsing tasks;
-3. times ``spark.read.text(files).count()`` of the same files in the same Spark session.
+3. times ``spark.read.text(files).count()`` of the same files in the same Spark session;
+4. for the formats with a native path (``json``: nested app records, all sent back to Python;
+   ``zeekjson``: flat Zeek conn records, parsed in the JVM), times ingest again with
+   ``ingest.native`` off and the plain ``spark.read.json(files).write.parquet(out)`` job.
+   These runs follow a first one in the same session: JVM and session start-up are not in them,
+   the per-job planning and code generation are.
 
 Each master (``local[1]``, ``local[2]``) runs in its own process so each gets a fresh JVM. It prints
 lines/s per core for ingest and for the raw read, their ratio, and the speed-up from one core to
@@ -30,7 +35,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-FORMATS = ("json", "zeek", "syslog", "access", "loghub", "csv")
+FORMATS = ("json", "zeekjson", "zeek", "syslog", "access", "loghub", "csv")
+#: Formats with a native ingest path (loganomaly.ingest.native): also timed with it off, and against
+#: the plain Spark job a user would write instead (``spark.read.json(files).write.parquet(out)``).
+NATIVE = ("json", "zeekjson")
 
 HOSTS = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(400)]
 T0 = 1709510400  # 2024-03-04T00:00:00Z
@@ -53,6 +61,14 @@ def _json(rng: random.Random, i: int) -> str:
         "resp_pkts": rng.randint(0, 60),
     }
     return json.dumps(rec)
+
+
+def _zeekjson(rng: random.Random, i: int) -> str:
+    """A Zeek conn record as Zeek's JSON writer prints it: flat, dotted keys."""
+    rec = json.loads(_json(rng, i))
+    for key, value in rec.pop("id").items():
+        rec[f"id.{key}"] = value
+    return json.dumps(rec, separators=(",", ":"))
 
 
 def _zeek_header() -> list[str]:
@@ -132,6 +148,7 @@ def _csv(rng: random.Random, i: int) -> str:
 
 GENERATORS: dict[str, tuple[str, Callable[[random.Random, int], str], Callable[[], list[str]]]] = {
     "json": (".jsonl", _json, list),
+    "zeekjson": (".log", _zeekjson, list),
     "zeek": (".log", _zeek, _zeek_header),
     "syslog": (".log", _syslog, list),
     "access": (".log", _access, list),
@@ -142,6 +159,7 @@ GENERATORS: dict[str, tuple[str, Callable[[random.Random, int], str], Callable[[
 #: Per-format ingest sources (what a profile would say), so no time goes to detection guesses.
 SOURCE_OPTIONS: dict[str, dict[str, object]] = {
     "json": {"format": "json"},
+    "zeekjson": {"format": "json"},
     "zeek": {"format": "zeek"},
     "syslog": {"format": "syslog"},
     "access": {"format": "access"},
@@ -196,6 +214,7 @@ def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[st
             cfg.templates.preset = "HDFS"
         else:
             cfg.templates.preset = ""
+        cfg.ingest.native = fmt in NATIVE  # off by default in the config; this bench measures it
         root = Path(tempfile.mkdtemp(prefix=f"bench-ingest-{fmt}-"))
         try:
             lake = Lake(spark, root / "lake", engine="deltars")
@@ -212,6 +231,17 @@ def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[st
             t_raw = time.perf_counter() - start
             results[fmt] = {"lines": lines, "ingest_s": t_ingest, "raw_s": t_raw,
                             "events": summary.events, "quarantined": summary.quarantined}
+            if fmt in NATIVE:
+                # the same files with the native path off, in a lake of their own (miner fitted first)
+                cfg.ingest.native = False
+                lake = Lake(spark, root / "lake-python", engine="deltars")
+                ingest.run(spark, cfg, [str(paths[0])], lake=lake)
+                start = time.perf_counter()
+                ingest.run(spark, cfg, rest, lake=lake)
+                results[fmt]["python_s"] = time.perf_counter() - start
+                start = time.perf_counter()
+                spark.read.json(rest).write.mode("overwrite").parquet(str(root / "plain.parquet"))
+                results[fmt]["spark_json_s"] = time.perf_counter() - start
         finally:
             shutil.rmtree(root, ignore_errors=True)
     spark.stop()
@@ -255,6 +285,16 @@ def main() -> None:
                 ing = r["lines"] / r["ingest_s"] / cores
                 raw = r["lines"] / r["raw_s"] / cores
                 print(f"| {fmt} | {master} | {ing:,.0f} | {raw:,.0f} | {ing / raw:.2f} | {int(r['quarantined'])} |")
+        native = [f for f in formats if f in NATIVE]
+        if native:
+            print()
+            print("| format | master | ingest native lines/s | ingest Python lines/s | spark.read.json -> parquet lines/s | native / Spark job |")
+            print("|---|---|---:|---:|---:|---:|")
+            for fmt in native:
+                for master in masters:
+                    r = runs[master][fmt]
+                    nat, py, job = (r["lines"] / r[k] for k in ("ingest_s", "python_s", "spark_json_s"))
+                    print(f"| {fmt} | {master} | {nat:,.0f} | {py:,.0f} | {job:,.0f} | {nat / job:.2f} |")
         if len(masters) == 2:
             print()
             print(f"| format | speed-up {masters[0]} -> {masters[1]} (ingest wall time) |")

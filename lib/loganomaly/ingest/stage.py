@@ -52,6 +52,7 @@ from loganomaly.ingest.ledger import (
     record,
     vanished_row,
 )
+from loganomaly.ingest.native import LINES_DDL, cut_lines, json_events, native_format, python_records
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.ingest.templates.store import load_state, save_state, template_config
 from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
@@ -140,6 +141,80 @@ _PARSER_COLUMNS = [
 ]
 
 
+def records_batch(
+    path: str,
+    source: str,
+    rows: list[dict[str, Any]],
+    lines: list[int],
+    kinds: list[str],
+    run_id: str,
+    templates: Templates | None,
+    generation: int,
+) -> pa.RecordBatch:
+    """One Arrow batch of :data:`PARSED_ARROW` rows from one file's parsed records.
+
+    An event Arrow cannot store (a parser bug, a value of the wrong type) does not fail the
+    batch: the batch is rebuilt event by event and those that fail become quarantine rows in
+    place (``kinds`` too, which the caller counts), so the file still loads line for line.
+    """
+    try:
+        return _build(path, source, rows, lines, kinds, run_id, templates, generation)
+    except Exception as exc:  # noqa: BLE001 - one unstorable event must not fail the file
+        log.warning("%s: a batch did not convert (%r); finding its unstorable events", path, exc)
+    for i, kind in enumerate(kinds):
+        if kind != "event":
+            continue
+        try:
+            _build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1], run_id, templates, generation)
+        except Exception as exc:  # noqa: BLE001
+            rows[i] = {
+                "format": rows[i].get("format"),
+                "reason": f"event not storable: {type(exc).__name__}: {str(exc)[:200]}",
+                "raw": None,
+                "raw_length": None,
+            }
+            kinds[i] = "quarantine"
+    return _build(path, source, rows, lines, kinds, run_id, templates, generation)
+
+
+def _build(
+    path: str,
+    source: str,
+    rows: list[dict[str, Any]],
+    lines: list[int],
+    kinds: list[str],
+    run_id: str,
+    templates: Templates | None,
+    generation: int,
+) -> pa.RecordBatch:
+    import pyarrow.compute as pc
+
+    n = len(rows)
+    columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
+    is_event = [k == "event" for k in kinds]
+    columns["event_id"] = [
+        event_id(path, ln, generation) if ev else None for ln, ev in zip(lines, is_event, strict=True)
+    ]
+    columns["source"] = [source if ev else None for ev in is_event]
+    columns["file"] = [path] * n
+    columns["line_no"] = lines
+    columns["run_id"] = [run_id] * n
+    columns[KIND] = kinds
+    if templates is not None:
+        columns["template_id"], columns["template"], columns["params"] = _template_columns(
+            kinds, columns["message"], templates
+        )
+    arrays = {}
+    for f in PARSED_ARROW:
+        if f.name == "date":
+            continue
+        values = columns.get(f.name)
+        arrays[f.name] = pa.nulls(n, f.type) if values is None else pa.array(values, f.type)
+    # UTC date of the event time, computed in Arrow rather than per row in Python.
+    arrays["date"] = pc.cast(arrays["ts"], pa.date32())
+    return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
+
+
 def parse_files_to_batches(
     paths: Sequence[str],
     run_id: str,
@@ -165,57 +240,7 @@ def parse_files_to_batches(
             registry's (see :class:`_ParseJob` for why a task gets the driver's).
         generations: path -> generation of the file being loaded (event ids); default 0.
     """
-    import pyarrow.compute as pc
-
-    def batch_of(path: str, source: str, rows: list[dict[str, Any]], lines: list[int], kinds: list[str]) -> pa.RecordBatch:
-        try:
-            return build(path, source, rows, lines, kinds)
-        except Exception as exc:  # noqa: BLE001 - one unstorable event must not fail the file
-            log.warning("%s: a batch did not convert (%r); finding its unstorable events", path, exc)
-        # Rare path: convert each event alone; those that fail become quarantine rows in place
-        # (``kinds`` too, which the caller counts), so the file still loads line for line.
-        for i, kind in enumerate(kinds):
-            if kind != "event":
-                continue
-            try:
-                build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1])
-            except Exception as exc:  # noqa: BLE001
-                rows[i] = {
-                    "format": rows[i].get("format"),
-                    "reason": f"event not storable: {type(exc).__name__}: {str(exc)[:200]}",
-                    "raw": None,
-                    "raw_length": None,
-                }
-                kinds[i] = "quarantine"
-        return build(path, source, rows, lines, kinds)
-
-    def build(path: str, source: str, rows: list[dict[str, Any]], lines: list[int], kinds: list[str]) -> pa.RecordBatch:
-        n = len(rows)
-        columns: dict[str, Any] = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
-        is_event = [k == "event" for k in kinds]
-        generation = (generations or {}).get(path, 0)
-        columns["event_id"] = [
-            event_id(path, ln, generation) if ev else None for ln, ev in zip(lines, is_event, strict=True)
-        ]
-        columns["source"] = [source if ev else None for ev in is_event]
-        columns["file"] = [path] * n
-        columns["line_no"] = lines
-        columns["run_id"] = [run_id] * n
-        columns[KIND] = kinds
-        if templates is not None:
-            columns["template_id"], columns["template"], columns["params"] = _template_columns(
-                kinds, columns["message"], templates
-            )
-        arrays = {}
-        for f in PARSED_ARROW:
-            if f.name == "date":
-                continue
-            values = columns.get(f.name)
-            arrays[f.name] = pa.nulls(n, f.type) if values is None else pa.array(values, f.type)
-        # UTC date of the event time, computed in Arrow rather than per row in Python.
-        arrays["date"] = pc.cast(arrays["ts"], pa.date32())
-        return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
-
+    generation_of = generations or {}
     for path in paths:
         source, options = (sources or {}).get(path) or (_default_source(path), None)
         n_events = n_quarantined = 0
@@ -228,7 +253,9 @@ def parse_files_to_batches(
                 lines.append(record.line_no)
                 kinds.append(record.kind)
                 if len(rows) >= BATCH_ROWS:
-                    yield batch_of(path, source, rows, lines, kinds)
+                    yield records_batch(
+                        path, source, rows, lines, kinds, run_id, templates, generation_of.get(path, 0)
+                    )
                     n_events += kinds.count("event")
                     n_quarantined += len(kinds) - kinds.count("event")
                     rows, lines, kinds = [], [], []
@@ -239,7 +266,7 @@ def parse_files_to_batches(
             log.warning("%s vanished before it was read: skipped", path)
             continue
         if rows:
-            yield batch_of(path, source, rows, lines, kinds)
+            yield records_batch(path, source, rows, lines, kinds, run_id, templates, generation_of.get(path, 0))
             n_events += kinds.count("event")
             n_quarantined += len(kinds) - kinds.count("event")
         log.info("parsed %s: %d events, %d quarantined", path, n_events, n_quarantined)
@@ -360,23 +387,30 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
             lake.delete_keeping(table, "file", {f.path: f.keep_runs for f in todo}, "run_id")
 
     per_task = max(1, cfg.ingest.files_per_task)
-    n_tasks = max(1, (len(paths) + per_task - 1) // per_task)
     # Biggest files first, so the last task to start is a small one (less idle time at the end).
     by_size = [f.path for f in sorted(todo, key=lambda f: -f.size)]
-    files_df = spark.createDataFrame([(p,) for p in by_size], "path string").repartition(n_tasks)
-    job = _ParseJob(
-        run_id, cfg.ingest.max_raw_chars, sources, registered_formats(), {f.path: f.generation for f in todo}
+    formats = registered_formats()
+    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, formats, {f.path: f.generation for f in todo})
+    native_paths = (
+        [p for p in by_size if native_format(p, sources[p][1], formats) is not None] if cfg.ingest.native else []
     )
+    python_paths = [p for p in by_size if p not in set(native_paths)]
+    log.info("ingest %s: %d files parsed natively, %d in Python", run_id, len(native_paths), len(python_paths))
     if cfg.templates.enabled and templates is None:
-        templates = _fit_templates(spark, cfg, lake, files_df, job)
+        templates = _fit_templates(spark, cfg, lake, _files_df(spark, by_size, per_task), job)
     if templates is not None:
         job.state = spark.sparkContext.broadcast(templates.to_json())
         job.state_version = templates.version
+    per_file: dict[str, tuple[int, int, str | None]] = {}
     try:
-        if lake.engine == "deltars" and cfg.ingest.direct_write:
-            per_file = _ingest_direct(spark, lake, files_df, job)
-        else:
-            per_file = _ingest_dataframe(lake, files_df, job)
+        if native_paths:
+            per_file.update(_ingest_native(spark, lake, native_paths, per_task, job))
+        if python_paths:
+            files_df = _files_df(spark, python_paths, per_task)
+            if lake.engine == "deltars" and cfg.ingest.direct_write:
+                per_file.update(_ingest_direct(spark, lake, files_df, job))
+            else:
+                per_file.update(_ingest_dataframe(lake, files_df, job))
     finally:
         if job.state is not None:
             job.state.unpersist()
@@ -542,10 +576,14 @@ def _struct(ddl: str) -> StructType:
     return schema
 
 
+def _files_df(spark: SparkSession, paths: Sequence[str], per_task: int) -> DataFrame:
+    """One row per path, ``per_task`` paths per partition (in the given order)."""
+    n_tasks = max(1, (len(paths) + per_task - 1) // per_task)
+    return spark.createDataFrame([(p,) for p in paths], "path string").repartition(n_tasks)
+
+
 def _ingest_dataframe(lake: Lake, files_df: DataFrame, job: _ParseJob) -> dict[str, tuple[int, int, str | None]]:
     """Parse into a persisted DataFrame and write it with the lake's engine (delta-spark)."""
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     def parse_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
@@ -553,7 +591,111 @@ def _ingest_dataframe(lake: Lake, files_df: DataFrame, job: _ParseJob) -> dict[s
             for path in batch.column("path").to_pylist():
                 yield from job.batches(path, templates)
 
-    parsed = files_df.mapInArrow(parse_partition, PARSED_DDL).persist(StorageLevel.MEMORY_AND_DISK)
+    return _write_parsed(lake, files_df.mapInArrow(parse_partition, PARSED_DDL), job)
+
+
+def _ingest_native(
+    spark: SparkSession, lake: Lake, paths: Sequence[str], per_task: int, job: _ParseJob
+) -> dict[str, tuple[int, int, str | None]]:
+    """Cut the files into numbered lines in Python, parse them with Spark SQL (:mod:`.native`),
+    send the lines those expressions leave to the Python parser, and write both."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    def cut(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for path in batch.column("path").to_pylist():
+                yield from cut_lines(path, job.generations.get(path, 0))
+
+    lines = _files_df(spark, paths, per_task).mapInArrow(cut, LINES_DDL)
+    # Files whose options differ get their own expressions (time keys, default entity).
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        opts = job.sources[path][1]
+        groups.setdefault(repr((opts.timestamp_fields, opts.default_entity)), []).append(path)
+    staged: DataFrame | None = None
+    for members in groups.values():
+        part = lines if len(groups) == 1 else lines.where(F.col("file").isin(members))
+        part = json_events(part, job.sources[members[0]][1])
+        staged = part if staged is None else staged.unionByName(part)
+    assert staged is not None
+    staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        sources = F.create_map(*[F.lit(x) for p in paths for x in (p, job.sources[p][0])])
+        micros_per_day = 86_400_000_000
+        native_cols = {
+            "date": F.date_from_unix_date(F.floor(F.unix_micros("ts") / micros_per_day).cast("int")),
+            "source": F.element_at(sources, F.col("file")),
+            "run_id": F.lit(job.run_id),
+            KIND: F.lit("event"),
+        }
+        good = staged.where(F.col("_ok")).select(
+            *[
+                (native_cols[name] if name in native_cols else F.col(name) if name in staged.columns
+                 else F.lit(None)).cast(tp).alias(name)
+                for name, tp in PARSED_COLUMNS.items()
+            ]
+        )
+        if job.state is not None:
+            good = good.mapInArrow(_match_templates(job), PARSED_DDL)
+        bad = (
+            staged.where(~F.col("_ok"))
+            .select("file", "line_no", "text", "problem")
+            .mapInArrow(_python_lines(job), PARSED_DDL)
+        )
+        return _write_parsed(lake, good.unionByName(bad), job)
+    finally:
+        staged.unpersist()
+
+
+def _match_templates(job: _ParseJob) -> Any:
+    """A ``mapInArrow`` function filling the template columns of natively parsed events."""
+
+    def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        templates = job.templates()
+        assert templates is not None
+        for batch in batches:
+            matches = templates.match_many(batch.column("message").to_pylist())
+            ids, texts, params = (list(col) for col in zip(*matches, strict=True)) if matches else ([], [], [])
+            columns = {f.name: batch.column(f.name) for f in PARSED_ARROW}
+            columns["template_id"] = pa.array(ids, pa.string())
+            columns["template"] = pa.array(texts, pa.string())
+            columns["params"] = pa.array(params, pa.list_(pa.string()))
+            yield pa.record_batch([columns[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
+
+    return task
+
+
+def _python_lines(job: _ParseJob) -> Any:
+    """A ``mapInArrow`` function parsing, with the Python parsers, the lines the native
+    expressions could not reproduce exactly (see :mod:`loganomaly.ingest.native`)."""
+
+    def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        templates = job.templates()
+        options = {path: opts for path, (_, opts) in job.sources.items()}
+        for batch in batches:
+            rows = zip(*(batch.column(c).to_pylist() for c in ("file", "line_no", "text", "problem")), strict=True)
+            by_file: dict[str, tuple[list[dict[str, Any]], list[int], list[str]]] = {}
+            for path, line_no, parsed_line in python_records(rows, options, job.formats, job.max_raw_chars):
+                data, numbers, kinds = by_file.setdefault(path, ([], [], []))
+                data.append(parsed_line.data)
+                numbers.append(line_no)
+                kinds.append(parsed_line.kind)
+            for path, (data, numbers, kinds) in by_file.items():
+                source = job.sources[path][0] if path in job.sources else _default_source(path)
+                yield records_batch(
+                    path, source, data, numbers, kinds, job.run_id, templates, job.generations.get(path, 0)
+                )
+
+    return task
+
+
+def _write_parsed(lake: Lake, parsed_df: DataFrame, job: _ParseJob) -> dict[str, tuple[int, int, str | None]]:
+    """Persist parsed rows, count them per file and write ``events`` and ``quarantine``."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    parsed = parsed_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per_file: dict[str, tuple[int, int, str | None]] = {}
         for r in parsed.groupBy("file", KIND, "format").count().collect():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from loganomaly.errors import ConfigError, ParseError
 from loganomaly.ingest.formats.base import (
@@ -158,33 +158,52 @@ def parse_file(
     fmt_name = parser.format if parser is not None else opts.format
     parse = parser.parse if parser is not None else None
     for line_no, text, problem in open_lines(path):
-        reason = problem or reason_all
-        if reason is None:
-            if not text or text.isspace():
-                reason = "empty line"
+        yield parse_line(parse, fmt_name, reason_all, line_no, text, problem, max_raw_chars, path)
+
+
+def parse_line(
+    parse: Callable[[str, int], dict[str, Any] | None] | None,
+    fmt_name: str | None,
+    reason_all: str | None,
+    line_no: int,
+    text: str,
+    problem: str | None,
+    max_raw_chars: int,
+    path: str | Path = "",
+) -> ParsedRecord:
+    """One line's record, exactly as :func:`parse_file` makes it: the ingest stage's native path
+    sends the lines Spark cannot parse here one by one, so both paths share this one rule.
+
+    Args:
+        parse: the file's parser (None when the file could not be given one: ``reason_all`` says why).
+        problem: what :func:`open_lines` found wrong with the line's bytes, if anything.
+    """
+    reason = problem or reason_all
+    if reason is None:
+        if not text or text.isspace():
+            reason = "empty line"
+        else:
+            assert parse is not None
+            try:
+                event = parse(text, line_no)
+                if event is not None:
+                    check_int_ranges(event)
+            except ParseError as exc:
+                reason = str(exc)
+            except Exception as exc:  # a parser bug must lose neither the line nor the file
+                log.warning("%s line %d: parser error %r", path, line_no, exc)
+                reason = f"parser error: {type(exc).__name__}: {str(exc)[:200]}"
             else:
-                assert parse is not None
-                try:
-                    event = parse(text, line_no)
-                    if event is not None:
-                        check_int_ranges(event)
-                except ParseError as exc:
-                    reason = str(exc)
-                except Exception as exc:  # a parser bug must lose neither the line nor the file
-                    log.warning("%s line %d: parser error %r", path, line_no, exc)
-                    reason = f"parser error: {type(exc).__name__}: {str(exc)[:200]}"
-                else:
-                    if event is not None:
-                        yield ParsedRecord("event", line_no, event)
-                        continue
-                    reason = HEADER_REASON
-        yield ParsedRecord(
-            "quarantine",
-            line_no,
-            {
-                "format": fmt_name,
-                "reason": reason,
-                "raw": text[:max_raw_chars],
-                "raw_length": _original_length(text, problem),
-            },
-        )
+                if event is not None:
+                    return ParsedRecord("event", line_no, event)
+                reason = HEADER_REASON
+    return ParsedRecord(
+        "quarantine",
+        line_no,
+        {
+            "format": fmt_name,
+            "reason": reason,
+            "raw": text[:max_raw_chars],
+            "raw_length": _original_length(text, problem),
+        },
+    )

@@ -1,0 +1,185 @@
+"""The native (Spark SQL) ingest path against the Python parsers: the same files give the same rows."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loganomaly.config import Config
+from loganomaly.ingest import native
+from loganomaly.ingest import stage as ingest
+from loganomaly.ingest.formats import open_lines
+from loganomaly.lake.tables import Lake
+
+#: Lines that exercise every rule of the JSON mapping, good and bad (one per line).
+TRICKY = [
+    '{"ts":1677664800.25,"uid":"C1","id.orig_h":"10.0.0.1","id.orig_p":50111,"id.resp_h":"10.0.0.2","id.resp_p":53,'
+    '"proto":"udp","service":"dns","duration":0.0125,"orig_bytes":44,"resp_bytes":120,"conn_state":"SF",'
+    '"local_orig":true,"orig_pkts":1,"resp_pkts":1,"label":"Benign","detailed-label":"-"}',
+    '{"ts":1677664801,"id.orig_h":"-","id.orig_p":0,"id.resp_h":"(empty)","proto":"","conn_state":"-","status":"x"}',
+    '{"ts":"1677664801","host":"h1","level":"WARN","msg":"disk 93% full","latency":12.50,"ok":false,"n":null}',
+    '{"timestamp":1683194400123,"severity":"error","msg":"db timeout","host":"app-2","latency_ms":30000}',
+    '{"time":1683194400123456,"hostname":"a","message":"us epoch"}',
+    '{"@timestamp":1683194400123456789,"hostname":"a","message":"ns epoch"}',
+    '{"ts":"2023-05-04T12:00:00+02:00","level":"Information","message":"iso with zone"}',
+    '{"ts":"2023-05-04 12:00:00.123","level":" info ","message":"iso without zone"}',
+    '{"ts":"2023-05-04T12:00:00Z","message":1.5e3}',
+    '{"ts":"2023-02-30T12:00:00Z","message":"impossible day"}',
+    '{"ts":"2023-05-04T24:00:00Z","message":"hour 24"}',
+    '{"ts":-5,"host":"x"}',
+    '{"ts":5000000000,"host":"x","message":"past 2099"}',
+    '{"ts":null,"timestamp":1700000000,"host":"x","ts2":"kept"}',
+    '{"host":"x","message":"no time"}',
+    '{"ts":1700000000,"orig_bytes":-3,"host":"x"}',
+    '{"ts":1700000000,"id.orig_p":70000,"host":"x"}',
+    '{"ts":1700000000,"orig_bytes":"123","resp_bytes":"-","duration":"0.5","host":"x"}',
+    '{"ts":1700000000,"orig_bytes":1.0,"host":"x"}',
+    '{"ts":1700000000,"orig_bytes":"12a","host":"x"}',
+    '{"ts":1700000000,"orig_bytes":true,"host":"x"}',
+    '{"ts":1700000000,"duration":"nan","host":"x"}',
+    '{"ts":1700000000,"id.orig_h":"10.0.0.9","method":"GET","host":"www.example.com","uri":"/","status_code":200}',
+    '{"ts":1700000000,"_path":"weird","name":"bad_TCP_checksum","id.orig_h":"10.0.0.9"}',
+    '{"ts":1700000000,"_path":"weird","name":"x","peer":"w"}',
+    '{"ts":1700000000,"_path":"notice","note":"Scan::Port_Scan","src":"1.2.3.4"}',
+    '{"ts":1700000000,"_path":"-","a":1,"b":2.0,"c":"three","d":true,"e":null,"f":0.1,"g":100.250,"h":-0.5,"i":9}',
+    '{"ts":1700000000,"detailed_label":"x","label":"Malicious","entity":3}',
+    '{"ts":1700000000,"detailed-label":"PartOfAHorizontalPortScan","label":"Malicious","src_ip":"1.1.1.1"}',
+    '{"ts":1700000000,"detailed-label":"a","detailed_label":"b"}',
+    '{"ts":1700000000,"ts":1700000001,"host":"dup"}',
+    '{"ts":1700000000,"nested":{"a":1},"host":"n"}',
+    '{"ts":1700000000,"list":[1,2],"host":"n"}',
+    '{"ts":1700000000,"esc":"a\\"b","host":"n"}',
+    '{"ts":1700000000,"big":12345678901234567890123,"tiny":0.00001,"long":1.23456789012345678,"host":"n"}',
+    '{"ts":1700000000,"neg0":-0,"host":"n"}',
+    '{"ts":1700000000,"level":3,"host":7,"message":false}',
+    '{"ts":1700000000,"level":"-","component":"c","service":"-","host":"h"}',
+    '{"ts":1700000000,"level":"Ärger","host":"h"}',
+    '{"ts":1700000000,"caf\u00e9":"\u00fcber","host":"h\u00e9"}',
+    '  { "ts" : 1700000000 , "host" : "spaced" }  ',
+    '{"ts":1700000000}',
+    '{}',
+    '[1,2]',
+    '{"ts":1700000000,"host":"h","x":NaN}',
+    "{\"ts\": 1709510400, \"host\": \"h1\", \"proto\": \"tc",
+    "",
+    "   ",
+    "\x00\x01\x02 binary",
+    '{"ts":1700000000.1234567,"host":"more than six decimals"}',
+    '{"ts":"1700000000.5","host":"text float"}',
+    '{"ts":1700000000,"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10}',
+]
+
+
+def write_corpus(root: Path, resources: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("app.jsonl", "zeek_json.log", "out_of_range.jsonl"):
+        shutil.copy(resources / "logs" / name, root / name)
+    body = "\n".join(TRICKY).encode()
+    (root / "tricky.jsonl").write_bytes(body + b"\n")
+    (root / "tricky_crlf.jsonl").write_bytes(body.replace(b"\n", b"\r\n") + b"\r\n\r\r\n")  # last: only \r
+    with gzip.open(root / "tricky.jsonl.gz", "wb") as fh:
+        fh.write(body)  # no final newline
+    with (root / "bytes.jsonl").open("wb") as fh:
+        fh.write(TRICKY[0].encode() + b"\n")
+        fh.write(b'{"ts": 1709510400, "host": "caf\xe9"}\n')
+        fh.write(b'{"ts": 1709510400, "pad": "' + b"x" * (1024 * 1024 + 10) + b'"}\n')
+        fh.write(TRICKY[2].encode())
+
+
+def table_rows(lake: Lake, name: str) -> list[tuple[Any, ...]]:
+    """Every row, all columns but the run id, attributes as sorted pairs; sorted."""
+    rows = []
+    for r in lake.read(name).collect():
+        d = r.asDict()
+        d.pop("run_id")
+        d["file"] = Path(d["file"]).name
+        rows.append(tuple((k, sorted(v.items()) if isinstance(v, dict) else v) for k, v in sorted(d.items())))
+    return sorted(rows, key=repr)
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("templates", [False, True], ids=["plain", "templates"])
+def test_native_and_python_paths_give_the_same_events_and_quarantine_rows(  # type: ignore[no-untyped-def]
+    spark, tmp_path, resources, templates
+) -> None:
+    raw = tmp_path / "raw"
+    write_corpus(raw, resources)
+    results = {}
+    for native_path in (True, False):
+        # the same file paths on both sides (event ids hash the path), in separate lakes
+        lake = Lake(spark, tmp_path / f"lake_{native_path}", engine="deltars")
+        cfg = Config()
+        cfg.ingest.native = native_path
+        cfg.templates.enabled = templates
+        summary = ingest.run(spark, cfg, [str(raw)], lake=lake)
+        results[native_path] = (summary, table_rows(lake, "events"), table_rows(lake, "quarantine"))
+        ledger = {Path(r.path).name: (r.lines, r.events, r.quarantined, r.format) for r in lake.read("ingested_files").collect()}
+        results[native_path] += (ledger,)
+    native_run, python_run = results[True], results[False]
+    assert (native_run[0].events, native_run[0].quarantined) == (python_run[0].events, python_run[0].quarantined)
+    assert native_run[3] == python_run[3]
+    assert len(native_run[1]) == len(python_run[1]) and native_run[1] == python_run[1]
+    assert native_run[2] == python_run[2]
+    assert python_run[0].quarantined > 20 and python_run[0].events > 60
+
+
+@pytest.mark.spark
+def test_most_flat_lines_are_parsed_in_the_jvm(spark, tmp_path, resources) -> None:  # type: ignore[no-untyped-def]
+    """The equality above must not come from sending every line back to Python."""
+    from loganomaly.ingest.formats import FormatOptions
+
+    raw = tmp_path / "raw"
+    write_corpus(raw, resources)
+    path = str(raw / "tricky.jsonl")
+    lines = spark.createDataFrame(
+        [r for b in native.cut_lines(path) for r in zip(*b.to_pydict().values(), strict=True)], native.LINES_DDL
+    )
+    ok = {r.line_no for r in native.json_events(lines, FormatOptions()).where("_ok").select("line_no").collect()}
+    # line numbers of TRICKY (1-based): all but exponents, bad or out-of-range times and numbers,
+    # two detailed labels, duplicate keys, nesting, arrays, escapes, long floats, -0, non-ASCII
+    # levels, no time, no object, NaN, broken JSON, blank lines, binary, 7 decimals
+    assert ok == {1, 2, 3, 4, 5, 6, 7, 8, 14, 17, 18, 23, 24, 25, 26, 27, 28, 29, 37, 38, 40, 41, 42, 51, 52}
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+def test_cutting_numbers_and_decodes_lines_as_open_lines_does(tmp_path, monkeypatch, chunk) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(native, "CHUNK_BYTES", chunk)
+    data = (
+        b'{"a":1}\r\n\r\nplain\n\xff\xfe bad utf-8\r\nlast\r\r\n'
+        + b"y" * (1024 * 1024 + 5)
+        + b"\r\n\xc3\xa9t\xc3\xa9\nno newline at end"
+    )
+    path = tmp_path / "x.log"
+    path.write_bytes(data)
+    got = [
+        (r["line_no"], r["text"], r["problem"])
+        for b in native.cut_lines(str(path))
+        for r in b.to_pylist()
+    ]
+    assert got == list(open_lines(path))
+    ids = [r["event_id"] for b in native.cut_lines(str(path), generation=2) for r in b.to_pylist()]
+    assert ids == [ingest.event_id(str(path), n, 2) for n in range(1, len(got) + 1)]
+
+    gz = tmp_path / "x.log.gz"
+    with gzip.open(gz, "wb") as fh:
+        fh.write(data)
+    assert [(r["line_no"], r["text"], r["problem"]) for b in native.cut_lines(str(gz)) for r in b.to_pylist()] == list(
+        open_lines(gz)
+    )
+    assert list(native.cut_lines(str(tmp_path / "gone.log"))) == []
+
+
+def test_the_ingest_stage_imports_neither_torch_nor_sklearn_nor_matplotlib() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loganomaly.ingest.stage, loganomaly.ingest.native\n"
+        "bad = [m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules]\n"
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
