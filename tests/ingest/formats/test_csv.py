@@ -65,3 +65,12 @@ def test_csv_semicolons_custom_columns_and_wrong_width(tmp_path: Path) -> None:
     assert reasons(records) == [HEADER_REASON, "csv row has 2 columns, expected 3"]
     records = parse(write(tmp_path, "q.csv", 'timestamp,host,v\n1700000000,"x",a\rb\n1700000001,h2,3\n'))
     assert reasons(records)[1].startswith("malformed CSV line") and events(records)[0]["entity"] == "h2"
+
+
+def test_bad_lines_below_the_header_do_not_change_the_delimiter() -> None:
+    # Found by the parser fuzzing: three tab-separated bad lines outvoted the comma header and its row.
+    from loganomaly.ingest.formats.csv import _sniff_delimiter
+
+    sample = ["timestamp,host,cpu", "2024-02-01T00:00:00Z,web-1,0.4", "#fields\tts", "#fields\tts", "#fields\tts"]
+    assert _sniff_delimiter(sample) == ","
+    assert _sniff_delimiter(["a title", "x\ty\tz", "1\t2\t3"]) == "\t"  # no split first line: the majority

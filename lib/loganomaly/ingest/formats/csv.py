@@ -118,9 +118,22 @@ def _split_sample(text: str, delimiter: str) -> list[str]:
 def _sniff_delimiter(lines: Sequence[str]) -> str:
     """The candidate splitting most sample lines into the same number (> 1) of columns.
 
-    Ties go to more columns; a few ragged lines (which will be quarantined) do not defeat it.
+    The first line (the header, or the first row) has the first say: only candidates that split
+    it into more than one column compete, on how many lines share its width, so bad lines further
+    down, however many, cannot change how the good ones split. When no candidate splits the first
+    line, the majority width decides. Ties go to more columns; a few ragged lines (which will be
+    quarantined) do not defeat it.
     """
+    first = next((line for line in lines if line.strip()), "")
     best, best_score = ",", (0, 0)
+    for cand in (",", "\t", ";", "|"):
+        width = len(_split_sample(first, cand)) if cand in first else 1
+        if width > 1:
+            freq = sum(1 for line in lines if cand in line and len(_split_sample(line, cand)) == width)
+            if (freq, width) > best_score:
+                best, best_score = cand, (freq, width)
+    if best_score != (0, 0):
+        return best
     for cand in (",", "\t", ";", "|"):
         counts = Counter(len(_split_sample(line, cand)) for line in lines if cand in line)
         if not counts:
