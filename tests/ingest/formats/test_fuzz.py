@@ -130,7 +130,11 @@ def _check(fmt: str, lines: list[bytes], final_newline: bool) -> None:
 
 
 @pytest.mark.parametrize("fmt", sorted(SEEDS))
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# derandomize: the same 100 examples per format on every run, so CI is reproducible (a random run
+# found the CSV delimiter defect fixed in formats/csv.py); to explore new inputs locally, run with
+# `--hypothesis-seed=<n>` after setting derandomize to False.
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_no_bad_line_escapes_and_every_line_is_counted(fmt: str, data: st.DataObject) -> None:
     lines = data.draw(st.lists(_line(fmt), min_size=1, max_size=12), label="lines")
