@@ -57,6 +57,7 @@ from loganomaly.ingest.formats import (
     open_lines,
 )
 from loganomaly.ingest.formats.detect import parse_line
+from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
     _COMPONENT_KEYS,
     _COUNT_COLUMNS,
@@ -99,8 +100,6 @@ def native_format(path: str, options: FormatOptions, formats: Mapping[str, LogFo
     Only the registry's own ``json`` format qualifies: a format registered under that name by
     user code is parsed by its own Python parser.
     """
-    from loganomaly.ingest.formats.json import JsonFormat
-
     if any(getattr(options, name) is not None for name in _UNMODELLED):
         return None
     try:

@@ -27,7 +27,7 @@ from loganomaly.config import Config
 from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import NOVELTY_UNITS, RELATIVE_PREFIX, relative_baseline, signed_expm1
-from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
+from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
 from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
@@ -123,20 +123,12 @@ def window_errors(
         ``(score[N], per_feature[N, F])``: mean squared error over steps and features, and per
         feature over steps, as float64.
     """
-    if x.ndim != 3:
-        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
-    if batch_size < 1:
-        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
     scores: list[np.ndarray] = []
     per_feature: list[np.ndarray] = []
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
-            err = (model(batch).float() - batch) ** 2
-            per_feature.append(err.mean(dim=1).cpu().numpy())
-            scores.append(err.mean(dim=(1, 2)).cpu().numpy())
+    for _, batch, recon in forward_batches(model, x, batch_size, device):
+        err = (recon - batch) ** 2
+        per_feature.append(err.mean(dim=1).cpu().numpy())
+        scores.append(err.mean(dim=(1, 2)).cpu().numpy())
     if not scores:
         return np.zeros(0, dtype=np.float64), np.zeros((0, x.shape[2]), dtype=np.float64)
     return np.concatenate(scores).astype(np.float64), np.concatenate(per_feature).astype(np.float64)
@@ -150,17 +142,7 @@ def window_step_errors(
     The full error tensor is what explanations need (which feature, at which step); the window
     score is its mean, identical to :func:`window_errors`.
     """
-    if x.ndim != 3:
-        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
-    if batch_size < 1:
-        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
-    out: list[np.ndarray] = []
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
-            out.append(((model(batch).float() - batch) ** 2).cpu().numpy())
+    out = [((recon - batch) ** 2).cpu().numpy() for _, batch, recon in forward_batches(model, x, batch_size, device)]
     if not out:
         return np.zeros((0, *x.shape[1:]), dtype=np.float64)
     return np.concatenate(out).astype(np.float64)
@@ -190,30 +172,20 @@ def flagged_step_errors(
         ``(score[N], flagged[K], per_step[K, T, F])``: float64 scores, the indices of the windows
         above ``threshold`` in order, and their squared errors (float64).
     """
-    if x.ndim != 3:
-        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
-    if batch_size < 1:
-        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
     scores: list[np.ndarray] = []
     flagged: list[np.ndarray] = []
     errors: list[np.ndarray] = []
     per_window = np.ndim(threshold) > 0
-    model.eval()
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)
-            with inference_autocast(device, bf16):
-                recon = model(batch)
-            err = (recon.float() - batch) ** 2
-            score = err.double().mean(dim=(1, 2))
-            limit = (torch.from_numpy(np.asarray(threshold, dtype=np.float64)[i : i + batch_size]).to(device)
-                     if per_window else threshold)
-            above = torch.nonzero(score > limit).squeeze(1)
-            scores.append(score.cpu().numpy())
-            if len(above):
-                flagged.append(above.cpu().numpy() + i)
-                errors.append(err[above].cpu().numpy().astype(np.float64))
+    for i, batch, recon in forward_batches(model, x, batch_size, device, bf16):
+        err = (recon - batch) ** 2
+        score = err.double().mean(dim=(1, 2))
+        limit = (torch.from_numpy(np.asarray(threshold, dtype=np.float64)[i : i + batch_size]).to(batch.device)
+                 if per_window else float(threshold))
+        above = torch.nonzero(score > limit).squeeze(1)
+        scores.append(score.cpu().numpy())
+        if len(above):
+            flagged.append(above.cpu().numpy() + i)
+            errors.append(err[above].cpu().numpy().astype(np.float64))
     if not scores:
         return np.zeros(0, np.float64), np.zeros(0, np.int64), np.zeros((0, *x.shape[1:]), np.float64)
     if not flagged:

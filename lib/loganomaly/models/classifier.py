@@ -28,7 +28,7 @@ from loganomaly.config import Config
 from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.split import Shard, ShardPlan
 from loganomaly.features.windows import signed_expm1
-from loganomaly.models.common import check_dropout, check_positive_ints, inference_autocast, strict_from_dict
+from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
 from loganomaly.models.kind import Inference, TrainingPlan, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
@@ -171,17 +171,8 @@ def classifier_probabilities(
     """
     if x.ndim != 3 or x.shape[2] != model.cfg.n_features:
         raise ModelError(f"windows have shape {x.shape}; expected [N, T, {model.cfg.n_features}]")
-    if batch_size < 1:
-        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
-    device = device or next(model.parameters()).device
-    out: list[np.ndarray] = []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)).to(device)
-            with inference_autocast(device, bf16):
-                logits = model(xb)
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    out = [torch.softmax(logits, dim=1).cpu().numpy()
+           for _, _, logits in forward_batches(model, x, batch_size, device, bf16)]
     if not out:
         return np.zeros((0, model.cfg.n_classes), dtype=np.float64)
     return np.concatenate(out).astype(np.float64)

@@ -1,4 +1,4 @@
-"""Checks every model config shares: strict rebuilding from JSON and shape validation.
+"""What every model kind shares: strict rebuilding from JSON, shape checks, the batched forward loop.
 
 Configs are rebuilt from ``model.json`` and checkpoints with :func:`strict_from_dict`, which refuses
 unknown keys: a bundle written by a newer release could carry a setting this code would silently
@@ -8,16 +8,18 @@ drop, and then build a different network than the one the weights belong to.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
+from torch import nn
 
 from loganomaly.errors import ModelError
 
 C = TypeVar("C")
 
-__all__ = ["check_dropout", "check_positive_ints", "inference_autocast", "strict_from_dict"]
+__all__ = ["check_dropout", "check_positive_ints", "forward_batches", "inference_autocast", "strict_from_dict"]
 
 
 def inference_autocast(device: torch.device, bf16: bool) -> torch.autocast:
@@ -27,6 +29,30 @@ def inference_autocast(device: torch.device, bf16: bool) -> torch.autocast:
     enabled on a CPU, whatever ``bf16`` says.
     """
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+def forward_batches(
+    model: nn.Module, x: np.ndarray, batch_size: int, device: torch.device | None = None, bf16: bool = False
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(start, batch, output)`` per ``batch_size`` windows of ``x`` ``[N, T, F]``, in inference mode.
+
+    The one batched forward loop of every inference function: shape and size checks, eval mode, a
+    contiguous float32 copy of each slice on ``device`` (default: where the parameters are), the
+    optional bf16 autocast (:func:`inference_autocast`) and a float32 output. The callers reduce
+    each output on the device before anything is copied back.
+    """
+    if x.ndim != 3:
+        raise ModelError(f"windows must have shape [N, T, F], got {x.shape}")
+    if batch_size < 1:
+        raise ModelError(f"batch_size must be >= 1, got {batch_size}")
+    device = device or next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)).to(device)
+            with inference_autocast(device, bf16):
+                out = model(batch)
+            yield start, batch, out.float()
 
 
 def strict_from_dict(cls: type[C], data: Any, what: str, error: type[Exception] = ModelError) -> C:
