@@ -125,3 +125,22 @@ def test_the_cli_passes_allow_write(filled, tmp_path) -> None:  # type: ignore[n
     query = f"COPY (SELECT id FROM events) TO '{out}' STORED AS JSON"
     assert main(["sql", "--local", "--lake", str(filled.root), query]) == 2 and not out.exists()
     assert main(["sql", "--local", "--allow-write", "--lake", str(filled.root), query]) == 0 and out.exists()
+
+
+def test_allow_write_takes_the_writer_lock(spark, filled, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A writing statement takes the lake's writer lock: with a stage holding it, nothing runs."""
+    from loganomaly.errors import LakeBusyError
+    from loganomaly.lake.lock import writer_lock
+
+    spark_out, local_out = tmp_path / "spark", tmp_path / "local.json"
+    with writer_lock(filled.root, "ingest-test", "ingest"):
+        with pytest.raises(LakeBusyError, match="ingest-test"):
+            sql.run(spark, Config(), f"INSERT OVERWRITE DIRECTORY '{spark_out}' USING parquet SELECT id FROM events",
+                    lake=filled, allow_write=True)
+        with pytest.raises(LakeBusyError, match="ingest-test"):
+            sql.run_local(filled.root, f"COPY (SELECT id FROM events) TO '{local_out}' STORED AS JSON",
+                          allow_write=True)
+        assert sql.run_local(filled.root, "SELECT count(*) AS n FROM events").column("n").to_pylist() == [2]
+    assert not spark_out.exists() and not local_out.exists()
+    sql.run_local(filled.root, f"COPY (SELECT id FROM events) TO '{local_out}' STORED AS JSON", allow_write=True)
+    assert local_out.exists()

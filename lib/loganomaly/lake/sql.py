@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING
 from loganomaly.config import Config
 from loganomaly.errors import LogAnomalyError, TableNotFoundError
 from loganomaly.lake.guard import check_root
+from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.readonly import check_datafusion_query, check_spark_query, run_checked
 from loganomaly.lake.tables import Lake
+from loganomaly.runtime.runs import new_run_id
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -52,23 +54,29 @@ def run(
     """Register every table as a view and run ``query``, which must be a read unless ``allow_write``.
 
     ``allow_write`` (the CLI's ``--allow-write``) is the operator's explicit choice to run a
-    statement that writes (a repair, an export): it runs as given, with a warning in the log. It
-    bypasses the lake's writer lock and the ledger, so a stage running meanwhile may conflict.
+    statement that writes (a repair, an export): it runs as given, with a warning in the log,
+    while holding the lake's writer lock (:func:`loganomaly.lake.lock.writer_lock`), so it never
+    interleaves with a stage's writes: with a stage running it fails with ``LakeBusyError`` and
+    nothing has run. It bypasses the ledger. Spark runs a writing statement when it is submitted,
+    so the lock covers the write; the rows a read returns are computed later, without the lock.
 
     Raises:
         QueryError: a syntax error, an unknown table or column, or a statement that writes
             (:mod:`loganomaly.lake.readonly`) without ``allow_write``; nothing has run.
+        LakeBusyError: ``allow_write`` while another run holds the writer lock; nothing has run.
 
     Example:
         >>> run(spark, cfg, "SELECT entity, count(*) FROM anomalies GROUP BY entity").show()
     """
-    if allow_write:
-        log.warning(_UNCHECKED, query[:200])
-    else:
-        check_spark_query(spark, query)
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
-    lake.register_views()
-    return run_checked(spark, expand_time_travel(query, lake))
+    if not allow_write:
+        check_spark_query(spark, query)
+        lake.register_views()
+        return run_checked(spark, expand_time_travel(query, lake))
+    with writer_lock(lake.root, new_run_id("sql"), "sql --allow-write"):
+        log.warning(_UNCHECKED, query[:200])
+        lake.register_views()
+        return run_checked(spark, expand_time_travel(query, lake))
 
 
 # A quoted string or identifier (left alone), or a table name followed by a time-travel clause.
@@ -135,21 +143,29 @@ def local_tables(root: str | os.PathLike[str]) -> list[str]:
 def run_local(root: str | os.PathLike[str], query: str, allow_write: bool = False) -> pa.Table:
     """Run ``query`` with DataFusion (delta-rs ``QueryBuilder``) over every table under ``root``.
 
-    ``allow_write`` lets a statement that writes (``COPY ... TO``) run, with a warning (see :func:`run`).
+    ``allow_write`` lets a statement that writes (``COPY ... TO``) run, with a warning, under the
+    lake's writer lock (see :func:`run`).
 
     Raises:
         TableNotFoundError: no Delta table under ``root``.
         QueryError: the query is not one read-only statement (without ``allow_write``).
+        LakeBusyError: ``allow_write`` while another run holds the writer lock.
         LogAnomalyError: DataFusion refused the query (its message says why).
     """
+    check_root(root)
+    if not allow_write:
+        check_datafusion_query(query)
+        return _run_datafusion(root, query)
+    with writer_lock(root, new_run_id("sql"), "sql --allow-write"):
+        log.warning(_UNCHECKED, query[:200])
+        return _run_datafusion(root, query)
+
+
+def _run_datafusion(root: str | os.PathLike[str], query: str) -> pa.Table:
+    """Register every table under ``root`` with DataFusion and run ``query`` (checks done by the caller)."""
     import pyarrow as pa
     from deltalake import DeltaTable, QueryBuilder
 
-    check_root(root)
-    if allow_write:
-        log.warning(_UNCHECKED, query[:200])
-    else:
-        check_datafusion_query(query)
     names = local_tables(root)
     if not names:
         raise TableNotFoundError(f"no Delta tables under {root}")
