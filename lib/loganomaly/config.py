@@ -146,6 +146,12 @@ class FeaturesConfig:
     # Numeric attributes (e.g. the value columns of a CSV metric series: cpu, mem_used) averaged
     # per step as extra features ``metric:<name>``; a value that is not a number counts as missing.
     metrics: list[str] = field(default_factory=list)
+    # Categorical fields counted per value as extra features ``cat:<field>=<value>``: an events
+    # column (status, proto, component, level, source, format; dst_port/src_port as text) or an
+    # attribute name. The ``top_categories`` most frequent values of the training period are
+    # counted, each field's other values together; chosen with the feature list, like templates.
+    categories: list[str] = field(default_factory=list)
+    top_categories: int = 12
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and
     # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
@@ -480,6 +486,12 @@ def validate(cfg: Config) -> None:
         (
             all(m and m.replace("_", "").replace(".", "").isalnum() for m in cfg.features.metrics),
             "features.metrics names must be letters, digits, '_' or '.'",
+        ),
+        (cfg.features.top_categories >= 1, "features.top_categories must be >= 1"),
+        (
+            all(c and c.replace("_", "").replace(".", "").isalnum() for c in cfg.features.categories)
+            and len(set(cfg.features.categories)) == len(cfg.features.categories),
+            "features.categories names must be letters, digits, '_' or '.', each once",
         ),
         (
             cfg.features.session_key == "" or cfg.features.session_key.startswith(("params:", "column:")),

@@ -345,3 +345,40 @@ def test_entity_features_direction_failures_novelty_baselines_and_groups(spark, 
     assert featurize.read_peer_baselines(lake) == model_baselines
     w = raw_step(lake, names, outside, probe)
     assert w["rel:events"] == pytest.approx(np.log1p(1) - 0.25, rel=1e-5)
+
+
+def test_categorical_fields_count_their_training_periods_frequent_values(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """``features.categories``: per field, the frequent values of the training period only, each
+    counted per step, the field's other values together; an attribute works like a column."""
+    rows, n = [], 0
+    for status, count in {"SF": 5, "S0": 3, "REJ": 2}.items():
+        for _ in range(count):
+            method = {"attributes": {"method": "GET"}} if status == "SF" else {}
+            rows.append(event(DAY1 + dt.timedelta(seconds=n), n, "TA", status=status, **method))
+            n += 1
+    rows.append(event(DAY1 + dt.timedelta(seconds=n), n, "TA"))  # no status: counted in neither
+    # after the cut RSTO dominates: it must not become a feature, it counts as another status
+    for i in range(4):
+        rows.append(event(DAY2 + dt.timedelta(seconds=i), 100 + i, "TA", status="RSTO"))
+    rows.append(event(DAY2 + dt.timedelta(seconds=9), 110, "TA", status="S0", attributes={"method": "PUT"}))
+    write_events(spark, lake, rows)
+    cfg = config(str(lake.root))
+    cfg.features.entity_features = False
+    cfg.features.categories = ["status", "method"]
+    cfg.features.top_categories = 2
+
+    summary = featurize.run(spark, cfg, lake=lake, top_templates=1)
+
+    categories = {"status": ["SF", "S0"], "method": ["GET"]}
+    assert summary.feature_names == feature_names_for(["TA"], (), None, categories)
+    assert summary.feature_names[-5:] == ["cat:status=SF", "cat:status=S0", "cat:status=<other>",
+                                          "cat:method=GET", "cat:method=<other>"]
+    v = step_values(lake, summary.feature_names, DAY1)
+    assert (v["cat:status=SF"], v["cat:status=S0"], v["cat:status=<other>"]) == pytest.approx((5, 3, 2))
+    assert (v["cat:method=GET"], v["cat:method=<other>"]) == pytest.approx((5, 0))
+    later = step_values(lake, summary.feature_names, DAY2)
+    assert (later["cat:status=SF"], later["cat:status=S0"], later["cat:status=<other>"]) == pytest.approx((0, 1, 4))
+    assert later["cat:method=<other>"] == pytest.approx(1)
+    # the chosen values travel with the names: a rerun with another top_categories keeps them
+    cfg.features.top_categories = 3
+    assert featurize.run(spark, cfg, lake=lake, top_templates=1).feature_names == summary.feature_names

@@ -123,3 +123,15 @@ def test_abnormal_event_counts_are_summed_per_window() -> None:
     steps["n_abnormal"] = [0, 2, 0, 1]
     out = build_windows(steps, WindowSpec(60, 2, 1), FEATURE_NAMES)
     assert out["n_abnormal"].tolist() == [2, 2, 1]
+
+
+def test_category_features_round_trip_through_the_names() -> None:
+    from loganomaly.features.windows import feature_categories
+
+    categories = {"status": ["SF", "S0"], "proto": []}
+    names = feature_names_for(["Ta"], ["cpu"], None, categories)
+    assert names[-4:] == ["cat:status=SF", "cat:status=S0", "cat:status=<other>", "cat:proto=<other>"]
+    assert feature_categories(names) == categories
+    assert feature_templates(names) == ["Ta"]
+    with pytest.raises(ValueError, match="category counts"):  # a value without its <other> is not a list we compute
+        feature_templates([n for n in names if n != "cat:status=<other>"])

@@ -134,3 +134,17 @@ def test_the_rank_work_fits_group_normalisers_and_hands_them_to_the_bundle(tmp_p
     own = {k: Normaliser.from_dict(v) for k, v in extras["group_normalisers"].items()}
     peers = PeerGroups(GROUPS, work.group_columns, own, {}, 0.01, 6)
     np.testing.assert_allclose(data.train_x, peers.transform(data.shard.x, data.normaliser), rtol=1e-6)
+
+
+def test_explanations_of_category_counts_name_the_field_and_value() -> None:
+    names = feature_names_for([], (), None, {"status": ["S0"]})
+    f = len(names)
+    x = np.zeros((1, 2, f), np.float32)
+    x[0, 1, names.index("cat:status=S0")] = np.log1p(40)
+    x[0, 0, names.index("cat:status=<other>")] = np.log1p(3)
+    err = np.zeros((1, 2, f))
+    err[0, 1, names.index("cat:status=S0")] = 9.0
+    err[0, 0, names.index("cat:status=<other>")] = 4.0
+    _, texts = explain(x, err, np.ones(f), np.zeros(f), names, 2)
+    assert texts[0] == ("40 events with status=S0 at step 2 (normal ~0); "
+                        "3 events with another status at step 1 (normal ~0)")

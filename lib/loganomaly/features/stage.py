@@ -9,8 +9,10 @@ Feature list rule. Besides the fixed :data:`loganomaly.features.windows.FEATURE_
 the events of each of the ``k`` most frequent templates (``tpl:<id>``), of every other known
 template (``tpl:other``) and of messages no template covers (``tpl:unknown``, id ``T0``; flow
 records without a message count in neither), then the step mean of each numeric attribute named
-in ``features.metrics`` (``metric:<name>``, e.g. the columns of a CSV metric series). Which
-templates are "frequent" is a fitted choice,
+in ``features.metrics`` (``metric:<name>``, e.g. the columns of a CSV metric series), then, per
+field of ``features.categories``, the events with each of its frequent values
+(``cat:<field>=<value>``) and with any other (``cat:<field>=<other>``). Which templates and
+values are "frequent" is a fitted choice,
 so it must come from the training period only and must not move under a trained model:
 
 1. if ``sequences`` already exists and has ``feature_names``, those names are reused as they are
@@ -58,12 +60,15 @@ from loganomaly.features.windows import (
     GROUP_PREFIX,
     HISTORY_STEPS,
     METRIC_PREFIX,
+    OTHER_CATEGORY,
     OTHER_TEMPLATES,
     RELATIVE_PREFIX,
     TEMPLATE_PREFIX,
     UNKNOWN_TEMPLATES,
     WindowSpec,
     build_windows,
+    category_feature,
+    feature_categories,
     feature_groups,
     feature_metrics,
     feature_names_for,
@@ -150,6 +155,46 @@ def choose_feature_templates(events_df: DataFrame, cut: float | None, k: int) ->
         .collect()
     )
     return [str(r["template_id"]) for r in rows]
+
+
+#: ``events`` columns a categorical feature may name directly; any other name is an attribute.
+CATEGORY_COLUMNS = ("status", "proto", "component", "level", "source", "format", "dst_port", "src_port")
+
+
+def category_column(field: str) -> Column:
+    """The events column (as text) or attribute that ``features.categories`` entry ``field`` names."""
+    from pyspark.sql import functions as F
+
+    if field in CATEGORY_COLUMNS:
+        return F.col(field).cast("string")
+    return F.col("attributes")[field]
+
+
+def choose_feature_categories(events_df: DataFrame, cut: float | None, fields: Sequence[str],
+                              k: int) -> dict[str, list[str]]:
+    """The ``k`` most frequent values of each categorical field among events before ``cut``.
+
+    Ties break by value so the choice is deterministic; a field with no value in the period gets
+    none (only its ``<other>`` count). Like the templates, the choice is fitted on the training
+    period only and then kept with the feature names.
+
+    Example:
+        >>> choose_feature_categories(lake.read("events"), cut=None, fields=["status"], k=3)
+        {'status': ['SF', 'S0', 'REJ']}
+    """
+    from pyspark.sql import functions as F
+
+    events = events_df if cut is None else events_df.where(F.unix_timestamp("ts") < F.lit(cut))
+    chosen: dict[str, list[str]] = {}
+    for name in fields:
+        rows = (
+            events.select(category_column(name).alias("v")).where(F.col("v").isNotNull() & (F.col("v") != ""))
+            .groupBy("v").count().orderBy(F.desc("count"), F.asc("v")).limit(k).collect()
+        )
+        chosen[name] = [str(r["v"]) for r in rows]
+        log.info("featurize: %d frequent values of %s counted as features: %s", len(chosen[name]), name,
+                 chosen[name][:10])
+    return chosen
 
 
 def previous_feature_names(lake: Lake) -> list[str] | None:
@@ -250,6 +295,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
 
     templates = feature_templates(feature_names)
     metrics = feature_metrics(feature_names)
+    categories = feature_categories(feature_names)
     groups = feature_groups(feature_names)
     if groups is not None and entity is None:
         raise ValueError("entity features need EntitySettings")
@@ -291,6 +337,12 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
         **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
     }
+    for field_name, counted in categories.items():
+        cat = category_column(field_name)
+        aggregates |= {category_feature(field_name, v): count_if(cat == F.lit(v)) for v in counted}
+        present = cat.isNotNull() & (cat != "")
+        aggregates[category_feature(field_name, OTHER_CATEGORY)] = count_if(
+            present & ~cat.isin(counted) if counted else present)
     if entity is not None and groups is not None:
         # The peer's side: Zeek's local_resp where the record has it, else the configured networks.
         peer_local = F.coalesce(resp_local, in_networks(F.col("dst_addr"), entity.rules.local_networks))
@@ -657,10 +709,11 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     else:
         cut = training_cut(events, cfg)
         chosen = choose_feature_templates(events, cut, k)
+        categories = choose_feature_categories(events, cut, cfg.features.categories, cfg.features.top_categories)
         groups = (GroupRules.from_config(cfg.features.local_networks, cfg.features.groups,
                                          cfg.features.default_group).names
                   if cfg.features.entity_features else None)
-        names = feature_names_for(chosen, cfg.features.metrics, groups)
+        names = feature_names_for(chosen, cfg.features.metrics, groups, categories)
         log.info(
             "featurize: chose %d frequent templates from events before %s%s",
             len(chosen),

@@ -19,7 +19,7 @@ the order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +55,16 @@ UNKNOWN_TEMPLATES = "tpl:unknown"
 #: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
+
+#: ``cat:<field>=<value>``: events of the step whose categorical ``field`` (``features.categories``:
+#: an ``events`` column such as ``status`` for Zeek's ``conn_state`` or NSL-KDD's ``flag``, or an
+#: attribute) has ``value``, for the ``features.top_categories`` most frequent values of the
+#: training period; ``cat:<field>=`` + :data:`OTHER_CATEGORY` counts the field's other values.
+#: One-hot counts of what a record *is* (protocol, state, method) carry across hosts and networks.
+CATEGORY_PREFIX = "cat:"
+#: Value part of the catch-all feature of a categorical field (not a value a log could hold
+#: literally: the angle brackets mark it as ours).
+OTHER_CATEGORY = "<other>"
 
 #: Entity features (``features.entity_features``), after :data:`FEATURE_NAMES`: direction of the
 #: entity's own connections (``inbound_connections`` is the other direction), peers inside or
@@ -108,11 +118,13 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 
 
 def feature_names_for(
-    template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None
+    template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
 
-    ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
+    ``categories`` (field -> its frequent values) adds ``cat:<field>=<value>`` counts and one
+    ``cat:<field>=<other>`` per field after the metrics. ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
     models keep working).
@@ -125,6 +137,8 @@ def feature_names_for(
         UNKNOWN_TEMPLATES,
         *(METRIC_PREFIX + m for m in metrics),
     ]
+    for name, values in (categories or {}).items():
+        names += [*(category_feature(name, v) for v in values), category_feature(name, OTHER_CATEGORY)]
     if groups is not None:
         names += [HISTORY_STEPS, *(RELATIVE_PREFIX + b for b in relative_bases(metrics)),
                   *(GROUP_PREFIX + g for g in groups)]
@@ -136,6 +150,24 @@ def feature_groups(names: Sequence[str]) -> list[str] | None:
     if NETWORK_FEATURES[0] not in names:
         return None
     return [n[len(GROUP_PREFIX):] for n in names if n.startswith(GROUP_PREFIX)]
+
+
+def category_feature(field: str, value: str) -> str:
+    """``cat:<field>=<value>`` (the field name holds no ``=``, so the first one splits)."""
+    return f"{CATEGORY_PREFIX}{field}={value}"
+
+
+def feature_categories(names: Sequence[str]) -> dict[str, list[str]]:
+    """The categorical fields and their counted values encoded in a feature list, in order
+    (without the ``<other>`` catch-all)."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        if n.startswith(CATEGORY_PREFIX):
+            field, _, value = n[len(CATEGORY_PREFIX):].partition("=")
+            values = out.setdefault(field, [])
+            if value != OTHER_CATEGORY:
+                values.append(value)
+    return out
 
 
 def feature_metrics(names: Sequence[str]) -> list[str]:
@@ -160,11 +192,13 @@ def feature_templates(names: Sequence[str]) -> list[str]:
         for n in names
         if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
     ]
-    if list(names) != feature_names_for(templates, feature_metrics(names), feature_groups(names)):
+    if list(names) != feature_names_for(templates, feature_metrics(names), feature_groups(names),
+                                        feature_categories(names)):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
             f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r}, "
-            f"metrics ({METRIC_PREFIX}<name>) and, with entity features, {HISTORY_STEPS!r}, "
+            f"metrics ({METRIC_PREFIX}<name>), category counts ({CATEGORY_PREFIX}<field>=<value>, each "
+            f"field ending with ={OTHER_CATEGORY}) and, with entity features, {HISTORY_STEPS!r}, "
             f"{RELATIVE_PREFIX}<feature> and {GROUP_PREFIX}<group>"
         )
     return templates

@@ -26,7 +26,14 @@ from torch import nn
 from loganomaly.config import Config
 from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan
-from loganomaly.features.windows import NOVELTY_UNITS, RELATIVE_PREFIX, relative_baseline, signed_expm1
+from loganomaly.features.windows import (
+    CATEGORY_PREFIX,
+    NOVELTY_UNITS,
+    OTHER_CATEGORY,
+    RELATIVE_PREFIX,
+    relative_baseline,
+    signed_expm1,
+)
 from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
 from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
@@ -321,6 +328,10 @@ def explain(
         name = names[f]
         if name in NOVELTY_UNITS:
             return f"{o:.3g} {NOVELTY_UNITS[name]} (first seen) at step {s + 1}"
+        if name.startswith(CATEGORY_PREFIX):
+            field, _, category = name[len(CATEGORY_PREFIX):].partition("=")
+            what = f"another {field}" if category == OTHER_CATEGORY else f"{field}={category}"
+            return f"{o:.3g} events with {what} at step {s + 1} (normal ~{normal[n, f]:.3g})"
         if f in base_of and log1p:
             b = base_of[f]
             value = float(signed_expm1(np.asarray(x[n, s, b])))
