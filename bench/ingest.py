@@ -304,7 +304,7 @@ LARGE_RUNS = {
 }
 
 
-def run_large(master: str, data: Path, fmt: str) -> dict[str, dict[str, float]]:
+def run_large(master: str, data: Path, fmt: str, split_mb: int) -> dict[str, dict[str, float]]:
     """One process: fit the miner on ``train``, time ``tiny`` (fixed cost), then each run of LARGE_RUNS."""
     from loganomaly.config import Config, SourceConfig
     from loganomaly.ingest import stage as ingest
@@ -330,7 +330,7 @@ def run_large(master: str, data: Path, fmt: str) -> dict[str, dict[str, float]]:
         ingest.run(spark, cfg, [str(data / f"tiny{suffix}")], lake=lake)
         out["fixed"] = {"s": time.perf_counter() - start}
         for label, names, split in LARGE_RUNS[master]:
-            cfg.ingest.split_bytes = 128 << 20 if split else 1 << 62
+            cfg.ingest.split_bytes = split_mb << 20 if split else 1 << 62
             inputs = [str(data / (n if n == "eight" else f"{n}{suffix}")) for n in names]
             files = [p for p in (Path(i) for i in inputs) for p in (sorted(p.iterdir()) if p.is_dir() else [p])]
             lines = count_lines(files)
@@ -347,7 +347,8 @@ def run_large(master: str, data: Path, fmt: str) -> dict[str, dict[str, float]]:
             formats = registered_formats()
             for where, session in (("spark", spark), ("driver", None)):
                 start = time.perf_counter()
-                ingest.plan_tasks(session, [(big, size)], 1, 128 << 20, lambda p: ingest.splittable(p, None, formats))
+                ingest.plan_tasks(session, [(big, size)], 1, split_mb << 20,
+                                  lambda p: ingest.splittable(p, None, formats), driver_count_bytes=0)
                 out[f"count_{where}"] = {"s": time.perf_counter() - start}
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -425,6 +426,7 @@ def main() -> None:
                              "1x/4x/16x); startup: fresh-process start-up against a bare Spark job")
     parser.add_argument("--large-mb", type=int, default=2048, help="size of the large file in MiB")
     parser.add_argument("--large-format", default="loghub", choices=sorted(GENERATORS))
+    parser.add_argument("--split-mb", type=int, default=128, help="ingest.split_bytes of the large-file runs, in MiB")
     parser.add_argument("--startup-repeats", type=int, default=3, help="fresh-process pairs (the median is kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-large", help=argparse.SUPPRESS)
@@ -434,7 +436,7 @@ def main() -> None:
         print(json.dumps(run_master(args.worker, Path(args.data), formats)))
         return
     if args.worker_large:
-        print(json.dumps(run_large(args.worker_large, Path(args.data), args.large_format)))
+        print(json.dumps(run_large(args.worker_large, Path(args.data), args.large_format, args.split_mb)))
         return
     sections = set(args.sections.split(","))
 
@@ -450,10 +452,11 @@ def main() -> None:
             for master in LARGE_RUNS:
                 out = subprocess.run(
                     [sys.executable, __file__, "--worker-large", master, "--data", str(large),
-                     "--large-format", args.large_format],
+                     "--large-format", args.large_format, "--split-mb", str(args.split_mb)],
                     check=True, capture_output=True, text=True,
                 )
                 large_runs[master] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"ingest.split_bytes = {args.split_mb} MiB")
             report_large(args.large_format, large_runs)
             print()
         if "startup" in sections:
