@@ -433,8 +433,9 @@ class IngestSummary:
     #: Files read by several tasks (byte ranges), and how many tasks read them.
     files_split: int = 0
     split_tasks: int = 0
-    #: Template matches answered by the matcher's cache (per distinct message, one miss) in the
-    #: parsing tasks; hit rate = hits / (hits + misses), None when nothing was matched.
+    #: Template matches in the parsing tasks answered from the matcher's caches (the message seen
+    #: before, or its masked form) and those that needed a Drain search (misses,
+    #: :meth:`Templates.cache_counts`); hit rate = hits / (hits + misses), None when nothing was matched.
     template_cache_hits: int = 0
     template_cache_misses: int = 0
     template_cache_hit_rate: float | None = None
@@ -632,14 +633,14 @@ class _ParseJob:
         the change of the cache's counters over its own work. An accumulator, so a retried task
         counts twice: a measurement, not a guarantee.
         """
-        before = templates.cache_info() if templates is not None else None
+        before = templates.cache_counts() if templates is not None else None
         try:
             yield
         finally:
-            after = templates.cache_info() if templates is not None else None
-            if before is not None and after is not None and self.cache is not None:
-                self.cache[0].add(after.hits - before.hits)
-                self.cache[1].add(after.misses - before.misses)
+            if templates is not None and before is not None and self.cache is not None:
+                after = templates.cache_counts()
+                self.cache[0].add(after[0] - before[0])
+                self.cache[1].add(after[1] - before[1])
 
 
 
