@@ -18,8 +18,17 @@ lines/s per core for ingest and for the raw read, their ratio, and the speed-up 
 two. Nothing is collected to the driver except counts and the template training messages
 (streamed, distinct).
 
+``--sections large`` adds one large file (``--large-mb``, default 2048: the issue's 2 GB class) on
+``local[1]`` and ``local[2]``, read in byte ranges (``--split-mb``) or whole, against the same
+bytes in 8 files, and its first 1/16 and 1/4 for the cost per line at 1x / 4x / 16x (growth per
+doubling); each run is a fresh process with the per-run fixed cost (a 40-line ingest) subtracted.
+``--sections startup`` times fresh processes on a 40-line file: ``loganomaly ingest`` (both lake
+engines) against a bare ``spark.read.json(f).write.parquet(out)``. Every section prints the
+template cache hit rate of its ingests.
+
 Usage:
     .venv/bin/python bench/ingest.py [--lines 1000000] [--files 8] [--formats json,zeek,...]
+        [--sections formats,large,startup] [--large-mb 2048] [--split-mb 128]
 """
 
 from __future__ import annotations
