@@ -18,8 +18,17 @@ lines/s per core for ingest and for the raw read, their ratio, and the speed-up 
 two. Nothing is collected to the driver except counts and the template training messages
 (streamed, distinct).
 
+``--sections large`` adds one large file (``--large-mb``, default 2048: the issue's 2 GB class) on
+``local[1]`` and ``local[2]``, read in byte ranges (``--split-mb``) or whole, against the same
+bytes in 8 files, and its first 1/16 and 1/4 for the cost per line at 1x / 4x / 16x (growth per
+doubling); each run is a fresh process with the per-run fixed cost (a 40-line ingest) subtracted.
+``--sections startup`` times fresh processes on a 40-line file: ``loganomaly ingest`` (both lake
+engines) against a bare ``spark.read.json(f).write.parquet(out)``. Every section prints the
+template cache hit rate of its ingests.
+
 Usage:
     .venv/bin/python bench/ingest.py [--lines 1000000] [--files 8] [--formats json,zeek,...]
+        [--sections formats,large,startup] [--large-mb 2048] [--split-mb 128]
 """
 
 from __future__ import annotations
@@ -230,7 +239,8 @@ def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[st
             spark.read.text(rest).count()
             t_raw = time.perf_counter() - start
             results[fmt] = {"lines": lines, "ingest_s": t_ingest, "raw_s": t_raw,
-                            "events": summary.events, "quarantined": summary.quarantined}
+                            "events": summary.events, "quarantined": summary.quarantined,
+                            "hit_rate": summary.template_cache_hit_rate or 0.0}
             if fmt in NATIVE:
                 # the same files with the native path off, in a lake of their own (miner fitted first)
                 cfg.ingest.native = False
@@ -248,6 +258,175 @@ def run_master(master: str, data: Path, formats: list[str]) -> dict[str, dict[st
     return results
 
 
+# ------------------------------------------------------------------ one large file, cost growth, start-up
+
+
+def _write_lines(path: Path, line: Callable[[random.Random, int], str], rng: random.Random, first: int,
+                 stop_bytes: int | None = None, count: int | None = None) -> int:
+    """Lines ``first, first+1, ...`` into ``path`` until ``count`` lines or ``stop_bytes`` bytes; returns the next index."""
+    i = first
+    written = 0
+    with path.open("w") as fh:
+        while (count is None or i - first < count) and (stop_bytes is None or written < stop_bytes):
+            n = 20_000 if count is None else min(20_000, first + count - i)
+            block = "".join(line(rng, j) + "\n" for j in range(i, i + n))
+            fh.write(block)
+            written += len(block.encode())
+            i += n
+    return i
+
+
+def _cut_copy(src: Path, dst: Path, size: int) -> None:
+    """The first ``size`` bytes of ``src`` (moved on to the next line end) into ``dst``."""
+    with src.open("rb") as fh, dst.open("wb") as out:
+        out.write(fh.read(size) + fh.readline())
+
+
+def generate_large(out: Path, fmt: str, mb: int) -> None:
+    """``big``: one file of about ``mb`` MiB; ``x1``/``x4``: its first 1/16 and 4/16 (``big`` is 16x);
+    ``eight/``: the same bytes as ``big`` in 8 files cut at line ends; ``train``: 20k lines the miner
+    is fitted on first; ``tiny``, ``tiny2``: 40 lines each, a warm-up and the per-run fixed cost."""
+    suffix, line, _ = GENERATORS[fmt]
+    rng = random.Random(11)
+    out.mkdir(parents=True, exist_ok=True)
+    nxt = _write_lines(out / f"train{suffix}", line, rng, 0, count=20_000)
+    nxt = _write_lines(out / f"tiny{suffix}", line, rng, nxt, count=40)
+    nxt = _write_lines(out / f"tiny2{suffix}", line, rng, nxt, count=40)
+    big = out / f"big{suffix}"
+    _write_lines(big, line, rng, nxt + 1000, stop_bytes=mb << 20)
+    size = big.stat().st_size
+    _cut_copy(big, out / f"x1{suffix}", size // 16)
+    _cut_copy(big, out / f"x4{suffix}", size // 4)
+    (out / "eight").mkdir(exist_ok=True)
+    with big.open("rb") as fh:
+        for k in range(8):
+            with (out / "eight" / f"part-{k}{suffix}").open("wb") as part:
+                part.write(fh.read(size // 8) + fh.readline() if k < 7 else fh.read())
+
+
+#: Runs of the large-file bench: (master, label, input under the data folder, split the big file). Each
+#: runs in a fresh process: a Python worker keeps its template matcher and caches between jobs, and
+#: these inputs share their bytes, so a run after another would find its messages cached.
+LARGE_RUNS = [
+    ("local[1]", "one file", "big", True),
+    ("local[2]", "one file", "big", True),
+    ("local[2]", "one file, not split", "big", False),
+    ("local[2]", "8 files", "eight", True),
+    ("local[2]", "1x", "x1", True),
+    ("local[2]", "4x", "x4", True),
+]
+
+
+def run_large(run: int, data: Path, fmt: str, split_mb: int) -> dict[str, dict[str, float]]:
+    """One process, one run of LARGE_RUNS: fit the miner on ``train``, ingest ``tiny`` (warm-up), time
+    ``tiny2`` (the fixed cost of a run), then time the run's input."""
+    from loganomaly.config import Config, SourceConfig
+    from loganomaly.ingest import stage as ingest
+    from loganomaly.ingest.formats import registered_formats
+    from loganomaly.lake.tables import Lake
+    from loganomaly.runtime.spark import get_spark
+
+    master, label, name, split = LARGE_RUNS[run]
+    suffix = GENERATORS[fmt][0]
+    cfg = Config()
+    cfg.spark.master = master
+    cfg.spark.shuffle_partitions = 4
+    cfg.spark.log_level = "ERROR"
+    cfg.spark.driver_memory = "3g"
+    cfg.ingest.sources = [SourceConfig(name=fmt, paths=["*"], options=SOURCE_OPTIONS[fmt])]
+    cfg.templates.preset = "HDFS" if fmt == "loghub" else ""
+    cfg.ingest.split_bytes = split_mb << 20 if split else 1 << 62
+    spark = get_spark(cfg.spark)
+    out: dict[str, dict[str, float]] = {}
+    root = Path(tempfile.mkdtemp(prefix="bench-ingest-large-"))
+    try:
+        lake = Lake(spark, root / "lake", engine="deltars")
+        ingest.run(spark, cfg, [str(data / f"train{suffix}")], lake=lake)
+        ingest.run(spark, cfg, [str(data / f"tiny{suffix}")], lake=lake)
+        start = time.perf_counter()
+        ingest.run(spark, cfg, [str(data / f"tiny2{suffix}")], lake=lake)
+        fixed = time.perf_counter() - start
+        path = data / (name if name == "eight" else f"{name}{suffix}")
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        lines = count_lines(files)
+        start = time.perf_counter()
+        summary = ingest.run(spark, cfg, [str(path)], lake=lake)
+        wall = time.perf_counter() - start
+        if summary.events + summary.quarantined != lines:
+            raise SystemExit(f"{label}: {lines} lines but {summary.events} events + {summary.quarantined} quarantined")
+        out["run"] = {"s": wall, "fixed": fixed, "lines": lines, "bytes": sum(p.stat().st_size for p in files),
+                      "tasks": summary.split_tasks or len(files), "hit_rate": summary.template_cache_hit_rate or 0.0}
+        if run == 1:  # first line numbers of the ranges: a Spark job, or the driver alone
+            size = path.stat().st_size
+            formats = registered_formats()
+            for where, session in (("spark", spark), ("driver", None)):
+                start = time.perf_counter()
+                ingest.plan_tasks(session, [(str(path), size)], 1, split_mb << 20,
+                                  lambda p: ingest.splittable(p, None, formats), driver_count_bytes=0)
+                out[f"count_{where}"] = {"s": time.perf_counter() - start}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    spark.stop()
+    return out
+
+
+def time_startup(data: Path, repeats: int) -> dict[str, float]:
+    """Wall time of fresh processes on a 40-line JSON file: ``loganomaly ingest`` (conf/default.yaml,
+    local[2], a new lake each time) and a bare ``spark.read.json(f).write.parquet(out)`` job."""
+    tiny = data / "tiny.jsonl"
+    tiny.write_text("".join(_json(random.Random(i), i) + "\n" for i in range(40)))
+    cli = Path(sys.executable).parent / "loganomaly"
+    repo = Path(__file__).resolve().parent.parent
+    bare = ("import sys\nfrom pyspark.sql import SparkSession\n"
+            "s = SparkSession.builder.master('local[2]').getOrCreate()\n"
+            "s.read.json(sys.argv[1]).write.parquet(sys.argv[2])\ns.stop()\n")
+    times: dict[str, list[float]] = {"ingest": [], "ingest_deltars": [], "bare": []}
+    for _k in range(repeats):
+        work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
+        try:
+            for name, cmd in (
+                ("ingest", [str(cli), "ingest", "--lake", str(work / "lake"), "--input", str(tiny),
+                            "--set", "spark.master=local[2]", "--log-level", "WARNING"]),
+                ("ingest_deltars", [str(cli), "ingest", "--lake", str(work / "lake-rs"), "--input", str(tiny),
+                                    "--set", "spark.master=local[2]", "--set", "lake.engine=deltars",
+                                    "--log-level", "WARNING"]),
+                ("bare", [sys.executable, "-c", bare, str(tiny), str(work / "out.parquet")]),
+            ):
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True, cwd=repo)
+                times[name].append(time.perf_counter() - start)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def report_large(fmt: str, split_mb: int, results: list[dict[str, dict[str, float]]]) -> None:
+    runs = {(m, label): r["run"] for (m, label, _, _), r in zip(LARGE_RUNS, results, strict=True)}
+    big = runs[("local[2]", "one file")]
+    print(f"one large {fmt} file: {big['bytes'] / 2**20:,.0f} MiB, {int(big['lines']):,} lines, ingest.split_bytes "
+          f"{split_mb} MiB; each run a fresh process, the miner fitted first on 20k lines; marginal = wall minus "
+          "the fixed cost of a 40-line ingest in the same session")
+    print("| run | master | tasks | wall s | fixed s | marginal lines/s | template cache hit rate |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    marginal: dict[tuple[str, str], float] = {}
+    for (master, label), r in runs.items():
+        marginal[(master, label)] = m = max(r["s"] - r["fixed"], 1e-3)
+        print(f"| {label} | {master} | {int(r['tasks'])} | {r['s']:.1f} | {r['fixed']:.1f} | {r['lines'] / m:,.0f} "
+              f"| {r['hit_rate']:.3f} |")
+    one = marginal[("local[2]", "one file")]
+    print(f"one file, speed-up local[1] -> local[2]: {marginal[('local[1]', 'one file')] / one:.2f}x (target >= 1.8x); "
+          f"not split / split on local[2]: {marginal[('local[2]', 'one file, not split')] / one:.2f}x; "
+          f"one file / 8 files of the same bytes: {one / marginal[('local[2]', '8 files')]:.2f}")
+    per_line = {k: marginal[("local[2]", k)] / runs[("local[2]", k)]["lines"] for k in ("1x", "4x", "one file")}
+    growth = (per_line["one file"] / per_line["1x"]) ** (1 / 4)
+    print("cost per line at 1x / 4x / 16x (local[2], marginal): "
+          + " / ".join(f"{per_line[k] * 1e6:.1f} us" for k in ("1x", "4x", "one file"))
+          + f"; growth per doubling 1x -> 16x: {growth:.3f}x (target <= 1.1x)")
+    counts = results[1]
+    print(f"first line numbers of the {int(big['tasks'])} ranges (newline count): Spark job "
+          f"{counts['count_spark']['s']:.2f} s, driver alone {counts['count_driver']['s']:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000, help="lines per format")
@@ -255,15 +434,53 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--masters", default="local[1],local[2]")
     parser.add_argument("--data", help="reuse generated data in this folder")
+    parser.add_argument("--sections", default="formats,large,startup",
+                        help="formats: lines/s per format; large: one large file (splits, cores, 8 files, "
+                             "1x/4x/16x); startup: fresh-process start-up against a bare Spark job")
+    parser.add_argument("--large-mb", type=int, default=2048, help="size of the large file in MiB")
+    parser.add_argument("--large-format", default="loghub", choices=sorted(GENERATORS))
+    parser.add_argument("--split-mb", type=int, default=128, help="ingest.split_bytes of the large-file runs, in MiB")
+    parser.add_argument("--startup-repeats", type=int, default=3, help="fresh-process pairs (the median is kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-large", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     if args.worker:
         print(json.dumps(run_master(args.worker, Path(args.data), formats)))
         return
+    if args.worker_large is not None:
+        print(json.dumps(run_large(args.worker_large, Path(args.data), args.large_format, args.split_mb)))
+        return
+    sections = set(args.sections.split(","))
 
     data = Path(args.data) if args.data else Path(tempfile.mkdtemp(prefix="bench-ingest-data-"))
     try:
+        if "large" in sections:
+            large = data / f"large-{args.large_format}-{args.large_mb}"
+            if not (large / "eight").is_dir():
+                start = time.perf_counter()
+                generate_large(large, args.large_format, args.large_mb)
+                print(f"(generated the large-file data in {time.perf_counter() - start:.0f} s)", file=sys.stderr)
+            large_runs = []
+            for run in range(len(LARGE_RUNS)):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--worker-large", str(run), "--data", str(large),
+                     "--large-format", args.large_format, "--split-mb", str(args.split_mb)],
+                    check=True, capture_output=True, text=True,
+                )
+                large_runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            report_large(args.large_format, args.split_mb, large_runs)
+            print()
+        if "startup" in sections:
+            times = time_startup(data, args.startup_repeats)
+            print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}): "
+                  f"`loganomaly ingest` {times['ingest']:.1f} s (conf/default.yaml: lake.engine auto -> delta when the "
+                  f"jars are cached), with lake.engine=deltars {times['ingest_deltars']:.1f} s, bare "
+                  f"spark.read.json -> parquet {times['bare']:.1f} s; ratios {times['ingest'] / times['bare']:.2f} and "
+                  f"{times['ingest_deltars'] / times['bare']:.2f} (target <= 1.5)")
+            print()
+        if "formats" not in sections:
+            return
         for fmt in formats:
             if not (data / fmt).is_dir():
                 generate(data / fmt, fmt, args.lines, args.files)
@@ -276,15 +493,18 @@ def main() -> None:
             runs[master] = json.loads(out.stdout.strip().splitlines()[-1])
         masters = list(runs)
         print(f"lines per format: {args.lines:,} in {args.files} files (ingest timed on files 2..{args.files})")
-        print("| format | master | ingest lines/s/core | raw read lines/s/core | ingest / raw | quarantined |")
-        print("|---|---|---:|---:|---:|---:|")
+        print("| format | master | ingest lines/s/core | raw read lines/s/core | ingest / raw | quarantined "
+              "| template cache hit rate |")
+        print("|---|---|---:|---:|---:|---:|---:|")
         for fmt in formats:
             for master in masters:
                 r = runs[master][fmt]
                 cores = int(master.split("[")[1].rstrip("]")) if "[" in master else 1
                 ing = r["lines"] / r["ingest_s"] / cores
                 raw = r["lines"] / r["raw_s"] / cores
-                print(f"| {fmt} | {master} | {ing:,.0f} | {raw:,.0f} | {ing / raw:.2f} | {int(r['quarantined'])} |")
+                rate = "-" if r.get("hit_rate") is None else f"{r['hit_rate']:.3f}"
+                print(f"| {fmt} | {master} | {ing:,.0f} | {raw:,.0f} | {ing / raw:.2f} | {int(r['quarantined'])} "
+                      f"| {rate} |")
         native = [f for f in formats if f in NATIVE]
         if native:
             print()

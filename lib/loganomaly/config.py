@@ -105,6 +105,10 @@ class IngestConfig:
     max_raw_chars: int = 2048
     # Files read per Spark task; more files per task means fewer, larger tasks.
     files_per_task: int = 1
+    # An uncompressed file larger than this (bytes) is read by several tasks, one byte range each
+    # (the size of Spark's own default split, spark.sql.files.maxPartitionBytes), when its format
+    # allows it (LineParser.splittable); gz/bz2 files are read whole.
+    split_bytes: int = 128 * 1024 * 1024
     # With the deltars engine, parsing tasks write Parquet themselves (fast path); false sends
     # rows through a DataFrame and Lake.write, the path engine delta always takes.
     direct_write: bool = True
@@ -526,6 +530,7 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
+        (cfg.ingest.split_bytes >= 1024, "ingest.split_bytes must be >= 1024 (bytes)"),
         (
             all(src.name and src.paths for src in cfg.ingest.sources),
             "every ingest.sources entry needs a name and at least one path glob",

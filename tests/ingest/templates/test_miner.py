@@ -265,6 +265,20 @@ def test_cache_does_not_change_results(fitted: Templates, corpus: list[str]) -> 
     assert uncached.cache_info() is None
 
 
+def test_messages_differing_only_in_masked_values_are_searched_once(fitted: Templates, corpus: list[str]) -> None:
+    # New messages (never seen raw) of forms already seen: the masked-form cache answers them, same results.
+    fresh = [m.replace("1", "7").replace("2", "9") for m in _probe_messages(corpus)]
+    uncached = Templates.from_json(fitted.to_json(), cache_size=0)
+    cached = Templates.from_json(fitted.to_json())
+    cached.match_many(_probe_messages(corpus))
+    hits, searches = cached.cache_counts()
+    assert cached.match_many(fresh) == [uncached.match(m) for m in fresh]
+    more_hits, more_searches = cached.cache_counts()
+    assert more_hits + more_searches - hits - searches == len(fresh)
+    assert more_hits - hits > 0  # some fresh messages reuse a searched form
+    assert uncached.cache_counts() == (0, len(fresh))  # no cache: every message is searched
+
+
 # ------------------------------------------------------------------------------------------ config
 def test_module_imports_without_spark() -> None:
     code = "import sys, loganomaly.ingest.templates.miner; assert 'pyspark' not in sys.modules"

@@ -32,6 +32,7 @@ class AccessParser(LineParser):
     """
 
     format = "access"
+    splittable = True  # every line carries its full date and zone
 
     def __init__(self, opts: FormatOptions) -> None:
         self.opts = opts

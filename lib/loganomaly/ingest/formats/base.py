@@ -198,7 +198,9 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def open_lines(path: str | Path) -> Iterator[tuple[int, str, str | None]]:
+def open_lines(
+    path: str | Path, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[tuple[int, str, str | None]]:
     """Stream ``(line_no, text, problem)`` for every line of a plain, gzip or bz2 file.
 
     ``text`` has no line ending (``\\n`` or ``\\r\\n``). ``problem`` is None for a clean line,
@@ -206,39 +208,92 @@ def open_lines(path: str | Path) -> Iterator[tuple[int, str, str | None]]:
     :data:`MAX_LINE_BYTES` (then ``text`` is only the head of the line). A compressed file that
     ends early yields what it could read, then one last line with problem
     ``"truncated or corrupt compressed stream: ..."`` so the damage is recorded, not hidden.
+
+    ``start``/``end`` read one byte range of an uncompressed file, so that several tasks can share
+    a large one: the range owns the lines that *start* in ``[start, end)`` (``end`` None: to the
+    end of the file, however long it has grown), the first numbered ``first_line``. A line
+    crossing ``end`` is read to its end; one crossing ``start`` belongs to the range before. So
+    ranges that tile a file yield each line exactly once, as the whole file would.
     """
     path = Path(path)
-    line_no = 0
-    with _open_binary(path) as fh:
-        try:
-            while True:
-                raw = fh.readline(MAX_LINE_BYTES + 1)
-                if not raw:
-                    break
-                line_no += 1
-                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                    # Drain the rest of the long line without holding it in memory.
-                    total = len(raw)
-                    while True:
-                        more = fh.readline(MAX_LINE_BYTES)
-                        total += len(more)
-                        if not more or more.endswith(b"\n"):
-                            break
-                    length = total - (1 if more.endswith(b"\n") else 0)
-                    yield (
-                        line_no,
-                        raw[:4096].decode("utf-8", errors="replace"),
-                        f"line too long ({length} bytes)",
-                    )
-                    continue
-                raw = raw.rstrip(b"\n").rstrip(b"\r")
-                try:
-                    yield line_no, raw.decode("utf-8"), None
-                except UnicodeDecodeError:
-                    yield line_no, raw.decode("utf-8", errors="replace"), "invalid UTF-8"
-        except (EOFError, OSError, zlib.error) as exc:
+    if start == 0 and end is None:
+        with _open_binary(path) as fh:
+            yield from _read_lines(fh, first_line, None)
+        return
+    if is_compressed(path):
+        raise StageInputError(f"{path}: a compressed file is read whole, not by byte range")
+    with open(path, "rb") as fh:
+        if start > 0:
+            fh.seek(start - 1)
+            if fh.read(1) != b"\n":  # mid-line: that line belongs to the range before
+                while (more := fh.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
+                    pass
+        yield from _read_lines(fh, first_line, None if end is None else end - fh.tell())
+
+
+def _read_lines(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator[tuple[int, str, str | None]]:
+    """The lines of ``fh`` from its position; with ``budget``, only those starting within that many bytes."""
+    line_no = first_line - 1
+    try:
+        while budget is None or budget > 0:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
             line_no += 1
-            yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
+            if budget is not None:
+                budget -= len(raw)
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                # Drain the rest of the long line without holding it in memory.
+                total = len(raw)
+                while True:
+                    more = fh.readline(MAX_LINE_BYTES)
+                    total += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                if budget is not None:
+                    budget -= total - len(raw)
+                length = total - (1 if more.endswith(b"\n") else 0)
+                yield (
+                    line_no,
+                    raw[:4096].decode("utf-8", errors="replace"),
+                    f"line too long ({length} bytes)",
+                )
+                continue
+            raw = raw.rstrip(b"\n").rstrip(b"\r")
+            try:
+                yield line_no, raw.decode("utf-8"), None
+            except UnicodeDecodeError:
+                yield line_no, raw.decode("utf-8", errors="replace"), "invalid UTF-8"
+    except (EOFError, OSError, zlib.error) as exc:
+        line_no += 1
+        yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
+
+
+def count_line_starts(path: str | Path, start: int, end: int, chunk: int = 8 << 20) -> int:
+    """How many lines of an uncompressed file start in ``[start, end)``: the lines
+    :func:`open_lines` yields for that range, counted from newline bytes alone (``bytes.count``
+    runs at memory speed, parsing does not), so that a later range knows its first line number.
+    """
+    n = 1 if start == 0 and end > 0 else 0
+    # A line starts at 0 and one byte after every newline; those in range follow newlines in [start-1, end-1).
+    pos = max(start - 1, 0)
+    stop = end - 1
+    with open(path, "rb") as fh:
+        fh.seek(pos)
+        while pos < stop:
+            data = fh.read(min(chunk, stop - pos))
+            if not data:
+                break
+            n += data.count(b"\n")
+            pos += len(data)
+    return n
+
+
+def is_compressed(path: str | Path) -> bool:
+    """Whether the file is gzip or bz2 by its magic bytes (it is then read whole, never by range)."""
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
 
 
 def _sample(path: str | Path, n: int) -> tuple[list[str], int]:
@@ -311,6 +366,12 @@ class LineParser:
     """
 
     format: str = ""
+    #: Whether a line parses the same whatever lines of the file came before it (all the parser's
+    #: state comes from the file's head, read when it is made), so that a large file may be read
+    #: by several tasks, each from its own byte range (:func:`open_lines`). False, the safe
+    #: default, where earlier lines change the state: Zeek and CSV headers, and the year of
+    #: year-less times, which moves on at a December -> January step.
+    splittable: bool = False
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any] | None:
         raise NotImplementedError

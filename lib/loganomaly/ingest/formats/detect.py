@@ -134,6 +134,7 @@ def parse_file(
     *,
     options: FormatOptions | None = None,
     formats: Mapping[str, LogFormat] | None = None,
+    byte_range: tuple[int, int | None, int] | None = None,
 ) -> Iterator[ParsedRecord]:
     """Parse every line of ``path``; exactly one record per physical line (see the package docstring).
 
@@ -142,6 +143,10 @@ def parse_file(
     unknown ``fmt`` or options that contradict the file's columns raise ConfigError (a setting
     to fix, not a property of the data). ``formats``: name -> format in detection order, default
     the registry's (a Spark task gets the driver's, see :mod:`loganomaly.ingest.stage`).
+    ``byte_range``: ``(start, end, first line number)``, only the lines starting in that range
+    of an uncompressed file (:func:`open_lines`); the parser is made from the file's head as
+    for the whole file, so a range of a file whose parser is ``splittable`` gives the records
+    the whole file gives for those lines.
     """
     opts = options or _default_options()
     formats = registered_formats() if formats is None else formats
@@ -157,7 +162,8 @@ def parse_file(
         reason_all = str(exc)
     fmt_name = parser.format if parser is not None else opts.format
     parse = parser.parse if parser is not None else None
-    for line_no, text, problem in open_lines(path):
+    lines = open_lines(path) if byte_range is None else open_lines(path, *byte_range)
+    for line_no, text, problem in lines:
         yield parse_line(parse, fmt_name, reason_all, line_no, text, problem, max_raw_chars, path)
 
 

@@ -37,6 +37,8 @@ class JsonParser(LineParser):
         self.ts_keys = tuple(opts.timestamp_fields or TIMESTAMP_FIELDS)
         self.time_format = TimeFormat.compile(opts.timestamp_format) if opts.timestamp_format else None
         self.mapper = _RecordMapper(opts)
+        # A year-less time format carries the year from line to line (see LineParser.splittable).
+        self.splittable = self.time_format is None or self.time_format.has_year
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
         try:

@@ -235,6 +235,8 @@ class LoghubParser(LineParser):
         elif spec and not opts.timestamp_fields:
             self.time_format = TimeFormat.compile(spec.time_format)
         self.frac_field = spec.frac_field if spec and not opts.timestamp_fields else None
+        # A year-less time format carries the year from line to line (see LineParser.splittable).
+        self.splittable = self.time_format is None or self.time_format.has_year
         if opts.entity_field:
             if opts.entity_field not in fields:
                 raise ConfigError(

@@ -324,6 +324,9 @@ class _Matcher:
         return drain.fast_match(self.by_length.get(len(tokens), ()), tokens, 1.0, True)
 
 
+_NOT_SEARCHED = object()
+
+
 class Templates:
     """Drain template miner with a JSON state; fit once, then match without learning.
 
@@ -422,6 +425,12 @@ class Templates:
         self._by_id = {t.template_id: t for t in self._templates}
         self._matcher = _Matcher(self.config, self._templates)
         self._version = hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:12]
+        # Masked token sequence -> what the Drain search found for it (template info, a
+        # NearestMatch's template, or None): logs repeat their masked forms far more than their
+        # raw text (a block id, a port, a user in every line), so the search runs once per form.
+        self._by_masked: dict[tuple[str, ...], Any] = {}
+        self._masked_hits = 0
+        self._searches = 0
         self._cached: Callable[[str], TemplateMatch]
         if self._cache_size:
             self._cached = functools.lru_cache(maxsize=self._cache_size)(self._match_uncached)
@@ -459,15 +468,35 @@ class Templates:
                          "template (similarity >= %.2f)", near, len(out), self.config.nearest_min_similarity)
         return out
 
+    def _search(self, tokens: list[str]) -> Any:
+        """The Drain search for masked ``tokens``: ``(False, template info)`` for an exact fit,
+        ``(True, nearest template)`` or None; memoised by the masked form (a pure function of it)."""
+        key = tuple(tokens)
+        found = self._by_masked.get(key, _NOT_SEARCHED)
+        if found is not _NOT_SEARCHED:
+            self._masked_hits += 1
+            return found
+        self._searches += 1
+        cluster = self._matcher.find(tokens)
+        if cluster is not None:
+            found = (False, self._matcher.info[cluster.cluster_id])
+        else:
+            near = self._matcher.nearest(tokens)
+            found = None if near is None else (True, near)
+        if self._cache_size:
+            if len(self._by_masked) >= self._cache_size:
+                self._by_masked.clear()  # bounded memory; the hot forms come back at once
+            self._by_masked[key] = found
+        return found
+
     def _match_uncached(self, message: str) -> TemplateMatch:
         tokens, values, info = self._pre(message)
-        cluster = self._matcher.find(tokens)
-        if cluster is None:
-            near = self._matcher.nearest(tokens)
-            if near is not None:
-                return NearestMatch(near.template_id, near.template, values)
+        found = self._search(tokens)
+        if found is None:
             return TemplateMatch(UNKNOWN_TEMPLATE_ID, None, values)
-        template_id, text, wild, template_tokens = self._matcher.info[cluster.cluster_id]
+        if found[0]:
+            return NearestMatch(found[1].template_id, found[1].template, values)
+        template_id, text, wild, template_tokens = found[1]
         if not info:
             return TemplateMatch(template_id, text, tuple(tokens[i] for i in wild))
         params: list[str] = []
@@ -487,6 +516,17 @@ class Templates:
         """``functools`` cache statistics (hits, misses, size), or ``None`` without a cache."""
         info = getattr(self._cached, "cache_info", None)
         return info() if info is not None else None
+
+    def cache_counts(self) -> tuple[int, int]:
+        """(messages matched without a Drain search, Drain searches) since this matcher was made.
+
+        A message seen before hits the message cache; a new message whose masked form was seen
+        hits the masked-form cache; only a new masked form is searched. So hits + searches = the
+        messages matched (``None`` messages aside), and the hit rate says how far matching costs
+        per distinct form rather than per line.
+        """
+        info = self.cache_info()
+        return (info.hits if info is not None else 0) + self._masked_hits, self._searches
 
     # ----------------------------------------------------------------------------------- inspection
     @property
