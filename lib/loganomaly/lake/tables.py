@@ -36,7 +36,7 @@ from loganomaly.lake.deltars import (
     spark_to_delta_arrow,
     table_arrow_schema,
 )
-from loganomaly.lake.guard import check_root, delta_errors
+from loganomaly.lake.guard import check_root, delta_errors, table_error
 from loganomaly.runtime.delta_jars import DELTA_CATALOG, DELTA_EXTENSION, coordinate
 
 if TYPE_CHECKING:
@@ -479,7 +479,8 @@ class Lake:
         """
         if not self.exists(name):
             return None
-        return latest_version(self.path(name))
+        version, _ = self._newest_commit(name)
+        return version
 
     def last_commit(self, name: str) -> dict[str, Any] | None:
         """The ``commitInfo`` of the latest version (``runId`` added, see :meth:`history`), or None.
@@ -489,7 +490,16 @@ class Lake:
         """
         if not self.exists(name):
             return None
-        return commit_info(self.path(name), latest_version(self.path(name)))
+        return self._newest_commit(name)[1]
+
+    def _newest_commit(self, name: str) -> tuple[int, dict[str, Any] | None]:
+        """The latest version and its ``commitInfo``; a damaged newest commit is a TableError naming it."""
+        path = self.path(name)
+        version = latest_version(path)
+        try:
+            return version, commit_info(path, version)
+        except (ValueError, UnicodeDecodeError) as exc:  # a commit cut short (full disk) or not text
+            raise table_error(name, path, exc) from exc
 
     @delta_errors
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
