@@ -17,7 +17,10 @@ and explained, as on a real night). Then, on the same windows and bundle:
 * ``spark scoring UDF``: :func:`loganomaly.scoring.stage.score_partitions` in ``mapInArrow``, every
   output column materialised with a ``noop`` write;
 * ``spark score stage``: :func:`loganomaly.scoring.stage.run` (the checks' aggregate, mapInArrow,
-  the ``scores`` and ``anomalies`` Delta writes).
+  the ``scores`` and ``anomalies`` Delta writes), whole; and its marginal rate: the windows beyond
+  ``--small`` over the time beyond the stage's run on ``--small`` windows (both timed in this run),
+  i.e. the stage's speed with its fixed cost taken out. Both figures are printed: the issue counts
+  the fixed cost apart (the rows below).
 
 Per core = windows/s divided by the task slots of ``--master`` (1 for the torch rows). Every
 process runs torch with one thread (``OMP_NUM_THREADS=1``, and the stage sets ``spark.task.cpus``
@@ -359,6 +362,13 @@ def main(argv: list[str] | None = None) -> None:
             per_core = n / seconds[key] / cores
             print(f"| {label} | {cores} | {n / seconds[key]:,.0f} | {per_core:,.0f} | {per_core / base:.2f} | "
                   f"{per_core / floor_rate:.2f} |")
+        if key == "stage" and seconds["stage"] > seconds["small"] and n > args.small:
+            # The stage's rate once its fixed cost is paid: the extra windows over the extra time,
+            # against the stage on --small windows timed in the same run.
+            marginal = (n - args.small) / (seconds["stage"] - seconds["small"])
+            print(f"| spark score stage, marginal (its {args.small:,}-window run, {seconds['small']:.2f}s, "
+                  f"subtracted) | {cores} | {marginal:,.0f} | {marginal / cores:,.0f} | "
+                  f"{marginal / cores / base:.2f} | {marginal / cores / floor_rate:.2f} |")
     print(f"\nfixed cost, {args.small:,} windows: warm session: stage {seconds['small']:.2f}s, bare job (read "
           f"sequences + noop write) {seconds['bare']:.2f}s, ratio {seconds['small'] / seconds['bare']:.2f}; "
           f"fresh process (from session ready to job end): stage {fresh['stage']['job']:.2f}s, bare "

@@ -102,6 +102,22 @@ def test_auto_prefers_delta_spark_when_the_session_has_it(spark, tmp_path, caplo
     assert spark.sql("SELECT ? AS y", args=[7]).first().y == 7
 
 
+def test_a_delta_spark_write_rebuilds_the_table_state_in_few_tasks(spark, tmp_path):
+    """Delta's log replay shuffles as wide as the session's shuffles, not its default 50 partitions."""
+    require_engine(spark, "delta")
+    assert spark.conf.get("spark.databricks.delta.snapshotPartitions") == spark.conf.get("spark.sql.shuffle.partitions")
+    lake = Lake(spark, tmp_path, engine="delta")
+    df = spark.createDataFrame(rows(range(10)), SCHEMA)
+    lake.write("events", df, partition_by=["date"])
+    tracker = spark.sparkContext.statusTracker()
+    before = set(tracker.getJobIdsForGroup(None))
+    lake.write("events", df, mode="overwrite", replace_where={"date": ["2024-03-01"]})
+    stages = [tracker.getStageInfo(s) for j in set(tracker.getJobIdsForGroup(None)) - before
+              for s in tracker.getJobInfo(j).stageIds]
+    # 159 tasks with Delta's default of 50 (three shuffle stages of 50 plus the write)
+    assert 0 < sum(s.numTasks for s in stages if s is not None) < 50
+
+
 FALLBACK = textwrap.dedent(
     """
     import logging, sys

@@ -79,6 +79,20 @@ def test_overwrite_time_travel_and_history(spark, lake):
     assert history[0]["runId"] == "r2"
 
 
+def test_version_and_last_commit_come_from_the_log_and_agree_with_history(spark, lake):
+    assert lake.version("scores") is None and lake.last_commit("scores") is None
+    df = spark.createDataFrame(rows(range(2)), SCHEMA)
+    for i in range(11):  # past version 10, where delta-spark writes its first checkpoint beside the commits
+        assert lake.write("scores", df, mode="append" if i else "overwrite", run_id=f"r{i}") == i
+    newest = lake.history("scores", limit=1)[0]
+    assert lake.version("scores") == newest["version"] == 10
+    last = lake.last_commit("scores")
+    assert last is not None and last["version"] == 10 and last["runId"] == newest["runId"] == "r10"
+    lake.write("scores", df, mode="append")  # no run id: none in the newest commit
+    last = lake.last_commit("scores")
+    assert lake.version("scores") == 11 and last is not None and last["runId"] is None
+
+
 def test_replace_one_date_partition(spark, lake):
     lake.write(
         "scores",

@@ -8,7 +8,7 @@ import pytest
 
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
-from loganomaly.scoring.stage import repair_anomalies
+from loganomaly.scoring.stage import REPAIR_SUFFIX, last_run_finished, repair_anomalies
 from tests.conftest import ENGINES, require_engine
 
 pytestmark = pytest.mark.spark
@@ -26,21 +26,29 @@ def rows(run_id: str, flagged: set[int], days: list[dt.date] = DAYS) -> list[tup
     return out
 
 
-def write_both(spark, lake: Lake, run_id: str, flagged: set[int], days: list[dt.date]) -> None:  # type: ignore[no-untyped-def]
-    """What ``write_scores`` commits: ``scores`` of the days, then ``anomalies`` (its flagged rows)."""
-    write_scores_only(spark, lake, run_id, flagged, days)
+def write_both(spark, lake: Lake, run_id: str, flagged: set[int], days: list[dt.date],  # type: ignore[no-untyped-def]
+               commit_run_id: str = "") -> None:
+    """What ``write_scores`` commits: ``scores`` of the days, then ``anomalies`` (its flagged rows).
+
+    ``commit_run_id`` goes into both commits' metadata, as the stage writes them; the tests that
+    leave it empty exercise the full comparison (commits without run ids are never trusted).
+    """
+    write_scores_only(spark, lake, run_id, flagged, days, commit_run_id)
     df = spark.createDataFrame([r for r in rows(run_id, flagged, days) if r[6]], TABLES["anomalies"].ddl)
     mode = "overwrite" if lake.exists("anomalies") else "append"
     lake.write("anomalies", df, mode=mode, partition_by=["date"],
-               replace_where={"date": [d.isoformat() for d in days]} if mode == "overwrite" else None)
+               replace_where={"date": [d.isoformat() for d in days]} if mode == "overwrite" else None,
+               run_id=commit_run_id)
 
 
-def write_scores_only(spark, lake: Lake, run_id: str, flagged: set[int], days: list[dt.date]) -> None:  # type: ignore[no-untyped-def]
+def write_scores_only(spark, lake: Lake, run_id: str, flagged: set[int], days: list[dt.date],  # type: ignore[no-untyped-def]
+                      commit_run_id: str = "") -> None:
     """The first of the two commits alone: a run killed before its ``anomalies`` commit."""
     df = spark.createDataFrame(rows(run_id, flagged, days), TABLES["scores"].ddl)
     mode = "overwrite" if lake.exists("scores") else "append"
     lake.write("scores", df, mode=mode, partition_by=["date"],
-               replace_where={"date": [d.isoformat() for d in days]} if mode == "overwrite" else None)
+               replace_where={"date": [d.isoformat() for d in days]} if mode == "overwrite" else None,
+               run_id=commit_run_id)
 
 
 def consistent(lake: Lake) -> bool:
@@ -76,3 +84,29 @@ def test_a_first_run_stopped_before_anomalies_existed_creates_it(spark, lake) ->
     assert not lake.exists("anomalies")
     assert repair_anomalies(lake, "r2") == ["2024-03-05"]
     assert consistent(lake)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_the_comparison_is_skipped_only_when_one_run_made_both_newest_commits(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    require_engine(spark, engine)
+    lake = Lake(spark, tmp_path / "lake", engine=engine)
+    write_both(spark, lake, "r1", {3}, DAYS, commit_run_id="r1")
+    assert last_run_finished(lake) and repair_anomalies(lake, "r2") == []
+
+    # r2 stops after its scores commit: the newest commits are r2's and r1's, so the tables are compared
+    write_scores_only(spark, lake, "r2", {1}, DAYS[:1], commit_run_id="r2")
+    assert not last_run_finished(lake)
+    # r3 repairs, then stops after its own scores commit: its repair commit must not pass for its
+    # anomalies commit (the newest commits would otherwise both carry r3)
+    assert repair_anomalies(lake, "r3") == ["2024-03-05"]
+    assert lake.last_commit("anomalies")["runId"] == "r3" + REPAIR_SUFFIX  # type: ignore[index]
+    write_scores_only(spark, lake, "r3", {2}, DAYS[1:2], commit_run_id="r3")
+    assert not last_run_finished(lake)
+    assert repair_anomalies(lake, "r4") == ["2024-03-06"]
+    assert consistent(lake)
+
+    # a run that finishes both commits makes the next check free again
+    write_both(spark, lake, "r4", {0}, DAYS[2:], commit_run_id="r4")
+    assert last_run_finished(lake) and consistent(lake)
+    versions = (lake.version("scores"), lake.version("anomalies"))
+    assert repair_anomalies(lake, "r5") == [] and (lake.version("scores"), lake.version("anomalies")) == versions

@@ -102,6 +102,11 @@ def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
     out.setdefault("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
     # VACUUM lists a table's files with this many tasks (default 10000: minutes on a laptop).
     out.setdefault("spark.sql.sources.parallelPartitionDiscovery.parallelism", str(max(1, cfg.shuffle_partitions)))
+    # Delta rebuilds a table's state (log replay) before each write with shuffles of this many
+    # partitions (default 50): on a nightly table's small log that is about 150 tasks of nothing
+    # per commit. Measured on `local[2]` (2 busy cores): a 1,000-row replaceWhere write of `scores`
+    # ran 159 tasks in 24.6 s at 50 partitions, 19 tasks in 4.5 s at 2 (median of 3, alternating).
+    out.setdefault("spark.databricks.delta.snapshotPartitions", str(max(1, cfg.shuffle_partitions)))
     log.info("delta-spark %s on this session (%d cached jars)", delta_jars.coordinate(), len(jars))
     return out
 
