@@ -247,8 +247,9 @@ class TrainConfig:
     # scores only (bench/walkforward.py; README "Retraining as users run it").
     screen_mad_k: float | None = 5.0
     # With a previous bundle (train.init_from, else the bundle already in --model-dir) over the
-    # same features: the validation windows it flags are left out too (counted against the budget,
-    # so a model trained on the same windows does not lower the threshold retrain after retrain).
+    # same features: the validation windows it flags beyond a budget's worth are left out (an
+    # incident it saw); those within it stay with capped scores, so retraining on the same windows
+    # keeps the threshold where it was (loganomaly.models.screening.screened_budget).
     screen_previous: bool = True
     # Stability across retrains: a threshold more than this factor above or below the previous
     # bundle's is clamped to the factor (threshold_clamp) or kept with a warning; empty: no check.
