@@ -91,7 +91,7 @@ def day_results(spark: Any, lake: Lake, version: str, day: str, intervals: list[
     windows = (lake.read("scores")
                .where((F.col("model_version") == F.lit(version)) & (F.col("date") == F.lit(dt.date.fromisoformat(day))))
                .select(*evaluation.WINDOW_KEYS, "is_anomaly"))
-    rows = (evaluation.label_windows_by_intervals(spark, windows, intervals)
+    rows: Any = (evaluation.label_windows_by_intervals(spark, windows, intervals)
             .select("entity", F.unix_timestamp("window_start").alias("start"),
                     F.unix_timestamp("window_end").alias("end"), "is_anomaly", "label").toPandas())
     flagged = rows["is_anomaly"].to_numpy(bool)
@@ -103,6 +103,40 @@ def day_results(spark: Any, lake: Lake, version: str, day: str, intervals: list[
         found += bool((hit & flagged).any())
     return {"windows": len(rows), "benign": int(benign.sum()), "benign_flagged": int((flagged & benign).sum()),
             "found": found, "incidents": len(incidents)}
+
+
+def k_sweep(spark: Any, cfg: Config, lake: Lake, model_dir: Path, until: str) -> list[str]:
+    """How each ``train.screen_mad_k`` screens the last model's own validation windows (labelled by the data).
+
+    The validation windows of the training period and their incident labels (``n_abnormal``) are
+    what a default may be chosen on; the scored days are not used.
+    """
+    from loganomaly.models.autoencoder import screened_threshold, window_errors
+    from loganomaly.models.window import ModelBundle
+    from loganomaly.registry import MODEL_KINDS, READERS
+    from loganomaly.runtime.collective import Collective
+
+    at = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, train_until=until, init_from=""))
+    plan = MODEL_KINDS.get("autoencoder").plan(spark, at, lake, model_dir)
+    shard, _ = READERS.get("arrow").read(plan.context["val_plan"], Collective(), equal=False)
+    bundle = load_bundle(model_dir)
+    assert isinstance(bundle, ModelBundle)
+    groups = bundle.peers.groups_of(shard.x) if bundle.peers is not None else None
+    x = bundle.normalise(shard.x, groups) if groups is not None else bundle.normaliser.transform(shard.x)
+    scores, _ = window_errors(bundle.build_model(), x)
+    incident = (shard.abnormal if shard.abnormal is not None else np.zeros(len(scores))) > 0
+    lines = [f"Validation windows of the last training period ({len(scores)}, {int(incident.sum())} of them incident "
+             f"windows), scored by its unscreened model:", "",
+             "| train.screen_mad_k | incident windows screened | benign windows screened | threshold | benign "
+             "validation windows above it |", "|---|---|---|---|---|"]
+    for k in (3.0, 4.0, 5.0, 6.0, 8.0, None):
+        k_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, screen_mad_k=k))
+        threshold, record = screened_threshold(scores, k_cfg)
+        out = ~record["keep"]
+        lines.append(f"| {k if k is not None else 'off'} | {int((out & incident).sum())} of {int(incident.sum())} | "
+                     f"{int((out & ~incident).sum())} of {int((~incident).sum())} | {threshold:.4g} | "
+                     f"{float((scores[~incident] > threshold).mean()):.4f} |")
+    return lines
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -195,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{sum(r['found'] for r in mine)} of {sum(r['incidents'] for r in mine)} | "
                      f"{_fmt(min(thresholds), 4)} - {_fmt(max(thresholds), 4)} | "
                      f"{_fmt(max(moves) if moves else None)}x |")
+    lines += ["", *k_sweep(spark, cfgs["old"], lake, models["old"], days[-1])]
     budget = 1 - cfg.train.threshold_quantile if cfg.train.alert_budget is None else cfg.train.alert_budget
     settings = (f"{args.hosts} hosts x {args.days} days ({args.warmup} warm-up), {len(data.anomalies)} incidents, "
                 f"seed {args.seed}, {'continued' if args.continue_ else 'fresh'} models, alert budget {budget:.3g}, "

@@ -251,6 +251,9 @@ class TrainConfig:
     # incident it saw); those within it stay with capped scores, so retraining on the same windows
     # keeps the threshold where it was (loganomaly.models.screening.screened_budget).
     screen_previous: bool = True
+    # A previous model flagging more than this share of the validation windows is judged
+    # miscalibrated on the new data (not an incident that long) and its flags are ignored.
+    screen_previous_max_share: float = 0.05
     # Stability across retrains: a threshold more than this factor above or below the previous
     # bundle's is clamped to the factor (threshold_clamp) or kept with a warning; empty: no check.
     threshold_max_ratio: float | None = 10.0
@@ -536,6 +539,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
         (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),
         (cfg.train.screen_mad_k is None or cfg.train.screen_mad_k > 0, "train.screen_mad_k must be > 0 (or empty)"),
+        (0 < cfg.train.screen_previous_max_share <= 1, "train.screen_previous_max_share must be in (0, 1]"),
         (
             cfg.train.threshold_max_ratio is None or cfg.train.threshold_max_ratio > 1,
             "train.threshold_max_ratio must be > 1 (or empty)",

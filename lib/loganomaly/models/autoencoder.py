@@ -273,7 +273,8 @@ def screened_threshold(val_scores: np.ndarray, cfg: Config,
     of the flags within it. Returns the threshold and the screening record (counts, and ``keep``,
     the mask of the windows that set it).
     """
-    keep, values, screening = screened_budget(val_scores, alert_budget(cfg), cfg.train.screen_mad_k, previous_flagged)
+    keep, values, screening = screened_budget(val_scores, alert_budget(cfg), cfg.train.screen_mad_k, previous_flagged,
+                                              cfg.train.screen_previous_max_share)
     threshold = calibrate_threshold(values[keep], 1.0 - screening.budget)
     record = screening.as_dict()
     record["mad_k"] = cfg.train.screen_mad_k

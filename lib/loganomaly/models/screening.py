@@ -74,13 +74,15 @@ class Screening:
     capped_previous: int  # flagged by the previous model within its budget: kept, score capped
     kept: int
     budget: float
+    previous_ignored: bool = False  # the previous model flagged more than max_previous_share: not trusted
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def screened_budget(
-    scores: np.ndarray, budget: float, k: float | None, previous_flagged: np.ndarray | None = None
+    scores: np.ndarray, budget: float, k: float | None, previous_flagged: np.ndarray | None = None,
+    max_previous_share: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, Screening]:
     """(keep mask, scores to calibrate on, what was screened) for ``budget`` over ``scores``.
 
@@ -91,8 +93,14 @@ def screened_budget(
     cannot lift the quantile or the fitted tail. The flagged windows beyond that number, the
     highest-scoring first, are an incident the previous model saw: left out. On benign data the
     previous model flags about the budget, nothing is left out, and the threshold stays where it
-    was (a retrain on the same windows does not move it). Should screening leave fewer than two
-    windows, nothing is screened (logged).
+    was (a retrain on the same windows does not move it).
+
+    A previous model that flags more than ``max_previous_share`` of the windows the rule keeps is
+    not judging incidents but its own miscalibration on data it did not see (a level shift, a new
+    daily pattern): its flags are ignored (logged). Trusting them anyway would leave out the new
+    normal and pin the new threshold to the old, wrong one: seen in ``bench/walkforward.py``, where
+    a first model flagging 30 % of the next day's windows made its successor flag 60 %.
+    Should screening leave fewer than two windows, nothing is screened (logged).
 
     Raises:
         ModelError: non-finite scores, or flags for another number of windows.
@@ -105,6 +113,11 @@ def screened_budget(
         raise ModelError(f"previous model's flags for {flagged.size} windows, scores for {n}")
     keep = ~suspect
     flagged = flagged & keep
+    ignored = bool(flagged.sum() > max_previous_share * keep.sum())
+    if ignored:
+        log.warning("the previous model flags %d of %d validation windows (over %.3g of them): not screening by it",
+                    int(flagged.sum()), int(keep.sum()), max_previous_share)
+        flagged[:] = False
     dropped = 0
     allowed = int(np.floor(budget * int(keep.sum())))
     index = np.flatnonzero(flagged)
@@ -119,7 +132,8 @@ def screened_budget(
     if keep.sum() < 2:
         log.warning("screening would leave %d of %d validation windows; calibrating on all of them", int(keep.sum()), n)
         return np.ones(n, dtype=bool), x, Screening(n, 0, 0, 0, n, float(budget))
-    return keep, values, Screening(n, int(suspect.sum()), dropped, int(flagged.sum()), int(keep.sum()), float(budget))
+    return keep, values, Screening(n, int(suspect.sum()), dropped, int(flagged.sum()), int(keep.sum()), float(budget),
+                                   ignored)
 
 
 def steady_threshold(
