@@ -347,8 +347,9 @@ class WindowKind(ModelKind):
         """
         return None
 
-    #: The kind's threshold is a budget quantile of benign scores that should stay put across
-    #: retrains: :meth:`finish` bounds its move from the previous bundle's (train.threshold_max_ratio).
+    #: The kind's threshold is a budget quantile of unlabelled scores that should stay put across
+    #: retrains: :meth:`finish` has the previous bundle flag the validation windows for
+    #: :meth:`calibrate_screened` and bounds the move from its threshold (train.threshold_max_ratio).
     stable_threshold = False
 
     def calibrate_screened(self, model: torch.nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
@@ -479,7 +480,7 @@ class WindowKind(ModelKind):
         model.to(device).eval()
         previous: ModelBundle | None = ctx.get("previous")
         previous_flagged = None
-        if previous is not None and cfg.train.screen_previous:
+        if previous is not None and cfg.train.screen_previous and self.stable_threshold:
             previous_flagged = self.flagged_by(previous, val_shard.x, device)
         threshold, metrics, val_scores = self.calibrate_screened(model, device, val_x, val_shard, cfg,
                                                                  previous_flagged)
