@@ -68,3 +68,49 @@ def test_the_cli_imports_without_delta_rs_torch_or_spark() -> None:
     code = ("import sys\nfor m in ('deltalake', 'torch', 'pyspark'): sys.modules[m] = None\n"
             "import loganomaly.cli\nloganomaly.cli.build_parser()")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_until_and_score_range_parse() -> None:
+    from loganomaly.cli import _config
+
+    args = build_parser().parse_args(["train", "--model-dir", "m", "--until", "2024-03-06"])
+    assert _config(args).train.train_until == "2024-03-06"
+    args = build_parser().parse_args(["train", "--model-dir", "m", "--until", "2024-03-06T12:30:00+00:00"])
+    assert _config(args).train.train_until == "2024-03-06T12:30:00+00:00"
+    args = build_parser().parse_args(["score", "--model-dir", "m", "--from", "2024-03-05", "--to", "2024-03-07"])
+    assert (args.date_from, args.date_to, args.date, args.since_last_run, args.all) == (
+        "2024-03-05", "2024-03-07", None, False, False)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["score", "--model-dir", "m", "--from", "2024-03-05", "--date", "2024-03-05"],
+        ["score", "--model-dir", "m", "--from", "2024-03-05", "--since-last-run"],
+        ["score", "--model-dir", "m", "--from", "2024-03-05", "--all"],
+        ["score", "--model-dir", "m", "--fr", "2024-03-05"],
+        ["train", "--model-dir", "m", "--unt", "2024-03-05"],
+    ],
+)
+def test_a_range_with_another_date_choice_is_refused(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "not allowed with argument" in err or "unrecognized arguments" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--model-dir", "m", "--until", "2024-13-01"], "train.train_until='2024-13-01' is not an ISO date"),
+        (["train", "--model-dir", "m", "--until", "yesterday"], "train.train_until='yesterday' is not an ISO date"),
+        (["score", "--model-dir", "m", "--to", "2024-03-05"], "score --to needs --from"),
+    ],
+)
+def test_bad_until_or_range_exits_2_before_spark(argv: list[str], message: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.cli import main
+
+    assert main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0]

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the interrupted run checkpointed in <model-dir>/checkpoints (train.resume)")
     p.add_argument("--init-from", metavar="BUNDLE_DIR",
                    help="continue training this existing model on the current data (train.init_from)")
+    p.add_argument("--until", metavar="T",
+                   help="end the training period at T, an ISO date (its 00:00 UTC) or timestamp: windows ending "
+                        "at or before T train and validate (train.train_until); later windows are left to score")
 
     p = sub.add_parser("score", help="score windows into the scores and anomalies tables")
     _common(p)
@@ -105,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the last date this model scored and every later date of sequences",
     )
     which.add_argument("--all", action="store_true", help="score every date (the default)")
+    which.add_argument(
+        "--from", dest="date_from", metavar="D1",
+        help="score every date of sequences from D1 to --to D2, both included, in one run (YYYY-MM-DD, today "
+             "or yesterday); those dates' earlier results are replaced, no other date is touched",
+    )
+    p.add_argument("--to", dest="date_to", metavar="D2", help="last date of a --from range (default: D1)")
 
     p = sub.add_parser("sql", help="run Spark SQL over every table (each is a view of its own name)")
     _common(p)
@@ -191,6 +200,8 @@ def _config(args: argparse.Namespace) -> Config:
         overrides.append("train.resume=true")
     if getattr(args, "init_from", None):
         overrides.append(f"train.init_from={args.init_from}")
+    if getattr(args, "until", None):
+        overrides.append(f"train.train_until={args.until}")
     return load_config(profile=args.profile, overrides=overrides, conf_dir=args.conf_dir)
 
 
@@ -204,6 +215,8 @@ def _print_frame(df: Any, limit: int) -> None:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "date_to", None) and not getattr(args, "date_from", None):
+        raise ConfigError("score --to needs --from (a date range); for one date use --date")
     cfg = _config(args)
     if getattr(args, "lake", None):
         check_root(cfg.lake.root)  # a file given as --lake: refused before Spark starts or anything is read
@@ -238,7 +251,8 @@ def dispatch(args: argparse.Namespace) -> int:
     elif args.command == "score":
         from loganomaly.scoring import stage as score
 
-        scored = score.run(spark, cfg, args.model_dir, date=args.date, since_last_run=args.since_last_run)
+        scored = score.run(spark, cfg, args.model_dir, date=args.date, since_last_run=args.since_last_run,
+                           date_range=(args.date_from, args.date_to or args.date_from) if args.date_from else None)
         print(json.dumps(scored.as_dict()))
     elif args.command == "evaluate":
         from loganomaly.evaluation import stage as evaluate

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from loganomaly.config import Config, LakeConfig
-from loganomaly.errors import ModelError
+from loganomaly.errors import ModelError, StageInputError
 from loganomaly.lake.schemas import TABLES
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
 from loganomaly.models.bundle import save_bundle
@@ -96,3 +96,36 @@ def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: s
     assert (lake.version("scores"), lake.version("anomalies")) == versions
     # the other date holds no refused row: it scores
     assert stage.run(spark, cfg, model_dir, date=DAYS[1].isoformat(), lake=lake).windows == len(x) // 2
+
+
+def test_a_date_range_scores_only_its_dates_and_reruns_change_nothing(spark, scored_lake) -> None:  # type: ignore[no-untyped-def]
+    lake, cfg, model_dir, x = scored_lake
+    first_day = stage.run(spark, cfg, model_dir, date=DAYS[0].isoformat(), lake=lake)
+    before = {r["date"]: r["run_id"] for r in lake.read("scores").select("date", "run_id").distinct().collect()}
+    assert list(before) == [DAYS[0]]
+    one = stage.run(spark, cfg, model_dir, date_range=(DAYS[1].isoformat(), DAYS[1].isoformat()), lake=lake)
+    assert one.dates == [DAYS[1].isoformat()] and one.windows == len(x) // 2
+    runs = {r["date"]: r["run_id"] for r in lake.read("scores").select("date", "run_id").distinct().collect()}
+    assert runs == {DAYS[0]: first_day.run_id, DAYS[1]: one.run_id}  # the date outside the range was not re-scored
+    scores, anomalies = _table(lake, "scores"), _table(lake, "anomalies")
+    assert len(scores) == len(x)
+    both = stage.run(spark, cfg, model_dir, date_range=(DAYS[0].isoformat(), DAYS[1].isoformat()), lake=lake)
+    assert both.dates == [d.isoformat() for d in DAYS] and both.windows == len(x)
+    assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies  # twice = unchanged
+    # A date of the range whose windows are gone loses its old results too (as --date does).
+    empty = spark.createDataFrame([], TABLES["sequences"].ddl)
+    lake.write("sequences", empty, mode="overwrite", partition_by=("date",), replace_where={"date": [DAYS[1]]})
+    again = stage.run(spark, cfg, model_dir, date_range=(DAYS[0].isoformat(), DAYS[1].isoformat()), lake=lake)
+    assert again.dates == [d.isoformat() for d in DAYS] and again.windows == len(x) // 2
+    assert {r["date"] for r in lake.read("scores").select("date").distinct().collect()} == {DAYS[0]}
+
+
+def test_a_bad_range_is_refused_before_anything_is_written(spark, scored_lake) -> None:  # type: ignore[no-untyped-def]
+    lake, cfg, model_dir, _ = scored_lake
+    with pytest.raises(StageInputError, match="ends .* before it starts"):
+        stage.run(spark, cfg, model_dir, date_range=(DAYS[1].isoformat(), DAYS[0].isoformat()), lake=lake)
+    with pytest.raises(StageInputError, match="not YYYY-MM-DD"):
+        stage.run(spark, cfg, model_dir, date_range=("2024-03-xx", DAYS[0].isoformat()), lake=lake)
+    with pytest.raises(StageInputError, match="no windows to score"):
+        stage.run(spark, cfg, model_dir, date_range=("2023-01-01", "2023-01-31"), lake=lake)
+    assert not lake.exists("scores")

@@ -37,6 +37,7 @@ from loganomaly.features.windows import (
 from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
 from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.screening import screened_budget
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork, alert_budget
 from loganomaly.runtime.collective import Collective
@@ -269,6 +270,30 @@ def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
     return max(candidates)
 
 
+def screened_threshold(val_scores: np.ndarray, cfg: Config,
+                       previous_flagged: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
+    """:func:`calibrate_threshold` at the alert budget on the screened validation scores.
+
+    Screening (:func:`loganomaly.models.screening.screened_budget`) leaves out suspected
+    incidents (log score beyond ``train.screen_mad_k`` robust standard deviations) and the windows
+    a previous model flagged beyond its budget's worth (``previous_flagged``), and caps the scores
+    of the flags within it. Returns the threshold and the screening record (counts, and ``keep``,
+    the mask of the windows that set it).
+    """
+    keep, values, screening = screened_budget(val_scores, alert_budget(cfg), cfg.train.screen_mad_k, previous_flagged,
+                                              cfg.train.screen_previous_max_share)
+    threshold = calibrate_threshold(values[keep], 1.0 - screening.budget)
+    record = screening.as_dict()
+    record["mad_k"] = cfg.train.screen_mad_k
+    record["keep"] = keep
+    if screening.screened_robust or screening.screened_previous or screening.capped_previous:
+        log.info("calibration: of %d validation windows, %d beyond the robust rule and %d flagged by the previous "
+                 "model beyond its budget left out, %d of its flags kept with capped scores; threshold %.5g",
+                 screening.validation_windows, screening.screened_robust, screening.screened_previous,
+                 screening.capped_previous, threshold)
+    return threshold, record
+
+
 #: Typical per-feature errors below this are floored when explaining: a feature that never varied
 #: in training has ~0 typical error, and the ratio to it would say nothing more than "unusual".
 TYPICAL_ERROR_FLOOR = 0.05
@@ -377,16 +402,26 @@ class AutoencoderKind(WindowKind):
              cfg: Config) -> AutoencoderWork:
         return AutoencoderWork(train_plan, val_plan, model_cfg, normaliser)
 
+    stable_threshold = True
+
     def calibrate(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
-        val_scores, val_feature_errors = window_errors(model, val_x, device=device)
-        threshold = calibrate_threshold(val_scores, 1.0 - alert_budget(cfg))
-        # Typical per-feature error on normal windows: scoring explains a window by how many
-        # times its error exceeds this.
-        return threshold, {"val_feature_error": [float(v) for v in val_feature_errors.mean(axis=0)]}, val_scores
+        return self.calibrate_screened(model, device, val_x, val_shard, cfg, None)
 
-    def calibrate_group(self, val_scores: np.ndarray, cfg: Config) -> float | None:
-        return calibrate_threshold(val_scores, 1.0 - alert_budget(cfg))
+    def calibrate_screened(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
+                           cfg: Config, previous_flagged: np.ndarray | None) -> tuple[float, dict[str, Any], np.ndarray]:
+        """The budget threshold on the screened validation windows (:func:`screened_threshold`)."""
+        val_scores, val_feature_errors = window_errors(model, val_x, device=device)
+        threshold, screening = screened_threshold(val_scores, cfg, previous_flagged)
+        keep = screening.pop("keep")
+        # Typical per-feature error on normal windows (the screened ones): scoring explains a
+        # window by how many times its error exceeds this.
+        typical = val_feature_errors[keep].mean(axis=0)
+        return threshold, {"val_feature_error": [float(v) for v in typical], "screening": screening}, val_scores
+
+    def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
+                        previous_flagged: np.ndarray | None = None) -> float | None:
+        return screened_threshold(val_scores, cfg, previous_flagged)[0]
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
                       top_k: int, inference: Inference | None = None) -> pa.RecordBatch:

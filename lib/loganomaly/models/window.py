@@ -60,6 +60,7 @@ from loganomaly.models.normaliser import (
     fit_normaliser,
     group_index,
 )
+from loganomaly.models.screening import steady_threshold
 from loganomaly.models.task import FitTask, TrainResult
 from loganomaly.registry import READERS
 from loganomaly.runtime.collective import Collective
@@ -336,12 +337,36 @@ class WindowKind(ModelKind):
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
         """(threshold, metrics, validation scores) from the validation windows (normalised)."""
 
-    def calibrate_group(self, val_scores: np.ndarray, cfg: Config) -> float | None:
+    def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
+                        previous_flagged: np.ndarray | None = None) -> float | None:
         """A peer group's own threshold from its validation scores, or None to keep the global one.
 
-        Kinds whose scores mean the same in every group (a probability) keep the default.
+        ``previous_flagged`` marks the group's validation windows that the previous model flagged
+        (None without one). Kinds whose scores mean the same in every group (a probability) keep
+        the default.
         """
         return None
+
+    #: The kind's threshold is a budget quantile of unlabelled scores that should stay put across
+    #: retrains: :meth:`finish` has the previous bundle flag the validation windows for
+    #: :meth:`calibrate_screened` and bounds the move from its threshold (train.threshold_max_ratio).
+    stable_threshold = False
+
+    def calibrate_screened(self, model: torch.nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
+                           cfg: Config, previous_flagged: np.ndarray | None) -> tuple[float, dict[str, Any], np.ndarray]:
+        """:meth:`calibrate`, told which validation windows the previous model flagged (None: no previous model).
+
+        Kinds that calibrate on unlabelled validation windows screen them (the autoencoder); the
+        default ignores the flags (a threshold chosen on labels needs no screening).
+        """
+        return self.calibrate(model, device, val_x, val_shard, cfg)
+
+    def flagged_by(self, previous: ModelBundle, x: np.ndarray, device: torch.device) -> np.ndarray:
+        """Which raw windows ``x`` the previous bundle flags (its own normaliser, groups and threshold)."""
+        model = previous.build_model(device).eval()
+        out = self.score_windows(previous, model, device, x, 1)
+        column = out.column("score") if isinstance(out, pa.RecordBatch) else out["score"]
+        return np.asarray(column, dtype=np.float64) > float(previous.threshold)
 
     @abstractmethod
     def score_windows(self, bundle: ModelBundle, model: torch.nn.Module, device: torch.device, x: np.ndarray,
@@ -392,6 +417,7 @@ class WindowKind(ModelKind):
             init_state, init_normaliser = base.state_dict, base.normaliser
             init_groups = base.peers.normalisers if base.peers is not None else None
             log.info("train: continuing model %s from %s", base.version, cfg.train.init_from)
+        previous = self.previous_bundle(cfg, model_dir, model_cfg, feature_names)
         work = self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg)
         groups = feature_groups(feature_names)
         if groups:
@@ -405,8 +431,32 @@ class WindowKind(ModelKind):
             describe=f"{n_train} training and {n_val} validation windows from sequences version {version} "
                      f"(split {split.as_dict()})",
             context={"version": version, "split": split, "feature_names": feature_names,
-                     "train_plan": train_plan, "val_plan": val_plan, "model_cfg": model_cfg},
+                     "train_plan": train_plan, "val_plan": val_plan, "model_cfg": model_cfg, "previous": previous},
         )
+
+    def previous_bundle(self, cfg: Config, model_dir: Path, model_cfg: Any,
+                        feature_names: list[str]) -> ModelBundle | None:
+        """The model this run replaces: ``train.init_from``, else the bundle already in ``model_dir``.
+
+        Its threshold is what the new one is held steady against, and its flags screen the
+        validation windows. Only a bundle of this kind over the same features and window length
+        can judge the new windows; any other (or none, or an unreadable one) gives None.
+        """
+        source = cfg.train.init_from or (str(model_dir) if (Path(model_dir) / "model.json").is_file() else "")
+        if not source:
+            return None
+        try:
+            previous = load_bundle(source)
+        except ModelError as exc:
+            log.warning("train: previous model in %s not usable for screening and stability (%s)", source, exc)
+            return None
+        if (not isinstance(previous, ModelBundle) or previous.kind != self.bundle_kind
+                or previous.feature_names != feature_names
+                or previous.window_steps != getattr(model_cfg, "window_steps", previous.window_steps)):
+            log.info("train: previous model in %s is of another kind or feature list; no screening by it", source)
+            return None
+        log.info("train: previous model %s (threshold %.5g) from %s", previous.version, previous.threshold, source)
+        return previous
 
     def finish(self, plan: TrainingPlan, result: TrainResult, cfg: Config, lake: Lake, run_id: str) -> ModelBundle:
         ctx = plan.context
@@ -428,9 +478,19 @@ class WindowKind(ModelKind):
         model.load_state_dict(result.state_dict)
         device = pick_device(cfg.train.device)
         model.to(device).eval()
-        threshold, metrics, val_scores = self.calibrate(model, device, val_x, val_shard, cfg)
+        previous: ModelBundle | None = ctx.get("previous")
+        previous_flagged = None
+        if previous is not None and cfg.train.screen_previous and self.stable_threshold:
+            previous_flagged = self.flagged_by(previous, val_shard.x, device)
+        threshold, metrics, val_scores = self.calibrate_screened(model, device, val_x, val_shard, cfg,
+                                                                 previous_flagged)
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
                    "val_score_quantiles": quantiles(val_scores)}
+        if previous is not None:
+            metrics.setdefault("screening", {})["previous_version"] = previous.version
+            if self.stable_threshold:
+                threshold, metrics["threshold_stability"] = steady_threshold(
+                    threshold, previous.threshold, cfg.train.threshold_max_ratio, cfg.train.threshold_clamp)
         if peers is not None:
             # The alert budget per group, on the group's own validation windows (benign ones when
             # train.normal_only); a group with too few keeps the global threshold.
@@ -438,7 +498,11 @@ class WindowKind(ModelKind):
             for gi, name in enumerate(peers.names):
                 mine = val_scores[val_groups == gi]
                 windows_per_group[name] = int(len(mine))
-                own = self.calibrate_group(mine, cfg) if len(mine) >= cfg.train.group_min_windows else None
+                flags = None if previous_flagged is None else previous_flagged[val_groups == gi]
+                own = self.calibrate_group(mine, cfg, flags) if len(mine) >= cfg.train.group_min_windows else None
+                if own is not None and self.stable_threshold and previous is not None and previous.peers is not None:
+                    own, _ = steady_threshold(own, previous.peers.thresholds.get(name), cfg.train.threshold_max_ratio,
+                                              cfg.train.threshold_clamp)
                 if own is not None:
                     peers.thresholds[name] = float(own)
             metrics["peer_groups"] = {"validation_windows": windows_per_group, "thresholds": dict(peers.thresholds),
@@ -488,9 +552,15 @@ class WindowKind(ModelKind):
 
     def summary(self, bundle: Bundle) -> dict[str, Any]:
         assert isinstance(bundle, ModelBundle)
+        screening = bundle.metrics.get("screening") or {}
+        stability = bundle.metrics.get("threshold_stability") or {}
         return {"threshold": float(bundle.threshold), "sequences_version": bundle.training.get("sequences_version"),
                 "train_windows": bundle.training.get("train_windows"),
-                "validation_windows": bundle.training.get("validation_windows")}
+                "validation_windows": bundle.training.get("validation_windows"),
+                "screened_windows": int(screening.get("screened_robust", 0)) + int(screening.get("screened_previous", 0)),
+                "previous_threshold": stability.get("previous_threshold"),
+                "threshold_ratio": stability.get("ratio"),
+                "threshold_clamped": bool(stability.get("clamped", False))}
 
     # -------------------------------------------------------------- bundles
     def bundle_meta(self, bundle: Bundle) -> dict[str, Any]:

@@ -82,7 +82,9 @@ __all__ = [
     "last_run_finished",
     "last_scored_date",
     "per_date",
+    "range_dates",
     "repair_anomalies",
+    "resolve_range",
     "run",
     "score_partitions",
     "write_scores",
@@ -298,8 +300,9 @@ def run(
     date: str | None = None,
     lake: Lake | None = None,
     since_last_run: bool = False,
+    date_range: tuple[str, str] | None = None,
 ) -> ScoreSummary:
-    """Score the rows of one date, of the dates new since the last run, or of every date.
+    """Score the rows of one date, of a range of dates, of the dates new since the last run, or of every date.
 
     Example:
         >>> run(spark, cfg, "model", date="2024-03-06")  # doctest: +SKIP
@@ -308,25 +311,61 @@ def run(
     ``date`` is ``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC; what a scheduler that cannot
     compute dates passes). ``since_last_run`` scores the dates of the input from the last date
     this model already scored onwards: that date again (it may have been partial when it was
-    scored) and every later one, so a nightly run picks up whatever arrived. Each scored date's
-    earlier rows are replaced. ``ScoreSummary.windows`` counts the kind's rows (windows, sessions).
+    scored) and every later one, so a nightly run picks up whatever arrived. ``date_range``
+    ``(D1, D2)`` scores every date from D1 to D2, both included, in one run (the walk-forward
+    cycle's ``score --from D1 --to D2``): the input's rows of those dates only, so a window that
+    needed earlier history (built by featurize from the whole lake) is scored on its own date and
+    no date outside the range is re-scored. Each scored date's earlier rows are replaced; for a
+    range, every date of it that the input or ``scores`` holds, so a date whose windows are gone
+    loses its old results as with ``date``. ``ScoreSummary.windows`` counts the kind's rows
+    (windows, sessions).
 
     Raises:
-        StageInputError: no input table, or nothing on the dates asked for.
+        StageInputError: no input table, nothing on the dates asked for, a range whose end is
+            before its start, or a date that is not ``YYYY-MM-DD``, ``today`` or ``yesterday``.
         ModelError: no loadable bundle in ``model_dir``, or input that does not match it.
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("score")
     # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
     with writer_lock(lake.root, run_id, "score"):
-        return _run(spark, cfg, model_dir, date, lake, since_last_run, run_id)
+        return _run(spark, cfg, model_dir, date, lake, since_last_run, run_id, date_range)
+
+
+def resolve_range(date_range: tuple[str, str]) -> tuple[dt.date, dt.date]:
+    """``(D1, D2)`` as dates (each ``YYYY-MM-DD``, ``today`` or ``yesterday``), D1 <= D2.
+
+    Raises:
+        StageInputError: a date that does not parse, or D2 before D1.
+    """
+    first, last = (dt.date.fromisoformat(str(resolve_date(d))) for d in date_range)
+    if last < first:
+        raise StageInputError(f"score range ends ({last}) before it starts ({first}); give --from D1 --to D2 "
+                              f"with D1 <= D2")
+    return first, last
+
+
+def range_dates(lake: Lake, counts: list[Any], first: dt.date, last: dt.date) -> list[str]:
+    """The dates a range run replaces: those of its scored rows plus those ``scores`` already holds in it.
+
+    Listing every calendar day of a long range would make the replace predicate as long as the
+    range; the dates with old results are what a rerun must clear, and they are few.
+    """
+    from pyspark.sql import functions as F
+
+    dates = {r["date"].isoformat() for r in counts}
+    if lake.exists("scores"):
+        held = lake.read("scores").where(F.col("date").between(F.lit(first), F.lit(last))).select("date").distinct()
+        dates |= {r["date"].isoformat() for r in held.collect()}
+    return sorted(dates)
 
 
 def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | None, lake: Lake, since_last_run: bool,
-         run_id: str) -> ScoreSummary:
+         run_id: str, date_range: tuple[str, str] | None = None) -> ScoreSummary:
     from pyspark.sql import functions as F
 
     date = resolve_date(date)
+    span = resolve_range(date_range) if date_range is not None else None
     bundle = load_bundle(model_dir)
     repair_anomalies(lake, run_id)
     kind = kind_of(bundle.kind)
@@ -335,6 +374,8 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     last = None
     if date:
         rows = rows.where(F.col("date") == F.lit(dt.date.fromisoformat(date)))
+    elif span is not None:
+        rows = rows.where(F.col("date").between(F.lit(span[0]), F.lit(span[1])))
     elif since_last_run:
         last = last_scored_date(lake, bundle.version)
         if last is not None:
@@ -376,8 +417,13 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
                 # and the checks' verdicts from it (a failed check raises before any write).
                 counts = per_date(source, scored, F.sum(F.col("is_anomaly").cast("long")).alias("flagged"))
                 # A date asked for by name is replaced even when it has no rows left (its old scores go too).
-                dates = [dt.date.fromisoformat(date).isoformat()] if date else sorted(r["date"].isoformat()
-                                                                                        for r in counts)
+                if date:
+                    dates = [dt.date.fromisoformat(date).isoformat()]
+                elif span is not None:
+                    dates = range_dates(lake, counts, *span)
+                    log.info("score: range %s to %s: %d dates to replace", span[0], span[1], len(dates))
+                else:
+                    dates = sorted(r["date"].isoformat() for r in counts)
                 if since_last_run and not date:
                     log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
                     if not dates:
