@@ -183,3 +183,16 @@ def test_the_ingest_stage_imports_neither_torch_nor_sklearn_nor_matplotlib() -> 
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.spark
+def test_the_native_session_restores_the_settings_it_changes(spark) -> None:  # type: ignore[no-untyped-def]
+    key = "spark.sql.codegen.wholeStage"
+    spark.conf.set(key, "true")
+    with native.native_session(spark):
+        assert spark.conf.get(key) == native.NATIVE_CONF[key]
+    assert spark.conf.get(key) == "true"
+    spark.conf.unset(key)
+    with pytest.raises(RuntimeError), native.native_session(spark):
+        raise RuntimeError("a failing job")
+    assert spark.conf.get(key) == "true"  # unset again: back to Spark's default

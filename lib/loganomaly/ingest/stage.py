@@ -58,7 +58,14 @@ from loganomaly.ingest.ledger import (
     record,
     vanished_row,
 )
-from loganomaly.ingest.native import LINES_DDL, cut_lines, json_events, native_format, python_records
+from loganomaly.ingest.native import (
+    LINES_DDL,
+    cut_lines,
+    json_events,
+    native_format,
+    native_session,
+    python_records,
+)
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.ingest.templates.store import load_state, save_state, template_config
 from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, WrittenFile
@@ -539,7 +546,8 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     per_file: dict[str, tuple[int, int, str | None]] = {}
     try:
         if native_paths:
-            per_file.update(_ingest_native(spark, lake, native_paths, per_task, job))
+            with native_session(spark):
+                per_file.update(_ingest_native(spark, lake, native_paths, per_task, job))
         if python_paths:
             files_df = _units_df(spark, tasks)
             if lake.engine == "deltars" and cfg.ingest.direct_write:
@@ -794,6 +802,11 @@ def _ingest_native(
         part = json_events(part, job.sources[members[0]][1])
         staged = part if staged is None else staged.unionByName(part)
     assert staged is not None
+    # Cache what the two branches read, not the hundred-odd working columns of the expressions
+    # (a columnar cache of every one of them, built and compressed for nothing); the text only
+    # for the lines going back to Python.
+    kept = [c for c in staged.columns if c in PARSED_COLUMNS and c != "text"]
+    staged = staged.select(*kept, "_ok", "problem", F.when(~F.col("_ok"), F.col("text")).alias("text"))
     staged = staged.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         sources = F.create_map(*[F.lit(x) for p in paths for x in (p, job.sources[p][0])])
