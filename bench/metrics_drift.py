@@ -29,8 +29,6 @@ import argparse
 import csv
 import datetime as dt
 import logging
-import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,12 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from drift_data import fresh_drifting_series
 from loganomaly import pipeline
 from loganomaly.config import load_config
 from loganomaly.evaluation import stage as evaluation
 from loganomaly.evaluation.metrics import evaluate as metrics_of
-from loganomaly.ingest import synthetic
-from loganomaly.ingest.synthetic import MetricDrift
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import load_bundle
 
@@ -86,15 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override (repeatable), e.g. train.threshold_quantile=0.99")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
     work = Path(args.work)
-    if work.exists():
-        shutil.rmtree(work)  # a clean lake per run: the figures are of this code
     started = time.perf_counter()
-    data = synthetic.generate_metrics(work / "generated", hosts=args.hosts, days=args.days,
-                                      anomalies=args.incidents, seed=args.seed, drift=MetricDrift())
+    data = fresh_drifting_series(work, args.hosts, args.days, args.incidents, args.seed)
     train_file, score_file, cut = split_by_time(data.files[0], args.train_share, work / "inputs")
     cfg = load_config(profile="metrics",
                       overrides=[f"lake.root={work / 'lake'}", "train.normal_only=true", *args.overrides])

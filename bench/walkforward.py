@@ -36,8 +36,6 @@ import csv
 import dataclasses
 import datetime as dt
 import logging
-import shutil
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -46,12 +44,12 @@ from typing import Any
 
 import numpy as np
 
+from drift_data import fresh_drifting_series
 from loganomaly.config import Config, load_config
 from loganomaly.evaluation import stage as evaluation
 from loganomaly.features import stage as featurize
 from loganomaly.ingest import stage as ingest
-from loganomaly.ingest import synthetic
-from loganomaly.ingest.synthetic import InjectedAnomaly, MetricDrift
+from loganomaly.ingest.synthetic import InjectedAnomaly
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import load_bundle
 from loganomaly.scoring import stage as score
@@ -158,15 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.warmup < args.days:
         parser.error("--warmup must be at least 1 and below --days")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
     work = Path(args.work)
-    if work.exists():
-        shutil.rmtree(work)  # a clean lake per run: the figures are of this code
     started = time.perf_counter()
-    data = synthetic.generate_metrics(work / "generated", hosts=args.hosts, days=args.days,
-                                      anomalies=args.incidents, seed=args.seed, drift=MetricDrift())
+    data = fresh_drifting_series(work, args.hosts, args.days, args.incidents, args.seed)
     files = split_by_day(data.files[0], work / "inputs")
     days = sorted(files)
     base = [f"lake.root={work / 'lake'}", "train.epochs=8", *args.overrides]
