@@ -110,3 +110,31 @@ def test_the_comparison_is_skipped_only_when_one_run_made_both_newest_commits(sp
     assert last_run_finished(lake) and consistent(lake)
     versions = (lake.version("scores"), lake.version("anomalies"))
     assert repair_anomalies(lake, "r5") == [] and (lake.version("scores"), lake.version("anomalies")) == versions
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_maintenance_commits_do_not_force_the_comparison(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    require_engine(spark, engine)
+    lake = Lake(spark, tmp_path / "lake", engine=engine)
+    write_both(spark, lake, "r1", {1, 3}, DAYS, commit_run_id="r1")
+    write_both(spark, lake, "r2", {0, 2}, DAYS[:2], commit_run_id="r2")
+    # r2 appends more rows to one date of both tables: two files in that partition to compact
+    for name in ("scores", "anomalies"):
+        extra = [r for r in rows("r2", {0, 2}, DAYS[:1]) if name == "scores" or r[6]]
+        lake.write(name, spark.createDataFrame(extra, TABLES[name].ddl), mode="append", run_id="r2")
+    for name in ("scores", "anomalies"):
+        before = lake.version(name)
+        assert lake.optimize(name)["files_removed"] > 0
+        assert lake.version(name) == before + 1  # type: ignore[operator]
+        assert lake.last_commit(name)["operation"] == "OPTIMIZE"  # type: ignore[index]
+        assert lake.last_data_commit(name)["runId"] == "r2"  # type: ignore[index]
+    assert last_run_finished(lake)
+    versions = (lake.version("scores"), lake.version("anomalies"))
+    assert repair_anomalies(lake, "r3") == [] and (lake.version("scores"), lake.version("anomalies")) == versions
+
+    # a run stopped between its commits, then compacted: the comparison still runs and repairs
+    write_scores_only(spark, lake, "r3", {3}, DAYS[2:], commit_run_id="r3")
+    lake.optimize("scores")
+    assert not last_run_finished(lake)
+    assert repair_anomalies(lake, "r4") == ["2024-03-07"]
+    assert consistent(lake)

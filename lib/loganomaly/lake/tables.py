@@ -143,6 +143,33 @@ def commit_info(path: str, version: int) -> dict[str, Any] | None:
     return None
 
 
+#: Operations that rewrite how a table is stored, never what it holds (their ``add``/``remove``
+#: actions carry ``dataChange: false``, or there are none). A check that asks which run wrote a
+#: table's rows looks past them (:meth:`Lake.last_data_commit`).
+MAINTENANCE_OPERATIONS = frozenset(
+    {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"}
+)
+
+
+def data_unchanged(path: str, version: int) -> bool:
+    """True when one version is a maintenance commit that changed no row (see MAINTENANCE_OPERATIONS).
+
+    Both conditions are required: the operation name alone would trust a writer that labels a
+    data change as maintenance, and the actions alone would skip an ordinary write that replaced
+    nothing (a night with no flagged window commits ``anomalies`` without files).
+    """
+    operation = None
+    with open(os.path.join(path, "_delta_log", f"{version:020d}.json"), encoding="utf-8") as handle:
+        for line in handle:
+            action = json.loads(line) if line.strip() else {}
+            if "commitInfo" in action:
+                operation = action["commitInfo"].get("operation")
+            for kind in ("add", "remove"):
+                if kind in action and action[kind].get("dataChange", True):
+                    return False
+    return operation in MAINTENANCE_OPERATIONS
+
+
 def _sql_literal(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -491,6 +518,34 @@ class Lake:
         if not self.exists(name):
             return None
         return self._newest_commit(name)[1]
+
+    def last_data_commit(self, name: str, look_back: int = 16) -> dict[str, Any] | None:
+        """The ``commitInfo`` of the newest commit that changed rows, past maintenance commits.
+
+        ``maintain`` compacts every table (OPTIMIZE, VACUUM): afterwards the newest commit of
+        ``scores`` is no scoring run's, although the rows are exactly the last run's. Looking past
+        up to ``look_back`` such commits keeps checks like "did one run write both tables last"
+        cheap after maintenance. None when the table does not exist, when more than
+        ``look_back`` maintenance commits are in a row, or when an older log file is gone (log
+        clean-up): the caller then does its full check.
+        """
+        if not self.exists(name):
+            return None
+        path = self.path(name)
+        version, info = self._newest_commit(name)
+        for _ in range(look_back):
+            try:
+                if not data_unchanged(path, version):
+                    return info
+                version -= 1
+                if version < 0:
+                    return None
+                info = commit_info(path, version)
+            except FileNotFoundError:
+                return None
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise table_error(name, path, exc) from exc
+        return None
 
     def _newest_commit(self, name: str) -> tuple[int, dict[str, Any] | None]:
         """The latest version and its ``commitInfo``; a damaged newest commit is a TableError naming it."""

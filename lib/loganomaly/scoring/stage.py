@@ -237,11 +237,13 @@ def last_run_finished(lake: Lake) -> bool:
     (if any, with the run id plus :data:`REPAIR_SUFFIX`), ``scores``, ``anomalies``. So when the
     newest commit of both tables is the same run's, that run finished both writes of the same
     persisted rows on the same dates after making every other date agree: the tables agree. Any
-    other state (a run stopped between its commits, a repair not followed by a scoring, a commit
-    by another writer such as OPTIMIZE, commits without run ids) answers False, and the caller
-    compares the tables. Two log files read, no Spark job.
+    other state (a run stopped between its commits, a repair not followed by a scoring, a data
+    commit by another writer, commits without run ids) answers False, and the caller compares the
+    tables. Maintenance commits that change no row (``maintain``'s OPTIMIZE and VACUUM) are looked
+    past (:meth:`Lake.last_data_commit`): after a compaction the tables still hold what the last
+    run wrote. A few log files read, no Spark job.
     """
-    scores, anomalies = lake.last_commit("scores"), lake.last_commit("anomalies")
+    scores, anomalies = lake.last_data_commit("scores"), lake.last_data_commit("anomalies")
     if scores is None or anomalies is None:
         return False
     run = scores.get("runId")
