@@ -180,6 +180,30 @@ def test_cached_jars_need_every_file(tmp_path):
     assert delta_jars.coordinate("4.1.4") == f"io.delta:delta-spark_4.1_2.13:{delta_jars.DELTA_VERSION}"
 
 
+def test_sessions_get_only_the_jars_spark_does_not_ship(tmp_path):
+    shipped = tmp_path / "spark-jars"
+    shipped.mkdir()
+    for name in ("jackson-core-2.21.2.jar", "hadoop-client-runtime-3.4.2.jar", "commons-pool-1.5.4.jar",
+                 "jackson-module-scala_2.13-2.21.2.jar"):
+        (shipped / name).write_bytes(b"x")
+    cached = [f"/c/{n}" for n in ("io.delta_delta-spark_4.1_2.13-4.4.0.jar", "io.delta_delta-storage-4.4.0.jar",
+                                  "com.fasterxml.jackson.core_jackson-core-2.13.5.jar",
+                                  "org.apache.hadoop_hadoop-client-runtime-3.4.2.jar",
+                                  "commons-pool_commons-pool-1.6.jar",
+                                  "com.fasterxml.jackson.datatype_jackson-datatype-jdk8-2.13.5.jar")]
+    assert delta_jars.not_shipped_by_spark(cached, shipped) == [
+        "/c/io.delta_delta-spark_4.1_2.13-4.4.0.jar", "/c/io.delta_delta-storage-4.4.0.jar",
+        "/c/com.fasterxml.jackson.datatype_jackson-datatype-jdk8-2.13.5.jar"]
+    assert delta_jars.artifact_of("jackson-module-scala_2.13-2.21.2.jar", ivy=False) == "jackson-module-scala_2.13"
+
+
+def test_the_test_session_left_out_what_spark_ships(spark):
+    jars = spark.sparkContext.getConf().get("spark.jars", "")
+    if "delta-spark" not in jars:
+        pytest.skip("this session has no delta-spark jars")
+    assert "hadoop-client-runtime" not in jars and "parquet-hadoop" not in jars
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_sql_time_travel_reads_by_path(spark, tmp_path, engine):
     from loganomaly.config import load_config
