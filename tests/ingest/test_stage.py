@@ -169,6 +169,39 @@ def test_templates_fitted_on_the_training_window_then_matched_without_learning(s
     assert lake.read("templates").select("state_version").distinct().count() == 1
 
 
+def test_the_miner_sees_each_distinct_message_once_in_order_of_first_appearance(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from loganomaly.ingest.templates.miner import Templates
+    from loganomaly.ingest.templates.store import template_config
+
+    # three files whose lines interleave in time, repeats across files, and messages whose
+    # clustering depends on the order Drain meets them
+    # (Drain learns other templates from these nine messages reversed)
+    texts = ["get gamma get beta", "get beta put beta", "put alpha get beta", "get beta put gamma",
+             "get gamma put beta", "get alpha get gamma", "get beta get beta", "put gamma get beta",
+             "put alpha put gamma"]
+    lines: dict[str, list[tuple[int, str]]] = {"a": [], "b": [], "c": []}
+    for i in range(45):
+        # file c holds the earliest times, and each file repeats messages another saw first
+        lines["cab"[i % 3]].append((1709510400 + (i if i % 3 == 0 else 100 - i), texts[(i * 4) % 9]))
+    for rows in lines.values():
+        rows.sort()
+    for name, rows in lines.items():
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"ts": t, "host": "h", "message": m}) + "\n" for t, m in rows)
+        )
+    cfg = Config()
+    summary = ingest.run(spark, cfg, [str(tmp_path / f"{n}.jsonl") for n in "abc"], lake=lake)
+    state = load_state(lake)
+    assert state is not None and summary.template_state == state.version
+    first: dict[str, tuple[int, str, int]] = {}
+    for name, rows in lines.items():
+        for line_no, (t, m) in enumerate(rows, start=1):
+            key = (t, str(tmp_path / f"{name}.jsonl"), line_no)
+            first[m] = min(first.get(m, key), key)
+    reference = Templates(template_config(cfg.templates)).fit(sorted(first, key=lambda m: first[m]))
+    assert state.to_json() == reference.to_json()
+
+
 def test_bad_source_options_fail_before_reading(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "a.jsonl").write_text(json_line(1) + "\n")
     cfg = Config()
