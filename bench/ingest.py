@@ -7,8 +7,8 @@ per format and master:
 2. times ``loganomaly ingest`` of the remaining files: the nightly path, with the saved state
    matched inside the parsing tasks;
 3. times ``spark.read.text(files).count()`` of the same files in the same Spark session;
-4. for the formats with a native path (``json``: nested app records, all sent back to Python;
-   ``zeekjson``: flat Zeek conn records, parsed in the JVM), times ingest again with
+4. for the formats with a native path (``json``: Zeek conn records with a nested ``id`` object;
+   ``zeekjson``: flat Zeek conn records; both parsed in the JVM by ``from_json``), times ingest again with
    ``ingest.native`` off and the plain ``spark.read.json(files).write.parquet(out)`` job.
    These runs follow a first one in the same session: JVM and session start-up are not in them,
    the per-job planning and code generation are.

@@ -11,17 +11,28 @@ Line numbers: Spark's text and JSON readers give none, and ``event_id`` is deriv
 task (option (a) of issue 14) instead of switching ids to byte offsets, which would have split
 old lakes from new ones.
 
-The Python parser (:class:`loganomaly.ingest.formats.json.JsonParser`) stays the reference: the
-native expressions cover the lines whose result they reproduce exactly and flag the others
-(``_ok`` false), which go back to Python one by one through
-:func:`loganomaly.ingest.formats.detect.parse_line` and come out as the same event or the same
-quarantine row with its reason. Those lines are:
+Each line is parsed once, by ``from_json(text, 'map<string,variant>')`` with every leniency of
+Spark's JSON reader off: the map keeps the keys in the line's order (Python's dict order) and
+every duplicate, and each variant value its JSON type, so the rules read typed values instead of
+matching regular expressions over the raw text (the first version of this module did that, a
+hundred-odd regexes per line, and ran 5-10x slower than the Python parser).
 
-* lines with a byte problem (invalid UTF-8, over :data:`MAX_LINE_BYTES`), empty lines;
-* anything but a flat object of plain scalars: nested objects, arrays, strings with escapes or
-  control characters, numbers with exponents, duplicate keys, ``-0``;
-* values whose Python rendering Spark does not share: floats of more than 15 significant
-  digits or below 1e-4 (``repr`` switches to exponents), level text outside printable ASCII;
+The Python parser (:class:`loganomaly.ingest.formats.json.JsonParser`) stays the reference: the
+expressions cover the lines whose result they reproduce exactly and flag the others (``_ok``
+false), which go back to Python one by one through
+:func:`loganomaly.ingest.formats.detect.parse_line` and come out as the same event or the same
+quarantine row with its reason (Spark cannot give Python's reason texts, so even a line Spark
+finds corrupt goes back). Those lines are:
+
+* lines with a byte problem (invalid UTF-8, over :data:`MAX_LINE_BYTES`), empty lines, lines
+  ``from_json`` refuses or that carry text after the object (Spark ignores it, Python refuses it);
+* arrays, objects nested more than one level, duplicate keys (also ``a.b`` against a flattened
+  ``{"a": {"b": ..}}``), a flattened object leaving two or more keys among the attributes (the
+  variant orders an object's keys by name, Python by the line), ``\\uD800``-style escapes;
+* numbers whose Python rendering the variant does not give: exponents and more than 38 digits
+  (``DOUBLE``), decimals of more than 15 significant digits or below 1e-4 (``repr`` switches to
+  exponents), integers past int64, a zero float on a line holding ``-0``; level text outside
+  printable ASCII;
 * whatever the Python parser refuses (the quarantine reasons are its own): no timestamp, a
   timestamp not in the plain forms (epoch integers of up to 20 digits, epoch seconds with up to
   6 decimals, ``YYYY-MM-DD[T ]hh:mm:ss[.ffffff][Z|±hh:mm]``) or out of 1970..2099, negative
@@ -31,9 +42,7 @@ quarantine row with its reason. Those lines are:
   and ``default_entity`` are modelled.
 
 Measured choice of the cutting: the lines cross from the Python task to the JVM as Arrow once
-(the text and the event id), and only the lines left to Python cross back. The expressions are
-about 200 SQL expressions in a dozen projection steps; their analysis and code generation cost a
-few seconds per run on a cold JVM (the price of a fixed cost against a per-line one).
+(the text and the event id), and only the lines left to Python cross back.
 """
 
 from __future__ import annotations
@@ -277,11 +286,27 @@ def _chunk_batches(chunk: bytes, batch: Any) -> Iterator[pa.RecordBatch]:
 
 # ------------------------------------------------------------------------------ JSON in the JVM
 
-_STR = r'"[^"\\\x00-\x1f]*"'
-_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
-_KV = r'"([^"\\\x00-\x1f]*)"[ \t]*:[ \t]*(' + _STR + "|" + _NUM + "|true|false|null)"
-#: A flat JSON object of plain scalars (the shapes the expressions below reproduce exactly).
-_FLAT_OBJECT = r"^[ \t]*\{[ \t]*(?:" + _KV + r"(?:[ \t]*,[ \t]*" + _KV + r")*)?[ \t]*\}[ \t]*$"
+#: ``from_json`` options: Spark's JSON reader is lenient by default where Python's ``json`` is not
+#: (single quotes, ``NaN``); every leniency is off, so a line Python refuses is refused here too
+#: and goes back to Python for its reason.
+_JSON_OPTIONS = ", ".join(
+    f"'{k}', 'false'"
+    for k in ("allowSingleQuotes", "allowNonNumericNumbers", "allowComments", "allowUnquotedFieldNames",
+              "allowNumericLeadingZeros", "allowBackslashEscapingAnyCharacter", "allowUnquotedControlChars")
+)
+#: Variant types whose value the expressions render as Python does. Integers that fit int64 are
+#: ``BIGINT`` (or narrower); a number with a fraction is ``DECIMAL(p,s)`` with its trailing zeros
+#: dropped (``12.50`` -> ``12.5``, which is Python's ``repr`` too while it has at most 15
+#: significant digits and is not below 1e-4); an integral float (``2.0``) is ``DECIMAL(p,0)``;
+#: exponents and more than 38 digits are ``DOUBLE``, sent back to Python.
+_PLAIN_TYPES = ("VOID", "STRING", "BOOLEAN", "BIGINT", "INT", "SMALLINT", "TINYINT")
+#: Text of a JSON document with its strings removed (``"``, then runs of plain characters or
+#: escape pairs, possessive: linear, no backtracking, no deep recursion on long strings).
+_STRINGS = r'"(?:[^"\\]++|\\.)*+"'
+#: What is left of a line once its strings are removed, for an object of depth at most 2 that
+#: ends the line: ``{`` ... ``}`` with no text after it (Spark's parsers stop after the first
+#: value and ignore the rest; Python's refuses it: ``Extra data``).
+_ONE_OBJECT = r"^[ \t\r]*\{[^{}]*+(?:\{[^{}]*+\}[^{}]*+)*+\}[ \t\r]*$"
 #: Integer columns of the Zeek fields and their widths.
 _INT_BITS = {"src_port": 32, "dst_port": 32, "bytes_out": 64, "bytes_in": 64, "packets_out": 64, "packets_in": 64}
 
@@ -310,11 +335,37 @@ def _sval(t: str) -> str:
 
 
 def _is_int(t: str) -> str:
-    return f"({t} RLIKE R'^-?[0-9]+$')"
+    """An integer token. Tokens come from :func:`_token`: on a line the expressions keep, a token
+    that is no string, no bool, no null and has no ``.`` is an integer (no regex needed)."""
+    return f"(left({t}, 1) != '\"' AND {t} NOT IN ('true', 'false', 'null') AND NOT contains({t}, '.'))"
 
 
 def _is_float(t: str) -> str:
-    return f"({t} RLIKE R'^-?[0-9]+\\.[0-9]+$')"
+    """A float token (a decimal of the variant, or an integral float written ``N.0``)."""
+    return f"(left({t}, 1) != '\"' AND contains({t}, '.'))"
+
+
+def _token(x: str, ty: str) -> str:
+    """The text of variant ``x`` of type ``ty`` as the rules read it: a string quoted (its text
+    decoded, escapes and all), ``null``, ``true``/``false``, an integer's digits, a decimal's
+    digits without trailing zeros (Python's ``repr`` of that float, checked by :func:`_repr_ok`),
+    an integral float with ``.0`` (``repr(2.0)``)."""
+    return (
+        f"CASE WHEN {ty} = 'VOID' THEN 'null' WHEN {ty} = 'STRING' THEN concat('\"', cast({x} AS string), '\"') "
+        f"WHEN startswith({ty}, 'DECIMAL(') AND endswith({ty}, ',0)') THEN concat(cast({x} AS string), '.0') "
+        f"ELSE cast({x} AS string) END"
+    )
+
+
+def _type_ok(ty: str) -> str:
+    """Whether the rules render a value of variant type ``ty`` as Python does (see
+    :data:`_PLAIN_TYPES`); an integral float only up to 15 digits (an integer past int64 is
+    ``DECIMAL(p,0)`` too, but has at least 19)."""
+    plain = ", ".join(f"'{t}'" for t in _PLAIN_TYPES)
+    return (
+        f"({ty} IN ({plain}) OR (startswith({ty}, 'DECIMAL(') AND (NOT endswith({ty}, ',0)') "
+        rf"OR {ty} RLIKE R'^DECIMAL\((1[0-5]|[1-9]),0\)$')))"
+    )
 
 
 def _is_missing(t: str) -> str:
@@ -332,13 +383,10 @@ def _repr_ok(t: str) -> str:
     return f"(length({digits}) <= 15 AND NOT ({t} RLIKE R'^-?0\\.0000' AND {t} RLIKE R'[1-9]'))"
 
 
-def _pyrepr(t: str) -> str:
-    return f"regexp_replace(regexp_replace({t}, R'0+$', ''), R'\\.$', '.0')"
-
-
 def _dumps(t: str) -> str:
-    """``json.dumps`` of a non-string token, the text of a string one (``_attr``)."""
-    return f"CASE WHEN {_is_str(t)} THEN {_sval(t)} WHEN {_is_float(t)} THEN {_pyrepr(t)} ELSE {t} END"
+    """``json.dumps`` of a non-string token, the text of a string one (``_attr``): a token is
+    already in Python's form (:func:`_token`)."""
+    return f"CASE WHEN {_is_str(t)} THEN {_sval(t)} ELSE {t} END"
 
 
 def _as_str(t: str) -> str:
@@ -352,7 +400,8 @@ def _pystr(t: str) -> str:
 
 
 class _Json:
-    """Spark SQL over one line's keys ``_k`` and raw value tokens ``_v`` (arrays of strings).
+    """Spark SQL over one line's keys ``_k`` and value tokens ``_v`` (arrays of strings, see
+    :func:`_token`), from one ``from_json`` per line.
 
     Expressions are SQL text, one ``selectExpr`` per step: built as Column objects they cost a
     py4j call per operator (seconds per job), and each step names its results so that later
@@ -372,12 +421,60 @@ class _Json:
         def step(df: DataFrame, exprs: dict[str, str]) -> DataFrame:
             return df.selectExpr("*", *[f"{sql} AS `{name}`" for name, sql in exprs.items()])
 
-        df = step(lines, {"_shape": f"problem IS NULL AND text RLIKE {_q(_FLAT_OBJECT)}"})
+        # 0. one parse per line: from_json into a map of variants keeps the keys in the line's
+        # order (Python's dict order), every duplicate key, and each value's JSON type.
+        df = step(
+            lines,
+            {"_m": f"CASE WHEN problem IS NULL THEN from_json(text, 'map<string,variant>', map({_JSON_OPTIONS})) END"},
+        )
+        ws = "concat(' ', chr(9), chr(13))"
+        braces = "length(text) - length(replace(text, '{', '')) = 1 AND length(text) - length(replace(text, '}', '')) = 1"
         df = step(
             df,
             {
-                "_k": f"CASE WHEN _shape THEN regexp_extract_all(text, {_q(_KV)}, 1) ELSE {empty} END",
-                "_v": f"CASE WHEN _shape THEN regexp_extract_all(text, {_q(_KV)}, 2) ELSE {empty} END",
+                # The object must end the line (Spark stops after the first value): with one
+                # brace of each kind, the closing one is that object's, else strings are cut out
+                # and what is left must be one object; lone surrogates (``\ud800``) decode to
+                # "?" in the JVM and stay Python's.
+                "_shape": (
+                    f"_m IS NOT NULL AND endswith(trim(TRAILING {ws} FROM text), '}}') "
+                    f"AND CASE WHEN {braces} THEN true "
+                    f"ELSE regexp_replace(text, {_q(_STRINGS)}, '') RLIKE {_q(_ONE_OBJECT)} END "
+                    r"AND NOT (contains(text, R'\u') AND text RLIKE R'\\u[dD][89a-fA-F]')"
+                ),
+            },
+        )
+        # Nested objects flatten one level into dotted keys (Python's ``_flatten``); ``g`` names
+        # the object an entry came from (its keys come in name order, not the line's: see _ok).
+        entry = "named_struct('k', {k}, 'x', {x}, 'ty', schema_of_variant({x}), 'g', {g})"
+        df = step(
+            df,
+            {
+                "_e0": (
+                    "CASE WHEN _shape THEN transform(map_entries(_m), e -> "
+                    + entry.format(k="e.key", x="e.value", g="CAST(NULL AS string)")
+                    + ") END"
+                )
+            },
+        )
+        df = step(
+            df,
+            {
+                "_e": (
+                    "flatten(transform(_e0, e -> CASE WHEN startswith(e.ty, 'OBJECT<') THEN "
+                    "transform(map_entries(try_cast(e.x AS map<string,variant>)), s -> "
+                    + entry.format(k="concat(e.k, '.', s.key)", x="s.value", g="e.k")
+                    + ") ELSE array(e) END))"
+                )
+            },
+        )
+        df = step(
+            df,
+            {
+                "_k": f"coalesce(transform(_e, e -> e.k), {empty})",
+                "_v": f"coalesce(transform(_e, e -> {_token('e.x', 'e.ty')}), {empty})",
+                "_g": f"coalesce(transform(_e, e -> e.g), {empty})",
+                "_types_ok": f"coalesce(forall(_e, e -> {_type_ok('e.ty')}), false)",
             },
         )
         # 1. the token of every key a rule looks at, one column each
@@ -518,9 +615,13 @@ class _Json:
         cols["_message"] = f"CASE WHEN _message_tok IS NOT NULL THEN {_dumps('_message_tok')} END"
         oks["_ok_level"] = f"_level_key IS NULL OR NOT {_is_str('_level_tok')} OR {_sval('_level_tok')} RLIKE R'^[ -~]*$'"
         oks["_ok_detailed"] = " + ".join(f"cast({present(k)} AS int)" for k in _DETAILED_LABEL_KEYS) + " <= 1"
+        # Duplicate keys (also a dotted key against a flattened one) are Python's: its dict keeps
+        # the last value at the first key's place. A zero read as ``0.0`` may have been ``-0.0``
+        # (the variant's decimal has no sign of zero; ``repr`` has).
         oks["_ok_shape"] = (
-            "_shape AND size(array_distinct(_k)) = size(_k) AND NOT exists(_v, x -> x = '-0' OR "
-            f"({_is_float('x')} AND NOT {_repr_ok('x')}))"
+            "_shape AND _types_ok AND size(array_distinct(_k)) = size(_k) "
+            f"AND NOT exists(_v, x -> {_is_float('x')} AND NOT {_repr_ok('x')}) "
+            "AND NOT (array_contains(_v, '0.0') AND contains(text, '-0'))"
         )
         consumed = [
             *popped_until(ts_keys, _is_value),
@@ -570,7 +671,7 @@ class _Json:
             df,
             {
                 "_kept": (
-                    "filter(arrays_zip(_k, _v), kv -> NOT (coalesce(array_contains(_gone, kv._k), false) "
+                    "filter(arrays_zip(_k, _v, _g), kv -> NOT (coalesce(array_contains(_gone, kv._k), false) "
                     "OR coalesce(kv._k = _entity_key, false)) AND kv._v != 'null')"
                 )
             },
@@ -603,7 +704,11 @@ class _Json:
             f"THEN concat('weird ', {_sval(name)}) END, "
             f"CASE WHEN {present('id.orig_h')} OR {present('id.resp_h')} THEN {conn} ELSE {pairs} END)"
         )
-        df = step(df, {"_ok": " AND ".join(["_ts_key IS NOT NULL", *oks])})
+        # A nested object's keys come in name order: exact only while at most one of them stays
+        # among the attributes (the others are taken by rules, or the line goes to Python).
+        kept_groups = "filter(transform(_kept, kv -> kv._g), g -> g IS NOT NULL)"
+        nested_ok = f"coalesce(size({kept_groups}) = size(array_distinct({kept_groups})), false)"
+        df = step(df, {"_ok": " AND ".join(["_ts_key IS NOT NULL", *oks, nested_ok])})
         # Only rows kept: a line with a duplicate key would fail the map (and goes to Python anyway).
         return step(
             df,
