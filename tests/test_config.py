@@ -57,6 +57,10 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
         ("train.init=he", "choose one of: auto, default, xavier"),
         ("train.learning_rate=[1]", "expects a number"),
         ("train.threshold_quantile=1.5", "threshold_quantile must be in"),
+        ("train.std_floor=0", "train.std_floor must be a number > 0"),
+        ("train.std_floor=-0.1", "train.std_floor must be a number > 0"),
+        ("train.std_floor=.nan", "train.std_floor must be a number > 0"),
+        ("train.std_floor=small", "expects a number"),
         ("nonsense", "section.key=value"),
     ],
 )
@@ -174,3 +178,11 @@ def test_train_command_flags_become_settings(tmp_path: Path) -> None:
     assert (plain.resume, plain.init_from) == (False, "")
     args = build_parser().parse_args(["featurize", "--conf-dir", str(CONF), "--since", "yesterday"])
     assert args.since == "yesterday"
+
+
+def test_the_default_std_floor_is_the_normalisers_and_only_nslkdd_raises_it() -> None:
+    from loganomaly.models.normaliser import STD_FLOOR
+
+    assert load_config(conf_dir=CONF).train.std_floor == STD_FLOOR
+    assert load_config(profile="zeek", conf_dir=CONF).train.std_floor == STD_FLOOR
+    assert load_config(profile="nslkdd", conf_dir=CONF).train.std_floor > STD_FLOOR

@@ -250,6 +250,12 @@ class TrainConfig:
     # A peer group needs this many training windows for its own normaliser and validation
     # windows for its own threshold; fewer fall back to the global ones.
     group_min_windows: int = 30
+    # Least standard deviation a feature gets in the normaliser (log units, the stored features'
+    # scale). The default only keeps a feature constant in training finite; a higher floor stops
+    # rare-but-normal values (a category count one training window in a thousand holds: std ~0.02)
+    # from reading as tens of standard deviations and drowning every other feature. NSL-KDD sets
+    # 0.1, chosen on a validation split of its training file (README).
+    std_floor: float = 0.01
     # Screening of the validation windows before the budget quantile (autoencoder; issue 13 point 7):
     # a window whose log score lies beyond median + screen_mad_k robust standard deviations
     # (1.4826 * MAD of the log scores) is a suspected incident left in the unlabelled training
@@ -554,6 +560,10 @@ def validate(cfg: Config) -> None:
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
         (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),
+        (
+            math.isfinite(cfg.train.std_floor) and cfg.train.std_floor > 0,
+            f"train.std_floor must be a number > 0 (e.g. 0.01, the default), got {cfg.train.std_floor!r}",
+        ),
         (cfg.train.screen_mad_k is None or cfg.train.screen_mad_k > 0, "train.screen_mad_k must be > 0 (or empty)"),
         (0 < cfg.train.screen_previous_max_share <= 1, "train.screen_previous_max_share must be in (0, 1]"),
         (

@@ -71,6 +71,19 @@ def test_standardiser_uses_training_statistics_only() -> None:
         s.transform(np.zeros((1, 3)))
 
 
+def test_standardiser_and_baselines_take_the_std_floor_of_the_lstm() -> None:
+    train = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [2.0, 0.1]])
+    assert Standardiser.fit(train).std[1] == pytest.approx(0.0433, abs=1e-4)
+    floored = Standardiser.fit(train, std_floor=0.1)
+    assert floored.std.tolist() == [1.0, 0.1]
+    with pytest.raises(ModelError, match="std floor"):
+        Standardiser.fit(train, std_floor=0.0)
+    windows = low_rank_windows(50, 0)
+    detector = make_baseline("pca", n_components=2).fit(windows, std_floor=50.0)
+    assert detector.standardiser is not None
+    assert detector.standardiser.std.min() == 50.0  # the 0.01- and 1-scale columns are floored
+
+
 def test_flatten_windows() -> None:
     assert flatten_windows(np.zeros((5, T, F))).shape == (5, T * F)
     assert flatten_windows(np.zeros((5, 7))).shape == (5, 7)

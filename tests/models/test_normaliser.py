@@ -43,6 +43,29 @@ def test_normaliser_floors_constant_features() -> None:
     assert norm.transform(bumped)[0, 0, 2] == pytest.approx(1 / STD_FLOOR)
 
 
+def test_a_higher_std_floor_caps_rare_features_and_leaves_spread_ones_alone() -> None:
+    # Feature 2 is a one-hot count that one window in 500 holds (std ~0.03): under the default
+    # floor its rare value reads as ~22 standard deviations; under 0.1 as ~7. Feature 0 spreads
+    # more than either floor and keeps its own std.
+    raw = periodic_windows(500)
+    raw[..., 2] = 0.0
+    raw[7, :, 2] = np.log1p(1.0)
+    default, raised = Normaliser.fit(raw), Normaliser.fit(raw, std_floor=0.1)
+    assert STD_FLOOR < default.std[2] < 0.1 and raised.std[2] == 0.1
+    assert raised.std[0] == default.std[0] > 0.1
+    assert default.transform(raw)[7, 0, 2] > 20 and 6 < raised.transform(raw)[7, 0, 2] < 7
+    across = fit_normaliser(raw, _Recording(), std_floor=0.1)
+    np.testing.assert_allclose(across.std, raised.std, rtol=1e-8)
+
+
+@pytest.mark.parametrize("floor", [0.0, -1.0, float("nan"), float("inf")])
+def test_normaliser_refuses_a_floor_that_is_not_positive(floor: float) -> None:
+    with pytest.raises(ModelError, match="std floor must be a finite number > 0"):
+        Normaliser.fit(periodic_windows(4), std_floor=floor)
+    with pytest.raises(ModelError, match="std floor must be a finite number > 0"):
+        fit_normaliser(periodic_windows(4), _Recording(), std_floor=floor)
+
+
 def test_normaliser_refuses_bad_input() -> None:
     with pytest.raises(ModelError, match="shape"):
         Normaliser.fit(np.zeros((0, T, F)))

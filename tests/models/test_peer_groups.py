@@ -148,3 +148,32 @@ def test_explanations_of_category_counts_name_the_field_and_value() -> None:
     _, texts = explain(x, err, np.ones(f), np.zeros(f), names, 2)
     assert texts[0] == ("40 events with status=S0 at step 2 (normal ~0); "
                         "3 events with another status at step 1 (normal ~0)")
+
+
+def test_the_rank_work_floors_every_normaliser_at_its_std_floor(tmp_path: Path) -> None:
+    from loganomaly.config import TrainConfig
+    from loganomaly.models.autoencoder import AutoencoderWork
+    from tests.models.fitting import snapshot_plans
+
+    x = np.concatenate([windows(60, "internal", 1.0, 0), windows(60, "external", 5.0, 1)])
+    x = x[np.random.default_rng(3).permutation(len(x))]
+    rare = NAMES.index("new_ports")
+    x[:, :, rare] = 0.0
+    x[::40, 0, rare] = np.log1p(1.0)  # a value a few training windows hold: std well under 0.5
+    train, val = snapshot_plans(tmp_path, x)
+    cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
+    settings = TrainConfig(epochs=1, batch_size=16, seed=5, device="cpu")
+    columns = [NAMES.index("group:" + g) for g in GROUPS]
+    stats = {}
+    for floor in (0.01, 0.5):
+        work = AutoencoderWork(train, val, cfg, group_names=GROUPS, group_columns=columns, group_min_windows=20,
+                               std_floor=floor)
+        data = work.read(settings, Collective())
+        stats[floor] = [data.normaliser, *data.group_normalisers.values()]
+    assert len(stats[0.5]) == 3  # the global one and both groups'
+    for low, high in zip(stats[0.01], stats[0.5], strict=True):
+        assert low.std[rare] < 0.5 and high.std[rare] == 0.5
+        assert min(high.std) == 0.5
+        # features spread wider than the floor keep their own std
+        wide = np.asarray(low.std) > 0.5
+        np.testing.assert_allclose(np.asarray(high.std)[wide], np.asarray(low.std)[wide])

@@ -33,7 +33,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.svm import OneClassSVM
 
 from loganomaly.errors import ConfigError, ModelError
-from loganomaly.models.normaliser import STD_FLOOR
+from loganomaly.models.normaliser import STD_FLOOR, check_std_floor
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,12 @@ class Standardiser:
             raise ModelError("standardiser mean must be finite and std finite and > 0")
 
     @classmethod
-    def fit(cls, rows: np.ndarray) -> Standardiser:
-        """Statistics of ``rows[N, D]``."""
+    def fit(cls, rows: np.ndarray, std_floor: float = STD_FLOOR) -> Standardiser:
+        """Statistics of ``rows[N, D]``; ``std_floor`` as the LSTM's normaliser (``train.std_floor``)."""
         if len(rows) == 0:
             raise ModelError("cannot fit a standardiser on zero windows")
-        return cls(rows.mean(axis=0), np.maximum(rows.std(axis=0), STD_FLOOR))
+        check_std_floor(std_floor)
+        return cls(rows.mean(axis=0), np.maximum(rows.std(axis=0), std_floor))
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
         """Z-scores of ``rows[N, D]``."""
@@ -108,12 +109,16 @@ class Baseline(ABC):
         self.threshold: float | None = None
         self.standardiser: Standardiser | None = None
 
-    def fit(self, train_x: np.ndarray) -> Baseline:
-        """Fit the scaler and the detector on (normal) training windows; returns ``self``."""
+    def fit(self, train_x: np.ndarray, std_floor: float = STD_FLOOR) -> Baseline:
+        """Fit the scaler and the detector on (normal) training windows; returns ``self``.
+
+        ``std_floor``: the least std of a column, the same as the LSTM's normaliser uses, so a
+        comparison on the same windows also scales them alike.
+        """
         rows = flatten_windows(train_x)
         if len(rows) < 2:
             raise ModelError(f"{self.name} needs at least 2 training windows, got {len(rows)}")
-        self.standardiser = Standardiser.fit(rows)
+        self.standardiser = Standardiser.fit(rows, std_floor)
         self._fit(self.standardiser.transform(rows))
         log.info("%s fitted on %d windows of %d columns", self.name, rows.shape[0], rows.shape[1])
         return self

@@ -25,6 +25,23 @@ log = logging.getLogger(__name__)
 STD_FLOOR = 1e-2
 
 
+def check_std_floor(std_floor: float) -> None:
+    """Refuse a floor that is not a positive finite number (``train.std_floor``).
+
+    A higher floor than :data:`STD_FLOOR` tames features that are rare rather than constant: a
+    category count (``cat:<field>=<value>``) whose value one training window in a thousand holds
+    has a std near 0.02, so that one normal value reads as ~35 standard deviations and its squared
+    error alone outweighs every other feature of the window. Raising the floor to 0.1 caps it
+    near 7 while leaving features whose spread is above the floor untouched.
+
+    Raises:
+        ModelError: ``std_floor`` is not a finite number > 0.
+    """
+    if isinstance(std_floor, bool) or not isinstance(std_floor, (int, float)) or not np.isfinite(std_floor) \
+            or std_floor <= 0:
+        raise ModelError(f"the normaliser's std floor must be a finite number > 0, got {std_floor!r}")
+
+
 @dataclass
 class Normaliser:
     """Per-feature mean and standard deviation; ``transform`` maps windows to z-scores.
@@ -44,24 +61,29 @@ class Normaliser:
             raise ModelError("normaliser mean must be finite and std finite and > 0")
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> Normaliser:
+    def fit(cls, x: np.ndarray, std_floor: float = STD_FLOOR) -> Normaliser:
         """Mean and std per feature over windows and steps of ``x[N, T, F]``.
+
+        Args:
+            x: the training windows.
+            std_floor: the least std a feature gets (``train.std_floor``, see :func:`check_std_floor`).
 
         Raises:
             ModelError: ``x`` is not a non-empty 3-d array, or holds NaN or infinity (which would
-                poison every statistic silently).
+                poison every statistic silently), or ``std_floor`` is not a positive number.
         """
+        check_std_floor(std_floor)
         if x.ndim != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
             raise ModelError(f"cannot fit a normaliser on an array of shape {x.shape}; expected [N, T, F]")
         flat = x.reshape(-1, x.shape[2]).astype(np.float64)
         if not np.isfinite(flat).all():
             raise ModelError("cannot fit a normaliser: the windows contain NaN or infinite values")
         std = flat.std(axis=0)
-        floored = int((std < STD_FLOOR).sum())
+        floored = int((std < std_floor).sum())
         if floored:
-            log.info("normaliser: %d of %d features (near) constant in training; std floored at %g",
-                     floored, len(std), STD_FLOOR)
-        return cls(flat.mean(axis=0).tolist(), np.maximum(std, STD_FLOOR).tolist())
+            log.info("normaliser: %d of %d features below the std floor in training; std floored at %g",
+                     floored, len(std), std_floor)
+        return cls(flat.mean(axis=0).tolist(), np.maximum(std, std_floor).tolist())
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Standardise ``x[..., F]`` feature-wise; float32, ready for the model."""
@@ -94,16 +116,18 @@ class Normaliser:
 _CHUNK_ROWS = 1 << 15
 
 
-def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
+def fit_normaliser(x: np.ndarray, comm: Collective, std_floor: float = STD_FLOOR) -> Normaliser:
     """Per-feature mean and std of all ranks' windows, as :meth:`Normaliser.fit` on their union would give.
 
     Each rank sends (count, mean, sum of squared deviations) per feature; every rank combines them
     in rank order (Chan et al.), so all ranks hold the identical normaliser without any rank
-    seeing another's windows.
+    seeing another's windows. ``std_floor`` as in :meth:`Normaliser.fit`.
 
     Raises:
-        ModelError: a rank's windows hold NaN or infinity (every rank raises together).
+        ModelError: a rank's windows hold NaN or infinity (every rank raises together), or
+            ``std_floor`` is not a positive number.
     """
+    check_std_floor(std_floor)
     f = x.shape[2]
     # float64 sums over the float32 windows in chunks: no float64 copy of the whole shard (which
     # cost about as much as reading it), same statistics.
@@ -133,10 +157,11 @@ def fit_normaliser(x: np.ndarray, comm: Collective) -> Normaliser:
     if total == 0:
         raise ModelError("cannot fit a normaliser on zero windows")
     std = np.sqrt(acc / total)
-    floored = int((std < STD_FLOOR).sum())
+    floored = int((std < std_floor).sum())
     if floored and comm.rank == 0:
-        log.info("normaliser: %d of %d features (near) constant in training; std floored at %g", floored, f, STD_FLOOR)
-    return Normaliser(mu.tolist(), np.maximum(std, STD_FLOOR).tolist())
+        log.info("normaliser: %d of %d features below the std floor in training; std floored at %g",
+                 floored, f, std_floor)
+    return Normaliser(mu.tolist(), np.maximum(std, std_floor).tolist())
 
 
 def group_index(x: np.ndarray, columns: list[int]) -> np.ndarray:
@@ -244,7 +269,7 @@ class PeerGroups:
 
 
 def fit_group_normalisers(x: np.ndarray, groups: np.ndarray, names: list[str], min_windows: int,
-                          comm: Collective) -> dict[str, Normaliser]:
+                          comm: Collective, std_floor: float = STD_FLOOR) -> dict[str, Normaliser]:
     """One normaliser per group with at least ``min_windows`` training windows over all ranks.
 
     Every rank calls this with the same ``names``, so the collective calls line up; a group
@@ -255,7 +280,7 @@ def fit_group_normalisers(x: np.ndarray, groups: np.ndarray, names: list[str], m
     out: dict[str, Normaliser] = {}
     for gi, name in enumerate(names):
         if totals[gi] >= min_windows:
-            out[name] = fit_normaliser(x[groups == gi], comm)
+            out[name] = fit_normaliser(x[groups == gi], comm, std_floor)
     if comm.rank == 0:
         log.info("normaliser: own statistics for peer groups %s (of %s; the others use the global one)",
                  sorted(out), names)

@@ -54,6 +54,7 @@ from loganomaly.models.kind import (
     quantiles,
 )
 from loganomaly.models.normaliser import (
+    STD_FLOOR,
     Normaliser,
     PeerGroups,
     fit_group_normalisers,
@@ -213,6 +214,8 @@ class WindowWork(RankWork):
     group_names: list[str] = field(default_factory=list)
     group_columns: list[int] = field(default_factory=list)
     group_min_windows: int = 30
+    #: Least std of a feature in the normalisers fitted here (``train.std_floor``).
+    std_floor: float = STD_FLOOR
     #: Keep these group normalisers (continuing a model's training) instead of fitting them.
     group_normalisers: dict[str, Normaliser] | None = None
     #: Whether the task needs each window's class (``sequences.n_abnormal``) from the reader.
@@ -242,13 +245,13 @@ class WindowWork(RankWork):
             raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects ({steps or 'any'}, {n_features})")
         normaliser = self.normaliser
         if normaliser is None:
-            normaliser = fit_normaliser(shard.x, comm)
+            normaliser = fit_normaliser(shard.x, comm, self.std_floor)
         elif len(normaliser.mean) != n_features:
             raise ModelError(f"the normaliser has {len(normaliser.mean)} features, the windows {n_features}")
         own = self.group_normalisers
         if own is None and self.group_columns:
             own = fit_group_normalisers(shard.x, group_index(shard.x, self.group_columns), self.group_names,
-                                        self.group_min_windows, comm)
+                                        self.group_min_windows, comm, self.std_floor)
         peers = PeerGroups(self.group_names, self.group_columns, own or {}, {}, 0.0, 0) if self.group_columns else None
 
         def apply(x: np.ndarray) -> np.ndarray:
@@ -419,6 +422,7 @@ class WindowKind(ModelKind):
             log.info("train: continuing model %s from %s", base.version, cfg.train.init_from)
         previous = self.previous_bundle(cfg, model_dir, model_cfg, feature_names)
         work = self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg)
+        work.std_floor = cfg.train.std_floor
         groups = feature_groups(feature_names)
         if groups:
             work.group_names = list(groups)
