@@ -25,9 +25,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +42,9 @@ from loganomaly.features.layout import NEW_LAYOUT, Layout, encode_windows
 from loganomaly.lake.snapshot import Snapshot, open_parquet
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: The training period is cut into this many equal time blocks; validation takes an evenly spread
 #: subset of them, so it sees every time of day instead of only the period's last hours.
@@ -275,6 +280,36 @@ def iter_row_group_times(snapshot: Snapshot) -> Iterator[tuple[str, int, np.ndar
         yield uri, rg, starts, ends
 
 
+#: Files or row groups read at once by :func:`read_ahead` (each read is I/O plus decoding in
+#: pyarrow, which releases the GIL, so a few threads overlap the per-file costs).
+READ_THREADS = 4
+
+
+def read_ahead(read: Callable[[K], V], keys: Sequence[K], threads: int = READ_THREADS) -> Iterator[V]:
+    """``map(read, keys)`` in order, with up to ``threads`` reads running and ``2 * threads`` results held.
+
+    Planning and the shard readers open many small Parquet files (one per date partition); reading
+    them one after the other leaves the per-file costs in series. Memory stays bounded: at most
+    ``2 * threads`` results wait to be consumed.
+    """
+    workers = min(threads, len(keys))
+    if workers <= 1:
+        yield from map(read, keys)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        ahead: deque[Future[V]] = deque()
+        try:
+            for key in keys:
+                ahead.append(pool.submit(read, key))
+                if len(ahead) > 2 * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+
 #: Most rows whose time columns the driver keeps from one scan of a snapshot to the next (about
 #: 24 bytes a row: 48 MB). Planning a run scans them up to three times (the time range, the range
 #: of the training period, the shard plan); a snapshot version never changes, so below this size
@@ -298,17 +333,23 @@ def _iter_row_group_mask_args(snapshot: Snapshot) -> Iterator[_RowGroupTimes]:
         return
     kept: list[_RowGroupTimes] | None = []
     rows = 0
-    for uri in snapshot.file_uris():
+
+    def scan(uri: str) -> list[_RowGroupTimes]:
         parquet = open_parquet(uri)
         columns = with_abnormal(parquet, TIME_COLUMNS)
+        out = []
         for rg in range(parquet.metadata.num_row_groups):
             starts, ends, abnormal = mask_args(parquet.read_row_group(rg, columns=columns))
             for array in (starts, ends, abnormal):
                 if array is not None:
                     array.setflags(write=False)
-            item = (uri, rg, starts, ends, abnormal)
+            out.append((uri, rg, starts, ends, abnormal))
+        return out
+
+    for file_items in read_ahead(scan, snapshot.file_uris()):
+        for item in file_items:
             if kept is not None:
-                rows += len(starts)
+                rows += len(item[2])
                 if rows <= TIME_CACHE_ROWS:
                     kept.append(item)
                 else:

@@ -21,9 +21,7 @@ as a global shuffle for SGD, and it is what keeps a rank from reading other rank
 from __future__ import annotations
 
 import logging
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -31,16 +29,22 @@ import pyarrow.compute as pc
 
 from loganomaly.errors import StageInputError
 from loganomaly.features.layout import decode_windows
-from loganomaly.features.split import READ_COLUMNS, Shard, ShardPlan, Unit, mask_args, micros, with_abnormal
+from loganomaly.features.split import (
+    ABNORMAL_COLUMN,
+    READ_COLUMNS,
+    Shard,
+    ShardPlan,
+    Unit,
+    micros,
+    read_ahead,
+    with_abnormal,
+)
 from loganomaly.lake.snapshot import open_parquet
 from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["READER", "READ_THREADS", "ArrowReader", "ShardReader", "load_shards"]
-
-#: Row groups read at once by a rank (each read is I/O plus decoding in pyarrow, outside the GIL).
-READ_THREADS = 4
+__all__ = ["READER", "ArrowReader", "ShardReader", "load_shards"]
 
 
 class ShardReader:
@@ -131,56 +135,49 @@ def load_shards(readers: Sequence[ShardReader]) -> list[Shard]:
         return parquet.read_row_group(row_group, columns=with_abnormal(parquet, READ_COLUMNS))
 
     keys = list(wanted)
-    workers = min(READ_THREADS, len(keys))
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-
-    def tables() -> Iterator[pa.Table]:
-        """The row groups in order, at most ``2 * workers`` read ahead (memory stays a few row groups)."""
-        if pool is None:
-            yield from map(read, keys)
-            return
-        ahead: deque[Future[pa.Table]] = deque()
-        for key in keys:
-            ahead.append(pool.submit(read, key))
-            if len(ahead) > 2 * workers:
-                yield ahead.popleft().result()
-        while ahead:
-            yield ahead.popleft().result()
-
-    try:
-        for key, table in zip(keys, tables(), strict=True):
-            uri = key[0]
-            args = mask_args(table)
-            for r, position, unit, a, b in wanted[key]:
-                keep = np.flatnonzero(readers[r].plan.selection.mask(*args))
-                if len(keep) != unit.rows:
-                    raise StageInputError(
-                        f"row group {unit.row_group} of {uri} has {len(keep)} selected rows, the plan "
-                        f"{unit.rows}; was the plan made for another snapshot?"
-                    )
-                part = table.take(pa.array(keep[a:b]))
+    for key, table in zip(keys, read_ahead(read, keys), strict=True):
+        uri = key[0]
+        # The columns every plan reading this row group shares, converted once.
+        start_us, end_us = micros(table.column("window_start")), micros(table.column("window_end"))
+        abnormal = (pc.fill_null(table.column(ABNORMAL_COLUMN), 0).to_numpy(zero_copy_only=False)
+                    if ABNORMAL_COLUMN in table.schema.names else None)
+        args = (start_us / 1e6, end_us / 1e6, abnormal)
+        whole: tuple[np.ndarray, np.ndarray] | None = None
+        if len(pc.unique(table.column("n_steps"))) == 1 and len(pc.unique(table.column("n_features"))) == 1:
+            # One shape in the row group: decode it once (a view) and index it per plan.
+            x_all, shape = _windows(table, None, uri)
+            whole = (x_all, table.column("entity").to_numpy(zero_copy_only=False))
+        for r, position, unit, a, b in wanted[key]:
+            keep = np.flatnonzero(readers[r].plan.selection.mask(*args))
+            if len(keep) != unit.rows:
+                raise StageInputError(
+                    f"row group {unit.row_group} of {uri} has {len(keep)} selected rows, the plan "
+                    f"{unit.rows}; was the plan made for another snapshot?"
+                )
+            rows = keep[a:b]
+            if whole is not None:
+                x, entity = whole[0][rows], whole[1][rows]
+            else:  # mixed shapes: only the selected rows must agree
+                part = table.take(pa.array(rows))
                 x, shape = _windows(part, None, uri)
-                shapes.setdefault(shape, uri)
-                if len(shapes) > 1:
-                    first = next(iter(shapes))
-                    raise StageInputError(f"{uri}: windows of shape {shape}, earlier row groups {first}")
-                parts[r][position] = (x, part.column("entity").to_numpy(zero_copy_only=False),
-                                      micros(part.column("window_start")), mask_args(part)[2])
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+                entity = part.column("entity").to_numpy(zero_copy_only=False)
+            shapes.setdefault(shape, uri)
+            if len(shapes) > 1:
+                first = next(iter(shapes))
+                raise StageInputError(f"{uri}: windows of shape {shape}, earlier row groups {first}")
+            parts[r][position] = (x, entity, start_us[rows], None if abnormal is None else abnormal[rows])
     steps, feats = next(iter(shapes)) if shapes else (0, 0)
     shards = []
     for reader, mine in zip(readers, parts, strict=True):
         pieces = [mine[i] for i in sorted(mine)]
-        abnormal = [p[3] for p in pieces]
+        labels = [p[3] for p in pieces]
         shard = Shard(
             np.concatenate([p[0] for p in pieces]) if pieces else np.zeros((0, steps, feats), np.float32),
             np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, object),
             np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64),
             # A file of an older table version may lack the column: then no labels at all.
-            None if any(a is None for a in abnormal)
-            else np.concatenate([a for a in abnormal if a is not None]).astype(np.int64) if abnormal
+            None if any(a is None for a in labels)
+            else np.concatenate([a for a in labels if a is not None]).astype(np.int64) if labels
             else np.zeros(0, np.int64),
         )
         log.debug("rank %d/%d read %d %s windows from %d row groups", reader.rank, reader.world, len(shard),
