@@ -265,3 +265,25 @@ def test_planning_reads_the_time_columns_once(table: tuple[str, int], monkeypatc
     assert cached == uncached
     later = write_windows(path, windows(3, first_id=500), np.arange(N, N + 3) * HOUR, 60.0)
     assert time_range(Snapshot(path, later)) != time_range(Snapshot(path, version))  # another version: read again
+
+
+def test_read_ahead_keeps_order_and_bounds_what_it_holds() -> None:
+    import threading
+
+    from loganomaly.features.split import read_ahead
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def read(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i * i
+
+    consumed = 0
+    for i, value in enumerate(read_ahead(read, list(range(50)), threads=3)):
+        assert value == i * i  # in order, whatever order the threads finish in
+        consumed += 1
+        assert len(started) <= consumed + 2 * 3  # never more than 2 x threads results ahead
+    assert consumed == 50 and sorted(started) == list(range(50))
+    assert list(read_ahead(read, [7], threads=3)) == [49]  # one key: no threads at all
