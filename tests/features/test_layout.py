@@ -115,6 +115,10 @@ def test_featurize_keeps_an_existing_tables_layout(spark, tmp_path, engine: str)
     assert featurize.table_layout(lake) == "binary"
     windows = _windows_of_table(lake)
     assert windows and all(w.shape == (4, len(lake.read("sequences").first().feature_names)) for w in windows.values())
+    featurize.run(spark, cfg, lake=lake, since=DAY2.date().isoformat())  # replace_where into a binary table
+    assert lake.read("sequences").schema["features"].dataType.simpleString() == "binary"
+    nightly = _windows_of_table(lake)
+    assert nightly.keys() == windows.keys() and all(np.array_equal(nightly[k], windows[k]) for k in windows)
 
     _to_list_layout(lake)
     featurize.run(spark, cfg, lake=lake, top_templates=2)  # a full rebuild
