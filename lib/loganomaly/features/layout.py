@@ -7,7 +7,8 @@ exist on disk:
   of ``n_steps * n_features * 4`` bytes. An Arrow batch of such rows is one contiguous values
   buffer plus offsets, so a reader's ``[N, T, F]`` array is a view of the buffer: no per-row
   object, no copy. ``bench/score.py`` measured this layout faster through Spark's Arrow transport
-  than the list one (its no-op ``mapInArrow`` floor 1.26x, the scoring UDF 1.23x).
+  than the list one (its no-op ``mapInArrow`` floor 1.26x, the scoring UDF 1.23x, on a quiet
+  machine; README "Scoring speed").
 * ``list`` (``array<float>``, what every table written before carries): the list's values are
   one float32 buffer too, but Spark's transport and Parquet's repetition levels cost more per
   value. Tables in this layout keep it (featurize never changes the layout of an existing table:
