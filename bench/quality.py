@@ -52,6 +52,7 @@ from loganomaly.errors import StageInputError
 from loganomaly.evaluation import stage as evaluation
 from loganomaly.evaluation.metrics import evaluate as metrics_of
 from loganomaly.features.labels import is_normal_value
+from loganomaly.features.layout import decode_windows
 from loganomaly.features.split import Selection, plan_shards, snapshot_split
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.lake.tables import Lake
@@ -182,8 +183,8 @@ def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray]:
         columns=["entity", "window_start", "window_end", "n_steps", "n_features", "features"])
     keys = table.select(["entity", "window_start", "window_end"]).to_pandas()
     steps, feats = int(table.column("n_steps")[0].as_py()), int(table.column("n_features")[0].as_py())
-    flat = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return keys, flat.astype(np.float32).reshape(-1, steps, feats)
+    # Either stored layout (binary float32 tensors, or array<float> in older lakes).
+    return keys, decode_windows(table.column("features"), steps, feats).copy()
 
 
 def _label_by_events(spark: Any, cfg: Config, keys: Any,

@@ -1,8 +1,8 @@
 """Scoring throughput per core: torch alone, the scoring function in Spark, its floor and the whole stage.
 
 Generates its own windows (a daily cycle plus noise and a few spikes) into a temp dir (never into the
-repository), writes them as a ``sequences`` table (every column featurize writes, delta-rs, one file
-per date) and an untrained, seeded LSTM autoencoder bundle (inference costs the same as a trained
+repository), writes them as a ``sequences`` table (every column featurize writes, ``features`` in the
+stored binary float32 layout, delta-rs, one file per date) and an untrained, seeded LSTM autoencoder bundle (inference costs the same as a trained
 one; the threshold sits at the 99th percentile of its scores, so about 1% of windows are flagged
 and explained, as on a real night). Then, on the same windows and bundle:
 
@@ -36,8 +36,8 @@ left out; the start-up itself is printed apart.
 Scale: the stage at 1x, 4x and 16x of ``--scale-base`` windows (16x is at most ``--windows``),
 reported as the growth of the cost per window per doubling of the input.
 
-Layout: the floor and the UDF also run over a copy of the table whose ``features`` is a binary
-column of float32 tensors instead of ``array<float>`` (``--no-layouts`` skips it).
+Layout: the floor and the UDF also run over a copy of the table whose ``features`` is the older
+``array<float>`` layout (what lakes featurized before the binary layout keep; ``--no-layouts`` skips it).
 
 Usage:
     .venv/bin/python bench/score.py [--windows 1000000] [--scale-base 62500] [--master local[2]] [--repeats 2]
@@ -65,6 +65,7 @@ import pyarrow as pa
 import torch
 
 from loganomaly.config import Config, LakeConfig, ScoreConfig, SparkConfig
+from loganomaly.features.layout import NEW_LAYOUT, encode_windows
 from loganomaly.features.windows import feature_names_for
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, flagged_step_errors
 from loganomaly.models.bundle import BUNDLE_FILES, kind_of, load_bundle, save_bundle
@@ -96,17 +97,15 @@ def make_windows(n: int, steps: int, n_features: int, seed: int = 0, chunk: int 
     return out
 
 
-def features_column(x: np.ndarray, layout: str) -> pa.Array:
+def features_column(x: np.ndarray, layout: str) -> pa.Array | pa.ChunkedArray:
     n, steps, feats = x.shape
     if layout == "binary":
-        width = steps * feats * 4
-        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(np.arange(n + 1, dtype=np.int32) * width),
-                                                      pa.py_buffer(np.ascontiguousarray(x, "<f4"))])
+        return encode_windows(x)
     return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * steps * feats), pa.array(x.reshape(-1)))
 
 
 def write_sequences(path: str, x: np.ndarray, names: list[str], days: int, entities: int,
-                    layout: str = "list") -> None:
+                    layout: str = NEW_LAYOUT) -> None:
     """The windows as a ``sequences`` table (every column featurize writes), one file per date."""
     from deltalake import WriterProperties, write_deltalake
 
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         for size, lake_root in lakes.items():
             write_sequences(str(lake_root / "sequences"), x[:size], names, args.days, args.entities)
         if not args.no_layouts:
-            write_sequences(str(root / "lake-binary" / "sequences"), x, names, args.days, args.entities, "binary")
+            write_sequences(str(root / "lake-list" / "sequences"), x, names, args.days, args.entities, "list")
         log.warning("generated %d windows and %d tables in %.0fs", n, len(lakes) + (not args.no_layouts),
                     time.perf_counter() - started)
         bundle = load_bundle(model_dir)
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes = scoring_sizes(kind.row_floats(bundle), 1)
         inference = Inference(batch_size=sizes.forward_rows)
         normalised = torch.from_numpy(bundle.normaliser.transform(x))
-        column = features_column(x, "list")
+        column = features_column(x, NEW_LAYOUT)
         arrow_batches = [column.slice(i, sizes.arrow_rows) for i in range(0, n, sizes.arrow_rows)]
 
         def torch_model() -> None:
@@ -304,9 +303,9 @@ def main(argv: list[str] | None = None) -> None:
 
             floor = noop(windows.mapInArrow(zeros, f"{keys}, score double"))
             scoring = noop(windows.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
-            binary = None if args.no_layouts else scan(root / "lake-binary")
-            floor_binary = None if binary is None else noop(binary.mapInArrow(zeros, f"{keys}, score double"))
-            scoring_binary = None if binary is None else noop(binary.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
+            older = None if args.no_layouts else scan(root / "lake-list")
+            floor_list = None if older is None else noop(older.mapInArrow(zeros, f"{keys}, score double"))
+            scoring_list = None if older is None else noop(older.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
 
             def stage_on(size: int) -> Callable[[], None]:
                 cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=str(lakes[size]),
@@ -323,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
                 "model": torch_model, "path": torch_score_path, "floor": floor, "udf": scoring,
                 "stage": stage_on(n), "small": stage_on(args.small), "bare": bare_small,
             }
-            if floor_binary is not None and scoring_binary is not None:
-                plan["floor_binary"], plan["udf_binary"] = floor_binary, scoring_binary
+            if floor_list is not None and scoring_list is not None:
+                plan["floor_list"], plan["udf_list"] = floor_list, scoring_list
             for size in scales:
                 if size != n:
                     plan[f"scale{size}"] = stage_on(size)
@@ -349,14 +348,16 @@ def main(argv: list[str] | None = None) -> None:
     base = n / seconds["path"]
     floor_rate = n / seconds["floor"] / slots
     print(f"\n{n:,} windows of {args.steps} x {len(names)}, hidden {args.hidden}, top_k {args.top_k}, "
-          f"master {args.master} ({partitions} input partitions), engine {engine}, {sizes}, "
+          f"master {args.master} ({partitions} input partitions), engine {engine}, features stored as "
+          f"{NEW_LAYOUT}, {sizes}, "
           f"median of {args.repeats}; torch threads 1 per process; {os.cpu_count()} cores (shared)")
     print("| path | cores | windows/s | per core | / torch score path | / no-op floor |")
     print("|---|---:|---:|---:|---:|---:|")
     rows = [("torch model(x) alone", 1, "model"), ("torch score path (kind.score_batch on Arrow batches)", 1, "path"),
             ("spark no-op mapInArrow floor", slots, "floor"), ("spark scoring UDF (score_partitions)", slots, "udf"),
             ("spark score stage (checks, UDF, 2 Delta writes)", slots, "stage"),
-            ("binary layout: no-op floor", slots, "floor_binary"), ("binary layout: scoring UDF", slots, "udf_binary")]
+            ("older array<float> layout: no-op floor", slots, "floor_list"),
+            ("older array<float> layout: scoring UDF", slots, "udf_list")]
     for label, cores, key in rows:
         if key in seconds:
             per_core = n / seconds[key] / cores

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401
 import torch
 
+from loganomaly.features.layout import encode_windows
 from loganomaly.models.autoencoder import KIND, LSTMAutoencoder, LSTMAutoencoderConfig, flagged_step_errors
 from loganomaly.models.common import inference_autocast
 from loganomaly.models.kind import Inference, result_arrays
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     inference = Inference(batch_size=sizes.forward_rows, bf16=args.bf16)
     n = len(x)
     on_device = torch.from_numpy(bundle.normaliser.transform(x)).to(device)
-    column = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * args.steps * args.features),
-                                      pa.array(x.reshape(-1)))
+    column = encode_windows(x)  # the stored layout of sequences.features (binary float32 tensors)
     batches = [column.slice(i, sizes.arrow_rows) for i in range(0, n, sizes.arrow_rows)]
 
     def sync() -> None:

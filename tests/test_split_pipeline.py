@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from loganomaly import pipeline
 from loganomaly.cli import main
 from loganomaly.config import load_config
 from loganomaly.evaluation import stage as evaluate
+from loganomaly.features.layout import decode_windows
 from loganomaly.ingest import synthetic
 from loganomaly.lake.tables import Lake
 
@@ -57,7 +59,7 @@ def test_metric_columns_become_features(spark, metrics_run) -> None:  # type: ig
     names = summary.stages["featurize_train"]["feature_names"]
     assert names[-3:] == ["metric:cpu", "metric:mem_used", "metric:disk_io"]
     row = Lake(spark, str(root / "lake"), "deltars").read("sequences").first()
-    features = list(row.features)
+    features = decode_windows(pa.array([row.features]), row.n_steps, row.n_features).reshape(-1).tolist()
     n = len(names)
     # one host, one minute: cpu is a fraction, so its log1p is below log(2)
     assert 0.0 < features[n - 3] < 0.7

@@ -7,11 +7,13 @@ import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from loganomaly.config import Config
 from loganomaly.features import stage as featurize
-from loganomaly.features.windows import feature_names_for, to_tensor
+from loganomaly.features.layout import decode_windows
+from loganomaly.features.windows import feature_names_for
 from loganomaly.lake.schemas import EVENT_COLUMNS, TABLES
 
 pytestmark = pytest.mark.spark
@@ -75,6 +77,11 @@ def day_events(day: dt.datetime, counts: dict[str | None, int], first_line: int)
     return rows
 
 
+def stored_window(r) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A ``sequences`` row's ``[n_steps, n_features]`` window, in whichever layout the table stores it."""
+    return decode_windows(pa.array([r.features]), r.n_steps, r.n_features)[0]
+
+
 def step_values(lake, names: list[str], step_start: dt.datetime) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Feature values (log1p undone) of the step at ``step_start``, from a window that holds it."""
     rows = lake.read("sequences").collect()
@@ -82,7 +89,7 @@ def step_values(lake, names: list[str], step_start: dt.datetime) -> dict[str, fl
         ws = r.window_start.replace(tzinfo=UTC) if r.window_start.tzinfo is None else r.window_start
         offset = int((step_start - ws).total_seconds()) // 300
         if 0 <= offset < r.n_steps:
-            x = to_tensor([np.asarray(r.features)], r.n_steps, r.n_features)[0, offset]
+            x = stored_window(r)[offset]
             return {n: float(np.expm1(v)) for n, v in zip(names, x, strict=True)}
     raise AssertionError(f"no window holds {step_start}")
 
@@ -267,7 +274,7 @@ def raw_step(lake, names: list[str], entity: str, step_start: dt.datetime) -> di
         ws = r.window_start.replace(tzinfo=UTC) if r.window_start.tzinfo is None else r.window_start
         offset = int((step_start - ws).total_seconds()) // 300
         if 0 <= offset < r.n_steps:
-            x = to_tensor([np.asarray(r.features)], r.n_steps, r.n_features)[0, offset]
+            x = stored_window(r)[offset]
             return dict(zip(names, (float(v) for v in x), strict=True))
     raise AssertionError(f"no window of {entity} holds {step_start}")
 

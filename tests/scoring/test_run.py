@@ -11,6 +11,7 @@ import torch
 
 from loganomaly.config import Config, LakeConfig
 from loganomaly.errors import ModelError, StageInputError
+from loganomaly.features.layout import window_bytes
 from loganomaly.lake.schemas import TABLES
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
 from loganomaly.models.bundle import save_bundle
@@ -32,20 +33,27 @@ def _windows(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _rows(x: np.ndarray, names: list[str] = NAMES, steps: int = T) -> list[tuple]:  # type: ignore[type-arg]
+#: ``sequences`` in the older layout (``features`` as ``array<float>``), which lakes featurized before
+#: the binary layout keep.
+LIST_DDL = TABLES["sequences"].ddl.replace("`features` binary", "`features` array<float>")
+
+
+def _rows(x: np.ndarray, names: list[str] = NAMES, steps: int = T, layout: str = "binary") -> list[tuple]:  # type: ignore[type-arg]
     rows = []
     for i, window in enumerate(x):
         day = DAYS[i % len(DAYS)]
         start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=5 * i)
         rows.append((f"host-{i % 3}", start, start + dt.timedelta(minutes=20), day, steps, len(names), names,
-                     window.reshape(-1).tolist(), 10, 0, start, start, "featurize-test"))
+                     window_bytes(window) if layout == "binary" else window.reshape(-1).tolist(), 10, 0, start,
+                     start, "featurize-test"))
     return rows
 
 
-@pytest.fixture
-def scored_lake(spark, lake, tmp_path: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["binary"])
+def scored_lake(spark, lake, tmp_path: Path, request):  # type: ignore[no-untyped-def]
     x = _windows(60)
-    lake.write("sequences", spark.createDataFrame(_rows(x), TABLES["sequences"].ddl), partition_by=("date",))
+    ddl = TABLES["sequences"].ddl if request.param == "binary" else LIST_DDL
+    lake.write("sequences", spark.createDataFrame(_rows(x, layout=request.param), ddl), partition_by=("date",))
     torch.manual_seed(0)
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=4)
     model = LSTMAutoencoder(model_cfg)
@@ -65,6 +73,7 @@ def _table(lake, name: str) -> list[tuple]:  # type: ignore[no-untyped-def, type
     return sorted(tuple(tuple(v) if isinstance(v, list) else v for v in r) for r in rows)
 
 
+@pytest.mark.parametrize("scored_lake", ["binary", "list"], indirect=True)
 def test_scoring_twice_leaves_the_tables_unchanged(spark, scored_lake) -> None:  # type: ignore[no-untyped-def]
     lake, cfg, model_dir, x = scored_lake
     first = stage.run(spark, cfg, model_dir, lake=lake)
@@ -88,7 +97,7 @@ def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: s
     versions = (lake.version("scores"), lake.version("anomalies"))
     # one more row, on one date, that the model cannot judge
     odd = _rows(x[:1], names=["conn_count", "log_bytes", "other"]) if bad == "names" else [
-        (*_rows(x[:1])[0][:4], 2, F, NAMES, x[0, :2].reshape(-1).tolist(), 10, 0, *_rows(x[:1])[0][10:])]
+        (*_rows(x[:1])[0][:4], 2, F, NAMES, window_bytes(x[0, :2]), 10, 0, *_rows(x[:1])[0][10:])]
     lake.write("sequences", spark.createDataFrame(odd, TABLES["sequences"].ddl))
     message = "do not match the model" if bad == "shape" else "feature names differ"
     with pytest.raises(ModelError, match=message):

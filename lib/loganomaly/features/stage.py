@@ -29,7 +29,9 @@ Write rule. ``sequences`` (and ``sessions``) are rebuilt from the whole ``events
 written as one atomic overwrite rather than ``replace_where`` per date: windows straddle midnight
 and need the neighbouring day's steps, the rebuild is deterministic (a rerun gives the same rows),
 one commit keeps one ``feature_names`` list across the table, and a full overwrite is the only
-write that may change the table's schema (old tables gain the new columns). The nightly run
+write that may change the table's schema (old tables gain the new columns). The one column whose
+type it never changes is ``features``: a new table stores binary float32 tensors, an existing one
+keeps the layout it has (:func:`table_layout`, :mod:`loganomaly.features.layout`). The nightly run
 passes ``since`` instead: only the dates whose windows can hold the new day's events are
 rebuilt, from one window length before it, and replaced (:func:`incremental_windows`), with the
 table's feature names kept.
@@ -56,6 +58,7 @@ from loganomaly.config import Config
 from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.features.entities import GroupRules, group_column, in_networks
 from loganomaly.features.labels import is_abnormal_label
+from loganomaly.features.layout import LAYOUT_TYPES, NEW_LAYOUT, Layout, layout_of, window_bytes
 from loganomaly.features.windows import (
     GROUP_PREFIX,
     HISTORY_STEPS,
@@ -195,6 +198,23 @@ def choose_feature_categories(events_df: DataFrame, cut: float | None, fields: S
         log.info("featurize: %d frequent values of %s counted as features: %s", len(chosen[name]), name,
                  chosen[name][:10])
     return chosen
+
+
+def table_layout(lake: Lake) -> Layout:
+    """How this run stores ``features``: the existing table's layout, else :data:`NEW_LAYOUT`.
+
+    An existing table keeps its layout on every write (``--since`` replacing dates, a full
+    rebuild, a refit): a ``replace_where`` write must match the table's schema anyway, and a full
+    rebuild that changed the column's type would break whatever reads the table outside the
+    library (SQL, notebooks, an older version of this package on a cluster) without warning.
+    A new table (or one removed and rebuilt from ``events``) gets the binary layout.
+    """
+    if not lake.exists("sequences"):
+        return NEW_LAYOUT
+    current = lake.read("sequences").schema
+    if "features" not in current.names:
+        return NEW_LAYOUT
+    return layout_of(current["features"].dataType)
 
 
 def previous_feature_names(lake: Lake) -> list[str] | None:
@@ -460,15 +480,21 @@ def fit_peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | N
     return out
 
 
-def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names: Sequence[str]) -> DataFrame:
-    """Cut each entity's steps into windows (``applyInPandas`` per entity) with the ``sequences`` schema."""
+def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names: Sequence[str],
+                  layout: Layout = NEW_LAYOUT) -> DataFrame:
+    """Cut each entity's steps into windows (``applyInPandas`` per entity) with the ``sequences`` schema.
+
+    ``layout`` is how ``features`` is stored (:mod:`loganomaly.features.layout`): ``binary``
+    float32 tensors, or the ``array<float>`` of a table written before them.
+    """
     from pyspark.sql import functions as F
 
     names = list(feature_names)
     positional = [f"_f{i}" for i in range(len(names))]
-    columns = TABLES["sequences"].columns
+    columns = {**TABLES["sequences"].columns, "features": LAYOUT_TYPES[layout]}
     # feature_names is one literal for the whole run: added in Spark, not shipped through pandas.
     udf_ddl = ", ".join(f"`{c}` {tp}" for c, tp in columns.items() if c != "feature_names")
+    binary = layout == "binary"
 
     def per_entity(pdf: pd.DataFrame) -> pd.DataFrame:
         # An incremental rebuild carries where the entity's full-history grid starts.
@@ -487,7 +513,7 @@ def windows_frame(steps: DataFrame, spec: WindowSpec, run_id: str, feature_names
                 "date": start.dt.date,
                 "n_steps": np.int32(spec.window_steps),
                 "n_features": np.int32(len(names)),
-                "features": out["features"],
+                "features": [window_bytes(w) for w in out["features"]] if binary else out["features"],
                 "n_events": out["n_events"].astype(np.int64),
                 "n_abnormal": out["n_abnormal"].astype(np.int64),
                 "first_event_ts": ts("first_event_ts", "us"),
@@ -736,12 +762,16 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
 
     spec = WindowSpec(cfg.features.step_seconds, cfg.features.window_steps, cfg.features.stride_steps)
     partition_by = TABLES["sequences"].partition_by
+    layout = table_layout(lake)
+    if layout != NEW_LAYOUT:
+        log.info("featurize: sequences stores features as %s (written before the %s layout); kept",
+                 LAYOUT_TYPES[layout], NEW_LAYOUT)
     replaced: list[str] | None = None
     if since_date is None:
-        windows = windows_frame(step_features(events, spec.step_seconds, names, entity), spec, run_id, names)
+        windows = windows_frame(step_features(events, spec.step_seconds, names, entity), spec, run_id, names, layout)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
     else:
-        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity)
+        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity, layout)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
                              replace_where={"date": replaced}, run_id=run_id)
     if entity is not None:
@@ -776,7 +806,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
 
 def incremental_windows(
     lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date,
-    entity: EntitySettings | None = None,
+    entity: EntitySettings | None = None, layout: Layout = NEW_LAYOUT,
 ) -> tuple[DataFrame, list[str]]:
     """The windows that can hold events of ``since`` or later, exactly as a full rebuild makes them.
 
@@ -822,7 +852,7 @@ def incremental_windows(
         steps = step_features(earlier, step_s, names, entity, history=valid).where(
             F.col("step") >= F.lit(lookback_first * step_s))
     steps = steps.join(grid, "entity")
-    windows = windows_frame(steps, spec, run_id, names).where(F.col("date") >= F.lit(rebuild_from))
+    windows = windows_frame(steps, spec, run_id, names, layout).where(F.col("date") >= F.lit(rebuild_from))
     # Epoch seconds, not a collected timestamp: those come back naive in the driver's time zone.
     last_event = valid.agg(F.max(F.unix_timestamp("ts")).alias("t")).collect()[0]["t"]
     last_dates = [rebuild_from]

@@ -102,8 +102,10 @@ SEQUENCE_COLUMNS: dict[str, str] = {
     "n_features": "int",
     # Names of the n_features columns, in order; the same list on every row of a featurize run.
     "feature_names": "array<string>",
-    # Row-major [n_steps, n_features] matrix of raw (not yet normalised) step features.
-    "features": "array<float>",
+    # Row-major [n_steps, n_features] matrix of raw (not yet normalised) step features, as one
+    # little-endian float32 tensor (n_steps * n_features * 4 bytes). Tables written before this
+    # layout hold array<float> and keep it (loganomaly.features.layout; readers read both).
+    "features": "binary",
     "n_events": "bigint",
     # Events of the window whose label is not normal (0 for unlabelled logs): what
     # ``train.normal_only`` filters on. Evaluation joins the events' labels itself.

@@ -30,6 +30,7 @@ import torch
 
 from loganomaly.config import Config, TrainConfig
 from loganomaly.errors import ConfigError, ModelError, StageInputError
+from loganomaly.features.layout import decode_windows
 from loganomaly.features.split import (
     Selection,
     Shard,
@@ -237,8 +238,12 @@ class WindowWork(RankWork):
             raise StageInputError("no validation windows in the snapshot's training period")
         started = time.perf_counter()
         reader = READERS.get(settings.reader)
-        shard, order = reader.read(self.train_plan, comm, equal=True)
-        val_shard, _ = reader.read(self.val_plan, comm, equal=False)
+        if hasattr(reader, "read_parts"):
+            # Both plans in one pass over the row groups they share (the Arrow reader).
+            (shard, order), (val_shard, _) = reader.read_parts([self.train_plan, self.val_plan], comm, [True, False])
+        else:
+            shard, order = reader.read(self.train_plan, comm, equal=True)
+            val_shard, _ = reader.read(self.val_plan, comm, equal=False)
         n_features = self.model_cfg.n_features
         steps = getattr(self.model_cfg, "window_steps", None)
         if shard.x.shape[2] != n_features or (steps is not None and shard.x.shape[1] != steps):
@@ -282,41 +287,18 @@ class WindowWork(RankWork):
 def windows_of(values: pa.Array, n_steps: int, n_features: int) -> np.ndarray:
     """An Arrow ``features`` column as ``[N, T, F]`` float32, a view of its buffers where it can be.
 
-    ``features`` is stored as ``array<float>``: the list's values are one contiguous float32 buffer,
-    so the windows are a reshape of it (no per-row objects, no copy). A binary column of
-    little-endian float32 tensors (``T x F x 4`` bytes a row, or a fixed-size binary of that width)
-    is read the same way, so a table written in that layout scores without a conversion step.
+    Either stored layout (:mod:`loganomaly.features.layout`): binary little-endian float32 tensors
+    (what featurize writes; also ``large_binary`` or a fixed-size binary of the row's width) or the
+    ``array<float>`` of older tables. Both are one contiguous float32 buffer, so the windows are a
+    view of it (no per-row objects, no copy).
 
     Raises:
         ModelError: a null or wrongly sized row.
     """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
-    if values.null_count:
-        raise ModelError(f"{values.null_count} windows without features")
-    n, row = len(values), n_steps * n_features
-    kind = values.type
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
-        width = row * 4
-        if pa.types.is_fixed_size_binary(kind):
-            if kind.byte_width != width:
-                raise ModelError(f"features of {kind.byte_width} bytes for windows of {n_steps} x {n_features}")
-            start = values.offset * width
-            data = values.buffers()[1]
-        else:
-            offsets = np.frombuffer(values.buffers()[1], np.int64 if pa.types.is_large_binary(kind) else np.int32,
-                                    count=n + 1, offset=values.offset * (8 if pa.types.is_large_binary(kind) else 4))
-            if n and (offsets[-1] - offsets[0] != n * width or (np.diff(offsets) != width).any()):
-                raise ModelError(f"features rows are not all {width} bytes (windows of {n_steps} x {n_features})")
-            start = int(offsets[0]) if n else 0
-            data = values.buffers()[2]
-        if n == 0:
-            return np.zeros((0, n_steps, n_features), np.float32)
-        return np.frombuffer(data, np.dtype("<f4"), count=n * row, offset=start).reshape(n, n_steps, n_features)
-    flat = values.flatten().to_numpy(zero_copy_only=False)
-    if flat.size != n * row:
-        raise ModelError(f"features of {flat.size} values for {n} windows of {n_steps} x {n_features}")
-    return flat.astype(np.float32, copy=False).reshape(n, n_steps, n_features)
+    try:
+        return decode_windows(values, n_steps, n_features)
+    except StageInputError as exc:  # for a bundle being applied, malformed input is a model/input mismatch
+        raise ModelError(str(exc)) from exc
 
 
 class WindowKind(ModelKind):

@@ -166,3 +166,124 @@ def test_time_columns_read_the_same_in_any_stored_unit() -> None:
     ns = pa.array([m * 1000 for m in micros], pa.timestamp("ns"))
     assert _micros(us).tolist() == _micros(ns).tolist() == micros
     assert _micros(pa.chunked_array([ns])).tolist() == micros
+
+
+def test_both_features_layouts_read_the_same_shards(tmp_path: Path) -> None:
+    """A table in the older ``array<float>`` layout gives exactly the binary table's shards."""
+    x = windows(N)
+    shards = {}
+    for layout in ("binary", "list"):
+        path = str(tmp_path / layout / "sequences")
+        version = write_windows(path, x, np.arange(N) * HOUR, 60.0, max_rows_per_group=5, layout=layout)  # type: ignore[arg-type]
+        shards[layout] = [ShardReader(all_rows(path, version), rank, 2).load() for rank in range(2)]
+    for a, b in zip(shards["binary"], shards["list"], strict=True):
+        np.testing.assert_array_equal(a.x, b.x)
+        assert a.keys() == b.keys()
+    np.testing.assert_array_equal(np.sort(np.concatenate([s.x for s in shards["list"]]), axis=0), np.sort(x, axis=0))
+
+
+def test_a_binary_row_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    path = str(tmp_path / "sequences")
+    version = write_windows(path, windows(6), np.arange(6) * HOUR, 60.0)
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path).to_pyarrow_table()
+    short = table.column("features").to_pylist()
+    short[2] = short[2][:-4]
+    bad = table.set_column(table.schema.get_field_index("features"), "features", pa.array(short, pa.binary()))
+    write_deltalake(path, bad, mode="overwrite", partition_by=["date"])
+    with pytest.raises(StageInputError, match="not all 48 bytes"):
+        ShardReader(all_rows(path, version + 1), 0, 1).load()
+
+
+class _CountingParquet:
+    """A Parquet file that records which row groups are read (thread-safe enough: list.append)."""
+
+    def __init__(self, inner: object, reads: list[tuple[int, tuple[str, ...]]]) -> None:
+        self.inner, self.reads = inner, reads
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def read_row_group(self, i: int, columns: list[str]) -> object:
+        self.reads.append((i, tuple(columns)))
+        return self.inner.read_row_group(i, columns=columns)  # type: ignore[attr-defined]
+
+
+def test_training_and_validation_shards_are_read_in_one_pass(table: tuple[str, int],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both selections come from the same row groups: each is read once, with the shards of separate reads."""
+    import loganomaly.training.readers.arrow as reader_module
+    from loganomaly.runtime.collective import Collective
+
+    path, version = table
+    snapshot = Snapshot(path, version)
+    lo, hi = time_range(snapshot) or (0.0, 0.0)
+    plans = plan_shards(snapshot, [Selection(lo, hi, 0.25, "train"), Selection(lo, hi, 0.25, "validation")], 3)
+    separate = [ShardReader(plans[0], 0, 1).load(), ShardReader(plans[1], 0, 1, equal=False).load()]
+    reads: list[tuple[int, tuple[str, ...]]] = []
+    real_open = reader_module.open_parquet
+    uris: list[str] = []
+
+    def counting(uri: str) -> _CountingParquet:
+        uris.append(uri)
+        return _CountingParquet(real_open(uri), reads)
+
+    monkeypatch.setattr(reader_module, "open_parquet", counting)
+    together = reader_module.READER.read_parts(plans, Collective(), [True, False])
+    assert len(reads) == len(uris) == len({(u.uri, u.row_group) for p in plans for u in p.units})
+    for (shard, order), alone in zip(together, separate, strict=True):
+        np.testing.assert_array_equal(shard.x, alone.x)
+        assert shard.keys() == alone.keys()
+        assert len(order(0)) >= len(shard)
+
+
+def test_planning_reads_the_time_columns_once(table: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time range, the training period's range and the plan share one scan of a snapshot version."""
+    import loganomaly.features.split as split_module
+
+    path, version = table
+    real_open = split_module.open_parquet
+
+    def plan(budget: int) -> tuple[list[tuple[int, tuple[str, ...]]], list[ShardPlan]]:
+        monkeypatch.setattr(split_module, "TIME_CACHE_ROWS", budget)
+        split_module._time_cache.clear()
+        reads: list[tuple[int, tuple[str, ...]]] = []
+        monkeypatch.setattr(split_module, "open_parquet", lambda uri: _CountingParquet(real_open(uri), reads))
+        snapshot = Snapshot(path, version)
+        lo, hi = time_range(snapshot) or (0.0, 0.0)
+        cut = (time_range(snapshot, until=lo + (hi - lo) / 2) or (0.0, 0.0))[1]
+        return reads, plan_shards(snapshot, [Selection(lo, cut, 0.25, "train"), Selection(lo, cut, 0.25, "validation")], 1)
+
+    cached_reads, cached = plan(split_module.TIME_CACHE_ROWS)
+    uncached_reads, uncached = plan(N - 1)  # one row over the budget: every scan reads the files again
+    row_groups = len(uncached_reads) // 3
+    assert len(cached_reads) == row_groups > 1
+    assert cached == uncached
+    later = write_windows(path, windows(3, first_id=500), np.arange(N, N + 3) * HOUR, 60.0)
+    assert time_range(Snapshot(path, later)) != time_range(Snapshot(path, version))  # another version: read again
+
+
+def test_read_ahead_keeps_order_and_bounds_what_it_holds() -> None:
+    import threading
+
+    from loganomaly.features.split import read_ahead
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def read(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i * i
+
+    consumed = 0
+    for i, value in enumerate(read_ahead(read, list(range(50)), threads=3)):
+        assert value == i * i  # in order, whatever order the threads finish in
+        consumed += 1
+        assert len(started) <= consumed + 2 * 3  # never more than 2 x threads results ahead
+    assert consumed == 50 and sorted(started) == list(range(50))
+    assert list(read_ahead(read, [7], threads=3)) == [49]  # one key: no threads at all

@@ -21,21 +21,30 @@ as a global shuffle for SGD, and it is what keeps a rank from reading other rank
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from loganomaly.errors import StageInputError
-from loganomaly.features.split import READ_COLUMNS, Shard, ShardPlan, mask_args, micros, with_abnormal
+from loganomaly.features.layout import decode_windows
+from loganomaly.features.split import (
+    ABNORMAL_COLUMN,
+    READ_COLUMNS,
+    Shard,
+    ShardPlan,
+    Unit,
+    micros,
+    read_ahead,
+    with_abnormal,
+)
 from loganomaly.lake.snapshot import open_parquet
 from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
-__all__ = ["READER", "ArrowReader", "ShardReader"]
+__all__ = ["READER", "ArrowReader", "ShardReader", "load_shards"]
 
 
 class ShardReader:
@@ -71,49 +80,20 @@ class ShardReader:
             StageInputError: the windows have mixed or inconsistent shapes, or a row group no longer
                 holds the rows the plan counted (the plan is from another snapshot).
         """
-        xs: list[np.ndarray] = []
-        entities: list[np.ndarray] = []
-        starts_us: list[np.ndarray] = []
-        abnormal: list[np.ndarray | None] = []
-        shape: tuple[int, int] | None = None
-        offset, groups = 0, 0
-        files: dict[str, pq.ParquetFile] = {}
+        return load_shards([self])[0]
+
+    def pieces(self) -> list[tuple[Unit, int, int]]:
+        """(row group, first, end) of the selected rows this rank takes from each unit, in plan order."""
+        out = []
+        offset = 0
         for unit in self.plan.units:
             a, b = max(self.lo, offset), min(self.hi, offset + unit.rows)
             if a < b:
-                if unit.uri not in files:
-                    files = {unit.uri: open_parquet(unit.uri)}  # keep at most one file open
-                parquet = files[unit.uri]
-                table = parquet.read_row_group(unit.row_group, columns=with_abnormal(parquet, READ_COLUMNS))
-                keep = np.flatnonzero(self.plan.selection.mask(*mask_args(table)))
-                if len(keep) != unit.rows:
-                    raise StageInputError(
-                        f"row group {unit.row_group} of {unit.uri} has {len(keep)} selected rows, the plan "
-                        f"{unit.rows}; was the plan made for another snapshot?"
-                    )
-                part = table.take(pa.array(keep[a - offset : b - offset]))
-                x, shape = _windows(part, shape, unit.uri)
-                xs.append(x)
-                entities.append(part.column("entity").to_numpy(zero_copy_only=False))
-                starts_us.append(micros(part.column("window_start")))
-                abnormal.append(mask_args(part)[2])
-                groups += 1
+                out.append((unit, a - offset, b - offset))
             offset += unit.rows
             if offset >= self.hi:
                 break
-        steps, feats = shape if shape is not None else (0, 0)
-        shard = Shard(
-            np.concatenate(xs) if xs else np.zeros((0, steps, feats), np.float32),
-            np.concatenate(entities) if entities else np.zeros(0, object),
-            np.concatenate(starts_us) if starts_us else np.zeros(0, np.int64),
-            # A file of an older table version may lack the column: then no labels at all.
-            None if any(a is None for a in abnormal)
-            else np.concatenate([a for a in abnormal if a is not None]).astype(np.int64) if abnormal
-            else np.zeros(0, np.int64),
-        )
-        log.debug("rank %d/%d read %d %s windows from %d row groups", self.rank, self.world, len(shard),
-                  self.plan.selection.part, groups)
-        return shard
+        return out
 
     def epoch_indices(self, epoch: int, n_local: int | None = None) -> np.ndarray:
         """Positions into this rank's shard for one epoch: a fresh shuffle, padded to the common length.
@@ -130,6 +110,82 @@ class ShardReader:
         return order
 
 
+def load_shards(readers: Sequence[ShardReader]) -> list[Shard]:
+    """Every reader's shard in one pass over the row groups they need (each read once).
+
+    The training and validation plans of a run select rows of the same row groups (validation is
+    time blocks inside the training period), so reading them plan by plan read most row groups
+    twice; here each row group is read once, its selection masks computed once per plan, and
+    each reader's rows come out in its own plan order. Row groups are read by a few threads
+    (pyarrow releases the GIL while it reads and decodes), which overlaps the per-file costs.
+
+    Raises:
+        StageInputError: as :meth:`ShardReader.load`.
+    """
+    wanted: dict[tuple[str, int], list[tuple[int, int, Unit, int, int]]] = {}
+    for r, reader in enumerate(readers):
+        for position, (unit, a, b) in enumerate(reader.pieces()):
+            wanted.setdefault((unit.uri, unit.row_group), []).append((r, position, unit, a, b))
+    parts: list[dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]] = [{} for _ in readers]
+    shapes: dict[tuple[int, int], str] = {}
+
+    def read(key: tuple[str, int]) -> pa.Table:
+        uri, row_group = key
+        parquet = open_parquet(uri)
+        return parquet.read_row_group(row_group, columns=with_abnormal(parquet, READ_COLUMNS))
+
+    keys = list(wanted)
+    for key, table in zip(keys, read_ahead(read, keys), strict=True):
+        uri = key[0]
+        # The columns every plan reading this row group shares, converted once.
+        start_us, end_us = micros(table.column("window_start")), micros(table.column("window_end"))
+        abnormal = (pc.fill_null(table.column(ABNORMAL_COLUMN), 0).to_numpy(zero_copy_only=False)
+                    if ABNORMAL_COLUMN in table.schema.names else None)
+        args = (start_us / 1e6, end_us / 1e6, abnormal)
+        whole: tuple[np.ndarray, np.ndarray] | None = None
+        if len(pc.unique(table.column("n_steps"))) == 1 and len(pc.unique(table.column("n_features"))) == 1:
+            # One shape in the row group: decode it once (a view) and index it per plan.
+            x_all, shape = _windows(table, None, uri)
+            whole = (x_all, table.column("entity").to_numpy(zero_copy_only=False))
+        for r, position, unit, a, b in wanted[key]:
+            keep = np.flatnonzero(readers[r].plan.selection.mask(*args))
+            if len(keep) != unit.rows:
+                raise StageInputError(
+                    f"row group {unit.row_group} of {uri} has {len(keep)} selected rows, the plan "
+                    f"{unit.rows}; was the plan made for another snapshot?"
+                )
+            rows = keep[a:b]
+            if whole is not None:
+                x, entity = whole[0][rows], whole[1][rows]
+            else:  # mixed shapes: only the selected rows must agree
+                part = table.take(pa.array(rows))
+                x, shape = _windows(part, None, uri)
+                entity = part.column("entity").to_numpy(zero_copy_only=False)
+            shapes.setdefault(shape, uri)
+            if len(shapes) > 1:
+                first = next(iter(shapes))
+                raise StageInputError(f"{uri}: windows of shape {shape}, earlier row groups {first}")
+            parts[r][position] = (x, entity, start_us[rows], None if abnormal is None else abnormal[rows])
+    steps, feats = next(iter(shapes)) if shapes else (0, 0)
+    shards = []
+    for reader, mine in zip(readers, parts, strict=True):
+        pieces = [mine[i] for i in sorted(mine)]
+        labels = [p[3] for p in pieces]
+        shard = Shard(
+            np.concatenate([p[0] for p in pieces]) if pieces else np.zeros((0, steps, feats), np.float32),
+            np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, object),
+            np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, np.int64),
+            # A file of an older table version may lack the column: then no labels at all.
+            None if any(a is None for a in labels)
+            else np.concatenate([a for a in labels if a is not None]).astype(np.int64) if labels
+            else np.zeros(0, np.int64),
+        )
+        log.debug("rank %d/%d read %d %s windows from %d row groups", reader.rank, reader.world, len(shard),
+                  reader.plan.selection.part, len(pieces))
+        shards.append(shard)
+    return shards
+
+
 def _windows(table: pa.Table, shape: tuple[int, int] | None, uri: str) -> tuple[np.ndarray, tuple[int, int]]:
     """The ``features`` column as ``[n, T, F]`` float32, checking every row has the same shape."""
     steps = pc.unique(table.column("n_steps")).to_pylist()
@@ -139,15 +195,11 @@ def _windows(table: pa.Table, shape: tuple[int, int] | None, uri: str) -> tuple[
     this = (int(steps[0]), int(feats[0]))
     if shape is not None and this != shape:
         raise StageInputError(f"{uri}: windows of shape {this}, earlier row groups {shape}")
-    column = table.column("features").combine_chunks()
-    if column.null_count:
-        raise StageInputError(f"{uri}: {column.null_count} windows without features")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths != this[0] * this[1]).any():
-        raise StageInputError(f"{uri}: features of length {sorted(set(lengths.tolist()))[:5]}, "
-                              f"expected n_steps * n_features = {this[0] * this[1]}")
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    return flat.astype(np.float32, copy=False).reshape(-1, *this), this
+    # Either stored layout (binary float32 tensors or array<float>), every row checked for its length.
+    try:
+        return decode_windows(table.column("features"), *this), this
+    except StageInputError as exc:
+        raise StageInputError(f"{uri}: {exc}") from exc
 
 
 class ArrowReader:
@@ -164,8 +216,14 @@ class ArrowReader:
 
     def read(self, plan: ShardPlan, comm: Collective, equal: bool) -> tuple[Shard, Callable[[int], np.ndarray]]:
         """This rank's rows of ``plan`` and its per-epoch order (``equal``: padded to the common length)."""
-        reader = ShardReader(plan, comm.rank, comm.world, equal=equal)
-        return reader.load(), reader.epoch_indices
+        ((shard, order),) = self.read_parts([plan], comm, [equal])
+        return shard, order
+
+    def read_parts(self, plans: Sequence[ShardPlan], comm: Collective, equal: Sequence[bool]
+                   ) -> list[tuple[Shard, Callable[[int], np.ndarray]]]:
+        """:meth:`read` of several plans of one snapshot (training and validation), each row group read once."""
+        readers = [ShardReader(plan, comm.rank, comm.world, equal=e) for plan, e in zip(plans, equal, strict=True)]
+        return [(shard, reader.epoch_indices) for shard, reader in zip(load_shards(readers), readers, strict=True)]
 
 
 READER = ArrowReader()

@@ -391,7 +391,25 @@ def _windows(batch: Any, keep: np.ndarray, shape: tuple[int, int] | None) -> tup
     this = (int(steps[0]), int(feats[0]))
     if shape is not None and this != shape:
         raise StageInputError(f"windows of shape {this}, earlier batches {shape}")
-    flat = np.asarray(batch.features)
+    column = np.asarray(batch.features)
+    if column.dtype.kind in "OS" and column.ndim == 1:
+        # The binary layout (loganomaly.features.layout): Petastorm hands one bytes object per row
+        # (or a fixed-width bytes array); every row must be one float32 tensor of the window's size.
+        width = this[0] * this[1] * 4
+        rows = column[keep]
+        if column.dtype.kind == "S":
+            if column.dtype.itemsize != width:
+                raise StageInputError(f"features of {column.dtype.itemsize} bytes, expected {width} "
+                                      f"(windows of {this[0]} x {this[1]})")
+            data = np.ascontiguousarray(rows).tobytes()
+        else:
+            sizes = {len(r) if r is not None else -1 for r in rows.tolist()}
+            if sizes - {width}:
+                raise StageInputError(f"features rows of {sorted(sizes - {width})[:5]} bytes, expected {width} "
+                                      f"(windows of {this[0]} x {this[1]}; -1: missing)")
+            data = b"".join(rows.tolist())
+        return np.frombuffer(data, "<f4").reshape(-1, *this).copy(), this
+    flat = column
     if flat.ndim != 2 or flat.shape[1] != this[0] * this[1]:
         raise StageInputError(f"features of shape {flat.shape[1:]}, expected n_steps * n_features = "
                               f"{this[0] * this[1]}")
