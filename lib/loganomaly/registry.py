@@ -6,7 +6,7 @@ registry          config key          what an entry is
 ``MODEL_KINDS``   ``model.kind``      a :class:`loganomaly.models.kind.ModelKind`
 ``LOG_FORMATS``   ``format`` option   a :class:`loganomaly.ingest.formats.base.LogFormat`
 ``BACKENDS``      ``train.backend``   a :class:`loganomaly.training.backends.Backend`
-``READERS``       ``train.reader``    a :class:`loganomaly.training.readers.base.Reader`
+``READERS``       ``train.reader``    a :class:`loganomaly.features.split.Reader`
 ================  ==================  =================================================
 
 Each registry is the one list of its names: the CLI's choices, the config's validation and the

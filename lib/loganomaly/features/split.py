@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,9 @@ from loganomaly.config import Config
 from loganomaly.errors import StageInputError
 from loganomaly.features.layout import NEW_LAYOUT, Layout, encode_windows
 from loganomaly.lake.snapshot import Snapshot, open_parquet
+
+if TYPE_CHECKING:
+    from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
 
@@ -544,3 +547,31 @@ def write_windows(
     else:
         write_deltalake(path, table, mode="append", partition_by=["date"], writer_properties=props)
     return int(DeltaTable(path).version())
+
+
+class Reader(Protocol):
+    """What a ``train.reader`` (:data:`loganomaly.registry.READERS`) is: how a rank reads its shard.
+
+    Declared here, beside :class:`ShardPlan` and :class:`Shard`, because the model kinds (a layer
+    below ``training``, where the readers live) call it.
+    """
+
+    #: Whether it reads ``sequences.n_abnormal`` (the supervised classifier's labels).
+    reads_labels: bool
+
+    def check_available(self) -> None:
+        """Raise on the driver when the reader cannot run here (a clear ConfigError)."""
+
+    def check_dealing(self, plan: ShardPlan, world: int) -> None:
+        """Raise on the driver when ``world`` ranks cannot each get rows of ``plan``."""
+
+    def read(self, plan: ShardPlan, comm: Collective, equal: bool) -> tuple[Shard, Callable[[int], np.ndarray]]:
+        """This rank's rows of ``plan`` and its per-epoch order (``equal``: padded to the common length)."""
+
+    def read_parts(self, plans: Sequence[ShardPlan], comm: Collective, equal: Sequence[bool]
+                   ) -> list[tuple[Shard, Callable[[int], np.ndarray]]]:
+        """:meth:`read` of several plans of one snapshot (training and validation) in one go.
+
+        A reader that can share work between the plans (the Arrow reader reads each row group
+        once for both) does; one that cannot reads them one after the other.
+        """

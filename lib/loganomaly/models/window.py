@@ -32,6 +32,7 @@ from loganomaly.config import Config, TrainConfig
 from loganomaly.errors import ConfigError, ModelError, StageInputError
 from loganomaly.features.layout import decode_windows
 from loganomaly.features.split import (
+    Reader,
     Selection,
     Shard,
     ShardPlan,
@@ -237,13 +238,9 @@ class WindowWork(RankWork):
         if self.val_plan.total == 0:
             raise StageInputError("no validation windows in the snapshot's training period")
         started = time.perf_counter()
-        reader = READERS.get(settings.reader)
-        if hasattr(reader, "read_parts"):
-            # Both plans in one pass over the row groups they share (the Arrow reader).
-            (shard, order), (val_shard, _) = reader.read_parts([self.train_plan, self.val_plan], comm, [True, False])
-        else:
-            shard, order = reader.read(self.train_plan, comm, equal=True)
-            val_shard, _ = reader.read(self.val_plan, comm, equal=False)
+        reader: Reader = READERS.get(settings.reader)
+        # Both plans in one go: the Arrow reader reads the row groups they share once.
+        (shard, order), (val_shard, _) = reader.read_parts([self.train_plan, self.val_plan], comm, [True, False])
         n_features = self.model_cfg.n_features
         steps = getattr(self.model_cfg, "window_steps", None)
         if shard.x.shape[2] != n_features or (steps is not None and shard.x.shape[1] != steps):

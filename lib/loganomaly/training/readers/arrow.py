@@ -32,6 +32,7 @@ from loganomaly.features.layout import decode_windows
 from loganomaly.features.split import (
     ABNORMAL_COLUMN,
     READ_COLUMNS,
+    Reader,
     Shard,
     ShardPlan,
     Unit,
@@ -226,4 +227,4 @@ class ArrowReader:
         return [(shard, reader.epoch_indices) for shard, reader in zip(load_shards(readers), readers, strict=True)]
 
 
-READER = ArrowReader()
+READER: Reader = ArrowReader()

@@ -41,14 +41,14 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from loganomaly.errors import ConfigError, LogAnomalyError, StageInputError
-from loganomaly.features.split import ABNORMAL_COLUMN, READ_COLUMNS, Shard, ShardPlan
+from loganomaly.features.split import ABNORMAL_COLUMN, READ_COLUMNS, Reader, Shard, ShardPlan
 from loganomaly.lake.snapshot import open_parquet
 from loganomaly.runtime.collective import Collective
 
@@ -444,5 +444,10 @@ class PetastormReader:
         reader = PetastormShardReader(plan, comm.rank, comm.world, equal=equal)
         return reader.load(comm), reader.epoch_indices
 
+    def read_parts(self, plans: Sequence[ShardPlan], comm: Collective, equal: Sequence[bool]
+                   ) -> list[tuple[Shard, Callable[[int], np.ndarray]]]:
+        """:meth:`read` of each plan in turn (Petastorm opens one reader per plan)."""
+        return [self.read(plan, comm, e) for plan, e in zip(plans, equal, strict=True)]
 
-READER = PetastormReader()
+
+READER: Reader = PetastormReader()
