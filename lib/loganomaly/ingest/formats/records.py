@@ -73,8 +73,14 @@ class _RecordMapper:
         for key, column, conv in _NET_FIELDS:
             value = flat.pop(key, _ABSENT)
             if value is not _ABSENT:
-                # Exact ints need no conversion (bool is its own class, so it still goes to _as_int).
-                event[column] = value if value.__class__ is int and conv is _as_int else conv(key, value)
+                # Exact ints and text need no call (bool is its own class, so it still goes to _as_int).
+                cls = value.__class__
+                if cls is int and conv is _as_int:
+                    event[column] = value
+                elif cls is str and conv is _as_str:
+                    event[column] = None if value in _MISSING else value  # _as_str, inlined
+                else:
+                    event[column] = conv(key, value)
 
     def finish(self, event: dict[str, Any], flat: dict[str, Any], zeek_path: str | None) -> dict[str, Any]:
         """Fill status, component, level, label, entity, message and attributes. Consumes ``flat``."""
