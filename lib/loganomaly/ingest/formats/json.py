@@ -9,7 +9,7 @@ row and every quarantine reason is the standard library's (see :func:`loads`).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,11 @@ from loganomaly.ingest.formats.records import _RecordMapper
 from loganomaly.ingest.formats.timestamps import TimeFormat, _Clock, parse_timestamp
 from loganomaly.ingest.formats.values import _flatten
 
+_fast_loads: Callable[[str], Any] | None
 try:  # a dependency; an environment installed before it was added still parses, more slowly
-    from orjson import loads as _fast_loads
+    from orjson import loads as _orjson_loads
+
+    _fast_loads = _orjson_loads
 except ImportError:  # pragma: no cover - exercised only without orjson
     _fast_loads = None
 
@@ -52,7 +55,7 @@ def loads(text: str) -> Any:
     """
     if _fast_loads is not None:
         try:
-            obj = _fast_loads(text)
+            obj: Any = _fast_loads(text)
         except ValueError:  # orjson.JSONDecodeError; the standard library decides
             pass
         else:
@@ -74,7 +77,8 @@ def _needs_reference(value: dict[str, Any] | list[Any], depth: int) -> bool:
     """
     if depth >= _MAX_DEPTH:
         return True
-    for item in value.values() if value.__class__ is dict else value:  # type: ignore[union-attr]
+    items: Iterable[Any] = value.values() if isinstance(value, dict) else value
+    for item in items:
         cls = item.__class__
         if cls is float:
             if not -_INT64_SPAN < item < _INT64_SPAN:
