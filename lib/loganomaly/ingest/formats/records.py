@@ -49,6 +49,10 @@ _STATUS_SET = frozenset(_STATUS_KEYS)
 _COMPONENT_SET = frozenset(_COMPONENT_KEYS)
 _DETAILED_LABEL_SET = frozenset(_DETAILED_LABEL_KEYS)
 _ABSENT = object()
+#: The entity keys looked up in the record (``id.orig_h`` is read from the event's ``src_addr``):
+#: a record with none of them can only get its entity from ``src_addr``.
+_ENTITY_FLAT_SET = frozenset(_ENTITY_KEYS) - {"id.orig_h"}
+_ENTITY_FROM_EVENT = ("id.orig_h",)
 
 
 class _RecordMapper:
@@ -138,7 +142,7 @@ class _RecordMapper:
         else:
             # HTTP records carry the request's Host header under "host": the server, not the actor.
             http = "uri" in flat or "method" in flat
-            for key in _ENTITY_KEYS:
+            for key in _ENTITY_KEYS if not flat.keys().isdisjoint(_ENTITY_FLAT_SET) else _ENTITY_FROM_EVENT:
                 if http and key == "host":
                     continue
                 value = event.get("src_addr") if key == "id.orig_h" else flat.get(key)
