@@ -42,12 +42,23 @@ _ENTITY_KEYS = (
     "entity",
 )
 _WARNING_ZEEK_PATHS = frozenset({"notice", "weird", "intel", "signatures"})
+# Key sets for a C-speed "does this record have any of these keys" before each key-list loop: most
+# records have none of most lists, and one ``isdisjoint`` costs less than the loop's lookups.
+_NET_KEYS = frozenset(key for key, _, _ in _NET_FIELDS)
+_STATUS_SET = frozenset(_STATUS_KEYS)
+_COMPONENT_SET = frozenset(_COMPONENT_KEYS)
+_DETAILED_LABEL_SET = frozenset(_DETAILED_LABEL_KEYS)
+_ABSENT = object()
+#: The entity keys looked up in the record (``id.orig_h`` is read from the event's ``src_addr``):
+#: a record with none of them can only get its entity from ``src_addr``.
+_ENTITY_FLAT_SET = frozenset(_ENTITY_KEYS) - {"id.orig_h"}
+_ENTITY_FROM_EVENT = ("id.orig_h",)
 
 
 class _RecordMapper:
     """Maps flat records (JSON, Zeek TSV) to event dicts; key lists resolved once per file."""
 
-    __slots__ = ("opts", "level_keys", "label_keys", "message_keys", "entity_field")
+    __slots__ = ("opts", "level_keys", "label_keys", "message_keys", "entity_field", "level_set", "label_set", "message_set")
 
     def __init__(self, opts: FormatOptions) -> None:
         self.opts = opts
@@ -55,14 +66,25 @@ class _RecordMapper:
         self.label_keys = (opts.label_field,) if opts.label_field else _LABEL_KEYS
         self.message_keys = (opts.message_field,) if opts.message_field else _MESSAGE_KEYS
         self.entity_field = opts.entity_field
+        self.level_set = frozenset(self.level_keys)
+        self.label_set = frozenset(self.label_keys)
+        self.message_set = frozenset(self.message_keys)
 
     def net_fields(self, event: dict[str, Any], flat: dict[str, Any]) -> None:
         """Move the Zeek connection fields of ``flat`` into typed ``event`` columns."""
+        if flat.keys().isdisjoint(_NET_KEYS):
+            return
         for key, column, conv in _NET_FIELDS:
-            if key in flat:
-                value = flat.pop(key)
-                # Exact ints need no conversion (bool is its own class, so it still goes to _as_int).
-                event[column] = value if value.__class__ is int and conv is _as_int else conv(key, value)
+            value = flat.pop(key, _ABSENT)
+            if value is not _ABSENT:
+                # Exact ints and text need no call (bool is its own class, so it still goes to _as_int).
+                cls = value.__class__
+                if cls is int and conv is _as_int:
+                    event[column] = value
+                elif cls is str and conv is _as_str:
+                    event[column] = None if value in _MISSING else value  # _as_str, inlined
+                else:
+                    event[column] = conv(key, value)
 
     def finish(self, event: dict[str, Any], flat: dict[str, Any], zeek_path: str | None) -> dict[str, Any]:
         """Fill status, component, level, label, entity, message and attributes. Consumes ``flat``."""
@@ -71,7 +93,7 @@ class _RecordMapper:
             if value is not None and value < 0:
                 raise ParseError(f"field {column} is negative: {value}")
         # Missing markers ("-", "(empty)", null) under these keys carry nothing: dropped, not kept.
-        for key in _STATUS_KEYS:
+        for key in () if flat.keys().isdisjoint(_STATUS_SET) else _STATUS_KEYS:
             if key in flat:
                 value = flat.pop(key)
                 if value is not None and not (value.__class__ is str and value in _MISSING):
@@ -81,7 +103,7 @@ class _RecordMapper:
             path_value = flat.get("_path")
             zeek_path = path_value if isinstance(path_value, str) else None
         component = None
-        for key in _COMPONENT_KEYS:
+        for key in () if flat.keys().isdisjoint(_COMPONENT_SET) else _COMPONENT_KEYS:
             if key in flat:
                 value = flat.pop(key)
                 if value is not None and not (value.__class__ is str and value in _MISSING):
@@ -90,7 +112,7 @@ class _RecordMapper:
         event["component"] = component or zeek_path
 
         level = None
-        for key in self.level_keys:
+        for key in () if flat.keys().isdisjoint(self.level_set) else self.level_keys:
             if flat.get(key) is not None:
                 level = normalize_level(flat.pop(key))
                 break
@@ -99,12 +121,12 @@ class _RecordMapper:
         event["level"] = level
 
         label = None
-        for key in self.label_keys:
+        for key in () if flat.keys().isdisjoint(self.label_set) else self.label_keys:
             if key in flat:
                 label = _as_str(key, flat.pop(key))
                 break
         event["label"] = label
-        for key in _DETAILED_LABEL_KEYS:
+        for key in () if flat.keys().isdisjoint(_DETAILED_LABEL_SET) else _DETAILED_LABEL_KEYS:
             if key in flat:
                 detailed = _as_str(key, flat.pop(key))
                 if detailed is not None:
@@ -120,7 +142,7 @@ class _RecordMapper:
         else:
             # HTTP records carry the request's Host header under "host": the server, not the actor.
             http = "uri" in flat or "method" in flat
-            for key in _ENTITY_KEYS:
+            for key in _ENTITY_KEYS if not flat.keys().isdisjoint(_ENTITY_FLAT_SET) else _ENTITY_FROM_EVENT:
                 if http and key == "host":
                     continue
                 value = event.get("src_addr") if key == "id.orig_h" else flat.get(key)
@@ -136,7 +158,7 @@ class _RecordMapper:
         )
 
         message = None
-        for key in self.message_keys:
+        for key in () if flat.keys().isdisjoint(self.message_set) else self.message_keys:
             value = flat.get(key)
             if value is not None:
                 message = _attr(flat.pop(key))
@@ -152,9 +174,11 @@ class _RecordMapper:
                 src = f"{event.get('src_addr') or '?'}:{event.get('src_port') or '?'}"
                 dst = f"{event.get('dst_addr') or '?'}:{event.get('dst_port') or '?'}"
                 message = " ".join(
-                    str(p)
-                    for p in (event.get("proto"), event["component"], src, "->", dst, event.get("status"))
-                    if p
+                    [
+                        str(p)
+                        for p in (event.get("proto"), event["component"], src, "->", dst, event.get("status"))
+                        if p
+                    ]
                 )
             else:
                 message = " ".join(f"{k}={v}" for k, v in list(attributes.items())[:8])

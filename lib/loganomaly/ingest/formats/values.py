@@ -93,7 +93,12 @@ _CONVERTERS: dict[type, Callable[[str, Any], Any]] = {str: _as_str, int: _as_int
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested objects -> dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); flat input as is."""
+    """Nested objects -> dotted keys (``{"a": {"b": 1}}`` -> ``{"a.b": 1}``); flat input as is.
+
+    Keys land in the order they are first met and the last value of a repeated key wins
+    (``{"a.b": 1, "a": {"b": 2}}`` -> ``{"a.b": 2}``); one output dict is filled in place
+    rather than one per nested object merged upwards, which gives the same dict, faster.
+    """
     if not prefix:
         for value in obj.values():
             if value.__class__ is dict:
@@ -101,13 +106,16 @@ def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             return obj
     out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
+    _flatten_into(out, obj, prefix)
     return out
+
+
+def _flatten_into(out: dict[str, Any], obj: dict[str, Any], prefix: str) -> None:
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            _flatten_into(out, value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
 
 
 _LEVELS = {
