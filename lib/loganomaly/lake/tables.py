@@ -130,8 +130,16 @@ def latest_version(path: str) -> int:
     return max(versions)
 
 
-def commit_info(path: str, version: int) -> dict[str, Any] | None:
-    """The ``commitInfo`` action of one version's log file (``runId`` added), None if it has none."""
+def read_commit(path: str, version: int) -> tuple[dict[str, Any] | None, bool]:
+    """One version's ``commitInfo`` (``runId`` added; None if it has none) and whether it changed rows.
+
+    A commit changed no row when it is a maintenance commit (see MAINTENANCE_OPERATIONS): both
+    conditions are required, since the operation name alone would trust a writer that labels a
+    data change as maintenance, and the actions alone would skip an ordinary write that replaced
+    nothing (a night with no flagged window commits ``anomalies`` without files).
+    """
+    info: dict[str, Any] | None = None
+    data_change = False
     with open(os.path.join(path, "_delta_log", f"{version:020d}.json"), encoding="utf-8") as handle:
         for line in handle:
             action = json.loads(line) if line.strip() else {}
@@ -139,8 +147,16 @@ def commit_info(path: str, version: int) -> dict[str, Any] | None:
                 info = dict(action["commitInfo"])
                 info["version"] = version
                 info["runId"] = run_id_of(info)
-                return info
-    return None
+            for kind in ("add", "remove"):
+                if kind in action and action[kind].get("dataChange", True):
+                    data_change = True
+    maintenance = info is not None and info.get("operation") in MAINTENANCE_OPERATIONS
+    return info, data_change or not maintenance
+
+
+def commit_info(path: str, version: int) -> dict[str, Any] | None:
+    """The ``commitInfo`` action of one version's log file (``runId`` added), None if it has none."""
+    return read_commit(path, version)[0]
 
 
 #: Operations that rewrite how a table is stored, never what it holds (their ``add``/``remove``
@@ -149,25 +165,6 @@ def commit_info(path: str, version: int) -> dict[str, Any] | None:
 MAINTENANCE_OPERATIONS = frozenset(
     {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES"}
 )
-
-
-def data_unchanged(path: str, version: int) -> bool:
-    """True when one version is a maintenance commit that changed no row (see MAINTENANCE_OPERATIONS).
-
-    Both conditions are required: the operation name alone would trust a writer that labels a
-    data change as maintenance, and the actions alone would skip an ordinary write that replaced
-    nothing (a night with no flagged window commits ``anomalies`` without files).
-    """
-    operation = None
-    with open(os.path.join(path, "_delta_log", f"{version:020d}.json"), encoding="utf-8") as handle:
-        for line in handle:
-            action = json.loads(line) if line.strip() else {}
-            if "commitInfo" in action:
-                operation = action["commitInfo"].get("operation")
-            for kind in ("add", "remove"):
-                if kind in action and action[kind].get("dataChange", True):
-                    return False
-    return operation in MAINTENANCE_OPERATIONS
 
 
 def _sql_literal(value: Any) -> str:
@@ -532,19 +529,19 @@ class Lake:
         if not self.exists(name):
             return None
         path = self.path(name)
-        version, info = self._newest_commit(name)
+        version = latest_version(path)
         for _ in range(look_back):
+            if version < 0:
+                return None
             try:
-                if not data_unchanged(path, version):
-                    return info
-                version -= 1
-                if version < 0:
-                    return None
-                info = commit_info(path, version)
+                info, changed_rows = read_commit(path, version)
             except FileNotFoundError:
                 return None
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError) as exc:  # a commit cut short (full disk) or not text
                 raise table_error(name, path, exc) from exc
+            if changed_rows:
+                return info
+            version -= 1
         return None
 
     def _newest_commit(self, name: str) -> tuple[int, dict[str, Any] | None]:
