@@ -243,3 +243,17 @@ def test_optimize_compacts_small_files_and_vacuum_removes_them(spark, lake):
     assert {os.path.normpath(p) for p in lake.vacuum("events", retention_hours=0)} == small
     assert len(data_files(lake.path("events"))) == 1
     assert sorted(r.id for r in lake.read("events").collect()) == list(range(12))
+
+
+def test_delete_and_delete_keeping_match_values_with_quotes_and_backticks(spark, lake):
+    """Values are SQL literals on both engines: a host (or file path) holding ``'``, ``"`` or a
+    backtick is deleted like any other, and ``delete_keeping`` keeps the listed run's rows."""
+    odd = ["it's", 'say "x"', "back`tick"]
+    data = [(i, dt.datetime(2024, 3, 1, 10), dt.date(2024, 3, 1), host, [], {"run": run})
+            for i, (host, run) in enumerate([(h, r) for h in [*odd, "plain"] for r in ("r1", "r2")])]
+    lake.write("events", spark.createDataFrame(data, SCHEMA))
+    lake.delete("events", "host", ["back`tick", "plain"])
+    assert sorted({r.host for r in lake.read("events").collect()}) == sorted(odd[:2])
+    # keep "it's" rows whose id is 0 (its first), drop the rest of "it's"; 'say "x"' goes whole
+    lake.delete_keeping("events", "host", {"it's": [0], 'say "x"': []}, "id")
+    assert [(r.id, r.host) for r in lake.read("events").collect()] == [(0, "it's")]

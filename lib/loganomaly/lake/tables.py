@@ -406,17 +406,9 @@ class Lake:
         path = self._require(name)
         if not values:
             return self.version(name) or 0
-        clause = f"`{column}` IN ({', '.join(_sql_literal(v) for v in values)})"
-        if self.engine == "deltars":
-            from deltalake import DeltaTable
-
-            metrics = DeltaTable(path).delete(clause.replace("`", '"'))
-            log.info("deleted from %s: %s", name, metrics.get("num_deleted_rows"))
-        else:
-            from delta.tables import DeltaTable as SparkDeltaTable
-
-            SparkDeltaTable.forPath(self.spark, path).delete(clause)
-        return self.version(name) or 0
+        q = self._quote
+        clause = f"{q(column)} IN ({', '.join(_sql_literal(v) for v in values)})"
+        return self._delete_where(name, path, clause)
 
     @delta_errors
     def delete_keeping(self, name: str, column: str, keep: Mapping[Any, Sequence[Any]], keep_column: str) -> int:
@@ -429,19 +421,30 @@ class Lake:
         path = self._require(name)
         if not keep:
             return self.version(name) or 0
+        q = self._quote
         plain = [v for v, kept in keep.items() if not kept]
-        clauses = [f"`{column}` IN ({', '.join(_sql_literal(v) for v in plain)})"] if plain else []
+        clauses = [f"{q(column)} IN ({', '.join(_sql_literal(v) for v in plain)})"] if plain else []
         for value, kept in keep.items():
             if kept:
                 clauses.append(
-                    f"(`{column}` = {_sql_literal(value)} AND (`{keep_column}` IS NULL OR "
-                    f"`{keep_column}` NOT IN ({', '.join(_sql_literal(k) for k in kept)})))"
+                    f"({q(column)} = {_sql_literal(value)} AND ({q(keep_column)} IS NULL OR "
+                    f"{q(keep_column)} NOT IN ({', '.join(_sql_literal(k) for k in kept)})))"
                 )
         clause = " OR ".join(clauses)
+        return self._delete_where(name, path, clause)
+
+    def _quote(self, column: str) -> str:
+        """``column`` as an identifier of this engine's SQL: delta-rs (DataFusion) reads double
+        quotes, Spark backticks. Quoting here, not by rewriting the clause, leaves the values'
+        literals alone (a file path may hold a backtick)."""
+        return f'"{column}"' if self.engine == "deltars" else f"`{column}`"
+
+    def _delete_where(self, name: str, path: str, clause: str) -> int:
+        """Delete the rows matching a SQL ``clause`` (identifiers quoted by :meth:`_quote`)."""
         if self.engine == "deltars":
             from deltalake import DeltaTable
 
-            metrics = DeltaTable(path).delete(clause.replace("`", '"'))
+            metrics = DeltaTable(path).delete(clause)
             log.info("deleted from %s: %s", name, metrics.get("num_deleted_rows"))
         else:
             from delta.tables import DeltaTable as SparkDeltaTable
