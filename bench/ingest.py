@@ -373,7 +373,8 @@ def _timed_raw(spark: Any, files: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def run_master(master: str, data: Path, formats: list[str], repeats: int) -> dict[str, dict[str, float]]:
+def run_master(master: str, data: Path, formats: list[str], repeats: int,
+               with_native: bool = True) -> dict[str, dict[str, float]]:
     """One process, one warm Spark session: for every format, fit the miner on the first file (not
     timed), then time ``repeats`` small runs (median) and one big run (files 2..n) of ``loganomaly
     ingest`` (the default Python path), of the format's native Spark job and of a raw text count."""
@@ -422,7 +423,7 @@ def run_master(master: str, data: Path, formats: list[str], repeats: int) -> dic
             if r["job_rows"] != r["job_expected_rows"] or r["job_null_ts"]:
                 raise SystemExit(f"{fmt}: native job wrote {r['job_rows']} rows ({r['job_null_ts']} without ts), "
                                  f"expected {r['job_expected_rows']}")
-            if fmt in NATIVE:  # ingest.native (JSON in the JVM), off by default: the same runs in a lake of its own
+            if fmt in NATIVE and with_native:  # ingest.native (JSON in the JVM), off by default: the same runs in a lake of its own
                 cfg.ingest.native = True
                 runs = _ingest_runs(spark, cfg, Lake(spark, root / "lake-native", engine="deltars"), fmt, first,
                                     small, rest, lines)
@@ -452,20 +453,21 @@ def report_formats(runs: dict[str, dict[str, dict[str, float]]], formats: list[s
           f"2..{files}; small run = one {SMALL_LINES}-line file, median of {repeats}; all runs of a master in one "
           "warm session; marginal lines/s = (lines_big - lines_small) / (t_big - t_small)")
     print("| format | master | templates (cache hit rate) | ingest marginal lines/s | native Spark job marginal "
-          "lines/s | ingest / job | target | met | ingest small s | job small s | raw read marginal lines/s "
+          "lines/s | ingest / job | target | met | ingest s small / big | job s small / big | raw read s small / big "
           "| quarantined |")
     print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for fmt in formats:
         for master in masters:
             r = runs[master][fmt]
-            ing, job, raw = (_marginal(r, p) for p in ("ingest", "job", "raw"))
+            ing, job = (_marginal(r, p) for p in ("ingest", "job"))
             target = TARGETS.get(fmt, DEFAULT_TARGET)
             ratio = ing / job if ing and job else None
             met = "n/a" if ratio is None else ("met" if ratio >= target else "not met")
             templates = f"on ({r['ingest_hit_rate']:.3f})" if r["templates"] else "off"
             print(f"| {fmt} | {master} | {templates} | {_rate(ing)} | {_rate(job)} | "
                   f"{'n/a' if ratio is None else f'{ratio:.2f}'} | >= {target:.1f} | {met} | {r['ingest_small_s']:.2f} "
-                  f"| {r['job_small_s']:.2f} | {_rate(raw)} | {int(r['ingest_quarantined'])} |")
+                  f"/ {r['ingest_big_s']:.2f} | {r['job_small_s']:.2f} / {r['job_big_s']:.2f} | {r['raw_small_s']:.2f} / "
+                  f"{r['raw_big_s']:.2f} | {int(r['ingest_quarantined'])} |")
     print()
     print("native Spark jobs (each -> Parquet; rows checked after timing: lines minus header lines, none without ts):")
     first = runs[masters[0]]
@@ -473,7 +475,7 @@ def report_formats(runs: dict[str, dict[str, dict[str, float]]], formats: list[s
         r = first[fmt]
         print(f"- {fmt}: {NATIVE_JOBS[fmt][0]}; {int(r['job_rows']):,} rows of {int(r['lines']):,} lines, "
               f"{int(r['job_null_ts'])} without ts")
-    native = [f for f in formats if f in NATIVE]
+    native = [f for f in formats if f in NATIVE and "native_big_s" in runs[masters[0]][f]]
     if native:
         print()
         print("| format | master | ingest.native marginal lines/s | ingest (Python) marginal lines/s | Spark job "
@@ -683,13 +685,15 @@ def main() -> None:
     parser.add_argument("--split-mb", type=int, default=128, help="ingest.split_bytes of the large-file runs, in MiB")
     parser.add_argument("--small-repeats", type=int, default=3,
                         help="small runs per format and side, the median is the fixed cost subtracted")
+    parser.add_argument("--ingest-native", action=argparse.BooleanOptionalAction, default=True,
+                        help="formats section: also time ingest with ingest.native on (json, zeekjson)")
     parser.add_argument("--startup-repeats", type=int, default=3, help="fresh-process pairs (the median is kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-large", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     if args.worker:
-        print(json.dumps(run_master(args.worker, Path(args.data), formats, args.small_repeats)))
+        print(json.dumps(run_master(args.worker, Path(args.data), formats, args.small_repeats, args.ingest_native)))
         return
     if args.worker_large is not None:
         print(json.dumps(run_large(args.worker_large, Path(args.data), args.large_format, args.split_mb)))
@@ -733,7 +737,7 @@ def main() -> None:
         for master in args.masters.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", master, "--data", str(data), "--formats", ",".join(formats),
-                 "--small-repeats", str(args.small_repeats)],
+                 "--small-repeats", str(args.small_repeats)] + ([] if args.ingest_native else ["--no-ingest-native"]),
                 check=True, capture_output=True, text=True,
             )
             runs[master] = json.loads(out.stdout.strip().splitlines()[-1])
