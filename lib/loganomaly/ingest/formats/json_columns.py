@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loganomaly.errors import ParseError
 from loganomaly.ingest.formats.base import EventColumns
@@ -196,7 +197,6 @@ class JsonBlockMapper:
         (indices into ``texts``) of those lines are :attr:`EventColumns.positions`, the others are
         the caller's to parse one by one. None when it takes no line."""
         decode = self.decode
-        needs_reference = self.needs_reference
         groups: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
         for i, text in enumerate(texts):
             try:
@@ -204,16 +204,6 @@ class JsonBlockMapper:
             except ValueError:
                 continue  # orjson refused it: the reference decides (error or the standard library's value)
             if obj.__class__ is not dict:
-                continue
-            for value in obj.values():
-                if value.__class__ is dict:
-                    # Nested: checked whole as loads does (depth, wide integers), then flattened.
-                    if needs_reference(obj, 0):
-                        obj = None
-                    else:
-                        obj = _flatten(obj)
-                    break
-            if obj is None:
                 continue
             key = tuple(obj)
             group = groups.get(key)
@@ -223,56 +213,85 @@ class JsonBlockMapper:
                 group[0].append(i)
                 group[1].append(obj)
         parts: list[tuple[list[int], dict[str, pa.Array]]] = []
+        nested: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
         for keys, (positions, records) in groups.items():
             if len(positions) < MIN_GROUP:
                 continue
-            mapped = self._map_shape(keys, positions, records)
+            columns: list[Sequence[Any]] = list(zip(*[r.values() for r in records], strict=True))
+            if any(dict in set(map(type, col)) for col in columns):
+                # Nested objects: each record checked whole as loads does (depth, wide integers),
+                # flattened, and grouped again by its flat keys.
+                for i, obj in zip(positions, records, strict=True):
+                    if not self.needs_reference(obj, 0):
+                        flat = _flatten(obj)
+                        group = nested.setdefault(tuple(flat), ([], []))
+                        group[0].append(i)
+                        group[1].append(flat)
+                continue
+            mapped = self._map_shape(keys, positions, columns)
+            if mapped is not None and mapped[0]:
+                parts.append(mapped)
+        for keys, (positions, records) in nested.items():
+            if len(positions) < MIN_GROUP:
+                continue
+            columns = list(zip(*[r.values() for r in records], strict=True))
+            mapped = self._map_shape(keys, positions, columns)
             if mapped is not None and mapped[0]:
                 parts.append(mapped)
         if not parts:
             return None
         if len(parts) == 1:
             return EventColumns(parts[0][0], parts[0][1])
-        positions = [p for pos, _ in parts for p in pos]
-        arrays = {
-            name: pa.concat_arrays([cols[name] for _, cols in parts]) for name in COLUMN_TYPES
-        }
-        return EventColumns(positions, arrays)
+        all_positions = [p for pos, _ in parts for p in pos]
+        arrays = {name: pa.concat_arrays([cols[name] for _, cols in parts]) for name in COLUMN_TYPES}
+        return EventColumns(all_positions, arrays)
 
     def _map_shape(
-        self, keys: tuple[str, ...], positions: list[int], records: list[dict[str, Any]]
+        self, keys: tuple[str, ...], positions: list[int], columns: list[Sequence[Any]]
     ) -> tuple[list[int], dict[str, pa.Array]] | None:
-        """The columns of one shape's records: the reference's ``JsonParser.parse`` and
-        ``_RecordMapper.net_fields``/``finish``, decided once for ``keys`` and run per column."""
+        """The columns of one shape's records (``columns``: one value sequence per key): the
+        reference's ``JsonParser.parse`` and ``_RecordMapper.net_fields``/``finish``, decided
+        once for ``keys`` and run per column."""
         index = {k: j for j, k in enumerate(keys)}
         ts_key = next((k for k in self.ts_keys if k in index), None)
         detailed_keys = [k for k in _DETAILED_LABEL_KEYS if k in index]
         if ts_key is None or len(detailed_keys) > 1:
             return None  # no time (the reference's reason), or detailed-label keys overwriting each other
-        n = len(records)
-        columns: list[Sequence[Any]] = list(zip(*[r.values() for r in records], strict=True))
+        n = len(positions)
         bad = [False] * n
-        # Values orjson may have read differently from the standard library (see json.loads).
         for col in columns:
-            classes = {v.__class__ for v in col}
+            classes = set(map(type, col))
+            # Values orjson may have read differently from the standard library (see json.loads).
             if float in classes:
-                for r, v in enumerate(col):
-                    if v.__class__ is float and not -_INT64_SPAN < v < _INT64_SPAN:
-                        bad[r] = True
+                if classes == {float} and -_INT64_SPAN < min(col) and max(col) < _INT64_SPAN:
+                    pass
+                else:
+                    for r, v in enumerate(col):
+                        if v.__class__ is float and not -_INT64_SPAN < v < _INT64_SPAN:
+                            bad[r] = True
             if list in classes:
                 for r, v in enumerate(col):
                     if v.__class__ is list and self.needs_reference(v, 1):  # loads' walk, one level down
                         bad[r] = True
         ts_col = columns[index[ts_key]]
-        for r, v in enumerate(ts_col):
-            if v is None:
-                bad[r] = True  # the reference moves on to the next time key
+        if None in ts_col:
+            for r, v in enumerate(ts_col):
+                if v is None:
+                    bad[r] = True  # the reference moves on to the next time key
         # The connection columns: only the values whose conversion is plain (see _NET's kinds).
         for key, (_, kind, low, high) in _NET.items():
             j = index.get(key)
             if j is None:
                 continue
-            for r, v in enumerate(columns[j]):
+            values = columns[j]
+            classes = set(map(type, values))
+            if kind == "str" and classes <= {str, type(None)}:
+                continue
+            if kind == "float" and classes <= {float, int, type(None)}:
+                continue  # orjson gives finite floats only
+            if kind == "int" and classes == {int} and low <= min(values) and max(values) <= high:
+                continue
+            for r, v in enumerate(values):
                 cls = v.__class__
                 if v is None or (cls is str and v in _MISSING):
                     continue
@@ -284,9 +303,9 @@ class JsonBlockMapper:
                     ok = (cls is float and math.isfinite(v)) or cls is int
                 if not ok:
                     bad[r] = True
-        ts_values = [v if not b else 0.0 for v, b in zip(ts_col, bad, strict=True)]
+        ts_values = [v if not b else 0.0 for v, b in zip(ts_col, bad, strict=True)] if True in bad else ts_col
         micros = _micros(ts_values, self.tz, bad)
-        if any(bad):
+        if True in bad:
             good = [not b for b in bad]
             positions = list(compress(positions, good))
             columns = [list(compress(col, good)) for col in columns]
@@ -410,33 +429,53 @@ class JsonBlockMapper:
             attr_values.append(detailed)
         out["attributes"] = _map_array(attr_keys, attr_values, n)
 
-        # The message a record without one gets (the reference's order of rules).
-        if any(m is None for m in message):
+        # The message a record without one gets (the reference's order of rules): Zeek weird
+        # records', then connection records' (built in Arrow), then the first attributes.
+        conn = "id.orig_h" in col or "id.resp_h" in col
+        if None in message:
             names = col.get("name")
-            conn = "id.orig_h" in col or "id.resp_h" in col
-            none = [None] * n
-            src_addr, src_port = event_net.get("src_addr", none), event_net.get("src_port", none)
-            dst_addr, dst_port = event_net.get("dst_addr", none), event_net.get("dst_port", none)
-            proto = event_net.get("proto", none)
             for r in range(n):
                 if message[r] is not None:
                     continue
                 if zeek_path[r] == "weird" and names is not None and names[r].__class__ is str:
                     message[r] = f"weird {names[r]}"
-                elif conn:
-                    src = f"{src_addr[r] or '?'}:{src_port[r] or '?'}"
-                    dst = f"{dst_addr[r] or '?'}:{dst_port[r] or '?'}"
-                    message[r] = " ".join(
-                        [str(p) for p in (proto[r], component[r], src, "->", dst, status[r]) if p]
-                    )
-                else:
+                elif not conn:
                     pairs = [(k, vals[r]) for k, vals in zip(attr_keys, attr_values, strict=True) if vals[r] is not None]
                     message[r] = " ".join(f"{k}={v}" for k, v in pairs[:8])
-        out["message"] = pa.array(message, _STR)
+        messages = pa.array(message, _STR)
+        if conn and messages.null_count:
+            messages = pc.coalesce(messages, _conn_messages(out, component, n))
+        out["message"] = messages
         for column, typ in COLUMN_TYPES.items():
             if column not in out:
                 out[column] = pa.nulls(n, typ)
         return positions, out
+
+
+def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa.Array:
+    """``proto component src:port -> dst:port status`` for every row, in Arrow: the reference's
+    ``" ".join(str(p) for p in parts if p)`` (parts null or empty are left out; an address or
+    port null, or a port 0, reads ``?``)."""
+    def end(addr: str, port: str) -> pa.Array:
+        a = out.get(addr)
+        p = out.get(port)
+        a = pa.array(["?"] * n, _STR) if a is None else pc.fill_null(a, "?")
+        if p is None:
+            text = pa.array(["?"] * n, _STR)
+        else:
+            text = pc.fill_null(pc.cast(pc.if_else(pc.equal(p, 0), None, p), _STR), "?")
+        return pc.binary_join_element_wise(a, text, ":")
+
+    def part(name: str) -> pa.Array:
+        values = out.get(name)
+        return pa.nulls(n, _STR) if values is None else values
+
+    comp = pa.array([c or None for c in component], _STR)  # "" (a "_path" of "") is left out too
+    arrow = pa.array(["->"] * n, _STR)
+    return pc.binary_join_element_wise(
+        part("proto"), comp, end("src_addr", "src_port"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
+        null_handling="skip",
+    )
 
 
 def _pop_through(masks: dict[str, list[bool]], dropped: set[str], keys: list[str], chosen: list[int]) -> None:
