@@ -218,9 +218,12 @@ class JsonBlockMapper:
             if len(positions) < MIN_GROUP:
                 continue
             columns: list[Sequence[Any]] = list(zip(*[r.values() for r in records], strict=True))
-            if any(dict in set(map(type, col)) for col in columns):
-                # Nested objects: each record checked whole as loads does (depth, wide integers),
-                # flattened, and grouped again by its flat keys.
+            expanded = _expand(keys, columns, 0)
+            if expanded is not None:
+                keys, columns = expanded
+            else:
+                # Nested objects of varying shapes: each record checked whole as loads does
+                # (depth, wide integers), flattened, and grouped again by its flat keys.
                 for i, obj in zip(positions, records, strict=True):
                     if not self.needs_reference(obj, 0):
                         flat = _flatten(obj)
@@ -271,7 +274,7 @@ class JsonBlockMapper:
                             bad[r] = True
             if list in classes:
                 for r, v in enumerate(col):
-                    if v.__class__ is list and self.needs_reference(v, 1):  # loads' walk, one level down
+                    if v.__class__ is list and self.needs_reference(v, 1 + _MAX_EXPAND):  # as deep as it may sit
                         bad[r] = True
         ts_col = columns[index[ts_key]]
         if None in ts_col:
@@ -450,6 +453,49 @@ class JsonBlockMapper:
             if column not in out:
                 out[column] = pa.nulls(n, typ)
         return positions, out
+
+
+#: Nesting deeper than this is left to the per-record flattening (and its whole-record check).
+_MAX_EXPAND = 8
+
+
+def _expand(
+    keys: tuple[str, ...], columns: list[Sequence[Any]], depth: int
+) -> tuple[tuple[str, ...], list[Sequence[Any]]] | None:
+    """The flat keys and columns of a shape whose nested objects have one shape per key: what
+    ``_flatten`` gives each record (dotted keys in order of appearance), column by column.
+
+    None when a key holds objects in some records only, objects of several shapes, nesting past
+    :data:`_MAX_EXPAND`, or when flattening would repeat a key (``"a.b"`` beside ``{"a": {"b"}}``):
+    those records are flattened one by one. A shape without nested objects comes back as is.
+    """
+    if not any(dict in set(map(type, col)) for col in columns):
+        return keys, columns
+    if depth >= _MAX_EXPAND:
+        return None
+    out_keys: list[str] = []
+    out_columns: list[Sequence[Any]] = []
+    for key, col in zip(keys, columns, strict=True):
+        classes = set(map(type, col))
+        if dict not in classes:
+            out_keys.append(key)
+            out_columns.append(col)
+            continue
+        if classes != {dict}:
+            return None
+        shapes = set(map(tuple, col))
+        if len(shapes) != 1:
+            return None
+        sub_keys = shapes.pop()
+        sub_columns: list[Sequence[Any]] = list(zip(*[d.values() for d in col], strict=True)) if sub_keys else []
+        sub = _expand(sub_keys, sub_columns, depth + 1)
+        if sub is None:
+            return None
+        out_keys.extend(f"{key}.{k}" for k in sub[0])
+        out_columns.extend(sub[1])
+    if len(set(out_keys)) != len(out_keys):
+        return None
+    return tuple(out_keys), out_columns
 
 
 def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa.Array:
