@@ -196,7 +196,7 @@ def records_batch(
             _build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1], run_id, templates, generation)
         except Exception as exc:  # noqa: BLE001
             rows[i] = {
-                "format": rows[i].get("format"),
+                "format": rows[i].get("format"),  # type: ignore[union-attr]
                 "reason": f"event not storable: {type(exc).__name__}: {str(exc)[:200]}",
                 "raw": None,
                 "raw_length": None,

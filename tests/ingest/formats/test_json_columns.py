@@ -19,9 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loganomaly.ingest import stage
-from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
+from loganomaly.ingest.formats import FormatOptions, json_columns, parse_file_blocks
 from loganomaly.ingest.formats import json as json_format
-from loganomaly.ingest.formats import json_columns
 from tests.ingest.formats.helpers import LOGS
 
 JSON = FormatOptions(format="json")

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 from loganomaly.ingest.formats.base import (
     HEADER_REASON,
-    EventColumns,
     MAX_LINE_BYTES,
     TIMESTAMP_FIELDS,
+    EventColumns,
     FormatOptions,
     LineParser,
     LogFormat,

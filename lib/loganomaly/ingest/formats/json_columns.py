@@ -125,8 +125,8 @@ def _micros(values: Sequence[Any], tz: dt.tzinfo | None, bad: list[bool]) -> lis
             out.append(v * 1_000_000)
             continue
         if cls is float and 0 <= v < _MAX_EPOCH_S:
-            frac, whole = math.modf(v)
-            out.append(int(whole) * 1_000_000 + round(frac * 1e6))
+            fraction, seconds = math.modf(v)
+            out.append(int(seconds) * 1_000_000 + round(fraction * 1e6))
             continue
         try:
             when = parse_timestamp(v, tz)
@@ -316,7 +316,7 @@ class JsonBlockMapper:
             n = len(positions)
             if n == 0:
                 return positions, {}
-        col = {k: columns[j] for k, j in index.items()}
+        by_key = {k: columns[j] for k, j in index.items()}
         out: dict[str, Any] = {"ts": pa.array(micros, _TS), "format": pa.array(["json"] * n, _STR)}
         # Keys whose value never reaches the attributes, and keys dropped per row (mask: True = kept).
         dropped = {ts_key, *detailed_keys}
@@ -324,10 +324,10 @@ class JsonBlockMapper:
 
         event_net: dict[str, list[Any]] = {}
         for key, (column, kind, _, _) in _NET.items():
-            if key not in col:
+            if key not in by_key:
                 continue
             dropped.add(key)
-            values = col[key]
+            values = by_key[key]
             # What is left after the checks above: the plain type, None, or a missing marker.
             if kind == "str":
                 converted = [None if v is None or v in _MISSING else v for v in values]
@@ -341,21 +341,21 @@ class JsonBlockMapper:
                 out[column] = pa.array(event_net[column], typ)
 
         # status, then component: the first key of the list with a value; every key before it popped.
-        status_keys = [k for k in _STATUS_KEYS if k in col]
+        status_keys = [k for k in _STATUS_KEYS if k in by_key]
         status: list[Any] = [None] * n
         if status_keys:
-            found, chosen = _first_valid([col[k] for k in status_keys], n, _not_missing)
+            found, chosen = _first_valid([by_key[k] for k in status_keys], n, _not_missing)
             status = [v if v is None or v.__class__ is str else _text(v) for v in found]
             _pop_through(masks, dropped, status_keys, chosen)
         out["status"] = pa.array(status, _STR)
-        paths = col.get("_path")
+        paths = by_key.get("_path")
         zeek_path: list[str | None] = (
             [v if v.__class__ is str else None for v in paths] if paths is not None else [None] * n
         )
-        component_keys = [k for k in _COMPONENT_KEYS if k in col]
+        component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
         component: list[Any] = list(zeek_path)
         if component_keys:
-            found, chosen = _first_valid([col[k] for k in component_keys], n, _not_missing)
+            found, chosen = _first_valid([by_key[k] for k in component_keys], n, _not_missing)
             component = [
                 (v if v.__class__ is str else _text(v)) if v is not None else zp
                 for v, zp in zip(found, zeek_path, strict=True)
@@ -364,10 +364,10 @@ class JsonBlockMapper:
         out["component"] = pa.array(component, _STR)
 
         # level: the first key with a non-null value, normalised; only that key popped.
-        level_keys = [k for k in _LEVEL_KEYS if k in col]
+        level_keys = [k for k in _LEVEL_KEYS if k in by_key]
         levels: list[Any] = [None] * n
         if level_keys:
-            found, chosen = _first_valid([col[k] for k in level_keys], n, _not_none)
+            found, chosen = _first_valid([by_key[k] for k in level_keys], n, _not_none)
             cache: dict[str, str | None] = {}
             levels = [
                 (cache[v] if v in cache else cache.setdefault(v, normalize_level(v)))
@@ -376,7 +376,7 @@ class JsonBlockMapper:
                 for v in found
             ]
             _pop_one(masks, level_keys, chosen)
-        warn_note = "note" in col
+        warn_note = "note" in by_key
         out["level"] = pa.array(
             [
                 lv if lv is not None else ("warning" if warn_note or zp in _WARNING_ZEEK_PATHS else "info")
@@ -385,21 +385,21 @@ class JsonBlockMapper:
             _STR,
         )
 
-        label_key = next((k for k in _LABEL_KEYS if k in col), None)
+        label_key = next((k for k in _LABEL_KEYS if k in by_key), None)
         if label_key is not None:
             dropped.add(label_key)
-            out["label"] = pa.array(_as_str_column(col[label_key]), _STR)
+            out["label"] = pa.array(_as_str_column(by_key[label_key]), _STR)
         else:
             out["label"] = pa.nulls(n, _STR)
-        detailed = _as_str_column(col[detailed_keys[0]]) if detailed_keys else None
+        detailed = _as_str_column(by_key[detailed_keys[0]]) if detailed_keys else None
 
         # entity: HTTP records' "host" is the server, skipped; id.orig_h counts as the event's src_addr.
-        http = "uri" in col or "method" in col
+        http = "uri" in by_key or "method" in by_key
         entity_keys = [
-            k for k in _ENTITY_KEYS if (k in col and not (http and k == "host"))
+            k for k in _ENTITY_KEYS if (k in by_key and not (http and k == "host"))
         ]
         if entity_keys:
-            sources = [event_net["src_addr"] if k == "id.orig_h" else col[k] for k in entity_keys]
+            sources = [event_net["src_addr"] if k == "id.orig_h" else by_key[k] for k in entity_keys]
             found, chosen = _first_valid(sources, n, _entity_ok)
             entity = [
                 (v if v.__class__ is str else str(v)) if v is not None else self.default_entity for v in found
@@ -409,18 +409,18 @@ class JsonBlockMapper:
             entity = [self.default_entity] * n
         out["entity"] = pa.array(entity, _STR)
 
-        message_keys = [k for k in _MESSAGE_KEYS if k in col]
+        message_keys = [k for k in _MESSAGE_KEYS if k in by_key]
         message: list[Any] = [None] * n
         if message_keys:
-            found, chosen = _first_valid([col[k] for k in message_keys], n, _not_none)
+            found, chosen = _first_valid([by_key[k] for k in message_keys], n, _not_none)
             message = [v if v is None or v.__class__ is str else json.dumps(v) for v in found]
             _pop_one(masks, message_keys, chosen)
 
         # attributes: every key left, in the record's order, nulls dropped, values as text.
         attr_keys = [k for k in keys if k not in dropped]
-        attr_values: list[list[Any]] = []
+        attr_values: list[Sequence[Any]] = []
         for k in attr_keys:
-            values = col[k]
+            values = by_key[k]
             mask = masks.get(k)
             if mask is not None:
                 values = [v if keep else None for v, keep in zip(values, mask, strict=True)]
@@ -434,9 +434,9 @@ class JsonBlockMapper:
 
         # The message a record without one gets (the reference's order of rules): Zeek weird
         # records', then connection records' (built in Arrow), then the first attributes.
-        conn = "id.orig_h" in col or "id.resp_h" in col
+        conn = "id.orig_h" in by_key or "id.resp_h" in by_key
         if None in message:
-            names = col.get("name")
+            names = by_key.get("name")
             for r in range(n):
                 if message[r] is not None:
                     continue
@@ -543,7 +543,7 @@ def _and(mask: list[bool] | None, other: list[bool]) -> list[bool]:
     return other if mask is None else [a and b for a, b in zip(mask, other, strict=True)]
 
 
-def _map_array(keys: list[str], values: list[list[Any]], n: int) -> pa.Array:
+def _map_array(keys: list[str], values: list[Sequence[Any]], n: int) -> pa.Array:
     """A ``map<string,string>`` column from per-key value columns; null values leave no entry."""
     m = len(keys)
     if m == 0:
