@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loganomaly.ingest import stage
-from loganomaly.ingest.formats import FormatOptions, json_columns, parse_file_blocks
+from loganomaly.ingest.formats import FormatOptions, json_columns, parse_file, parse_file_blocks
 from loganomaly.ingest.formats import json as json_format
 from tests.ingest.formats.helpers import LOGS
 
@@ -249,9 +249,34 @@ def test_options_the_block_path_does_not_reproduce_stay_per_line(tmp_path: Path)
                     FormatOptions(format="json", timestamp_fields=["t"], timestamp_format="%Y-%m-%d %H:%M")):  # fmt: skip
         assert _taken(path, options) == 0
         _assert_same(path, options)
+    # A time key the mapping also reads (here the entity's "who" is not one, "host" is).
+    hosts = tmp_path / "hosts.jsonl"
+    hosts.write_text("".join(json.dumps({"host": T0 + i, "ts": "x", "msg": "m"}) + "\n" for i in range(30)))
+    by_host = FormatOptions(format="json", timestamp_fields=["host"])
+    assert _taken(hosts, by_host) == 0
+    _assert_same(hosts, by_host)
     custom = FormatOptions(format="json", timestamp_fields=["t", "ts"], default_entity="nobody", timezone="Europe/Paris")
     assert _taken(path, custom) == 30
     _assert_same(path, custom)
+
+
+def test_an_unstorable_row_beside_column_wise_events(tmp_path: Path) -> None:
+    """When a per-line row of a block cannot be stored, the batch is rebuilt the reference way
+    (the column-wise events as rows too): the same batch as from the per-line records."""
+    path = tmp_path / "unstorable.jsonl"
+    lines = [json.dumps({"ts": T0 + i, "id.orig_h": "10.0.0.1", "orig_bytes": i}) for i in range(20)]
+    lines[5] = json.dumps({"ts": T0, "host": "h", "orig_bytes": "7"})  # its own shape: parsed per line
+    path.write_text("\n".join(lines) + "\n")
+    [block] = list(parse_file_blocks(path, 300, options=JSON))
+    assert block.columns is not None and 5 not in block.columns.positions
+    rows = list(block.rows)
+    rows[5] = {**rows[5], "bytes_in": "not an int"}  # type: ignore[dict-item]
+    got = stage.records_batch("f", "s", rows, block.line_nos, list(block.kinds), "r", None, 0, block.columns)
+    reference = [r.data for r in parse_file(path, options=JSON)]
+    reference[5] = {**reference[5], "bytes_in": "not an int"}
+    want = stage.records_batch("f", "s", reference, block.line_nos, ["event"] * 20, "r", None, 0)
+    assert got.column(stage.KIND).to_pylist()[5] == "quarantine"
+    assert repr(got.to_pydict()) == repr(want.to_pydict())
 
 
 def test_without_orjson_every_line_goes_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

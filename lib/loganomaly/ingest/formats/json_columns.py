@@ -80,6 +80,11 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "packets_out": pa.int64(),
     "packets_in": pa.int64(),
 }
+#: Keys the record mapping reads (besides the time key): a time key among them is left per line.
+_MAPPED_KEYS = frozenset(
+    (*_NET, *_STATUS_KEYS, *_COMPONENT_KEYS, *_LEVEL_KEYS, *_MESSAGE_KEYS, *_LABEL_KEYS, *_DETAILED_LABEL_KEYS,
+     *_ENTITY_KEYS, "uri", "method", "name", "note")
+)  # fmt: skip
 #: The columns :func:`map_block` fills, with their Arrow types (the ``events`` table's).
 COLUMN_TYPES: dict[str, pa.DataType] = {
     "ts": _TS,
@@ -258,8 +263,10 @@ class JsonBlockMapper:
         index = {k: j for j, k in enumerate(keys)}
         ts_key = next((k for k in self.ts_keys if k in index), None)
         detailed_keys = [k for k in _DETAILED_LABEL_KEYS if k in index]
-        if ts_key is None or len(detailed_keys) > 1:
-            return None  # no time (the reference's reason), or detailed-label keys overwriting each other
+        if ts_key is None or len(detailed_keys) > 1 or ts_key in _MAPPED_KEYS:
+            # No time (the reference's reason), detailed-label keys overwriting each other, or a
+            # time key (timestamp_fields) that the mapping would read again once popped.
+            return None
         n = len(positions)
         bad = [False] * n
         for col in columns:
