@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -211,13 +212,7 @@ def parse_file_blocks(
     fmt_name = parser.format if parser is not None else opts.format
     parse = parser.parse if parser is not None else None
     lines = open_lines(path) if byte_range is None else open_lines(path, *byte_range)
-    block: list[tuple[int, str, str | None]] = []
-    for item in lines:
-        block.append(item)
-        if len(block) >= block_lines:
-            yield _parse_block(parser, parse, fmt_name, reason_all, block, max_raw_chars, path)
-            block = []
-    if block:
+    while block := list(islice(lines, block_lines)):
         yield _parse_block(parser, parse, fmt_name, reason_all, block, max_raw_chars, path)
 
 

@@ -150,6 +150,8 @@ def _first_valid(
     (``len(columns)`` when none is): the reference's loop over a key list, column-wise."""
     if len(columns) == 1:
         only = columns[0]
+        if _all_valid(only, valid):
+            return list(only), [0] * n
         chosen = [0 if valid(v) else 1 for v in only]
         return [v if c == 0 else None for v, c in zip(only, chosen, strict=True)], chosen
     values: list[Any] = [None] * n
@@ -162,6 +164,20 @@ def _first_valid(
                 chosen[r] = j
                 break
     return values, chosen
+
+
+def _all_valid(values: Sequence[Any], valid: Callable[[Any], bool]) -> bool:
+    """Whether every value is ``valid``, by C-speed membership tests (the common column)."""
+    if None in values:
+        return False
+    if valid is _not_none:
+        return True
+    if valid is _entity_ok:
+        return "" not in values and "-" not in values
+    try:
+        return _MISSING.isdisjoint(values)  # _not_missing
+    except TypeError:  # an unhashable value (a list): value by value
+        return all(valid(v) for v in values)
 
 
 def _not_missing(v: Any) -> bool:
@@ -223,8 +239,11 @@ class JsonBlockMapper:
             if len(positions) < MIN_GROUP:
                 continue
             columns: list[Sequence[Any]] = list(zip(*[r.values() for r in records], strict=True))
-            expanded = _expand(keys, columns, 0)
+            classes: list[set[type]] | None = [set(map(type, col)) for col in columns]
+            expanded = _expand(keys, columns, 0, classes)
             if expanded is not None:
+                if expanded[1] is not columns:
+                    classes = None  # flattened: other columns
                 keys, columns = expanded
             else:
                 # Nested objects of varying shapes: each record checked whole as loads does
@@ -236,7 +255,7 @@ class JsonBlockMapper:
                         group[0].append(i)
                         group[1].append(flat)
                 continue
-            mapped = self._map_shape(keys, positions, columns)
+            mapped = self._map_shape(keys, positions, columns, classes)
             if mapped is not None and mapped[0]:
                 parts.append(mapped)
         for keys, (positions, records) in nested.items():
@@ -255,7 +274,11 @@ class JsonBlockMapper:
         return EventColumns(all_positions, arrays)
 
     def _map_shape(
-        self, keys: tuple[str, ...], positions: list[int], columns: list[Sequence[Any]]
+        self,
+        keys: tuple[str, ...],
+        positions: list[int],
+        columns: list[Sequence[Any]],
+        column_classes: list[set[type]] | None = None,
     ) -> tuple[list[int], dict[str, pa.Array]] | None:
         """The columns of one shape's records (``columns``: one value sequence per key): the
         reference's ``JsonParser.parse`` and ``_RecordMapper.net_fields``/``finish``, decided
@@ -269,8 +292,9 @@ class JsonBlockMapper:
             return None
         n = len(positions)
         bad = [False] * n
-        for col in columns:
-            classes = set(map(type, col))
+        if column_classes is None:
+            column_classes = [set(map(type, col)) for col in columns]
+        for col, classes in zip(columns, column_classes, strict=True):
             # Values orjson may have read differently from the standard library (see json.loads).
             if float in classes:
                 if classes == {float} and -_INT64_SPAN < min(col) and max(col) < _INT64_SPAN:
@@ -289,12 +313,14 @@ class JsonBlockMapper:
                 if v is None:
                     bad[r] = True  # the reference moves on to the next time key
         # The connection columns: only the values whose conversion is plain (see _NET's kinds).
+        net_classes: dict[str, set[type]] = {}
         for key, (_, kind, low, high) in _NET.items():
             j = index.get(key)
             if j is None:
                 continue
             values = columns[j]
-            classes = set(map(type, values))
+            classes = column_classes[j]
+            net_classes[key] = classes
             if kind == "str" and classes <= {str, type(None)}:
                 continue
             if kind == "float" and classes <= {float, int, type(None)}:
@@ -336,10 +362,14 @@ class JsonBlockMapper:
             dropped.add(key)
             values = by_key[key]
             # What is left after the checks above: the plain type, None, or a missing marker.
+            classes = net_classes[key]
             if kind == "str":
-                converted = [None if v is None or v in _MISSING else v for v in values]
+                plain = classes == {str} and _MISSING.isdisjoint(values)
+                converted = list(values) if plain else [None if v is None or v in _MISSING else v for v in values]
             elif kind == "int":
-                converted = [v if v.__class__ is int else None for v in values]
+                converted = list(values) if classes == {int} else [v if v.__class__ is int else None for v in values]
+            elif classes == {float}:
+                converted = list(values)
             else:
                 converted = [None if v is None or v.__class__ is str else float(v) for v in values]
             event_net[column] = converted
@@ -467,7 +497,7 @@ _MAX_EXPAND = 8
 
 
 def _expand(
-    keys: tuple[str, ...], columns: list[Sequence[Any]], depth: int
+    keys: tuple[str, ...], columns: list[Sequence[Any]], depth: int, classes: list[set[type]] | None = None
 ) -> tuple[tuple[str, ...], list[Sequence[Any]]] | None:
     """The flat keys and columns of a shape whose nested objects have one shape per key: what
     ``_flatten`` gives each record (dotted keys in order of appearance), column by column.
@@ -476,19 +506,20 @@ def _expand(
     :data:`_MAX_EXPAND`, or when flattening would repeat a key (``"a.b"`` beside ``{"a": {"b"}}``):
     those records are flattened one by one. A shape without nested objects comes back as is.
     """
-    if not any(dict in set(map(type, col)) for col in columns):
+    if classes is None:
+        classes = [set(map(type, col)) for col in columns]
+    if not any(dict in c for c in classes):
         return keys, columns
     if depth >= _MAX_EXPAND:
         return None
     out_keys: list[str] = []
     out_columns: list[Sequence[Any]] = []
-    for key, col in zip(keys, columns, strict=True):
-        classes = set(map(type, col))
-        if dict not in classes:
+    for key, col, col_classes in zip(keys, columns, classes, strict=True):
+        if dict not in col_classes:
             out_keys.append(key)
             out_columns.append(col)
             continue
-        if classes != {dict}:
+        if col_classes != {dict}:
             return None
         shapes = set(map(tuple, col))
         if len(shapes) != 1:
