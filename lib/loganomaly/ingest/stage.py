@@ -40,6 +40,7 @@ import pyarrow as pa
 from loganomaly.config import Config
 from loganomaly.errors import ConfigError, ParseError
 from loganomaly.ingest.formats import (
+    EventColumns,
     FormatOptions,
     LogFormat,
     count_line_starts,
@@ -47,6 +48,7 @@ from loganomaly.ingest.formats import (
     iter_input_files,
     make_parser,
     parse_file,
+    parse_file_blocks,
     registered_formats,
 )
 from loganomaly.ingest.ledger import (
@@ -159,23 +161,33 @@ _PARSER_STRUCT = pa.struct([PARSED_ARROW.field(name) for name in _PARSER_COLUMNS
 def records_batch(
     path: str,
     source: str,
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | list[dict[str, Any] | None],
     lines: list[int],
     kinds: list[str],
     run_id: str,
     templates: Templates | None,
     generation: int,
+    columns: EventColumns | None = None,
 ) -> pa.RecordBatch:
     """One Arrow batch of :data:`PARSED_ARROW` rows from one file's parsed records.
+
+    ``columns``: events the parser built column-wise; ``rows`` is None at their positions.
 
     An event Arrow cannot store (a parser bug, a value of the wrong type) does not fail the
     batch: the batch is rebuilt event by event and those that fail become quarantine rows in
     place (``kinds`` too, which the caller counts), so the file still loads line for line.
     """
     try:
-        return _build(path, source, rows, lines, kinds, run_id, templates, generation, by_struct=True)
+        return _build(path, source, rows, lines, kinds, run_id, templates, generation, by_struct=True, columns=columns)
     except Exception as exc:  # noqa: BLE001 - one unstorable event must not fail the file
         log.warning("%s: a batch did not convert (%r); finding its unstorable events", path, exc)
+    if columns is not None:
+        # The reference conversion works on row dicts: the column-wise events become dicts too
+        # (they are storable by construction; this is for the other rows' sake).
+        names = list(columns.arrays)
+        values = [columns.arrays[name].to_pylist() for name in names]
+        for j, i in enumerate(columns.positions):
+            rows[i] = {name: col[j] for name, col in zip(names, values, strict=True)}
     # Column by column from here: the reference conversion, whose error texts the reasons quote.
     for i, kind in enumerate(kinds):
         if kind != "event":
@@ -184,7 +196,7 @@ def records_batch(
             _build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1], run_id, templates, generation)
         except Exception as exc:  # noqa: BLE001
             rows[i] = {
-                "format": rows[i].get("format"),
+                "format": rows[i].get("format"),  # type: ignore[union-attr]
                 "reason": f"event not storable: {type(exc).__name__}: {str(exc)[:200]}",
                 "raw": None,
                 "raw_length": None,
@@ -196,49 +208,52 @@ def records_batch(
 def _build(
     path: str,
     source: str,
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | list[dict[str, Any] | None],
     lines: list[int],
     kinds: list[str],
     run_id: str,
     templates: Templates | None,
     generation: int,
     by_struct: bool = False,
+    columns: EventColumns | None = None,
 ) -> pa.RecordBatch:
     """The batch of :func:`records_batch`.
 
     ``by_struct``: convert the parser's columns in one pass of Arrow's converter over the row
     dicts (a struct array, split into its fields) instead of one Python list per column; the
     same converter per field, so the same arrays or the same error, about 4x faster.
+    ``columns`` (with ``by_struct``): the column-wise events, merged with the rows' arrays in
+    line order.
     """
     import pyarrow.compute as pc
 
     n = len(rows)
-    columns: dict[str, Any]
-    if by_struct:
+    if by_struct and columns is not None:
+        built = _merge_columns(rows, columns)
+        messages = built["message"].to_pylist() if templates is not None else []
+    elif by_struct:
         parsed = pa.array(rows, _PARSER_STRUCT)
-        columns = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))
-        messages = [r.get("message") for r in rows] if templates is not None else []
+        built = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))
+        messages = [r.get("message") for r in rows] if templates is not None else []  # type: ignore[union-attr]
     else:
-        columns = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}
-        messages = columns["message"]
+        built = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}  # type: ignore[union-attr]
+        messages = built["message"]
     is_event = [k == "event" for k in kinds]
-    columns["event_id"] = [
+    built["event_id"] = [
         event_id(path, ln, generation) if ev else None for ln, ev in zip(lines, is_event, strict=True)
     ]
-    columns["source"] = [source if ev else None for ev in is_event]
-    columns["file"] = [path] * n
-    columns["line_no"] = lines
-    columns["run_id"] = [run_id] * n
-    columns[KIND] = kinds
+    built["source"] = [source if ev else None for ev in is_event]
+    built["file"] = [path] * n
+    built["line_no"] = lines
+    built["run_id"] = [run_id] * n
+    built[KIND] = kinds
     if templates is not None:
-        columns["template_id"], columns["template"], columns["params"] = _template_columns(
-            kinds, messages, templates
-        )
+        built["template_id"], built["template"], built["params"] = _template_columns(kinds, messages, templates)
     arrays = {}
     for f in PARSED_ARROW:
         if f.name == "date":
             continue
-        values = columns.get(f.name)
+        values = built.get(f.name)
         if values is None:
             arrays[f.name] = pa.nulls(n, f.type)
         elif isinstance(values, pa.Array):
@@ -250,6 +265,28 @@ def _build(
     return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
 
 
+def _merge_columns(rows: Sequence[dict[str, Any] | None], columns: EventColumns) -> dict[str, pa.Array]:
+    """The parser columns of a batch whose events are partly column-wise: the row dicts
+    converted as :func:`_build` converts them, then both sets of arrays put in line order."""
+    import numpy as np
+
+    listed = [i for i, r in enumerate(rows) if r is not None]
+    parsed = pa.array([rows[i] for i in listed], _PARSER_STRUCT)
+    from_rows = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))
+    order = listed + columns.positions  # row of the concatenation -> its line's position
+    take = None if order == list(range(len(rows))) else pa.array(np.argsort(np.asarray(order, dtype=np.int64)))
+    merged: dict[str, pa.Array] = {}
+    for name, typ in zip(_PARSER_COLUMNS, _PARSER_STRUCT, strict=True):
+        extra = columns.arrays.get(name)
+        if extra is None:
+            extra = pa.nulls(len(columns.positions), typ.type)
+        elif extra.type != typ.type:
+            raise TypeError(f"column-wise {name} is {extra.type}, the table's is {typ.type}")
+        both = pa.concat_arrays([from_rows[name], extra])
+        merged[name] = both if take is None else both.take(take)
+    return merged
+
+
 def parse_files_to_batches(
     paths: Sequence[str],
     run_id: str,
@@ -259,6 +296,7 @@ def parse_files_to_batches(
     formats: Mapping[str, LogFormat] | None = None,
     generations: Mapping[str, int] | None = None,
     byte_range: tuple[int, int | None, int] | None = None,
+    columnar: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Parse files into Arrow batches of :data:`PARSED_ARROW` rows (Spark-free; one task's work).
 
@@ -277,7 +315,15 @@ def parse_files_to_batches(
         generations: path -> generation of the file being loaded (event ids); default 0.
         byte_range: ``(start, end, first line number)``: read only the lines starting in that
             byte range (a task's share of a large file, see :func:`plan_tasks`); for one path.
+        columnar: let parsers that can build their events a block of lines at a time
+            (:func:`parse_file_blocks`: JSON lines); False parses every line alone, the reference
+            those blocks are tested against. The batches are the same either way.
     """
+    if columnar:
+        yield from _parse_blocks_to_batches(
+            paths, run_id, max_raw_chars, sources, templates, formats, generations, byte_range
+        )
+        return
     generation_of = generations or {}
     for path in paths:
         source, options = (sources or {}).get(path) or (_default_source(path), None)
@@ -309,6 +355,42 @@ def parse_files_to_batches(
             yield records_batch(path, source, rows, lines, kinds, run_id, templates, generation_of.get(path, 0))
             n_events += kinds.count("event")
             n_quarantined += len(kinds) - kinds.count("event")
+        part = "" if byte_range is None else f" bytes {byte_range[0]}..{byte_range[1] or 'end'}"
+        log.info("parsed %s%s: %d events, %d quarantined", path, part, n_events, n_quarantined)
+
+
+def _parse_blocks_to_batches(
+    paths: Sequence[str],
+    run_id: str,
+    max_raw_chars: int,
+    sources: dict[str, tuple[str, FormatOptions]] | None,
+    templates: Templates | None,
+    formats: Mapping[str, LogFormat] | None,
+    generations: Mapping[str, int] | None,
+    byte_range: tuple[int, int | None, int] | None,
+) -> Iterator[pa.RecordBatch]:
+    """:func:`parse_files_to_batches` through :func:`parse_file_blocks`: one block of
+    :data:`BATCH_ROWS` lines per batch, so the batches are those of the per-line loop."""
+    generation_of = generations or {}
+    for path in paths:
+        source, options = (sources or {}).get(path) or (_default_source(path), None)
+        n_events = n_quarantined = 0
+        try:
+            for block in parse_file_blocks(
+                path, max_raw_chars, options=options, formats=formats, byte_range=byte_range, block_lines=BATCH_ROWS
+            ):
+                kinds = block.kinds
+                yield records_batch(
+                    path, source, block.rows, block.line_nos, kinds, run_id, templates, generation_of.get(path, 0),
+                    block.columns,
+                )  # fmt: skip
+                n_events += kinds.count("event")
+                n_quarantined += len(kinds) - kinds.count("event")
+        except FileNotFoundError:
+            if n_events or n_quarantined:
+                raise  # an open file cannot vanish on POSIX; this is something else
+            log.warning("%s vanished before it was read: skipped", path)
+            continue
         part = "" if byte_range is None else f" bytes {byte_range[0]}..{byte_range[1] or 'end'}"
         log.info("parsed %s%s: %d events, %d quarantined", path, part, n_events, n_quarantined)
 

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loganomaly.ingest import stage
-from loganomaly.ingest.formats import FormatOptions, parse_file
+from loganomaly.ingest.formats import FormatOptions, parse_file, parse_file_blocks
 from loganomaly.ingest.formats import json as json_format
 from tests.ingest.formats.helpers import LOGS
 
@@ -172,3 +172,20 @@ def test_one_pass_batch_equals_the_column_by_column_batch(bad: dict[str, Any] | 
     assert batch.column(stage.KIND).to_pylist()[1] == "quarantine"
     assert batch.column("reason").to_pylist()[1] == expected
     assert batch.column(stage.KIND).to_pylist().count("event") == len(rows) - 1
+
+
+@pytest.mark.parametrize("line", list(CASES.values()), ids=list(CASES))
+def test_every_case_in_a_block_gives_the_per_line_batch(tmp_path: Path, line: str) -> None:
+    """The column-wise block path (``formats/json_columns.py``) on each case, repeated into a
+    group of its own between ordinary lines: the batch of the per-line path, value for value."""
+    good = [json.dumps({"ts": 1709510400 + i, "id.orig_h": "10.0.0.1", "v": 1.5}) for i in range(10)]
+    path = tmp_path / "block.jsonl"
+    path.write_text("\n".join(good + [line] * 10 + good) + "\n", encoding="utf-8", errors="surrogatepass")
+    sources = {str(path): ("src", FormatOptions(format="json"))}
+    got, want = (
+        [repr(b.to_pydict()) for b in stage.parse_files_to_batches([str(path)], "r", 300, sources=sources, columnar=c)]
+        for c in (True, False)
+    )
+    assert got == want
+    blocks = list(parse_file_blocks(path, 300, options=FormatOptions(format="json")))
+    assert sum(len(b.columns.positions) for b in blocks if b.columns) >= 20  # the good lines at least

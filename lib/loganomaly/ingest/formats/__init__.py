@@ -37,6 +37,7 @@ from loganomaly.ingest.formats.base import (
     HEADER_REASON,
     MAX_LINE_BYTES,
     TIMESTAMP_FIELDS,
+    EventColumns,
     FormatOptions,
     LineParser,
     LogFormat,
@@ -48,10 +49,12 @@ from loganomaly.ingest.formats.base import (
 )
 from loganomaly.ingest.formats.detect import (
     Detection,
+    ParsedBlock,
     detect,
     detect_format,
     make_parser,
     parse_file,
+    parse_file_blocks,
     registered_formats,
 )
 from loganomaly.ingest.formats.timestamps import TimeFormat, parse_epoch, parse_timestamp
@@ -62,9 +65,11 @@ __all__ = [
     "MAX_LINE_BYTES",
     "TIMESTAMP_FIELDS",
     "Detection",
+    "EventColumns",
     "FormatOptions",
     "LineParser",
     "LogFormat",
+    "ParsedBlock",
     "ParsedRecord",
     "TimeFormat",
     "count_line_starts",
@@ -77,6 +82,7 @@ __all__ = [
     "open_lines",
     "parse_epoch",
     "parse_file",
+    "parse_file_blocks",
     "parse_timestamp",
     "registered_formats",
 ]

@@ -376,6 +376,28 @@ class LineParser:
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
+        """Events of several clean, non-empty lines at once, as columns, for the lines whose rows
+        :meth:`parse` would give exactly (and :func:`loganomaly.ingest.formats.check_int_ranges`
+        would pass); the caller parses the other lines one by one with :meth:`parse`, in any order
+        (a parser offers blocks only while its lines parse independently of each other). None:
+        no block path (the default), every line goes to :meth:`parse`.
+        """
+        return None
+
+
+@dataclass(slots=True)
+class EventColumns:
+    """Events built column-wise by :meth:`LineParser.parse_block`.
+
+    ``positions``: the indices, into the block's lines, of the lines these events are (ascending
+    within each shape, not overall). ``arrays``: event column name -> Arrow array of the
+    ``events`` table's type, one value per position; columns not given are null.
+    """
+
+    positions: list[int]
+    arrays: dict[str, Any]
+
 
 @dataclass(slots=True)
 class ParsedRecord:

@@ -17,12 +17,14 @@ from loganomaly.errors import ParseError
 from loganomaly.ingest.formats.base import (
     STRONG,
     TIMESTAMP_FIELDS,
+    EventColumns,
     FormatOptions,
     LineParser,
     LogFormat,
     _file_clock,
     _majority,
 )
+from loganomaly.ingest.formats.json_columns import JsonBlockMapper
 from loganomaly.ingest.formats.records import _RecordMapper
 from loganomaly.ingest.formats.timestamps import TimeFormat, _Clock, parse_timestamp
 from loganomaly.ingest.formats.values import _flatten
@@ -101,6 +103,22 @@ class JsonParser(LineParser):
         self.mapper = _RecordMapper(opts)
         # A year-less time format carries the year from line to line (see LineParser.splittable).
         self.splittable = self.time_format is None or self.time_format.has_year
+        # Blocks of lines map column-wise (json_columns) for the options that mapping reproduces:
+        # no time format (the clock's state), no *_field overrides (the default key lists).
+        self.columnar = (
+            self.time_format is None
+            and not (opts.entity_field or opts.level_field or opts.label_field or opts.message_field)
+        )
+
+    def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
+        """Columns for the lines :class:`JsonBlockMapper` maps exactly; None without orjson (the
+        block path reads orjson's values and leaves to :func:`loads` only what it would decode again)."""
+        if not self.columnar or _fast_loads is None:
+            return None
+        mapper = JsonBlockMapper(
+            _fast_loads, _needs_reference, self.ts_keys, self.clock.tz, self.opts.default_entity
+        )
+        return mapper.map_block(texts)
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
         try:
