@@ -31,7 +31,6 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     from ingest import SOURCE_OPTIONS, generate  # the same generators as the end-to-end bench
-
     from loganomaly.ingest.formats import FormatOptions
     from loganomaly.ingest.stage import parse_files_to_batches
 

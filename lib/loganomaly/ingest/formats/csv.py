@@ -351,7 +351,6 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
     good = pc.and_(
         pc.equal(pc.list_value_length(parts), width), pc.invert(pc.match_substring(arr, '"'))
     )
-    cols_needed = {state.ts_idx[0]}
     ok = np.asarray(good.to_numpy(zero_copy_only=False), dtype=bool)
     rows = np.flatnonzero(ok)
     m = len(rows)
