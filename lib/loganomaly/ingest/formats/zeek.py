@@ -277,15 +277,17 @@ def _map_segment(state: ZeekParser, texts: list[str]) -> tuple[list[int], dict[s
     if "host" in by_key and ("uri" in by_key or "method" in by_key):
         # parse() sees an HTTP record only where uri or method is set; the block mapping, always.
         http = [by_key[k] for k in ("uri", "method") if k in by_key]
-        for r in range(n):
-            if all(col[r] is None for col in http):
-                bad[r] = True
+        if all(None in col for col in http):  # else some column is set in every row
+            for r in range(n):
+                if all(col[r] is None for col in http):
+                    bad[r] = True
     addrs = [by_key[k] for k in ("id.orig_h", "id.resp_h") if k in by_key]
     if addrs:
         # parse() builds a connection message only where an address is set (not unset nor empty).
-        for r in range(n):
-            if all(col[r] is None for col in addrs):
-                bad[r] = True
+        if all(None in col for col in addrs):  # else some address is set in every row
+            for r in range(n):
+                if all(col[r] is None for col in addrs):
+                    bad[r] = True
     if path is not None:
         # finish() falls back to the #path for the component; the mapping takes the first valid
         # component key: the path stands in, in the one component column, where it has none.
@@ -331,10 +333,16 @@ def _net_column(col: Sequence[str], conv: Callable[[str, Any], Any], markers: se
     """A connection field as :meth:`ZeekParser.parse` converts it: unset and empty -> absent
     (None), text kept (the mapping drops ``-``/``(empty)``/``""`` as ``_as_str`` does), counts
     and ports from ASCII digits, durations from plain decimals. Anything else marks its row."""
+    plain = all(m not in col for m in markers)  # equality scans: cheaper than hashing every value
     if conv is _as_int:
-        present = [v for v in col if v not in markers]
-        if "".join(present).isascii() and all(map(str.isdigit, present)) and max(map(len, present), default=0) < 19:
-            return [None if v in markers else int(v) for v in col]
+        if plain:
+            # The common column: every value set; one C-speed pass each for ASCII, digits and width.
+            if "".join(col).isascii() and all(map(str.isdigit, col)) and max(map(len, col), default=0) < 19:
+                return list(map(int, col))
+        else:
+            present = [v for v in col if v not in markers]
+            if "".join(present).isascii() and all(map(str.isdigit, present)) and max(map(len, present), default=0) < 19:
+                return [None if v in markers else int(v) for v in col]
         out: list[Any] = []
         for r, v in enumerate(col):
             if v in markers or v == "":
@@ -346,6 +354,8 @@ def _net_column(col: Sequence[str], conv: Callable[[str, Any], Any], markers: se
                 out.append(None)
         return out
     if conv is _as_float:
+        if plain and all(map(_DECIMAL.fullmatch, col)):
+            return list(map(float, col))
         result: list[Any] = []
         for r, v in enumerate(col):
             if v in markers or v == "":
@@ -356,7 +366,7 @@ def _net_column(col: Sequence[str], conv: Callable[[str, Any], Any], markers: se
                 bad[r] = True
                 result.append(None)
         return result
-    return [None if v in markers else v for v in col]
+    return list(col) if plain else [None if v in markers else v for v in col]
 
 
 def _special_column(col: Sequence[str], name: str, is_list: bool, state: ZeekParser, bad: list[bool]) -> list[Any]:
