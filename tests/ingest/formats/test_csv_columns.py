@@ -178,3 +178,13 @@ def test_odd_values_go_line_by_line(tmp_path: Path) -> None:
     ]
     assert block.kinds[15] == "event" and block.rows[15]["bytes_in"] == 12  # type: ignore[index]
     _assert_same(path)
+
+
+def test_synthetic_metrics_give_the_per_line_batches(tmp_path: Path) -> None:
+    """The package's own metric series (``generate_metrics``: labelled incidents, drift)."""
+    from loganomaly.ingest.synthetic import MetricDrift, generate_metrics
+
+    generate_metrics(tmp_path, hosts=3, days=2, anomalies=2, seed=3, drift=MetricDrift())
+    path = tmp_path / "metrics.csv"
+    _assert_same(path)
+    assert _taken(path) > 8000
