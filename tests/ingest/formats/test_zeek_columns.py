@@ -239,3 +239,22 @@ def test_http_shape_with_sets_bools_levels_and_messages(tmp_path: Path) -> None:
     path.write_text("\n".join(header + rows) + "\n")
     _assert_same(path)
     assert _taken(path) > 50
+
+
+def test_other_separator_and_markers(tmp_path: Path) -> None:
+    """``#separator``, ``#set_separator``, ``#unset_field`` and ``#empty_field`` of the file's own."""
+    header = ["#separator \\x7c", "#set_separator|;", "#empty_field|EMPTY", "#unset_field|NULL", "#path|conn",
+              "#fields|ts|id.orig_h|id.resp_h|orig_bytes|service|tags|note_text",
+              "#types|time|addr|addr|count|string|set[string]|string"]  # fmt: skip
+    rng = random.Random(3)
+    values = ["NULL", "EMPTY", "-", "(empty)", "", "x"]
+    rows = [
+        "|".join([f"{T0 + i}.75", rng.choice(["10.0.0.1", *values]), rng.choice(["10.0.0.2", *values]),
+                  rng.choice(["12", "NULL", "EMPTY", "-", ""]), rng.choice(["dns", *values]),
+                  rng.choice(["a;b", *values]), rng.choice(["t", *values])])  # fmt: skip
+        for i in range(400)
+    ]
+    path = tmp_path / "pipe.log"
+    path.write_text("\n".join(header + rows) + "\n")
+    _assert_same(path)
+    assert _taken(path) > 100
