@@ -188,3 +188,20 @@ def test_synthetic_metrics_give_the_per_line_batches(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     _assert_same(path)
     assert _taken(path) > 8000
+
+
+def test_long_decimals_convert_as_python_floats(tmp_path: Path) -> None:
+    """Arrow's cast of a decimal string is the correctly rounded float, as ``float()``: checked on
+    long and halfway-looking decimals in a float column."""
+    rng = random.Random(11)
+
+    def decimal() -> str:
+        whole = str(rng.randint(0, 10 ** rng.randint(0, 19)))
+        frac = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20)))
+        return rng.choice([f"{whole}.{frac}", whole, f"{whole}.5", f"0.{frac}", f"9007199254740993.{frac[:3]}"])
+
+    lines = ["timestamp,host,duration"] + [f"2024-03-04T00:00:00Z,h,{decimal()}" for _ in range(3000)]
+    path = tmp_path / "floats.csv"
+    path.write_text("\n".join(lines) + "\n")
+    _assert_same(path)
+    assert _taken(path) == 3000
