@@ -205,3 +205,23 @@ def test_long_decimals_convert_as_python_floats(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
     _assert_same(path)
     assert _taken(path) == 3000
+
+
+_PIECES = ["0", "1", "9", ".", "-", "+", "e", " ", "\u00a0", "T", "Z", ":", "(empty)", "é", "٣", "\x1f", "nan",
+           "2024-03-04", "T00:00:00", "Z", ".123", "+01:00", "\u2003"]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_cells_give_the_per_line_batches(tmp_path: Path, seed: int) -> None:
+    """Cells glued from pieces that trip the time, number, strip and marker rules, in every column."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(1500):
+        cells = _row(random.Random(i), i)
+        rows.append(",".join(
+            c if rng.random() < 0.95 else "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 4))) for c in cells
+        ))  # fmt: skip
+    path = tmp_path / "fuzz.csv"
+    path.write_text("\n".join([",".join(HEADER), *rows]) + "\n", encoding="utf-8")
+    _assert_same(path)
+    assert _taken(path) > 300

@@ -258,3 +258,30 @@ def test_other_separator_and_markers(tmp_path: Path) -> None:
     path.write_text("\n".join(header + rows) + "\n")
     _assert_same(path)
     assert _taken(path) > 100
+
+
+_PIECES = ["0", "1", "9", ".", "-", "+", "e", " ", "\u00a0", "T", "F", ",", "(empty)", "é", "٣", "\x1f", "nan", "inf"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_cells_give_the_per_line_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Cells glued from pieces that trip number, time, bool and marker rules, in every column."""
+    monkeypatch.setattr(zeek_format, "MIN_SEGMENT", 1)
+    rng = random.Random(seed)
+    header = _header()
+    width = len(_KINDS)
+
+    def cell(kind: str, plain: str) -> str:
+        if rng.random() < 0.95:
+            return plain
+        return "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 4)))
+
+    rows = []
+    for i in range(1500):
+        plain = _row(random.Random(i), i)
+        rows.append("\t".join(cell(kind, value) for kind, value in zip(_KINDS, plain, strict=True)))
+    assert all(r.count("\t") == width - 1 for r in rows)
+    path = tmp_path / "fuzz.log"
+    path.write_text("\n".join(header + rows) + "\n", encoding="utf-8")
+    _assert_same(path)
+    assert _taken(path) > 300
