@@ -379,8 +379,9 @@ class LineParser:
     def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
         """Events of several clean, non-empty lines at once, as columns, for the lines whose rows
         :meth:`parse` would give exactly (and :func:`loganomaly.ingest.formats.check_int_ranges`
-        would pass); the caller parses the other lines one by one with :meth:`parse`, in any order
-        (a parser offers blocks only while its lines parse independently of each other). None:
+        would pass); the caller then parses the other lines one by one with :meth:`parse`, in the
+        block's order (Zeek and CSV parsers take the data lines after a header line of the block
+        under the state that header gives, which :meth:`parse` sets when it reaches it). None:
         no block path (the default), every line goes to :meth:`parse`.
         """
         return None

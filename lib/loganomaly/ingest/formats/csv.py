@@ -6,6 +6,7 @@ its format; inside it, ``import csv`` is still the standard library (absolute im
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import re
@@ -14,18 +15,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from loganomaly.errors import ConfigError, ParseError
 from loganomaly.ingest.formats.base import (
     POSSIBLE,
     TIMESTAMP_FIELDS,
+    EventColumns,
     FormatOptions,
     LineParser,
     LogFormat,
     _file_clock,
 )
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
 from loganomaly.ingest.formats.records import _COUNT_COLUMNS
-from loganomaly.ingest.formats.timestamps import _MAX_TS, TimeFormat, _Clock, parse_timestamp
-from loganomaly.ingest.formats.values import _CONVERTERS, normalize_level
+from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MAX_TS, TimeFormat, _Clock, parse_timestamp
+from loganomaly.ingest.formats.values import _CONVERTERS, _as_float, _as_int, normalize_level
 
 #: NSL-KDD: 41 features, the class (``normal`` or an attack name) and the difficulty level.
 NSL_KDD_COLUMNS: tuple[str, ...] = (
@@ -231,6 +238,40 @@ class CsvParser(LineParser):
         )
         self.attr_idx = tuple((i, name) for i, name in enumerate(columns) if i not in skip)
 
+    def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
+        """Event columns for the rows whose events :meth:`parse` gives exactly (see
+        :func:`_map_rows`); the header row and every other line are left to :meth:`parse`.
+
+        A header still pending is read first on a copy of the parser, as :meth:`parse` will read
+        it on this one afterwards. Tables with synthetic times (they need each line's number),
+        a ``timestamp_format`` or several time columns stay per line.
+        """
+        state = copy.copy(self)
+        start = 0
+        while state.header_pending and start < len(texts):
+            try:
+                state.parse(texts[start])
+            except ParseError:
+                pass  # parse() quarantines that line; the next one is the header
+            except Exception:  # noqa: BLE001 - a header parse() leaves half-set: all per line
+                return None
+            start += 1
+        if (
+            state.header_pending
+            or not state.columns
+            or getattr(state, "attr_idx", None) is None  # a header whose columns did not fit the options
+            or state.no_time_reason is not None
+            or state.time_format is not None
+            or len(state.ts_idx) != 1
+            or len(texts) - start < _MIN_ROWS
+        ):
+            return None
+        mapped = _map_rows(state, texts[start:])
+        if mapped is None:
+            return None
+        positions, arrays = mapped
+        return EventColumns([start + p for p in positions], arrays)
+
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any] | None:
         cells = _split_csv(text, self.delimiter)
         if self.header_pending:
@@ -276,6 +317,149 @@ class CsvParser(LineParser):
             )
         event["attributes"] = {name: cells[i] for i, name in self.attr_idx if cells[i] != ""}
         return event
+
+
+#: Fewer rows than this are left to the per-line parser (the column-wise path's fixed costs).
+_MIN_ROWS = 8
+#: Times the block path converts: ISO date and time, an optional 1-6 digit fraction, ``Z`` or no zone.
+_ISO_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z?$"
+#: Counts and ports the block path converts: ASCII digits (a sign, spaces or more digits: per line).
+_DIGITS = r"^[0-9]{1,18}$"
+#: Floats the block path converts: ASCII digits with an optional fraction.
+_DECIMAL = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
+#: A cell starting or ending with a character ``str.strip`` removes: per line.
+_EDGE_SPACE = r"^[\t-\r\x1c-\x20\x85\p{Z}]|[\t-\r\x1c-\x20\x85\p{Z}]$"
+_MARKERS = pa.array(["", "-", "(empty)"], pa.string())
+_INT32_MAX = 2**31 - 1
+
+
+def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[str, pa.Array]] | None:
+    """The events of data rows, column by column in Arrow, for the rows :meth:`CsvParser.parse`
+    maps the plain way; every other row (a quote, another width, a value converted by a rule not
+    reproduced here or refused) is left out, for the per-line parser to give its row or reason.
+
+    Plain: times matching :data:`_ISO_TIME` (valid dates, in range; zone-less ones only without
+    a ``timezone`` option), counts and ports of ASCII digits in range, decimals for floats, text
+    cells without edge spaces where :meth:`parse` strips them.
+    """
+    width = len(state.columns)
+    names = [name for _, name in state.attr_idx]
+    if len(set(names)) != len(names):
+        return None  # parse() keeps the last value of a repeated name at the first one's place
+    arr = pa.array(texts, pa.string())
+    parts = pc.split_pattern(arr, state.delimiter)
+    good = pc.and_(
+        pc.equal(pc.list_value_length(parts), width), pc.invert(pc.match_substring(arr, '"'))
+    )
+    ok = np.asarray(good.to_numpy(zero_copy_only=False), dtype=bool)
+    rows = np.flatnonzero(ok)
+    m = len(rows)
+    if m < _MIN_ROWS:
+        return None
+    flat = pc.list_flatten(parts.filter(good))
+    cache: dict[int, pa.Array] = {}
+
+    def cell(i: int) -> pa.Array:
+        if i not in cache:
+            cache[i] = flat.take(pa.array(np.arange(i, m * width, width, dtype=np.int64)))
+        return cache[i]
+
+    bad = np.zeros(m, dtype=bool)
+
+    def mark(mask: pa.Array) -> None:
+        nonlocal bad
+        bad |= np.asarray(pc.fill_null(mask, True).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def stripped(i: int) -> pa.Array:
+        values = cell(i)
+        mark(pc.match_substring_regex(values, _EDGE_SPACE))
+        return values
+
+    # ts: parse_timestamp's ISO reading, checked by a round trip through the date and time text.
+    raw_ts = cell(state.ts_idx[0])
+    iso = pc.match_substring_regex(raw_ts, _ISO_TIME)
+    if state.clock.tz is not None:
+        iso = pc.and_(iso, pc.ends_with(raw_ts, "Z"))
+    mark(pc.invert(iso))
+    head = pc.utf8_replace_slice(pc.utf8_slice_codeunits(raw_ts, 0, 19), 10, 11, "T")
+    seconds = pc.strptime(head, format="%Y-%m-%dT%H:%M:%S", unit="s", error_is_null=True)
+    mark(pc.invert(pc.equal(pc.strftime(seconds, format="%Y-%m-%dT%H:%M:%S"), head)))
+    fraction = pc.struct_field(pc.extract_regex(raw_ts, r"\.(?P<f>[0-9]{1,6})"), [0])
+    micros_part = pc.cast(pc.fill_null(pc.utf8_rpad(fraction, 6, "0"), "0"), pa.int64())
+    micros = pc.add(pc.multiply(pc.cast(pc.fill_null(seconds, 0), pa.int64()), 1_000_000), micros_part)
+    mark(pc.or_(pc.less(micros, 0), pc.greater_equal(micros, _MAX_EPOCH_S * 1_000_000)))
+
+    out: dict[str, pa.Array] = {"ts": pc.cast(micros, pa.int64()).view(pa.timestamp("us", "UTC"))}
+    for i, _name, column, conv in state.known:
+        values = stripped(i)
+        missing = pc.is_in(values, value_set=_MARKERS)
+        if conv is _as_int:
+            digits = pc.match_substring_regex(values, _DIGITS)
+            mark(pc.invert(pc.or_(missing, digits)))
+            number = pc.cast(pc.if_else(digits, values, None), pa.int64())
+            if COLUMN_TYPES[column] == pa.int32():
+                mark(pc.greater(pc.fill_null(number, 0), _INT32_MAX))
+            out[column] = number
+        elif conv is _as_float:
+            decimal = pc.match_substring_regex(values, _DECIMAL)
+            mark(pc.invert(pc.or_(missing, decimal)))
+            out[column] = pc.cast(pc.if_else(decimal, values, None), pa.float64())
+        else:
+            out[column] = pc.if_else(missing, None, values)
+    entity_default = state.opts.default_entity
+    if state.entity_idx is not None:
+        values = stripped(state.entity_idx)
+        out["entity"] = pc.if_else(pc.equal(values, ""), entity_default, values)
+    else:
+        out["entity"] = pa.array([entity_default] * m, pa.string())
+    if state.label_idx is not None:
+        values = stripped(state.label_idx)
+        out["label"] = pc.if_else(pc.equal(values, ""), None, values)
+    if state.level_idx is not None:
+        coded = pc.dictionary_encode(cell(state.level_idx))
+        levels = pa.array([normalize_level(v) or "info" for v in coded.dictionary.to_pylist()], pa.string())
+        out["level"] = levels.take(coded.indices)
+    else:
+        out["level"] = pa.array(["info"] * m, pa.string())
+    if state.message_idx is not None:
+        out["message"] = cell(state.message_idx)
+    else:
+        parts_of = [out[c].to_pylist() if c in out else [None] * m for c in ("proto", "component", "status")]
+        out["message"] = pa.array([" ".join(p for p in ps if p) for ps in zip(*parts_of, strict=True)], pa.string())
+    out["attributes"] = _attributes(names, [cell(i) for i, _ in state.attr_idx], m)
+    out["format"] = pa.array(["csv"] * m, pa.string())
+
+    if bad.any():
+        keep = pa.array(~bad)
+        rows = rows[~bad]
+        out = {name: values.filter(keep) for name, values in out.items()}
+    if len(rows) == 0:
+        return None
+    n = len(rows)
+    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
+    for name, typ in COLUMN_TYPES.items():
+        if arrays[name].type != typ:
+            arrays[name] = arrays[name].cast(typ)
+    return rows.tolist(), arrays
+
+
+def _attributes(names: list[str], columns: list[pa.Array], n: int) -> pa.Array:
+    """The ``map<string,string>`` of :meth:`CsvParser.parse`: every attribute column, in order,
+    empty cells left out."""
+    k = len(names)
+    if k == 0:
+        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
+                                       pa.array([], pa.string()))  # fmt: skip
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
+    items = pa.concat_arrays(columns).take(pa.array(order))
+    keys = pa.array(names * n, pa.string())
+    keep = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool)
+    counts = keep.reshape(n, k).sum(axis=1)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+    if not keep.all():
+        mask = pa.array(keep)
+        keys, items = keys.filter(mask), items.filter(mask)
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
 
 
 def _looks_like_csv(path: Path, lines: Sequence[str], opts: FormatOptions) -> bool:
