@@ -15,6 +15,7 @@ Both write standard Delta tables (``<root>/<name>/_delta_log``). The rest of the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -179,14 +180,23 @@ def _sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+@functools.lru_cache(maxsize=64)
+def _ddl_struct(ddl: str) -> StructType:
+    """The ``StructType`` of a DDL string, parsed once: Spark parses DDL in the JVM (a py4j round
+    trip each time), and the tables' few schemas come back on every write of a run."""
+    from pyspark.sql.types import StructType as _StructType
+
+    struct = _StructType.fromDDL(ddl)
+    assert isinstance(struct, _StructType)
+    return struct
+
+
 def rows_table(rows: Sequence[Sequence[Any]], schema: str | StructType) -> pa.Table:
     """Python rows (tuples in column order) as an Arrow table with the Delta types of ``schema``
     (Spark DDL or a ``StructType``), for :meth:`Lake.write_arrow`."""
     import pyarrow as pa
-    from pyspark.sql.types import StructType as _StructType
 
-    struct = _StructType.fromDDL(schema) if isinstance(schema, str) else schema
-    assert isinstance(struct, _StructType)
+    struct = _ddl_struct(schema) if isinstance(schema, str) else schema
     arrow = spark_to_delta_arrow(struct)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in arrow]
     return pa.Table.from_arrays([pa.array(list(c), f.type) for c, f in zip(columns, arrow, strict=True)], schema=arrow)
@@ -308,10 +318,7 @@ class Lake:
             >>> lake.write_arrow("ingested_files", rows_table(rows, TABLES["ingested_files"].ddl),
             ...                  TABLES["ingested_files"].ddl, run_id=run_id)
         """
-        from pyspark.sql.types import StructType as _StructType
-
-        struct = _StructType.fromDDL(schema) if isinstance(schema, str) else schema
-        assert isinstance(struct, _StructType)
+        struct = _ddl_struct(schema) if isinstance(schema, str) else schema
         if mode not in ("append", "overwrite"):
             raise TableError(f"unknown write mode {mode!r}; choose one of: append, overwrite")
         if self.engine != "deltars":
