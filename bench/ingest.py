@@ -384,7 +384,7 @@ STARTUP_RUNS: dict[str, list[str] | None] = {
 }
 
 
-def time_startup(data: Path, repeats: int) -> dict[str, float]:
+def time_startup(data: Path, repeats: int) -> dict[str, list[float]]:
     """Wall time of fresh processes on a 40-line JSON file: ``loganomaly ingest`` (conf/default.yaml,
     local[2], a new lake each time; each engine, on the driver path and with it off) and a bare
     ``spark.read.json(f).write.parquet(out)`` job. The runs of one repeat go in turn, so a change of
@@ -413,7 +413,7 @@ def time_startup(data: Path, repeats: int) -> dict[str, float]:
                 times[name].append(time.perf_counter() - start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return times
 
 
 def report_large(fmt: str, split_mb: int, results: list[dict[str, dict[str, float]]]) -> None:
@@ -489,7 +489,8 @@ def main() -> None:
             print()
         if "startup" in sections:
             load_before = os.getloadavg()[0]
-            times = time_startup(data, args.startup_repeats)
+            runs = time_startup(data, args.startup_repeats)
+            times = {name: sorted(ts)[len(ts) // 2] for name, ts in runs.items()}
             bare_s = times["bare"]
             print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}; "
                   f"bare spark.read.json -> parquet {bare_s:.1f} s; 1-min load average {load_before:.1f} "
@@ -499,6 +500,9 @@ def main() -> None:
             for label, key in (("delta-spark (conf/default.yaml, auto)", "ingest"), ("deltars", "ingest_deltars")):
                 print(f"| {label} | {times[key]:.1f} | {times[key] / bare_s:.2f} | {times[key + '_spark']:.1f} "
                       f"| {times[key + '_spark'] / bare_s:.2f} |")
+            # Each repeat's runs went in turn: under a changing load, compare within a repeat.
+            for k in range(args.startup_repeats):
+                print(f"repeat {k + 1}: " + ", ".join(f"{name} {ts[k]:.1f} s" for name, ts in runs.items()))
             print()
         if "formats" not in sections:
             return

@@ -4,7 +4,9 @@ Parsing is Spark-free (:mod:`loganomaly.ingest.formats`); here Spark spreads the
 ``mapInArrow`` (each task streams its files and never holds one whole in memory), and the
 results land in Delta. An uncompressed file larger than ``ingest.split_bytes`` is read by several
 tasks, one byte range each, when its format allows (:func:`plan_tasks`), so one large file uses
-every core; its lines keep the numbers and event ids a whole-file read gives them. Guarantees:
+every core; its lines keep the numbers and event ids a whole-file read gives them. A small load
+(``ingest.local_max_bytes``, :func:`driver_path`) is parsed and written by the driver with the same
+functions, without a Spark job. Guarantees:
 
 * nothing lost: every line of every file becomes exactly one ``events`` row or one
   ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
