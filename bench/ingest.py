@@ -28,7 +28,8 @@ distinct).
 bytes in 8 files, and its first 1/16 and 1/4 for the cost per line at 1x / 4x / 16x (growth per
 doubling); each run is a fresh process with the per-run fixed cost (a 40-line ingest) subtracted.
 ``--sections startup`` times fresh processes on a 40-line file: ``loganomaly ingest`` (both lake
-engines) against a bare ``spark.read.json(f).write.parquet(out)``. Every section prints the
+engines, on the driver path and with ``ingest.local_max_bytes=0``) against a bare
+``spark.read.json(f).write.parquet(out)``. Every section prints the
 template cache hit rate of its ingests.
 
 Usage:
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -623,9 +625,23 @@ def run_large(run: int, data: Path, fmt: str, split_mb: int) -> dict[str, dict[s
     return out
 
 
-def time_startup(data: Path, repeats: int) -> dict[str, float]:
+#: The start-up runs: name -> extra ``--set`` overrides of ``loganomaly ingest`` (None: the bare job).
+#: ``*_spark`` turn the driver path off (``ingest.local_max_bytes=0``): the Spark path's start-up in
+#: the same run, what the driver path is measured against.
+STARTUP_RUNS: dict[str, list[str] | None] = {
+    "ingest": [],
+    "ingest_deltars": ["lake.engine=deltars"],
+    "ingest_spark": ["ingest.local_max_bytes=0"],
+    "ingest_deltars_spark": ["lake.engine=deltars", "ingest.local_max_bytes=0"],
+    "bare": None,
+}
+
+
+def time_startup(data: Path, repeats: int) -> dict[str, list[float]]:
     """Wall time of fresh processes on a 40-line JSON file: ``loganomaly ingest`` (conf/default.yaml,
-    local[2], a new lake each time) and a bare ``spark.read.json(f).write.parquet(out)`` job."""
+    local[2], a new lake each time; each engine, on the driver path and with it off) and a bare
+    ``spark.read.json(f).write.parquet(out)`` job. The runs of one repeat go in turn, so a change of
+    load on the machine touches all of them alike."""
     tiny = data / "tiny.jsonl"
     tiny.write_text("".join(_json(random.Random(i), i) + "\n" for i in range(40)))
     cli = Path(sys.executable).parent / "loganomaly"
@@ -633,24 +649,24 @@ def time_startup(data: Path, repeats: int) -> dict[str, float]:
     bare = ("import sys\nfrom pyspark.sql import SparkSession\n"
             "s = SparkSession.builder.master('local[2]').getOrCreate()\n"
             "s.read.json(sys.argv[1]).write.parquet(sys.argv[2])\ns.stop()\n")
-    times: dict[str, list[float]] = {"ingest": [], "ingest_deltars": [], "bare": []}
+    times: dict[str, list[float]] = {name: [] for name in STARTUP_RUNS}
     for _k in range(repeats):
         work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
         try:
-            for name, cmd in (
-                ("ingest", [str(cli), "ingest", "--lake", str(work / "lake"), "--input", str(tiny),
-                            "--set", "spark.master=local[2]", "--log-level", "WARNING"]),
-                ("ingest_deltars", [str(cli), "ingest", "--lake", str(work / "lake-rs"), "--input", str(tiny),
-                                    "--set", "spark.master=local[2]", "--set", "lake.engine=deltars",
-                                    "--log-level", "WARNING"]),
-                ("bare", [sys.executable, "-c", bare, str(tiny), str(work / "out.parquet")]),
-            ):
+            for name, overrides in STARTUP_RUNS.items():
+                if overrides is None:
+                    cmd = [sys.executable, "-c", bare, str(tiny), str(work / "out.parquet")]
+                else:
+                    cmd = [str(cli), "ingest", "--lake", str(work / f"lake-{name}"), "--input", str(tiny),
+                           "--set", "spark.master=local[2]", "--log-level", "WARNING"]
+                    for override in overrides:
+                        cmd += ["--set", override]
                 start = time.perf_counter()
                 subprocess.run(cmd, check=True, capture_output=True, cwd=repo)
                 times[name].append(time.perf_counter() - start)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+    return times
 
 
 def report_large(fmt: str, split_mb: int, results: list[dict[str, dict[str, float]]]) -> None:
@@ -729,12 +745,21 @@ def main() -> None:
             report_large(args.large_format, args.split_mb, large_runs)
             print()
         if "startup" in sections:
-            times = time_startup(data, args.startup_repeats)
-            print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}): "
-                  f"`loganomaly ingest` {times['ingest']:.1f} s (conf/default.yaml: lake.engine auto -> delta when the "
-                  f"jars are cached), with lake.engine=deltars {times['ingest_deltars']:.1f} s, bare "
-                  f"spark.read.json -> parquet {times['bare']:.1f} s; ratios {times['ingest'] / times['bare']:.2f} and "
-                  f"{times['ingest_deltars'] / times['bare']:.2f} (target <= 1.5)")
+            load_before = os.getloadavg()[0]
+            runs = time_startup(data, args.startup_repeats)
+            times = {name: sorted(ts)[len(ts) // 2] for name, ts in runs.items()}
+            bare_s = times["bare"]
+            print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}; "
+                  f"bare spark.read.json -> parquet {bare_s:.1f} s; 1-min load average {load_before:.1f} "
+                  f"before, {os.getloadavg()[0]:.1f} after):")
+            print("| engine | driver path s | vs bare (target <= 1.5) | Spark path (local_max_bytes=0) s | vs bare |")
+            print("|---|---:|---:|---:|---:|")
+            for label, key in (("delta-spark (conf/default.yaml, auto)", "ingest"), ("deltars", "ingest_deltars")):
+                print(f"| {label} | {times[key]:.1f} | {times[key] / bare_s:.2f} | {times[key + '_spark']:.1f} "
+                      f"| {times[key + '_spark'] / bare_s:.2f} |")
+            # Each repeat's runs went in turn: under a changing load, compare within a repeat.
+            for k in range(args.startup_repeats):
+                print(f"repeat {k + 1}: " + ", ".join(f"{name} {ts[k]:.1f} s" for name, ts in runs.items()))
             print()
         if "formats" not in sections:
             return

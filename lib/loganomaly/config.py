@@ -110,6 +110,10 @@ class IngestConfig:
     # (the size of Spark's own default split, spark.sql.files.maxPartitionBytes), when its format
     # allows it (LineParser.splittable); gz/bz2 files are read whole.
     split_bytes: int = 128 * 1024 * 1024
+    # Inputs to load totalling at most this many bytes (and with no file to split) are parsed and
+    # written by the driver itself, with the same functions the Spark tasks run: a small first
+    # load then starts no Spark job and no Python worker (seconds on a fresh JVM). 0 turns it off.
+    local_max_bytes: int = 4 * 1024 * 1024
     # With the deltars engine, parsing tasks write Parquet themselves (fast path); false sends
     # rows through a DataFrame and Lake.write, the path engine delta always takes.
     direct_write: bool = True
@@ -594,6 +598,7 @@ def validate(cfg: Config) -> None:
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
         (cfg.ingest.split_bytes >= 1024, "ingest.split_bytes must be >= 1024 (bytes)"),
+        (cfg.ingest.local_max_bytes >= 0, "ingest.local_max_bytes must be >= 0 (bytes; 0 turns the driver path off)"),
         (
             all(src.name and src.paths for src in cfg.ingest.sources),
             "every ingest.sources entry needs a name and at least one path glob",

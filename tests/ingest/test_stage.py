@@ -77,12 +77,19 @@ def write_corpus(root: Path) -> dict[str, int]:
     return lines
 
 
+#: ``ingest.local_max_bytes`` of the two paths: the driver's (the default, which the small inputs
+#: of these tests take) and the Spark tasks' (0).
+PATHS = pytest.mark.parametrize("local_max_bytes", [Config().ingest.local_max_bytes, 0], ids=["driver", "spark"])
+
+
+@PATHS
 @pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
-def test_every_line_is_an_event_or_a_quarantine_row_and_reruns_add_nothing(spark, lake, tmp_path, direct_write) -> None:  # type: ignore[no-untyped-def]
+def test_every_line_is_an_event_or_a_quarantine_row_and_reruns_add_nothing(spark, lake, tmp_path, direct_write, local_max_bytes) -> None:  # type: ignore[no-untyped-def]
     raw = tmp_path / "raw"
     expected = write_corpus(raw)
     cfg = Config()
     cfg.ingest.direct_write = direct_write
+    cfg.ingest.local_max_bytes = local_max_bytes
     cfg.ingest.sources = [
         SourceConfig(name="hdfs", paths=["*/hdfs.log*"], options={"format": "loghub", "pattern": "HDFS"})
     ]
@@ -169,7 +176,8 @@ def test_templates_fitted_on_the_training_window_then_matched_without_learning(s
     assert lake.read("templates").select("state_version").distinct().count() == 1
 
 
-def test_the_miner_sees_each_distinct_message_once_in_order_of_first_appearance(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
+@PATHS
+def test_the_miner_sees_each_distinct_message_once_in_order_of_first_appearance(spark, lake, tmp_path, local_max_bytes) -> None:  # type: ignore[no-untyped-def]
     from loganomaly.ingest.templates.miner import Templates
     from loganomaly.ingest.templates.store import template_config
 
@@ -190,6 +198,7 @@ def test_the_miner_sees_each_distinct_message_once_in_order_of_first_appearance(
             "".join(json.dumps({"ts": t, "host": "h", "message": m}) + "\n" for t, m in rows)
         )
     cfg = Config()
+    cfg.ingest.local_max_bytes = local_max_bytes
     summary = ingest.run(spark, cfg, [str(tmp_path / f"{n}.jsonl") for n in "abc"], lake=lake)
     state = load_state(lake)
     assert state is not None and summary.template_state == state.version
@@ -224,6 +233,7 @@ def test_a_log_format_registered_on_the_driver_is_parsed_in_the_tasks(spark, lak
     (raw / "forced.txt").write_text("hello\n" + toy.LINES[1] + "\n")  # format: toy, through a source
     cfg = Config()
     cfg.ingest.direct_write = direct_write
+    cfg.ingest.local_max_bytes = 0  # in Spark's tasks, not on the driver (where "toy" is registered)
     cfg.ingest.sources = [SourceConfig(name="forced", paths=["*/forced.txt"], options={"format": "toy"})]
     cloudpickle.register_pickle_by_value(toy)
     try:
@@ -291,9 +301,10 @@ def test_an_event_arrow_cannot_store_becomes_its_lines_quarantine_row(tmp_path) 
     assert [rows[i][ingest.KIND] for i in (1, 3, 4)] == ["event", "quarantine", "event"]
 
 
+@PATHS
 @pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "dataframe"])
 def test_a_file_deleted_between_listing_and_parsing_is_recorded_as_vanished_and_the_others_load(
-    spark, lake, tmp_path, monkeypatch, direct_write
+    spark, lake, tmp_path, monkeypatch, direct_write, local_max_bytes
 ) -> None:  # type: ignore[no-untyped-def]
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -309,6 +320,7 @@ def test_a_file_deleted_between_listing_and_parsing_is_recorded_as_vanished_and_
     monkeypatch.setattr(ingest, "resolve_sources", delete_then_resolve)
     cfg = Config()
     cfg.ingest.direct_write = direct_write
+    cfg.ingest.local_max_bytes = local_max_bytes
     summary = ingest.run(spark, cfg, [str(raw)], lake=lake)
     assert (summary.files_seen, summary.files_loaded, summary.events, summary.quarantined) == (2, 1, 3, 0)
     rows = {Path(r.path).name: r for r in lake.read("ingested_files").collect()}

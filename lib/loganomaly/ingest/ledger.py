@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from loganomaly.lake.conflicts import retry_conflicts
 from loganomaly.lake.schemas import TABLES
-from loganomaly.lake.tables import Lake
+from loganomaly.lake.tables import Lake, rows_table
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -269,8 +269,15 @@ def record(spark: SparkSession, lake: Lake, rows: Sequence[tuple[Any, ...]], run
     (``maintain``, a user's own job on the lake), which would otherwise fail the run after its
     events committed (a rerun would heal it, but the run would end in error).
     """
+    ddl = TABLES["ingested_files"].ddl
+    if not lake.exists("ingested_files"):
+        # A first load: a merge into nothing is an append of these rows (one per path and
+        # generation), written from the driver (no Spark job with deltars; see Lake.write_arrow).
+        lake.write_arrow("ingested_files", rows_table(rows, ddl), ddl, run_id=run_id)
+        log.info("ingest %s: ingested_files created with %d rows", run_id, len(rows))
+        return
     migrate_ledger(spark, lake)
-    df = spark.createDataFrame(list(rows), TABLES["ingested_files"].ddl)
+    df = spark.createDataFrame(list(rows), ddl)
     retry_conflicts(
         lambda: lake.merge("ingested_files", df, keys=["path", "generation"]),
         f"ingest {run_id}: ingested_files",

@@ -4,7 +4,9 @@ Parsing is Spark-free (:mod:`loganomaly.ingest.formats`); here Spark spreads the
 ``mapInArrow`` (each task streams its files and never holds one whole in memory), and the
 results land in Delta. An uncompressed file larger than ``ingest.split_bytes`` is read by several
 tasks, one byte range each, when its format allows (:func:`plan_tasks`), so one large file uses
-every core; its lines keep the numbers and event ids a whole-file read gives them. Guarantees:
+every core; its lines keep the numbers and event ids a whole-file read gives them. A small load
+(``ingest.local_max_bytes``, :func:`driver_path`) is parsed and written by the driver with the same
+functions, without a Spark job. Guarantees:
 
 * nothing lost: every line of every file becomes exactly one ``events`` row or one
   ``quarantine`` row with its reason, and ``ingested_files`` records both counts per file;
@@ -52,6 +54,7 @@ from loganomaly.ingest.formats import (
     registered_formats,
 )
 from loganomaly.ingest.ledger import (
+    Load,
     ledger_row,
     list_files,
     next_generation,
@@ -532,6 +535,44 @@ def _units_df(spark: SparkSession, tasks: Sequence[Sequence[Unit]]) -> DataFrame
     return spark.createDataFrame(rdd, UNITS_DDL)
 
 
+def driver_path(
+    cfg: Config, todo: Sequence[Load], split: Iterable[str], native_paths: Sequence[str]
+) -> tuple[bool, str]:
+    """Whether the driver parses and writes this run's files itself, and why (or why not).
+
+    A small load (the first one of a new lake, a nightly trickle) is dominated by fixed costs a
+    plain Spark job does not pay: the Spark jobs of the template pass and the parsing pass, where a
+    fresh JVM starts its first Python worker, for a few kilobytes of lines. Up to
+    ``ingest.local_max_bytes`` of input the driver runs the same Spark-free functions the tasks run
+    (:func:`parse_files_to_batches` with the same :class:`_ParseJob`, the same template fit on the
+    same distinct messages in the same order) and writes the same rows. Files read in byte ranges
+    and files parsed in the JVM (``ingest.native``) take the Spark path: both exist for inputs
+    worth spreading over cores.
+    """
+    limit = cfg.ingest.local_max_bytes
+    total = sum(f.size for f in todo)
+    if limit <= 0:
+        return False, "ingest.local_max_bytes is 0"
+    if total > limit:
+        return False, f"{len(todo)} files, {total} bytes > ingest.local_max_bytes {limit}"
+    if native_paths:
+        return False, f"{len(native_paths)} files parsed natively (ingest.native)"
+    n_split = len(set(split))
+    if n_split:
+        return False, f"{n_split} files read in byte ranges"
+    return True, f"{len(todo)} files, {total} bytes <= ingest.local_max_bytes {limit}"
+
+
+class _Tally:
+    """A counter with an accumulator's ``add``/``value``, for work the driver does itself."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, amount: int) -> None:
+        self.value += amount
+
+
 @dataclass
 class IngestSummary:
     run_id: str
@@ -639,27 +680,44 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     n_split_tasks = sum(1 for units in tasks if units[0].path in split)
     if split:
         log.info("ingest %s: %d files read in %d byte ranges", run_id, len(split), n_split_tasks)
+    local, why = driver_path(cfg, todo, split, native_paths)
+    log.info("ingest %s: %s path (%s)", run_id, "driver" if local else "Spark", why)
+    units = [u for task_units in tasks for u in task_units]
     if cfg.templates.enabled and templates is None:
-        templates = _fit_templates(
-            spark, cfg, lake, _units_df(spark, tasks + [[Unit(p)] for p in native_paths]), job
-        )
+        if local and not (cfg.templates.refit and lake.exists("events")):
+            templates = _fit_templates_local(spark, cfg, lake, units, job)
+        else:
+            templates = _fit_templates(
+                spark, cfg, lake, _units_df(spark, tasks + [[Unit(p)] for p in native_paths]), job
+            )
     if templates is not None:
-        job.state = spark.sparkContext.broadcast(templates.to_json())
         job.state_version = templates.version
-        job.cache = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
+        if local:
+            # The JSON the tasks would get: they match with a matcher rebuilt from it, not with
+            # the fitted miner, and so does the driver (the same matches by construction).
+            job.state = templates.to_json()
+            job.cache = (_Tally(), _Tally())
+        else:
+            job.state = spark.sparkContext.broadcast(templates.to_json())
+            job.cache = (spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0))
     per_file: dict[str, tuple[int, int, str | None]] = {}
     try:
         if native_paths:
             with native_session(spark):
                 per_file.update(_ingest_native(spark, lake, native_paths, per_task, job))
-        if python_paths:
+        if python_paths and local:
+            if lake.engine == "deltars" and cfg.ingest.direct_write:
+                per_file.update(_ingest_direct_local(lake, units, job))
+            else:
+                per_file.update(_ingest_local_dataframe(lake, units, job))
+        elif python_paths:
             files_df = _units_df(spark, tasks)
             if lake.engine == "deltars" and cfg.ingest.direct_write:
                 per_file.update(_ingest_direct(spark, lake, files_df, job))
             else:
                 per_file.update(_ingest_dataframe(lake, files_df, job))
     finally:
-        if job.state is not None:
+        if job.state is not None and not isinstance(job.state, str):
             job.state.unpersist()
 
     now = dt.datetime.now(dt.timezone.utc)
@@ -724,12 +782,14 @@ class _ParseJob:
     sources: dict[str, tuple[str, FormatOptions]]
     formats: dict[str, LogFormat]
     generations: dict[str, int] = dataclasses.field(default_factory=dict)
-    state: Any = None  # Broadcast of the template state JSON
+    state: Any = None  # Broadcast of the template state JSON (the JSON itself on the driver path)
     state_version: str = ""
     cache: Any = None  # Accumulators of template cache (hits, misses) in the parsing tasks
 
     def templates(self) -> Templates | None:
-        return matcher(self.state_version, self.state.value) if self.state is not None else None
+        if self.state is None:
+            return None
+        return matcher(self.state_version, self.state if isinstance(self.state, str) else self.state.value)
 
     def batches(self, path: str, templates: Templates | None, unit: Unit | None = None) -> Iterator[pa.RecordBatch]:
         return parse_files_to_batches(
@@ -770,6 +830,93 @@ _REPORT_ARROW = pa.schema(
 )
 
 
+def _direct_writers(lake: Lake, job: _ParseJob) -> dict[str, DeltaRsWriter]:
+    """The ``events`` and ``quarantine`` writers of a direct write (one write id each)."""
+    return {
+        name: DeltaRsWriter(
+            {"path": lake.path(name), "partitionBy": ",".join(TABLES[name].partition_by), "runId": job.run_id},
+            _struct(TABLES[name].ddl),
+            overwrite=False,
+        )
+        for name in ("events", "quarantine")
+    }
+
+
+def _parse_and_write(
+    units: Iterable[Unit], job: _ParseJob, writers: Mapping[str, DeltaRsWriter], templates: Templates | None
+) -> list[dict[str, Any]]:
+    """One task's work in a direct write: parse ``units`` into Parquet files of ``writers``' tables.
+
+    Returns the report rows (:data:`REPORT_DDL`): one per input unit (its counts and format) and
+    one per written file. On any failure this task's files are deleted before the error goes on.
+    Run by a Spark task (:func:`_ingest_direct`) or by the driver (:func:`_ingest_direct_local`).
+    """
+    import pyarrow.compute as pc
+
+    event_names, quarantine_names = list(EVENT_COLUMNS), list(QUARANTINE_COLUMNS)
+    outputs = {name: writer.file_writer() for name, writer in writers.items()}
+    report: list[dict[str, Any]] = []
+    try:
+        for unit in units:
+            path = unit.path
+            n_ev = n_q = 0
+            fmt: str | None = None
+            for parsed in job.batches(path, templates, unit):
+                is_event = pc.equal(parsed.column(KIND), "event")
+                events = parsed.filter(is_event)
+                quarantined = parsed.filter(pc.invert(is_event))
+                if events.num_rows:
+                    outputs["events"].write_batch(events.select(event_names))
+                    fmt = fmt or events.column("format")[0].as_py()
+                if quarantined.num_rows:
+                    outputs["quarantine"].write_batch(quarantined.select(quarantine_names))
+                    fmt = fmt or quarantined.column("format")[0].as_py()
+                n_ev += events.num_rows
+                n_q += quarantined.num_rows
+            report.append({"file": path, "events": n_ev, "quarantined": n_q, "format": fmt})
+        for name, output in outputs.items():
+            for f in output.close():
+                report.append(
+                    {"table": name, "path": f.path, "size": f.size, "mtime": f.modification_time,
+                     "partition_values": json.dumps(f.partition_values), "num_records": f.num_records}
+                )  # fmt: skip
+    except BaseException:
+        for output in outputs.values():
+            output.discard()
+        raise
+    return report
+
+
+def _commit_direct(
+    lake: Lake, writers: Mapping[str, DeltaRsWriter], report: Iterable[Mapping[str, Any]]
+) -> dict[str, tuple[int, int, str | None]]:
+    """Commit the files of a direct write's report, one transaction per table; per-file counts.
+
+    A table gets a commit when files were written to it, or to create it (empty) on a first load.
+    On a failure before the commits, every file of the write is deleted (``abort``).
+    """
+    try:
+        written: dict[str, list[WrittenFile]] = {name: [] for name in writers}
+        per_file: dict[str, tuple[int, int, str | None]] = {}
+        for r in report:
+            if r.get("table"):
+                written[r["table"]].append(
+                    WrittenFile(r["path"], r["size"], json.loads(r["partition_values"]), r["mtime"], r["num_records"])
+                )
+            else:  # a file read in byte ranges has a row per range
+                n_ev, n_q, fmt = per_file.get(r["file"], (0, 0, None))
+                per_file[r["file"]] = (n_ev + int(r["events"]), n_q + int(r["quarantined"]), fmt or r["format"])
+    except BaseException:
+        for writer in writers.values():
+            writer.abort([])
+        raise
+    for name, writer in writers.items():
+        if written[name] or not lake.exists(name):
+            writer.commit([DeltaRsCommitMessage(files=written[name])])
+            log.info("wrote table %s version %s: %d files", name, lake.version(name), len(written[name]))
+    return per_file
+
+
 def _ingest_direct(
     spark: SparkSession, lake: Lake, files_df: DataFrame, job: _ParseJob
 ) -> dict[str, tuple[int, int, str | None]]:
@@ -780,78 +927,36 @@ def _ingest_direct(
     committed before quarantine rows and both before the ledger row, so a crash between commits
     leaves rows without a ledger entry, which the next run deletes before it reloads the file.
     """
-    import pyarrow.compute as pc
-    writers = {
-        name: DeltaRsWriter(
-            {"path": lake.path(name), "partitionBy": ",".join(TABLES[name].partition_by), "runId": job.run_id},
-            _struct(TABLES[name].ddl),
-            overwrite=False,
-        )
-        for name in ("events", "quarantine")
-    }
-    event_names, quarantine_names = list(EVENT_COLUMNS), list(QUARANTINE_COLUMNS)
+    writers = _direct_writers(lake, job)
 
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
-        outputs = {name: writer.file_writer() for name, writer in writers.items()}
-        report: list[dict[str, Any]] = []
-        try:
-            for batch in batches:
-                for unit in _units(batch):
-                    path = unit.path
-                    n_ev = n_q = 0
-                    fmt: str | None = None
-                    for parsed in job.batches(path, templates, unit):
-                        is_event = pc.equal(parsed.column(KIND), "event")
-                        events = parsed.filter(is_event)
-                        quarantined = parsed.filter(pc.invert(is_event))
-                        if events.num_rows:
-                            outputs["events"].write_batch(events.select(event_names))
-                            fmt = fmt or events.column("format")[0].as_py()
-                        if quarantined.num_rows:
-                            outputs["quarantine"].write_batch(quarantined.select(quarantine_names))
-                            fmt = fmt or quarantined.column("format")[0].as_py()
-                        n_ev += events.num_rows
-                        n_q += quarantined.num_rows
-                    report.append({"file": path, "events": n_ev, "quarantined": n_q, "format": fmt})
-            for name, output in outputs.items():
-                for f in output.close():
-                    report.append(
-                        {"table": name, "path": f.path, "size": f.size, "mtime": f.modification_time,
-                         "partition_values": json.dumps(f.partition_values), "num_records": f.num_records}
-                    )
-        except BaseException:
-            for output in outputs.values():
-                output.discard()
-            raise
+        with job.counting(templates):
+            report = _parse_and_write((u for b in batches for u in _units(b)), job, writers, templates)
         yield pa.RecordBatch.from_pylist(report, schema=_REPORT_ARROW)
 
-    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        templates = job.templates()
-        with job.counting(templates):
-            yield from task(batches)
-
     try:
-        rows = files_df.mapInArrow(counted, REPORT_DDL).collect()
-        written: dict[str, list[WrittenFile]] = {name: [] for name in writers}
-        per_file: dict[str, tuple[int, int, str | None]] = {}
-        for r in rows:
-            if r.table:
-                written[r.table].append(
-                    WrittenFile(r.path, r.size, json.loads(r.partition_values), r.mtime, r.num_records)
-                )
-            else:  # a file read in byte ranges has a row per range
-                n_ev, n_q, fmt = per_file.get(r.file, (0, 0, None))
-                per_file[r.file] = (n_ev + int(r.events), n_q + int(r.quarantined), fmt or r.format)
+        rows = [r.asDict() for r in files_df.mapInArrow(task, REPORT_DDL).collect()]
     except BaseException:
         for writer in writers.values():
             writer.abort([])
         raise
-    for name, writer in writers.items():
-        if written[name] or not lake.exists(name):
-            writer.commit([DeltaRsCommitMessage(files=written[name])])
-            log.info("wrote table %s version %s: %d files", name, lake.version(name), len(written[name]))
-    return per_file
+    return _commit_direct(lake, writers, rows)
+
+
+def _ingest_direct_local(lake: Lake, units: Sequence[Unit], job: _ParseJob) -> dict[str, tuple[int, int, str | None]]:
+    """:func:`_ingest_direct` done by the driver (:func:`driver_path`): the same task function
+    over every unit, then the same commits; no Spark job."""
+    writers = _direct_writers(lake, job)
+    templates = job.templates()
+    try:
+        with job.counting(templates):
+            report = _parse_and_write(units, job, writers, templates)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort([])
+        raise
+    return _commit_direct(lake, writers, report)
 
 
 def _struct(ddl: str) -> StructType:
@@ -989,15 +1094,9 @@ def _write_parsed(lake: Lake, parsed_df: DataFrame, job: _ParseJob) -> dict[str,
 
     parsed = parsed_df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        per_file: dict[str, tuple[int, int, str | None]] = {}
-        for r in parsed.groupBy("file", KIND, "format").count().collect():
-            n_ev, n_q, fmt = per_file.get(r.file, (0, 0, None))
-            if r[KIND] == "event":
-                n_ev += r["count"]
-            else:
-                n_q += r["count"]
-            # The format of a file is its events' format; a file of only bad lines keeps the guess.
-            per_file[r.file] = (n_ev, n_q, r.format if r[KIND] == "event" or fmt is None else fmt)
+        per_file = _count_per_file(
+            (r.file, r[KIND], r.format, r["count"]) for r in parsed.groupBy("file", KIND, "format").count().collect()
+        )
         events_df = parsed.filter(F.col(KIND) == "event").select(*EVENT_COLUMNS)
         quarantine_df = parsed.filter(F.col(KIND) == "quarantine").select(*QUARANTINE_COLUMNS)
         lake.write("events", events_df, partition_by=TABLES["events"].partition_by, run_id=job.run_id)
@@ -1007,10 +1106,71 @@ def _write_parsed(lake: Lake, parsed_df: DataFrame, job: _ParseJob) -> dict[str,
     return per_file
 
 
+def _count_per_file(groups: Iterable[tuple[str, str, str | None, int]]) -> dict[str, tuple[int, int, str | None]]:
+    """(events, quarantined, format) per file from (file, kind, format, count) groups."""
+    per_file: dict[str, tuple[int, int, str | None]] = {}
+    for file, kind, fmt_of_group, count in groups:
+        n_ev, n_q, fmt = per_file.get(file, (0, 0, None))
+        if kind == "event":
+            n_ev += count
+        else:
+            n_q += count
+        # The format of a file is its events' format; a file of only bad lines keeps the guess.
+        per_file[file] = (n_ev, n_q, fmt_of_group if kind == "event" or fmt is None else fmt)
+    return per_file
+
+
+def _ingest_local_dataframe(lake: Lake, units: Sequence[Unit], job: _ParseJob) -> dict[str, tuple[int, int, str | None]]:
+    """:func:`_ingest_dataframe` done by the driver (:func:`driver_path`): the same batches,
+    counted and split in Arrow, written with :meth:`Lake.write_arrow` (with delta-spark, a
+    DataFrame the JVM reads from Arrow: the write is a Spark job, but no Python worker starts)."""
+    import pyarrow.compute as pc
+
+    templates = job.templates()
+    with job.counting(templates):
+        batches = [batch for unit in units for batch in job.batches(unit.path, templates, unit)]
+    parsed = pa.Table.from_batches(batches, schema=PARSED_ARROW)
+    groups = parsed.group_by(["file", KIND, "format"], use_threads=False).aggregate([([], "count_all")])
+    per_file = _count_per_file(
+        zip(*(groups.column(c).to_pylist() for c in ("file", KIND, "format", "count_all")), strict=True)
+    )
+    events = parsed.filter(pc.equal(parsed.column(KIND), "event")).select(list(EVENT_COLUMNS))
+    quarantine = parsed.filter(pc.equal(parsed.column(KIND), "quarantine")).select(list(QUARANTINE_COLUMNS))
+    lake.write_arrow(
+        "events", events, TABLES["events"].ddl, partition_by=TABLES["events"].partition_by, run_id=job.run_id
+    )
+    lake.write_arrow("quarantine", quarantine, TABLES["quarantine"].ddl, run_id=job.run_id)
+    return per_file
+
+
 #: Columns of the template training pass: one row per distinct message and task.
 _MESSAGES_ARROW = pa.schema(
     [("message", pa.string()), ("ts", pa.timestamp("us", "UTC")), ("file", pa.string()), ("line_no", pa.int64())]
 )
+
+
+def _train_limit(cfg: Config) -> dt.datetime | None:
+    """``templates.train_until`` as an aware time (UTC when it names no zone), or None."""
+    until = cfg.templates.train_until
+    if not until:
+        return None
+    limit = dt.datetime.fromisoformat(until.replace("Z", "+00:00"))
+    return limit.replace(tzinfo=dt.timezone.utc) if limit.tzinfo is None else limit
+
+
+def _first_messages(job: _ParseJob, unit: Unit, limit: dt.datetime | None) -> list[tuple[str, Any, str, int]]:
+    """(message, ts, file, line) of each distinct event message of ``unit`` in the training window,
+    at its first line: what one task of the template pass sends on (Spark-free)."""
+    seen: dict[str, tuple[Any, int]] = {}
+    for parsed in job.batches(unit.path, None, unit):
+        kinds = parsed.column(KIND).to_pylist()
+        texts = parsed.column("message").to_pylist()
+        times = parsed.column("ts").to_pylist()
+        lines = parsed.column("line_no").to_pylist()
+        for kind, text, ts, line in zip(kinds, texts, times, lines, strict=True):
+            if kind == "event" and text is not None and text not in seen and (limit is None or ts < limit):
+                seen[text] = (ts, line)
+    return [(t, ts, unit.path, line) for t, (ts, line) in seen.items()]
 
 
 def _fit_templates(
@@ -1026,27 +1186,13 @@ def _fit_templates(
     ``events`` join this run's.
     """
     from pyspark.sql import functions as F
-    until = cfg.templates.train_until
-    limit: dt.datetime | None = None
-    if until:
-        limit = dt.datetime.fromisoformat(until.replace("Z", "+00:00"))
-        if limit.tzinfo is None:
-            limit = limit.replace(tzinfo=dt.timezone.utc)
+
+    limit = _train_limit(cfg)
 
     def messages(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for unit in _units(batch):
-                path = unit.path
-                seen: dict[str, tuple[Any, int]] = {}
-                for parsed in job.batches(path, None, unit):
-                    kinds = parsed.column(KIND).to_pylist()
-                    texts = parsed.column("message").to_pylist()
-                    times = parsed.column("ts").to_pylist()
-                    lines = parsed.column("line_no").to_pylist()
-                    for kind, text, ts, line in zip(kinds, texts, times, lines, strict=True):
-                        if kind == "event" and text is not None and text not in seen and (limit is None or ts < limit):
-                            seen[text] = (ts, line)
-                rows = [(t, ts, path, line) for t, (ts, line) in seen.items()]
+                rows = _first_messages(job, unit, limit)
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(col, f.type) for col, f in zip(zip(*rows, strict=True), _MESSAGES_ARROW, strict=True)]
                     if rows else [pa.array([], f.type) for f in _MESSAGES_ARROW],
@@ -1071,9 +1217,38 @@ def _fit_templates(
         .sortWithinPartitions("first")
         .select("message")
     )
+    return _fit_and_save(spark, cfg, lake, (row.message for row in distinct.toLocalIterator()), job)
+
+
+def _fit_templates_local(
+    spark: SparkSession, cfg: Config, lake: Lake, units: Sequence[Unit], job: _ParseJob
+) -> Templates:
+    """:func:`_fit_templates` done by the driver (:func:`driver_path`; not with ``templates.refit``
+    over existing events): the same distinct messages, each at the minimum of (ts, file, line)
+    over the units, fed to the miner in that order, which is Spark's order of the struct
+    ``first`` (a null sorts first, as in Spark's ascending order)."""
+    limit = _train_limit(cfg)
+    first: dict[str, tuple[Any, ...]] = {}
+    for unit in units:
+        for text, ts, path, line in _first_messages(job, unit, limit):
+            key = (ts is not None, ts, path, line)
+            if text not in first or key < first[text]:
+                first[text] = key
+    ordered = sorted(first, key=first.__getitem__)
+    log.info("ingest %s: template pass on the driver, %d distinct messages", job.run_id, len(ordered))
+    return _fit_and_save(spark, cfg, lake, iter(ordered), job)
+
+
+def _fit_and_save(
+    spark: SparkSession, cfg: Config, lake: Lake, messages: Iterator[str], job: _ParseJob
+) -> Templates:
+    """Fit a new miner on ``messages`` (in order) and save its state as the current one."""
     templates = Templates(template_config(cfg.templates))
-    templates.fit(row.message for row in distinct.toLocalIterator())
+    templates.fit(messages)
     if len(templates) == 0:
-        log.warning("ingest %s: no messages in the template training window (train_until=%r)", job.run_id, until)
-    save_state(spark, lake, templates, job.run_id, until)
+        log.warning(
+            "ingest %s: no messages in the template training window (train_until=%r)",
+            job.run_id, cfg.templates.train_until,
+        )  # fmt: skip
+    save_state(spark, lake, templates, job.run_id, cfg.templates.train_until)
     return templates

@@ -15,6 +15,7 @@ Both write standard Delta tables (``<root>/<name>/_delta_log``). The rest of the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,7 +28,9 @@ from urllib.parse import unquote, urlparse
 
 from loganomaly.errors import EngineUnavailableError, TableError, TableNotFoundError
 from loganomaly.lake.deltars import (
+    DeltaRsCommitMessage,
     DeltaRsDataSource,
+    DeltaRsWriter,
     check_schema,
     remove_write_files,
     run_id_of,
@@ -40,7 +43,9 @@ from loganomaly.lake.guard import check_root, delta_errors, table_error
 from loganomaly.runtime.delta_jars import DELTA_CATALOG, DELTA_EXTENSION, coordinate
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +180,28 @@ def _sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+@functools.lru_cache(maxsize=64)
+def _ddl_struct(ddl: str) -> StructType:
+    """The ``StructType`` of a DDL string, parsed once: Spark parses DDL in the JVM (a py4j round
+    trip each time), and the tables' few schemas come back on every write of a run."""
+    from pyspark.sql.types import StructType as _StructType
+
+    struct = _StructType.fromDDL(ddl)
+    assert isinstance(struct, _StructType)
+    return struct
+
+
+def rows_table(rows: Sequence[Sequence[Any]], schema: str | StructType) -> pa.Table:
+    """Python rows (tuples in column order) as an Arrow table with the Delta types of ``schema``
+    (Spark DDL or a ``StructType``), for :meth:`Lake.write_arrow`."""
+    import pyarrow as pa
+
+    struct = _ddl_struct(schema) if isinstance(schema, str) else schema
+    arrow = spark_to_delta_arrow(struct)
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in arrow]
+    return pa.Table.from_arrays([pa.array(list(c), f.type) for c, f in zip(columns, arrow, strict=True)], schema=arrow)
+
+
 class Lake:
     """The project's tables under ``root``: ``<root>/<name>`` each.
 
@@ -264,6 +291,54 @@ class Lake:
         version = self.version(name)
         assert version is not None
         log.info("wrote table %s version %d (mode=%s)", name, version, mode)
+        return version
+
+    @delta_errors
+    def write_arrow(
+        self,
+        name: str,
+        data: pa.Table,
+        schema: str | StructType,
+        mode: WriteMode = "append",
+        partition_by: Sequence[str] = (),
+        run_id: str = "",
+    ) -> int:
+        """Write Arrow rows the driver holds as one new table version, and return that version.
+
+        For rows already in the driver's memory (a ledger, template rows, a small input parsed on
+        the driver). With ``deltars`` the driver writes the Parquet files and commits them itself:
+        through the data source the same rows would start a Spark job and, in a fresh JVM, its
+        first Python worker (seconds, for a handful of rows). With ``delta`` the rows become a
+        DataFrame that the JVM reads from Arrow (no Python worker) and Delta's writer commits them,
+        as :meth:`write` does. ``schema`` (Spark DDL or a ``StructType``) is the table's; ``data``
+        is cast to it. Same guarantees as :meth:`write`: a failure leaves no new version (and with
+        ``deltars`` no file).
+
+        Example:
+            >>> lake.write_arrow("ingested_files", rows_table(rows, TABLES["ingested_files"].ddl),
+            ...                  TABLES["ingested_files"].ddl, run_id=run_id)
+        """
+        struct = _ddl_struct(schema) if isinstance(schema, str) else schema
+        if mode not in ("append", "overwrite"):
+            raise TableError(f"unknown write mode {mode!r}; choose one of: append, overwrite")
+        if self.engine != "deltars":
+            return self.write(name, self.spark.createDataFrame(data, struct), mode, partition_by, run_id=run_id)
+        path = self.path(name)
+        writer = DeltaRsWriter(
+            {"path": path, "partitionBy": ",".join(partition_by), "runId": run_id}, struct, overwrite=mode == "overwrite"
+        )
+        output = writer.file_writer()
+        try:
+            if data.num_rows:
+                output.write_batch(data)
+            files = output.close()
+        except BaseException:
+            output.discard()
+            raise
+        writer.commit([DeltaRsCommitMessage(files=files)])
+        version = self.version(name)
+        assert version is not None
+        log.info("wrote table %s version %d from the driver (mode=%s, %d rows)", name, version, mode, data.num_rows)
         return version
 
     def _write_delta(

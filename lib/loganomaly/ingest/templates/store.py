@@ -22,6 +22,7 @@ from loganomaly.errors import ConfigError, StageInputError
 from loganomaly.ingest.templates.masking import TemplateConfig, preset
 from loganomaly.ingest.templates.miner import Templates
 from loganomaly.lake.schemas import TABLES
+from loganomaly.lake.tables import rows_table
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -101,10 +102,12 @@ def save_state(
         (version, t.template_id, t.template, int(t.size), fitted_until or None, run_id, now)
         for t in templates.templates
     ]
-    df = spark.createDataFrame(rows, TABLES["templates"].ddl)
     if lake.exists("templates"):
         # Idempotent: re-saving a state that is already recorded only moves "current" to it.
         lake.delete("templates", "state_version", [version])
-    lake.write("templates", df, mode="append", run_id=run_id)
+    # From the driver's rows (no Spark job with deltars): on a first load this is the lake's
+    # first commit, and a Spark job here would start the JVM's first Python worker for a few rows.
+    ddl = TABLES["templates"].ddl
+    lake.write_arrow("templates", rows_table(rows, ddl), ddl, mode="append", run_id=run_id)
     log.info("template state %s: %d templates saved to %s", version, len(rows), os.fspath(path))
     return version
