@@ -94,3 +94,33 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8", newline="")
     return path
+
+
+def batches_text(path: Path, columnar: bool, options: Any) -> list[str]:
+    """The ingest task's batches of ``path`` (block by block, or line by line with ``columnar``
+    False: the reference), each as text: its schema and every value (repr: exact floats)."""
+    from loganomaly.ingest import stage
+
+    return [
+        f"{batch.schema}\n{batch.to_pydict()!r}"
+        for batch in stage.parse_files_to_batches(
+            [str(path)], "run", 300, sources={str(path): ("src", options)}, columnar=columnar
+        )
+    ]
+
+
+def lines_taken(path: Path, options: Any) -> int:
+    """How many lines of ``path`` the block path built column-wise (so that an equality is not
+    the per-line path compared with itself)."""
+    from loganomaly.ingest.formats import parse_file_blocks
+
+    return sum(len(b.columns.positions) for b in parse_file_blocks(path, 300, options=options) if b.columns)
+
+
+def assert_same_batches(path: Path, options: Any) -> None:
+    """The column-wise batches of ``path`` equal the per-line path's, batch for batch."""
+    columnar = batches_text(path, True, options)
+    reference = batches_text(path, False, options)
+    assert len(columnar) == len(reference)
+    for got, want in zip(columnar, reference, strict=True):
+        assert got == want

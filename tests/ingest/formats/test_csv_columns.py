@@ -18,33 +18,23 @@ import pytest
 from loganomaly.ingest import stage
 from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
 from loganomaly.ingest.formats import csv as csv_format
-from tests.ingest.formats.helpers import LOGS
+from tests.ingest.formats.helpers import LOGS, assert_same_batches, batches_text, lines_taken
 
 ROOT = Path(__file__).resolve().parents[3]
 CSV = FormatOptions(format="csv")
 T0 = 1709510400
 
 
-def _batches(path: Path, columnar: bool, options: FormatOptions) -> list[str]:
-    """Each batch as text: its schema and every value (repr: exact floats)."""
-    return [
-        f"{batch.schema}\n{batch.to_pydict()!r}"
-        for batch in stage.parse_files_to_batches(
-            [str(path)], "run", 300, sources={str(path): ("src", options)}, columnar=columnar
-        )
-    ]
+def _batches(path: Path, columnar: bool, options: FormatOptions = CSV) -> list[str]:
+    return batches_text(path, columnar, options)
 
 
 def _taken(path: Path, options: FormatOptions = CSV) -> int:
-    return sum(len(b.columns.positions) for b in parse_file_blocks(path, 300, options=options) if b.columns)
+    return lines_taken(path, options)
 
 
 def _assert_same(path: Path, options: FormatOptions = CSV) -> None:
-    columnar = _batches(path, True, options)
-    reference = _batches(path, False, options)
-    assert len(columnar) == len(reference)
-    for got, want in zip(columnar, reference, strict=True):
-        assert got == want
+    assert_same_batches(path, options)
 
 
 HEADER = ["timestamp", "host", "cpu", "duration", "bytes_in", "bytes_out", "src_port", "proto", "service", "flag",

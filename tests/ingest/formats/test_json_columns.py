@@ -21,35 +21,22 @@ from hypothesis import strategies as st
 from loganomaly.ingest import stage
 from loganomaly.ingest.formats import FormatOptions, json_columns, parse_file, parse_file_blocks
 from loganomaly.ingest.formats import json as json_format
-from tests.ingest.formats.helpers import LOGS
+from tests.ingest.formats.helpers import LOGS, assert_same_batches, batches_text, lines_taken
 
 JSON = FormatOptions(format="json")
 T0 = 1709510400
 
 
 def _batches(path: Path, columnar: bool, options: FormatOptions = JSON) -> list[str]:
-    """Each batch as text: its schema and every value (repr: exact floats, NaN equal to NaN)."""
-    out = []
-    for batch in stage.parse_files_to_batches(
-        [str(path)], "run", 300, sources={str(path): ("src", options)}, columnar=columnar
-    ):
-        out.append(f"{batch.schema}\n{batch.to_pydict()!r}")
-    return out
+    return batches_text(path, columnar, options)
 
 
 def _taken(path: Path, options: FormatOptions = JSON) -> int:
-    """How many lines the block path built column-wise."""
-    return sum(
-        len(block.columns.positions) for block in parse_file_blocks(path, 300, options=options) if block.columns
-    )
+    return lines_taken(path, options)
 
 
 def _assert_same(path: Path, options: FormatOptions = JSON) -> None:
-    columnar = _batches(path, True, options)
-    reference = _batches(path, False, options)
-    assert len(columnar) == len(reference)
-    for got, want in zip(columnar, reference, strict=True):
-        assert got == want
+    assert_same_batches(path, options)
 
 
 # ------------------------------------------------------------------ a corpus of odd and ordinary lines

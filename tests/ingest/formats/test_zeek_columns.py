@@ -18,7 +18,7 @@ import pytest
 from loganomaly.ingest import stage
 from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
 from loganomaly.ingest.formats import zeek as zeek_format
-from tests.ingest.formats.helpers import LOGS
+from tests.ingest.formats.helpers import LOGS, assert_same_batches, batches_text, lines_taken
 
 ROOT = Path(__file__).resolve().parents[3]
 ZEEK = FormatOptions(format="zeek")
@@ -26,26 +26,15 @@ T0 = 1709510400
 
 
 def _batches(path: Path, columnar: bool, options: FormatOptions = ZEEK) -> list[str]:
-    """Each batch as text: its schema and every value (repr: exact floats)."""
-    return [
-        f"{batch.schema}\n{batch.to_pydict()!r}"
-        for batch in stage.parse_files_to_batches(
-            [str(path)], "run", 300, sources={str(path): ("src", options)}, columnar=columnar
-        )
-    ]
+    return batches_text(path, columnar, options)
 
 
 def _taken(path: Path, options: FormatOptions = ZEEK) -> int:
-    """How many lines the block path built column-wise."""
-    return sum(len(b.columns.positions) for b in parse_file_blocks(path, 300, options=options) if b.columns)
+    return lines_taken(path, options)
 
 
 def _assert_same(path: Path, options: FormatOptions = ZEEK) -> None:
-    columnar = _batches(path, True, options)
-    reference = _batches(path, False, options)
-    assert len(columnar) == len(reference)
-    for got, want in zip(columnar, reference, strict=True):
-        assert got == want
+    assert_same_batches(path, options)
 
 
 def _header(path: str = "conn", fields: list[str] | None = None, types: list[str] | None = None) -> list[str]:

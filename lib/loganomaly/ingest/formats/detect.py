@@ -130,6 +130,33 @@ def _original_length(text: str, problem: str | None) -> int:
     return len(text.encode("utf-8", errors="replace"))
 
 
+def _open_parsed(
+    path: str | Path,
+    fmt: str | None,
+    options: FormatOptions | None,
+    formats: Mapping[str, LogFormat] | None,
+    byte_range: tuple[int, int | None, int] | None,
+) -> tuple[LineParser | None, str | None, str | None, Iterator[tuple[int, str, str | None]]]:
+    """The set-up :func:`parse_file` and :func:`parse_file_blocks` share: the file's parser (None
+    with the reason every line is quarantined for, when no format fits), its format name and the
+    file's lines (of ``byte_range`` only, when given)."""
+    opts = options or _default_options()
+    formats = registered_formats() if formats is None else formats
+    if fmt is not None and fmt != opts.format:
+        if fmt not in formats:
+            raise _unknown(fmt, formats)
+        opts = dataclasses.replace(opts, format=fmt)
+    reason_all: str | None = None
+    parser: LineParser | None = None
+    try:
+        parser = make_parser(path, opts, formats=formats)
+    except ParseError as exc:
+        reason_all = str(exc)
+    fmt_name = parser.format if parser is not None else opts.format
+    lines = open_lines(path) if byte_range is None else open_lines(path, *byte_range)
+    return parser, fmt_name, reason_all, lines
+
+
 def parse_file(
     path: str | Path,
     fmt: str | None = None,
@@ -151,21 +178,8 @@ def parse_file(
     for the whole file, so a range of a file whose parser is ``splittable`` gives the records
     the whole file gives for those lines.
     """
-    opts = options or _default_options()
-    formats = registered_formats() if formats is None else formats
-    if fmt is not None and fmt != opts.format:
-        if fmt not in formats:
-            raise _unknown(fmt, formats)
-        opts = dataclasses.replace(opts, format=fmt)
-    reason_all: str | None = None
-    parser: LineParser | None = None
-    try:
-        parser = make_parser(path, opts, formats=formats)
-    except ParseError as exc:
-        reason_all = str(exc)
-    fmt_name = parser.format if parser is not None else opts.format
+    parser, fmt_name, reason_all, lines = _open_parsed(path, fmt, options, formats, byte_range)
     parse = parser.parse if parser is not None else None
-    lines = open_lines(path) if byte_range is None else open_lines(path, *byte_range)
     for line_no, text, problem in lines:
         yield parse_line(parse, fmt_name, reason_all, line_no, text, problem, max_raw_chars, path)
 
@@ -201,17 +215,8 @@ def parse_file_blocks(
     would give, checked by the tests), the same contract: one entry per physical line. Lines
     with a byte problem, empty lines and files without a parser never reach ``parse_block``.
     """
-    opts = options or _default_options()
-    formats = registered_formats() if formats is None else formats
-    reason_all: str | None = None
-    parser: LineParser | None = None
-    try:
-        parser = make_parser(path, opts, formats=formats)
-    except ParseError as exc:
-        reason_all = str(exc)
-    fmt_name = parser.format if parser is not None else opts.format
+    parser, fmt_name, reason_all, lines = _open_parsed(path, None, options, formats, byte_range)
     parse = parser.parse if parser is not None else None
-    lines = open_lines(path) if byte_range is None else open_lines(path, *byte_range)
     while block := list(islice(lines, block_lines)):
         yield _parse_block(parser, parse, fmt_name, reason_all, block, max_raw_chars, path)
 
