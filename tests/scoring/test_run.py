@@ -51,9 +51,14 @@ def _rows(x: np.ndarray, names: list[str] = NAMES, steps: int = T, layout: str =
 
 @pytest.fixture(params=["binary"])
 def scored_lake(spark, lake, tmp_path: Path, request):  # type: ignore[no-untyped-def]
+    return make_scored_lake(spark, lake, tmp_path, request.param)
+
+
+def make_scored_lake(spark, lake, tmp_path: Path, layout: str = "binary"):  # type: ignore[no-untyped-def]
+    """``sequences`` of 60 windows over two dates in ``lake`` and a small autoencoder bundle for them."""
     x = _windows(60)
-    ddl = TABLES["sequences"].ddl if request.param == "binary" else LIST_DDL
-    lake.write("sequences", spark.createDataFrame(_rows(x, layout=request.param), ddl), partition_by=("date",))
+    ddl = TABLES["sequences"].ddl if layout == "binary" else LIST_DDL
+    lake.write("sequences", spark.createDataFrame(_rows(x, layout=layout), ddl), partition_by=("date",))
     torch.manual_seed(0)
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=4)
     model = LSTMAutoencoder(model_cfg)
@@ -90,9 +95,12 @@ def test_scoring_twice_leaves_the_tables_unchanged(spark, scored_lake) -> None: 
     assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies
 
 
+@pytest.mark.parametrize("local_max_bytes", [None, 0], ids=["driver", "spark"])
 @pytest.mark.parametrize("bad", ["shape", "names"])
-def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: str) -> None:  # type: ignore[no-untyped-def]
+def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: str, local_max_bytes) -> None:  # type: ignore[no-untyped-def]
     lake, cfg, model_dir, x = scored_lake
+    if local_max_bytes is not None:  # the Spark path (the default scores these 60 windows in the driver)
+        cfg.score.local_max_bytes = local_max_bytes
     stage.run(spark, cfg, model_dir, lake=lake)
     versions = (lake.version("scores"), lake.version("anomalies"))
     # one more row, on one date, that the model cannot judge

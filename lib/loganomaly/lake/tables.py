@@ -302,6 +302,7 @@ class Lake:
         mode: WriteMode = "append",
         partition_by: Sequence[str] = (),
         run_id: str = "",
+        replace_where: dict[str, Sequence[Any]] | None = None,
     ) -> int:
         """Write Arrow rows the driver holds as one new table version, and return that version.
 
@@ -312,7 +313,8 @@ class Lake:
         DataFrame that the JVM reads from Arrow (no Python worker) and Delta's writer commits them,
         as :meth:`write` does. ``schema`` (Spark DDL or a ``StructType``) is the table's; ``data``
         is cast to it. Same guarantees as :meth:`write`: a failure leaves no new version (and with
-        ``deltars`` no file).
+        ``deltars`` no file); ``replace_where`` as there (``mode="overwrite"``: only those
+        partitions are replaced, and every row must fall inside them).
 
         Example:
             >>> lake.write_arrow("ingested_files", rows_table(rows, TABLES["ingested_files"].ddl),
@@ -321,12 +323,16 @@ class Lake:
         struct = _ddl_struct(schema) if isinstance(schema, str) else schema
         if mode not in ("append", "overwrite"):
             raise TableError(f"unknown write mode {mode!r}; choose one of: append, overwrite")
+        if replace_where is not None and mode != "overwrite":
+            raise TableError("replace_where needs mode='overwrite'")
         if self.engine != "deltars":
-            return self.write(name, self.spark.createDataFrame(data, struct), mode, partition_by, run_id=run_id)
+            return self.write(name, self.spark.createDataFrame(data, struct), mode, partition_by,
+                              replace_where=replace_where, run_id=run_id)
         path = self.path(name)
-        writer = DeltaRsWriter(
-            {"path": path, "partitionBy": ",".join(partition_by), "runId": run_id}, struct, overwrite=mode == "overwrite"
-        )
+        options = {"path": path, "partitionBy": ",".join(partition_by), "runId": run_id}
+        if replace_where is not None:
+            options["replaceWhere"] = json.dumps({col: [str(v) for v in vals] for col, vals in replace_where.items()})
+        writer = DeltaRsWriter(options, struct, overwrite=mode == "overwrite")
         output = writer.file_writer()
         try:
             if data.num_rows:

@@ -86,8 +86,15 @@ __all__ = [
     "repair_anomalies",
     "resolve_range",
     "run",
+    "arrow_per_date",
+    "driver_input",
+    "flagged",
+    "raise_failed_checks",
+    "score_batches",
+    "score_on_driver",
     "score_partitions",
     "write_scores",
+    "write_scores_arrow",
 ]
 
 #: The columns every kind's scoring input carries besides its own input column.
@@ -134,22 +141,31 @@ def score_partitions(
         context = TaskContext.get()
         threads = torch_threads(context.cpus() if context is not None else 1)
         bundle, model, device = worker_model(version, files.value, kind, threads=threads)
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            carried = [name for name in batch.schema.names if name not in KEY_COLUMNS and name != column]
-            if refused is not None and pa.compute.any(batch.column(refused)).as_py():
-                n = batch.num_rows
-                result = [pa.array(np.full(n, np.nan)), pa.array([[]] * n, pa.list_(pa.string())),
-                          pa.array([""] * n, pa.string())]
-            else:
-                result = result_arrays(kind.score_batch(bundle, model, device, batch.column(column), top_k, inference))
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(name) for name in KEY_COLUMNS] + result + [batch.column(name) for name in carried],
-                names=[*KEY_COLUMNS, *RESULT_SCHEMA.names, *carried],
-            )
+        yield from score_batches(kind, bundle, model, device, batches, column, top_k, inference, refused)
 
     return score
+
+
+def score_batches(
+    kind: ModelKind, bundle: Any, model: Any, device: Any, batches: Iterable[pa.RecordBatch], column: str,
+    top_k: int, inference: Inference | None = None, refused: str | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """The body of :func:`score_partitions` once the model is loaded: what a Spark task runs, and
+    what the driver runs on a small input (:func:`driver_input`), so both paths score alike."""
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        carried = [name for name in batch.schema.names if name not in KEY_COLUMNS and name != column]
+        if refused is not None and pa.compute.any(batch.column(refused)).as_py():
+            n = batch.num_rows
+            result = [pa.array(np.full(n, np.nan)), pa.array([[]] * n, pa.list_(pa.string())),
+                      pa.array([""] * n, pa.string())]
+        else:
+            result = result_arrays(kind.score_batch(bundle, model, device, batch.column(column), top_k, inference))
+        yield pa.RecordBatch.from_arrays(
+            [batch.column(name) for name in KEY_COLUMNS] + result + [batch.column(name) for name in carried],
+            names=[*KEY_COLUMNS, *RESULT_SCHEMA.names, *carried],
+        )
 
 
 def last_scored_date(lake: Lake, model_version: str) -> str | None:
@@ -200,16 +216,32 @@ def per_date(source: ScoringInput, rows: DataFrame, *extra: Any, inputs: DataFra
         if f"_detail{i}" in rows.columns:
             aggs.append(F.first(F.col(f"_detail{i}"), ignorenulls=True).alias(f"detail{i}"))
     dates = rows.groupBy("date").agg(*aggs).collect()
+    raise_failed_checks(source, dates, inputs if inputs is not None else source.rows)
+    return dates
+
+
+def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: DataFrame) -> None:
+    """Raise the ModelError of the first of the kind's checks that fails on some date of ``dates``.
+
+    ``dates``: per-date rows with ``bad{i}`` (true or 1 where check ``i`` refused a row) and, when
+    the pass carried them, ``detail{i}``; otherwise a failing row's value is looked up in
+    ``inputs`` (one more query, on the failure path only).
+    """
+    dates = list(dates)
     for i, check in enumerate(source.checks):
         bad = [r for r in dates if r[f"bad{i}"]]
         if bad:
-            if f"_detail{i}" in rows.columns:
+            if all(f"detail{i}" in _keys(r) for r in bad):
                 detail = next((r[f"detail{i}"] for r in bad if r[f"detail{i}"] is not None), None)
             else:
-                found = (inputs if inputs is not None else source.rows).where(check.bad).select(check.detail).first()
+                found = inputs.where(check.bad).select(check.detail).first()
                 detail = found[0] if found is not None else None
             raise ModelError(check.message(detail))
-    return dates
+
+
+def _keys(row: Any) -> Iterable[str]:
+    """Field names of a Spark ``Row`` or keys of a dict."""
+    return row.asDict().keys() if hasattr(row, "asDict") else row.keys()
 
 
 def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
@@ -404,16 +436,50 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
 
     sizes = scoring_sizes(kind.row_floats(bundle), int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
     inference = Inference(batch_size=sizes.forward_rows, bf16=cfg.score.bf16)
-    files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
     checks = check_columns(source, details=False)
     refused = F.lit(False)
     for i, _ in enumerate(source.checks):
         refused = refused | F.col(f"_bad{i}")
     checked = rows.select(*KEY_COLUMNS, source.column, *checks).withColumn("_refused", refused)
+    threshold = float(bundle.threshold)
+
+    def finish(counts: list[Any], write: Callable[[list[str]], None]) -> ScoreSummary:
+        """Dates to replace, the writes, the summary: the same after either path."""
+        # A date asked for by name is replaced even when it has no rows left (its old scores go too).
+        if date:
+            dates = [dt.date.fromisoformat(date).isoformat()]
+        elif span is not None:
+            dates = range_dates(lake, counts, *span)
+            log.info("score: range %s to %s: %d dates to replace", span[0], span[1], len(dates))
+        else:
+            dates = sorted(r["date"].isoformat() for r in counts)
+        if since_last_run and not date:
+            log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
+            if not dates:
+                return ScoreSummary(run_id, bundle.version, [], 0, 0)
+        if not dates:
+            raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
+        n_rows = sum(int(r["n"]) for r in counts)
+        n_anomalies = sum(int(r["flagged"] or 0) for r in counts)
+        log.info("score: %d %s scored on %d dates (%d flagged); %s", n_rows, kind.unit, len(dates),
+                 n_anomalies, sizes)
+        write(dates)
+        summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)
+        log.info("score %s: %d %s over %d dates, %d anomalies (%s %s)", run_id, summary.windows, kind.unit,
+                 len(dates), summary.anomalies, bundle.kind, bundle.version)
+        return summary
+
+    local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle))
+    if local is not None:
+        scored_rows = score_on_driver(kind, bundle, local, source.column, cfg.score.explain_top_k, inference,
+                                      sizes.arrow_rows, run_id)
+        counts = arrow_per_date(source, scored_rows, inputs=rows)
+        return finish(counts, lambda dates: write_scores_arrow(lake, scored_rows, dates, run_id))
+
+    files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
     carried = [f for f in checked.schema.fields if f.name not in KEY_COLUMNS and f.name != source.column]
     schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in checked.select(*KEY_COLUMNS).schema.fields)
     schema += ", " + RESULT_COLUMNS + "".join(f", {f.name} {f.dataType.simpleString()}" for f in carried)
-    threshold = float(bundle.threshold)
     scored = checked.mapInArrow(
         score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k, inference, "_refused"),
         schema,
@@ -438,33 +504,123 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
                 # and the checks' verdicts from it (a failed check raises before any write).
                 counts = per_date(source, scored, F.sum(F.col("is_anomaly").cast("long")).alias("flagged"),
                                   inputs=rows)
-                # A date asked for by name is replaced even when it has no rows left (its old scores go too).
-                if date:
-                    dates = [dt.date.fromisoformat(date).isoformat()]
-                elif span is not None:
-                    dates = range_dates(lake, counts, *span)
-                    log.info("score: range %s to %s: %d dates to replace", span[0], span[1], len(dates))
-                else:
-                    dates = sorted(r["date"].isoformat() for r in counts)
-                if since_last_run and not date:
-                    log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
-                    if not dates:
-                        return ScoreSummary(run_id, bundle.version, [], 0, 0)
-                if not dates:
-                    raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
-                n_rows = sum(int(r["n"]) for r in counts)
-                n_anomalies = sum(int(r["flagged"] or 0) for r in counts)
-                log.info("score: %d %s scored on %d dates (%d flagged); %s", n_rows, kind.unit, len(dates),
-                         n_anomalies, sizes)
-                write_scores(lake, scored.select(*TABLES["scores"].columns), dates, run_id)
+                return finish(counts, lambda dates: write_scores(lake, scored.select(*TABLES["scores"].columns),
+                                                                 dates, run_id))
             finally:
                 scored.unpersist()
     finally:
         files.unpersist()
-    summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)
-    log.info("score %s: %d %s over %d dates, %d anomalies (%s %s)", run_id, summary.windows, kind.unit, len(dates),
-             summary.anomalies, bundle.kind, bundle.version)
-    return summary
+
+
+#: Bytes assumed per row when a kind's rows vary in size (``row_floats`` None), to cap the probe.
+_VARIABLE_ROW_BYTES = 256
+
+
+def driver_input(checked: DataFrame, max_bytes: int, row_floats: int | None) -> pa.Table | None:
+    """The rows to score as one Arrow table in the driver, when they are few; else None.
+
+    A nightly run over a few thousand windows spends most of its time starting what the scoring
+    pass needs on the executors: Python workers that import torch and load the model (about 7 s
+    of a fresh 1,000-window run here, against 1 s for a bare Spark job's whole pass). Rows that fit
+    in ``score.local_max_bytes`` are collected instead (``limit`` + ``toArrow``: at most that many
+    bytes, one pass that stops early) and scored by the driver, which has the model loaded
+    already; a bigger input costs one probe of that size and takes the Spark path. 0 turns it off.
+    """
+    if max_bytes <= 0:
+        return None
+    cap = max_bytes // (4 * row_floats if row_floats else _VARIABLE_ROW_BYTES)
+    if cap < 1:
+        return None
+    table = checked.limit(cap + 1).toArrow()
+    if table.num_rows > cap or table.nbytes > max_bytes:
+        log.info("score: more than %d rows or %d bytes to score: the Spark path", cap, max_bytes)
+        return None
+    log.info("score: %d rows (%d bytes) scored by the driver (score.local_max_bytes %d)", table.num_rows,
+             table.nbytes, max_bytes)
+    return table
+
+
+def flagged(score: np.ndarray, threshold: float) -> np.ndarray:
+    """``score > threshold`` as Spark SQL compares doubles (the Spark path's ``is_anomaly``): NaN is
+    greater than every number, so a NaN score is flagged unless the threshold is NaN too."""
+    if np.isnan(threshold):
+        return np.zeros(len(score), dtype=bool)
+    return (score > threshold) | np.isnan(score)
+
+
+def score_on_driver(kind: ModelKind, bundle: Any, table: pa.Table, column: str, top_k: int, inference: Inference,
+                    batch_rows: int, run_id: str) -> pa.Table:
+    """:func:`driver_input`'s rows scored in this process: the Spark path's columns, same values.
+
+    The model runs on the driver's device (a GPU where the driver has one) with the driver's torch
+    threads; the batches are cut to the scoring size, as Spark would cut them.
+    """
+    from loganomaly.runtime.device import pick_device
+
+    device = pick_device("auto")
+    model = bundle.build_model(device)
+    parts = list(score_batches(kind, bundle, model, device, table.to_batches(max_chunksize=batch_rows), column,
+                               top_k, inference, "_refused"))
+    if parts:
+        out = pa.Table.from_batches(parts)
+    else:  # no rows: the same columns, empty
+        names = [*KEY_COLUMNS, *RESULT_SCHEMA.names] + [n for n in table.column_names
+                                                        if n not in KEY_COLUMNS and n != column]
+        out = pa.table({n: pa.array([], table.schema.field(n).type if n in table.column_names
+                                        else RESULT_SCHEMA.field(n).type) for n in names})
+    n = out.num_rows
+    threshold = float(bundle.threshold)
+    score = out.column("score").to_numpy(zero_copy_only=False)
+    columns = {
+        **{name: out.column(name) for name in KEY_COLUMNS},
+        "score": out.column("score"),
+        "threshold": pa.array(np.full(n, threshold)),
+        "is_anomaly": pa.array(flagged(score, threshold)),
+        "explanation": out.column("explanation"),
+        "top_features": out.column("top_features"),
+        "model_version": pa.array([bundle.version] * n, pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+    }
+    for name in out.column_names:
+        if name.startswith("_bad"):
+            columns[name] = out.column(name)
+    return pa.table(columns)
+
+
+def arrow_per_date(source: ScoringInput, scored: pa.Table, inputs: DataFrame) -> list[dict[str, Any]]:
+    """:func:`per_date` of the driver path: rows, flagged rows and the checks' flags per date.
+
+    Raises:
+        ModelError: a check fails on some row (its value looked up in ``inputs``).
+    """
+    aggs: list[Any] = [([], "count_all"), ("is_anomaly", "sum")]
+    table = scored.select(["date", "score", "is_anomaly"])
+    for i, _ in enumerate(source.checks):
+        table = table.append_column(f"bad{i}", pa.compute.cast(scored.column(f"_bad{i}"), pa.int8()))
+        aggs.append((f"bad{i}", "max"))
+    grouped = table.group_by("date").aggregate(aggs) if table.num_rows else None
+    dates: list[dict[str, Any]] = []
+    if grouped is not None:
+        for r in grouped.to_pylist():
+            row = {"date": r["date"], "n": int(r["count_all"]), "flagged": int(r["is_anomaly_sum"] or 0)}
+            for i, _ in enumerate(source.checks):
+                row[f"bad{i}"] = int(r[f"bad{i}_max"] or 0)
+            dates.append(row)
+    raise_failed_checks(source, dates, inputs)
+    return dates
+
+
+def write_scores_arrow(lake: Lake, scored: pa.Table, dates: list[str], run_id: str) -> None:
+    """:func:`write_scores` for rows scored by the driver: the same two commits, from Arrow.
+
+    With ``delta`` the JVM reads the rows from Arrow (no Python worker); with ``deltars`` the
+    driver writes the Parquet files and commits them itself.
+    """
+    spec = TABLES["scores"]
+    rows = scored.select(list(spec.columns))
+    for name, data in (("scores", rows), ("anomalies", rows.filter(rows.column("is_anomaly")))):
+        lake.write_arrow(name, data, spec.ddl, mode="overwrite", partition_by=spec.partition_by,
+                         replace_where={"date": dates}, run_id=run_id)
 
 
 @contextmanager
