@@ -31,7 +31,9 @@ Fixed cost: the stage on ``--small`` (1,000) windows against a bare Spark job ov
 (read ``sequences``, write its rows to the ``noop`` sink), both in the warm session (after a
 warm-up, median of ``--repeats``) and each in a fresh process: there the time from the session
 being ready to the job's end is measured, so the JVM and Python start-up (the same for both) is
-left out; the start-up itself is printed apart.
+left out; the start-up itself is printed apart. A small input is scored by the driver
+(``score.local_max_bytes``); the stage forced onto the Spark path (``local_max_bytes=0``) is
+timed beside it, and the marginal row subtracts that path's small run.
 
 Scale: the stage at 1x, 4x and 16x of ``--scale-base`` windows (16x is at most ``--windows``),
 reported as the growth of the cost per window per doubling of the input.
@@ -203,8 +205,10 @@ def child(args: argparse.Namespace) -> None:
     spark = get_spark(spark_config(args.master, slots))
     lake = Lake(spark, args.child_lake, "auto")
     ready = time.perf_counter()
-    if args.child == "stage":
+    if args.child in ("stage", "stage_spark"):
         cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=args.child_lake, engine=lake.engine))
+        if args.child == "stage_spark":
+            cfg.score.local_max_bytes = 0  # the Spark path whatever the size
         stage.run(spark, cfg, args.child_model, lake=lake)
     else:
         lake.read("sequences").write.format("noop").mode("overwrite").save()
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-layouts", action="store_true", help="skip the binary-layout rows")
-    parser.add_argument("--child", choices=("stage", "bare"), help=argparse.SUPPRESS)
+    parser.add_argument("--fresh-repeats", type=int, default=2, help="fresh-process runs of each fixed-cost job")
+    parser.add_argument("--child", choices=("stage", "stage_spark", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--child-lake", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -307,10 +312,13 @@ def main(argv: list[str] | None = None) -> None:
             floor_list = None if older is None else noop(older.mapInArrow(zeros, f"{keys}, score double"))
             scoring_list = None if older is None else noop(older.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
 
-            def stage_on(size: int) -> Callable[[], None]:
+            def stage_on(size: int, local_max_bytes: int | None = None) -> Callable[[], None]:
+                score_cfg = ScoreConfig(explain_top_k=args.top_k)
+                if local_max_bytes is not None:
+                    score_cfg.local_max_bytes = local_max_bytes
                 cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=str(lakes[size]),
                                                                                   engine=engine),
-                             score=ScoreConfig(explain_top_k=args.top_k))
+                             score=score_cfg)
 
                 def go() -> None:
                     summary = stage.run(spark, cfg, model_dir, lake=Lake(spark, lakes[size], engine))
@@ -320,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
             bare_small = noop(Lake(spark, lakes[args.small], engine).read("sequences"))
             plan: dict[str, Callable[[], None]] = {
                 "model": torch_model, "path": torch_score_path, "floor": floor, "udf": scoring,
-                "stage": stage_on(n), "small": stage_on(args.small), "bare": bare_small,
+                "stage": stage_on(n), "small": stage_on(args.small), "small_spark": stage_on(args.small, 0),
+                "bare": bare_small,
             }
             if floor_list is not None and scoring_list is not None:
                 plan["floor_list"], plan["udf_list"] = floor_list, scoring_list
@@ -329,7 +338,7 @@ def main(argv: list[str] | None = None) -> None:
                     plan[f"scale{size}"] = stage_on(size)
             # Warm-up, not counted: kernels, the JVM's JIT, Python workers loading the model.
             torch_score_path()
-            for key in ("floor", "udf", "small", "bare", "small", "bare"):
+            for key in ("floor", "udf", "small", "small_spark", "bare", "small", "small_spark", "bare"):
                 plan[key]()
             runs: dict[str, list[float]] = {key: [] for key in plan}
             for _ in range(args.repeats):
@@ -339,7 +348,13 @@ def main(argv: list[str] | None = None) -> None:
             partitions = windows.rdd.getNumPartitions()  # type: ignore[attr-defined]
         finally:
             spark.stop()
-        fresh = {what: fresh_process(lakes[args.small], model_dir, args.master, what) for what in ("bare", "stage")}
+        fresh_runs: dict[str, list[dict[str, float]]] = {"bare": [], "stage": [], "stage_spark": []}
+        for _ in range(args.fresh_repeats):
+            for what in fresh_runs:
+                fresh_runs[what].append(fresh_process(lakes[args.small], model_dir, args.master, what))
+        log.warning("fresh runs: %s", fresh_runs)
+        fresh = {what: {key: statistics.median(r[key] for r in rs) for key in ("startup", "job")}
+                 for what, rs in fresh_runs.items()}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -363,18 +378,25 @@ def main(argv: list[str] | None = None) -> None:
             per_core = n / seconds[key] / cores
             print(f"| {label} | {cores} | {n / seconds[key]:,.0f} | {per_core:,.0f} | {per_core / base:.2f} | "
                   f"{per_core / floor_rate:.2f} |")
-        if key == "stage" and seconds["stage"] > seconds["small"] and n > args.small:
+        if key == "stage" and seconds["stage"] > seconds["small_spark"] and n > args.small:
             # The stage's rate once its fixed cost is paid: the extra windows over the extra time,
-            # against the stage on --small windows timed in the same run.
-            marginal = (n - args.small) / (seconds["stage"] - seconds["small"])
-            print(f"| spark score stage, marginal (its {args.small:,}-window run, {seconds['small']:.2f}s, "
+            # against the stage on --small windows timed in the same run, on the same (Spark) path.
+            marginal = (n - args.small) / (seconds["stage"] - seconds["small_spark"])
+            print(f"| spark score stage, marginal (its {args.small:,}-window run on the Spark path, "
+                  f"{seconds['small_spark']:.2f}s, "
                   f"subtracted) | {cores} | {marginal:,.0f} | {marginal / cores:,.0f} | "
                   f"{marginal / cores / base:.2f} | {marginal / cores / floor_rate:.2f} |")
-    print(f"\nfixed cost, {args.small:,} windows: warm session: stage {seconds['small']:.2f}s, bare job (read "
-          f"sequences + noop write) {seconds['bare']:.2f}s, ratio {seconds['small'] / seconds['bare']:.2f}; "
-          f"fresh process (from session ready to job end): stage {fresh['stage']['job']:.2f}s, bare "
-          f"{fresh['bare']['job']:.2f}s, ratio {fresh['stage']['job'] / fresh['bare']['job']:.2f} "
-          f"(start-up left out: {fresh['stage']['startup']:.1f}s and {fresh['bare']['startup']:.1f}s)")
+    print(f"\nfixed cost, {args.small:,} windows: warm session: stage {seconds['small']:.2f}s (scored by the "
+          f"driver, score.local_max_bytes), the stage on the Spark path {seconds['small_spark']:.2f}s, bare job "
+          f"(read sequences + noop write) {seconds['bare']:.2f}s, ratios {seconds['small'] / seconds['bare']:.2f} "
+          f"and {seconds['small_spark'] / seconds['bare']:.2f}")
+    print(f"fixed cost, {args.small:,} windows, fresh processes (from session ready to job end, median of "
+          f"{args.fresh_repeats}): stage {fresh['stage']['job']:.2f}s, the stage on the Spark path "
+          f"{fresh['stage_spark']['job']:.2f}s, bare {fresh['bare']['job']:.2f}s; stage / bare "
+          f"{fresh['stage']['job'] / fresh['bare']['job']:.2f} (aim <= 2), Spark path / bare "
+          f"{fresh['stage_spark']['job'] / fresh['bare']['job']:.2f} (start-up left out: "
+          f"{fresh['stage']['startup']:.1f}s, {fresh['stage_spark']['startup']:.1f}s and "
+          f"{fresh['bare']['startup']:.1f}s)")
     timing = {size: seconds["stage" if size == n else f"scale{size}"] for size in scales}
     if len(scales) > 1:
         first, last = scales[0], scales[-1]

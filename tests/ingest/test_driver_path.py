@@ -112,6 +112,15 @@ def test_the_driver_path_writes_the_rows_of_the_spark_path(spark, tmp_path, engi
     assert third[True].files_loaded == third[False].files_loaded == 0
     assert {local: {t: lake.version(t) for t in TABLES} for local, lake in lakes.items()} == versions
 
+    # A load with no bad line commits no empty quarantine version, on every engine and path.
+    (raw / "clean.jsonl").write_text("".join(json_line(200 + i) + "\n" for i in range(3)))
+    fourth = load("fourth")
+    assert fourth[True].quarantined == fourth[False].quarantined == 0 and fourth[True].events == 3
+    for local, lake in lakes.items():
+        assert lake.version("quarantine") == versions[local]["quarantine"], local
+        assert lake.version("events") == versions[local]["events"] + 1, local
+    same_rows()
+
 
 @pytest.mark.parametrize("engine", [*ENGINES, "deltars-dataframe"])
 def test_a_run_failing_midway_on_the_driver_path_leaves_no_version_and_no_file(  # type: ignore[no-untyped-def]

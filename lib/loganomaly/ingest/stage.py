@@ -1099,11 +1099,26 @@ def _write_parsed(lake: Lake, parsed_df: DataFrame, job: _ParseJob) -> dict[str,
         )
         events_df = parsed.filter(F.col(KIND) == "event").select(*EVENT_COLUMNS)
         quarantine_df = parsed.filter(F.col(KIND) == "quarantine").select(*QUARANTINE_COLUMNS)
-        lake.write("events", events_df, partition_by=TABLES["events"].partition_by, run_id=job.run_id)
-        lake.write("quarantine", quarantine_df, run_id=job.run_id)
+        write_events, write_quarantine = _tables_to_write(lake, per_file)
+        if write_events:
+            lake.write("events", events_df, partition_by=TABLES["events"].partition_by, run_id=job.run_id)
+        if write_quarantine:
+            lake.write("quarantine", quarantine_df, run_id=job.run_id)
     finally:
         parsed.unpersist()
     return per_file
+
+
+def _tables_to_write(lake: Lake, per_file: Mapping[str, tuple[int, int, str | None]]) -> tuple[bool, bool]:
+    """Whether ``events`` and ``quarantine`` get a commit: when rows go to them, or to create them.
+
+    An empty append would still be a Delta commit (with delta-spark, seconds of a small night's
+    run: its state and planning jobs) and a version that changes nothing; the direct write of
+    ``deltars`` skips it too (:func:`_commit_direct`), so both engines leave the same versions.
+    """
+    n_events = sum(c[0] for c in per_file.values())
+    n_quarantined = sum(c[1] for c in per_file.values())
+    return bool(n_events) or not lake.exists("events"), bool(n_quarantined) or not lake.exists("quarantine")
 
 
 def _count_per_file(groups: Iterable[tuple[str, str, str | None, int]]) -> dict[str, tuple[int, int, str | None]]:
@@ -1136,10 +1151,13 @@ def _ingest_local_dataframe(lake: Lake, units: Sequence[Unit], job: _ParseJob) -
     )
     events = parsed.filter(pc.equal(parsed.column(KIND), "event")).select(list(EVENT_COLUMNS))
     quarantine = parsed.filter(pc.equal(parsed.column(KIND), "quarantine")).select(list(QUARANTINE_COLUMNS))
-    lake.write_arrow(
-        "events", events, TABLES["events"].ddl, partition_by=TABLES["events"].partition_by, run_id=job.run_id
-    )
-    lake.write_arrow("quarantine", quarantine, TABLES["quarantine"].ddl, run_id=job.run_id)
+    write_events, write_quarantine = _tables_to_write(lake, per_file)
+    if write_events:
+        lake.write_arrow(
+            "events", events, TABLES["events"].ddl, partition_by=TABLES["events"].partition_by, run_id=job.run_id
+        )
+    if write_quarantine:
+        lake.write_arrow("quarantine", quarantine, TABLES["quarantine"].ddl, run_id=job.run_id)
     return per_file
 
 
