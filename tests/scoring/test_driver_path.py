@@ -68,3 +68,15 @@ def test_flags_compare_like_spark_sql(spark) -> None:  # type: ignore[no-untyped
         df = spark.createDataFrame([(i, s) for i, s in enumerate(scores)], "i int, s double")
         rows = df.selectExpr("i", f"s > CAST('{threshold}' AS DOUBLE) AS f").orderBy("i").collect()
         assert [r.f for r in rows] == stage.flagged(np.array(scores), threshold).tolist(), threshold
+
+
+def test_local_max_bytes_is_validated() -> None:
+    from loganomaly.config import Config, validate
+    from loganomaly.errors import ConfigError
+
+    cfg = Config()
+    cfg.score.local_max_bytes = 0
+    validate(cfg)
+    cfg.score.local_max_bytes = -1
+    with pytest.raises(ConfigError, match="score.local_max_bytes must be >= 0"):
+        validate(cfg)
