@@ -77,6 +77,7 @@ from loganomaly.lake.deltars import DeltaRsCommitMessage, DeltaRsWriter, Written
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import EVENT_COLUMNS, QUARANTINE_COLUMNS, TABLES
 from loganomaly.lake.tables import Lake
+from loganomaly.runtime.gc_tuning import relaxed_gc
 from loganomaly.runtime.runs import new_run_id
 
 if TYPE_CHECKING:
@@ -931,7 +932,7 @@ def _ingest_direct(
 
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
-        with job.counting(templates):
+        with job.counting(templates), relaxed_gc():
             report = _parse_and_write((u for b in batches for u in _units(b)), job, writers, templates)
         yield pa.RecordBatch.from_pylist(report, schema=_REPORT_ARROW)
 
@@ -950,7 +951,7 @@ def _ingest_direct_local(lake: Lake, units: Sequence[Unit], job: _ParseJob) -> d
     writers = _direct_writers(lake, job)
     templates = job.templates()
     try:
-        with job.counting(templates):
+        with job.counting(templates), relaxed_gc():
             report = _parse_and_write(units, job, writers, templates)
     except BaseException:
         for writer in writers.values():
@@ -978,7 +979,7 @@ def _ingest_dataframe(lake: Lake, files_df: DataFrame, job: _ParseJob) -> dict[s
 
     def parse_partition(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
-        with job.counting(templates):
+        with job.counting(templates), relaxed_gc():
             for batch in batches:
                 for unit in _units(batch):
                     yield from job.batches(unit.path, templates, unit)
@@ -1051,14 +1052,15 @@ def _match_templates(job: _ParseJob) -> Any:
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
         assert templates is not None
-        for batch in batches:
-            matches = templates.match_many(batch.column("message").to_pylist())
-            ids, texts, params = (list(col) for col in zip(*matches, strict=True)) if matches else ([], [], [])
-            columns = {f.name: batch.column(f.name) for f in PARSED_ARROW}
-            columns["template_id"] = pa.array(ids, pa.string())
-            columns["template"] = pa.array(texts, pa.string())
-            columns["params"] = pa.array(params, pa.list_(pa.string()))
-            yield pa.record_batch([columns[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
+        with relaxed_gc():
+            for batch in batches:
+                matches = templates.match_many(batch.column("message").to_pylist())
+                ids, texts, params = (list(col) for col in zip(*matches, strict=True)) if matches else ([], [], [])
+                columns = {f.name: batch.column(f.name) for f in PARSED_ARROW}
+                columns["template_id"] = pa.array(ids, pa.string())
+                columns["template"] = pa.array(texts, pa.string())
+                columns["params"] = pa.array(params, pa.list_(pa.string()))
+                yield pa.record_batch([columns[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
 
     return task
 
@@ -1070,19 +1072,20 @@ def _python_lines(job: _ParseJob) -> Any:
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
         options = {path: opts for path, (_, opts) in job.sources.items()}
-        for batch in batches:
-            rows = zip(*(batch.column(c).to_pylist() for c in ("file", "line_no", "text", "problem")), strict=True)
-            by_file: dict[str, tuple[list[dict[str, Any]], list[int], list[str]]] = {}
-            for path, line_no, parsed_line in python_records(rows, options, job.formats, job.max_raw_chars):
-                data, numbers, kinds = by_file.setdefault(path, ([], [], []))
-                data.append(parsed_line.data)
-                numbers.append(line_no)
-                kinds.append(parsed_line.kind)
-            for path, (data, numbers, kinds) in by_file.items():
-                source = job.sources[path][0] if path in job.sources else _default_source(path)
-                yield records_batch(
-                    path, source, data, numbers, kinds, job.run_id, templates, job.generations.get(path, 0)
-                )
+        with relaxed_gc():
+            for batch in batches:
+                rows = zip(*(batch.column(c).to_pylist() for c in ("file", "line_no", "text", "problem")), strict=True)
+                by_file: dict[str, tuple[list[dict[str, Any]], list[int], list[str]]] = {}
+                for path, line_no, parsed_line in python_records(rows, options, job.formats, job.max_raw_chars):
+                    data, numbers, kinds = by_file.setdefault(path, ([], [], []))
+                    data.append(parsed_line.data)
+                    numbers.append(line_no)
+                    kinds.append(parsed_line.kind)
+                for path, (data, numbers, kinds) in by_file.items():
+                    source = job.sources[path][0] if path in job.sources else _default_source(path)
+                    yield records_batch(
+                        path, source, data, numbers, kinds, job.run_id, templates, job.generations.get(path, 0)
+                    )
 
     return task
 
@@ -1142,7 +1145,7 @@ def _ingest_local_dataframe(lake: Lake, units: Sequence[Unit], job: _ParseJob) -
     import pyarrow.compute as pc
 
     templates = job.templates()
-    with job.counting(templates):
+    with job.counting(templates), relaxed_gc():
         batches = [batch for unit in units for batch in job.batches(unit.path, templates, unit)]
     parsed = pa.Table.from_batches(batches, schema=PARSED_ARROW)
     groups = parsed.group_by(["file", KIND, "format"], use_threads=False).aggregate([([], "count_all")])
@@ -1210,7 +1213,8 @@ def _fit_templates(
     def messages(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for unit in _units(batch):
-                rows = _first_messages(job, unit, limit)
+                with relaxed_gc():
+                    rows = _first_messages(job, unit, limit)
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(col, f.type) for col, f in zip(zip(*rows, strict=True), _MESSAGES_ARROW, strict=True)]
                     if rows else [pa.array([], f.type) for f in _MESSAGES_ARROW],
@@ -1247,11 +1251,12 @@ def _fit_templates_local(
     ``first`` (a null sorts first, as in Spark's ascending order)."""
     limit = _train_limit(cfg)
     first: dict[str, tuple[Any, ...]] = {}
-    for unit in units:
-        for text, ts, path, line in _first_messages(job, unit, limit):
-            key = (ts is not None, ts, path, line)
-            if text not in first or key < first[text]:
-                first[text] = key
+    with relaxed_gc():
+        for unit in units:
+            for text, ts, path, line in _first_messages(job, unit, limit):
+                key = (ts is not None, ts, path, line)
+                if text not in first or key < first[text]:
+                    first[text] = key
     ordered = sorted(first, key=first.__getitem__)
     log.info("ingest %s: template pass on the driver, %d distinct messages", job.run_id, len(ordered))
     return _fit_and_save(spark, cfg, lake, iter(ordered), job)
@@ -1262,7 +1267,8 @@ def _fit_and_save(
 ) -> Templates:
     """Fit a new miner on ``messages`` (in order) and save its state as the current one."""
     templates = Templates(template_config(cfg.templates))
-    templates.fit(messages)
+    with relaxed_gc():
+        templates.fit(messages)
     if len(templates) == 0:
         log.warning(
             "ingest %s: no messages in the template training window (train_until=%r)",
