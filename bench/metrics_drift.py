@@ -43,6 +43,7 @@ from loganomaly.evaluation import stage as evaluation
 from loganomaly.evaluation.metrics import evaluate as metrics_of
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import load_bundle
+from loganomaly.models.window import alert_budget
 
 log = logging.getLogger("bench.metrics_drift")
 
@@ -119,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     after_shift = np.array([s >= shift_at.get(e, np.iinfo(np.int64).max) for e, s in zip(scored["entity"], start,
                                                                                           strict=True)])
     normal = labels == 0
-    train_cfg: Any = cfg.train
-    budget = float(getattr(train_cfg, "alert_budget", 1 - train_cfg.threshold_quantile))
+    budget = alert_budget(cfg)
     cut_at = dt.datetime.fromisoformat(cut.replace("Z", "+00:00"))
     scored_incidents = [a for a in data.anomalies if a.start >= cut_at]
     found = 0

@@ -41,6 +41,7 @@ ClassWeights = Literal["balanced", "none"]
 # arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
 Optimizer = Literal["adam", "sgd_nesterov"]
 Init = Literal["auto", "default", "xavier"]
+BaselineStatistic = Literal["mean", "median"]
 
 
 @dataclass
@@ -183,6 +184,17 @@ class FeaturesConfig:
     default_group: str = "default"
     # Trailing baseline: the mean of the entity's earlier busy steps within this many steps.
     baseline_steps: int = 288
+    # Which statistic of those steps is the baseline: ``mean`` (of the log1p values) or
+    # ``median``. The median follows a level shift within half the horizon and is not moved by
+    # an incident shorter than that, where the mean carries an incident into the next hours'
+    # baseline and absorbs a shift only linearly over the whole horizon (README "Metric series
+    # that drift").
+    baseline_statistic: BaselineStatistic = "mean"
+    # Keep each metric's own level (``metric:<name>``) as a feature beside its trailing-baseline
+    # twin (``rel:metric:<name>``). False (needs entity_features) judges metric series only
+    # against the entity's own recent level, so a level shift or slow drift stops counting once
+    # the baseline has followed it; a normaliser fitted once on the training levels cannot.
+    metric_levels: bool = True
     # An entity with fewer earlier busy steps than this is judged against its peer group's
     # training-period baseline instead (cold start).
     baseline_min_steps: int = 6
@@ -576,6 +588,11 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.features.baseline_steps >= 1, "features.baseline_steps must be >= 1"),
         (cfg.features.baseline_min_steps >= 1, "features.baseline_min_steps must be >= 1"),
+        (
+            cfg.features.metric_levels or cfg.features.entity_features,
+            "features.metric_levels: false needs features.entity_features: true (the metrics then enter only "
+            "relative to the entity's trailing baseline, which the entity features compute)",
+        ),
         (
             all(g.replace("_", "").replace("-", "").isalnum() for g in [*cfg.features.groups,
                                                                           cfg.features.default_group]),
