@@ -120,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     after_shift = np.array([s >= shift_at.get(e, np.iinfo(np.int64).max) for e, s in zip(scored["entity"], start,
                                                                                           strict=True)])
     normal = labels == 0
+    # Where the false alarms sit: the scored input's first hour (a fresh lake, so every host starts
+    # cold: judged against its peer group's training baseline until it has history), the hour
+    # after each host's level shift (a trailing baseline needs time to follow it), and the rest.
+    end = scored["end"].to_numpy(np.int64)
+    cut_s = int(dt.datetime.fromisoformat(cut.replace("Z", "+00:00")).timestamp())
+    first_hour = start < cut_s + 3600
+    shift_hour = np.array([shift_at.get(e, -1) >= 0 and s < shift_at[e] + 3600 and t > shift_at[e]
+                           for e, s, t in zip(scored["entity"], start, end, strict=True)])
     budget = alert_budget(cfg)
     cut_at = dt.datetime.fromisoformat(cut.replace("Z", "+00:00"))
     scored_incidents = [a for a in data.anomalies if a.start >= cut_at]
@@ -137,6 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("FPR on normal windows", _fmt(m["fpr"])),
         ("FPR on normal windows before each host's level shift", _fmt(_rate(flagged[normal & ~after_shift]))),
         ("FPR on normal windows after it", _fmt(_rate(flagged[normal & after_shift]))),
+        ("FPR on normal windows in the scored input's first hour (cold start)", _fmt(_rate(flagged[normal & first_hour]))),
+        ("FPR on normal windows overlapping the hour after a level shift",
+         _fmt(_rate(flagged[normal & shift_hour & ~first_hour]))),
+        ("FPR on the other normal windows", _fmt(_rate(flagged[normal & ~shift_hour & ~first_hour]))),
+        ("false alarms: first hour / hour after a shift / other",
+         f"{int((flagged & normal & first_hour).sum())} / {int((flagged & normal & shift_hour & ~first_hour).sum())}"
+         f" / {int((flagged & normal & ~shift_hour & ~first_hour).sum())}"),
         ("recall on incident windows", _fmt(m["recall"])),
         ("incidents in the scored part found (a flagged window overlaps)", f"{found} of {len(scored_incidents)}"),
         ("alerts per host-day", _fmt(m["alerts_per_entity_day"])),

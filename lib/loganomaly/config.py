@@ -166,7 +166,8 @@ class FeaturesConfig:
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and
     # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
     # an existing ``sequences`` keeps its list, so a model trained on it keeps scoring. Off by
-    # default and in every profile: on the synthetic demo the extra features dilute a one-host
+    # default and in every profile but ``metrics`` (where the trailing baselines follow level
+    # shifts and drift): on the synthetic demo the extra features dilute a one-host
     # traffic spike below the normal windows' 99th percentile, and on Zeek (train 008, score
     # 010+001) they lowered the autoencoder's ROC-AUC from 0.727 to 0.656 (README).
     entity_features: bool = False

@@ -12,8 +12,10 @@ from loganomaly.features.windows import (
     UNKNOWN_TEMPLATES,
     WindowSpec,
     build_windows,
+    feature_metrics,
     feature_names_for,
     feature_templates,
+    has_metric_levels,
     to_tensor,
 )
 
@@ -139,8 +141,6 @@ def test_category_features_round_trip_through_the_names() -> None:
 
 def test_metric_levels_can_be_left_to_their_relative_twins() -> None:
     """``features.metric_levels: false``: a metric is only its ``rel:`` twin, and the list round-trips."""
-    from loganomaly.features.windows import feature_metrics, feature_names_for, feature_templates, has_metric_levels
-
     groups = ["internal", "external", "default"]
     both = feature_names_for([], ["cpu", "mem"], groups)
     relative = feature_names_for([], ["cpu", "mem"], groups, metric_levels=False)
