@@ -433,38 +433,3 @@ def test_a_level_shift_is_absorbed_by_the_trailing_median_and_an_incident_is_not
     else:
         assert rel(25) == pytest.approx(shift * 3 / 8, rel=1e-3)  # still 3 of 8 old steps in the mean
         assert rel(after) > 0.4  # the incident dragged the baseline down: a normal step reads high
-
-
-def test_a_known_metric_series_starts_a_new_lake_from_its_own_level(spark, lake, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The scored lake of a split run is empty: a host seen in training is compared with where it
-    was when training ended, a host never seen with its peer group's training mean."""
-    from loganomaly.lake.tables import Lake
-
-    cfg = config(str(lake.root))
-    cfg.features.metrics = ["cpu"]
-    cfg.features.metric_levels = False
-    cfg.features.baseline_statistic = "median"
-    cfg.features.baseline_steps, cfg.features.baseline_min_steps = 4, 2
-    rows = metric_rows([100.0] * 10 + [200.0] * 6, DAY1)  # m1 ends training at 200
-    rows += [{**r, "entity": "m2", "event_id": f"x{i}", "attributes": {"cpu": "10"}}
-             for i, r in enumerate(metric_rows([10.0] * 16, DAY1))]
-    write_events(spark, lake, rows)
-    names = featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names
-    baselines = featurize.read_peer_baselines(lake)
-    assert baselines is not None
-    # its last four steps: 200; the group's mean over both hosts' training steps lies far below
-    assert baselines["entity:m1"]["metric:cpu"] == pytest.approx(np.log1p(200), rel=1e-6)
-    assert baselines["entity:m2"]["metric:cpu"] == pytest.approx(np.log1p(10), rel=1e-6)
-    assert "entity:m1" not in baselines["*"] and set(baselines["entity:m1"]) == {"metric:cpu"}
-
-    scored = Lake(spark, tmp_path / "scored", engine="deltars")
-    later = DAY2 + dt.timedelta(hours=3)
-    new_rows = metric_rows([200.0] * 4, later)
-    new_rows += [{**r, "entity": "m3", "event_id": f"y{i}"} for i, r in enumerate(metric_rows([200.0] * 4, later))]
-    write_events(spark, scored, new_rows)
-    featurize.run(spark, cfg, lake=scored, feature_names=names, peer_baselines=baselines)
-    first_known = raw_step(scored, names, "m1", later)["rel:metric:cpu"]
-    first_new = raw_step(scored, names, "m3", later)["rel:metric:cpu"]
-    assert first_known == pytest.approx(0, abs=1e-6)  # 200 against its own 200
-    assert first_new == pytest.approx(np.log1p(200) - baselines["*"]["metric:cpu"], rel=1e-6)
-    assert first_new > 0.5  # against the group's mean level it reads as high

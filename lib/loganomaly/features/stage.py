@@ -282,9 +282,6 @@ def base_columns(feature_names: Sequence[str]) -> dict[str, str]:
 
 #: Group key of the all-entities baseline in ``peer_baselines``.
 ALL_GROUPS = "*"
-#: Key prefix of one entity's own training-period metric baselines in ``peer_baselines``
-#: (``entity:host-01``; group names cannot hold ``:``, so the keys never collide).
-ENTITY_KEY = "entity:"
 
 
 def zeek_flag(value: Column) -> Column:
@@ -458,30 +455,20 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         return steps
     baselines = entity.group_baselines
     if baselines is None:
-        baselines = fit_baselines(steps, feature_names, entity)
+        baselines = fit_peer_baselines(steps, columns, entity.cut)
     # Strictly earlier steps of the same entity within the horizon: never the step itself, never the future.
     past = (Window.partitionBy("entity").orderBy("step")
             .rangeBetween(-entity.baseline_steps * step_seconds, -1))
     hist = F.count(F.lit(1)).over(past)
     steps = steps.withColumn("_hist", hist)
     fallback = baselines.get(ALL_GROUPS, {})
-    # A metric series known from training starts a new lake (the scored input of a split run)
-    # from where it was, not from its peer group's mean level (hosts differ by their level).
-    own_bases = [b for b in bases if b.startswith(METRIC_PREFIX)]
-    own_rows = [(key[len(ENTITY_KEY):], *[own.get(b) for b in own_bases])
-                for key, own in sorted(baselines.items()) if key.startswith(ENTITY_KEY)]
-    if own_rows and own_bases:
-        ddl = ", ".join(["entity string", *(f"_e{j} double" for j in range(len(own_bases)))])
-        steps = steps.join(F.broadcast(steps.sparkSession.createDataFrame(own_rows, ddl)), "entity", "left")
     relative: list[Column] = []
     for b in bases:
         col = F.col(columns[b])
         peer = F.lit(float(fallback.get(b, 0.0)))
         for g, values in baselines.items():
-            if g != ALL_GROUPS and not g.startswith(ENTITY_KEY) and b in values:
+            if g != ALL_GROUPS and b in values:
                 peer = F.when(F.col("group") == g, F.lit(float(values[b]))).otherwise(peer)
-        if own_rows and b in own_bases:
-            peer = F.coalesce(F.col(f"_e{own_bases.index(b)}"), peer)
         own = (F.percentile_approx(col, 0.5, MEDIAN_ACCURACY) if entity.baseline_statistic == "median"
                else F.avg(col)).over(past)
         base = F.when(F.col("_hist") >= entity.baseline_min_steps, own).otherwise(peer)
@@ -493,51 +480,6 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         *relative, *one_hot,
     )
     return out.select(*keys, *[f"_f{i}" for i in range(len(feature_names))])
-
-
-def fit_baselines(steps: DataFrame, feature_names: Sequence[str], entity: EntitySettings) -> dict[str, dict[str, float]]:
-    """Peer-group baselines of the training period plus each entity's own metric baselines.
-
-    ``steps`` are :func:`step_features` rows with ``base_only``. The result is what
-    ``peer_baselines`` stores: group -> feature -> baseline, ``*`` for all entities, and
-    ``entity:<name>`` -> metric feature -> baseline for the entities of the training period
-    (:func:`fit_entity_baselines`).
-    """
-    columns = base_columns(feature_names)
-    out = fit_peer_baselines(steps, columns, entity.cut)
-    metric_columns = {b: c for b, c in columns.items() if b.startswith(METRIC_PREFIX)}
-    if metric_columns:
-        out |= fit_entity_baselines(steps, metric_columns, entity)
-    return out
-
-
-def fit_entity_baselines(steps: DataFrame, columns: dict[str, str],
-                         entity: EntitySettings) -> dict[str, dict[str, float]]:
-    """Each entity's trailing baseline at the end of the training period, keyed ``entity:<name>``.
-
-    The statistic (``features.baseline_statistic``) of its last ``baseline_steps`` busy steps
-    before the cut: where its metrics were when training ended. A lake that starts after that
-    (the scored input of ``pipeline --train-input/--score-input``) compares a known entity's
-    first steps with it instead of its peer group's mean, which lies between the hosts' levels.
-    Metrics only: one row per entity and metric, where network counts of every address seen
-    would make the bundle grow with the number of hosts.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    train = steps if entity.cut is None else steps.where(F.col("step") < F.lit(int(entity.cut)))
-    latest = Window.partitionBy("entity").orderBy(F.col("step").desc())
-    last = train.withColumn("_r", F.row_number().over(latest)).where(F.col("_r") <= entity.baseline_steps)
-
-    def stat(c: str) -> Column:
-        return F.percentile_approx(c, 0.5, MEDIAN_ACCURACY) if entity.baseline_statistic == "median" else F.avg(c)
-
-    names = list(columns)
-    rows = last.groupBy("entity").agg(*[stat(c).alias(f"m_{i}") for i, c in enumerate(columns.values())]).collect()
-    out = {ENTITY_KEY + str(r["entity"]): {n: float(r[f"m_{i}"]) for i, n in enumerate(names) if r[f"m_{i}"] is not None}
-           for r in rows if r["entity"] is not None}
-    log.info("featurize: own metric baselines of %d entities at the end of the training period", len(out))
-    return out
 
 
 def fit_peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | None) -> dict[str, dict[str, float]]:
@@ -836,8 +778,9 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
         entity = EntitySettings.from_config(cfg, None if kept_baselines is not None else training_cut(events, cfg),
                                             kept_baselines)
         if kept_baselines is None:
-            entity = dataclasses.replace(entity, group_baselines=fit_baselines(
-                step_features(events, cfg.features.step_seconds, names, entity, base_only=True), names, entity))
+            entity = dataclasses.replace(entity, group_baselines=fit_peer_baselines(
+                step_features(events, cfg.features.step_seconds, names, entity, base_only=True),
+                base_columns(names), entity.cut))
         if given_baselines is not None or kept_baselines is None:
             write_peer_baselines(spark, lake, entity.group_baselines or {}, run_id)
 
