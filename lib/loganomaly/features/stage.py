@@ -317,8 +317,10 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
 
     With entity features in ``feature_names`` (``entity`` settings then required), also the
     novelty counts (first-seen values within the entity's history: ``history``, the events from
-    the start, defaulting to ``events``), the trailing per-entity baseline (the mean of the
-    entity's earlier busy steps within ``baseline_steps``, a window function bounded to the past)
+    the start, defaulting to ``events``), the trailing per-entity baseline (the mean, or with
+    ``baseline_statistic="median"`` the median, of the entity's earlier busy steps within
+    ``baseline_steps``, a window function bounded to the past; a metric whose level is left out
+    of ``feature_names`` is still computed for it and then dropped)
     and, for an entity with less history, its peer group's training-period baseline.
     ``base_only`` stops before those: the rows with ``group`` and the other features, what
     :func:`fit_peer_baselines` averages.
