@@ -61,6 +61,9 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
         ("train.std_floor=-0.1", "train.std_floor must be a number > 0"),
         ("train.std_floor=.nan", "train.std_floor must be a number > 0"),
         ("train.std_floor=small", "expects a number"),
+        ("features.baseline_statistic=mode", "choose one of: mean, median"),
+        ("features.metric_levels=false", "metric_levels: false needs features.entity_features: true"),
+        ("features.metric_levels=maybe", "expects true or false"),
         ("nonsense", "section.key=value"),
     ],
 )
@@ -186,3 +189,11 @@ def test_the_default_std_floor_is_the_normalisers_and_only_nslkdd_raises_it() ->
     assert load_config(conf_dir=CONF).train.std_floor == STD_FLOOR
     assert load_config(profile="zeek", conf_dir=CONF).train.std_floor == STD_FLOOR
     assert load_config(profile="nslkdd", conf_dir=CONF).train.std_floor > STD_FLOOR
+
+
+def test_metric_baseline_settings_are_typed_and_checked_together() -> None:
+    """The relative-only metrics need the entity features; with them the settings load as given."""
+    cfg = load_config(overrides=["features.entity_features=true", "features.metric_levels=false",
+                                 "features.baseline_statistic=median"], conf_dir=CONF)
+    assert (cfg.features.metric_levels, cfg.features.baseline_statistic) == (False, "median")
+    assert (Config().features.metric_levels, Config().features.baseline_statistic) == (True, "mean")

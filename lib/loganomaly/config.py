@@ -41,6 +41,7 @@ ClassWeights = Literal["balanced", "none"]
 # arrow: the default pyarrow shard reader; petastorm: only in the compatibility env (`make compat`).
 Optimizer = Literal["adam", "sgd_nesterov"]
 Init = Literal["auto", "default", "xavier"]
+BaselineStatistic = Literal["mean", "median"]
 
 
 @dataclass
@@ -165,7 +166,8 @@ class FeaturesConfig:
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and
     # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
     # an existing ``sequences`` keeps its list, so a model trained on it keeps scoring. Off by
-    # default and in every profile: on the synthetic demo the extra features dilute a one-host
+    # default and in every profile but ``metrics`` (where the trailing baselines follow level
+    # shifts and drift): on the synthetic demo the extra features dilute a one-host
     # traffic spike below the normal windows' 99th percentile, and on Zeek (train 008, score
     # 010+001) they lowered the autoencoder's ROC-AUC from 0.727 to 0.656 (README).
     entity_features: bool = False
@@ -183,6 +185,17 @@ class FeaturesConfig:
     default_group: str = "default"
     # Trailing baseline: the mean of the entity's earlier busy steps within this many steps.
     baseline_steps: int = 288
+    # Which statistic of those steps is the baseline: ``mean`` (of the log1p values) or
+    # ``median``. The median follows a level shift within half the horizon and is not moved by
+    # an incident shorter than that, where the mean carries an incident into the next hours'
+    # baseline and absorbs a shift only linearly over the whole horizon (README "Metric series
+    # that drift").
+    baseline_statistic: BaselineStatistic = "mean"
+    # Keep each metric's own level (``metric:<name>``) as a feature beside its trailing-baseline
+    # twin (``rel:metric:<name>``). False (needs entity_features) judges metric series only
+    # against the entity's own recent level, so a level shift or slow drift stops counting once
+    # the baseline has followed it; a normaliser fitted once on the training levels cannot.
+    metric_levels: bool = True
     # An entity with fewer earlier busy steps than this is judged against its peer group's
     # training-period baseline instead (cold start).
     baseline_min_steps: int = 6
@@ -580,6 +593,11 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.features.baseline_steps >= 1, "features.baseline_steps must be >= 1"),
         (cfg.features.baseline_min_steps >= 1, "features.baseline_min_steps must be >= 1"),
+        (
+            cfg.features.metric_levels or cfg.features.entity_features,
+            "features.metric_levels: false needs features.entity_features: true (the metrics then enter only "
+            "relative to the entity's trailing baseline, which the entity features compute)",
+        ),
         (
             all(g.replace("_", "").replace("-", "").isalnum() for g in [*cfg.features.groups,
                                                                           cfg.features.default_group]),

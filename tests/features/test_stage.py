@@ -389,3 +389,47 @@ def test_categorical_fields_count_their_training_periods_frequent_values(spark, 
     # the chosen values travel with the names: a rerun with another top_categories keeps them
     cfg.features.top_categories = 3
     assert featurize.run(spark, cfg, lake=lake, top_templates=1).feature_names == summary.feature_names
+
+
+def metric_rows(values: list[float], start: dt.datetime) -> list[dict[str, Any]]:
+    """One metric sample (``cpu``) per 5-minute step of host ``m1``."""
+    return [event(start + dt.timedelta(minutes=5 * s, seconds=30), s, None, entity="m1", format="csv",
+                  message=None, attributes={"cpu": str(v)})
+            for s, v in enumerate(values)]
+
+
+@pytest.mark.parametrize("statistic", ["median", "mean"])
+def test_a_level_shift_is_absorbed_by_the_trailing_median_and_an_incident_is_not(spark, lake, statistic) -> None:  # type: ignore[no-untyped-def]
+    """A metric series judged only against its own trailing baseline (``features.metric_levels: false``).
+
+    Level 100 for 20 steps, a benign shift to 130, a two-step incident at 10, then 130 again,
+    with a horizon of 8 steps. The median reads the shift as normal again after half the horizon,
+    sees the whole incident, and is not moved by it afterwards; the mean takes the whole horizon to
+    absorb the shift and carries the incident into the steps after it (what
+    ``baseline_statistic: median`` is for).
+    """
+    cfg = config(str(lake.root))
+    cfg.features.metrics = ["cpu"]
+    cfg.features.metric_levels = False
+    cfg.features.baseline_statistic = statistic
+    cfg.features.baseline_steps, cfg.features.baseline_min_steps = 8, 2
+    values = [100.0] * 20 + [130.0] * 10 + [10.0] * 2 + [130.0] * 8
+    write_events(spark, lake, metric_rows(values, DAY1))
+
+    names = featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names
+    assert "metric:cpu" not in names and "rel:metric:cpu" in names
+    assert names == feature_names_for([], ["cpu"], GROUPS, metric_levels=False)
+
+    def rel(step: int) -> float:
+        return raw_step(lake, names, "m1", DAY1 + dt.timedelta(minutes=5 * step))["rel:metric:cpu"]
+
+    shift, incident, after = np.log1p(130) - np.log1p(100), np.log1p(10) - np.log1p(130), 33
+    assert rel(10) == pytest.approx(0, abs=1e-6)  # steady: the baseline is the level itself
+    assert rel(20) == pytest.approx(shift, rel=1e-4)  # the shift, when it happens
+    assert rel(30) == pytest.approx(incident, rel=1e-3)  # the incident, against the new level
+    if statistic == "median":
+        assert rel(25) == pytest.approx(0, abs=1e-6)  # 5 of 8 earlier steps at the new level
+        assert rel(after) == pytest.approx(0, abs=1e-6)  # two incident steps do not move the median
+    else:
+        assert rel(25) == pytest.approx(shift * 3 / 8, rel=1e-3)  # still 3 of 8 old steps in the mean
+        assert rel(after) > 0.4  # the incident dragged the baseline down: a normal step reads high

@@ -12,8 +12,10 @@ from loganomaly.features.windows import (
     UNKNOWN_TEMPLATES,
     WindowSpec,
     build_windows,
+    feature_metrics,
     feature_names_for,
     feature_templates,
+    has_metric_levels,
     to_tensor,
 )
 
@@ -135,3 +137,20 @@ def test_category_features_round_trip_through_the_names() -> None:
     assert feature_templates(names) == ["Ta"]
     with pytest.raises(ValueError, match="category counts"):  # a value without its <other> is not a list we compute
         feature_templates([n for n in names if n != "cat:status=<other>"])
+
+
+def test_metric_levels_can_be_left_to_their_relative_twins() -> None:
+    """``features.metric_levels: false``: a metric is only its ``rel:`` twin, and the list round-trips."""
+    groups = ["internal", "external", "default"]
+    both = feature_names_for([], ["cpu", "mem"], groups)
+    relative = feature_names_for([], ["cpu", "mem"], groups, metric_levels=False)
+    assert "metric:cpu" in both and "metric:cpu" not in relative
+    assert [n for n in relative if "metric:" in n] == ["rel:metric:cpu", "rel:metric:mem"]
+    assert set(relative) < set(both) and len(relative) == len(both) - 2
+    for names in (both, relative):
+        assert feature_metrics(names) == ["cpu", "mem"]
+        assert feature_templates(names) == []  # the list is one this version computes
+    assert has_metric_levels(both) and not has_metric_levels(relative)
+    assert has_metric_levels(feature_names_for([], [], groups, metric_levels=False))  # no metrics: nothing left out
+    with pytest.raises(ValueError, match="entity features"):
+        feature_names_for([], ["cpu"], None, metric_levels=False)

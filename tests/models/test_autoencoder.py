@@ -194,6 +194,19 @@ def test_step_errors_agree_with_window_errors_and_explain_names_the_broken_featu
     assert "at step 6" in texts[0] and "ports=" in texts[0]
 
 
+def test_a_relative_metric_without_its_level_is_explained_as_a_ratio_to_its_baseline() -> None:
+    """``features.metric_levels: false``: ``rel:metric:disk_io`` has no level beside it, so the
+    explanation gives the ratio it stands for (disk I/O at 0.01x its trailing median)."""
+    names = ["rel:metric:cpu", "rel:metric:disk_io"]
+    x = np.zeros((1, 3, 2))
+    x[0, 1, 1] = np.log1p(5.0) - np.log1p(600.0)  # disk I/O collapsing from ~600 to 5
+    per_step = np.zeros((1, 3, 2))
+    per_step[0, 1, 1] = 900.0
+    tops, texts = explain(x, per_step, np.full(2, 0.1), np.zeros(2), names, 1)
+    assert tops[0] == ["rel:metric:disk_io"]
+    assert texts[0] == "metric:disk_io at 0.00998x its baseline (as 1 + value) at step 2"
+
+
 def test_only_flagged_windows_are_explained_and_keep_their_explanation() -> None:
     """Scoring explains windows above the threshold exactly as explaining every window did; the rest stay empty."""
     bundle, raw = make_bundle(seed=4)

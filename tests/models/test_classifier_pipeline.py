@@ -65,7 +65,8 @@ def test_classifier_finds_the_incidents_of_the_scored_input(spark, classifier_ru
     assert all(r.explanation == "" for r in rows if not r.is_anomaly)
     named = [name for r in flagged for name in r.top_features[:1]]
     # The injected episodes are a stuck CPU with collapsing disk I/O.
-    assert {"metric:cpu", "metric:disk_io"} & set(named)
+    # (the metrics profile reads each metric against the host's trailing median: rel:metric:<name>)
+    assert {"rel:metric:cpu", "rel:metric:disk_io"} & set(named)
 
 
 def test_classifier_refuses_unlabelled_training_data(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -248,6 +248,7 @@ class EntitySettings:
         cut: end of the training period (epoch seconds) whose steps give the peer-group baselines.
         group_baselines: baselines to use instead of computing them (group -> feature -> log1p
             mean; group ``*`` the fallback), e.g. the ``peer_baselines`` of an earlier run.
+        baseline_statistic: ``mean`` or ``median`` of the earlier steps (``features.baseline_statistic``).
     """
 
     rules: GroupRules
@@ -255,12 +256,28 @@ class EntitySettings:
     baseline_min_steps: int
     cut: float | None = None
     group_baselines: dict[str, dict[str, float]] | None = None
+    baseline_statistic: str = "mean"
 
     @classmethod
     def from_config(cls, cfg: Config, cut: float | None = None,
                     group_baselines: dict[str, dict[str, float]] | None = None) -> EntitySettings:
         rules = GroupRules.from_config(cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
-        return cls(rules, cfg.features.baseline_steps, cfg.features.baseline_min_steps, cut, group_baselines)
+        return cls(rules, cfg.features.baseline_steps, cfg.features.baseline_min_steps, cut, group_baselines,
+                   cfg.features.baseline_statistic)
+
+
+#: Rank accuracy of the trailing median (``percentile_approx``): beyond any horizon in steps a
+#: run uses, so the median of the frame is exact up to the lower-middle element of an even count.
+MEDIAN_ACCURACY = 100_000
+
+
+def base_columns(feature_names: Sequence[str]) -> dict[str, str]:
+    """Column of each ``rel:`` base in :func:`step_features` rows: ``_f<i>`` for a base in the
+    list, ``_b<j>`` for a metric whose level is left out (``features.metric_levels: false``) but
+    whose value the baseline is computed from."""
+    position = {name: i for i, name in enumerate(feature_names)}
+    bases = relative_bases(feature_metrics(feature_names))
+    return {b: f"_f{position[b]}" if b in position else f"_b{j}" for j, b in enumerate(bases)}
 
 
 #: Group key of the all-entities baseline in ``peer_baselines``.
@@ -300,8 +317,10 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
 
     With entity features in ``feature_names`` (``entity`` settings then required), also the
     novelty counts (first-seen values within the entity's history: ``history``, the events from
-    the start, defaulting to ``events``), the trailing per-entity baseline (the mean of the
-    entity's earlier busy steps within ``baseline_steps``, a window function bounded to the past)
+    the start, defaulting to ``events``), the trailing per-entity baseline (the mean, or with
+    ``baseline_statistic="median"`` the median, of the entity's earlier busy steps within
+    ``baseline_steps``, a window function bounded to the past; a metric whose level is left out
+    of ``feature_names`` is still computed for it and then dropped)
     and, for an entity with less history, its peer group's training-period baseline.
     ``base_only`` stops before those: the rows with ``group`` and the other features, what
     :func:`fit_peer_baselines` averages.
@@ -426,14 +445,19 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     position = {name: i for i, name in enumerate(feature_names)}
     plain = [n for n in feature_names if not n.startswith((RELATIVE_PREFIX, GROUP_PREFIX)) and n != HISTORY_STEPS]
     bases = relative_bases(metrics)
-    steps = agg.select(*keys, *[logged(n).alias(f"_f{position[n]}") for n in plain]).join(
+    columns = base_columns(feature_names)
+    # Levels left out of the list (features.metric_levels: false) are still computed: their
+    # baselines are made of them; they are dropped from the rows at the end.
+    hidden = [b for b in bases if b not in position]
+    steps = agg.select(*keys, *[logged(n).alias(f"_f{position[n]}") for n in plain],
+                       *[logged(b).alias(columns[b]) for b in hidden]).join(
         entity_groups(history if history is not None else events, entity.rules), "entity", "left"
     ).withColumn("group", F.coalesce(F.col("group"), F.lit(entity.rules.default_group)))
     if base_only:
         return steps
     baselines = entity.group_baselines
     if baselines is None:
-        baselines = fit_peer_baselines(steps, {b: f"_f{position[b]}" for b in bases}, entity.cut)
+        baselines = fit_peer_baselines(steps, columns, entity.cut)
     # Strictly earlier steps of the same entity within the horizon: never the step itself, never the future.
     past = (Window.partitionBy("entity").orderBy("step")
             .rangeBetween(-entity.baseline_steps * step_seconds, -1))
@@ -442,12 +466,13 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     fallback = baselines.get(ALL_GROUPS, {})
     relative: list[Column] = []
     for b in bases:
-        col = F.col(f"_f{position[b]}")
+        col = F.col(columns[b])
         peer = F.lit(float(fallback.get(b, 0.0)))
         for g, values in baselines.items():
             if g != ALL_GROUPS and b in values:
                 peer = F.when(F.col("group") == g, F.lit(float(values[b]))).otherwise(peer)
-        own = F.avg(col).over(past)
+        own = (F.percentile_approx(col, 0.5, MEDIAN_ACCURACY) if entity.baseline_statistic == "median"
+               else F.avg(col)).over(past)
         base = F.when(F.col("_hist") >= entity.baseline_min_steps, own).otherwise(peer)
         relative.append((col - base).alias(f"_f{position[RELATIVE_PREFIX + b]}"))
     one_hot = [(F.col("group") == g).cast("double").alias(f"_f{position[GROUP_PREFIX + g]}") for g in groups]
@@ -739,7 +764,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
         groups = (GroupRules.from_config(cfg.features.local_networks, cfg.features.groups,
                                          cfg.features.default_group).names
                   if cfg.features.entity_features else None)
-        names = feature_names_for(chosen, cfg.features.metrics, groups, categories)
+        names = feature_names_for(chosen, cfg.features.metrics, groups, categories,
+                                  cfg.features.metric_levels or groups is None)
         log.info(
             "featurize: chose %d frequent templates from events before %s%s",
             len(chosen),
@@ -756,7 +782,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
         if kept_baselines is None:
             entity = dataclasses.replace(entity, group_baselines=fit_peer_baselines(
                 step_features(events, cfg.features.step_seconds, names, entity, base_only=True),
-                {b: f"_f{names.index(b)}" for b in relative_bases(feature_metrics(names))}, entity.cut))
+                base_columns(names), entity.cut))
         if given_baselines is not None or kept_baselines is None:
             write_peer_baselines(spark, lake, entity.group_baselines or {}, run_id)
 

@@ -119,7 +119,7 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 
 def feature_names_for(
     template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
-    categories: Mapping[str, Sequence[str]] | None = None,
+    categories: Mapping[str, Sequence[str]] | None = None, metric_levels: bool = True,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
 
@@ -127,15 +127,21 @@ def feature_names_for(
     ``cat:<field>=<other>`` per field after the metrics. ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
-    models keep working).
+    models keep working). ``metric_levels=False`` (``features.metric_levels``, only with
+    ``groups``) leaves the metrics' own levels out: each metric is then only its ``rel:`` twin.
+
+    Raises:
+        ValueError: ``metric_levels=False`` without ``groups`` (the metrics would vanish).
     """
+    if not metric_levels and groups is None and metrics:
+        raise ValueError("metric levels can only be left out with entity features (their rel: twins)")
     names = [
         *FEATURE_NAMES,
         *(NETWORK_FEATURES if groups is not None else []),
         *(TEMPLATE_PREFIX + t for t in template_ids),
         OTHER_TEMPLATES,
         UNKNOWN_TEMPLATES,
-        *(METRIC_PREFIX + m for m in metrics),
+        *(METRIC_PREFIX + m for m in metrics if metric_levels),
     ]
     for name, values in (categories or {}).items():
         names += [*(category_feature(name, v) for v in values), category_feature(name, OTHER_CATEGORY)]
@@ -171,8 +177,21 @@ def feature_categories(names: Sequence[str]) -> dict[str, list[str]]:
 
 
 def feature_metrics(names: Sequence[str]) -> list[str]:
-    """The metric attribute names encoded in a feature list, in order."""
-    return [n[len(METRIC_PREFIX):] for n in names if n.startswith(METRIC_PREFIX)]
+    """The metric attribute names encoded in a feature list, in order.
+
+    A metric is named by its level (``metric:<name>``) or, in a list without levels
+    (``features.metric_levels: false``), by its ``rel:metric:<name>`` twin alone.
+    """
+    levels = [n[len(METRIC_PREFIX):] for n in names if n.startswith(METRIC_PREFIX)]
+    if levels:
+        return levels
+    twin = RELATIVE_PREFIX + METRIC_PREFIX
+    return [n[len(twin):] for n in names if n.startswith(twin)]
+
+
+def has_metric_levels(names: Sequence[str]) -> bool:
+    """Whether a feature list holds its metrics' own levels (False only for ``features.metric_levels: false``)."""
+    return not feature_metrics(names) or any(n.startswith(METRIC_PREFIX) for n in names)
 
 
 def relative_baseline(x: np.ndarray, rel: np.ndarray) -> np.ndarray:
@@ -192,8 +211,10 @@ def feature_templates(names: Sequence[str]) -> list[str]:
         for n in names
         if n.startswith(TEMPLATE_PREFIX) and n not in (OTHER_TEMPLATES, UNKNOWN_TEMPLATES)
     ]
-    if list(names) != feature_names_for(templates, feature_metrics(names), feature_groups(names),
-                                        feature_categories(names)):
+    groups = feature_groups(names)
+    levels = has_metric_levels(names) or groups is None
+    if list(names) != feature_names_for(templates, feature_metrics(names), groups, feature_categories(names),
+                                        levels):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
             f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r}, "

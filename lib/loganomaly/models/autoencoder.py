@@ -362,6 +362,10 @@ def explain(
             value = float(signed_expm1(np.asarray(x[n, s, b])))
             baseline = float(relative_baseline(x[n, s, b], x[n, s, f]))
             return f"{names[b]} {value:.3g} vs baseline {baseline:.3g} at step {s + 1}"
+        if name.startswith(RELATIVE_PREFIX) and log1p:
+            # The level itself is not a feature (features.metric_levels: false): only the ratio reads back.
+            ratio = float(np.exp(x[n, s, f]))
+            return f"{name[len(RELATIVE_PREFIX):]} at {ratio:.3g}x its baseline (as 1 + value) at step {s + 1}"
         return f"{name}={o:.3g} at step {s + 1} (normal ~{normal[n, f]:.3g})"
 
     texts = [
