@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from loganomaly.lake.tables import Lake
 from loganomaly.scoring import stage
 from tests.conftest import ENGINES, require_engine
-from tests.scoring.test_run import _table, make_scored_lake
+from tests.scoring.test_run import DAYS, _table, make_scored_lake
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -59,6 +60,38 @@ def test_an_input_over_the_limit_takes_the_spark_path(spark, lake, tmp_path: Pat
     summary = stage.run(spark, cfg, model_dir, lake=lake)
     assert DRIVER not in caplog.text and "the Spark path" in caplog.text
     assert summary.windows == len(x) and lake.read("scores").count() == len(x)
+
+
+def test_input_bytes_are_those_of_the_scored_dates(spark, lake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lake, _, _, _ = make_scored_lake(spark, lake, tmp_path)
+    first, second = DAYS
+    every = stage.input_bytes(lake, "sequences", None, None, None)
+    one, two = (stage.input_bytes(lake, "sequences", d, None, None) for d in DAYS)
+    assert every and one and two and one + two == every
+    assert stage.input_bytes(lake, "sequences", None, (first, first), None) == one
+    assert stage.input_bytes(lake, "sequences", None, None, second) == two
+    assert stage.input_bytes(lake, "sequences", dt.date(2030, 1, 1), None, None) == 0
+    assert stage.input_bytes(lake, "no_such_table", None, None, None) is None
+    lake.write("plain", spark.createDataFrame([(1,)], "x int"))  # not partitioned by date: no hint
+    assert stage.input_bytes(lake, "plain", None, None, None) is None
+
+
+def test_the_probe_stops_at_the_limit_and_is_skipped_for_big_files(spark, caplog) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="loganomaly.scoring.stage")
+    rows = spark.range(101).selectExpr("id", "cast(id as float) as x")
+    assert stage.driver_input(rows, 100 * 4, 1) is None  # 101 rows of one float: over a 100-row cap
+    assert "more than 100 rows" in caplog.text
+    table = stage.driver_input(rows.limit(100), 100 * 4 + 2000, 1)
+    assert table is not None and table.num_rows == 100
+    caplog.clear()
+    group = "probe-skipped"
+    spark.sparkContext.setJobGroup(group, group)
+    try:
+        assert stage.driver_input(rows, 1 << 20, 1, on_disk=3 << 20) is None
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert "on disk" in caplog.text
+    assert spark.sparkContext.statusTracker().getJobIdsForGroup(group) == []  # no probe job ran
 
 
 def test_flags_compare_like_spark_sql(spark) -> None:  # type: ignore[no-untyped-def]

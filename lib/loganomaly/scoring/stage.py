@@ -54,6 +54,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute in the workers)
 
 from loganomaly.config import Config
 from loganomaly.errors import ModelError, StageInputError
+from loganomaly.lake.deltars import snapshot_files
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
@@ -88,6 +89,7 @@ __all__ = [
     "run",
     "arrow_per_date",
     "driver_input",
+    "input_bytes",
     "flagged",
     "raise_failed_checks",
     "score_batches",
@@ -469,7 +471,11 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
                  len(dates), summary.anomalies, bundle.kind, bundle.version)
         return summary
 
-    local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle))
+    on_disk = None
+    if cfg.score.local_max_bytes > 0:
+        since = dt.date.fromisoformat(last) if last is not None else None
+        on_disk = input_bytes(lake, kind.input_table, dt.date.fromisoformat(date) if date else None, span, since)
+    local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle), on_disk)
     if local is not None:
         scored_rows = score_on_driver(kind, bundle, local, source.column, cfg.score.explain_top_k, inference,
                                       sizes.arrow_rows, run_id)
@@ -516,7 +522,39 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
 _VARIABLE_ROW_BYTES = 256
 
 
-def driver_input(checked: DataFrame, max_bytes: int, row_floats: int | None) -> pa.Table | None:
+def input_bytes(lake: Lake, table: str, date: dt.date | None, span: tuple[dt.date, dt.date] | None,
+                since: dt.date | None) -> int | None:
+    """Bytes on disk of ``table``'s files on the dates a run scores, from the Delta log (no Spark
+    job); None when the table is not partitioned by ``date`` or its log cannot be read here.
+
+    Lets a large night skip :func:`driver_input`'s probe: rows take at least their compressed
+    size in memory, so an input whose files hold more than twice the limit cannot fit.
+    """
+    try:
+        files = snapshot_files(lake.path(table), None)
+    except Exception as exc:  # noqa: BLE001 - a size hint only: without it the probe decides
+        log.debug("score: no file sizes for %s (%s); the probe decides", table, exc)
+        return None
+    if not files or any("date" not in values for _, _, values in files):
+        return None
+    total = 0
+    for _, size, values in files:
+        value = values["date"]
+        day = dt.date.fromisoformat(value) if value else None
+        if day is None:
+            keep = date is None and span is None and since is None
+        elif date is not None:
+            keep = day == date
+        elif span is not None:
+            keep = span[0] <= day <= span[1]
+        else:
+            keep = since is None or day >= since
+        total += size if keep else 0
+    return total
+
+
+def driver_input(checked: DataFrame, max_bytes: int, row_floats: int | None,
+                 on_disk: int | None = None) -> pa.Table | None:
     """The rows to score as one Arrow table in the driver, when they are few; else None.
 
     A nightly run over a few thousand windows spends most of its time starting what the scoring
@@ -524,9 +562,15 @@ def driver_input(checked: DataFrame, max_bytes: int, row_floats: int | None) -> 
     of a fresh 1,000-window run here, against 1 s for a bare Spark job's whole pass). Rows that fit
     in ``score.local_max_bytes`` are collected instead (``limit`` + ``toArrow``: at most that many
     bytes, one pass that stops early) and scored by the driver, which has the model loaded
-    already; a bigger input costs one probe of that size and takes the Spark path. 0 turns it off.
+    already; a bigger input costs one probe of that size and takes the Spark path, unless its
+    files on disk (``on_disk``, :func:`input_bytes`) already hold more than twice the limit, when
+    no probe runs. 0 turns it off.
     """
     if max_bytes <= 0:
+        return None
+    if on_disk is not None and on_disk > 2 * max_bytes:
+        log.info("score: %d bytes of input files on disk > 2 x score.local_max_bytes %d: the Spark path",
+                 on_disk, max_bytes)
         return None
     cap = max_bytes // (4 * row_floats if row_floats else _VARIABLE_ROW_BYTES)
     if cap < 1:
