@@ -68,6 +68,7 @@ from loganomaly.models.kind import (
     result_arrays,
 )
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
+from loganomaly.runtime.device import pick_device
 from loganomaly.runtime.runs import new_run_id, resolve_date
 
 if TYPE_CHECKING:
@@ -218,32 +219,28 @@ def per_date(source: ScoringInput, rows: DataFrame, *extra: Any, inputs: DataFra
         if f"_detail{i}" in rows.columns:
             aggs.append(F.first(F.col(f"_detail{i}"), ignorenulls=True).alias(f"detail{i}"))
     dates = rows.groupBy("date").agg(*aggs).collect()
-    raise_failed_checks(source, dates, inputs if inputs is not None else source.rows)
+    details = all(f"_detail{i}" in rows.columns for i, _ in enumerate(source.checks))
+    raise_failed_checks(source, dates, inputs if inputs is not None else source.rows, details)
     return dates
 
 
-def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: DataFrame) -> None:
+def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: DataFrame, details: bool = False) -> None:
     """Raise the ModelError of the first of the kind's checks that fails on some date of ``dates``.
 
-    ``dates``: per-date rows with ``bad{i}`` (true or 1 where check ``i`` refused a row) and, when
-    the pass carried them, ``detail{i}``; otherwise a failing row's value is looked up in
-    ``inputs`` (one more query, on the failure path only).
+    ``dates``: per-date rows with ``bad{i}`` (true or 1 where check ``i`` refused a row) and, with
+    ``details`` (the pass carried them), ``detail{i}``; otherwise a failing row's value is looked
+    up in ``inputs`` (one more query, on the failure path only).
     """
     dates = list(dates)
     for i, check in enumerate(source.checks):
         bad = [r for r in dates if r[f"bad{i}"]]
         if bad:
-            if all(f"detail{i}" in _keys(r) for r in bad):
+            if details:
                 detail = next((r[f"detail{i}"] for r in bad if r[f"detail{i}"] is not None), None)
             else:
                 found = inputs.where(check.bad).select(check.detail).first()
                 detail = found[0] if found is not None else None
             raise ModelError(check.message(detail))
-
-
-def _keys(row: Any) -> Iterable[str]:
-    """Field names of a Spark ``Row`` or keys of a dict."""
-    return row.asDict().keys() if hasattr(row, "asDict") else row.keys()
 
 
 def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
@@ -599,8 +596,6 @@ def score_on_driver(kind: ModelKind, bundle: Any, table: pa.Table, column: str, 
     The model runs on the driver's device (a GPU where the driver has one) with the driver's torch
     threads; the batches are cut to the scoring size, as Spark would cut them.
     """
-    from loganomaly.runtime.device import pick_device
-
     device = pick_device("auto")
     model = bundle.build_model(device)
     parts = list(score_batches(kind, bundle, model, device, table.to_batches(max_chunksize=batch_rows), column,
