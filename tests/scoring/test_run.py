@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from loganomaly.errors import ModelError, StageInputError
 from loganomaly.features.layout import window_bytes
 from loganomaly.lake.schemas import TABLES
 from loganomaly.models.autoencoder import LSTMAutoencoder, LSTMAutoencoderConfig, window_errors
-from loganomaly.models.bundle import save_bundle
+from loganomaly.models.bundle import load_bundle, save_bundle
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.window import ModelBundle
 from loganomaly.scoring import stage
@@ -111,6 +112,7 @@ def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: s
     with pytest.raises(ModelError, match=message):
         stage.run(spark, cfg, model_dir, lake=lake)
     assert (lake.version("scores"), lake.version("anomalies")) == versions
+    assert not list(Path(lake.root, stage.STAGING_FOLDER).glob("*/*"))  # no staged file left behind
     # the other date holds no refused row: it scores
     assert stage.run(spark, cfg, model_dir, date=DAYS[1].isoformat(), lake=lake).windows == len(x) // 2
 
@@ -146,3 +148,24 @@ def test_a_bad_range_is_refused_before_anything_is_written(spark, scored_lake) -
     with pytest.raises(StageInputError, match="no windows to score"):
         stage.run(spark, cfg, model_dir, date_range=("2023-01-01", "2023-01-31"), lake=lake)
     assert not lake.exists("scores")
+
+
+def test_the_spark_path_stages_its_flagged_rows_and_leaves_no_file(spark, scored_lake) -> None:  # type: ignore[no-untyped-def]
+    """``anomalies`` comes from the files the scoring tasks staged; the run removes them, and a
+    folder a killed run left behind is removed by the next run."""
+    lake, cfg, model_dir, x = scored_lake
+    cfg.score.local_max_bytes = 0
+    stale = Path(lake.root, stage.STAGING_FOLDER, "score-20240101T000000Z-dead00")
+    stale.mkdir(parents=True)
+    (stale / "part-0.parquet").write_bytes(b"left by a killed run")
+    summary = stage.run(spark, cfg, model_dir, lake=lake)
+    scores, anomalies = _table(lake, "scores"), _table(lake, "anomalies")
+    assert summary.windows == len(scores) == len(x)
+    assert [r for r in scores if r[6]] == anomalies and summary.anomalies == len(anomalies) > 0
+    assert not stale.exists() and not list(Path(lake.root, stage.STAGING_FOLDER).iterdir())
+    # a model that flags nothing on a date: that date's old anomalies go (no file staged, an empty replace)
+    quiet = model_dir.parent / "quiet-model"
+    save_bundle(quiet, dataclasses.replace(load_bundle(model_dir), threshold=1e30))
+    assert stage.run(spark, cfg, quiet, date=DAYS[0].isoformat(), lake=lake).anomalies == 0
+    assert [r for r in _table(lake, "anomalies") if r[3] == DAYS[0]] == []
+    assert [r for r in _table(lake, "anomalies") if r[3] == DAYS[1]] == [r for r in anomalies if r[3] == DAYS[1]]

@@ -18,16 +18,19 @@ worker runs torch with ``spark.task.cpus`` threads (the task's own cores), and t
 forward-pass batch hold a fixed number of input floats, so wide windows get fewer rows per batch.
 ``score.bf16`` autocasts the forward passes on CUDA workers.
 
-One pass over the input does everything before the writes: the kind's row checks (shape, feature
-names) become boolean columns computed next to the scan and carried through the scoring function
-(a batch holding a refused row is not scored), the scored rows are persisted, and one aggregate
-over them gives the dates, the counts, the flagged counts and the checks' verdicts. A failed
-check raises its ModelError there, before anything is written. The model runs once for both
-writes: ``scores`` and then ``anomalies`` (its flagged rows), each replacing exactly the scored
-dates (``replace_where``). A rerun for the same dates gives the same rows, never duplicates, and a
-failed write leaves that table's previous rows in place. (An earlier version ran the checks as a
-separate aggregate over ``sequences`` and counted the rows after the writes: two more Spark jobs,
-a second scan, and most of the stage's fixed cost on a small night.)
+One pass over the input scores it and writes ``scores``: the kind's row checks (shape, feature
+names) become boolean columns computed next to the scan and carried into the scoring function,
+which raises on a refused row (the job fails, nothing is committed, and the driver words the
+check's ModelError from the input); the function hands its batches on to the ``scores`` write
+and, on the side, puts its flagged rows into a Parquet file of its own under the lake's
+``_staging`` folder and reports the file and its per-date counts through an accumulator (only
+successful task attempts' reports arrive, so a retried task's file is counted once). ``anomalies``
+is then written from the staged files of that report: the flagged rows of the same pass, not a
+re-read of ``scores`` and not a second run of the model. The dates to replace come from the input
+table's Delta log (no Spark job) before the pass starts. (Earlier versions persisted the scored
+rows, aggregated them for the dates, counts and checks, and wrote both tables from the cache: the
+cache's build and read cost about a third of the stage at 1M windows; before that the checks were
+a separate aggregate and a count ran after the writes.)
 
 The two writes are two commits: a run killed between them leaves ``anomalies`` of those dates from
 the previous run (rows whose ``run_id`` differs from ``scores``'). Every run first repairs that
@@ -42,6 +45,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,10 +57,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute in the workers)
+import pyarrow.parquet as pq
+from pyspark.accumulators import AccumulatorParam
 
 from loganomaly.config import Config
 from loganomaly.errors import ModelError, StageInputError
-from loganomaly.lake.deltars import snapshot_files
+from loganomaly.lake.deltars import snapshot_files, spark_to_delta_arrow
 from loganomaly.lake.lock import writer_lock
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
@@ -79,6 +87,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "REPAIR_SUFFIX",
     "ScoreSummary",
+    "AnomalyStaging",
+    "REFUSED_MARKER",
     "check_columns",
     "checked_dates",
     "last_run_finished",
@@ -91,12 +101,13 @@ __all__ = [
     "arrow_per_date",
     "driver_input",
     "input_bytes",
+    "input_dates",
+    "raise_refused",
     "flagged",
     "raise_failed_checks",
     "score_batches",
     "score_on_driver",
     "score_partitions",
-    "write_scores",
     "write_scores_arrow",
 ]
 
@@ -118,7 +129,7 @@ class ScoreSummary:
 
 def score_partitions(
     kind: ModelKind, version: str, files: Any, column: str, top_k: int, inference: Inference | None = None,
-    refused: str | None = None,
+    refused: str | None = None, staging: AnomalyStaging | None = None,
 ) -> Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]]:
     """The ``mapInArrow`` function: key columns in, key columns plus the kind's results out.
 
@@ -133,6 +144,9 @@ def score_partitions(
         refused: a boolean input column, true on rows the kind's checks refuse: a batch holding one
             is not scored (NaN scores; the driver raises the check's error before writing). Every
             input column besides ``column`` is passed through to the output, after the results.
+        staging: the stage's side output (:class:`AnomalyStaging`): each task raises on a refused
+            row, stages its flagged rows and reports its counts. None (the bench's UDF rows): the
+            batches only.
 
     Torch in the worker runs with as many threads as the task has cores (``spark.task.cpus``, read
     from the task's context).
@@ -144,9 +158,111 @@ def score_partitions(
         context = TaskContext.get()
         threads = torch_threads(context.cpus() if context is not None else 1)
         bundle, model, device = worker_model(version, files.value, kind, threads=threads)
-        yield from score_batches(kind, bundle, model, device, batches, column, top_k, inference, refused)
+        scored = score_batches(kind, bundle, model, device, batches, column, top_k, inference, refused)
+        yield from scored if staging is None else staging.tee(scored)
 
     return score
+
+
+#: What a scoring task raises on a row the kind's checks refuse (the driver finds it in the job's
+#: error and words the check's own message from the input rows: :func:`raise_refused`).
+REFUSED_MARKER = "loganomaly-scoring: a row the model's checks refuse"
+
+
+class _Reports(AccumulatorParam):  # type: ignore[type-arg]
+    """An accumulator of report lists: each successful task attempt adds its one report."""
+
+    def zero(self, value: Any) -> list[Any]:
+        return []
+
+    def addInPlace(self, value1: list[Any], value2: list[Any]) -> list[Any]:  # noqa: N802 - pyspark's name
+        value1.extend(value2)
+        return value1
+
+
+@dataclass(frozen=True)
+class AnomalyStaging:
+    """The scoring pass's side output: flagged rows staged as Parquet, counts reported per task.
+
+    ``scores`` and ``anomalies`` come from one run of the model: the pass's batches go on to the
+    ``scores`` write, and :meth:`tee` writes the flagged rows of each task into its own file under
+    ``directory`` (the lake's ``_staging`` folder, where executors can write as they write the
+    tables) with the rows ``anomalies`` holds. At the end of a task it adds
+    ``{"files": [...], "counts": {date: [rows, flagged]}}`` to ``reports``: Spark merges the
+    accumulator updates of successful task attempts only, so a retried or speculative attempt's
+    file is not counted twice (unreported files go with the folder). ``flagged`` is
+    Spark SQL's ``score > threshold`` (:func:`flagged`), the rule of the ``is_anomaly`` column.
+
+    Args:
+        directory: this run's staging folder (created by the driver, removed after the writes).
+        schema: the Arrow schema of the ``anomalies`` rows (from the table's DDL, on the driver).
+        threshold, model_version, run_id: the constant columns of the rows.
+        reports: the accumulator (:class:`_Reports`).
+        refused: the carried boolean column that marks rows the kind's checks refuse.
+    """
+
+    directory: str
+    schema: pa.Schema
+    threshold: float
+    model_version: str
+    run_id: str
+    reports: Any
+    refused: str = "_refused"
+
+    def tee(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """Pass ``batches`` on unchanged, staging their flagged rows; raise on a refused row."""
+        path = os.path.join(self.directory, f"part-{uuid.uuid4().hex}.parquet")
+        writer: pq.ParquetWriter | None = None
+        counts: dict[str, list[int]] = {}
+        try:
+            for batch in batches:
+                if self.refused in batch.schema.names and pa.compute.any(batch.column(self.refused)).as_py():
+                    raise RuntimeError(REFUSED_MARKER)
+                mask = flagged(batch.column("score").to_numpy(zero_copy_only=False), self.threshold)
+                for day, n in _date_counts(batch.column("date")):
+                    counts.setdefault(day, [0, 0])[0] += n
+                if mask.any():
+                    rows = self.anomaly_rows(batch.filter(pa.array(mask)))
+                    for day, n in _date_counts(rows.column("date")):
+                        counts.setdefault(day, [0, 0])[1] += n
+                    if writer is None:
+                        writer = pq.ParquetWriter(path, self.schema)
+                    writer.write_batch(rows)
+                yield batch
+            if writer is not None:
+                writer.close()
+                writer = None
+                files = [path]
+            else:
+                files = []
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            if os.path.exists(path):
+                os.remove(path)
+            raise
+        self.reports.add([{"files": files, "counts": counts}])
+
+    def anomaly_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The ``anomalies`` columns of ``batch``'s rows (all flagged), in the table's order and types."""
+        n = batch.num_rows
+        values = {
+            "score": batch.column("score"),
+            "threshold": pa.array(np.full(n, self.threshold)),
+            "is_anomaly": pa.array(np.ones(n, dtype=bool)),
+            "explanation": batch.column("explanation"),
+            "top_features": batch.column("top_features"),
+            "model_version": pa.array([self.model_version] * n, pa.string()),
+            "run_id": pa.array([self.run_id] * n, pa.string()),
+        }
+        columns = [values[f.name] if f.name in values else batch.column(f.name) for f in self.schema]
+        return pa.RecordBatch.from_arrays([c.cast(f.type) for c, f in zip(columns, self.schema, strict=True)],
+                                          schema=self.schema)
+
+
+def _date_counts(dates: pa.Array) -> list[tuple[str, int]]:
+    """``(YYYY-MM-DD, rows)`` per distinct date of a ``date`` column."""
+    return [(v["values"].isoformat(), int(v["counts"])) for v in pa.compute.value_counts(dates).to_pylist()]
 
 
 def score_batches(
@@ -243,6 +359,20 @@ def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: Data
             raise ModelError(check.message(detail))
 
 
+def raise_refused(source: ScoringInput, inputs: DataFrame) -> None:
+    """Raise the ModelError of the first of the kind's checks that refuses a row of ``inputs``.
+
+    The scoring pass stops at a refused row without saying which check refused it (a task's error
+    is text); this looks the checks up in order, one query each, on the failure path only.
+    """
+    for check in source.checks:
+        found = inputs.where(check.bad).select(check.detail).first()
+        if found is not None:
+            raise ModelError(check.message(found[0]))
+    raise ModelError("a scoring task found a row the model's checks refuse, but no check refuses a row of the "
+                     "input now (did the input change during the run?)")
+
+
 def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
     """Rows per date of ``rows`` (the rows about to be scored), after the kind's checks pass on them.
 
@@ -254,26 +384,6 @@ def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
     """
     return {r["date"].isoformat(): int(r["n"])
             for r in per_date(source, rows.select("date", *check_columns(source)))}
-
-
-def write_scores(lake: Lake, scored: DataFrame, dates: list[str], run_id: str) -> None:
-    """Replace ``dates`` in ``scores`` and in ``anomalies`` from one scoring (persist ``scored`` first).
-
-    Each write replaces exactly the scored dates: a rerun gives the same rows, never duplicates; a
-    write that fails leaves its table's previous rows. The caller persists ``scored`` (and counts
-    it in the same pass, :func:`per_date`), so the model runs once and both tables hold exactly
-    what it said.
-
-    Example:
-        >>> write_scores(lake, scored.persist(), ["2024-03-06"], "score-20240307-...")  # doctest: +SKIP
-    """
-    from pyspark.sql import functions as F
-
-    partition_by = TABLES["scores"].partition_by
-    lake.write("scores", scored, mode="overwrite", partition_by=partition_by, replace_where={"date": dates},
-               run_id=run_id)
-    lake.write("anomalies", scored.where(F.col("is_anomaly")), mode="overwrite", partition_by=partition_by,
-               replace_where={"date": dates}, run_id=run_id)
 
 
 #: Appended to a run's id in the commit metadata of its repair commit (see :func:`repair_anomalies`).
@@ -397,15 +507,15 @@ def resolve_range(date_range: tuple[str, str]) -> tuple[dt.date, dt.date]:
     return first, last
 
 
-def range_dates(lake: Lake, counts: list[Any], first: dt.date, last: dt.date) -> list[str]:
-    """The dates a range run replaces: those of its scored rows plus those ``scores`` already holds in it.
+def range_dates(lake: Lake, input_days: Iterable[str], first: dt.date, last: dt.date) -> list[str]:
+    """The dates a range run replaces: those of its input rows plus those ``scores`` already holds in it.
 
     Listing every calendar day of a long range would make the replace predicate as long as the
     range; the dates with old results are what a rerun must clear, and they are few.
     """
     from pyspark.sql import functions as F
 
-    dates = {r["date"].isoformat() for r in counts}
+    dates = set(input_days)
     if lake.exists("scores"):
         held = lake.read("scores").where(F.col("date").between(F.lit(first), F.lit(last))).select("date").distinct()
         dates |= {r["date"].isoformat() for r in held.collect()}
@@ -440,51 +550,104 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     for i, _ in enumerate(source.checks):
         refused = refused | F.col(f"_bad{i}")
     checked = rows.select(*KEY_COLUMNS, source.column, *checks).withColumn("_refused", refused)
-    threshold = float(bundle.threshold)
+    since = dt.date.fromisoformat(last) if last is not None else None
+    day = dt.date.fromisoformat(date) if date else None
+    on_disk = input_dates(lake, kind.input_table, day, span, since)
 
-    def finish(counts: list[Any], write: Callable[[list[str]], None]) -> ScoreSummary:
-        """Dates to replace, the writes, the summary: the same after either path."""
+    def dates_to_replace(input_days: Iterable[str]) -> list[str]:
+        """The dates whose rows this run replaces (before any write, so both commits replace the same)."""
         # A date asked for by name is replaced even when it has no rows left (its old scores go too).
         if date:
-            dates = [dt.date.fromisoformat(date).isoformat()]
-        elif span is not None:
-            dates = range_dates(lake, counts, *span)
+            return [dt.date.fromisoformat(date).isoformat()]
+        if span is not None:
+            dates = range_dates(lake, input_days, *span)
             log.info("score: range %s to %s: %d dates to replace", span[0], span[1], len(dates))
-        else:
-            dates = sorted(r["date"].isoformat() for r in counts)
+            return dates
+        return sorted(input_days)
+
+    def finish(dates: list[str], write: Callable[[list[str]], tuple[int, int]]) -> ScoreSummary:
+        """The writes and the summary: the same after either path."""
         if since_last_run and not date:
             log.info("score: last date scored by model %s: %s; scoring %s", bundle.version, last, dates)
             if not dates:
                 return ScoreSummary(run_id, bundle.version, [], 0, 0)
         if not dates:
             raise StageInputError(f"{kind.input_table} has no {kind.unit} to score")
-        n_rows = sum(int(r["n"]) for r in counts)
-        n_anomalies = sum(int(r["flagged"] or 0) for r in counts)
+        n_rows, n_anomalies = write(dates)
         log.info("score: %d %s scored on %d dates (%d flagged); %s", n_rows, kind.unit, len(dates),
                  n_anomalies, sizes)
-        write(dates)
         summary = ScoreSummary(run_id, bundle.version, dates, n_rows, n_anomalies)
         log.info("score %s: %d %s over %d dates, %d anomalies (%s %s)", run_id, summary.windows, kind.unit,
                  len(dates), summary.anomalies, bundle.kind, bundle.version)
         return summary
 
-    on_disk = None
+    local = None
     if cfg.score.local_max_bytes > 0:
-        since = dt.date.fromisoformat(last) if last is not None else None
-        on_disk = input_bytes(lake, kind.input_table, dt.date.fromisoformat(date) if date else None, span, since)
-    local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle), on_disk)
+        local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle),
+                             None if on_disk is None else sum(on_disk.values()))
     if local is not None:
         scored_rows = score_on_driver(kind, bundle, local, source.column, cfg.score.explain_top_k, inference,
                                       sizes.arrow_rows, run_id)
         counts = arrow_per_date(source, scored_rows, inputs=rows)
-        return finish(counts, lambda dates: write_scores_arrow(lake, scored_rows, dates, run_id))
 
+        def write_local(dates: list[str]) -> tuple[int, int]:
+            write_scores_arrow(lake, scored_rows, dates, run_id)
+            return sum(int(r["n"]) for r in counts), sum(int(r["flagged"]) for r in counts)
+
+        return finish(dates_to_replace(r["date"].isoformat() for r in counts), write_local)
+
+    # The Spark path. The dates come from the input's Delta log (or, where it cannot be read here,
+    # one query of the date column), so the pass can write ``scores`` as it scores.
+    if on_disk is not None:
+        input_days: list[str] = sorted(on_disk)
+    else:
+        input_days = sorted(r["date"].isoformat() for r in rows.select("date").distinct().collect()
+                            if r["date"] is not None)
     files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
+    staging_root = Path(lake.root, STAGING_FOLDER)
+    for stale in staging_root.glob("score-*"):  # a run killed before cleaning up (we hold the writer lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = staging_root / run_id
+    try:
+        return finish(dates_to_replace(input_days), lambda dates: write_on_executors(
+            spark, lake, source, checked, rows, kind, bundle, files, str(folder), cfg.score.explain_top_k, inference,
+            sizes, dates, run_id))
+    finally:
+        files.unpersist()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: The lake's folder for files a run stages before it commits them (removed after the run).
+STAGING_FOLDER = "_staging"
+
+
+def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, checked: DataFrame, inputs: DataFrame,
+                       kind: ModelKind, bundle: Any, files: Any, folder: str, top_k: int, inference: Inference,
+                       sizes: ScoringSizes, dates: list[str], run_id: str) -> tuple[int, int]:
+    """The Spark path's two commits from one scoring pass: ``scores``, then ``anomalies``.
+
+    The pass scores ``checked`` (the input with the checks' flags) and is the ``scores`` write;
+    its tasks stage the flagged rows (:class:`AnomalyStaging`), from which ``anomalies`` is
+    written. Returns (rows scored, rows flagged).
+
+    Raises:
+        ModelError: a row the kind's checks refuse (nothing is committed).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    spec = TABLES["scores"]
+    os.makedirs(folder, exist_ok=True)
+    threshold = float(bundle.threshold)
+    reports = spark.sparkContext.accumulator([], _Reports())
+    struct = StructType.fromDDL(TABLES["anomalies"].ddl)
+    assert isinstance(struct, StructType)
+    staging = AnomalyStaging(folder, spark_to_delta_arrow(struct), threshold, bundle.version, run_id, reports)
     carried = [f for f in checked.schema.fields if f.name not in KEY_COLUMNS and f.name != source.column]
     schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in checked.select(*KEY_COLUMNS).schema.fields)
     schema += ", " + RESULT_COLUMNS + "".join(f", {f.name} {f.dataType.simpleString()}" for f in carried)
     scored = checked.mapInArrow(
-        score_partitions(kind, bundle.version, files, source.column, cfg.score.explain_top_k, inference, "_refused"),
+        score_partitions(kind, bundle.version, files, source.column, top_k, inference, "_refused", staging),
         schema,
     ).select(
         *KEY_COLUMNS,
@@ -495,59 +658,71 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
         "top_features",
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
-        *[f.name for f in carried if f.name != "_refused"],
     )
-    from pyspark import StorageLevel
-
     try:
         with arrow_batch_rows(spark, sizes):
-            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-            try:
-                # The one pass over the input: scores every row into the cache, then dates, counts
-                # and the checks' verdicts from it (a failed check raises before any write).
-                counts = per_date(source, scored, F.sum(F.col("is_anomaly").cast("long")).alias("flagged"),
-                                  inputs=rows)
-                return finish(counts, lambda dates: write_scores(lake, scored.select(*TABLES["scores"].columns),
-                                                                 dates, run_id))
-            finally:
-                scored.unpersist()
-    finally:
-        files.unpersist()
+            lake.write("scores", scored.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
+                       replace_where={"date": dates}, run_id=run_id)
+    except Exception as exc:
+        if REFUSED_MARKER in str(exc):
+            raise_refused(source, inputs)
+        raise
+    staged = [f for report in reports.value for f in report["files"]]
+    counts: dict[str, list[int]] = {}
+    for report in reports.value:
+        for day, (n, n_flagged) in report["counts"].items():
+            total = counts.setdefault(day, [0, 0])
+            total[0] += n
+            total[1] += n_flagged
+    flagged_rows = spark.read.schema(struct).parquet(*staged) if staged else spark.createDataFrame([], struct)
+    lake.write("anomalies", flagged_rows.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
+               replace_where={"date": dates}, run_id=run_id)
+    return sum(n for n, _ in counts.values()), sum(f for _, f in counts.values())
 
 
 #: Bytes assumed per row when a kind's rows vary in size (``row_floats`` None), to cap the probe.
 _VARIABLE_ROW_BYTES = 256
 
 
-def input_bytes(lake: Lake, table: str, date: dt.date | None, span: tuple[dt.date, dt.date] | None,
-                since: dt.date | None) -> int | None:
-    """Bytes on disk of ``table``'s files on the dates a run scores, from the Delta log (no Spark
-    job); None when the table is not partitioned by ``date`` or its log cannot be read here.
+def input_dates(lake: Lake, table: str, date: dt.date | None, span: tuple[dt.date, dt.date] | None,
+                since: dt.date | None) -> dict[str, int] | None:
+    """Bytes on disk of ``table``'s files per date (``YYYY-MM-DD``) a run scores, from the Delta log
+    (no Spark job); None when the table is not partitioned by ``date`` or its log cannot be read here.
 
-    Lets a large night skip :func:`driver_input`'s probe: rows take at least their compressed
-    size in memory, so an input whose files hold more than twice the limit cannot fit.
+    The dates are those the Spark path replaces (it writes as it scores, so it needs them before
+    the pass), and their total lets a large night skip :func:`driver_input`'s probe: rows take at
+    least their compressed size in memory, so an input whose files hold more than twice the limit
+    cannot fit. Files of a null date are left out (no window has one).
     """
     try:
         files = snapshot_files(lake.path(table), None)
-    except Exception as exc:  # noqa: BLE001 - a size hint only: without it the probe decides
-        log.debug("score: no file sizes for %s (%s); the probe decides", table, exc)
+    except Exception as exc:  # noqa: BLE001 - a hint only: without it the probe and one query decide
+        log.debug("score: no file list for %s (%s); the probe and a query of the dates decide", table, exc)
         return None
-    if not files or any("date" not in values for _, _, values in files):
+    if files is None or any("date" not in values for _, _, values in files):
         return None
-    total = 0
+    days: dict[str, int] = {}
     for _, size, values in files:
         value = values["date"]
-        day = dt.date.fromisoformat(value) if value else None
-        if day is None:
-            keep = date is None and span is None and since is None
-        elif date is not None:
+        if not value:
+            continue
+        day = dt.date.fromisoformat(value)
+        if date is not None:
             keep = day == date
         elif span is not None:
             keep = span[0] <= day <= span[1]
         else:
             keep = since is None or day >= since
-        total += size if keep else 0
-    return total
+        if keep:
+            days[day.isoformat()] = days.get(day.isoformat(), 0) + size
+    return days
+
+
+def input_bytes(lake: Lake, table: str, date: dt.date | None, span: tuple[dt.date, dt.date] | None,
+                since: dt.date | None) -> int | None:
+    """The total of :func:`input_dates` (None where it is None)."""
+    days = input_dates(lake, table, date, span, since)
+    return None if days is None else sum(days.values())
 
 
 def driver_input(checked: DataFrame, max_bytes: int, row_floats: int | None,
