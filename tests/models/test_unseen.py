@@ -15,7 +15,14 @@ from loganomaly.errors import ConfigError, ModelError
 from loganomaly.models.autoencoder import KIND, LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.models.bundle import META, load_bundle, save_bundle
 from loganomaly.models.normaliser import Normaliser
-from loganomaly.models.unseen import UnseenShare, combined_scores, share_text, shares, unseen_columns, unseen_counts
+from loganomaly.models.unseen import (
+    UnseenShare,
+    combined_scores,
+    share_text,
+    shares,
+    unseen_columns,
+    unseen_counts,
+)
 from loganomaly.models.window import ModelBundle
 
 NAMES = ["events", "errors", "tpl:Taaa", "tpl:Tbbb", "tpl:other", "tpl:unknown"]
