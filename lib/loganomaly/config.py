@@ -235,8 +235,8 @@ class ModelConfig:
     # whose templates the model never saw (``tpl:unknown`` and template columns that were 0 in every
     # training window; loganomaly.models.unseen), with its own threshold calibrated on the same
     # screened validation windows at the same alert budget. A window is flagged when either signal
-    # passes its threshold (score = max(error, threshold * share / share threshold)) and its
-    # explanation says which. Needs templates (the ``tpl:unknown`` feature). Off by default.
+    # passes its threshold (score = error, plus threshold * share / share threshold where the share
+    # passes) and its explanation says which. Needs templates (the ``tpl:unknown`` feature). Off by default.
     unseen_share: bool = False
     # autoencoder with unseen_share: the least share threshold, in (0, 1]. Where no validation
     # window holds an unseen template the calibrated share is 0, and without this floor one unseen

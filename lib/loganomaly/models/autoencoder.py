@@ -447,7 +447,8 @@ class AutoencoderKind(WindowKind):
         and explaining every window cost a float64 copy of every error and Python per row.
 
         With the unseen-template signal (``bundle.unseen``, :mod:`loganomaly.models.unseen`), the
-        score is ``max(error, threshold * share / share threshold)``: a window is flagged when
+        score is the error plus ``threshold * share / share threshold`` where the share passes its
+        threshold (:func:`~loganomaly.models.unseen.combined_scores`): a window is flagged when
         either passes its own threshold, and a window the share flagged is explained by it first
         (``unseen-template share: 7 of 9 events match no template the model knows (share 0.78 >
         calibrated 0.30)``), then by its reconstruction error, said to be below or above its
