@@ -590,6 +590,10 @@ def validate(cfg: Config) -> None:
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
         (0 <= cfg.model.min_template_support < 1, "model.min_template_support must be in [0, 1)"),
         (0 < cfg.model.unseen_share_min <= 1, "model.unseen_share_min must be in (0, 1] (a share of a window's events)"),
+        (
+            not cfg.model.unseen_share or cfg.model.kind == "autoencoder",
+            f"model.unseen_share is a signal of model.kind=autoencoder; model.kind={cfg.model.kind} has none",
+        ),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
         (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),

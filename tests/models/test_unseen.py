@@ -102,6 +102,8 @@ def test_config_switch_and_floor_are_validated() -> None:
     cfg = load_config(overrides=["model.unseen_share=true", "model.unseen_share_min=0.3"])
     assert cfg.model.unseen_share and cfg.model.unseen_share_min == 0.3
     assert not load_config().model.unseen_share
+    with pytest.raises(ConfigError, match="kind=autoencoder"):
+        load_config(overrides=["model.unseen_share=true", "model.kind=deeplog"])
     for bad in ("0", "1.5"):
         with pytest.raises(ConfigError, match="unseen_share_min"):
             load_config(overrides=[f"model.unseen_share_min={bad}"])
