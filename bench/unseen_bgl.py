@@ -70,6 +70,9 @@ def main() -> None:
     print(f"validation: {len(labels)} windows ({int(labels.sum())} with an alert line); {len(columns)} unseen columns")
     print(f"  normal windows holding an unseen template: {int((share[labels == 0] > 0).sum())} of "
           f"{int((labels == 0).sum())}; at share 1: {int((share[labels == 0] >= 1).sum())}")
+    errors = np.rint(np.expm1(val.x[:, :, names.index("errors")]).sum(axis=1))
+    novel_errors = (share > 0) & (errors > 0) & (labels == 0)
+    print(f"  of those, holding an error-level line too: {int(novel_errors.sum())}")
     per_feature = window_step_errors(bundle.build_model(), bundle.normaliser.transform(val.x)).mean(axis=1)
     unseen_idx = [names.index(c) for c in columns]
     seen_idx = [i for i in range(len(names)) if i not in unseen_idx]
