@@ -78,12 +78,14 @@ def unseen_counts(x: np.ndarray, names: Sequence[str], columns: Sequence[str],
     if missing:
         raise ModelError(f"windows lack the features {missing} the unseen-template share reads")
     undo = signed_expm1 if log1p else (lambda v: v)
-    data = np.asarray(x, dtype=np.float64)
-    events = np.rint(undo(data[:, :, index[EVENTS]]).sum(axis=1))
+    # Only the columns read are converted: scoring calls this on every batch, and a float64 copy
+    # of whole windows would cost more than the share.
+    events = np.rint(undo(np.asarray(x[:, :, index[EVENTS]], dtype=np.float64)).sum(axis=1))
     if columns:
-        unseen = np.rint(undo(data[:, :, [index[c] for c in columns]]).sum(axis=(1, 2)))
+        picked = np.asarray(x[:, :, [index[c] for c in columns]], dtype=np.float64)
+        unseen = np.rint(undo(picked).sum(axis=(1, 2)))
     else:
-        unseen = np.zeros(len(data))
+        unseen = np.zeros(len(x))
     return unseen, events
 
 
