@@ -24,6 +24,7 @@ from loganomaly.models.unseen import (
     unseen_counts,
 )
 from loganomaly.models.window import ModelBundle
+from loganomaly.runtime.collective import Collective
 
 NAMES = ["events", "errors", "tpl:Taaa", "tpl:Tbbb", "tpl:other", "tpl:unknown"]
 T = 2
@@ -221,3 +222,34 @@ def test_the_kind_calibrates_the_share_only_when_switched_on() -> None:
     on = load_config(overrides=["model.unseen_share=true"])
     cal = KIND.calibrate_unseen(train, normaliser, list(NAMES), np.ones(len(train), bool), on)
     assert cal is not None and cal.columns == ["tpl:Tbbb", "tpl:unknown"] and cal.threshold == on.model.unseen_share_min
+
+
+def test_with_peer_groups_the_share_flags_past_the_group_threshold_and_the_group_is_named_first() -> None:
+    from loganomaly.models.normaliser import PeerGroups, fit_group_normalisers, group_index
+    from tests.models.test_peer_groups import GROUPS
+    from tests.models.test_peer_groups import NAMES as PEER_NAMES
+    from tests.models.test_peer_groups import T as PEER_T
+    from tests.models.test_peer_groups import windows as peer_windows
+
+    torch.manual_seed(0)
+    n_features = len(PEER_NAMES)
+    cfg = LSTMAutoencoderConfig(n_features=n_features, window_steps=PEER_T, hidden_size=8)
+    model = LSTMAutoencoder(cfg)
+    cols = [PEER_NAMES.index("group:" + g) for g in GROUPS]
+    x = np.concatenate([peer_windows(40, "internal", 1.0, 0), peer_windows(40, "external", 5.0, 1)])
+    unknown, events = PEER_NAMES.index("tpl:unknown"), PEER_NAMES.index("events")
+    x[:, :, unknown] = 0.0
+    x[45, :, unknown] = x[45, :, events]  # one external window made only of lines no template fits
+    peers = PeerGroups(GROUPS, cols, fit_group_normalisers(x, group_index(x, cols), GROUPS, 30, Collective()),
+                       {"internal": 1e9, "external": 1e9}, 0.05, 2)
+    bundle = ModelBundle(model_cfg=cfg, state_dict=model.state_dict(), normaliser=Normaliser.fit(x), threshold=1.0,
+                         feature_names=PEER_NAMES, features={"step_seconds": 300, "window_steps": PEER_T,
+                                                             "stride_steps": 2},
+                         metrics={"val_feature_error": [0.1] * n_features}, peers=peers,
+                         unseen=UnseenShare(["tpl:unknown"], 0.5, 0.0, 0.5, 0.01, 80, 0))
+    out = KIND.score_windows(bundle, model, torch.device("cpu"), x, 2).to_pydict()
+    flagged = [i for i, s in enumerate(out["score"]) if s > bundle.threshold]
+    assert flagged == [45]
+    text = out["explanation"][45]
+    assert text.startswith("peer group external (own threshold 1e+09)")
+    assert "; unseen-template share: " in text and "(share 1.00 > calibrated 0.50); reconstruction error " in text
