@@ -14,7 +14,7 @@ from loganomaly.config import load_config
 from loganomaly.errors import ConfigError, ModelError
 from loganomaly.models.autoencoder import KIND, LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.models.bundle import META, load_bundle, save_bundle
-from loganomaly.models.normaliser import Normaliser
+from loganomaly.models.normaliser import Normaliser, PeerGroups, fit_group_normalisers, group_index
 from loganomaly.models.unseen import (
     UnseenShare,
     combined_scores,
@@ -25,6 +25,10 @@ from loganomaly.models.unseen import (
 )
 from loganomaly.models.window import ModelBundle
 from loganomaly.runtime.collective import Collective
+from tests.models.test_peer_groups import GROUPS
+from tests.models.test_peer_groups import NAMES as PEER_NAMES
+from tests.models.test_peer_groups import T as PEER_T
+from tests.models.test_peer_groups import windows as peer_windows
 
 NAMES = ["events", "errors", "tpl:Taaa", "tpl:Tbbb", "tpl:other", "tpl:unknown"]
 T = 2
@@ -225,11 +229,6 @@ def test_the_kind_calibrates_the_share_only_when_switched_on() -> None:
 
 
 def test_with_peer_groups_the_share_flags_past_the_group_threshold_and_the_group_is_named_first() -> None:
-    from loganomaly.models.normaliser import PeerGroups, fit_group_normalisers, group_index
-    from tests.models.test_peer_groups import GROUPS
-    from tests.models.test_peer_groups import NAMES as PEER_NAMES
-    from tests.models.test_peer_groups import T as PEER_T
-    from tests.models.test_peer_groups import windows as peer_windows
 
     torch.manual_seed(0)
     n_features = len(PEER_NAMES)
