@@ -252,3 +252,13 @@ def test_with_peer_groups_the_share_flags_past_the_group_threshold_and_the_group
     text = out["explanation"][45]
     assert text.startswith("peer group external (own threshold 1e+09)")
     assert "; unseen-template share: " in text and "(share 1.00 > calibrated 0.50); reconstruction error " in text
+
+
+def test_the_train_summary_and_report_show_the_share_threshold_only_when_there_is_one() -> None:
+    with_share, _ = unseen_bundle(threshold=1.0, share_threshold=0.3)
+    without, _ = unseen_bundle(threshold=1.0, share_threshold=None)
+    assert KIND.summary(with_share)["unseen_share_threshold"] == 0.3
+    assert "unseen_share_threshold" not in KIND.summary(without)
+    assert dict(KIND.report_facts(with_share))["unseen-template share threshold"] == (
+        "0.3 (calibrated 0.3; 0 of 50 validation windows held unseen templates)")
+    assert "unseen-template share threshold" not in dict(KIND.report_facts(without))

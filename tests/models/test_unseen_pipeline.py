@@ -16,6 +16,7 @@ from loganomaly import pipeline
 from loganomaly.config import GenerateConfig, load_config
 from loganomaly.ingest import synthetic
 from loganomaly.lake.tables import Lake
+from loganomaly.models.autoencoder import KIND
 from loganomaly.models.bundle import load_bundle
 from loganomaly.models.window import ModelBundle
 from tests.test_split_pipeline import CONF, SMALL
@@ -76,6 +77,9 @@ def test_the_bundle_carries_the_calibrated_share(unseen_run) -> None:  # type: i
     # Training traffic holds every generator template, so the floor decides the threshold.
     assert bundle.unseen.threshold >= 0.1 and bundle.unseen.can_alert
     assert bundle.metrics["unseen_share"]["threshold"] == bundle.unseen.threshold
+    assert KIND.summary(bundle)["unseen_share_threshold"] == bundle.unseen.threshold
+    assert dict(KIND.report_facts(bundle))["unseen-template share threshold"].startswith(
+        f"{bundle.unseen.threshold:.3g} (calibrated ")
 
 
 def test_an_hour_of_unseen_messages_is_flagged_by_the_share_and_ordinary_windows_are_not(unseen_run) -> None:  # type: ignore[no-untyped-def]

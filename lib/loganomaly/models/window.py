@@ -561,7 +561,9 @@ class WindowKind(ModelKind):
                 "screened_windows": int(screening.get("screened_robust", 0)) + int(screening.get("screened_previous", 0)),
                 "previous_threshold": stability.get("previous_threshold"),
                 "threshold_ratio": stability.get("ratio"),
-                "threshold_clamped": bool(stability.get("clamped", False))}
+                "threshold_clamped": bool(stability.get("clamped", False)),
+                # Only with the unseen-template signal, so other summaries keep their keys.
+                **({"unseen_share_threshold": bundle.unseen.threshold} if bundle.unseen is not None else {})}
 
     # -------------------------------------------------------------- bundles
     def bundle_meta(self, bundle: Bundle) -> dict[str, Any]:
@@ -665,4 +667,9 @@ class WindowKind(ModelKind):
 
     def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
         assert isinstance(bundle, ModelBundle)
-        return [("features", len(bundle.feature_names)), ("window steps", bundle.window_steps)]
+        facts: list[tuple[str, Any]] = [("features", len(bundle.feature_names)), ("window steps", bundle.window_steps)]
+        if bundle.unseen is not None:
+            facts.append(("unseen-template share threshold", f"{bundle.unseen.threshold:.3g} (calibrated "
+                          f"{bundle.unseen.calibrated:.3g}; {bundle.unseen.validation_with_unseen} of "
+                          f"{bundle.unseen.validation_windows} validation windows held unseen templates)"))
+        return facts
