@@ -231,6 +231,17 @@ class ModelConfig:
     session_end: bool = True
     # classifier: weigh both classes alike in the loss (``balanced``; attacks are rare) or not.
     class_weights: ClassWeights = "balanced"
+    # autoencoder: a second signal beside the reconstruction error, the share of a window's events
+    # whose templates the model never saw (``tpl:unknown`` and template columns that were 0 in every
+    # training window; loganomaly.models.unseen), with its own threshold calibrated on the same
+    # screened validation windows at the same alert budget. A window is flagged when either signal
+    # passes its threshold (score = error, plus threshold * share / share threshold where the share
+    # passes) and its explanation says which. Needs templates (the ``tpl:unknown`` feature). Off by default.
+    unseen_share: bool = False
+    # autoencoder with unseen_share: the least share threshold, in (0, 1]. Where no validation
+    # window holds an unseen template the calibrated share is 0, and without this floor one unseen
+    # event among many would be an alert.
+    unseen_share_min: float = 0.1
 
 
 @dataclass
@@ -578,6 +589,11 @@ def validate(cfg: Config) -> None:
         (0 < cfg.train.train_fraction <= 1, "train.train_fraction must be in (0, 1]"),
         (0 < cfg.train.validation_fraction < 1, "train.validation_fraction must be in (0, 1)"),
         (0 <= cfg.model.min_template_support < 1, "model.min_template_support must be in [0, 1)"),
+        (0 < cfg.model.unseen_share_min <= 1, "model.unseen_share_min must be in (0, 1] (a share of a window's events)"),
+        (
+            not cfg.model.unseen_share or cfg.model.kind == "autoencoder",
+            f"model.unseen_share is a signal of model.kind=autoencoder; model.kind={cfg.model.kind} has none",
+        ),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
         (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),

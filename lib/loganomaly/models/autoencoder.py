@@ -39,6 +39,7 @@ from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.screening import screened_budget
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
+from loganomaly.models.unseen import UnseenShare, combined_scores, share_text
 from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork, alert_budget
 from loganomaly.runtime.collective import Collective
 
@@ -421,7 +422,18 @@ class AutoencoderKind(WindowKind):
         # Typical per-feature error on normal windows (the screened ones): scoring explains a
         # window by how many times its error exceeds this.
         typical = val_feature_errors[keep].mean(axis=0)
-        return threshold, {"val_feature_error": [float(v) for v in typical], "screening": screening}, val_scores
+        # "_keep" is for calibrate_unseen (same screened windows); finish pops it before the bundle.
+        return threshold, {"val_feature_error": [float(v) for v in typical], "screening": screening,
+                           "_keep": keep}, val_scores
+
+    def calibrate_unseen(self, val_raw: np.ndarray, normaliser: Normaliser, names: list[str],
+                         keep: np.ndarray | None, cfg: Config) -> UnseenShare | None:
+        """With ``model.unseen_share``: the share threshold on the screened validation windows, at the alert budget."""
+        if not cfg.model.unseen_share:
+            return None
+        mask = np.ones(len(val_raw), dtype=bool) if keep is None else keep
+        return UnseenShare.calibrate(val_raw, names, normaliser.mean, mask, alert_budget(cfg),
+                                     cfg.model.unseen_share_min)
 
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
                         previous_flagged: np.ndarray | None = None) -> float | None:
@@ -434,6 +446,14 @@ class AutoencoderKind(WindowKind):
         Unflagged windows get no ``top_features`` and an empty ``explanation``: nobody reads them,
         and explaining every window cost a float64 copy of every error and Python per row.
 
+        With the unseen-template signal (``bundle.unseen``, :mod:`loganomaly.models.unseen`), the
+        score is the error plus ``threshold * share / share threshold`` where the share passes its
+        threshold (:func:`~loganomaly.models.unseen.combined_scores`): a window is flagged when
+        either passes its own threshold, and a window the share flagged is explained by it first
+        (``unseen-template share: 7 of 9 events match no template the model knows (share 0.78 >
+        calibrated 0.30)``), then by its reconstruction error, said to be below or above its
+        threshold.
+
         With peer groups, a window is standardised with its group's normaliser and judged by its
         group's threshold; its score is the error rescaled so that the bundle's (global)
         threshold stands for every group's (``error * threshold / group threshold``): the
@@ -442,27 +462,54 @@ class AutoencoderKind(WindowKind):
         """
         inference = inference or Inference()
         log1p = bundle.features.get("transform", "log1p") == "log1p"
+        unseen = bundle.unseen
+        by_share = np.zeros(len(x), dtype=bool)
+        prefixes: list[str] | None = None
+        if unseen is not None:
+            share, n_unseen, n_events = unseen.of(x, bundle.feature_names, log1p)
+            by_share = share > unseen.threshold
         if bundle.peers is None:
             normalised = bundle.normaliser.transform(x)
             mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
-            scores, flagged, per_step = flagged_step_errors(model, normalised, bundle.threshold,
-                                                            inference.batch_size, device, inference.bf16)
-            prefixes = None
+            limits = np.full(len(x), float(bundle.threshold))
         else:
             groups = bundle.peers.groups_of(x)
             limits = bundle.peers.thresholds_of(groups, bundle.threshold)
             normalised = bundle.normalise(x, groups)
-            scores, flagged, per_step = flagged_step_errors(model, normalised, limits, inference.batch_size,
-                                                            device, inference.bf16)
+        # A window the share flags gets its errors back too (limit -inf), to be explained.
+        limit = np.where(by_share, -np.inf, limits) if by_share.any() else (
+            limits if bundle.peers is not None else float(bundle.threshold))
+        scores, flagged, per_step = flagged_step_errors(model, normalised, limit, inference.batch_size,
+                                                        device, inference.bf16)
+        if bundle.peers is not None:
             scores = scores * (bundle.threshold / limits)
             mean = bundle.peers.means_of(groups[flagged], bundle.normaliser)
             prefixes = bundle.judged_against(x[flagged], groups[flagged], limits[flagged])
+        if unseen is not None:
+            error = scores
+            scores = combined_scores(error, share, float(bundle.threshold), unseen.threshold)
+            prefixes = [self._signals(error[i], float(bundle.threshold), n_unseen[i], n_events[i], share[i],
+                                      unseen.threshold, "" if prefixes is None else prefixes[k])
+                        for k, i in enumerate(flagged.tolist())]
         tops: list[list[str]] = []
         texts: list[str] = []
         if len(flagged):
             typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
             tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p, prefixes)
         return scored_batch(scores, flagged, list(tops), list(texts))
+
+    @staticmethod
+    def _signals(error: float, threshold: float, unseen: float, events: float, share: float, share_threshold: float,
+                 prefix: str) -> str:
+        """Which signal flagged a window, in the order a person checks them (the share first when it flagged)."""
+        parts = [prefix] if prefix else []
+        share_part = f"unseen-template share: {share_text(unseen, events, share, share_threshold)}"
+        if error > threshold:
+            parts += [share_part] if share > share_threshold else []
+            parts.append(f"reconstruction error {error:.4g} > threshold {threshold:.4g}")
+        else:
+            parts += [share_part, f"reconstruction error {error:.4g} <= threshold {threshold:.4g}, largest errors"]
+        return "; ".join(parts)
 
 
 KIND = AutoencoderKind()

@@ -65,6 +65,7 @@ from loganomaly.models.normaliser import (
 )
 from loganomaly.models.screening import steady_threshold
 from loganomaly.models.task import FitTask, TrainResult
+from loganomaly.models.unseen import UnseenShare
 from loganomaly.registry import READERS
 from loganomaly.runtime.collective import Collective
 from loganomaly.runtime.device import pick_device
@@ -107,6 +108,8 @@ class ModelBundle:
             None when templates were disabled or never fitted.
         peers: per peer group normaliser and threshold (windows with ``group:`` features);
             None for bundles without groups, which score exactly as before.
+        unseen: the calibrated unseen-template share (``model.unseen_share``, autoencoder);
+            None for bundles without it, which score exactly as before.
     """
 
     model_cfg: Any
@@ -120,6 +123,7 @@ class ModelBundle:
     version: str = ""
     templates: dict[str, Any] | None = None
     peers: PeerGroups | None = None
+    unseen: UnseenShare | None = None
 
     @property
     def kind(self) -> str:
@@ -343,6 +347,15 @@ class WindowKind(ModelKind):
         """
         return self.calibrate(model, device, val_x, val_shard, cfg)
 
+    def calibrate_unseen(self, val_raw: np.ndarray, normaliser: Normaliser, names: list[str],
+                         keep: np.ndarray | None, cfg: Config) -> UnseenShare | None:
+        """The kind's unseen-template signal from the raw validation windows, or None (the default: no such signal).
+
+        ``keep`` marks the validation windows the threshold was set on (after screening), as
+        :meth:`calibrate_screened` reported them under the metrics key ``_keep``.
+        """
+        return None
+
     def flagged_by(self, previous: ModelBundle, x: np.ndarray, device: torch.device) -> np.ndarray:
         """Which raw windows ``x`` the previous bundle flags (its own normaliser, groups and threshold)."""
         model = previous.build_model(device).eval()
@@ -467,6 +480,10 @@ class WindowKind(ModelKind):
             previous_flagged = self.flagged_by(previous, val_shard.x, device)
         threshold, metrics, val_scores = self.calibrate_screened(model, device, val_x, val_shard, cfg,
                                                                  previous_flagged)
+        unseen = self.calibrate_unseen(val_shard.x, normaliser, names, metrics.pop("_keep", None), cfg)
+        if unseen is not None:
+            metrics["unseen_share"] = {"threshold": unseen.threshold, "calibrated": unseen.calibrated,
+                                       "validation_with_unseen": unseen.validation_with_unseen}
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
                    "val_score_quantiles": quantiles(val_scores)}
         if previous is not None:
@@ -531,6 +548,7 @@ class WindowKind(ModelKind):
             version="",
             templates=training_templates(cfg, lake),
             peers=peers,
+            unseen=unseen,
         )
 
     def summary(self, bundle: Bundle) -> dict[str, Any]:
@@ -543,7 +561,9 @@ class WindowKind(ModelKind):
                 "screened_windows": int(screening.get("screened_robust", 0)) + int(screening.get("screened_previous", 0)),
                 "previous_threshold": stability.get("previous_threshold"),
                 "threshold_ratio": stability.get("ratio"),
-                "threshold_clamped": bool(stability.get("clamped", False))}
+                "threshold_clamped": bool(stability.get("clamped", False)),
+                # Only with the unseen-template signal, so other summaries keep their keys.
+                **({"unseen_share_threshold": bundle.unseen.threshold} if bundle.unseen is not None else {})}
 
     # -------------------------------------------------------------- bundles
     def bundle_meta(self, bundle: Bundle) -> dict[str, Any]:
@@ -559,6 +579,8 @@ class WindowKind(ModelKind):
             "training": bundle.training,
             # Only bundles with peer groups have the key: older bundles resave byte for byte.
             **({"peers": bundle.peers.to_dict()} if bundle.peers is not None else {}),
+            # Likewise only bundles with the unseen-template signal (model.unseen_share).
+            **({"unseen_share": bundle.unseen.to_dict()} if bundle.unseen is not None else {}),
         }
 
     @abstractmethod
@@ -578,6 +600,7 @@ class WindowKind(ModelKind):
             version=str(meta["version"]),
             templates=meta.get("templates"),
             peers=PeerGroups.from_dict(meta["peers"]) if meta.get("peers") is not None else None,
+            unseen=UnseenShare.from_dict(meta["unseen_share"]) if meta.get("unseen_share") is not None else None,
         )
 
     def check_bundle(self, bundle: Bundle) -> None:
@@ -592,6 +615,10 @@ class WindowKind(ModelKind):
                       for g in bundle.peers.names]
             if wanted != bundle.peers.columns or any(len(v.mean) != n for v in bundle.peers.normalisers.values()):
                 raise ModelError(f"peer groups {bundle.peers.names} do not match the feature names or feature count")
+        if bundle.unseen is not None:
+            missing = [c for c in bundle.unseen.columns if c not in bundle.feature_names]
+            if missing or "events" not in bundle.feature_names:
+                raise ModelError(f"unseen-template share reads {missing or ['events']}, not among the feature names")
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
@@ -640,4 +667,9 @@ class WindowKind(ModelKind):
 
     def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
         assert isinstance(bundle, ModelBundle)
-        return [("features", len(bundle.feature_names)), ("window steps", bundle.window_steps)]
+        facts: list[tuple[str, Any]] = [("features", len(bundle.feature_names)), ("window steps", bundle.window_steps)]
+        if bundle.unseen is not None:
+            facts.append(("unseen-template share threshold", f"{bundle.unseen.threshold:.3g} (calibrated "
+                          f"{bundle.unseen.calibrated:.3g}; {bundle.unseen.validation_with_unseen} of "
+                          f"{bundle.unseen.validation_windows} validation windows held unseen templates)"))
+        return facts
