@@ -97,7 +97,7 @@ def test_scoring_twice_leaves_the_tables_unchanged(spark, scored_lake) -> None: 
 
 
 @pytest.mark.parametrize("local_max_bytes", [None, 0], ids=["driver", "spark"])
-@pytest.mark.parametrize("bad", ["shape", "names"])
+@pytest.mark.parametrize("bad", ["shape", "names", "span"])
 def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: str, local_max_bytes) -> None:  # type: ignore[no-untyped-def]
     lake, cfg, model_dir, x = scored_lake
     if local_max_bytes is not None:  # the Spark path (the default scores these 60 windows in the driver)
@@ -105,10 +105,16 @@ def test_refused_rows_stop_the_stage_before_any_write(spark, scored_lake, bad: s
     stage.run(spark, cfg, model_dir, lake=lake)
     versions = (lake.version("scores"), lake.version("anomalies"))
     # one more row, on one date, that the model cannot judge
-    odd = _rows(x[:1], names=["conn_count", "log_bytes", "other"]) if bad == "names" else [
-        (*_rows(x[:1])[0][:4], 2, F, NAMES, window_bytes(x[0, :2]), 10, 0, *_rows(x[:1])[0][10:])]
+    first = _rows(x[:1])[0]
+    odd = {
+        "names": _rows(x[:1], names=["conn_count", "log_bytes", "other"]),
+        "shape": [(*first[:4], 2, F, NAMES, window_bytes(x[0, :2]), 10, 0, *first[10:])],
+        # the model's steps and names, but hourly steps (featurize re-run with another step size)
+        "span": [(first[0], first[1], first[1] + dt.timedelta(hours=T), *first[3:])],
+    }[bad]
     lake.write("sequences", spark.createDataFrame(odd, TABLES["sequences"].ddl))
-    message = "do not match the model" if bad == "shape" else "feature names differ"
+    message = {"shape": "do not match the model", "names": "feature names differ",
+               "span": r"span 14400 s, model \w+ was trained on windows of 4 steps of 300 s"}[bad]
     with pytest.raises(ModelError, match=message):
         stage.run(spark, cfg, model_dir, lake=lake)
     assert (lake.version("scores"), lake.version("anomalies")) == versions

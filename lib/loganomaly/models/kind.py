@@ -176,7 +176,7 @@ class Inference:
 
 @dataclass
 class RowCheck:
-    """A condition every scored row must meet, checked by the stage in the one aggregate it runs anyway.
+    """A condition every scored row must meet, computed by the stage next to its scan of the input.
 
     Attributes:
         bad: a boolean Column, true on a row the bundle cannot score.

@@ -652,6 +652,20 @@ class WindowKind(ModelKind):
                      shape_message),
             RowCheck(~F.col("feature_names").eqNullSafe(expected), F.col("feature_names"), names_message),
         ]
+        step_s = bundle.features.get("step_seconds")
+        if step_s:
+            # Same steps and names with another step size (featurize re-run with features.step_seconds
+            # changed) would read per-hour counts as per-minute ones without a word: the window's span
+            # must be the model's steps times its step.
+            span = F.col("window_end").cast("long") - F.col("window_start").cast("long")
+
+            def span_message(got: Any) -> str:
+                return (f"sequences windows span {got} s, model {version} was trained on windows of {n_steps} steps "
+                        f"of {step_s} s ({n_steps * int(step_s)} s): featurize ran with another "
+                        "features.step_seconds; re-run featurize with the model's, or retrain")
+
+            checks.append(RowCheck(span.isNull() | (span != F.lit(n_steps * int(step_s))), span.cast("string"),
+                                   span_message))
         return ScoringInput(windows.select("entity", "window_start", "window_end", "date", "features", "n_steps",
                                            "n_features", "feature_names"), "features", checks)
 

@@ -396,7 +396,7 @@ def last_run_finished(lake: Lake) -> bool:
     A ``score`` run commits, under the writer lock, in this order: its repair of ``anomalies``
     (if any, with the run id plus :data:`REPAIR_SUFFIX`), ``scores``, ``anomalies``. So when the
     newest commit of both tables is the same run's, that run finished both writes of the same
-    persisted rows on the same dates after making every other date agree: the tables agree. Any
+    scoring pass on the same dates after making every other date agree: the tables agree. Any
     other state (a run stopped between its commits, a repair not followed by a scoring, a data
     commit by another writer, commits without run ids) answers False, and the caller compares the
     tables. Maintenance commits that change no row (``maintain``'s OPTIMIZE and VACUUM) are looked
