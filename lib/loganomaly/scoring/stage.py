@@ -90,10 +90,8 @@ __all__ = [
     "AnomalyStaging",
     "REFUSED_MARKER",
     "check_columns",
-    "checked_dates",
     "last_run_finished",
     "last_scored_date",
-    "per_date",
     "range_dates",
     "repair_anomalies",
     "resolve_range",
@@ -297,66 +295,31 @@ def last_scored_date(lake: Lake, model_version: str) -> str | None:
     return None if row[0] is None else row[0].isoformat()
 
 
-def check_columns(source: ScoringInput, details: bool = True) -> list[Any]:
-    """The kind's row checks as columns: ``_bad{i}`` (true on a refused row) and, with ``details``,
-    ``_detail{i}`` (its value, else null).
+def check_columns(source: ScoringInput) -> list[Any]:
+    """The kind's row checks as columns ``_bad{i}``, true on a row check ``i`` refuses.
 
-    The scoring pass carries the flags only: the detail columns (a string and the window's 24
-    feature names, null on nearly every row) doubled the cost of its Arrow round trip (1M windows
-    on ``local[2]``: 16.8 s against 10.0 s with the flags alone, 8.3 s with no check column), and
-    they are needed only to word the error of a check that fails (see :func:`per_date`).
+    The scoring pass carries these flags only, not the checks' values: detail columns (a string
+    and the window's 24 feature names, null on nearly every row) doubled the cost of its Arrow
+    round trip (1M windows on ``local[2]``: 16.8 s against 10.0 s with the flags alone, 8.3 s with
+    no check column), and they are needed only to word the error of a check that fails, which
+    :func:`raise_refused` and :func:`raise_failed_checks` look up in the input.
     """
     from pyspark.sql import functions as F
 
-    columns = []
-    for i, check in enumerate(source.checks):
-        columns.append(F.coalesce(check.bad, F.lit(False)).alias(f"_bad{i}"))
-        if details:
-            columns.append(F.when(check.bad, check.detail).alias(f"_detail{i}"))
-    return columns
+    return [F.coalesce(check.bad, F.lit(False)).alias(f"_bad{i}") for i, check in enumerate(source.checks)]
 
 
-def per_date(source: ScoringInput, rows: DataFrame, *extra: Any, inputs: DataFrame | None = None) -> list[Any]:
-    """One aggregate per date of ``rows`` (which carry :func:`check_columns`): ``n``, the checks, ``extra``.
-
-    Args:
-        inputs: the rows ``rows`` were computed from, with the checks' input columns: where
-            ``rows`` carry the flags only, a failing check's value is looked up there (one more
-            query, on the failure path only).
-
-    Raises:
-        ModelError: a check fails on some row (the message names a failing row's value).
-    """
-    from pyspark.sql import functions as F
-
-    aggs = [F.count(F.lit(1)).alias("n"), *extra]
-    for i, _ in enumerate(source.checks):
-        aggs.append(F.max(F.col(f"_bad{i}").cast("int")).alias(f"bad{i}"))
-        if f"_detail{i}" in rows.columns:
-            aggs.append(F.first(F.col(f"_detail{i}"), ignorenulls=True).alias(f"detail{i}"))
-    dates = rows.groupBy("date").agg(*aggs).collect()
-    details = all(f"_detail{i}" in rows.columns for i, _ in enumerate(source.checks))
-    raise_failed_checks(source, dates, inputs if inputs is not None else source.rows, details)
-    return dates
-
-
-def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: DataFrame, details: bool = False) -> None:
+def raise_failed_checks(source: ScoringInput, dates: Iterable[Any], inputs: DataFrame) -> None:
     """Raise the ModelError of the first of the kind's checks that fails on some date of ``dates``.
 
-    ``dates``: per-date rows with ``bad{i}`` (true or 1 where check ``i`` refused a row) and, with
-    ``details`` (the pass carried them), ``detail{i}``; otherwise a failing row's value is looked
-    up in ``inputs`` (one more query, on the failure path only).
+    ``dates``: per-date rows with ``bad{i}`` (true or 1 where check ``i`` refused a row); a failing
+    row's value is looked up in ``inputs`` (one more query, on the failure path only).
     """
     dates = list(dates)
     for i, check in enumerate(source.checks):
-        bad = [r for r in dates if r[f"bad{i}"]]
-        if bad:
-            if details:
-                detail = next((r[f"detail{i}"] for r in bad if r[f"detail{i}"] is not None), None)
-            else:
-                found = inputs.where(check.bad).select(check.detail).first()
-                detail = found[0] if found is not None else None
-            raise ModelError(check.message(detail))
+        if any(r[f"bad{i}"] for r in dates):
+            found = inputs.where(check.bad).select(check.detail).first()
+            raise ModelError(check.message(found[0] if found is not None else None))
 
 
 def raise_refused(source: ScoringInput, inputs: DataFrame) -> None:
@@ -371,19 +334,6 @@ def raise_refused(source: ScoringInput, inputs: DataFrame) -> None:
             raise ModelError(check.message(found[0]))
     raise ModelError("a scoring task found a row the model's checks refuse, but no check refuses a row of the "
                      "input now (did the input change during the run?)")
-
-
-def checked_dates(source: ScoringInput, rows: DataFrame) -> dict[str, int]:
-    """Rows per date of ``rows`` (the rows about to be scored), after the kind's checks pass on them.
-
-    One aggregate, whatever the number of checks: each check adds a flag and a sample value to it.
-    (The stage itself runs the same aggregate over its scored output: :func:`per_date`.)
-
-    Raises:
-        ModelError: a check fails on some row (the message names a failing row's value).
-    """
-    return {r["date"].isoformat(): int(r["n"])
-            for r in per_date(source, rows.select("date", *check_columns(source)))}
 
 
 #: Appended to a run's id in the commit metadata of its repair commit (see :func:`repair_anomalies`).
@@ -545,7 +495,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
 
     sizes = scoring_sizes(kind.row_floats(bundle), int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
     inference = Inference(batch_size=sizes.forward_rows, bf16=cfg.score.bf16)
-    checks = check_columns(source, details=False)
+    checks = check_columns(source)
     refused = F.lit(False)
     for i, _ in enumerate(source.checks):
         refused = refused | F.col(f"_bad{i}")
@@ -802,7 +752,7 @@ def score_on_driver(kind: ModelKind, bundle: Any, table: pa.Table, column: str, 
 
 
 def arrow_per_date(source: ScoringInput, scored: pa.Table, inputs: DataFrame) -> list[dict[str, Any]]:
-    """:func:`per_date` of the driver path: rows, flagged rows and the checks' flags per date.
+    """Rows, flagged rows and the checks' flags per date of the rows the driver scored.
 
     Raises:
         ModelError: a check fails on some row (its value looked up in ``inputs``).
