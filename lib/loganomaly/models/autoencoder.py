@@ -411,7 +411,9 @@ class AutoencoderKind(WindowKind):
 
     def calibrate(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
-        return self.calibrate_screened(model, device, val_x, val_shard, cfg, None)
+        threshold, metrics, scores = self.calibrate_screened(model, device, val_x, val_shard, cfg, None)
+        metrics.pop("_keep", None)  # the screened-window mask is for training's own unseen-share step
+        return threshold, metrics, scores
 
     def calibrate_screened(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
                            cfg: Config, previous_flagged: np.ndarray | None) -> tuple[float, dict[str, Any], np.ndarray]:

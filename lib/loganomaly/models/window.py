@@ -65,7 +65,7 @@ from loganomaly.models.normaliser import (
 )
 from loganomaly.models.screening import steady_threshold
 from loganomaly.models.task import FitTask, TrainResult
-from loganomaly.models.unseen import UnseenShare
+from loganomaly.models.unseen import EVENTS, UnseenShare
 from loganomaly.registry import READERS
 from loganomaly.runtime.collective import Collective
 from loganomaly.runtime.device import pick_device
@@ -617,8 +617,8 @@ class WindowKind(ModelKind):
                 raise ModelError(f"peer groups {bundle.peers.names} do not match the feature names or feature count")
         if bundle.unseen is not None:
             missing = [c for c in bundle.unseen.columns if c not in bundle.feature_names]
-            if missing or "events" not in bundle.feature_names:
-                raise ModelError(f"unseen-template share reads {missing or ['events']}, not among the feature names")
+            if missing or EVENTS not in bundle.feature_names:
+                raise ModelError(f"unseen-template share reads {missing or [EVENTS]}, not among the feature names")
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
