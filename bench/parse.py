@@ -9,9 +9,12 @@ of each is kept (the machine is shared: the best run is the least disturbed). It
 sides produced the same batches (a digest of every value), so a speed-up never comes from a change
 of output.
 
+Each format is parsed with the end-to-end bench's source options; ``--templates`` matches every
+event against a miner fitted on the warm-up file (as an ingest task does, a new matcher per run).
+
 Usage:
     .venv/bin/python bench/parse.py [--lines 200000] [--formats zeekjson,json] [--baseline HEAD]
-        [--repeats 3]
+        [--repeats 3] [--templates]
 """
 
 from __future__ import annotations
@@ -32,11 +35,19 @@ import hashlib, json, sys, time
 import loganomaly
 from loganomaly.ingest.formats import FormatOptions
 from loganomaly.ingest.stage import parse_files_to_batches
-warm, paths = sys.argv[1], sys.argv[2:]
+from loganomaly.ingest.templates.miner import Templates
+try:  # what an ingest task runs under (trees before the collector change run without it)
+    from loganomaly.runtime.gc_tuning import relaxed_gc
+except ImportError:
+    from contextlib import nullcontext as relaxed_gc
+options, state, warm, paths = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
 def run(files):
-    sources = {p: ("bench", FormatOptions(format="json")) for p in files}
+    sources = {p: ("bench", FormatOptions(**options)) for p in files}
+    # A matcher per run, as a fresh task has (its message cache starts empty).
+    templates = Templates.from_json(open(state).read()) if state else None
     start = time.perf_counter()
-    batches = list(parse_files_to_batches(files, "run", 2048, sources=sources))
+    with relaxed_gc():
+        batches = list(parse_files_to_batches(files, "run", 2048, sources=sources, templates=templates))
     seconds = time.perf_counter() - start
     digest = hashlib.sha256()
     for batch in batches:  # values, not buffers: equal arrays may be laid out differently
@@ -48,10 +59,25 @@ print(json.dumps({"lib": loganomaly.__file__, "rows": rows, "seconds": seconds, 
 """
 
 
-def side(lib: Path, warm: Path, paths: list[Path]) -> dict[str, object]:
+#: Fits the template miner on the warm-up file's messages with this tree's code; both sides match with it.
+FIT = r"""
+import json, sys
+from loganomaly.ingest.formats import FormatOptions
+from loganomaly.ingest.stage import parse_files_to_batches
+from loganomaly.ingest.templates.miner import Templates
+options, warm, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+sources = {warm: ("bench", FormatOptions(**options))}
+messages = [m for b in parse_files_to_batches([warm], "fit", 2048, sources=sources)
+            for m in b.column("message").to_pylist() if m is not None]
+Templates().fit(messages).save(out)
+"""
+
+
+def side(lib: Path, options: dict[str, object], state: str, warm: Path, paths: list[Path]) -> dict[str, object]:
     env = {**os.environ, "PYTHONPATH": str(lib)}
     out = subprocess.run(
-        [sys.executable, "-c", WORKER, str(warm), *map(str, paths)], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-c", WORKER, json.dumps(options), state, str(warm), *map(str, paths)], env=env, check=True,
+        capture_output=True, text=True,
     )
     result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
     if not str(result["lib"]).startswith(str(lib)):
@@ -65,9 +91,11 @@ def main() -> None:
     ap.add_argument("--formats", default="zeekjson,json")
     ap.add_argument("--baseline", default="HEAD", help="git revision whose lib/ is the old code path")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--templates", action="store_true",
+                    help="match templates (a miner fitted on the warm-up file by this tree) as ingest does")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from ingest import generate  # the same generators as the end-to-end bench
+    from ingest import SOURCE_OPTIONS, generate  # the same generators and sources as the end-to-end bench
 
     with tempfile.TemporaryDirectory(prefix="bench-parse-") as tmp:
         base = Path(tmp) / "base"
@@ -79,11 +107,17 @@ def main() -> None:
         for fmt in args.formats.split(","):
             paths = generate(Path(tmp) / fmt, fmt, args.lines, 4)
             warm = generate(Path(tmp) / f"{fmt}-warm", fmt, 5_000, 1)[0]
+            options = SOURCE_OPTIONS[fmt]
+            state = ""
+            if args.templates:
+                state = str(Path(tmp) / f"{fmt}-templates.json")
+                subprocess.run([sys.executable, "-c", FIT, json.dumps(options), str(warm), state],
+                               env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, check=True)
             best: dict[str, float] = {}
             digests: dict[str, object] = {}
             for _ in range(args.repeats):
                 for name, lib in sides.items():
-                    result = side(lib, warm, paths)
+                    result = side(lib, options, state, warm, paths)
                     rate = float(result["rows"]) / float(result["seconds"])  # type: ignore[arg-type]
                     best[name] = max(best.get(name, 0.0), rate)
                     digests[name] = result["digest"]
