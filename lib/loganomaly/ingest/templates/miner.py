@@ -45,7 +45,10 @@ Design choices (and why):
   rule-by-rule substitution this is one scan instead of N, lookbehinds see the raw text, and the masked
   values come out in message order, which gives the ``params``.
 * **Caches.** Logs repeat a lot: :meth:`Templates.match` is memoised per instance (``functools``' C LRU),
-  and fitting memoises masking/tokenising of repeated lines.
+  and fitting memoises masking/tokenising of repeated lines. Raw messages mostly do not repeat (an
+  address, a port, a block id in each), their masked texts do: a new message whose masked text was
+  seen takes that form's template and a recipe for its params (``Templates._match_form``), so
+  matching it costs the masking regex and a look-up.
 
 This module is Spark-free; Spark stages broadcast :meth:`Templates.to_json` and call
 :func:`templates_from_state` once per Python worker.
