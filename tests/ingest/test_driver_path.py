@@ -40,6 +40,9 @@ def corpus(raw: Path) -> None:
     write_corpus(raw)
     for name in OTHER_FORMATS:
         shutil.copy(RESOURCES / "logs" / name, raw / name)
+    # Beside the logs, as in a capture's folder: prose no format recognises, and an empty file.
+    (raw / "NOTES.md").write_text("# Capture notes\n\nTaken on the lab network.\n")
+    (raw / "nothing.log").write_text("")
 
 
 def config(engine: str, local: bool) -> Config:
@@ -88,11 +91,16 @@ def test_the_driver_path_writes_the_rows_of_the_spark_path(spark, tmp_path, engi
             check_ledger(lake)
 
     first = load("first")
-    assert first[True].files_loaded == first[False].files_loaded == 7 + len(OTHER_FORMATS)
+    assert first[True].files_loaded == first[False].files_loaded == 9 + len(OTHER_FORMATS)
     assert first[True].events == first[False].events and first[True].quarantined == first[False].quarantined
     assert first[True].templates == first[False].templates > 0
     assert first[True].template_cache_hits + first[True].template_cache_misses == first[True].events
     same_rows()
+    for lake in lakes.values():
+        ledger = {Path(r["path"]).name: r for r in rows(lake, "ingested_files")}
+        assert (ledger["NOTES.md"]["format"], ledger["NOTES.md"]["lines"], ledger["NOTES.md"]["quarantined"]) == (
+            "unrecognised", 3, 3)
+        assert (ledger["nothing.log"]["format"], ledger["nothing.log"]["lines"]) == ("empty", 0)
 
     # An append (same head, more lines: generation 0 read again), a copytruncate (smaller: a new
     # generation, old rows kept), a new file; matched with the saved templates, not fitted.

@@ -66,6 +66,9 @@ __all__ = [
 HEAD_BYTES = 64 * 1024
 LOADED = "loaded"
 VANISHED = "vanished"
+#: ``format`` of a loaded file without lines, and of one no format recognised.
+EMPTY = "empty"
+UNRECOGNISED = "unrecognised"
 
 
 def file_identity(path: str) -> tuple[str, int, int]:
@@ -216,10 +219,17 @@ def plan_loads(
 def ledger_row(
     load: Load, counts: tuple[int, int, str | None], run_id: str, now: dt.datetime
 ) -> tuple[Any, ...]:
-    """The ``ingested_files`` row of a loaded file (columns in table order)."""
+    """The ``ingested_files`` row of a loaded file (columns in table order).
+
+    ``format`` is the format its lines were parsed as; a file without lines reads ``empty`` and
+    one whose format no entry recognised (every line quarantined with that reason) ``unrecognised``,
+    so the ledger does not call a 2,000-line file empty.
+    """
     n_ev, n_q, fmt = counts
+    if fmt is None:
+        fmt = UNRECOGNISED if n_ev + n_q else EMPTY
     return (
-        load.path, load.size, load.mtime, fmt or "empty", n_ev + n_q, n_ev, n_q, run_id, now,
+        load.path, load.size, load.mtime, fmt, n_ev + n_q, n_ev, n_q, run_id, now,
         load.generation, load.head_hash, LOADED, None,
     )  # fmt: skip
 
