@@ -255,14 +255,14 @@ class JsonBlockMapper:
                         group[0].append(i)
                         group[1].append(flat)
                 continue
-            mapped = self._map_shape(keys, positions, columns, classes)
+            mapped = self.map_shape(keys, positions, columns, classes)
             if mapped is not None and mapped[0]:
                 parts.append(mapped)
         for keys, (positions, records) in nested.items():
             if len(positions) < MIN_GROUP:
                 continue
             columns = list(zip(*[r.values() for r in records], strict=True))
-            mapped = self._map_shape(keys, positions, columns)
+            mapped = self.map_shape(keys, positions, columns)
             if mapped is not None and mapped[0]:
                 parts.append(mapped)
         if not parts:
@@ -273,7 +273,7 @@ class JsonBlockMapper:
         arrays = {name: pa.concat_arrays([cols[name] for _, cols in parts]) for name in COLUMN_TYPES}
         return EventColumns(all_positions, arrays)
 
-    def _map_shape(
+    def map_shape(
         self,
         keys: tuple[str, ...],
         positions: list[int],
@@ -282,7 +282,10 @@ class JsonBlockMapper:
     ) -> tuple[list[int], dict[str, pa.Array]] | None:
         """The columns of one shape's records (``columns``: one value sequence per key): the
         reference's ``JsonParser.parse`` and ``_RecordMapper.net_fields``/``finish``, decided
-        once for ``keys`` and run per column."""
+        once for ``keys`` and run per column. Public because the Zeek TSV parser maps its typed
+        columns through it too (a Zeek log is one shape), so both formats share one mapping.
+        Returns the positions mapped and their columns; positions left out, and the whole shape
+        when ``None``, are parsed line by line by the reference."""
         index = {k: j for j, k in enumerate(keys)}
         ts_key = next((k for k in self.ts_keys if k in index), None)
         detailed_keys = [k for k in _DETAILED_LABEL_KEYS if k in index]

@@ -215,7 +215,7 @@ class ZeekParser(LineParser):
 
 def _map_segment(state: ZeekParser, texts: list[str]) -> tuple[list[int], dict[str, pa.Array]] | None:
     """Columns of consecutive data lines under one header state, through the JSON block path's
-    per-shape mapping (:meth:`JsonBlockMapper._map_shape`): every row of a Zeek log has one
+    per-shape mapping (:meth:`JsonBlockMapper.map_shape`): every row of a Zeek log has one
     shape, its ``#fields``.
 
     The values are first converted as :meth:`ZeekParser.parse` converts them (unset -> absent,
@@ -304,7 +304,7 @@ def _map_segment(state: ZeekParser, texts: list[str]) -> tuple[list[int], dict[s
         if len(local) < MIN_SEGMENT:
             return None
     mapper = JsonBlockMapper(json.loads, lambda _obj, _depth: False, ("ts",), None, state.opts.default_entity)
-    mapped = mapper._map_shape(tuple(keys), local, values)
+    mapped = mapper.map_shape(tuple(keys), local, values)
     if mapped is None or not mapped[0]:
         return None
     positions, arrays = mapped
