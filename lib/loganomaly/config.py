@@ -275,6 +275,11 @@ class TrainConfig:
     # Alert budget: the share of benign validation windows allowed to alert, calibrated per peer
     # group (windows with group features); empty: 1 - threshold_quantile.
     alert_budget: float | None = None
+    # The same budget as alerts a day: at most this many benign alerts per entity-day (e.g. 0.1:
+    # one false alert per entity every ten days). Turned into a share per peer group from its
+    # validation windows' density (windows per entity-day), so a group of hosts seen once a day
+    # and a group of busy servers both get about this many; excludes alert_budget (autoencoder).
+    alerts_per_entity_day: float | None = None
     # A peer group needs this many training windows for its own normaliser and validation
     # windows for its own threshold; fewer fall back to the global ones.
     group_min_windows: int = 30
@@ -596,6 +601,20 @@ def validate(cfg: Config) -> None:
         ),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
+        (
+            cfg.train.alerts_per_entity_day is None
+            or (math.isfinite(cfg.train.alerts_per_entity_day) and cfg.train.alerts_per_entity_day > 0),
+            "train.alerts_per_entity_day must be a number > 0 (alerts per entity per day), or empty",
+        ),
+        (
+            cfg.train.alerts_per_entity_day is None or cfg.train.alert_budget is None,
+            "set train.alert_budget (a share of windows) or train.alerts_per_entity_day (alerts a day), not both",
+        ),
+        (
+            cfg.train.alerts_per_entity_day is None or cfg.model.kind == "autoencoder",
+            f"train.alerts_per_entity_day calibrates the autoencoder's threshold; model.kind={cfg.model.kind} "
+            "has its own (deeplog: train.threshold_quantile, classifier: best validation F1)",
+        ),
         (cfg.train.group_min_windows >= 2, "train.group_min_windows must be >= 2"),
         (
             math.isfinite(cfg.train.std_floor) and cfg.train.std_floor > 0,

@@ -408,6 +408,30 @@ def window_shape(snapshot: Snapshot) -> tuple[int, int] | None:
     return None
 
 
+def selected_keys(plan: ShardPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(entity, window start in epoch microseconds) of every window ``plan`` selects, in plan order.
+
+    Reads only the key and time columns (and ``n_abnormal``), so the driver can afford it for a
+    whole training period: a daily alert budget needs the windows' density over whole days, which
+    the validation blocks alone (slices of each day) understate.
+    """
+    entities: list[np.ndarray] = []
+    starts: list[np.ndarray] = []
+
+    def read(unit: Unit) -> pa.Table:
+        parquet = open_parquet(unit.uri)
+        return parquet.read_row_group(unit.row_group, columns=with_abnormal(parquet, ["entity", "window_start",
+                                                                                      "window_end"]))
+
+    for table in read_ahead(read, list(plan.units)):
+        keep = plan.selection.mask(*mask_args(table))
+        entities.append(table.column("entity").to_numpy(zero_copy_only=False)[keep])
+        starts.append(micros(table.column("window_start"))[keep])
+    if not entities:
+        return np.array([], dtype=object), np.array([], dtype=np.int64)
+    return np.concatenate(entities), np.concatenate(starts)
+
+
 def plan_shards(snapshot: Snapshot, selections: Sequence[Selection], seed: int) -> list[ShardPlan]:
     """Plan how each selection is dealt to ranks, in one streaming pass over the time columns.
 

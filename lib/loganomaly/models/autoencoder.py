@@ -40,7 +40,14 @@ from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.screening import screened_budget
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
 from loganomaly.models.unseen import UnseenShare, combined_scores, share_text
-from loganomaly.models.window import ModelBundle, WindowData, WindowKind, WindowWork, alert_budget
+from loganomaly.models.window import (
+    ModelBundle,
+    Period,
+    WindowData,
+    WindowKind,
+    WindowWork,
+    alert_budget,
+)
 from loganomaly.runtime.collective import Collective
 
 log = logging.getLogger(__name__)
@@ -271,9 +278,10 @@ def calibrate_threshold(val_scores: np.ndarray, quantile: float) -> float:
     return max(candidates)
 
 
-def screened_threshold(val_scores: np.ndarray, cfg: Config,
-                       previous_flagged: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
-    """:func:`calibrate_threshold` at the alert budget on the screened validation scores.
+def screened_threshold(val_scores: np.ndarray, cfg: Config, previous_flagged: np.ndarray | None = None,
+                       budget: float | None = None) -> tuple[float, dict[str, Any]]:
+    """:func:`calibrate_threshold` at the alert budget (``budget``, else :func:`alert_budget`) on the
+    screened validation scores.
 
     Screening (:func:`loganomaly.models.screening.screened_budget`) leaves out suspected
     incidents (log score beyond ``train.screen_mad_k`` robust standard deviations) and the windows
@@ -281,7 +289,8 @@ def screened_threshold(val_scores: np.ndarray, cfg: Config,
     of the flags within it. Returns the threshold and the screening record (counts, and ``keep``,
     the mask of the windows that set it).
     """
-    keep, values, screening = screened_budget(val_scores, alert_budget(cfg), cfg.train.screen_mad_k, previous_flagged,
+    budget = alert_budget(cfg) if budget is None else budget
+    keep, values, screening = screened_budget(val_scores, budget, cfg.train.screen_mad_k, previous_flagged,
                                               cfg.train.screen_previous_max_share)
     threshold = calibrate_threshold(values[keep], 1.0 - screening.budget)
     record = screening.as_dict()
@@ -416,30 +425,45 @@ class AutoencoderKind(WindowKind):
         return threshold, metrics, scores
 
     def calibrate_screened(self, model: nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
-                           cfg: Config, previous_flagged: np.ndarray | None) -> tuple[float, dict[str, Any], np.ndarray]:
-        """The budget threshold on the screened validation windows (:func:`screened_threshold`)."""
+                           cfg: Config, previous_flagged: np.ndarray | None,
+                           period: Period | None = None) -> tuple[float, dict[str, Any], np.ndarray]:
+        """The budget threshold on the screened validation windows (:func:`screened_threshold`).
+
+        ``period`` is (entity, window start) of the training period's windows, over which a daily
+        budget (``train.alerts_per_entity_day``) becomes a share; without it the validation
+        windows' own (they are slices of each day, so a budget comes out smaller than asked).
+        """
         val_scores, val_feature_errors = window_errors(model, val_x, device=device)
-        threshold, screening = screened_threshold(val_scores, cfg, previous_flagged)
+        period = period if period is not None else Period(val_shard.entity, val_shard.window_start)
+        budget = period.budget(cfg)
+        threshold, screening = screened_threshold(val_scores, cfg, previous_flagged, budget)
         keep = screening.pop("keep")
         # Typical per-feature error on normal windows (the screened ones): scoring explains a
         # window by how many times its error exceeds this.
         typical = val_feature_errors[keep].mean(axis=0)
         # "_keep" is for calibrate_unseen (same screened windows); finish pops it before the bundle.
-        return threshold, {"val_feature_error": [float(v) for v in typical], "screening": screening,
-                           "_keep": keep}, val_scores
+        metrics: dict[str, Any] = {"val_feature_error": [float(v) for v in typical], "screening": screening,
+                                   "_keep": keep}
+        if cfg.train.alerts_per_entity_day is not None:
+            metrics["alert_rate"] = {
+                "alerts_per_entity_day": cfg.train.alerts_per_entity_day,
+                "windows_per_entity_day": period.density(),
+                "share": budget,
+            }
+        return threshold, metrics, val_scores
 
     def calibrate_unseen(self, val_raw: np.ndarray, normaliser: Normaliser, names: list[str],
-                         keep: np.ndarray | None, cfg: Config) -> UnseenShare | None:
+                         keep: np.ndarray | None, cfg: Config, budget: float | None = None) -> UnseenShare | None:
         """With ``model.unseen_share``: the share threshold on the screened validation windows, at the alert budget."""
         if not cfg.model.unseen_share:
             return None
         mask = np.ones(len(val_raw), dtype=bool) if keep is None else keep
-        return UnseenShare.calibrate(val_raw, names, normaliser.mean, mask, alert_budget(cfg),
+        return UnseenShare.calibrate(val_raw, names, normaliser.mean, mask, alert_budget(cfg) if budget is None else budget,
                                      cfg.model.unseen_share_min)
 
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
-                        previous_flagged: np.ndarray | None = None) -> float | None:
-        return screened_threshold(val_scores, cfg, previous_flagged)[0]
+                        previous_flagged: np.ndarray | None = None, budget: float | None = None) -> float | None:
+        return screened_threshold(val_scores, cfg, previous_flagged, budget)[0]
 
     def score_windows(self, bundle: ModelBundle, model: nn.Module, device: torch.device, x: np.ndarray,
                       top_k: int, inference: Inference | None = None) -> pa.RecordBatch:

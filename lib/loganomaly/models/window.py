@@ -38,6 +38,7 @@ from loganomaly.features.split import (
     ShardPlan,
     Split,
     plan_shards,
+    selected_keys,
     snapshot_split,
     stored_feature_names,
     window_shape,
@@ -76,16 +77,98 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_TRAIN_WINDOWS", "ModelBundle", "alert_budget", "WindowData", "WindowKind", "WindowWork", "feature_names_of",
-           "windows_of"]
+__all__ = ["MAX_RATE_SHARE", "MIN_TRAIN_WINDOWS", "ModelBundle", "Period", "alert_budget", "rate_share", "WindowData", "WindowKind",
+           "WindowWork", "feature_names_of", "windows_of", "windows_per_entity_day"]
 
 #: Fewest training windows a run accepts (validation needs two).
 MIN_TRAIN_WINDOWS = 8
 
 
-def alert_budget(cfg: Config) -> float:
-    """Share of benign validation windows allowed to alert: ``train.alert_budget``, else ``1 - threshold_quantile``."""
+#: Largest share of windows a daily alert budget may come to (a group whose entities have about one
+#: window a day and a budget near one alert a day would otherwise have no threshold at all).
+MAX_RATE_SHARE = 0.5
+#: Microseconds per day (window starts are epoch microseconds).
+_DAY_US = 86_400_000_000
+
+
+def alert_budget(cfg: Config, entity: np.ndarray | None = None, window_start: np.ndarray | None = None,
+                 span: tuple[int, int] | None = None) -> float:
+    """Share of benign validation windows allowed to alert.
+
+    ``train.alert_budget``, else ``1 - threshold_quantile``; with ``train.alerts_per_entity_day``
+    the share that gives that many alerts per entity-day on windows as dense as the given ones
+    (:func:`rate_share`; the windows of the group being calibrated).
+    """
+    rate = cfg.train.alerts_per_entity_day
+    if rate is not None and entity is not None and window_start is not None and len(entity):
+        return rate_share(rate, entity, window_start, span)
     return cfg.train.alert_budget if cfg.train.alert_budget is not None else 1.0 - cfg.train.threshold_quantile
+
+
+def windows_per_entity_day(entity: np.ndarray, window_start: np.ndarray,
+                           span: tuple[int, int] | None = None) -> float:
+    """Windows per (entity, UTC day) pair that has any: the density a daily budget is spread over.
+
+    ``span`` (the bounds in epoch microseconds of the period they were taken from) counts a day
+    the period only partly covers as that part of a day, so a period ending at 05:00 does not
+    spread its last day's few windows over a whole day.
+    """
+    days = np.asarray(window_start, dtype=np.int64) // _DAY_US
+    pairs = set(zip(np.asarray(entity).tolist(), days.tolist(), strict=True))
+    if not pairs:
+        return 0.0
+    if span is None:
+        return len(days) / len(pairs)
+    lo, hi = span
+    covered: dict[int, float] = {}
+    for day in {d for _, d in pairs}:
+        start, end = day * _DAY_US, (day + 1) * _DAY_US
+        covered[day] = max(min(end, hi) - max(start, lo), 0) / _DAY_US
+    weight = sum(max(covered[d], 1e-6) for _, d in pairs)
+    return len(days) / weight
+
+
+@dataclass(frozen=True)
+class Period:
+    """The training period's windows as a daily alert budget needs them: entity and start (epoch
+    microseconds) of each, and the period's bounds (microseconds), over which the budget's share is
+    worked out (:func:`rate_share`)."""
+
+    entity: np.ndarray
+    window_start: np.ndarray
+    span: tuple[int, int] | None = None
+
+    def of(self, entities: np.ndarray) -> Period:
+        """The windows of ``entities`` only (a peer group's)."""
+        members = np.isin(self.entity, np.unique(entities))
+        return Period(self.entity[members], self.window_start[members], self.span)
+
+    def budget(self, cfg: Config) -> float:
+        """:func:`alert_budget` over these windows."""
+        return alert_budget(cfg, self.entity, self.window_start, self.span)
+
+    def density(self) -> float:
+        """:func:`windows_per_entity_day` of these windows."""
+        return windows_per_entity_day(self.entity, self.window_start, self.span)
+
+
+def rate_share(rate: float, entity: np.ndarray, window_start: np.ndarray, span: tuple[int, int] | None = None) -> float:
+    """The share of windows that flags ``rate`` windows per entity-day: ``rate / windows per entity-day``.
+
+    Why a share at all: the threshold is a quantile of benign validation scores, so a daily budget
+    has to become one. It depends on the group's density: 0.1 alerts a day is 0.1 % of the windows
+    of a host active all day at 100 windows a day, and 10 % of those of an address seen in one
+    window a day. Capped at :data:`MAX_RATE_SHARE` (logged).
+    """
+    density = windows_per_entity_day(entity, window_start, span)
+    if density <= 0:
+        raise ModelError("no validation windows to turn train.alerts_per_entity_day into a share")
+    share = rate / density
+    if share > MAX_RATE_SHARE:
+        log.warning("train.alerts_per_entity_day %.3g is %.3g of windows at %.3g windows per entity-day; capped at %.2g",
+                    rate, share, density, MAX_RATE_SHARE)
+        return MAX_RATE_SHARE
+    return float(share)
 
 
 @dataclass
@@ -324,12 +407,12 @@ class WindowKind(ModelKind):
         """(threshold, metrics, validation scores) from the validation windows (normalised)."""
 
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
-                        previous_flagged: np.ndarray | None = None) -> float | None:
+                        previous_flagged: np.ndarray | None = None, budget: float | None = None) -> float | None:
         """A peer group's own threshold from its validation scores, or None to keep the global one.
 
         ``previous_flagged`` marks the group's validation windows that the previous model flagged
-        (None without one). Kinds whose scores mean the same in every group (a probability) keep
-        the default.
+        (None without one); ``budget`` is the group's alert budget (None: :func:`alert_budget`).
+        Kinds whose scores mean the same in every group (a probability) keep the default.
         """
         return None
 
@@ -339,20 +422,23 @@ class WindowKind(ModelKind):
     stable_threshold = False
 
     def calibrate_screened(self, model: torch.nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
-                           cfg: Config, previous_flagged: np.ndarray | None) -> tuple[float, dict[str, Any], np.ndarray]:
+                           cfg: Config, previous_flagged: np.ndarray | None,
+                           period: Period | None = None) -> tuple[float, dict[str, Any], np.ndarray]:
         """:meth:`calibrate`, told which validation windows the previous model flagged (None: no previous model).
 
         Kinds that calibrate on unlabelled validation windows screen them (the autoencoder); the
-        default ignores the flags (a threshold chosen on labels needs no screening).
+        default ignores the flags (a threshold chosen on labels needs no screening) and ``period``
+        (entity and start of the training period's windows, for a daily alert budget).
         """
         return self.calibrate(model, device, val_x, val_shard, cfg)
 
     def calibrate_unseen(self, val_raw: np.ndarray, normaliser: Normaliser, names: list[str],
-                         keep: np.ndarray | None, cfg: Config) -> UnseenShare | None:
+                         keep: np.ndarray | None, cfg: Config, budget: float | None = None) -> UnseenShare | None:
         """The kind's unseen-template signal from the raw validation windows, or None (the default: no such signal).
 
         ``keep`` marks the validation windows the threshold was set on (after screening), as
-        :meth:`calibrate_screened` reported them under the metrics key ``_keep``.
+        :meth:`calibrate_screened` reported them under the metrics key ``_keep``; ``budget`` is
+        the alert budget the error threshold was set at (None: :func:`alert_budget`).
         """
         return None
 
@@ -461,11 +547,20 @@ class WindowKind(ModelKind):
         val_shard, _ = READERS.get("arrow").read(val_plan, Collective(), equal=False)
         names: list[str] = ctx["feature_names"]
         groups = feature_groups(names)
+        # A daily alert budget is spread over the whole training period's windows per entity-day.
+        period = None
+        if cfg.train.alerts_per_entity_day is not None:
+            train_entity, train_start = selected_keys(ctx["train_plan"])
+            bounds: Split = ctx["split"]
+            period = Period(np.concatenate([train_entity, val_shard.entity]),
+                            np.concatenate([train_start, np.asarray(val_shard.window_start, dtype=np.int64)]),
+                            (int(bounds.train_from * 1e6), int(bounds.train_until * 1e6)))
         peers = None
         if groups:
             peers = PeerGroups(list(groups), [names.index(GROUP_PREFIX + g) for g in groups],
                                {k: Normaliser.from_dict(v) for k, v in result.extras["group_normalisers"].items()},
-                               {}, alert_budget(cfg), cfg.features.baseline_min_steps)
+                               {}, period.budget(cfg) if period is not None else alert_budget(cfg),
+                               cfg.features.baseline_min_steps)
             val_groups = peers.groups_of(val_shard.x)
             val_x = peers.transform(val_shard.x, normaliser, val_groups)
         else:
@@ -479,8 +574,9 @@ class WindowKind(ModelKind):
         if previous is not None and cfg.train.screen_previous and self.stable_threshold:
             previous_flagged = self.flagged_by(previous, val_shard.x, device)
         threshold, metrics, val_scores = self.calibrate_screened(model, device, val_x, val_shard, cfg,
-                                                                 previous_flagged)
-        unseen = self.calibrate_unseen(val_shard.x, normaliser, names, metrics.pop("_keep", None), cfg)
+                                                                 previous_flagged, period)
+        unseen = self.calibrate_unseen(val_shard.x, normaliser, names, metrics.pop("_keep", None), cfg,
+                                       period.budget(cfg) if period is not None else None)
         if unseen is not None:
             metrics["unseen_share"] = {"threshold": unseen.threshold, "calibrated": unseen.calibrated,
                                        "validation_with_unseen": unseen.validation_with_unseen}
@@ -495,18 +591,26 @@ class WindowKind(ModelKind):
             # The alert budget per group, on the group's own validation windows (benign ones when
             # train.normal_only); a group with too few keeps the global threshold.
             windows_per_group = {}
+            budgets_per_group: dict[str, float] = {}
             for gi, name in enumerate(peers.names):
                 mine = val_scores[val_groups == gi]
                 windows_per_group[name] = int(len(mine))
                 flags = None if previous_flagged is None else previous_flagged[val_groups == gi]
-                own = self.calibrate_group(mine, cfg, flags) if len(mine) >= cfg.train.group_min_windows else None
+                own = None
+                if len(mine) >= cfg.train.group_min_windows:
+                    budget = None
+                    if period is not None:
+                        # the group's entities (the group is the entity's, so its validation windows name them)
+                        budget = period.of(val_shard.entity[val_groups == gi]).budget(cfg)
+                        budgets_per_group[name] = budget
+                    own = self.calibrate_group(mine, cfg, flags, budget)
                 if own is not None and self.stable_threshold and previous is not None and previous.peers is not None:
                     own, _ = steady_threshold(own, previous.peers.thresholds.get(name), cfg.train.threshold_max_ratio,
                                               cfg.train.threshold_clamp)
                 if own is not None:
                     peers.thresholds[name] = float(own)
             metrics["peer_groups"] = {"validation_windows": windows_per_group, "thresholds": dict(peers.thresholds),
-                                      "own_normaliser": sorted(peers.normalisers)}
+                                      "own_normaliser": sorted(peers.normalisers), "budgets": budgets_per_group}
             log.info("train: peer-group thresholds %s (global %.4g, alert budget %.3g); validation windows %s",
                      {k: round(v, 5) for k, v in peers.thresholds.items()}, threshold, peers.budget,
                      windows_per_group)
