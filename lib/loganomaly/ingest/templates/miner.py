@@ -188,11 +188,8 @@ class _Preprocessor:
         assert self.placeholder_regex is not None
         return self.placeholder_regex.sub(lambda _: next(it), token)
 
-    def __call__(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
-        if self.regex is None:
-            return self.tokens(message), (), {}
-        if "<" in message:
-            return self._exact(message)
+    def mask(self, message: str) -> tuple[str, list[str]]:
+        """The masked text of a message without ``<`` and its masked values in order (needs masking rules)."""
         values: list[str] = []
         append = values.append
         placeholders = self.placeholders
@@ -201,7 +198,14 @@ class _Preprocessor:
             append(m.group())
             return placeholders[m.lastgroup]  # type: ignore[index]
 
-        masked = self.regex.sub(replace, message)
+        return self.regex.sub(replace, message), values  # type: ignore[union-attr]
+
+    def __call__(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
+        if self.regex is None:
+            return self.tokens(message), (), {}
+        if "<" in message:
+            return self._exact(message)
+        masked, values = self.mask(message)
         for d, blank in self.delimiters:
             masked = masked.replace(d, blank)
         tokens = masked.split()
@@ -563,16 +567,7 @@ class Templates:
         JSON (``bench/parse.py --templates``); ``tests/ingest/templates/test_forms.py`` checks the
         results against the reference on every preset.
         """
-        pre = self._pre
-        values: list[str] = []
-        append = values.append
-        placeholders = pre.placeholders
-
-        def replace(m: re.Match[str]) -> str:
-            append(m.group())
-            return placeholders[m.lastgroup]  # type: ignore[index]
-
-        masked = pre.regex.sub(replace, message)  # type: ignore[union-attr]
+        masked, values = self._pre.mask(message)
         form = self._forms.get(masked)
         if form is None:
             form = self._form(masked, len(values))
