@@ -71,7 +71,7 @@ def test_the_share_gives_that_many_alerts_a_day_and_is_capped(caplog: pytest.Log
     with caplog.at_level(logging.WARNING, logger="loganomaly.models.window"):
         assert rate_share(2.0, *rare) == MAX_RATE_SHARE
     assert "capped" in caplog.text
-    with pytest.raises(ModelError, match="no validation windows"):
+    with pytest.raises(ModelError, match="no windows to turn"):
         rate_share(0.1, np.array([], dtype=object), np.array([], dtype=np.int64))
 
 

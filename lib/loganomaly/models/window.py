@@ -162,7 +162,7 @@ def rate_share(rate: float, entity: np.ndarray, window_start: np.ndarray, span: 
     """
     density = windows_per_entity_day(entity, window_start, span)
     if density <= 0:
-        raise ModelError("no validation windows to turn train.alerts_per_entity_day into a share")
+        raise ModelError("no windows to turn train.alerts_per_entity_day into a share of them")
     share = rate / density
     if share > MAX_RATE_SHARE:
         log.warning("train.alerts_per_entity_day %.3g is %.3g of windows at %.3g windows per entity-day; capped at %.2g",
