@@ -827,6 +827,15 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
         events_version,
         "" if replaced is None else f" (dates {replaced[0]}..{replaced[-1]} replaced)",
     )
+    if summary.windows == 0:
+        # Nothing to window: say which events were left out and why (one query, on this path only),
+        # rather than let train fail later on an empty table with nothing to go on.
+        missing = events.selectExpr("count(*) AS n", "count_if(entity IS NULL) AS no_entity",
+                                    "count_if(ts IS NULL) AS no_ts").collect()[0]
+        if missing["n"]:
+            log.warning("featurize %s: no windows from %d events: %d have no entity, %d no time (an entity "
+                        "comes from the format's entity field or the source's default_entity option)",
+                        run_id, missing["n"], missing["no_entity"], missing["no_ts"])
     return summary
 
 

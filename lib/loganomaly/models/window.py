@@ -466,7 +466,8 @@ class WindowKind(ModelKind):
         snapshot = Snapshot(lake.path("sequences"), version)
         shape = window_shape(snapshot)
         if shape is None:
-            raise StageInputError("sequences is empty")
+            raise StageInputError("sequences is empty: featurize made no windows (its log says how many events "
+                                  "had no entity or no time; those are left out)")
         # featurize writes one name list per table version (one commit), so the first row speaks for all.
         feature_names = feature_names_of(stored_feature_names(snapshot.path, version), shape[1])
         if len(feature_names) != shape[1]:

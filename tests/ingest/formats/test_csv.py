@@ -24,6 +24,20 @@ def test_csv_metrics_with_header() -> None:
     assert reasons(records)[-1] == "field bytes_in is not an integer: '12.5'"
 
 
+def test_a_single_series_file_is_one_entity_named_after_the_file(tmp_path: Path) -> None:
+    """timestamp,value (a metric series as public benchmarks ship it): no entity column, so each row is
+    the file's series, without its folder and suffixes; default_entity names it instead when set."""
+    text = "timestamp,value\n2014-02-14 14:30:00,52.5\n2014-02-14 14:35:00,53.1\n"
+    path = write(tmp_path, "machine_temperature.csv.gz", text)
+    assert {e["entity"] for e in events(parse(path, options=FormatOptions(format="csv")))} == {"machine_temperature"}
+    named = parse(path, options=FormatOptions(format="csv", default_entity="sensor-1"))
+    assert {e["entity"] for e in events(named)} == {"sensor-1"}
+    assert events(named)[0]["attributes"] == {"value": "52.5"}
+    # an entity column that is empty on a row keeps the default (None), as before
+    blank = write(tmp_path, "hosts.csv", "timestamp,host,cpu\n2024-02-01T00:00:00Z,,0.5\n2024-02-01T00:01:00Z,h1,0.6\n")
+    assert [e["entity"] for e in events(parse(blank, options=FormatOptions(format="csv")))] == [None, "h1"]
+
+
 def test_csv_headerless_nsl_kdd_with_synthetic_time() -> None:
     records = parse(
         LOGS / "kdd_sample.txt", options=nsl_kdd_options(start="2024-01-01T00:00:00Z", step_seconds=2)

@@ -122,6 +122,20 @@ def test_options_give_the_per_line_batches(tmp_path: Path, options: FormatOption
     assert _taken(path, options) > 500
 
 
+@pytest.mark.parametrize("default_entity", [None, "dflt"])
+def test_a_table_without_an_entity_column_gives_the_per_line_batches(tmp_path: Path, default_entity: str | None) -> None:
+    """No entity column: every row is the file's series (or default_entity) on both paths."""
+    rng = random.Random(7)
+    drop = HEADER.index("host")
+    lines = [",".join(c for j, c in enumerate(line.split(",")) if j != drop) for line in _corpus(rng, 1500)]
+    path = tmp_path / "cpu_util.csv"
+    _write(path, lines, crlf=False)
+    options = FormatOptions(format="csv", default_entity=default_entity)
+    _assert_same(path, options)
+    assert _taken(path, options) > 500
+    assert f"'{default_entity or 'cpu_util'}'" in "".join(_batches(path, True, options))  # the entity column's value
+
+
 @pytest.mark.parametrize("min_rows", [1, csv_format._MIN_ROWS])
 def test_fixture_gives_the_per_line_batches(monkeypatch: pytest.MonkeyPatch, min_rows: int) -> None:
     monkeypatch.setattr(csv_format, "_MIN_ROWS", min_rows)

@@ -105,6 +105,21 @@ _TS_NAME_HINT = re.compile(r"(?i)^(ts|@?timestamp|time|date|datetime|event_?time
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+def series_name(path_name: str) -> str:
+    """The series a file without an entity column holds: its name without folders and the
+    compression and table suffixes (``cpu_util.csv.gz`` -> ``cpu_util``), so a series split into a
+    training and a scoring file of the same name is one entity in both lakes."""
+    name = path_name.replace("\\", "/").rsplit("/", 1)[-1]
+    for suffix in (".gz", ".bz2"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix in (".csv", ".tsv", ".tab", ".txt"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name or path_name
+
+
 def _split_csv(text: str, delimiter: str) -> list[str]:
     if '"' not in text:
         return text.split(delimiter)
@@ -177,6 +192,7 @@ class CsvParser(LineParser):
     def __init__(self, opts: FormatOptions, clock: _Clock, sample: Sequence[str], path_name: str) -> None:
         self.opts = opts
         self.clock = clock
+        self.series = series_name(path_name)
         if opts.delimiter:
             self.delimiter = opts.delimiter
         elif path_name.lower().endswith((".tsv", ".tsv.gz", ".tab")):
@@ -227,6 +243,10 @@ class CsvParser(LineParser):
                 "for tables without time)"
             )
         self.entity_idx = find(opts.entity_field, _CSV_ENTITY, "entity_field")
+        # A table with no entity column is one series: its rows are the file's (default_entity
+        # first), so a single-metric file (timestamp,value) is windowed as one entity rather than
+        # dropped by featurize for having none. An empty cell of an entity column stays as before.
+        self.table_entity = opts.default_entity if opts.default_entity is not None else self.series
         self.label_idx = find(opts.label_field, _CSV_LABEL, "label_field")
         self.level_idx = find(opts.level_field, _CSV_LEVEL, "level_field")
         self.message_idx = find(opts.message_field, _CSV_MESSAGE, "message_field")
@@ -303,8 +323,10 @@ class CsvParser(LineParser):
             value = event.get(column)
             if value is not None and value < 0:
                 raise ParseError(f"field {column} is negative: {value}")
-        entity = cells[self.entity_idx].strip() if self.entity_idx is not None else ""
-        event["entity"] = entity or opts.default_entity
+        if self.entity_idx is None:
+            event["entity"] = self.table_entity
+        else:
+            event["entity"] = cells[self.entity_idx].strip() or opts.default_entity
         label = cells[self.label_idx].strip() if self.label_idx is not None else ""
         event["label"] = label or None
         level = normalize_level(cells[self.level_idx]) if self.level_idx is not None else None
@@ -411,7 +433,7 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
         values = stripped(state.entity_idx)
         out["entity"] = pc.if_else(pc.equal(values, ""), entity_default, values)
     else:
-        out["entity"] = pa.array([entity_default] * m, pa.string())
+        out["entity"] = pa.array([state.table_entity] * m, pa.string())
     if state.label_idx is not None:
         values = stripped(state.label_idx)
         out["label"] = pc.if_else(pc.equal(values, ""), None, values)

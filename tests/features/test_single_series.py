@@ -1,0 +1,53 @@
+"""A metric series as public benchmarks ship it (``timestamp,value``, one series per file) goes from
+ingest to windows; events no window can hold (no entity) are reported, not dropped in silence."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from loganomaly.config import load_config
+from loganomaly.features import stage as featurize
+from loganomaly.ingest import stage as ingest
+from loganomaly.lake.tables import Lake
+
+pytestmark = pytest.mark.spark
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_a_timestamp_value_file_is_one_windowed_series(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    t0 = dt.datetime(2014, 2, 14, 14, 30)
+    rows = [f"{(t0 + dt.timedelta(minutes=5 * i)):%Y-%m-%d %H:%M:%S},{50 + i % 7}" for i in range(120)]
+    (raw / "cpu_util.csv").write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    cfg = load_config(profile="metrics", conf_dir=CONF, overrides=[
+        f"lake.root={tmp_path / 'lake'}", "lake.engine=deltars", "features.metrics=[value]", "features.step_seconds=300",
+        "train.train_until=2014-02-14T22:00:00Z"])
+    lake = Lake(spark, str(tmp_path / "lake"), "deltars")
+    loaded = ingest.run(spark, cfg, [str(raw)], lake=lake)
+    assert (loaded.events, loaded.quarantined) == (120, 1)  # the header
+    summary = featurize.run(spark, cfg, lake=lake)
+    assert summary.windows > 10 and summary.entities == 1
+    assert {r.entity for r in lake.read("sequences").select("entity").distinct().collect()} == {"cpu_util"}
+
+
+def test_events_without_an_entity_are_reported_when_no_window_is_made(  # type: ignore[no-untyped-def]
+        spark, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "app.jsonl").write_text("".join(json.dumps({"ts": 1700000000 + 60 * i, "msg": "tick"}) + "\n"
+                                           for i in range(30)))
+    cfg = load_config(conf_dir=CONF, overrides=[f"lake.root={tmp_path / 'lake'}", "lake.engine=deltars",
+                                                "features.step_seconds=60"])
+    lake = Lake(spark, str(tmp_path / "lake"), "deltars")
+    ingest.run(spark, cfg, [str(raw)], lake=lake)
+    with caplog.at_level(logging.WARNING, logger="loganomaly.features.stage"):
+        summary = featurize.run(spark, cfg, lake=lake)
+    assert summary.windows == 0
+    assert "no windows from 30 events: 30 have no entity, 0 no time" in caplog.text
