@@ -277,7 +277,7 @@ class TrainConfig:
     alert_budget: float | None = None
     # The same budget as alerts a day: at most this many benign alerts per entity-day (e.g. 0.1:
     # one false alert per entity every ten days). Turned into a share per peer group from its
-    # validation windows' density (windows per entity-day), so a group of hosts seen once a day
+    # training-period windows' density (windows per entity-day), so a group of hosts seen once a day
     # and a group of busy servers both get about this many; excludes alert_budget (autoencoder).
     alerts_per_entity_day: float | None = None
     # A peer group needs this many training windows for its own normaliser and validation

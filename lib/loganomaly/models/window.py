@@ -15,6 +15,7 @@ windows whose columns mean something else.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from abc import abstractmethod
@@ -111,21 +112,21 @@ def windows_per_entity_day(entity: np.ndarray, window_start: np.ndarray,
 
     ``span`` (the bounds in epoch microseconds of the period they were taken from) counts a day
     the period only partly covers as that part of a day, so a period ending at 05:00 does not
-    spread its last day's few windows over a whole day.
+    spread its last day's few windows over a whole day. Vectorised: a training period holds
+    millions of windows.
     """
     days = np.asarray(window_start, dtype=np.int64) // _DAY_US
-    pairs = set(zip(np.asarray(entity).tolist(), days.tolist(), strict=True))
-    if not pairs:
+    if not len(days):
         return 0.0
+    codes = np.unique(np.asarray(entity), return_inverse=True)[1].astype(np.int64)
+    first = int(days.min())
+    width = int(days.max()) - first + 1
+    pair_days = np.unique(codes * width + (days - first)) % width + first  # one entry per (entity, day)
     if span is None:
-        return len(days) / len(pairs)
+        return len(days) / len(pair_days)
     lo, hi = span
-    covered: dict[int, float] = {}
-    for day in {d for _, d in pairs}:
-        start, end = day * _DAY_US, (day + 1) * _DAY_US
-        covered[day] = max(min(end, hi) - max(start, lo), 0) / _DAY_US
-    weight = sum(max(covered[d], 1e-6) for _, d in pairs)
-    return len(days) / weight
+    covered = (np.minimum((pair_days + 1) * _DAY_US, hi) - np.maximum(pair_days * _DAY_US, lo)) / _DAY_US
+    return len(days) / float(np.maximum(covered, 1e-6).sum())
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,18 @@ class Period:
 
     def budget(self, cfg: Config) -> float:
         """:func:`alert_budget` over these windows."""
-        return alert_budget(cfg, self.entity, self.window_start, self.span)
+        rate = cfg.train.alerts_per_entity_day
+        if rate is None or not len(self.entity):
+            return alert_budget(cfg)
+        return _share(rate, self.density())
 
     def density(self) -> float:
-        """:func:`windows_per_entity_day` of these windows."""
+        """:func:`windows_per_entity_day` of these windows (worked out once: training asks for it
+        for the global threshold, the bundle's record and the unseen-share signal)."""
+        return self._density
+
+    @functools.cached_property
+    def _density(self) -> float:
         return windows_per_entity_day(self.entity, self.window_start, self.span)
 
 
@@ -160,7 +169,11 @@ def rate_share(rate: float, entity: np.ndarray, window_start: np.ndarray, span: 
     of a host active all day at 100 windows a day, and 10 % of those of an address seen in one
     window a day. Capped at :data:`MAX_RATE_SHARE` (logged).
     """
-    density = windows_per_entity_day(entity, window_start, span)
+    return _share(rate, windows_per_entity_day(entity, window_start, span))
+
+
+def _share(rate: float, density: float) -> float:
+    """``rate / density``, capped at :data:`MAX_RATE_SHARE` (logged)."""
     if density <= 0:
         raise ModelError("no windows to turn train.alerts_per_entity_day into a share of them")
     share = rate / density
@@ -560,7 +573,7 @@ class WindowKind(ModelKind):
         if groups:
             peers = PeerGroups(list(groups), [names.index(GROUP_PREFIX + g) for g in groups],
                                {k: Normaliser.from_dict(v) for k, v in result.extras["group_normalisers"].items()},
-                               {}, period.budget(cfg) if period is not None else alert_budget(cfg),
+                               {}, alert_budget(cfg) if period is None else period.budget(cfg),
                                cfg.features.baseline_min_steps)
             val_groups = peers.groups_of(val_shard.x)
             val_x = peers.transform(val_shard.x, normaliser, val_groups)

@@ -192,7 +192,10 @@ class CsvParser(LineParser):
     def __init__(self, opts: FormatOptions, clock: _Clock, sample: Sequence[str], path_name: str) -> None:
         self.opts = opts
         self.clock = clock
-        self.series = series_name(path_name)
+        # A table with no entity column is one series: its rows are the file's (default_entity
+        # first), so a single-metric file (timestamp,value) is windowed as one entity rather than
+        # dropped by featurize for having none. An empty cell of an entity column stays as before.
+        self.table_entity = opts.default_entity if opts.default_entity is not None else series_name(path_name)
         if opts.delimiter:
             self.delimiter = opts.delimiter
         elif path_name.lower().endswith((".tsv", ".tsv.gz", ".tab")):
@@ -243,10 +246,6 @@ class CsvParser(LineParser):
                 "for tables without time)"
             )
         self.entity_idx = find(opts.entity_field, _CSV_ENTITY, "entity_field")
-        # A table with no entity column is one series: its rows are the file's (default_entity
-        # first), so a single-metric file (timestamp,value) is windowed as one entity rather than
-        # dropped by featurize for having none. An empty cell of an entity column stays as before.
-        self.table_entity = opts.default_entity if opts.default_entity is not None else self.series
         self.label_idx = find(opts.label_field, _CSV_LABEL, "label_field")
         self.level_idx = find(opts.level_field, _CSV_LEVEL, "level_field")
         self.message_idx = find(opts.message_field, _CSV_MESSAGE, "message_field")
