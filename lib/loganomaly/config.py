@@ -162,6 +162,11 @@ class FeaturesConfig:
     # counted, each field's other values together; chosen with the feature list, like templates.
     categories: list[str] = field(default_factory=list)
     top_categories: int = 12
+    # Count, per step, the error-level events of a kind the lake never had at error level before
+    # (feature ``new_errors``: the first error-level event of a template in the whole lake, and
+    # every error-level line no template fits). Chosen with the feature list, like templates.
+    # The feature model.new_errors reads (BGL profile; README "Detection quality").
+    new_errors: bool = False
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and
     # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);
@@ -242,6 +247,14 @@ class ModelConfig:
     # window holds an unseen template the calibrated share is 0, and without this floor one unseen
     # event among many would be an alert.
     unseen_share_min: float = 0.1
+    # autoencoder: a second signal of its own, error-level events of a new kind (the
+    # ``new_errors`` feature, features.new_errors; loganomaly.models.new_errors). Its threshold is
+    # the alert-budget quantile of that count over the validation windows after the first
+    # ``new_errors_warmup`` of the training period (at a lake's start every kind is new), so a
+    # window holding more than normal operation brings is flagged, and its explanation says so.
+    # Off by default.
+    new_errors: bool = False
+    new_errors_warmup: float = 0.25
 
 
 @dataclass
@@ -599,6 +612,15 @@ def validate(cfg: Config) -> None:
             not cfg.model.unseen_share or cfg.model.kind == "autoencoder",
             f"model.unseen_share is a signal of model.kind=autoencoder; model.kind={cfg.model.kind} has none",
         ),
+        (
+            not cfg.model.new_errors or cfg.model.kind == "autoencoder",
+            f"model.new_errors is a signal of model.kind=autoencoder; model.kind={cfg.model.kind} has none",
+        ),
+        (
+            not cfg.model.new_errors or cfg.features.new_errors,
+            "model.new_errors reads the new_errors feature: set features.new_errors=true as well",
+        ),
+        (0 <= cfg.model.new_errors_warmup < 1, "model.new_errors_warmup must be in [0, 1) (a share of the training period)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),
         (cfg.train.alert_budget is None or 0 < cfg.train.alert_budget < 1, "train.alert_budget must be in (0, 1)"),
         (

@@ -122,8 +122,10 @@ def run_split(
     names = getattr(bundle, "feature_names", None)
     # Cold-start entities of the scored lake are judged against the training period's peer baselines.
     baselines = (getattr(bundle, "features", None) or {}).get("peer_baselines")
+    known = (getattr(bundle, "features", None) or {}).get("error_templates")
     summary.stages["featurize_score"] = featurize.run(spark, scfg, lake=lake, feature_names=names,
-                                                      peer_baselines=baselines).as_dict()
+                                                      peer_baselines=baselines,
+                                                      known_error_templates=known).as_dict()
     summary.stages["score"] = score.run(spark, scfg, model_dir, lake=lake).as_dict()
     log.info("pipeline (train on %d, score %d inputs) done: %s", len(train_inputs), len(score_inputs),
              summary.stages)

@@ -433,3 +433,58 @@ def test_a_level_shift_is_absorbed_by_the_trailing_median_and_an_incident_is_not
     else:
         assert rel(25) == pytest.approx(shift * 3 / 8, rel=1e-3)  # still 3 of 8 old steps in the mean
         assert rel(after) > 0.4  # the incident dragged the baseline down: a normal step reads high
+
+
+def test_new_errors_count_each_templates_first_error_in_the_lake_and_every_unfitted_error_line(  # type: ignore[no-untyped-def]
+        spark, lake) -> None:
+    """``new_errors``: the first error-level event of a template in the whole lake, on any host,
+    counts; later errors of it do not, nor do its info lines; every error line no template fits
+    (``T0``) counts; templates a model saw fail before the lake (``known_error_templates``) never
+    count; and a nightly ``--since`` rebuild reads the whole history, as a full one does."""
+    cfg = config(str(lake.root))
+    cfg.features.entity_features = False
+    cfg.features.new_errors = True
+    step = dt.timedelta(minutes=5)
+    rows = [
+        event(DAY1, 0, "TA", level="info"),                       # TA logged, but not at error level
+        event(DAY1 + 2 * step, 1, "TA", level="error"),           # TA's first error: new
+        event(DAY1 + 2 * step + dt.timedelta(seconds=9), 2, "TA", level="fatal"),  # same step: new too
+        event(DAY1 + 4 * step, 3, "TA", level="error", entity="h2"),  # TA failing on another host: known
+        event(DAY1 + 4 * step, 4, "T0", level="error", entity="h2", message="no template fits"),  # new
+        event(DAY1 + 4 * step, 5, "T0", level="info", entity="h2", message="no template fits either"),
+        event(DAY1 + 6 * step, 6, "TB", level="crit"),            # TB's first error: new
+        event(DAY1 + 6 * step, 7, "TC", level="error"),           # TC: known to the model below
+    ]
+    write_events(spark, lake, rows)
+    featurize.run(spark, cfg, lake=lake, top_templates=3)
+    names = lake.read("sequences").first().feature_names
+    assert names == feature_names_for(["TA", "TB", "TC"], (), None, None, True, True)
+    assert names.index("new_errors") == names.index("tpl:unknown") + 1
+
+    def new(entity: str, at: dt.datetime) -> float:
+        return round(raw_step_plain(lake, names, entity, at)["new_errors"], 6)
+
+    assert new("h1", DAY1) == 0
+    assert new("h1", DAY1 + 2 * step) == 2
+    assert new("h2", DAY1 + 4 * step) == 1
+    assert new("h1", DAY1 + 6 * step) == 2
+
+    featurize.run(spark, cfg, lake=lake, feature_names=names, known_error_templates=["TC", "TA"])
+    assert new("h1", DAY1 + 2 * step) == 0 and new("h2", DAY1 + 4 * step) == 1 and new("h1", DAY1 + 6 * step) == 1
+
+    # A later night on a new host: TA fails again (not new), TD fails for the first time (new).
+    # (A host quiet since an earlier day would get one more window of that day from a full
+    # rebuild, its edge window: a --since rebuild keeps that day's windows.)
+    featurize.run(spark, cfg, lake=lake, feature_names=names)
+    write_events(spark, lake, [event(DAY3, 20, "TA", level="error", entity="h3"),
+                               event(DAY3 + step, 21, "TD", level="error", entity="h3")])
+    featurize.run(spark, cfg, lake=lake, since="2024-03-03")
+    incremental = window_rows(lake)
+    assert new("h3", DAY3) == 0 and new("h3", DAY3 + step) == 1
+    featurize.run(spark, cfg, lake=lake)
+    assert window_rows(lake) == incremental
+
+
+def raw_step_plain(lake, names: list[str], entity: str, step_start: dt.datetime) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Feature values (log1p undone) of one entity's step, from a window that holds it."""
+    return {n: float(np.expm1(v)) for n, v in raw_step(lake, names, entity, step_start).items()}

@@ -63,6 +63,7 @@ from loganomaly.features.windows import (
     GROUP_PREFIX,
     HISTORY_STEPS,
     METRIC_PREFIX,
+    NEW_ERRORS,
     OTHER_CATEGORY,
     OTHER_TEMPLATES,
     RELATIVE_PREFIX,
@@ -308,7 +309,7 @@ def entity_groups(events: DataFrame, rules: GroupRules) -> DataFrame:
 
 def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[str],
                   entity: EntitySettings | None = None, history: DataFrame | None = None,
-                  base_only: bool = False) -> DataFrame:
+                  base_only: bool = False, known_errors: Sequence[str] = ()) -> DataFrame:
     """Aggregate events into one row per (entity, step), features in ``feature_names`` order.
 
     Columns: ``entity``, ``step`` (epoch seconds), ``n_events``, ``first_ts``/``last_ts`` (epoch
@@ -322,6 +323,10 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     ``baseline_steps``, a window function bounded to the past; a metric whose level is left out
     of ``feature_names`` is still computed for it and then dropped)
     and, for an entity with less history, its peer group's training-period baseline.
+    With :data:`NEW_ERRORS` in ``feature_names``, the error-level events of a template whose first
+    error-level event in ``history`` (or ``events``) falls in the step and is not among
+    ``known_errors`` (templates logged at error level before this lake: a model's training lake),
+    and error-level lines no template fits.
     ``base_only`` stops before those: the rows with ``group`` and the other features, what
     :func:`fit_peer_baselines` averages.
 
@@ -357,6 +362,20 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
 
     known = tpl.isNotNull() & (tpl != UNKNOWN_TEMPLATE_ID)
     other = (known & ~tpl.isin(templates)) if templates else known
+    is_error = level.isin(ERROR_LEVELS)
+    new_errors: dict[str, Column] = {}
+    if NEW_ERRORS in feature_names:
+        # The step of each template's first error-level event in the whole history (a small
+        # table: one row per template ever logged at error level), joined back by template.
+        firsts = (
+            (history if history is not None else events).where(F.col("ts").isNotNull() & known & is_error)
+            .groupBy(tpl.alias("_ne_tpl")).agg(F.min(step).alias("_ne_step"))
+        )
+        events = events.join(F.broadcast(firsts), tpl == F.col("_ne_tpl"), "left")
+        unknown_text = (tpl == UNKNOWN_TEMPLATE_ID) & F.col("message").isNotNull()
+        first = (step == F.col("_ne_step")) & ~tpl.isin(list(known_errors)) if known_errors else (
+            step == F.col("_ne_step"))
+        new_errors[NEW_ERRORS] = count_if(is_error & (unknown_text | first))
     aggregates: dict[str, Column] = {
         "connections": F.sum(is_conn.cast("long")),
         "log_lines": F.sum((~is_conn).cast("long")),
@@ -366,13 +385,14 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         "distinct_dst_addrs": F.count_distinct("dst_addr"),
         "failed_connections": F.sum(F.col("status").isin(FAILED_CONN_STATES).cast("long")),
         "inbound_connections": count_if(inbound),
-        "errors": F.sum(level.isin(ERROR_LEVELS).cast("long")),
+        "errors": F.sum(is_error.cast("long")),
         "warnings": F.sum(level.isin(WARNING_LEVELS).cast("long")),
         "mean_duration": F.avg("duration"),
         "_duration_q": F.percentile_approx("duration", [0.5, 0.95], DURATION_QUANTILE_ACCURACY),
         OTHER_TEMPLATES: count_if(other),
         UNKNOWN_TEMPLATES: count_if((tpl == UNKNOWN_TEMPLATE_ID) & F.col("message").isNotNull()),
         **{TEMPLATE_PREFIX + t: count_if(tpl == t) for t in templates},
+        **new_errors,
         # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
         **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
     }
@@ -482,6 +502,18 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         *relative, *one_hot,
     )
     return out.select(*keys, *[f"_f{i}" for i in range(len(feature_names))])
+
+
+def error_templates(events: DataFrame, until: float | None = None) -> list[str]:
+    """Templates with an error-level event (before ``until``, epoch seconds), sorted: what a model
+    trained on this lake has seen fail, so a lake it scores later does not count them as new."""
+    from pyspark.sql import functions as F
+
+    tpl = F.col("template_id")
+    rows = events.where(tpl.isNotNull() & (tpl != UNKNOWN_TEMPLATE_ID) & F.lower(F.col("level")).isin(ERROR_LEVELS))
+    if until is not None:
+        rows = rows.where(F.col("ts") <= F.lit(dt.datetime.fromtimestamp(until, dt.timezone.utc)))
+    return sorted(str(r[0]) for r in rows.select(tpl).distinct().collect())
 
 
 def fit_peer_baselines(steps: DataFrame, columns: dict[str, str], cut: float | None) -> dict[str, dict[str, float]]:
@@ -682,6 +714,7 @@ def run(
     feature_names: Sequence[str] | None = None,
     since: str | None = None,
     peer_baselines: dict[str, dict[str, float]] | None = None,
+    known_error_templates: Sequence[str] | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -709,6 +742,10 @@ def run(
             model's, with its ``feature_names``, when scoring a lake it was not trained on);
             default: the table's (``peer_baselines``) when its names are kept, else fitted on
             this lake's training period.
+        known_error_templates: templates logged at error level before this lake's events (a
+            trained model's, ``features.error_templates`` of its bundle), so the ``new_errors``
+            feature of a lake the model was not trained on does not count their first error here
+            as new.
 
     Raises:
         StageInputError: no ``events``.
@@ -719,12 +756,13 @@ def run(
     # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
     with writer_lock(lake.root, run_id, "featurize"):
         return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id,
-                    peer_baselines)
+                    peer_baselines, tuple(known_error_templates or ()))
 
 
 def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, top_templates: int | None,
          refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str,
-         given_baselines: dict[str, dict[str, float]] | None = None) -> FeaturizeSummary:
+         given_baselines: dict[str, dict[str, float]] | None = None,
+         known_errors: tuple[str, ...] = ()) -> FeaturizeSummary:
     from pyspark.sql import functions as F
 
     if not lake.exists("events"):
@@ -765,7 +803,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                                          cfg.features.default_group).names
                   if cfg.features.entity_features else None)
         names = feature_names_for(chosen, cfg.features.metrics, groups, categories,
-                                  cfg.features.metric_levels or groups is None)
+                                  cfg.features.metric_levels or groups is None, cfg.features.new_errors)
         log.info(
             "featurize: chose %d frequent templates from events before %s%s",
             len(chosen),
@@ -794,10 +832,12 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                  LAYOUT_TYPES[layout], NEW_LAYOUT)
     replaced: list[str] | None = None
     if since_date is None:
-        windows = windows_frame(step_features(events, spec.step_seconds, names, entity), spec, run_id, names, layout)
+        windows = windows_frame(step_features(events, spec.step_seconds, names, entity, known_errors=known_errors),
+                                spec, run_id, names, layout)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
     else:
-        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity, layout)
+        windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity, layout,
+                                                known_errors)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
                              replace_where={"date": replaced}, run_id=run_id)
     if entity is not None:
@@ -841,7 +881,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
 
 def incremental_windows(
     lake: Lake, events: DataFrame, spec: WindowSpec, run_id: str, names: Sequence[str], since: dt.date,
-    entity: EntitySettings | None = None, layout: Layout = NEW_LAYOUT,
+    entity: EntitySettings | None = None, layout: Layout = NEW_LAYOUT, known_errors: Sequence[str] = (),
 ) -> tuple[DataFrame, list[str]]:
     """The windows that can hold events of ``since`` or later, exactly as a full rebuild makes them.
 
@@ -879,12 +919,14 @@ def incremental_windows(
         )
     )
     if entity is None:
-        steps = step_features(recent, step_s, names)
+        # new_errors reads the whole history too (a template's first error-level event).
+        steps = step_features(recent, step_s, names, history=valid if NEW_ERRORS in names else None,
+                              known_errors=known_errors)
     else:
         # The trailing baselines read one horizon further back; novelty reads the whole history.
         horizon_s = from_s - entity.baseline_steps * step_s
         earlier = valid.where(F.col("ts") >= F.lit(dt.datetime.fromtimestamp(horizon_s, dt.timezone.utc)))
-        steps = step_features(earlier, step_s, names, entity, history=valid).where(
+        steps = step_features(earlier, step_s, names, entity, history=valid, known_errors=known_errors).where(
             F.col("step") >= F.lit(lookback_first * step_s))
     steps = steps.join(grid, "entity")
     windows = windows_frame(steps, spec, run_id, names, layout).where(F.col("date") >= F.lit(rebuild_from))

@@ -52,6 +52,15 @@ TEMPLATE_PREFIX = "tpl:"
 OTHER_TEMPLATES = "tpl:other"
 #: Events whose message no template covers (template id ``T0``).
 UNKNOWN_TEMPLATES = "tpl:unknown"
+#: Error-level events of a kind the lake never had at error level before (``features.new_errors``):
+#: per step, the entity's error-level events whose template has its first error-level event in the
+#: whole lake in this step, plus every error-level event no template fits (``T0``: text the miner
+#: never saw). Global, not per entity: a node logging a known failure for the first time is not
+#: news, the system logging a failure nobody has seen is. Counted over the lake's whole history,
+#: so it reads "first seen" exactly on a lake that grows night by night; a scoring lake separate
+#: from the training lake (``pipeline --train-input/--score-input``) has only its own history, so
+#: there a known template's first error in it counts as new too.
+NEW_ERRORS = "new_errors"
 #: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
@@ -87,6 +96,7 @@ NOVELTY_UNITS: dict[str, str] = {
     "new_ports": "new destination ports",
     "new_services": "new services",
     "new_templates": "new templates",
+    NEW_ERRORS: "error-level events of a new kind",
 }
 #: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the
 #: relative features stand on; below ``features.baseline_min_steps`` they use the peer group's.
@@ -120,6 +130,7 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 def feature_names_for(
     template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
     categories: Mapping[str, Sequence[str]] | None = None, metric_levels: bool = True,
+    new_errors: bool = False,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
 
@@ -127,7 +138,8 @@ def feature_names_for(
     ``cat:<field>=<other>`` per field after the metrics. ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
-    models keep working). ``metric_levels=False`` (``features.metric_levels``, only with
+    models keep working). ``new_errors`` adds :data:`NEW_ERRORS` after ``tpl:unknown``.
+    ``metric_levels=False`` (``features.metric_levels``, only with
     ``groups``) leaves the metrics' own levels out: each metric is then only its ``rel:`` twin.
 
     Raises:
@@ -141,6 +153,7 @@ def feature_names_for(
         *(TEMPLATE_PREFIX + t for t in template_ids),
         OTHER_TEMPLATES,
         UNKNOWN_TEMPLATES,
+        *([NEW_ERRORS] if new_errors else []),
         *(METRIC_PREFIX + m for m in metrics if metric_levels),
     ]
     for name, values in (categories or {}).items():
@@ -214,11 +227,12 @@ def feature_templates(names: Sequence[str]) -> list[str]:
     groups = feature_groups(names)
     levels = has_metric_levels(names) or groups is None
     if list(names) != feature_names_for(templates, feature_metrics(names), groups, feature_categories(names),
-                                        levels):
+                                        levels, NEW_ERRORS in names):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
             f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r}, "
-            f"metrics ({METRIC_PREFIX}<name>), category counts ({CATEGORY_PREFIX}<field>=<value>, each "
+            f"optionally {NEW_ERRORS!r}, metrics ({METRIC_PREFIX}<name>), category counts "
+            f"({CATEGORY_PREFIX}<field>=<value>, each "
             f"field ending with ={OTHER_CATEGORY}) and, with entity features, {HISTORY_STEPS!r}, "
             f"{RELATIVE_PREFIX}<feature> and {GROUP_PREFIX}<group>"
         )

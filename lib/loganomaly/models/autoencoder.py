@@ -25,7 +25,7 @@ from torch import nn
 
 from loganomaly.config import Config
 from loganomaly.errors import ModelError
-from loganomaly.features.split import Shard, ShardPlan
+from loganomaly.features.split import Shard, ShardPlan, Split
 from loganomaly.features.windows import (
     CATEGORY_PREFIX,
     NOVELTY_UNITS,
@@ -36,6 +36,7 @@ from loganomaly.features.windows import (
 )
 from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
 from loganomaly.models.kind import Inference, scored_batch
+from loganomaly.models.new_errors import NewErrors, warm_mask
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.screening import screened_budget
 from loganomaly.models.task import FitTask, TensorTask, float_tensor
@@ -461,6 +462,20 @@ class AutoencoderKind(WindowKind):
         return UnseenShare.calibrate(val_raw, names, normaliser.mean, mask, alert_budget(cfg) if budget is None else budget,
                                      cfg.model.unseen_share_min)
 
+    def calibrate_new_errors(self, val_raw: np.ndarray, starts_us: np.ndarray, names: list[str], split: Split,
+                             cfg: Config, budget: float | None = None) -> NewErrors | None:
+        """With ``model.new_errors``: the count threshold on the validation windows after the warm-up.
+
+        Not on the screened windows (see :mod:`loganomaly.models.new_errors`): a window with a new
+        kind of error has a large reconstruction error too, and leaving such windows out would
+        read normal operation as bringing fewer new errors than it does.
+        """
+        if not cfg.model.new_errors:
+            return None
+        keep = warm_mask(starts_us, split.train_from, split.train_until, cfg.model.new_errors_warmup)
+        return NewErrors.calibrate(val_raw, names, keep, alert_budget(cfg) if budget is None else budget,
+                                   cfg.model.new_errors_warmup)
+
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
                         previous_flagged: np.ndarray | None = None, budget: float | None = None) -> float | None:
         return screened_threshold(val_scores, cfg, previous_flagged, budget)[0]
@@ -494,6 +509,10 @@ class AutoencoderKind(WindowKind):
         if unseen is not None:
             share, n_unseen, n_events = unseen.of(x, bundle.feature_names, log1p)
             by_share = share > unseen.threshold
+        novel = bundle.new_errors
+        if novel is not None:
+            n_new = novel.of(x, bundle.feature_names, log1p)
+            by_share = by_share | (n_new > novel.threshold)
         if bundle.peers is None:
             normalised = bundle.normaliser.transform(x)
             mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
@@ -511,11 +530,19 @@ class AutoencoderKind(WindowKind):
             scores = scores * (bundle.threshold / limits)
             mean = bundle.peers.means_of(groups[flagged], bundle.normaliser)
             prefixes = bundle.judged_against(x[flagged], groups[flagged], limits[flagged])
+        error = scores
         if unseen is not None:
-            error = scores
-            scores = combined_scores(error, share, float(bundle.threshold), unseen.threshold)
-            prefixes = [self._signals(error[i], float(bundle.threshold), n_unseen[i], n_events[i], share[i],
-                                      unseen.threshold, "" if prefixes is None else prefixes[k])
+            scores = combined_scores(scores, share, float(bundle.threshold), unseen.threshold)
+        if novel is not None:
+            scores = combined_scores(scores, n_new, float(bundle.threshold), novel.threshold)
+        if unseen is not None or novel is not None:
+            prefixes = [self._signals(error[i], float(bundle.threshold),
+                                      [] if unseen is None or share[i] <= unseen.threshold else [
+                                          "unseen-template share: " + share_text(n_unseen[i], n_events[i], share[i],
+                                                                                 unseen.threshold)],
+                                      [] if novel is None or n_new[i] <= novel.threshold else [
+                                          "new error kinds: " + novel.text(n_new[i])],
+                                      "" if prefixes is None else prefixes[k])
                         for k, i in enumerate(flagged.tolist())]
         tops: list[list[str]] = []
         texts: list[str] = []
@@ -525,16 +552,18 @@ class AutoencoderKind(WindowKind):
         return scored_batch(scores, flagged, list(tops), list(texts))
 
     @staticmethod
-    def _signals(error: float, threshold: float, unseen: float, events: float, share: float, share_threshold: float,
-                 prefix: str) -> str:
-        """Which signal flagged a window, in the order a person checks them (the share first when it flagged)."""
+    def _signals(error: float, threshold: float, share_parts: list[str], new_parts: list[str], prefix: str) -> str:
+        """Which signal flagged a window, in the order a person checks them (the count signals first when they flagged).
+
+        ``share_parts``/``new_parts`` hold the unseen-share and new-error texts of the signals that
+        passed their thresholds (empty for one that did not, or that the model lacks).
+        """
         parts = [prefix] if prefix else []
-        share_part = f"unseen-template share: {share_text(unseen, events, share, share_threshold)}"
+        parts += share_parts + new_parts
         if error > threshold:
-            parts += [share_part] if share > share_threshold else []
             parts.append(f"reconstruction error {error:.4g} > threshold {threshold:.4g}")
         else:
-            parts += [share_part, f"reconstruction error {error:.4g} <= threshold {threshold:.4g}, largest errors"]
+            parts.append(f"reconstruction error {error:.4g} <= threshold {threshold:.4g}, largest errors")
         return "; ".join(parts)
 
 

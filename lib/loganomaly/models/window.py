@@ -44,6 +44,7 @@ from loganomaly.features.split import (
     stored_feature_names,
     window_shape,
 )
+from loganomaly.features.stage import error_templates
 from loganomaly.features.windows import FEATURE_NAMES, GROUP_PREFIX, HISTORY_STEPS, feature_groups
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
@@ -57,6 +58,7 @@ from loganomaly.models.kind import (
     TrainingPlan,
     quantiles,
 )
+from loganomaly.models.new_errors import NEW_ERRORS, NewErrors
 from loganomaly.models.normaliser import (
     STD_FLOOR,
     Normaliser,
@@ -206,6 +208,8 @@ class ModelBundle:
             None for bundles without groups, which score exactly as before.
         unseen: the calibrated unseen-template share (``model.unseen_share``, autoencoder);
             None for bundles without it, which score exactly as before.
+        new_errors: the calibrated new-error signal (``model.new_errors``, autoencoder); None
+            for bundles without it.
     """
 
     model_cfg: Any
@@ -220,6 +224,7 @@ class ModelBundle:
     templates: dict[str, Any] | None = None
     peers: PeerGroups | None = None
     unseen: UnseenShare | None = None
+    new_errors: NewErrors | None = None
 
     @property
     def kind(self) -> str:
@@ -455,6 +460,11 @@ class WindowKind(ModelKind):
         """
         return None
 
+    def calibrate_new_errors(self, val_raw: np.ndarray, starts_us: np.ndarray, names: list[str], split: Split,
+                             cfg: Config, budget: float | None = None) -> NewErrors | None:
+        """The kind's new-error signal from the raw validation windows and their starts, or None (the default)."""
+        return None
+
     def flagged_by(self, previous: ModelBundle, x: np.ndarray, device: torch.device) -> np.ndarray:
         """Which raw windows ``x`` the previous bundle flags (its own normaliser, groups and threshold)."""
         model = previous.build_model(device).eval()
@@ -594,6 +604,11 @@ class WindowKind(ModelKind):
         if unseen is not None:
             metrics["unseen_share"] = {"threshold": unseen.threshold, "calibrated": unseen.calibrated,
                                        "validation_with_unseen": unseen.validation_with_unseen}
+        new_errors = self.calibrate_new_errors(val_shard.x, np.asarray(val_shard.window_start, dtype=np.int64), names,
+                                               ctx["split"], cfg, period.budget(cfg) if period is not None else None)
+        if new_errors is not None:
+            metrics["new_errors"] = {"threshold": new_errors.threshold, "calibrated": new_errors.calibrated,
+                                     "validation_with_new": new_errors.validation_with_new}
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
                    "val_score_quantiles": quantiles(val_scores)}
         if previous is not None:
@@ -636,6 +651,10 @@ class WindowKind(ModelKind):
             # featurize stores counts and sums as log1p; explanations undo it for display.
             "transform": "log1p",
         }
+        if NEW_ERRORS in names and lake.exists("events"):
+            # Likewise the templates the training period logged at error level, so that a lake
+            # scored later counts an error of theirs as new only if it is new to the model too.
+            features["error_templates"] = error_templates(lake.read("events"), split.train_until)
         if peers is not None and lake.exists("peer_baselines"):
             # The training period's peer baselines travel with the model: a lake it scores but was
             # not trained on judges its cold-start entities by them (pipeline passes them on).
@@ -667,6 +686,7 @@ class WindowKind(ModelKind):
             templates=training_templates(cfg, lake),
             peers=peers,
             unseen=unseen,
+            new_errors=new_errors,
         )
 
     def summary(self, bundle: Bundle) -> dict[str, Any]:
@@ -681,7 +701,8 @@ class WindowKind(ModelKind):
                 "threshold_ratio": stability.get("ratio"),
                 "threshold_clamped": bool(stability.get("clamped", False)),
                 # Only with the unseen-template signal, so other summaries keep their keys.
-                **({"unseen_share_threshold": bundle.unseen.threshold} if bundle.unseen is not None else {})}
+                **({"unseen_share_threshold": bundle.unseen.threshold} if bundle.unseen is not None else {}),
+                **({"new_errors_threshold": bundle.new_errors.threshold} if bundle.new_errors is not None else {})}
 
     # -------------------------------------------------------------- bundles
     def bundle_meta(self, bundle: Bundle) -> dict[str, Any]:
@@ -699,6 +720,7 @@ class WindowKind(ModelKind):
             **({"peers": bundle.peers.to_dict()} if bundle.peers is not None else {}),
             # Likewise only bundles with the unseen-template signal (model.unseen_share).
             **({"unseen_share": bundle.unseen.to_dict()} if bundle.unseen is not None else {}),
+            **({"new_errors": bundle.new_errors.to_dict()} if bundle.new_errors is not None else {}),
         }
 
     @abstractmethod
@@ -719,6 +741,7 @@ class WindowKind(ModelKind):
             templates=meta.get("templates"),
             peers=PeerGroups.from_dict(meta["peers"]) if meta.get("peers") is not None else None,
             unseen=UnseenShare.from_dict(meta["unseen_share"]) if meta.get("unseen_share") is not None else None,
+            new_errors=NewErrors.from_dict(meta["new_errors"]) if meta.get("new_errors") is not None else None,
         )
 
     def check_bundle(self, bundle: Bundle) -> None:
@@ -737,6 +760,8 @@ class WindowKind(ModelKind):
             missing = [c for c in bundle.unseen.columns if c not in bundle.feature_names]
             if missing or EVENTS not in bundle.feature_names:
                 raise ModelError(f"unseen-template share reads {missing or [EVENTS]}, not among the feature names")
+        if bundle.new_errors is not None and NEW_ERRORS not in bundle.feature_names:
+            raise ModelError(f"the new-error signal reads {NEW_ERRORS!r}, not among the feature names")
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
@@ -804,4 +829,8 @@ class WindowKind(ModelKind):
             facts.append(("unseen-template share threshold", f"{bundle.unseen.threshold:.3g} (calibrated "
                           f"{bundle.unseen.calibrated:.3g}; {bundle.unseen.validation_with_unseen} of "
                           f"{bundle.unseen.validation_windows} validation windows held unseen templates)"))
+        if bundle.new_errors is not None:
+            facts.append(("new error kinds threshold", f"{bundle.new_errors.threshold:.3g} (calibrated "
+                          f"{bundle.new_errors.calibrated:.3g}; {bundle.new_errors.validation_with_new} of "
+                          f"{bundle.new_errors.validation_windows} validation windows after the warm-up held one)"))
         return facts
