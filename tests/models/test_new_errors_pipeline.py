@@ -16,17 +16,16 @@ import datetime as dt
 import pytest
 
 from loganomaly import pipeline
-from loganomaly.config import GenerateConfig, load_config
-from loganomaly.ingest import synthetic
+from loganomaly.config import load_config
 from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import load_bundle
 from loganomaly.models.window import ModelBundle
+from tests.models.test_unseen_pipeline import syslog_days
 from tests.test_split_pipeline import CONF, SMALL
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 UTC = dt.timezone.utc
-SCORED_DAY = "2024-03-06"
 NOVEL = [dt.datetime(2024, 3, 6, 12, m, tzinfo=UTC) for m in (5, 7, 9)]
 KNOWN = dt.datetime(2024, 3, 6, 16, 30, tzinfo=UTC)
 DISK = "EXT4-fs error (device sda1): ext4_journal_check_start:83: Detected aborted journal"
@@ -46,11 +45,7 @@ def add_lines(path, extra: list[str]) -> None:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def new_errors_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("new-errors")
-    gen = dict(hosts=2, days=1, anomaly_from_day=5, conn_per_minute=0.1, syslog_per_minute=0.6)
-    train = synthetic.generate(root / "train", GenerateConfig(start="2024-03-05", seed=1, **gen))  # type: ignore[arg-type]
-    score = synthetic.generate(root / "score", GenerateConfig(start=SCORED_DAY, seed=2, **gen))  # type: ignore[arg-type]
-    train_logs = [p for p in train.files if p.suffix == ".log"]
-    score_logs = [p for p in score.files if p.suffix == ".log"]
+    train_logs, score_logs = syslog_days(root)
     add_lines(next(p for p in train_logs if p.name == "host-02.log"),
               [line(dt.datetime(2024, 3, 5, 2, 0, tzinfo=UTC), "host-02", "kernel", DISK)])
     add_lines(next(p for p in score_logs if p.name == "host-01.log"),

@@ -9,6 +9,7 @@ terms, and flag no window of ordinary traffic.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -41,14 +42,19 @@ def novel_lines(n: int) -> list[str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def unseen_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
-    root = tmp_path_factory.mktemp("unseen")
+def syslog_days(root: Path) -> tuple[list[Path], list[Path]]:
+    """The generator's syslog files (two hosts) of a training day (2024-03-05) and of :data:`SCORED_DAY`."""
     gen = dict(hosts=2, days=1, anomaly_from_day=5, conn_per_minute=0.1, syslog_per_minute=0.6)
     train = synthetic.generate(root / "train", GenerateConfig(start="2024-03-05", seed=1, **gen))  # type: ignore[arg-type]
     score = synthetic.generate(root / "score", GenerateConfig(start=SCORED_DAY, seed=2, **gen))  # type: ignore[arg-type]
-    train_logs = [str(p) for p in train.files if p.suffix == ".log"]
-    score_logs = [p for p in score.files if p.suffix == ".log"]
+    return [p for p in train.files if p.suffix == ".log"], [p for p in score.files if p.suffix == ".log"]
+
+
+@pytest.fixture(scope="module")
+def unseen_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("unseen")
+    train_files, score_logs = syslog_days(root)
+    train_logs = [str(p) for p in train_files]
     target = next(p for p in score_logs if p.name == "host-01.log")
     lines = target.read_text().splitlines(keepends=True) + novel_lines(40)
     lines.sort(key=lambda line: line.split(" ")[1])
