@@ -42,6 +42,7 @@ ClassWeights = Literal["balanced", "none"]
 Optimizer = Literal["adam", "sgd_nesterov"]
 Init = Literal["auto", "default", "xavier"]
 BaselineStatistic = Literal["mean", "median"]
+ErrorScale = Literal["none", "typical"]
 
 
 @dataclass
@@ -255,6 +256,14 @@ class ModelConfig:
     # Off by default.
     new_errors: bool = False
     new_errors_warmup: float = 0.25
+    # autoencoder: how the window score weighs each feature's squared reconstruction error.
+    # ``none``: the plain mean over features and steps. ``typical``: each feature's error divided
+    # by its typical error on the normal validation windows before the mean (a standardised
+    # residual): a feature the model always reconstructs closely (one that never varied in
+    # training, e.g. inbound connections where training had none) counts as much when it is off
+    # as a feature whose error is always large, instead of being drowned by many moderately
+    # unusual ones. The weights are stored with the model (``metrics.error_weights``).
+    error_scale: ErrorScale = "none"
 
 
 @dataclass
@@ -619,6 +628,10 @@ def validate(cfg: Config) -> None:
         (
             not cfg.model.new_errors or cfg.features.new_errors,
             "model.new_errors reads the new_errors feature: set features.new_errors=true as well",
+        ),
+        (
+            cfg.model.error_scale == "none" or cfg.model.kind == "autoencoder",
+            f"model.error_scale weighs the autoencoder's errors; model.kind={cfg.model.kind} has none",
         ),
         (0 <= cfg.model.new_errors_warmup < 1, "model.new_errors_warmup must be in [0, 1) (a share of the training period)"),
         (0 < cfg.train.threshold_quantile < 1, "train.threshold_quantile must be in (0, 1)"),

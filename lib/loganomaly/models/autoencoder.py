@@ -172,6 +172,7 @@ def flagged_step_errors(
     batch_size: int = 1024,
     device: torch.device | None = None,
     bf16: bool = False,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Window scores, and the per-step errors of only the windows scoring above ``threshold``.
 
@@ -184,6 +185,8 @@ def flagged_step_errors(
         threshold: windows scoring above it are returned with their errors; one per window
             (``[N]``, e.g. each window's peer-group threshold) or one for all.
         bf16: bf16 autocast of the forward pass (CUDA only; float32 elsewhere).
+        weights: per-feature weights of the squared errors in the score (``model.error_scale``,
+            :func:`error_weights`); None: the plain mean. The returned errors are unweighted.
 
     Returns:
         ``(score[N], flagged[K], per_step[K, T, F])``: float64 scores, the indices of the windows
@@ -193,9 +196,15 @@ def flagged_step_errors(
     flagged: list[np.ndarray] = []
     errors: list[np.ndarray] = []
     per_window = np.ndim(threshold) > 0
+    scale: torch.Tensor | None = None
     for i, batch, recon in forward_batches(model, x, batch_size, device, bf16):
         err = (recon - batch) ** 2
-        score = err.double().mean(dim=(1, 2))
+        if weights is None:
+            score = err.double().mean(dim=(1, 2))
+        else:
+            if scale is None:
+                scale = torch.from_numpy(np.asarray(weights, dtype=np.float64)).to(batch.device)
+            score = (err.double() * scale).mean(dim=(1, 2))
         limit = (torch.from_numpy(np.asarray(threshold, dtype=np.float64)[i : i + batch_size]).to(batch.device)
                  if per_window else float(threshold))
         above = torch.nonzero(score > limit).squeeze(1)
@@ -303,6 +312,24 @@ def screened_threshold(val_scores: np.ndarray, cfg: Config, previous_flagged: np
                  screening.validation_windows, screening.screened_robust, screening.screened_previous,
                  screening.capped_previous, threshold)
     return threshold, record
+
+
+#: ``model.error_scale: typical`` divides each feature's error by its typical validation error, at
+#: least this (normalised units squared: a residual of a thousandth of a standard deviation), so a
+#: feature reconstructed exactly in validation cannot weigh without bound. Observed typical errors
+#: of features that never varied in training are 6e-5 to 6e-4 (README "Detection quality").
+ERROR_SCALE_FLOOR = 1e-6
+
+
+def error_weights(typical: np.ndarray) -> np.ndarray:
+    """Per-feature weights of ``model.error_scale: typical``: 1 / typical error (floored)."""
+    return 1.0 / np.maximum(np.asarray(typical, dtype=np.float64), ERROR_SCALE_FLOOR)
+
+
+def stored_weights(bundle: ModelBundle) -> np.ndarray | None:
+    """The bundle's per-feature error weights, or None (the plain mean: every bundle without them)."""
+    weights = bundle.metrics.get("error_weights")
+    return None if weights is None else np.asarray(weights, dtype=np.float64)
 
 
 #: Typical per-feature errors below this are floored when explaining: a feature that never varied
@@ -439,12 +466,22 @@ class AutoencoderKind(WindowKind):
         budget = period.budget(cfg)
         threshold, screening = screened_threshold(val_scores, cfg, previous_flagged, budget)
         keep = screening.pop("keep")
+        weights = None
+        if cfg.model.error_scale == "typical":
+            # The typical errors of the windows the plain score keeps (suspected incidents left
+            # out) set the weights; the weighted scores are then screened and calibrated afresh.
+            weights = error_weights(val_feature_errors[keep].mean(axis=0))
+            val_scores = (val_feature_errors * weights).mean(axis=1)
+            threshold, screening = screened_threshold(val_scores, cfg, previous_flagged, budget)
+            keep = screening.pop("keep")
         # Typical per-feature error on normal windows (the screened ones): scoring explains a
         # window by how many times its error exceeds this.
         typical = val_feature_errors[keep].mean(axis=0)
         # "_keep" is for calibrate_unseen (same screened windows); finish pops it before the bundle.
         metrics: dict[str, Any] = {"val_feature_error": [float(v) for v in typical], "screening": screening,
                                    "_keep": keep}
+        if weights is not None:
+            metrics["error_weights"] = [float(v) for v in weights]
         if cfg.train.alerts_per_entity_day is not None:
             metrics["alert_rate"] = {
                 "alerts_per_entity_day": cfg.train.alerts_per_entity_day,
@@ -525,7 +562,7 @@ class AutoencoderKind(WindowKind):
         limit = np.where(by_share, -np.inf, limits) if by_share.any() else (
             limits if bundle.peers is not None else float(bundle.threshold))
         scores, flagged, per_step = flagged_step_errors(model, normalised, limit, inference.batch_size,
-                                                        device, inference.bf16)
+                                                        device, inference.bf16, stored_weights(bundle))
         if bundle.peers is not None:
             scores = scores * (bundle.threshold / limits)
             mean = bundle.peers.means_of(groups[flagged], bundle.normaliser)
