@@ -95,8 +95,6 @@ def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
                 out[key] = f"{out[key]},{value}"
         else:
             out.setdefault(key, value)
-    # Delta rebuilds a table's state with this many tasks (default 50): far too many for local tables.
-    out.setdefault("spark.databricks.delta.snapshotPartitions", str(max(1, cfg.shuffle_partitions)))
     # Delta's SQL parser drops Spark 4.1's parser-level parameter binding, so spark.sql(q, args=...)
     # fails with UNBOUND_SQL_PARAMETER (delta-io/delta#7640); binding constants in the analyzer works.
     out.setdefault("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
