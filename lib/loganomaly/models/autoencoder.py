@@ -573,12 +573,17 @@ class AutoencoderKind(WindowKind):
         if novel is not None:
             scores = combined_scores(scores, n_new, float(bundle.threshold), novel.threshold)
         if unseen is not None or novel is not None:
-            prefixes = [self._signals(error[i], float(bundle.threshold),
-                                      [] if unseen is None or share[i] <= unseen.threshold else [
-                                          "unseen-template share: " + share_text(n_unseen[i], n_events[i], share[i],
-                                                                                 unseen.threshold)],
-                                      [] if novel is None or n_new[i] <= novel.threshold else [
-                                          "new error kinds: " + novel.text(n_new[i])],
+            def passed(i: int) -> list[str]:
+                """The texts of the count signals that passed their thresholds on window ``i``."""
+                out = []
+                if unseen is not None and share[i] > unseen.threshold:
+                    out.append("unseen-template share: "
+                               + share_text(n_unseen[i], n_events[i], share[i], unseen.threshold))
+                if novel is not None and n_new[i] > novel.threshold:
+                    out.append("new error kinds: " + novel.text(n_new[i]))
+                return out
+
+            prefixes = [self._signals(error[i], float(bundle.threshold), passed(i),
                                       "" if prefixes is None else prefixes[k])
                         for k, i in enumerate(flagged.tolist())]
         tops: list[list[str]] = []
@@ -589,14 +594,14 @@ class AutoencoderKind(WindowKind):
         return scored_batch(scores, flagged, list(tops), list(texts))
 
     @staticmethod
-    def _signals(error: float, threshold: float, share_parts: list[str], new_parts: list[str], prefix: str) -> str:
+    def _signals(error: float, threshold: float, passed: list[str], prefix: str) -> str:
         """Which signal flagged a window, in the order a person checks them (the count signals first when they flagged).
 
-        ``share_parts``/``new_parts`` hold the unseen-share and new-error texts of the signals that
-        passed their thresholds (empty for one that did not, or that the model lacks).
+        ``passed`` holds the texts of the count signals (unseen share, new error kinds) that passed
+        their thresholds on the window.
         """
         parts = [prefix] if prefix else []
-        parts += share_parts + new_parts
+        parts += passed
         if error > threshold:
             parts.append(f"reconstruction error {error:.4g} > threshold {threshold:.4g}")
         else:

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from loganomaly.errors import ModelError
-from loganomaly.features.windows import NEW_ERRORS, signed_expm1
+from loganomaly.features.windows import NEW_ERRORS
+from loganomaly.models.unseen import window_total
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ def new_error_counts(x: np.ndarray, names: Sequence[str], log1p: bool = True) ->
     """Error-level events of a new kind per raw window ``x[N, T, F]`` (the steps' counts summed, whole)."""
     if NEW_ERRORS not in names:
         raise ModelError(f"windows lack the {NEW_ERRORS!r} feature (features.new_errors) that model.new_errors reads")
-    column = np.asarray(x[:, :, list(names).index(NEW_ERRORS)], dtype=np.float64)
-    return np.rint((signed_expm1(column) if log1p else column).sum(axis=1))
+    return window_total(x, [list(names).index(NEW_ERRORS)], log1p)
 
 
 def warm_mask(starts_us: np.ndarray, train_from: float, train_until: float, warmup: float) -> np.ndarray:

@@ -37,7 +37,8 @@ from loganomaly.features.windows import OTHER_TEMPLATES, TEMPLATE_PREFIX, UNKNOW
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENTS", "UnseenShare", "combined_scores", "share_text", "unseen_columns", "unseen_counts"]
+__all__ = ["EVENTS", "UnseenShare", "combined_scores", "share_text", "unseen_columns", "unseen_counts",
+           "window_total"]
 
 #: The per-step event count (log1p), the share's denominator.
 EVENTS = "events"
@@ -77,16 +78,20 @@ def unseen_counts(x: np.ndarray, names: Sequence[str], columns: Sequence[str],
     missing = [c for c in [EVENTS, *columns] if c not in index]
     if missing:
         raise ModelError(f"windows lack the features {missing} the unseen-template share reads")
-    undo = signed_expm1 if log1p else (lambda v: v)
-    # Only the columns read are converted: scoring calls this on every batch, and a float64 copy
-    # of whole windows would cost more than the share.
-    events = np.rint(undo(np.asarray(x[:, :, index[EVENTS]], dtype=np.float64)).sum(axis=1))
-    if columns:
-        picked = np.asarray(x[:, :, [index[c] for c in columns]], dtype=np.float64)
-        unseen = np.rint(undo(picked).sum(axis=(1, 2)))
-    else:
-        unseen = np.zeros(len(x))
+    events = window_total(x, [index[EVENTS]], log1p)
+    unseen = window_total(x, [index[c] for c in columns], log1p) if columns else np.zeros(len(x))
     return unseen, events
+
+
+def window_total(x: np.ndarray, columns: Sequence[int], log1p: bool = True) -> np.ndarray:
+    """Whole count per raw window ``x[N, T, F]`` of the features at ``columns``, summed over steps and columns.
+
+    Counts are stored as log1p per step, so they are undone first; rounded, since float32 storage
+    leaves 0.999... for 1. Only the columns read are converted: scoring calls this on every batch,
+    and a float64 copy of whole windows would cost more than the count.
+    """
+    picked = np.asarray(x[:, :, list(columns)], dtype=np.float64)
+    return np.rint((signed_expm1(picked) if log1p else picked).sum(axis=(1, 2)))
 
 
 def shares(unseen: np.ndarray, events: np.ndarray) -> np.ndarray:
