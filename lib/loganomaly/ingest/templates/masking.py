@@ -283,6 +283,84 @@ def _first_of_sequence(items: list[Any]) -> tuple[list[str], bool] | None:
     return out, True
 
 
+def token_local(masking: Sequence[tuple[str, str]]) -> bool:
+    r"""Whether masking a message equals masking each of its space-separated pieces alone.
+
+    True when no rule can match a space (so no match crosses one) or the empty string, and every
+    look-around and ``\b``/``\B`` reads a space as it reads the edge of the text (a class or
+    literal that cannot match a space fails on both; ``^``/``$`` differ, so they make it False).
+    Then ``sub(message) == " ".join(sub(piece) for piece in message.split(" "))``, and since logs
+    repeat their pieces (an address, a port, a user name) far more than whole messages, the
+    pieces can be masked once each and cached (:class:`loganomaly.ingest.templates.miner`'s
+    preprocessor does). The default rules and most presets qualify; a rule this analysis does
+    not understand makes the answer False, which is always correct (whole-message masking).
+    """
+    try:
+        for pattern, _ in masking:
+            parsed = _sre_parser.parse(pattern)
+            if parsed.getwidth()[0] < 1 or _matches_space(list(parsed)) is not False:
+                return False
+    except Exception:  # private module of the standard library: never let it break masking
+        log.debug("templates: no token-local masking for %r", masking, exc_info=True)
+        return False
+    return True
+
+
+def _class_has_space(items: list[Any]) -> bool | None:
+    """Whether a parsed character class (``IN``) matches a space; None when unsure."""
+    c = _sre_constants
+    negate, hit = False, False
+    for op, av in items:
+        if op == c.NEGATE:
+            negate = True
+        elif op == c.LITERAL:
+            hit = hit or av == 0x20
+        elif op == c.RANGE:
+            hit = hit or av[0] <= 0x20 <= av[1]
+        elif op == c.CATEGORY:
+            if av in (c.CATEGORY_SPACE, c.CATEGORY_NOT_DIGIT, c.CATEGORY_NOT_WORD):
+                hit = True
+            elif av not in (c.CATEGORY_NOT_SPACE, c.CATEGORY_DIGIT, c.CATEGORY_WORD):
+                return None
+        else:
+            return None
+    return hit != negate
+
+
+def _matches_space(items: list[Any]) -> bool | None:
+    r"""Whether any part of a parsed pattern (look-arounds included) can match a space, or an
+    anchor other than ``\b``/``\B`` is used; None when unsure."""
+    c = _sre_constants
+    repeats = {c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)}
+    for op, av in items:
+        if op == c.LITERAL:
+            found: bool | None = av == 0x20
+        elif op == c.NOT_LITERAL:
+            found = av != 0x20
+        elif op == c.ANY:
+            found = True
+        elif op == c.IN:
+            found = _class_has_space(list(av))
+        elif op == c.AT:
+            found = av not in (c.AT_BOUNDARY, c.AT_NON_BOUNDARY)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            found = _matches_space(list(av[1]))
+        elif op == c.SUBPATTERN:
+            found = _matches_space(list(av[-1]))
+        elif op == getattr(c, "ATOMIC_GROUP", None):
+            found = _matches_space(list(av))
+        elif op in repeats:
+            found = _matches_space(list(av[2]))
+        elif op == c.BRANCH:
+            branches = [_matches_space(list(b)) for b in av[1]]
+            found = None if None in branches else any(branches)
+        else:
+            return None
+        if found is not False:
+            return found
+    return False
+
+
 # Per-system presets in the spirit of the logpai Drain benchmark (per-system masks, similarity threshold,
 # depth), written and tuned here against loghub_2k (see bench/templates.py for the accuracy they give).
 # Masks named "*" become Drain wildcards, as in the benchmark; the default masks are kept where they help.
