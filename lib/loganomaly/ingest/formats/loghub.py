@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from loganomaly.errors import ConfigError, ParseError
+from loganomaly.ingest.formats import loghub_columns
 from loganomaly.ingest.formats.base import (
     POSSIBLE,
     STRONG,
+    EventColumns,
     FormatOptions,
     LineParser,
     LogFormat,
@@ -266,6 +268,12 @@ class LoghubParser(LineParser):
         self.attr_fields = tuple(f for f in fields if f not in used)
         self._last_time: str | None = None
         self._last_ts = _EPOCH
+        self._plan = loghub_columns.plan(self)
+
+    def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
+        """The lines :mod:`.loghub_columns` maps in Arrow (patterns and options it has a plan
+        for); None where it has none, and every line goes to :meth:`parse`."""
+        return None if self._plan is None else loghub_columns.block(self._plan, texts)
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
         match = self.regex.match(text)

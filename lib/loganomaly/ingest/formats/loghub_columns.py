@@ -1,0 +1,296 @@
+"""Loghub pattern lines -> event columns a block at a time, in Arrow (RE2), for :mod:`.loghub`.
+
+Why: per line, the pattern match, the time parse and the event dict with its conversion back to
+Arrow columns cost tens of microseconds in Python; Arrow runs the same pattern (RE2, through
+``extract_regex``) and the conversions over a whole block in C++.
+
+The per-line parser (:meth:`LoghubParser.parse`) stays the reference: a block plan exists only
+for patterns and options whose rows this module reproduces exactly, and within a block it takes
+only the lines it reads for sure, leaving every other line to the reference one by one (its row
+or its quarantine reason). What it takes: printable-ASCII lines (with tabs), where RE2's ``\\d``,
+``\\s``, ``\\S`` and ``.`` match what Python's do (Python's are Unicode-aware, RE2's are not); RE2
+is leftmost-first like Python's engine, so the groups are the same. What has no plan: patterns
+RE2 cannot compile (look-arounds), times without a year (the year follows the lines before),
+epoch times and BGL's sub-second field, directives other than ``%Y %y %m %b %d %H %M %S %f``
+and the name-only ones, a ``timezone`` option, and level or component fields that sit in an
+optional part of the pattern (Python gives None there, Arrow an empty string).
+``tests/ingest/formats/test_loghub_columns.py`` checks the equality.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loganomaly.ingest.formats.base import EventColumns
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
+from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MONTHS, TimeFormat
+from loganomaly.ingest.formats.values import normalize_level
+
+_sre_parser: Any = importlib.import_module("re._parser")
+_sre_constants: Any = importlib.import_module("re._constants")
+
+#: Fewer matching lines than this in a block are left to the per-line parser (fixed costs).
+MIN_ROWS = 8
+#: Lines the block path reads: printable ASCII and tabs.
+_PLAIN = r"^[\t -~]*$"
+#: Time directives whose values this module converts (the others have no plan).
+_KEYS = frozenset("YymbdHMSf")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one parser's lines map to columns (see :func:`plan`)."""
+
+    line_regex: str
+    time_fields: tuple[str, ...]
+    time_regex: str
+    time_keys: tuple[str, ...]
+    entity_regex: str | None
+    entity_fields: tuple[str, ...]
+    default_entity: str | None
+    level_field: str | None
+    component_field: str | None
+    label_field: str | None
+    attr_fields: tuple[str, ...]
+
+
+def plan(parser: Any) -> BlockPlan | None:
+    """The block plan of a :class:`LoghubParser`, or None where its rows are per line only."""
+    fmt: TimeFormat | None = parser.time_format
+    if (
+        fmt is None
+        or fmt.is_epoch
+        or not fmt.has_year
+        or not set(fmt.keys) <= _KEYS
+        or parser.frac_field is not None
+        or parser.clock.tz is not None
+    ):
+        return None
+    if "Content" not in parser.regex.groupindex:
+        return None
+    optional = _optional_groups(parser.regex.pattern)
+    if optional is None or parser.level_field in optional or parser.component_field in optional:
+        return None
+    line_regex = "(?s)" + _re2(parser.regex.pattern)
+    time_regex = "^" + _re2(fmt.regex.pattern, name="t") + "$"
+    entity_regex = None
+    if parser.entity_regex is not None:
+        entity_regex = "(?P<e>" + _re2(parser.entity_regex.pattern) + ")"
+    for regex in (line_regex, time_regex, entity_regex):
+        if regex is not None and not _compiles(regex):
+            return None
+    return BlockPlan(
+        line_regex, tuple(parser.time_fields), time_regex, tuple(fmt.keys), entity_regex,
+        tuple(parser.entity_fields), parser.opts.default_entity, parser.level_field, parser.component_field,
+        parser.label_field, tuple(parser.attr_fields),
+    )  # fmt: skip
+
+
+def _re2(pattern: str, name: str | None = None) -> str:
+    """``pattern`` with its unnamed groups made non-capturing (``name`` None) or named
+    ``<name>0``, ``<name>1``... in order (Arrow's ``extract_regex`` takes named groups only)."""
+    out: list[str] = []
+    i, n, in_class, count = 0, len(pattern), False, 0
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = ch != "]" or (pattern[i - 1] == "[" or pattern[i - 2 : i] == "[^")
+        elif ch == "[":
+            in_class = True
+        elif ch == "(" and pattern[i + 1 : i + 2] != "?":
+            out.append("(?:" if name is None else f"(?P<{name}{count}>")
+            count += 1
+            i += 1
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _compiles(regex: str) -> bool:
+    try:
+        pc.extract_regex(pa.array([""], pa.string()), regex)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _optional_groups(pattern: str) -> set[str] | None:
+    """Names of the named groups that may not take part in a match (inside a repeat that may run
+    zero times or an alternation); None when the pattern is not understood."""
+    c = _sre_constants
+    try:
+        parsed = _sre_parser.parse(pattern)
+    except Exception:  # noqa: BLE001 - private module of the standard library: no plan
+        return None
+    names = {index: name for name, index in parsed.state.groupdict.items()}
+    found: set[str] = set()
+    repeats = {c.MAX_REPEAT, c.MIN_REPEAT, getattr(c, "POSSESSIVE_REPEAT", c.MAX_REPEAT)}
+
+    def walk(items: Any, optional: bool) -> None:
+        for op, av in items:
+            if op == c.SUBPATTERN:
+                if optional and av[0] in names:
+                    found.add(names[av[0]])
+                walk(av[-1], optional)
+            elif op in repeats:
+                walk(av[2], optional or av[0] == 0)
+            elif op == c.BRANCH:
+                for branch in av[1]:
+                    walk(branch, True)
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                walk(av[1], True)
+            elif op == getattr(c, "ATOMIC_GROUP", None):
+                walk(av, optional)
+
+    walk(parsed, False)
+    return found
+
+
+def _rows(mask: pa.Array) -> np.ndarray:
+    """Indices where an Arrow boolean array is true (null as false)."""
+    return np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool))
+
+
+def _ints(values: pa.Array) -> np.ndarray:
+    return np.asarray(pc.cast(pc.fill_null(values, "0"), pa.int64()).to_numpy(zero_copy_only=False))
+
+
+def block(p: BlockPlan, texts: Sequence[str]) -> EventColumns | None:
+    """The events of the block's lines that the plan reads exactly (see the module docstring)."""
+    arr = pa.array(texts, pa.string())
+    plain = _rows(pc.match_substring_regex(arr, _PLAIN))
+    if len(plain) < MIN_ROWS:
+        return None
+    matched = pc.extract_regex(arr.take(pa.array(plain)), p.line_regex)
+    found = _rows(pc.is_valid(matched))
+    if len(found) < MIN_ROWS:
+        return None
+    rows = plain[found]
+    matched = matched.take(pa.array(found))
+    m = len(rows)
+    field = {name: pc.struct_field(matched, [i]) for i, name in enumerate(matched.type.names)}
+    bad = np.zeros(m, dtype=bool)
+
+    # Time: TimeFormat.parse's reading (fullmatch of the stripped text; the edges must be clean).
+    tf = p.time_fields
+    time_text = field[tf[0]] if len(tf) == 1 else pc.binary_join_element_wise(*[field[f] for f in tf], " ")
+    bad |= np.asarray(pc.match_substring_regex(time_text, r"^\s|\s$").to_numpy(zero_copy_only=False), dtype=bool)
+    parts = pc.extract_regex(time_text, p.time_regex)
+    bad |= ~np.asarray(pc.is_valid(parts).to_numpy(zero_copy_only=False), dtype=bool)
+    got = {key: pc.struct_field(parts, [i]) for i, key in enumerate(p.time_keys)}
+    year = np.zeros(m, dtype=np.int64)
+    if "Y" in got:
+        year = _ints(got["Y"])
+    elif "y" in got:
+        short = _ints(got["y"])
+        year = np.where(short < 69, 2000 + short, 1900 + short)
+    if "b" in got:
+        names = pc.dictionary_encode(pc.utf8_lower(pc.fill_null(got["b"], "")))
+        known = [_MONTHS.get(v, 0) for v in names.dictionary.to_pylist()]
+        month = np.asarray(known, dtype=np.int64)[np.asarray(names.indices.to_numpy(zero_copy_only=False))]
+    else:
+        month = _ints(got["m"])
+    day = _ints(got["d"]) if "d" in got else np.ones(m, dtype=np.int64)
+    hour = _ints(got["H"]) if "H" in got else np.zeros(m, dtype=np.int64)
+    minute = _ints(got["M"]) if "M" in got else np.zeros(m, dtype=np.int64)
+    second = _ints(got["S"]) if "S" in got else np.zeros(m, dtype=np.int64)
+    micro = np.zeros(m, dtype=np.int64)
+    if "f" in got:
+        micro = _ints(pc.utf8_rpad(pc.utf8_slice_codeunits(got["f"], 0, 6), 6, "0"))
+    bad |= (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1)
+    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
+    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
+    bad |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
+    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
+    bad |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+
+    content = field["Content"]
+    out: dict[str, pa.Array] = {
+        "ts": pa.array(np.where(bad, 0, micros), pa.int64()).view(pa.timestamp("us", "UTC")),
+        "format": pa.array(["loghub"] * m, pa.string()),
+        "message": content,
+    }
+    entity, entity_from = _entity(p, field, content, m)
+    out["entity"] = entity
+    if p.level_field is not None:
+        coded = pc.dictionary_encode(field[p.level_field])
+        levels = pa.array([normalize_level(v) for v in coded.dictionary.to_pylist()], pa.string())
+        out["level"] = levels.take(coded.indices)
+    else:
+        out["level"] = pa.array(["info"] * m, pa.string())
+    if p.component_field is not None:
+        out["component"] = field[p.component_field]
+    if p.label_field is not None:
+        value = field[p.label_field]
+        out["label"] = pc.if_else(pc.is_in(value, value_set=pa.array(["-", ""])), None, value)
+    out["attributes"] = _attributes(p, field, entity_from, m)
+
+    if bad.any():
+        keep = pa.array(~bad)
+        rows = rows[~bad]
+        out = {name: values.filter(keep) for name, values in out.items()}
+    if len(rows) == 0:
+        return None
+    n = len(rows)
+    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
+    for name, typ in COLUMN_TYPES.items():
+        if arrays[name].type != typ:
+            arrays[name] = arrays[name].cast(typ)
+    return EventColumns(rows.tolist(), arrays)
+
+
+def _entity(p: BlockPlan, field: dict[str, pa.Array], content: pa.Array, m: int) -> tuple[pa.Array, np.ndarray]:
+    """The entity column and, per row, the index into ``p.attr_fields`` of the field it came
+    from (-1: from the content's id, the default, or a field that is no attribute)."""
+    entity = pa.nulls(m, pa.string())
+    from_field = np.full(m, -1, dtype=np.int64)
+    decided = np.zeros(m, dtype=bool)
+    if p.entity_regex is not None:
+        found = pc.struct_field(pc.extract_regex(content, p.entity_regex), [0])
+        entity = found
+        decided = np.asarray(pc.is_valid(found).to_numpy(zero_copy_only=False), dtype=bool)
+    for name in p.entity_fields:
+        value = field[name]
+        take = ~decided & np.asarray(
+            pc.fill_null(pc.not_equal(value, ""), False).to_numpy(zero_copy_only=False), dtype=bool
+        )
+        if take.any():
+            entity = pc.if_else(pa.array(take), value, entity)
+            if name in p.attr_fields:
+                from_field[take] = p.attr_fields.index(name)
+            decided |= take
+    if not decided.all():
+        entity = pc.if_else(pa.array(decided), entity, pa.scalar(p.default_entity, pa.string()))
+    return entity, from_field
+
+
+def _attributes(p: BlockPlan, field: dict[str, pa.Array], from_field: np.ndarray, n: int) -> pa.Array:
+    """The ``map<string,string>`` of the reference: every attribute field in pattern order, empty
+    or absent values and the field the entity came from left out."""
+    k = len(p.attr_fields)
+    if k == 0:
+        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
+                                       pa.array([], pa.string()))  # fmt: skip
+    columns = [pc.fill_null(field[name], "") for name in p.attr_fields]
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
+    items = pa.concat_arrays(columns).take(pa.array(order))
+    keys = pa.array(list(p.attr_fields) * n, pa.string())
+    keep = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool).reshape(n, k)
+    rows = np.flatnonzero(from_field >= 0)
+    keep[rows, from_field[rows]] = False
+    counts = keep.sum(axis=1)
+    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
+    mask = pa.array(keep.ravel())
+    return pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask))
