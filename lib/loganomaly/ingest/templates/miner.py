@@ -67,7 +67,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from drain3.drain import Drain, LogCluster
 from drain3.template_miner import TemplateMiner
@@ -81,7 +81,6 @@ from loganomaly.ingest.templates.masking import (
     TemplateConfig,
     combined_mask_regex,
     preset,
-    token_local,
 )
 from loganomaly.lake.schemas import UNKNOWN_TEMPLATE_ID
 
@@ -163,23 +162,10 @@ class _Preprocessor:
     fast path: one ``re.sub`` and ``str.split``, a masked token's values found by counting ``<`` (each
     mask token has exactly one, delimiters may not contain one). A message with ``<`` could hold text
     that looks like a mask token, so it takes the exact path that tracks offsets.
-
-    Where the rules are token-local (:func:`~loganomaly.ingest.templates.masking.token_local`:
-    the default rules and all presets but Proxifier), :meth:`mask` masks a message piece by
-    piece (split at spaces), each distinct piece once (:attr:`pieces`): a new message is
-    mostly known pieces (the same words, addresses, user names) around a new port or id, so the
-    regex runs over that new piece only instead of the whole message.
     """
-
-    #: Most pieces :attr:`pieces` holds before it starts over (bounded memory).
-    PIECE_CACHE_SIZE = 200_000
 
     def __init__(self, config: TemplateConfig) -> None:
         self.regex = combined_mask_regex(config.masking)
-        #: Masked text and masked values of each piece seen (None: the rules are not token-local).
-        self.pieces: dict[str, tuple[str, tuple[str, ...]]] | None = (
-            {} if self.regex is not None and token_local(config.masking) else None
-        )
         self.placeholders = {f"m{i}": f"<{name}>" for i, (_, name) in enumerate(config.masking)}
         names = sorted(set(self.placeholders.values()), key=len, reverse=True)
         self.placeholder_regex = re.compile("|".join(re.escape(n) for n in names)) if names else None
@@ -204,38 +190,6 @@ class _Preprocessor:
 
     def mask(self, message: str) -> tuple[str, list[str]]:
         """The masked text of a message without ``<`` and its masked values in order (needs masking rules)."""
-        pieces = self.pieces
-        if pieces is None:
-            return self._mask_whole(message)
-        parts = message.split(" ")
-        found = list(map(pieces.get, parts))  # the loops stay in C while the pieces are known
-        try:
-            masked = [hit[0] for hit in found]  # type: ignore[index]
-            hits = cast("list[tuple[str, tuple[str, ...]]]", found)
-        except TypeError:  # a piece not seen yet (None)
-            hits = [hit if hit is not None else self._mask_piece(part) for hit, part in zip(found, parts, strict=True)]
-            masked = [hit[0] for hit in hits]
-        return " ".join(masked), [value for hit in hits if hit[1] for value in hit[1]]
-
-    def _mask_piece(self, piece: str) -> tuple[str, tuple[str, ...]]:
-        """One piece masked by :meth:`_mask_whole`, cached in :attr:`pieces`."""
-        pieces = self.pieces
-        assert pieces is not None
-        if len(pieces) >= self.PIECE_CACHE_SIZE:
-            pieces.clear()
-        whole = self.regex.match(piece)  # type: ignore[union-attr]
-        if whole is not None and whole.end() == len(piece):
-            # The match a substitution starts with covers the piece (a number, an address): its
-            # result, without the callback (rules match no empty string, so nothing follows).
-            hit: tuple[str, tuple[str, ...]] = (self.placeholders[whole.lastgroup], (piece,))  # type: ignore[index]
-        else:
-            text, values = self._mask_whole(piece)
-            hit = (text, tuple(values))
-        pieces[piece] = hit
-        return hit
-
-    def _mask_whole(self, message: str) -> tuple[str, list[str]]:
-        """:meth:`mask` by one regex pass over the whole text (the reference)."""
         values: list[str] = []
         append = values.append
         placeholders = self.placeholders
@@ -251,7 +205,7 @@ class _Preprocessor:
             return self.tokens(message), (), {}
         if "<" in message:
             return self._exact(message)
-        masked, values = self._mask_whole(message)  # the reference: not the piece cache
+        masked, values = self.mask(message)
         for d, blank in self.delimiters:
             masked = masked.replace(d, blank)
         tokens = masked.split()
