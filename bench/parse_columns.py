@@ -8,7 +8,7 @@ each is kept (the machine is shared: the best run is the least disturbed); the s
 both gave the same batches (every value), so a speed-up never comes from a change of output.
 
 Usage:
-    .venv/bin/python bench/parse_columns.py [--lines 100000] [--formats zeek,csv] [--repeats 3]
+    .venv/bin/python bench/parse_columns.py [--lines 100000] [--formats zeek,csv,syslog,loghub] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=100_000)
-    ap.add_argument("--formats", default="zeek,csv")
+    ap.add_argument("--formats", default="zeek,csv,syslog,loghub")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))

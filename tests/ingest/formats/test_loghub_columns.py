@@ -71,9 +71,33 @@ def _healthapp(rng: random.Random) -> str:
             f"|{rng.choice(['Step_LSC', 'Step_SPUtils', ''])}|{rng.randrange(10**8)}|onStandStepChanged {rng.randrange(10**4)}")
 
 
+_EPOCHS = ["1118770931"] * 12 + ["0", "007", "4102444799", "4102444800", "99999999999", "100000000000",
+                                  "1118770931123", "1118770931123456", str(10**17 + 5), str(10**18 - 1), str(10**19)]
+
+
+def _bgl(rng: random.Random) -> str:
+    node = rng.choice(["R23-M0-NB-C:J05-U01", "R30-M1-N4-C:J11-U11", "-"])
+    frac = rng.choice(["384920"] * 6 + ["1234567", "5", "", "12a", "000001"])
+    return (f"{rng.choice(['-', '-', '-', 'KERNDTLB', 'APPSEV'])} {rng.choice(_EPOCHS)} 2005.06.14 {node} "
+            f"2005-06-14-10.42.11.{frac} {node} RAS {rng.choice(['KERNEL', 'APP'])} "
+            f"{rng.choice(['INFO', 'FATAL', 'SEVERE', 'WARNING'])} generating core.{rng.randrange(9999)}")
+
+
+def _hpc(rng: random.Random) -> str:
+    return (f"{rng.randrange(10**6)} node-{rng.randrange(300)} {rng.choice(['node', 'unix.hw'])} "
+            f"{rng.choice(['state_change.unavailable', 'boot'])} {rng.choice(['1077804742', '107780474', '4102444800'])} "
+            f"{rng.choice(['1', '-1'])} Component State Change: Component \042alt0\042 is in the unavailable state")
+
+
+def _thunderbird(rng: random.Random) -> str:
+    component = rng.choice(["crond(pam_unix)[2915]", "kernel", "sshd[123]", "ntpd[1]"])
+    return (f"{rng.choice(['-', '-', 'VAPI'])} {rng.choice(_EPOCHS)} 2005.11.09 dn{rng.randrange(999)} Nov "
+            f"{rng.randrange(1, 31)} 12:01:{rng.randrange(60):02d} dn228/dn228 {component}: session closed for user root")
+
+
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
     "HDFS": _hdfs, "Hadoop": _hadoop, "Spark": _spark, "Zookeeper": _zookeeper, "Windows": _windows,
-    "Apache": _apache, "HealthApp": _healthapp,
+    "Apache": _apache, "HealthApp": _healthapp, "BGL": _bgl, "HPC": _hpc, "Thunderbird": _thunderbird,
 }  # fmt: skip
 _EDITS = ["9", "a", " ", "  ", "\t", "ü", "-", ":", "[", "]", "|", ",", "\x1f", "\u00a0", "٣"]
 

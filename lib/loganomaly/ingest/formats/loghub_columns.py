@@ -11,8 +11,8 @@ or its quarantine reason). What it takes: printable-ASCII lines (with tabs), whe
 ``\\s``, ``\\S`` and ``.`` match what Python's do (Python's are Unicode-aware, RE2's are not); RE2
 is leftmost-first like Python's engine, so the groups are the same. What has no plan: patterns
 RE2 cannot compile (look-arounds), times without a year (the year follows the lines before),
-epoch times and BGL's sub-second field, directives other than ``%Y %y %m %b %d %H %M %S %f``
-and the name-only ones, a ``timezone`` option, and level or component fields that sit in an
+directives other than ``%Y %y %m %b %d %H %M %S %f`` and the name-only ones, a ``timezone``
+option, and level or component fields that sit in an
 optional part of the pattern (Python gives None there, Arrow an empty string).
 ``tests/ingest/formats/test_loghub_columns.py`` checks the equality.
 """
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
 from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
-from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MONTHS, TimeFormat
+from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
 from loganomaly.ingest.formats.values import normalize_level
 
 _sre_parser: Any = importlib.import_module("re._parser")
@@ -42,6 +42,9 @@ MIN_ROWS = 8
 _PLAIN = r"^[\t -~]*$"
 #: Time directives whose values this module converts (the others have no plan).
 _KEYS = frozenset("YymbdHMSf")
+#: Epoch times the block path converts: ASCII digits that fit an int64 (``parse_epoch``'s exact
+#: integer reading; signs, fractions and longer numbers stay per line).
+_EPOCH_DIGITS = r"^(?P<t0>[0-9]{1,18})$"
 
 
 @dataclass(frozen=True)
@@ -59,19 +62,14 @@ class BlockPlan:
     component_field: str | None
     label_field: str | None
     attr_fields: tuple[str, ...]
+    epoch: bool
+    frac_field: str | None
 
 
 def plan(parser: Any) -> BlockPlan | None:
     """The block plan of a :class:`LoghubParser`, or None where its rows are per line only."""
     fmt: TimeFormat | None = parser.time_format
-    if (
-        fmt is None
-        or fmt.is_epoch
-        or not fmt.has_year
-        or not set(fmt.keys) <= _KEYS
-        or parser.frac_field is not None
-        or parser.clock.tz is not None
-    ):
+    if fmt is None or not fmt.has_year or not set(fmt.keys) <= _KEYS or parser.clock.tz is not None:
         return None
     if "Content" not in parser.regex.groupindex:
         return None
@@ -79,7 +77,7 @@ def plan(parser: Any) -> BlockPlan | None:
     if optional is None or parser.level_field in optional or parser.component_field in optional:
         return None
     line_regex = "(?s)" + _re2(parser.regex.pattern)
-    time_regex = "^" + _re2(fmt.regex.pattern, name="t") + "$"
+    time_regex = _EPOCH_DIGITS if fmt.is_epoch else "^" + _re2(fmt.regex.pattern, name="t") + "$"
     entity_regex = None
     if parser.entity_regex is not None:
         entity_regex = "(?P<e>" + _re2(parser.entity_regex.pattern) + ")"
@@ -89,7 +87,7 @@ def plan(parser: Any) -> BlockPlan | None:
     return BlockPlan(
         line_regex, tuple(parser.time_fields), time_regex, tuple(fmt.keys), entity_regex,
         tuple(parser.entity_fields), parser.opts.default_entity, parser.level_field, parser.component_field,
-        parser.label_field, tuple(parser.attr_fields),
+        parser.label_field, tuple(parser.attr_fields), fmt.is_epoch, parser.frac_field,
     )  # fmt: skip
 
 
@@ -189,32 +187,18 @@ def block(p: BlockPlan, texts: Sequence[str]) -> EventColumns | None:
     bad |= np.asarray(pc.match_substring_regex(time_text, r"^\s|\s$").to_numpy(zero_copy_only=False), dtype=bool)
     parts = pc.extract_regex(time_text, p.time_regex)
     bad |= ~np.asarray(pc.is_valid(parts).to_numpy(zero_copy_only=False), dtype=bool)
-    got = {key: pc.struct_field(parts, [i]) for i, key in enumerate(p.time_keys)}
-    year = np.zeros(m, dtype=np.int64)
-    if "Y" in got:
-        year = _ints(got["Y"])
-    elif "y" in got:
-        short = _ints(got["y"])
-        year = np.where(short < 69, 2000 + short, 1900 + short)
-    if "b" in got:
-        names = pc.dictionary_encode(pc.utf8_lower(pc.fill_null(got["b"], "")))
-        known = [_MONTHS.get(v, 0) for v in names.dictionary.to_pylist()]
-        month = np.asarray(known, dtype=np.int64)[np.asarray(names.indices.to_numpy(zero_copy_only=False))]
+    if p.epoch:
+        micros, out_of_range = _epoch_micros(_ints(pc.struct_field(parts, [0])))
+        bad |= out_of_range
     else:
-        month = _ints(got["m"])
-    day = _ints(got["d"]) if "d" in got else np.ones(m, dtype=np.int64)
-    hour = _ints(got["H"]) if "H" in got else np.zeros(m, dtype=np.int64)
-    minute = _ints(got["M"]) if "M" in got else np.zeros(m, dtype=np.int64)
-    second = _ints(got["S"]) if "S" in got else np.zeros(m, dtype=np.int64)
-    micro = np.zeros(m, dtype=np.int64)
-    if "f" in got:
-        micro = _ints(pc.utf8_rpad(pc.utf8_slice_codeunits(got["f"], 0, 6), 6, "0"))
-    bad |= (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1)
-    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
-    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
-    bad |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
-    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
-    bad |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+        micros = _clock_micros(p, parts, bad, m)
+    if p.frac_field is not None:
+        # BGL: the sub-seconds after the last "." of another field replace the microseconds.
+        last = pc.struct_field(pc.extract_regex(field[p.frac_field], r"(?P<f>[^.]*)$"), [0])
+        has = np.asarray(pc.fill_null(pc.match_substring_regex(last, r"^[0-9]+$"), False)
+                         .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
+        frac = _ints(pc.if_else(pa.array(has), pc.utf8_rpad(pc.utf8_slice_codeunits(last, 0, 6), 6, "0"), "0"))
+        micros = np.where(has, micros - micros % 1_000_000 + frac, micros)
 
     content = field["Content"]
     out: dict[str, pa.Array] = {
@@ -249,6 +233,49 @@ def block(p: BlockPlan, texts: Sequence[str]) -> EventColumns | None:
         if arrays[name].type != typ:
             arrays[name] = arrays[name].cast(typ)
     return EventColumns(rows.tolist(), arrays)
+
+
+def _epoch_micros(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``parse_epoch`` of non-negative integers: the unit by magnitude (:data:`EPOCH_UNITS`),
+    then microseconds since the epoch, and which values fall past the accepted range."""
+    per_second = np.ones_like(value)
+    for lowest, _, units in EPOCH_UNITS[:-1][::-1]:
+        per_second = np.where(value >= lowest, units, per_second)
+    seconds, fraction = np.divmod(value, per_second)
+    out_of_range = seconds >= _MAX_EPOCH_S
+    return np.where(out_of_range, 0, seconds) * 1_000_000 + fraction * 1_000_000 // per_second, out_of_range
+
+
+def _clock_micros(p: BlockPlan, parts: pa.Array, bad: np.ndarray, m: int) -> np.ndarray:
+    """``TimeFormat.parse`` of the time parts (UTC, a year in the format), marking in ``bad``
+    (in place) the rows whose date or time is impossible or out of range."""
+    got = {key: pc.struct_field(parts, [i]) for i, key in enumerate(p.time_keys)}
+    year = np.zeros(m, dtype=np.int64)
+    if "Y" in got:
+        year = _ints(got["Y"])
+    elif "y" in got:
+        short = _ints(got["y"])
+        year = np.where(short < 69, 2000 + short, 1900 + short)
+    if "b" in got:
+        names = pc.dictionary_encode(pc.utf8_lower(pc.fill_null(got["b"], "")))
+        known = [_MONTHS.get(v, 0) for v in names.dictionary.to_pylist()]
+        month = np.asarray(known, dtype=np.int64)[np.asarray(names.indices.to_numpy(zero_copy_only=False))]
+    else:
+        month = _ints(got["m"])
+    day = _ints(got["d"]) if "d" in got else np.ones(m, dtype=np.int64)
+    hour = _ints(got["H"]) if "H" in got else np.zeros(m, dtype=np.int64)
+    minute = _ints(got["M"]) if "M" in got else np.zeros(m, dtype=np.int64)
+    second = _ints(got["S"]) if "S" in got else np.zeros(m, dtype=np.int64)
+    micro = np.zeros(m, dtype=np.int64)
+    if "f" in got:
+        micro = _ints(pc.utf8_rpad(pc.utf8_slice_codeunits(got["f"], 0, 6), 6, "0"))
+    bad |= (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1)
+    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
+    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
+    bad |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
+    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
+    bad |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    return micros
 
 
 def _entity(p: BlockPlan, field: dict[str, pa.Array], content: pa.Array, m: int) -> tuple[pa.Array, np.ndarray]:
