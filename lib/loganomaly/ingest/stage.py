@@ -102,6 +102,25 @@ def event_id(path: str, line_no: int, generation: int = 0) -> str:
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
+def event_ids(path: str, lines: Sequence[int], is_event: Sequence[bool], generation: int = 0) -> list[str | None]:
+    """:func:`event_id` of each line that is an event (None for the others), the same ids:
+    the hash of the file's part of the key is taken once and copied per line, so a line costs
+    the hash of its number only."""
+    head = f"{path}\x00" if generation == 0 else f"{path}\x00{generation}\x00"
+    base = hashlib.blake2b(head.encode(), digest_size=12)
+    out: list[str | None] = []
+    append = out.append
+    copy = base.copy
+    for line_no, event in zip(lines, is_event, strict=True):
+        if event:
+            h = copy()
+            h.update(b"%d" % line_no)
+            append(h.hexdigest())
+        else:
+            append(None)
+    return out
+
+
 def _spark_type_to_arrow(tp: str) -> pa.DataType:
     return {
         "string": pa.string(),
@@ -243,9 +262,7 @@ def _build(
         built = {name: [r.get(name) for r in rows] for name in _PARSER_COLUMNS}  # type: ignore[union-attr]
         messages = built["message"]
     is_event = [k == "event" for k in kinds]
-    built["event_id"] = [
-        event_id(path, ln, generation) if ev else None for ln, ev in zip(lines, is_event, strict=True)
-    ]
+    built["event_id"] = event_ids(path, lines, is_event, generation)
     built["source"] = [source if ev else None for ev in is_event]
     built["file"] = [path] * n
     built["line_no"] = lines
