@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,9 +60,19 @@ class SyslogParser(LineParser):
         self._last_ts = _EPOCH
 
     def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
-        """RFC 5424 lines column by column (:func:`_rfc5424_block`); RFC 3164 lines stay per line
-        (their year follows the lines before them)."""
-        return _rfc5424_block(texts, self.clock.tz is None)
+        """RFC 5424 lines (:func:`_rfc5424_groups`) and RFC 3164 lines (:func:`_rfc3164_group`)
+        column by column; every other line is left to :meth:`parse`."""
+        arr = pa.array(texts, pa.string())
+        groups = _rfc5424_groups(arr, self.clock.tz is None)
+        if self.clock.tz is None:
+            old = _rfc3164_group(self, arr, texts)
+            if old is not None:
+                groups.append(old)
+        if sum(len(rows) for rows, _ in groups) < _MIN_ROWS:
+            return None
+        positions = np.concatenate([rows for rows, _ in groups])
+        arrays = {name: pa.concat_arrays([out[name] for _, out in groups]) for name in COLUMN_TYPES}
+        return EventColumns(positions.tolist(), arrays)
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
         if text.startswith("<") and _SYSLOG_HEAD.match(text):
@@ -163,9 +174,9 @@ _ATTRIBUTE_KEYS = ("facility", "procid", "msgid", "structured_data")
 _FIELDS = ("pri", "ts", "host", "app", "procid", "msgid", "sd", "msg")
 
 
-def _rfc5424_block(texts: Sequence[str], zone_less_is_utc: bool) -> EventColumns | None:
+def _rfc5424_groups(arr: pa.Array, zone_less_is_utc: bool) -> list[tuple[np.ndarray, dict[str, pa.Array]]]:
     """The events of the RFC 5424 lines of a block whose rows :meth:`SyslogParser.parse` gives
-    exactly, in Arrow; every other line (RFC 3164, a line :data:`_RFC5424` refuses, PRI over 191,
+    exactly, in Arrow, as (positions, columns) groups; every other line (RFC 3164, a line :data:`_RFC5424` refuses, PRI over 191,
     a time not in :data:`_TIME` or out of range, non-ASCII text) is left to the per-line parser,
     which gives its row or its reason.
 
@@ -176,7 +187,6 @@ def _rfc5424_block(texts: Sequence[str], zone_less_is_utc: bool) -> EventColumns
     ``zone_less_is_utc``: the file has no ``timezone`` option, so a time without a zone is UTC
     (with one, such lines stay per line).
     """
-    arr = pa.array(texts, pa.string())
     groups: list[tuple[np.ndarray, dict[str, pa.Array]]] = []
     no_sd = _rows(pc.match_substring_regex(arr, _PLAIN_NO_SD))
     if len(no_sd):
@@ -195,14 +205,116 @@ def _rfc5424_block(texts: Sequence[str], zone_less_is_utc: bool) -> EventColumns
         fields = {name: pc.struct_field(matched, [matched.type.get_field_index(name)]) for name in _FIELDS[:7]}
         fields["msg"] = pc.utf8_slice_codeunits(pc.struct_field(matched, [matched.type.get_field_index("rest")]), 1)
         groups.append((with_sd[found], fields))
-    if sum(len(rows) for rows, _ in groups) < _MIN_ROWS:
+    return [b for rows, fields in groups if (b := _events(rows, fields, zone_less_is_utc)) is not None]
+
+
+#: :data:`_RFC3164` then :data:`_TAG` for RE2, on printable-ASCII lines (see :data:`_PLAIN_NO_SD`).
+_RFC3164_RE2 = (
+    r"(?s)^(?:<(?P<pri>[0-9]{1,3})>)?(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>[0-9]{1,2}) "
+    r"(?P<h>[0-9]{2}):(?P<m>[0-9]{2}):(?P<s>[0-9]{2})(?:\.(?P<frac>[0-9]{1,6}))? (?P<host>\S+)(?P<rest>(?: .*)?)$"
+)
+_TAG_RE2 = r"(?s)^(?P<tag>[^\s:\[]+)(?:\[(?P<pid>[^\]]*)\])?: ?(?P<msg>.*)$"
+
+
+def _rfc3164_group(
+    parser: SyslogParser, arr: pa.Array, texts: Sequence[str]
+) -> tuple[np.ndarray, dict[str, pa.Array]] | None:
+    """The events of the block's RFC 3164 lines, in Arrow, when the block's year sequence can be
+    followed exactly; else None (all of them per line).
+
+    The year of a 3164 line is the parser's clock's (``_Clock.year_for``: it moves on when the
+    month steps back by more than six), advanced by every line that reaches it, in file order.
+    So the lines are taken all or none: every line that would call ``year_for`` (it matches
+    :data:`_RFC3164`, its PRI is at most 191, its month name is known) must be taken, with a
+    possible date; then the months' steps give each line's year at once and the clock (and the
+    parser's last head) are left as the per-line parse would leave them. A block where such a
+    line is not printable ASCII, or holds an impossible date (the reference calls ``year_for``
+    before refusing it), is parsed line by line. Only without a ``timezone`` option (UTC).
+    """
+    plain = pc.match_substring_regex(arr, r"^[\t -~]*$")
+    head5424 = pc.match_substring_regex(arr, r"^<[0-9]{1,3}>[0-9]{1,2} ")
+    fields = pc.extract_regex(arr, _RFC3164_RE2)
+    found = np.asarray(pc.fill_null(pc.and_(pc.is_valid(fields), pc.invert(head5424)), False)
+                       .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
+    plain_np = np.asarray(pc.fill_null(plain, False).to_numpy(zero_copy_only=False), dtype=bool)
+    head_np = np.asarray(pc.fill_null(head5424, False).to_numpy(zero_copy_only=False), dtype=bool)
+    # A line the block cannot read that the reference would still date (non-ASCII text): all per line.
+    for i in np.flatnonzero(~plain_np & ~head_np):
+        text = texts[int(i)]
+        match = _RFC3164.match(text)
+        if match is not None and not (text.startswith("<") and _SYSLOG_HEAD.match(text)):
+            if (match["pri"] is None or int(match["pri"]) <= 191) and match["mon"].lower() in _MONTHS:
+                return None
+    rows = np.flatnonzero(found & plain_np)
+    if len(rows) == 0:
         return None
-    built = [b for rows, fields in groups if (b := _events(rows, fields, zone_less_is_utc)) is not None]
-    if not built:
+    got = fields.take(pa.array(rows))
+    part = {name: pc.struct_field(got, [i]) for i, name in enumerate(got.type.names)}
+    pri_text = part["pri"]
+    has_pri = np.asarray(pc.not_equal(pri_text, "").to_numpy(zero_copy_only=False), dtype=bool)
+    pri = np.asarray(pc.cast(pc.if_else(pa.array(has_pri), pri_text, "0"), pa.int64()).to_numpy(zero_copy_only=False))
+    names = pc.dictionary_encode(pc.utf8_lower(part["mon"]))
+    month = np.asarray([_MONTHS.get(v, 0) for v in names.dictionary.to_pylist()],
+                       dtype=np.int64)[np.asarray(names.indices.to_numpy(zero_copy_only=False))]  # fmt: skip
+    dated = (pri <= 191) & (month > 0)  # the lines that reach year_for; the others are per line
+    rows, month, pri, has_pri = rows[dated], month[dated], pri[dated], has_pri[dated]
+    if len(rows) == 0:
         return None
-    positions = np.concatenate([rows for rows, _ in built])
-    arrays = {name: pa.concat_arrays([out[name] for _, out in built]) for name in COLUMN_TYPES}
-    return EventColumns(positions.tolist(), arrays)
+    keep = pa.array(dated)
+    part = {name: values.filter(keep) for name, values in part.items()}
+    m = len(rows)
+
+    def ints(values: pa.Array) -> np.ndarray:
+        return np.asarray(pc.cast(pc.if_else(pc.equal(values, ""), "0", values), pa.int64()).to_numpy(zero_copy_only=False))
+
+    clock = parser.clock
+    previous = np.concatenate(([clock._last_month], month[:-1]))
+    year = clock.year + np.cumsum(month < previous - 6)
+    day, hour, minute, second = ints(part["day"]), ints(part["h"]), ints(part["m"]), ints(part["s"])
+    micro = ints(pc.utf8_rpad(part["frac"], 6, "0"))
+    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + month - 1).astype("datetime64[M]")
+    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
+    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
+    impossible = (
+        (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1970)
+        | (days.astype("datetime64[M]") != months) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    )  # fmt: skip
+    if impossible.any():
+        return None
+    # The state the per-line parse leaves: the clock after the last dated line, its head and time.
+    clock.year, clock._last_month = int(year[-1]), int(month[-1])
+    last = {name: part[name][m - 1].as_py() for name in ("mon", "day", "h", "m", "s", "frac")}
+    parser._last_head = (last["mon"], last["day"], last["h"], last["m"], last["s"], last["frac"] or None)
+    parser._last_ts = _EPOCH + dt.timedelta(microseconds=int(micros[-1]))
+
+    tag = pc.extract_regex(pc.utf8_slice_codeunits(part["rest"], 1), _TAG_RE2)
+    tagged = pc.is_valid(tag)
+    rest = pc.utf8_slice_codeunits(part["rest"], 1)
+    tag_name = pc.struct_field(tag, [0])
+    pid = pc.struct_field(tag, [1])
+    host = part["host"]
+    facility = pc.if_else(pa.array(has_pri), pc.cast(pa.array(pri // 8), pa.string()), "")
+    procid = pc.if_else(tagged, pid, "")
+    order = (np.arange(2, dtype=np.int64)[None, :] * m + np.arange(m, dtype=np.int64)[:, None]).ravel()
+    items = pa.concat_arrays([facility, pc.fill_null(procid, "")]).take(pa.array(order))
+    keys = pa.array(["facility", "procid"] * m, pa.string())
+    present = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = np.concatenate(([0], np.cumsum(present.reshape(m, 2).sum(axis=1)))).astype(np.int32)
+    mask = pa.array(present)
+    out = {
+        "ts": pa.array(micros, pa.int64()).view(pa.timestamp("us", "UTC")),
+        "format": pa.array(["syslog"] * m, pa.string()),
+        "entity": pc.if_else(pc.equal(host, "-"), pa.scalar(parser.opts.default_entity, pa.string()), host),
+        "component": pc.if_else(tagged, tag_name, pa.scalar(None, pa.string())),
+        "level": pc.if_else(pa.array(has_pri), pa.array(_SEVERITIES, pa.string()).take(pa.array(pri % 8)), "info"),
+        "message": pc.if_else(tagged, pc.struct_field(tag, [2]), rest),
+        "attributes": pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask)),
+    }
+    arrays = {name: out[name] if name in out else pa.nulls(m, typ) for name, typ in COLUMN_TYPES.items()}
+    for name, typ in COLUMN_TYPES.items():
+        if arrays[name].type != typ:
+            arrays[name] = arrays[name].cast(typ)
+    return rows, arrays
 
 
 def _rows(mask: pa.Array) -> np.ndarray:
