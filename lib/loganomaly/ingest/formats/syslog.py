@@ -231,25 +231,31 @@ def _rfc3164_group(
     line is not printable ASCII, or holds an impossible date (the reference calls ``year_for``
     before refusing it), is parsed line by line. Only without a ``timezone`` option (UTC).
     """
-    plain = pc.match_substring_regex(arr, r"^[\t -~]*$")
-    head5424 = pc.match_substring_regex(arr, r"^<[0-9]{1,3}>[0-9]{1,2} ")
-    fields = pc.extract_regex(arr, _RFC3164_RE2)
-    found = np.asarray(pc.fill_null(pc.and_(pc.is_valid(fields), pc.invert(head5424)), False)
+    head5424 = np.asarray(pc.fill_null(pc.match_substring_regex(arr, r"^<[0-9]{1,3}>[0-9]{1,2} "), False)
+                          .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
+    others = np.flatnonzero(~head5424)  # RFC 5424 lines never reach the clock
+    if len(others) == 0:
+        return None
+    plain = np.asarray(pc.fill_null(pc.match_substring_regex(arr.take(pa.array(others)), r"^[\t -~]*$"), False)
                        .to_numpy(zero_copy_only=False), dtype=bool)  # fmt: skip
-    plain_np = np.asarray(pc.fill_null(plain, False).to_numpy(zero_copy_only=False), dtype=bool)
-    head_np = np.asarray(pc.fill_null(head5424, False).to_numpy(zero_copy_only=False), dtype=bool)
     # A line the block cannot read that the reference would still date (non-ASCII text): all per line.
-    for i in np.flatnonzero(~plain_np & ~head_np):
+    for i in others[~plain]:
         text = texts[int(i)]
+        if text.startswith("<") and _SYSLOG_HEAD.match(text):
+            continue  # Python's digits: the RFC 5424 path after all
         match = _RFC3164.match(text)
-        if match is not None and not (text.startswith("<") and _SYSLOG_HEAD.match(text)):
-            if (match["pri"] is None or int(match["pri"]) <= 191) and match["mon"].lower() in _MONTHS:
-                return None
-    rows = np.flatnonzero(found & plain_np)
+        if match is not None and (match["pri"] is None or int(match["pri"]) <= 191) and match["mon"].lower() in _MONTHS:
+            return None
+    candidates = others[plain]
+    if len(candidates) == 0:
+        return None
+    fields = pc.extract_regex(arr.take(pa.array(candidates)), _RFC3164_RE2)
+    found = _rows(pc.is_valid(fields))
+    rows = candidates[found]
     if len(rows) == 0:
         return None
-    got = fields.take(pa.array(rows))
-    part = {name: pc.struct_field(got, [i]) for i, name in enumerate(got.type.names)}
+    fields = fields.take(pa.array(found))
+    part = {name: pc.struct_field(fields, [i]) for i, name in enumerate(fields.type.names)}
     pri_text = part["pri"]
     has_pri = np.asarray(pc.not_equal(pri_text, "").to_numpy(zero_copy_only=False), dtype=bool)
     pri = np.asarray(pc.cast(pc.if_else(pa.array(has_pri), pri_text, "0"), pa.int64()).to_numpy(zero_copy_only=False))
