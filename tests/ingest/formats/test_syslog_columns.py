@@ -183,3 +183,20 @@ def test_mixed_rfc5424_and_rfc3164_files_give_the_per_line_batches(tmp_path: Pat
     _write(path, lines, crlf=False)
     assert_same_batches(path, SYSLOG)
     assert lines_taken(path, SYSLOG) > 600
+
+
+def test_a_block_starting_on_the_last_dated_head_keeps_the_reference_year(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reference reuses the last head's time without moving the clock; when the block before
+    went per line and its last dated line was an impossible date (it moved the clock to its
+    month, February, without becoming the last head), a block starting on the last head again
+    must not move the clock to December: January after it is still the same year."""
+    monkeypatch.setattr(stage, "BATCH_ROWS", 21)
+    head = "<13>Dec 31 23:59:59 host-1 app: x"
+    lines = [head] * 20 + ["<13>Feb 30 00:00:00 host-1 app: impossible"]
+    lines += [head] + [f"<13>Jan  1 00:00:{i:02d} host-1 app: y {i}" for i in range(20)]
+    path = tmp_path / "messages"
+    _write(path, lines, crlf=False)
+    options = FormatOptions(format="syslog", year=2020)
+    assert_same_batches(path, options)

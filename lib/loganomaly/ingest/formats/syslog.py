@@ -274,6 +274,11 @@ def _rfc3164_group(
         return np.asarray(pc.cast(pc.if_else(pc.equal(values, ""), "0", values), pa.int64()).to_numpy(zero_copy_only=False))
 
     clock = parser.clock
+    first = tuple(part[name][0].as_py() for name in ("mon", "day", "h", "m", "s", "frac"))
+    if first[:5] + (first[5] or None,) == parser._last_head and clock._last_month != month[0]:
+        # The reference reuses the last head's time without moving the clock, which a line
+        # that failed after moving it (an impossible date) left at another month: per line.
+        return None
     previous = np.concatenate(([clock._last_month], month[:-1]))
     year = clock.year + np.cumsum(month < previous - 6)
     day, hour, minute, second = ints(part["day"]), ints(part["h"]), ints(part["m"]), ints(part["s"])
