@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from loganomaly.ingest import stage
-from loganomaly.ingest.formats import FormatOptions
+from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
 from loganomaly.ingest.formats.base import _Clock
 from loganomaly.ingest.formats.loghub import LOGHUB_PATTERNS, LoghubParser
 from loganomaly.ingest.formats.loghub_columns import _optional_groups, _re2
@@ -116,11 +116,107 @@ def _write(path: Path, name: str, seed: int, n: int = 2000) -> None:
     path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe bad bytes\n")
 
 
+_MON = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def _day_time(rng: random.Random) -> tuple[int, str]:
+    return rng.randrange(1, 29), f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
+
+
+def _linux(rng: random.Random, month: int) -> str:
+    day, hms = _day_time(rng)
+    return (f"{_MON[month - 1]} {day:2d} {hms} combo {rng.choice(['sshd(pam_unix)[19939]', 'su(pam_unix)', 'kernel'])}: "
+            f"authentication failure; logname= uid={rng.randrange(9)}")
+
+
+def _openssh(rng: random.Random, month: int) -> str:
+    day, hms = _day_time(rng)
+    return (f"{_MON[month - 1]} {day} {hms} LabSZ sshd[{rng.randrange(99999)}]: Failed password for root from "
+            f"183.62.140.253 port {rng.randrange(65536)} ssh2")
+
+
+def _mac(rng: random.Random, month: int) -> str:
+    day, hms = _day_time(rng)
+    address = rng.choice(["", " (0x7f8)", " ()"])
+    return (f"{_MON[month - 1]} {day:2d} {hms} calvisitor-10-105-160-95 {rng.choice(['kernel', 'com.apple.x', 'a b'])}"
+            f"[{rng.randrange(999)}]{address}: IOThunderboltSwitch<0>(0x0)::listenerCallback - {rng.randrange(99)}")
+
+
+def _android(rng: random.Random, month: int) -> str:
+    day, hms = _day_time(rng)
+    return (f"{month:02d}-{day:02d} {hms}.{rng.randrange(1000):03d}  {rng.randrange(9999)}  {rng.randrange(9999)} "
+            f"{rng.choice('VDIWEFA')} WindowManager: printFreezingDisplayLogsopening app wtoken = {rng.randrange(99)}")
+
+
+def _proxifier(rng: random.Random, month: int) -> str:
+    day, hms = _day_time(rng)
+    return (f"[{month:02d}.{day:02d} {hms}] {rng.choice(['chrome.exe', 'Dropbox.exe *64', ''])} - "
+            f"proxy.cse.cuhk.edu.hk:5070 open through proxy proxy.cse.cuhk.edu.hk:5070 HTTPS")
+
+
+YEARLESS: dict[str, Callable[[random.Random, int], str]] = {
+    "Linux": _linux, "OpenSSH": _openssh, "Mac": _mac, "Android": _android, "Proxifier": _proxifier,
+}  # fmt: skip
+
+
+def _months(rng: random.Random, n: int) -> list[int]:
+    """Months that mostly move forward, with December -> January steps, small steps back and steps
+    back of 6 and 7 (no new year, a new year), two of them on a block's first line (150 lines)."""
+    month, out = rng.randrange(1, 13), []
+    for i in range(n):
+        r = rng.random()
+        if i in (300, 1050):
+            month = (month - (6 if i == 300 else 7) - 1) % 12 + 1
+        elif r < 0.02:
+            month = month % 12 + 1
+        elif r < 0.03:
+            month = max(1, month - 1)
+        elif r < 0.033:
+            month = (month - rng.choice([6, 7]) - 1) % 12 + 1
+        out.append(month)
+    return out
+
+
 def test_every_generated_pattern_has_a_plan() -> None:
     """The generators cover the patterns with a plan (a new plan needs a generator here)."""
     planned = {name for name in LOGHUB_PATTERNS
                if LoghubParser(FormatOptions(format="loghub"), _Clock(None, 2020), name)._plan is not None}  # fmt: skip
-    assert planned == set(GENERATORS)
+    assert planned == set(GENERATORS) | set(YEARLESS)
+    assert planned == set(LOGHUB_PATTERNS) - {"OpenStack"}  # its entity regex looks behind: RE2 has none
+
+
+@pytest.mark.parametrize("odd", [0.0, 0.003, 0.05])
+@pytest.mark.parametrize("name", sorted(YEARLESS))
+def test_year_less_patterns_give_the_per_line_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, odd: float
+) -> None:
+    """Year-less times: the years over December -> January steps and the clock's state across
+    blocks; a block with a line it cannot date (an edit: non-ASCII, an impossible date, a month
+    13) goes per line whole. The same batches; blocks without such a line go column-wise."""
+    monkeypatch.setattr(stage, "BATCH_ROWS", 150)
+    rng = random.Random(name)
+    lines = [GEN(rng, month) if rng.random() >= odd else _edit(rng, GEN(rng, month))
+             for month in _months(rng, 2400) for GEN in [YEARLESS[name]]]  # fmt: skip
+    path = tmp_path / f"{name}.log"
+    path.write_bytes("\n".join(lines).encode() + b"\n")
+    options = FormatOptions(format="loghub", pattern=name, year=2001)
+    assert_same_batches(path, options)
+    taken = sum(len(b.columns.positions) for b in parse_file_blocks(path, 300, options=options, block_lines=150)
+                if b.columns)  # fmt: skip
+    assert taken > (2000 if odd == 0.0 else 600 if odd < 0.01 else 50)
+
+
+def test_a_year_less_block_starting_on_the_last_time_keeps_the_reference_year(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for RFC 3164 syslog: the reference reuses the last parsed time without moving the clock."""
+    monkeypatch.setattr(stage, "BATCH_ROWS", 21)
+    head = "Dec 31 23:59:59 combo su(pam_unix): x"
+    lines = [head] * 20 + ["Feb 30 00:00:00 combo su(pam_unix): impossible"]
+    lines += [head] + [f"Jan  1 00:00:{i:02d} combo su(pam_unix): y {i}" for i in range(20)]
+    path = tmp_path / "linux.log"
+    path.write_bytes("\n".join(lines).encode() + b"\n")
+    assert_same_batches(path, FormatOptions(format="loghub", pattern="Linux", year=2020))
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))

@@ -273,7 +273,7 @@ class LoghubParser(LineParser):
     def parse_block(self, texts: Sequence[str]) -> EventColumns | None:
         """The lines :mod:`.loghub_columns` maps in Arrow (patterns and options it has a plan
         for); None where it has none, and every line goes to :meth:`parse`."""
-        return None if self._plan is None else loghub_columns.block(self._plan, texts)
+        return None if self._plan is None else loghub_columns.block(self._plan, texts, self)
 
     def parse(self, text: str, line_no: int = 0) -> dict[str, Any]:
         match = self.regex.match(text)

@@ -9,16 +9,17 @@ for patterns and options whose rows this module reproduces exactly, and within a
 only the lines it reads for sure, leaving every other line to the reference one by one (its row
 or its quarantine reason). What it takes: printable-ASCII lines (with tabs), where RE2's ``\\d``,
 ``\\s``, ``\\S`` and ``.`` match what Python's do (Python's are Unicode-aware, RE2's are not); RE2
-is leftmost-first like Python's engine, so the groups are the same. What has no plan: patterns
-RE2 cannot compile (look-arounds), times without a year (the year follows the lines before),
-directives other than ``%Y %y %m %b %d %H %M %S %f`` and the name-only ones, a ``timezone``
-option, and level or component fields that sit in an
+is leftmost-first like Python's engine, so the groups are the same. Times without a year take it
+from the parser's clock, line after line; such blocks go column-wise all or none (:func:`_yearless`).
+What has no plan: patterns RE2 cannot compile (look-arounds), directives other than ``%Y %y %m
+%b %d %H %M %S %f`` and the name-only ones, a ``timezone`` option, and level or component fields that sit in an
 optional part of the pattern (Python gives None there, Arrow an empty string).
 ``tests/ingest/formats/test_loghub_columns.py`` checks the equality.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
 from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
-from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
+from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
 from loganomaly.ingest.formats.values import normalize_level
 
 _sre_parser: Any = importlib.import_module("re._parser")
@@ -64,12 +65,14 @@ class BlockPlan:
     attr_fields: tuple[str, ...]
     epoch: bool
     frac_field: str | None
+    #: The time has no year: the parser's clock gives it, line after line (see :func:`_yearless`).
+    yearless: bool
 
 
 def plan(parser: Any) -> BlockPlan | None:
     """The block plan of a :class:`LoghubParser`, or None where its rows are per line only."""
     fmt: TimeFormat | None = parser.time_format
-    if fmt is None or not fmt.has_year or not set(fmt.keys) <= _KEYS or parser.clock.tz is not None:
+    if fmt is None or not set(fmt.keys) <= _KEYS or parser.clock.tz is not None:
         return None
     if "Content" not in parser.regex.groupindex:
         return None
@@ -87,7 +90,7 @@ def plan(parser: Any) -> BlockPlan | None:
     return BlockPlan(
         line_regex, tuple(parser.time_fields), time_regex, tuple(fmt.keys), entity_regex,
         tuple(parser.entity_fields), parser.opts.default_entity, parser.level_field, parser.component_field,
-        parser.label_field, tuple(parser.attr_fields), fmt.is_epoch, parser.frac_field,
+        parser.label_field, tuple(parser.attr_fields), fmt.is_epoch, parser.frac_field, not fmt.has_year,
     )  # fmt: skip
 
 
@@ -165,8 +168,9 @@ def _ints(values: pa.Array) -> np.ndarray:
     return np.asarray(pc.cast(pc.fill_null(values, "0"), pa.int64()).to_numpy(zero_copy_only=False))
 
 
-def block(p: BlockPlan, texts: Sequence[str]) -> EventColumns | None:
-    """The events of the block's lines that the plan reads exactly (see the module docstring)."""
+def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | None:
+    """The events of the block's lines that the plan reads exactly (see the module docstring);
+    ``parser`` is the file's :class:`LoghubParser`, whose clock year-less times move on."""
     arr = pa.array(texts, pa.string())
     plain = _rows(pc.match_substring_regex(arr, _PLAIN))
     if len(plain) < MIN_ROWS:
@@ -190,6 +194,11 @@ def block(p: BlockPlan, texts: Sequence[str]) -> EventColumns | None:
     if p.epoch:
         micros, out_of_range = _epoch_micros(_ints(pc.struct_field(parts, [0])))
         bad |= out_of_range
+    elif p.yearless:
+        dated = _yearless(p, parser, texts, plain, rows, parts, time_text, bad)
+        if dated is None:
+            return None
+        micros = dated
     else:
         micros = _clock_micros(p, parts, bad, m)
     if p.frac_field is not None:
@@ -246,11 +255,12 @@ def _epoch_micros(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(out_of_range, 0, seconds) * 1_000_000 + fraction * 1_000_000 // per_second, out_of_range
 
 
-def _clock_micros(p: BlockPlan, parts: pa.Array, bad: np.ndarray, m: int) -> np.ndarray:
-    """``TimeFormat.parse`` of the time parts (UTC, a year in the format), marking in ``bad``
-    (in place) the rows whose date or time is impossible or out of range."""
+def _time_parts(p: BlockPlan, parts: pa.Array, m: int) -> dict[str, np.ndarray]:
+    """The time directives' values as integers (month 0 for an unknown month name; defaults as
+    ``TimeFormat.parse`` has them: day 1, the rest 0, year 0 when the format has none)."""
     got = {key: pc.struct_field(parts, [i]) for i, key in enumerate(p.time_keys)}
-    year = np.zeros(m, dtype=np.int64)
+    zeros = np.zeros(m, dtype=np.int64)
+    year = zeros
     if "Y" in got:
         year = _ints(got["Y"])
     elif "y" in got:
@@ -262,20 +272,100 @@ def _clock_micros(p: BlockPlan, parts: pa.Array, bad: np.ndarray, m: int) -> np.
         month = np.asarray(known, dtype=np.int64)[np.asarray(names.indices.to_numpy(zero_copy_only=False))]
     else:
         month = _ints(got["m"])
-    day = _ints(got["d"]) if "d" in got else np.ones(m, dtype=np.int64)
-    hour = _ints(got["H"]) if "H" in got else np.zeros(m, dtype=np.int64)
-    minute = _ints(got["M"]) if "M" in got else np.zeros(m, dtype=np.int64)
-    second = _ints(got["S"]) if "S" in got else np.zeros(m, dtype=np.int64)
-    micro = np.zeros(m, dtype=np.int64)
+    micro = zeros
     if "f" in got:
         micro = _ints(pc.utf8_rpad(pc.utf8_slice_codeunits(got["f"], 0, 6), 6, "0"))
-    bad |= (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1)
+    return {
+        "year": year, "month": month, "day": _ints(got["d"]) if "d" in got else np.ones(m, dtype=np.int64),
+        "hour": _ints(got["H"]) if "H" in got else zeros, "minute": _ints(got["M"]) if "M" in got else zeros,
+        "second": _ints(got["S"]) if "S" in got else zeros, "micro": micro,
+    }  # fmt: skip
+
+
+def _make(t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``_Clock.make`` in UTC over arrays: microseconds since the epoch, and which rows hold an
+    impossible date or time or fall outside 1970-2099."""
+    year, month, day = t["year"], t["month"], t["day"]
+    impossible = (month < 1) | (month > 12) | (day < 1) | (t["hour"] > 23) | (t["minute"] > 59) | (t["second"] > 59)
     months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
     days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
-    bad |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
-    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
-    bad |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    impossible |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
+    seconds = days.astype(np.int64) * 86400 + t["hour"] * 3600 + t["minute"] * 60 + t["second"]
+    micros = seconds * 1_000_000 + t["micro"]
+    impossible |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    return micros, impossible
+
+
+def _clock_micros(p: BlockPlan, parts: pa.Array, bad: np.ndarray, m: int) -> np.ndarray:
+    """``TimeFormat.parse`` of the time parts (UTC, a year in the format), marking in ``bad``
+    (in place) the rows whose date or time is impossible or out of range."""
+    micros, impossible = _make(_time_parts(p, parts, m))
+    bad |= impossible
     return micros
+
+
+def _yearless(
+    p: BlockPlan, parser: Any, texts: Sequence[str], plain: np.ndarray, rows: np.ndarray, parts: pa.Array,
+    time_text: pa.Array, bad: np.ndarray,
+) -> np.ndarray | None:
+    """Times of a year-less format for the block's matched ``rows``, or None: the whole block
+    per line.
+
+    The reference dates line after line with the parser's clock (``_Clock.year_for``: the year
+    moves on when the month steps back by more than six), so the block is taken all or none:
+    every line the reference would date (its time reads and its month name is known, which
+    :func:`_would_date` decides in Python for the few lines the block cannot read) must be one
+    the block reads, with a possible date. Then the months' steps give the years at once and the
+    clock and the parser's last time are left as the per-line parse leaves them. The rows the
+    reference does not date (an unknown month name) are marked in ``bad`` (per line).
+    """
+    m = len(rows)
+    readable = ~bad & np.asarray(pc.is_valid(parts).to_numpy(zero_copy_only=False), dtype=bool)
+    t = _time_parts(p, parts, m)
+    dated = readable & (t["month"] > 0) if "b" in p.time_keys else readable
+    unread = np.ones(len(texts), dtype=bool)
+    unread[rows[readable]] = False
+    unread[np.setdiff1d(plain, rows)] = False  # printable lines the pattern refuses: so does Python's
+    if any(_would_date(parser, texts[int(i)]) for i in np.flatnonzero(unread)):
+        return None
+    if not dated.any():
+        bad |= ~dated
+        return np.zeros(m, dtype=np.int64)
+    idx = np.flatnonzero(dated)
+    month = t["month"][idx]
+    clock = parser.clock
+    first_time = time_text[int(idx[0])].as_py()
+    if first_time == parser._last_time and clock._last_month != month[0]:
+        return None  # the reference reuses the last time without moving the clock (see syslog)
+    previous = np.concatenate(([clock._last_month], month[:-1]))
+    t["year"] = np.zeros(m, dtype=np.int64)
+    t["year"][idx] = clock.year + np.cumsum(month < previous - 6)
+    micros, impossible = _make(t)
+    if impossible[idx].any():
+        return None  # the reference moved the clock before refusing the date: per line
+    last = int(idx[-1])
+    clock.year, clock._last_month = int(t["year"][last]), int(month[-1])
+    parser._last_time = time_text[last].as_py()
+    parser._last_ts = _EPOCH + dt.timedelta(microseconds=int(micros[last]))
+    bad |= ~dated
+    return micros
+
+
+def _would_date(parser: Any, text: str) -> bool:
+    """Whether :meth:`LoghubParser.parse` reaches its clock's ``year_for`` for ``text``: the
+    pattern matches, the time reads and its month name is known (the plan's directives)."""
+    match = parser.regex.match(text)
+    if match is None:
+        return False
+    fields = parser.time_fields
+    time_text = match[fields[0]] if len(fields) == 1 else " ".join(match[f] or "" for f in fields)
+    if time_text is None:
+        return False
+    got = parser.time_format.regex.fullmatch(time_text.strip())
+    if got is None:
+        return False
+    return all(_MONTHS.get(v.lower()) is not None for k, v in zip(parser.time_format.keys, got.groups(), strict=True)
+               if k == "b")  # fmt: skip
 
 
 def _entity(p: BlockPlan, field: dict[str, pa.Array], content: pa.Array, m: int) -> tuple[pa.Array, np.ndarray]:
