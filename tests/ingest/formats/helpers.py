@@ -124,3 +124,23 @@ def assert_same_batches(path: Path, options: Any) -> None:
     assert len(columnar) == len(reference)
     for got, want in zip(columnar, reference, strict=True):
         assert got == want
+
+
+def month_walk(rng: Any, n: int) -> list[int]:
+    """Months for ``n`` lines of a year-less log (RFC 3164, Loghub's Linux): mostly moving
+    forward, with December -> January steps, small steps back (late lines) and steps back of 6
+    (no new year) and 7 (a new year), two of those on a 150-line block's first line (lines 300
+    and 1050), where the clock's state crosses from one block to the next."""
+    month, out = rng.randrange(1, 13), []
+    for i in range(n):
+        r = rng.random()
+        if i in (300, 1050):
+            month = (month - (6 if i == 300 else 7) - 1) % 12 + 1
+        elif r < 0.02:
+            month = month % 12 + 1
+        elif r < 0.03:
+            month = max(1, month - 1)
+        elif r < 0.034:
+            month = (month - rng.choice([6, 7]) - 1) % 12 + 1
+        out.append(month)
+    return out

@@ -20,79 +20,118 @@ from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
 from loganomaly.ingest.formats.base import _Clock
 from loganomaly.ingest.formats.loghub import LOGHUB_PATTERNS, LoghubParser
 from loganomaly.ingest.formats.loghub_columns import _optional_groups, _re2
-from tests.ingest.formats.helpers import assert_same_batches, lines_taken
+from tests.ingest.formats.helpers import assert_same_batches, lines_taken, month_walk
 
 _LEVELS = ["INFO", "INFO", "WARN", "ERROR", "FATAL", "DEBUG", "x", "SEVERE"]
 
 
 def _hdfs(rng: random.Random) -> str:
-    date = rng.choice(["081109", "081110", "081231", "090101"] * 5 + ["081332", "080230", "691231", "681231", "000229"])
+    date = rng.choice(
+        ["081109", "081110", "081231", "090101"] * 5 + ["081332", "080230", "691231", "681231", "000229"]
+    )
     time = rng.choice(["203615", "235959", "000000"] * 5 + ["246000", "126060"])
     block = f"blk_{rng.choice(['', '-'])}{rng.randrange(10**18)}"
-    content = rng.choice([f"Receiving block {block} src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
-                          f"PacketResponder 1 for block {block} terminating", "no block id here", ""])
-    return f"{date} {time} {rng.randrange(1, 999)} {rng.choice(_LEVELS)} dfs.DataNode$PacketResponder: {content}"
+    content = rng.choice(
+        [
+            f"Receiving block {block} src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
+            f"PacketResponder 1 for block {block} terminating",
+            "no block id here",
+            "",
+        ]
+    )
+    return (
+        f"{date} {time} {rng.randrange(1, 999)} {rng.choice(_LEVELS)} dfs.DataNode$PacketResponder: {content}"
+    )
 
 
 def _hadoop(rng: random.Random) -> str:
-    return (f"2015-{rng.choice(['10', '02', '13'])}-{rng.choice(['18', '29', '30', '31'])} "
-            f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d},{rng.randrange(1000):03d} "
-            f"{rng.choice(_LEVELS)} [{rng.choice(['main', 'IPC Server handler 0 on 62270', ''])}] "
-            f"org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created MRAppMaster for application "
-            f"appattempt_1445144423722_{rng.randrange(10**4):04d}_000001")
+    return (
+        f"2015-{rng.choice(['10', '02', '13'])}-{rng.choice(['18', '29', '30', '31'])} "
+        f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d},{rng.randrange(1000):03d} "
+        f"{rng.choice(_LEVELS)} [{rng.choice(['main', 'IPC Server handler 0 on 62270', ''])}] "
+        f"org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created MRAppMaster for application "
+        f"appattempt_1445144423722_{rng.randrange(10**4):04d}_000001"
+    )
 
 
 def _spark(rng: random.Random) -> str:
-    return (f"{rng.choice(['17', '70', '68'])}/{rng.choice(['06', '12', '00'])}/{rng.choice(['09', '31'])} "
-            f"20:10:{rng.randrange(62):02d} {rng.choice(_LEVELS)} executor.CoarseGrainedExecutorBackend: "
-            f"Registered signal handlers for [TERM, HUP, INT] {rng.randrange(100)}")
+    return (
+        f"{rng.choice(['17', '70', '68'])}/{rng.choice(['06', '12', '00'])}/{rng.choice(['09', '31'])} "
+        f"20:10:{rng.randrange(62):02d} {rng.choice(_LEVELS)} executor.CoarseGrainedExecutorBackend: "
+        f"Registered signal handlers for [TERM, HUP, INT] {rng.randrange(100)}"
+    )
 
 
 def _zookeeper(rng: random.Random) -> str:
-    return (f"2015-07-29 17:41:44,{rng.randrange(1000):03d} - {rng.choice(_LEVELS)}  "
-            f"[QuorumPeer[myid={rng.randrange(4)}]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@{rng.randrange(999)}] - "
-            f"Notification time out: {rng.randrange(10**5)}")
+    return (
+        f"2015-07-29 17:41:44,{rng.randrange(1000):03d} - {rng.choice(_LEVELS)}  "
+        f"[QuorumPeer[myid={rng.randrange(4)}]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@{rng.randrange(999)}] - "
+        f"Notification time out: {rng.randrange(10**5)}"
+    )
 
 
 def _windows(rng: random.Random) -> str:
-    return (f"2016-09-{rng.choice(['28', '31'])} 04:30:{rng.randrange(60):02d}, "
-            f"{rng.choice(['Info', 'Warning', 'Error', 'Info'])}                  {rng.choice(['CBS', 'CSI'])}    "
-            f"Loaded Servicing Stack v6.1.7601.{rng.randrange(10**5)} with Core: C:\\Windows\\winsxs\\cbscore.dll")
+    return (
+        f"2016-09-{rng.choice(['28', '31'])} 04:30:{rng.randrange(60):02d}, "
+        f"{rng.choice(['Info', 'Warning', 'Error', 'Info'])}                  {rng.choice(['CBS', 'CSI'])}    "
+        f"Loaded Servicing Stack v6.1.7601.{rng.randrange(10**5)} with Core: C:\\Windows\\winsxs\\cbscore.dll"
+    )
 
 
 def _apache(rng: random.Random) -> str:
-    return (f"[{rng.choice(['Sun', 'Mon'])} {rng.choice(['Dec', 'Feb', 'Jan', 'Foo'])} {rng.choice(['04', '30', '31'])} "
-            f"04:47:{rng.randrange(60):02d} {rng.choice(['2005', '1969', '2100'])}] "
-            f"[{rng.choice(['notice', 'error', 'warn'])}] workerEnv.init() ok /etc/httpd/conf/workers2.properties")
+    return (
+        f"[{rng.choice(['Sun', 'Mon'])} {rng.choice(['Dec', 'Feb', 'Jan', 'Foo'])} {rng.choice(['04', '30', '31'])} "
+        f"04:47:{rng.randrange(60):02d} {rng.choice(['2005', '1969', '2100'])}] "
+        f"[{rng.choice(['notice', 'error', 'warn'])}] workerEnv.init() ok /etc/httpd/conf/workers2.properties"
+    )
 
 
 def _healthapp(rng: random.Random) -> str:
-    return (f"2017122{rng.randrange(10)}-{rng.randrange(25)}:{rng.randrange(61)}:{rng.randrange(61)}:{rng.randrange(1000)}"
-            f"|{rng.choice(['Step_LSC', 'Step_SPUtils', ''])}|{rng.randrange(10**8)}|onStandStepChanged {rng.randrange(10**4)}")
+    return (
+        f"2017122{rng.randrange(10)}-{rng.randrange(25)}:{rng.randrange(61)}:{rng.randrange(61)}:{rng.randrange(1000)}"
+        f"|{rng.choice(['Step_LSC', 'Step_SPUtils', ''])}|{rng.randrange(10**8)}|onStandStepChanged {rng.randrange(10**4)}"
+    )
 
 
-_EPOCHS = ["1118770931"] * 12 + ["0", "007", "4102444799", "4102444800", "99999999999", "100000000000",
-                                  "1118770931123", "1118770931123456", str(10**17 + 5), str(10**18 - 1), str(10**19)]
+_EPOCHS = ["1118770931"] * 12 + [
+    "0",
+    "007",
+    "4102444799",
+    "4102444800",
+    "99999999999",
+    "100000000000",
+    "1118770931123",
+    "1118770931123456",
+    str(10**17 + 5),
+    str(10**18 - 1),
+    str(10**19),
+]
 
 
 def _bgl(rng: random.Random) -> str:
     node = rng.choice(["R23-M0-NB-C:J05-U01", "R30-M1-N4-C:J11-U11", "-"])
     frac = rng.choice(["384920"] * 6 + ["1234567", "5", "", "12a", "000001"])
-    return (f"{rng.choice(['-', '-', '-', 'KERNDTLB', 'APPSEV'])} {rng.choice(_EPOCHS)} 2005.06.14 {node} "
-            f"2005-06-14-10.42.11.{frac} {node} RAS {rng.choice(['KERNEL', 'APP'])} "
-            f"{rng.choice(['INFO', 'FATAL', 'SEVERE', 'WARNING'])} generating core.{rng.randrange(9999)}")
+    return (
+        f"{rng.choice(['-', '-', '-', 'KERNDTLB', 'APPSEV'])} {rng.choice(_EPOCHS)} 2005.06.14 {node} "
+        f"2005-06-14-10.42.11.{frac} {node} RAS {rng.choice(['KERNEL', 'APP'])} "
+        f"{rng.choice(['INFO', 'FATAL', 'SEVERE', 'WARNING'])} generating core.{rng.randrange(9999)}"
+    )
 
 
 def _hpc(rng: random.Random) -> str:
-    return (f"{rng.randrange(10**6)} node-{rng.randrange(300)} {rng.choice(['node', 'unix.hw'])} "
-            f"{rng.choice(['state_change.unavailable', 'boot'])} {rng.choice(['1077804742', '107780474', '4102444800'])} "
-            f"{rng.choice(['1', '-1'])} Component State Change: Component \042alt0\042 is in the unavailable state")
+    return (
+        f"{rng.randrange(10**6)} node-{rng.randrange(300)} {rng.choice(['node', 'unix.hw'])} "
+        f"{rng.choice(['state_change.unavailable', 'boot'])} {rng.choice(['1077804742', '107780474', '4102444800'])} "
+        f"{rng.choice(['1', '-1'])} Component State Change: Component \042alt0\042 is in the unavailable state"
+    )
 
 
 def _thunderbird(rng: random.Random) -> str:
     component = rng.choice(["crond(pam_unix)[2915]", "kernel", "sshd[123]", "ntpd[1]"])
-    return (f"{rng.choice(['-', '-', 'VAPI'])} {rng.choice(_EPOCHS)} 2005.11.09 dn{rng.randrange(999)} Nov "
-            f"{rng.randrange(1, 31)} 12:01:{rng.randrange(60):02d} dn228/dn228 {component}: session closed for user root")
+    return (
+        f"{rng.choice(['-', '-', 'VAPI'])} {rng.choice(_EPOCHS)} 2005.11.09 dn{rng.randrange(999)} Nov "
+        f"{rng.randrange(1, 31)} 12:01:{rng.randrange(60):02d} dn228/dn228 {component}: session closed for user root"
+    )
 
 
 GENERATORS: dict[str, Callable[[random.Random], str]] = {
@@ -106,7 +145,7 @@ def _edit(rng: random.Random, line: str) -> str:
     if not line or rng.random() >= 0.25:
         return line
     i = rng.randrange(len(line))
-    return line[:i] + rng.choice(_EDITS) + line[i + rng.choice([0, 1]):]
+    return line[:i] + rng.choice(_EDITS) + line[i + rng.choice([0, 1]) :]
 
 
 def _write(path: Path, name: str, seed: int, n: int = 2000) -> None:
@@ -125,56 +164,48 @@ def _day_time(rng: random.Random) -> tuple[int, str]:
 
 def _linux(rng: random.Random, month: int) -> str:
     day, hms = _day_time(rng)
-    return (f"{_MON[month - 1]} {day:2d} {hms} combo {rng.choice(['sshd(pam_unix)[19939]', 'su(pam_unix)', 'kernel'])}: "
-            f"authentication failure; logname= uid={rng.randrange(9)}")
+    return (
+        f"{_MON[month - 1]} {day:2d} {hms} combo {rng.choice(['sshd(pam_unix)[19939]', 'su(pam_unix)', 'kernel'])}: "
+        f"authentication failure; logname= uid={rng.randrange(9)}"
+    )
 
 
 def _openssh(rng: random.Random, month: int) -> str:
     day, hms = _day_time(rng)
-    return (f"{_MON[month - 1]} {day} {hms} LabSZ sshd[{rng.randrange(99999)}]: Failed password for root from "
-            f"183.62.140.253 port {rng.randrange(65536)} ssh2")
+    return (
+        f"{_MON[month - 1]} {day} {hms} LabSZ sshd[{rng.randrange(99999)}]: Failed password for root from "
+        f"183.62.140.253 port {rng.randrange(65536)} ssh2"
+    )
 
 
 def _mac(rng: random.Random, month: int) -> str:
     day, hms = _day_time(rng)
     address = rng.choice(["", " (0x7f8)", " ()"])
-    return (f"{_MON[month - 1]} {day:2d} {hms} calvisitor-10-105-160-95 {rng.choice(['kernel', 'com.apple.x', 'a b'])}"
-            f"[{rng.randrange(999)}]{address}: IOThunderboltSwitch<0>(0x0)::listenerCallback - {rng.randrange(99)}")
+    return (
+        f"{_MON[month - 1]} {day:2d} {hms} calvisitor-10-105-160-95 {rng.choice(['kernel', 'com.apple.x', 'a b'])}"
+        f"[{rng.randrange(999)}]{address}: IOThunderboltSwitch<0>(0x0)::listenerCallback - {rng.randrange(99)}"
+    )
 
 
 def _android(rng: random.Random, month: int) -> str:
     day, hms = _day_time(rng)
-    return (f"{month:02d}-{day:02d} {hms}.{rng.randrange(1000):03d}  {rng.randrange(9999)}  {rng.randrange(9999)} "
-            f"{rng.choice('VDIWEFA')} WindowManager: printFreezingDisplayLogsopening app wtoken = {rng.randrange(99)}")
+    return (
+        f"{month:02d}-{day:02d} {hms}.{rng.randrange(1000):03d}  {rng.randrange(9999)}  {rng.randrange(9999)} "
+        f"{rng.choice('VDIWEFA')} WindowManager: printFreezingDisplayLogsopening app wtoken = {rng.randrange(99)}"
+    )
 
 
 def _proxifier(rng: random.Random, month: int) -> str:
     day, hms = _day_time(rng)
-    return (f"[{month:02d}.{day:02d} {hms}] {rng.choice(['chrome.exe', 'Dropbox.exe *64', ''])} - "
-            f"proxy.cse.cuhk.edu.hk:5070 open through proxy proxy.cse.cuhk.edu.hk:5070 HTTPS")
+    return (
+        f"[{month:02d}.{day:02d} {hms}] {rng.choice(['chrome.exe', 'Dropbox.exe *64', ''])} - "
+        f"proxy.cse.cuhk.edu.hk:5070 open through proxy proxy.cse.cuhk.edu.hk:5070 HTTPS"
+    )
 
 
 YEARLESS: dict[str, Callable[[random.Random, int], str]] = {
     "Linux": _linux, "OpenSSH": _openssh, "Mac": _mac, "Android": _android, "Proxifier": _proxifier,
 }  # fmt: skip
-
-
-def _months(rng: random.Random, n: int) -> list[int]:
-    """Months that mostly move forward, with December -> January steps, small steps back and steps
-    back of 6 and 7 (no new year, a new year), two of them on a block's first line (150 lines)."""
-    month, out = rng.randrange(1, 13), []
-    for i in range(n):
-        r = rng.random()
-        if i in (300, 1050):
-            month = (month - (6 if i == 300 else 7) - 1) % 12 + 1
-        elif r < 0.02:
-            month = month % 12 + 1
-        elif r < 0.03:
-            month = max(1, month - 1)
-        elif r < 0.033:
-            month = (month - rng.choice([6, 7]) - 1) % 12 + 1
-        out.append(month)
-    return out
 
 
 def test_every_generated_pattern_has_a_plan() -> None:
@@ -196,7 +227,7 @@ def test_year_less_patterns_give_the_per_line_batches(
     monkeypatch.setattr(stage, "BATCH_ROWS", 150)
     rng = random.Random(name)
     lines = [GEN(rng, month) if rng.random() >= odd else _edit(rng, GEN(rng, month))
-             for month in _months(rng, 2400) for GEN in [YEARLESS[name]]]  # fmt: skip
+             for month in month_walk(rng, 2400) for GEN in [YEARLESS[name]]]  # fmt: skip
     path = tmp_path / f"{name}.log"
     path.write_bytes("\n".join(lines).encode() + b"\n")
     options = FormatOptions(format="loghub", pattern=name, year=2001)
@@ -220,7 +251,9 @@ def test_a_year_less_block_starting_on_the_last_time_keeps_the_reference_year(
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
-def test_generated_lines_give_the_per_line_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+def test_generated_lines_give_the_per_line_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
     monkeypatch.setattr(stage, "BATCH_ROWS", 700)
     path = tmp_path / f"{name}.log"
     _write(path, name, seed=len(name))
@@ -236,10 +269,17 @@ def test_generated_lines_give_the_per_line_batches(tmp_path: Path, monkeypatch: 
         FormatOptions(format="loghub", pattern="HDFS", entity_field="Pid"),
         FormatOptions(format="loghub", pattern="HDFS", label_field="Level", level_field="Component"),
         FormatOptions(format="loghub", pattern="HDFS", timezone="Europe/Paris"),
-        FormatOptions(format="loghub", pattern="<Date> <Time> <Pid> <Level> <Component>: <Content>",
-                      timestamp_format="%y%m%d %H%M%S"),
-        FormatOptions(format="loghub", pattern="<Date> <Time> <Pid> <Level> <Component>: <Content>",
-                      timestamp_fields=["Date", "Time"], timestamp_format="%y%m%d %H%M%S"),
+        FormatOptions(
+            format="loghub",
+            pattern="<Date> <Time> <Pid> <Level> <Component>: <Content>",
+            timestamp_format="%y%m%d %H%M%S",
+        ),
+        FormatOptions(
+            format="loghub",
+            pattern="<Date> <Time> <Pid> <Level> <Component>: <Content>",
+            timestamp_fields=["Date", "Time"],
+            timestamp_format="%y%m%d %H%M%S",
+        ),
     ],
     ids=["default_entity", "entity_field", "fields", "timezone", "custom", "custom_time_fields"],
 )

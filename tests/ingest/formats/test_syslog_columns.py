@@ -17,7 +17,7 @@ import pytest
 
 from loganomaly.ingest import stage
 from loganomaly.ingest.formats import FormatOptions, parse_file_blocks
-from tests.ingest.formats.helpers import assert_same_batches, lines_taken
+from tests.ingest.formats.helpers import assert_same_batches, lines_taken, month_walk
 
 SYSLOG = FormatOptions(format="syslog")
 T0 = 1709510400
@@ -63,18 +63,33 @@ def _corpus(rng: random.Random, n: int) -> list[str]:
     for i in range(n):
         r = rng.random()
         if r < 0.02:
-            lines.append(rng.choice(["garbage", "", "   ", "<34>1", "<34>1 - - - - - -", "<13>Oct 11 22:14:15 mymachine su: ok"]))
+            lines.append(
+                rng.choice(
+                    [
+                        "garbage",
+                        "",
+                        "   ",
+                        "<34>1",
+                        "<34>1 - - - - - -",
+                        "<13>Oct 11 22:14:15 mymachine su: ok",
+                    ]
+                )
+            )
         else:
             lines.append(_line(rng, i))
     return lines
 
 
 def _write(path: Path, lines: list[str], crlf: bool) -> None:
-    path.write_bytes(("\r\n" if crlf else "\n").join(lines).encode() + b"\n<34>1 2024-03-04T00:00:00Z h a - - - \xff\xfe\n")
+    path.write_bytes(
+        ("\r\n" if crlf else "\n").join(lines).encode() + b"\n<34>1 2024-03-04T00:00:00Z h a - - - \xff\xfe\n"
+    )
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_generated_corpus_gives_the_per_line_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+def test_generated_corpus_gives_the_per_line_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
     monkeypatch.setattr(stage, "BATCH_ROWS", 700)
     path = tmp_path / "messages.log"
     _write(path, _corpus(random.Random(seed), 3000), crlf=seed % 2 == 1)
@@ -124,24 +139,6 @@ def _line_3164(rng: random.Random, month: int, odd: float) -> str:
     return f"{pri}{mon} {day:2d} {rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}{frac} {host} {tag}{text}"
 
 
-def _months(rng: random.Random, n: int) -> list[int]:
-    """A month sequence that mostly moves forward, with December -> January rollovers and small
-    steps back (late lines), as a long /var/log/messages has."""
-    month, out = rng.randrange(1, 13), []
-    for i in range(n):
-        r = rng.random()
-        if i in (300, 1050):  # a step back of 6 (no new year) and of 7 (a new year) on a block's first line
-            month = (month - (6 if i == 300 else 7) - 1) % 12 + 1
-        elif r < 0.02:
-            month = month % 12 + 1
-        elif r < 0.03:
-            month = max(1, month - 1)
-        elif r < 0.035:
-            month = (month - rng.choice([6, 7]) - 1) % 12 + 1
-        out.append(month)
-    return out
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("odd", [0.0, 0.002, 0.05])
 def test_rfc3164_lines_give_the_per_line_batches(
@@ -152,7 +149,7 @@ def test_rfc3164_lines_give_the_per_line_batches(
     give the reference's rows; blocks without one go column-wise."""
     monkeypatch.setattr(stage, "BATCH_ROWS", 150)
     rng = random.Random(seed)
-    lines = [_line_3164(rng, month, odd) for month in _months(rng, 3000)]
+    lines = [_line_3164(rng, month, odd) for month in month_walk(rng, 3000)]
     path = tmp_path / "messages"
     _write(path, lines, crlf=seed % 2 == 1)
     options = FormatOptions(format="syslog", year=2021, default_entity="dflt") if seed == 3 else SYSLOG
@@ -165,7 +162,7 @@ def test_rfc3164_lines_give_the_per_line_batches(
 def test_rfc3164_with_a_timezone_stays_per_line(tmp_path: Path) -> None:
     rng = random.Random(1)
     path = tmp_path / "messages"
-    _write(path, [_line_3164(rng, m, 0.0) for m in _months(rng, 500)], crlf=False)
+    _write(path, [_line_3164(rng, m, 0.0) for m in month_walk(rng, 500)], crlf=False)
     options = FormatOptions(format="syslog", timezone="Europe/Paris")
     assert_same_batches(path, options)
     assert lines_taken(path, options) == 0
@@ -178,7 +175,10 @@ def test_mixed_rfc5424_and_rfc3164_files_give_the_per_line_batches(tmp_path: Pat
         if i % 2:
             lines.append(_line(rng, i))
         else:
-            lines.append(time.strftime("<13>%b %d %H:%M:%S", time.gmtime(T0 + i)) + f" host-{i % 5} sshd[{i}]: session {i}")
+            lines.append(
+                time.strftime("<13>%b %d %H:%M:%S", time.gmtime(T0 + i))
+                + f" host-{i % 5} sshd[{i}]: session {i}"
+            )
     path = tmp_path / "mixed.log"
     _write(path, lines, crlf=False)
     assert_same_batches(path, SYSLOG)

@@ -29,7 +29,7 @@ from loganomaly.ingest.formats.base import (
     LogFormat,
     _file_clock,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete
 from loganomaly.ingest.formats.records import _COUNT_COLUMNS
 from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MAX_TS, TimeFormat, _Clock, parse_timestamp
 from loganomaly.ingest.formats.values import _CONVERTERS, _as_float, _as_int, normalize_level
@@ -450,18 +450,8 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
     out["attributes"] = _attributes(names, [cell(i) for i, _ in state.attr_idx], m)
     out["format"] = pa.array(["csv"] * m, pa.string())
 
-    if bad.any():
-        keep = pa.array(~bad)
-        rows = rows[~bad]
-        out = {name: values.filter(keep) for name, values in out.items()}
-    if len(rows) == 0:
-        return None
-    n = len(rows)
-    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
-    for name, typ in COLUMN_TYPES.items():
-        if arrays[name].type != typ:
-            arrays[name] = arrays[name].cast(typ)
-    return rows.tolist(), arrays
+    done = complete(rows, out, bad)
+    return None if done is None else (done[0].tolist(), done[1])
 
 
 def _attributes(names: list[str], columns: list[pa.Array], n: int) -> pa.Array:

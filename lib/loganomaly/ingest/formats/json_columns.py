@@ -100,6 +100,26 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
 }
 
 
+def complete(
+    rows: np.ndarray, out: dict[str, pa.Array], bad: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, pa.Array]] | None:
+    """A column-wise block's rows less the ``bad`` ones, with every event column of
+    :data:`COLUMN_TYPES` (the ones not in ``out`` as nulls), cast to the ``events`` table's
+    types; None when no row is left. The block parsers of every format end here."""
+    if bad is not None and bad.any():
+        keep = pa.array(~bad)
+        rows = rows[~bad]
+        out = {name: values.filter(keep) for name, values in out.items()}
+    if len(rows) == 0:
+        return None
+    n = len(rows)
+    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
+    for name, typ in COLUMN_TYPES.items():
+        if arrays[name].type != typ:
+            arrays[name] = arrays[name].cast(typ)
+    return rows, arrays
+
+
 def _text(value: Any) -> str:
     """``json.dumps`` of a non-text value (an attribute's or a status's), faster for ints."""
     return int.__repr__(value) if value.__class__ is int else json.dumps(value)

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
+from loganomaly.ingest.formats.json_columns import complete
 from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
 from loganomaly.ingest.formats.values import normalize_level
 
@@ -230,18 +230,8 @@ def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | Non
         out["label"] = pc.if_else(pc.is_in(value, value_set=pa.array(["-", ""])), None, value)
     out["attributes"] = _attributes(p, field, entity_from, m)
 
-    if bad.any():
-        keep = pa.array(~bad)
-        rows = rows[~bad]
-        out = {name: values.filter(keep) for name, values in out.items()}
-    if len(rows) == 0:
-        return None
-    n = len(rows)
-    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
-    for name, typ in COLUMN_TYPES.items():
-        if arrays[name].type != typ:
-            arrays[name] = arrays[name].cast(typ)
-    return EventColumns(rows.tolist(), arrays)
+    done = complete(rows, out, bad)
+    return None if done is None else EventColumns(done[0].tolist(), done[1])
 
 
 def _epoch_micros(value: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

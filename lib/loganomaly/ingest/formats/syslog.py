@@ -23,7 +23,7 @@ from loganomaly.ingest.formats.base import (
     _file_clock,
     _majority,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete
 from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, _Clock, parse_timestamp
 
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -321,11 +321,7 @@ def _rfc3164_group(
         "message": pc.if_else(tagged, pc.struct_field(tag, [2]), rest),
         "attributes": pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask)),
     }
-    arrays = {name: out[name] if name in out else pa.nulls(m, typ) for name, typ in COLUMN_TYPES.items()}
-    for name, typ in COLUMN_TYPES.items():
-        if arrays[name].type != typ:
-            arrays[name] = arrays[name].cast(typ)
-    return rows, arrays
+    return complete(rows, out)
 
 
 def _rows(mask: pa.Array) -> np.ndarray:
@@ -389,18 +385,7 @@ def _events(
             pc.cast(pc.divide(pri, 8), pa.string()), part["procid"], part["msgid"], part["sd"], m
         ),
     }
-    if bad.any():
-        keep = pa.array(~bad)
-        rows = rows[~bad]
-        out = {name: values.filter(keep) for name, values in out.items()}
-    if len(rows) == 0:
-        return None
-    n = len(rows)
-    arrays = {name: out[name] if name in out else pa.nulls(n, typ) for name, typ in COLUMN_TYPES.items()}
-    for name, typ in COLUMN_TYPES.items():
-        if arrays[name].type != typ:
-            arrays[name] = arrays[name].cast(typ)
-    return rows, arrays
+    return complete(rows, out, bad)
 
 
 def _offsets(zone: pa.Array) -> np.ndarray:
