@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import complete
+from loganomaly.ingest.formats.json_columns import complete, true_rows, utc_micros
 from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
 from loganomaly.ingest.formats.values import normalize_level
 
@@ -159,11 +159,6 @@ def _optional_groups(pattern: str) -> set[str] | None:
     return found
 
 
-def _rows(mask: pa.Array) -> np.ndarray:
-    """Indices where an Arrow boolean array is true (null as false)."""
-    return np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool))
-
-
 def _ints(values: pa.Array) -> np.ndarray:
     return np.asarray(pc.cast(pc.fill_null(values, "0"), pa.int64()).to_numpy(zero_copy_only=False))
 
@@ -172,11 +167,11 @@ def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | Non
     """The events of the block's lines that the plan reads exactly (see the module docstring);
     ``parser`` is the file's :class:`LoghubParser`, whose clock year-less times move on."""
     arr = pa.array(texts, pa.string())
-    plain = _rows(pc.match_substring_regex(arr, _PLAIN))
+    plain = true_rows(pc.match_substring_regex(arr, _PLAIN))
     if len(plain) < MIN_ROWS:
         return None
     matched = pc.extract_regex(arr.take(pa.array(plain)), p.line_regex)
-    found = _rows(pc.is_valid(matched))
+    found = true_rows(pc.is_valid(matched))
     if len(found) < MIN_ROWS:
         return None
     rows = plain[found]
@@ -273,17 +268,8 @@ def _time_parts(p: BlockPlan, parts: pa.Array, m: int) -> dict[str, np.ndarray]:
 
 
 def _make(t: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``_Clock.make`` in UTC over arrays: microseconds since the epoch, and which rows hold an
-    impossible date or time or fall outside 1970-2099."""
-    year, month, day = t["year"], t["month"], t["day"]
-    impossible = (month < 1) | (month > 12) | (day < 1) | (t["hour"] > 23) | (t["minute"] > 59) | (t["second"] > 59)
-    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
-    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
-    impossible |= days.astype("datetime64[M]") != months  # a day past the month's end (Feb 30)
-    seconds = days.astype(np.int64) * 86400 + t["hour"] * 3600 + t["minute"] * 60 + t["second"]
-    micros = seconds * 1_000_000 + t["micro"]
-    impossible |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
-    return micros, impossible
+    """``_Clock.make`` in UTC of :func:`_time_parts`' values (see :func:`utc_micros`)."""
+    return utc_micros(t["year"], t["month"], t["day"], t["hour"], t["minute"], t["second"], t["micro"])
 
 
 def _clock_micros(p: BlockPlan, parts: pa.Array, bad: np.ndarray, m: int) -> np.ndarray:
@@ -327,14 +313,13 @@ def _yearless(
     first_time = time_text[int(idx[0])].as_py()
     if first_time == parser._last_time and clock._last_month != month[0]:
         return None  # the reference reuses the last time without moving the clock (see syslog)
-    previous = np.concatenate(([clock._last_month], month[:-1]))
     t["year"] = np.zeros(m, dtype=np.int64)
-    t["year"][idx] = clock.year + np.cumsum(month < previous - 6)
+    t["year"][idx] = clock.years_for(month)
     micros, impossible = _make(t)
     if impossible[idx].any():
         return None  # the reference moved the clock before refusing the date: per line
     last = int(idx[-1])
-    clock.year, clock._last_month = int(t["year"][last]), int(month[-1])
+    clock.advance(int(t["year"][last]), int(month[-1]))
     parser._last_time = time_text[last].as_py()
     parser._last_ts = _EPOCH + dt.timedelta(microseconds=int(micros[last]))
     bad |= ~dated

@@ -23,8 +23,8 @@ from loganomaly.ingest.formats.base import (
     _file_clock,
     _majority,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete
-from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, _Clock, parse_timestamp
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, true_rows, utc_micros
+from loganomaly.ingest.formats.timestamps import _EPOCH, _MONTHS, _Clock, parse_timestamp
 
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _RFC5424 = re.compile(
@@ -188,7 +188,7 @@ def _rfc5424_groups(arr: pa.Array, zone_less_is_utc: bool) -> list[tuple[np.ndar
     (with one, such lines stay per line).
     """
     groups: list[tuple[np.ndarray, dict[str, pa.Array]]] = []
-    no_sd = _rows(pc.match_substring_regex(arr, _PLAIN_NO_SD))
+    no_sd = true_rows(pc.match_substring_regex(arr, _PLAIN_NO_SD))
     if len(no_sd):
         parts = pc.split_pattern(arr.take(pa.array(no_sd)), " ", max_splits=6)
         fields = {name: pc.list_element(parts, i) for i, name in enumerate(_FIELDS[1:6], start=1)}
@@ -197,10 +197,10 @@ def _rfc5424_groups(arr: pa.Array, zone_less_is_utc: bool) -> list[tuple[np.ndar
         fields["sd"] = pa.array(["-"] * len(no_sd), pa.string())
         fields["msg"] = pc.utf8_slice_codeunits(pc.list_element(parts, 6), 2)  # "- msg", "- " or "-"
         groups.append((no_sd, fields))
-    with_sd = _rows(pc.match_substring_regex(arr, _PLAIN_SD))
+    with_sd = true_rows(pc.match_substring_regex(arr, _PLAIN_SD))
     if len(with_sd):
         matched = pc.extract_regex(arr.take(pa.array(with_sd)), _RFC5424_RE2)
-        found = _rows(pc.is_valid(matched))
+        found = true_rows(pc.is_valid(matched))
         matched = matched.take(pa.array(found))
         fields = {name: pc.struct_field(matched, [matched.type.get_field_index(name)]) for name in _FIELDS[:7]}
         fields["msg"] = pc.utf8_slice_codeunits(pc.struct_field(matched, [matched.type.get_field_index("rest")]), 1)
@@ -250,7 +250,7 @@ def _rfc3164_group(
     if len(candidates) == 0:
         return None
     fields = pc.extract_regex(arr.take(pa.array(candidates)), _RFC3164_RE2)
-    found = _rows(pc.is_valid(fields))
+    found = true_rows(pc.is_valid(fields))
     rows = candidates[found]
     if len(rows) == 0:
         return None
@@ -279,21 +279,15 @@ def _rfc3164_group(
         # The reference reuses the last head's time without moving the clock, which a line
         # that failed after moving it (an impossible date) left at another month: per line.
         return None
-    previous = np.concatenate(([clock._last_month], month[:-1]))
-    year = clock.year + np.cumsum(month < previous - 6)
-    day, hour, minute, second = ints(part["day"]), ints(part["h"]), ints(part["m"]), ints(part["s"])
-    micro = ints(pc.utf8_rpad(part["frac"], 6, "0"))
-    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + month - 1).astype("datetime64[M]")
-    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
-    micros = (days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micro
-    impossible = (
-        (day < 1) | (hour > 23) | (minute > 59) | (second > 59) | (year < 1970)
-        | (days.astype("datetime64[M]") != months) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    year = clock.years_for(month)
+    micros, impossible = utc_micros(
+        year, month, ints(part["day"]), ints(part["h"]), ints(part["m"]), ints(part["s"]),
+        ints(pc.utf8_rpad(part["frac"], 6, "0")),
     )  # fmt: skip
     if impossible.any():
         return None
     # The state the per-line parse leaves: the clock after the last dated line, its head and time.
-    clock.year, clock._last_month = int(year[-1]), int(month[-1])
+    clock.advance(int(year[-1]), int(month[-1]))
     last = {name: part[name][m - 1].as_py() for name in ("mon", "day", "h", "m", "s", "frac")}
     parser._last_head = (last["mon"], last["day"], last["h"], last["m"], last["s"], last["frac"] or None)
     parser._last_ts = _EPOCH + dt.timedelta(microseconds=int(micros[-1]))
@@ -324,11 +318,6 @@ def _rfc3164_group(
     return complete(rows, out)
 
 
-def _rows(mask: pa.Array) -> np.ndarray:
-    """Indices where an Arrow boolean array is true (null as false)."""
-    return np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool))
-
-
 def _events(
     rows: np.ndarray, part: dict[str, pa.Array], zone_less_is_utc: bool
 ) -> tuple[np.ndarray, dict[str, pa.Array]] | None:
@@ -356,20 +345,16 @@ def _events(
         digits = pc.if_else(plain_time, pc.utf8_slice_codeunits(raw_ts, start, stop), "0")
         return np.asarray(pc.cast(pc.fill_null(digits, "0"), pa.int64()).to_numpy(zero_copy_only=False))
 
-    year, month, day = number(0, 4), number(5, 7), number(8, 10)
-    hour, minute, second = number(11, 13), number(14, 16), number(17, 19)
-    bad |= (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59)
-    months = ((year - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
-    days = months.astype("datetime64[D]") + (np.maximum(day, 1) - 1)
-    bad |= days.astype("datetime64[M]") != months  # day past the month's end (Feb 30)
     fraction = pc.struct_field(tail, [0])
     micros_part = np.asarray(
         pc.cast(pc.fill_null(pc.if_else(pc.equal(fraction, ""), "0", pc.utf8_rpad(fraction, 6, "0")), "0"),
                 pa.int64()).to_numpy(zero_copy_only=False)
     )  # fmt: skip
-    local_s = days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second
-    micros = (local_s - _offsets(zone)) * 1_000_000 + micros_part
-    bad |= (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
+    micros, impossible = utc_micros(
+        number(0, 4), number(5, 7), number(8, 10), number(11, 13), number(14, 16), number(17, 19), micros_part,
+        _offsets(zone),
+    )  # fmt: skip
+    bad |= impossible
 
     def unless_nil(values: pa.Array) -> pa.Array:
         return pc.if_else(pc.equal(values, "-"), None, values)

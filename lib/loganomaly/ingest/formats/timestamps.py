@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 from loganomaly.errors import ConfigError, ParseError
 
 _UTC = dt.timezone.utc
@@ -58,6 +60,16 @@ class _Clock:
             self.year += 1
         self._last_month = month
         return self.year
+
+    def years_for(self, months: np.ndarray) -> np.ndarray:
+        """:meth:`year_for` of each month in turn, as that many calls would give, without moving
+        the clock (the block parsers check the dates first, then :meth:`advance` it)."""
+        previous = np.concatenate(([self._last_month], months[:-1]))
+        return self.year + np.cumsum(months < previous - 6)
+
+    def advance(self, year: int, month: int) -> None:
+        """The state :meth:`year_for` leaves after its last call gave ``year`` for ``month``."""
+        self.year, self._last_month = year, month
 
     def make(
         self,
