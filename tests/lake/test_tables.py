@@ -126,6 +126,23 @@ def test_replace_with_empty_frame_clears_partition(spark, lake):
     assert sorted(r.id for r in lake.read("scores").collect()) == [3, 4, 5]
 
 
+def test_arrow_rows_a_filter_emptied_clear_their_partition(spark, lake):
+    """A scoring night that flags nothing: its ``anomalies`` rows are an Arrow filter that kept no
+    row (columns of no chunks), which must still replace the date like any other write."""
+    import pyarrow as pa
+
+    struct = spark.createDataFrame([], SCHEMA).schema
+    lake.write("scores", spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA), partition_by=["date"])
+    table = pa.table({"id": pa.array([7], pa.int64()), "ts": pa.array([dt.datetime(2024, 3, 1, 11)], pa.timestamp("us")),
+                      "date": pa.array([dt.date(2024, 3, 1)]), "host": ["h1"], "tags": [["a"]],
+                      "attrs": pa.array([[("k", "7")]], pa.map_(pa.string(), pa.string()))})
+    kept = table.filter(pa.array([False]))
+    assert kept.num_rows == 0 and kept.column("ts").num_chunks == 0  # the shape that failed
+    lake.write_arrow("scores", kept, struct, mode="overwrite", partition_by=["date"],
+                     replace_where={"date": ["2024-03-01"]})
+    assert sorted(r.id for r in lake.read("scores").collect()) == [3, 4, 5]
+
+
 def test_merge_upserts_on_keys(spark, lake):
     lake.write("ingested_files", spark.createDataFrame(rows(range(3)), SCHEMA))
     update = spark.createDataFrame(rows([1, 2, 3]), SCHEMA).withColumn("host", F.lit("changed"))

@@ -325,6 +325,11 @@ class Lake:
             raise TableError(f"unknown write mode {mode!r}; choose one of: append, overwrite")
         if replace_where is not None and mode != "overwrite":
             raise TableError("replace_where needs mode='overwrite'")
+        if data.num_rows == 0:
+            # A filter that kept no row leaves columns of no chunks, which PySpark's Arrow
+            # conversion refuses ("cannot construct ChunkedArray from empty vector"): a night
+            # that flags nothing writes its empty ``anomalies`` partition like any other.
+            data = data.schema.empty_table()
         if self.engine != "deltars":
             return self.write(name, self.spark.createDataFrame(data, struct), mode, partition_by,
                               replace_where=replace_where, run_id=run_id)
