@@ -151,6 +151,13 @@ class FeaturesConfig:
     stride_steps: int = 3
     # Per-step counts of the K most frequent templates of the training period (+ other, unknown).
     top_templates: int = 8
+    # Count templates per step at all (``tpl:*``: the top_templates, other and unknown). Off in
+    # the ``zeek`` profile: which connection templates a capture shows (protocols, services,
+    # connection states, IPv6 chatter, the log types recorded) is a property of the network, not
+    # of normal behaviour, so a host on another network reads as novel in every template column
+    # while the behaviour that carries across networks (failures, direction, volumes, durations)
+    # is drowned out (README "Leave one capture out"). Chosen with the feature list.
+    template_counts: bool = True
     # Session windows: "params:<regex>" (e.g. "params:blk_-?\\d+" for HDFS blocks) or
     # "column:<events column>"; "" builds no sessions.
     session_key: str = ""
@@ -599,6 +606,10 @@ def validate(cfg: Config) -> None:
         (cfg.features.window_steps >= 1, "features.window_steps must be >= 1"),
         (cfg.features.stride_steps >= 1, "features.stride_steps must be >= 1"),
         (cfg.features.top_templates >= 0, "features.top_templates must be >= 0"),
+        (
+            cfg.features.template_counts or not cfg.model.unseen_share,
+            "model.unseen_share reads the tpl:unknown count: keep features.template_counts=true",
+        ),
         (
             all(m and m.replace("_", "").replace(".", "").isalnum() for m in cfg.features.metrics),
             "features.metrics names must be letters, digits, '_' or '.'",

@@ -128,6 +128,29 @@ def test_template_buckets_are_fitted_on_the_training_period(spark, lake) -> None
         assert r.n_features == len(summary.feature_names) == len(names_for(["TA", "TB"]))
 
 
+def test_template_counts_off_leave_every_tpl_feature_out_and_the_rest_as_it_was(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """``features.template_counts: false`` (the zeek profile): the windows hold no ``tpl:`` column,
+    every other feature keeps its value, and the names travel to the next run as before."""
+    rows = day_events(DAY1, {"TA": 5, "TB": 3, "T0": 2}, first_line=0)
+    rows[0].update(level="error", status="REJ", dst_addr="10.0.0.9")
+    rows += day_events(DAY2, {"TC": 4}, first_line=200)
+    write_events(spark, lake, rows)
+    cfg = config(str(lake.root))
+    cfg.features.template_counts = False
+
+    summary = featurize.run(spark, cfg, lake=lake, top_templates=2)
+
+    assert summary.feature_names == feature_names_for([], (), GROUPS, template_counts=False)
+    assert not any(n.startswith("tpl:") for n in summary.feature_names)
+    v = step_values(lake, summary.feature_names, DAY1)
+    assert v["events"] == pytest.approx(10) and v["errors"] == pytest.approx(1)
+    assert v["failed_connections"] == pytest.approx(1) and v["new_templates"] == pytest.approx(2)
+    assert step_values(lake, summary.feature_names, DAY2)["events"] == pytest.approx(4)
+    # a nightly run keeps the stored list even where the config now asks for template counts
+    cfg.features.template_counts = True
+    assert featurize.run(spark, cfg, lake=lake).feature_names == summary.feature_names
+
+
 def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  # type: ignore[no-untyped-def]
     write_events(spark, lake, day_events(DAY1, {"TA": 4, "TB": 2}, first_line=0))
     cfg = config(str(lake.root))

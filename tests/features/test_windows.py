@@ -93,10 +93,25 @@ def test_template_features_follow_the_fixed_ones_and_round_trip() -> None:
     assert feature_templates(feature_names_for([])) == []
 
 
+def test_template_counts_can_be_left_out_and_the_list_still_round_trips() -> None:
+    """``features.template_counts: false``: no ``tpl:`` feature at all (other and unknown too),
+    and the list is still one this version reads back; frequent templates need the counts on."""
+    names = feature_names_for([], template_counts=False)
+    assert names == FEATURE_NAMES
+    assert feature_templates(names) == []
+    with_more = feature_names_for([], ["cpu"], ["internal", "external"], {"status": ["SF"]}, True, True, False)
+    assert not any(n.startswith("tpl:") for n in with_more)
+    assert with_more.index("new_errors") == len(FEATURE_NAMES) + 8  # after the network features
+    assert feature_templates(with_more) == []
+    with pytest.raises(ValueError, match="template counts"):
+        feature_names_for(["Ta"], template_counts=False)
+    with pytest.raises(ValueError):  # half a set of template counts is no list we compute
+        feature_templates([*FEATURE_NAMES, OTHER_TEMPLATES])
+
+
 @pytest.mark.parametrize(
     "names",
     [
-        FEATURE_NAMES,  # no template buckets: written by an older featurize
         [*FEATURE_NAMES[:-1], "tpl:Ta", OTHER_TEMPLATES, UNKNOWN_TEMPLATES],  # a base feature missing
         ["renamed", *feature_names_for(["Ta"])[1:]],
     ],

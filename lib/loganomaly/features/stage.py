@@ -797,16 +797,17 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                      "applies on refit)", len(kept), k)
     else:
         cut = training_cut(events, cfg)
-        chosen = choose_feature_templates(events, cut, k)
+        counts = cfg.features.template_counts
+        chosen = choose_feature_templates(events, cut, k) if counts else []
         categories = choose_feature_categories(events, cut, cfg.features.categories, cfg.features.top_categories)
         groups = (GroupRules.from_config(cfg.features.local_networks, cfg.features.groups,
                                          cfg.features.default_group).names
                   if cfg.features.entity_features else None)
         names = feature_names_for(chosen, cfg.features.metrics, groups, categories,
-                                  cfg.features.metric_levels or groups is None, cfg.features.new_errors)
+                                  cfg.features.metric_levels or groups is None, cfg.features.new_errors, counts)
         log.info(
-            "featurize: chose %d frequent templates from events before %s%s",
-            len(chosen),
+            "featurize: chose %s from events before %s%s",
+            f"{len(chosen)} frequent templates" if counts else "no template counts (features.template_counts off)",
             dt.datetime.fromtimestamp(cut, dt.timezone.utc).isoformat() if cut is not None else "-",
             f"; entity features with peer groups {groups}" if groups is not None else "",
         )

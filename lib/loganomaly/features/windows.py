@@ -130,9 +130,12 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 def feature_names_for(
     template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
     categories: Mapping[str, Sequence[str]] | None = None, metric_levels: bool = True,
-    new_errors: bool = False,
+    new_errors: bool = False, template_counts: bool = True,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
+
+    ``template_counts=False`` (``features.template_counts``) leaves every ``tpl:`` count out,
+    ``tpl:other`` and ``tpl:unknown`` included; ``template_ids`` must then be empty.
 
     ``categories`` (field -> its frequent values) adds ``cat:<field>=<value>`` counts and one
     ``cat:<field>=<other>`` per field after the metrics. ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
@@ -147,12 +150,13 @@ def feature_names_for(
     """
     if not metric_levels and groups is None and metrics:
         raise ValueError("metric levels can only be left out with entity features (their rel: twins)")
+    if not template_counts and template_ids:
+        raise ValueError("frequent templates are counted only with template counts on")
     names = [
         *FEATURE_NAMES,
         *(NETWORK_FEATURES if groups is not None else []),
         *(TEMPLATE_PREFIX + t for t in template_ids),
-        OTHER_TEMPLATES,
-        UNKNOWN_TEMPLATES,
+        *([OTHER_TEMPLATES, UNKNOWN_TEMPLATES] if template_counts else []),
         *([NEW_ERRORS] if new_errors else []),
         *(METRIC_PREFIX + m for m in metrics if metric_levels),
     ]
@@ -227,10 +231,11 @@ def feature_templates(names: Sequence[str]) -> list[str]:
     groups = feature_groups(names)
     levels = has_metric_levels(names) or groups is None
     if list(names) != feature_names_for(templates, feature_metrics(names), groups, feature_categories(names),
-                                        levels, NEW_ERRORS in names):
+                                        levels, NEW_ERRORS in names, UNKNOWN_TEMPLATES in names):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
-            f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r}, "
+            f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} "
+            "(all three left out without template counts), "
             f"optionally {NEW_ERRORS!r}, metrics ({METRIC_PREFIX}<name>), category counts "
             f"({CATEGORY_PREFIX}<field>=<value>, each "
             f"field ending with ={OTHER_CATEGORY}) and, with entity features, {HISTORY_STEPS!r}, "
