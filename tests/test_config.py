@@ -191,6 +191,14 @@ def test_the_default_std_floor_is_the_normalisers_and_only_nslkdd_raises_it() ->
     assert load_config(profile="nslkdd", conf_dir=CONF).train.std_floor > STD_FLOOR
 
 
+def test_template_counts_are_off_only_in_the_zeek_profile_and_refused_with_the_unseen_share() -> None:
+    assert load_config(conf_dir=CONF).features.template_counts is True
+    assert load_config(profile="bgl", conf_dir=CONF).features.template_counts is True
+    assert load_config(profile="zeek", conf_dir=CONF).features.template_counts is False
+    with pytest.raises(ConfigError, match="template_counts"):
+        load_config(conf_dir=CONF, overrides=["features.template_counts=false", "model.unseen_share=true"])
+
+
 def test_metric_baseline_settings_are_typed_and_checked_together() -> None:
     """The relative-only metrics need the entity features; with them the settings load as given."""
     cfg = load_config(overrides=["features.entity_features=true", "features.metric_levels=false",
