@@ -8,7 +8,8 @@ the model, so the same ``sequences`` serve training and scoring.
 Feature list rule. Besides the fixed :data:`loganomaly.features.windows.FEATURE_NAMES`, every step counts
 the events of each of the ``k`` most frequent templates (``tpl:<id>``), of every other known
 template (``tpl:other``) and of messages no template covers (``tpl:unknown``, id ``T0``; flow
-records without a message count in neither), then the step mean of each numeric attribute named
+records without a message count in neither; none of the three with ``features.template_counts``
+off, as in the ``zeek`` profile), then the step mean of each numeric attribute named
 in ``features.metrics`` (``metric:<name>``, e.g. the columns of a CSV metric series), then, per
 field of ``features.categories``, the events with each of its frequent values
 (``cat:<field>=<value>``) and with any other (``cat:<field>=<other>``). Which templates and
