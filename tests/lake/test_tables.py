@@ -10,6 +10,7 @@ import datetime as dt
 import multiprocessing
 import os
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -129,8 +130,6 @@ def test_replace_with_empty_frame_clears_partition(spark, lake):
 def test_arrow_rows_a_filter_emptied_clear_their_partition(spark, lake):
     """A scoring night that flags nothing: its ``anomalies`` rows are an Arrow filter that kept no
     row (columns of no chunks), which must still replace the date like any other write."""
-    import pyarrow as pa
-
     struct = spark.createDataFrame([], SCHEMA).schema
     lake.write("scores", spark.createDataFrame(rows(range(3), 1) + rows(range(3, 6), 2), SCHEMA), partition_by=["date"])
     table = pa.table({"id": pa.array([7], pa.int64()), "ts": pa.array([dt.datetime(2024, 3, 1, 11)], pa.timestamp("us")),
