@@ -105,23 +105,6 @@ def true_rows(mask: pa.Array) -> np.ndarray:
     return np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool))
 
 
-def utc_micros(
-    year: np.ndarray, month: np.ndarray, day: np.ndarray, hour: np.ndarray, minute: np.ndarray,
-    second: np.ndarray, micro: np.ndarray, offset: np.ndarray | int = 0,
-) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Date and time parts (``offset`` seconds east of UTC) -> microseconds since the epoch, and
-    which rows ``datetime`` would refuse (Feb 30, hour 24, second 60) or fall outside 1970-2099,
-    as the per-line parsers refuse them. The block parsers' one calendar."""
-    impossible = (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59)
-    months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
-    days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
-    impossible |= days.astype("datetime64[M]") != months  # a day past the month's end
-    seconds = days.astype(np.int64) * 86400 + hour * 3600 + minute * 60 + second - offset
-    micros = seconds * 1_000_000 + micro
-    impossible |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
-    return micros, impossible
-
-
 def complete(
     rows: np.ndarray, out: dict[str, pa.Array], bad: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict[str, pa.Array]] | None:

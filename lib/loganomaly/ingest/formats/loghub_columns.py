@@ -30,8 +30,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import complete, true_rows, utc_micros
-from loganomaly.ingest.formats.timestamps import _EPOCH, _MAX_EPOCH_S, _MONTHS, EPOCH_UNITS, TimeFormat
+from loganomaly.ingest.formats.json_columns import complete, true_rows
+from loganomaly.ingest.formats.timestamps import (
+    _EPOCH,
+    _MAX_EPOCH_S,
+    _MONTHS,
+    EPOCH_UNITS,
+    TimeFormat,
+    utc_micros,
+)
 from loganomaly.ingest.formats.values import normalize_level
 
 _sre_parser: Any = importlib.import_module("re._parser")

@@ -23,8 +23,8 @@ from loganomaly.ingest.formats.base import (
     _file_clock,
     _majority,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, true_rows, utc_micros
-from loganomaly.ingest.formats.timestamps import _EPOCH, _MONTHS, _Clock, parse_timestamp
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, true_rows
+from loganomaly.ingest.formats.timestamps import _EPOCH, _MONTHS, _Clock, parse_timestamp, utc_micros
 
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 _RFC5424 = re.compile(
