@@ -28,8 +28,9 @@ distinct).
 bytes in 8 files, and its first 1/16 and 1/4 for the cost per line at 1x / 4x / 16x (growth per
 doubling); each run is a fresh process with the per-run fixed cost (a 40-line ingest) subtracted.
 ``--sections startup`` times fresh processes on a 40-line file: ``loganomaly ingest`` (both lake
-engines, on the driver path and with ``ingest.local_max_bytes=0``) against a bare
-``spark.read.json(f).write.parquet(out)``. Every section prints the
+engines, on the driver path and with ``ingest.local_max_bytes=0``, and without the JVM class
+archive) against a bare ``spark.read.json(f).write.parquet(out)``, and that bare job given the
+same class archive. Every section prints the
 template cache hit rate of its ingests.
 
 Usage:
@@ -630,13 +631,30 @@ def run_large(run: int, data: Path, fmt: str, split_mb: int) -> dict[str, dict[s
 #: The start-up runs: name -> extra ``--set`` overrides of ``loganomaly ingest`` (None: the bare job).
 #: ``*_spark`` turn the driver path off (``ingest.local_max_bytes=0``): the Spark path's start-up in
 #: the same run, what the driver path is measured against.
+#: ``*_no_archive`` start the JVM without the class archive (``spark.class_archive=false``), and
+#: ``bare_archive`` is the bare job given the same archive: what the archive alone is worth to each.
 STARTUP_RUNS: dict[str, list[str] | None] = {
     "ingest": [],
     "ingest_deltars": ["lake.engine=deltars"],
     "ingest_spark": ["ingest.local_max_bytes=0"],
     "ingest_deltars_spark": ["lake.engine=deltars", "ingest.local_max_bytes=0"],
+    "ingest_no_archive": ["spark.class_archive=false"],
+    "ingest_deltars_no_archive": ["lake.engine=deltars", "spark.class_archive=false"],
     "bare": None,
+    "bare_archive": None,
 }
+
+
+def archive_options() -> str:
+    """The JVM options a default local session maps the class archive with ("" when none is built)."""
+    from loganomaly.config import SparkConfig
+    from loganomaly.runtime import class_archive
+    from loganomaly.runtime.java import ensure_java
+    from loganomaly.runtime.spark import archive_key, local_session_conf
+
+    ensure_java()
+    archive = class_archive.usable(archive_key(local_session_conf(SparkConfig())))
+    return " ".join(class_archive.use_options(archive)) if archive is not None else ""
 
 
 def time_startup(data: Path, repeats: int) -> dict[str, list[float]]:
@@ -649,15 +667,21 @@ def time_startup(data: Path, repeats: int) -> dict[str, list[float]]:
     cli = Path(sys.executable).parent / "loganomaly"
     repo = Path(__file__).resolve().parent.parent
     bare = ("import sys\nfrom pyspark.sql import SparkSession\n"
-            "s = SparkSession.builder.master('local[2]').getOrCreate()\n"
+            "b = SparkSession.builder.master('local[2]')\n"
+            "b = b.config('spark.driver.extraJavaOptions', sys.argv[3]) if sys.argv[3] else b\n"
+            "s = b.getOrCreate()\n"
             "s.read.json(sys.argv[1]).write.parquet(sys.argv[2])\ns.stop()\n")
-    times: dict[str, list[float]] = {name: [] for name in STARTUP_RUNS}
+    archive = archive_options()
+    times: dict[str, list[float]] = {name: [] for name in STARTUP_RUNS if archive or "archive" not in name}
     for _k in range(repeats):
         work = Path(tempfile.mkdtemp(prefix="bench-startup-"))
         try:
             for name, overrides in STARTUP_RUNS.items():
+                if name not in times:
+                    continue
                 if overrides is None:
-                    cmd = [sys.executable, "-c", bare, str(tiny), str(work / "out.parquet")]
+                    cmd = [sys.executable, "-c", bare, str(tiny), str(work / f"{name}.parquet"),
+                           archive if name == "bare_archive" else ""]
                 else:
                     cmd = [str(cli), "ingest", "--lake", str(work / f"lake-{name}"), "--input", str(tiny),
                            "--set", "spark.master=local[2]", "--log-level", "WARNING"]
@@ -754,11 +778,22 @@ def main() -> None:
             print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}; "
                   f"bare spark.read.json -> parquet {bare_s:.1f} s; 1-min load average {load_before:.1f} "
                   f"before, {os.getloadavg()[0]:.1f} after):")
-            print("| engine | driver path s | vs bare (target <= 1.5) | Spark path (local_max_bytes=0) s | vs bare |")
-            print("|---|---:|---:|---:|---:|")
+            archived = "bare_archive" in times
+            print("| engine | driver path s | vs bare (target <= 1.5) | Spark path (local_max_bytes=0) s | vs bare |"
+                  + (" driver path, no class archive s | vs bare | driver path / bare job, both with the archive |"
+                     if archived else ""))
+            print("|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if archived else ""))
             for label, key in (("delta-spark (conf/default.yaml, auto)", "ingest"), ("deltars", "ingest_deltars")):
-                print(f"| {label} | {times[key]:.1f} | {times[key] / bare_s:.2f} | {times[key + '_spark']:.1f} "
-                      f"| {times[key + '_spark'] / bare_s:.2f} |")
+                row = (f"| {label} | {times[key]:.1f} | {times[key] / bare_s:.2f} | {times[key + '_spark']:.1f} "
+                       f"| {times[key + '_spark'] / bare_s:.2f} |")
+                if archived:
+                    row += (f" {times[key + '_no_archive']:.1f} | {times[key + '_no_archive'] / bare_s:.2f} "
+                            f"| {times[key] / times['bare_archive']:.2f} |")
+                print(row)
+            if archived:
+                print(f"bare job with the class archive: {times['bare_archive']:.1f} s")
+            else:
+                print("no class archive built (loganomaly class-archive): the sessions started without one")
             # Each repeat's runs went in turn: under a changing load, compare within a repeat.
             for k in range(args.startup_repeats):
                 print(f"repeat {k + 1}: " + ", ".join(f"{name} {ts[k]:.1f} s" for name, ts in runs.items()))

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-hours", type=int, default=168,
                    help="keep files that snapshots of the last N hours need (time travel window; default 168)")
 
+    p = sub.add_parser("class-archive", help="build the JVM class archive local sessions start from (make setup runs it)")
+    _common(p)
+    p.add_argument("--force", action="store_true", help="build it again even when one fits this machine")
+    p.add_argument("--dump", help=argparse.SUPPRESS)  # the build's child: run the warm-up, dump to this file
+
     p = sub.add_parser("pipeline", help="generate (when no --input) -> ingest -> featurize -> train -> score")
     _common(p)
     _lake(p)
@@ -233,6 +241,9 @@ def dispatch(args: argparse.Namespace) -> int:
         _print_frame(sql.run_local(cfg.lake.root, args.query, allow_write=args.allow_write).to_pandas(), args.limit)
         return 0
 
+    if args.command == "class-archive":
+        return _class_archive(args, cfg)
+
     from loganomaly.runtime.spark import get_spark
 
     spark = get_spark(cfg.spark)
@@ -290,6 +301,39 @@ def dispatch(args: argparse.Namespace) -> int:
             f"\nTop {args.top} anomalies (SQL over the Delta tables under {Path(cfg.lake.root).resolve()}):"
         )
         _print_frame(sql.run(spark, cfg, sql.TOP_ANOMALIES.format(limit=int(args.top))), args.top)
+    return 0
+
+
+def _class_archive(args: argparse.Namespace, cfg: Config) -> int:
+    """``class-archive``: build the archive in a child (``--dump``) that runs the warm-up pipeline
+    in a JVM writing its loaded classes at exit; the child waits for its JVM to finish writing."""
+    from loganomaly.runtime import class_archive
+    from loganomaly.runtime.java import ensure_java
+    from loganomaly.runtime.spark import archive_key, get_spark, local_session_conf
+
+    if args.dump:
+        from loganomaly import pipeline
+
+        options = ["-Dderby.system.home=" + os.getcwd(), *class_archive.dump_options(Path(args.dump))]
+        spark = get_spark(replace(cfg.spark, class_archive=False,
+                                  conf={**cfg.spark.conf, "spark.driver.extraJavaOptions": " ".join(options)}))
+        with tempfile.TemporaryDirectory(prefix="loganomaly-warm-up-") as work:
+            pipeline.warm_up(spark, cfg, work)
+        jvm = spark.sparkContext._gateway.proc  # type: ignore[union-attr]
+        spark.stop()
+        jvm.stdin.close()  # the gateway JVM exits on end of input, and writes the archive as it exits
+        jvm.wait(timeout=class_archive.BUILD_TIMEOUT_S)
+        return 0
+    ensure_java()
+    key = archive_key(local_session_conf(cfg.spark))
+    child = [sys.executable, "-m", "loganomaly.cli", "class-archive", "--log-level", "INFO"]
+    for flag, value in (("--profile", args.profile), ("--conf-dir", args.conf_dir)):
+        if value:
+            child += [flag, value]
+    for override in args.overrides:
+        child += ["--set", override]
+    archive = class_archive.build(key, lambda target: [*child, "--dump", str(target)], force=args.force)
+    print(archive)
     return 0
 
 

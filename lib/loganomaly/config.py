@@ -60,6 +60,10 @@ class SparkConfig:
     # with Delta's SQL extension and catalog, so lake.engine auto/delta can use them. Ignored under
     # spark-submit and on Databricks, where the launcher owns the class path.
     delta_jars: bool = True
+    # Map the JVM class archive that `make setup` built (loganomaly.runtime.class_archive) into a local
+    # session: the JVM maps the classes a small pipeline run loaded instead of loading them again
+    # (start-up about a third shorter). Ignored under spark-submit, and when no archive fits.
+    class_archive: bool = True
     conf: dict[str, str] = field(default_factory=dict)
 
 

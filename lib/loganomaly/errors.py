@@ -49,6 +49,10 @@ class DeltaJarsError(LogAnomalyError):
     """The delta-spark jars could not be fetched from Maven into the jars cache, or did not work."""
 
 
+class ClassArchiveError(LogAnomalyError):
+    """The JVM class archive could not be built (sessions then start without it)."""
+
+
 class ParseError(LogAnomalyError):
     """A log line cannot be parsed; its message is the quarantine reason."""
 

@@ -72,6 +72,32 @@ def run(
     return summary
 
 
+def warm_up(spark: SparkSession, cfg: Config, work: str | Path) -> PipelineSummary:
+    """A small :func:`run` on generated data under ``work``, for the JVM class archive
+    (:mod:`loganomaly.runtime.class_archive`): every stage's JVM classes get loaded, Spark's and
+    Delta's. Two hosts over two days, one epoch; ingest and scoring take their Spark paths (Python
+    workers, Arrow) and their driver paths (Arrow into the JVM) both, since nightly runs use both."""
+    work = Path(work)
+    small = replace(
+        cfg,
+        lake=replace(cfg.lake, root=str(work / "lake")),
+        generate=replace(cfg.generate, hosts=2, days=2),
+        ingest=replace(cfg.ingest, local_max_bytes=0),
+        score=replace(cfg.score, local_max_bytes=0),
+        train=replace(cfg.train, epochs=1, mlflow=False),
+    )
+    summary = run(spark, small, work / "model", generate_dir=work / "raw")
+    # The driver paths: a second, small file ingested and the windows scored again without tasks.
+    lake = Lake(spark, small.lake.root, small.lake.engine)
+    extra = work / "raw-extra"
+    synthetic.generate(extra, replace(small.generate, hosts=1, days=1, seed=small.generate.seed + 1))
+    driver = replace(small, ingest=replace(small.ingest, local_max_bytes=cfg.ingest.local_max_bytes or 1 << 22),
+                     score=replace(small.score, local_max_bytes=cfg.score.local_max_bytes or 1 << 25))
+    summary.stages["ingest_driver"] = ingest.run(spark, driver, [str(extra)], lake=lake).as_dict()
+    summary.stages["score_driver"] = score.run(spark, driver, work / "model", lake=lake).as_dict()
+    return summary
+
+
 #: Where :func:`run_split` keeps the training inputs' tables, under the lake root.
 TRAINING_LAKE = "_training"
 

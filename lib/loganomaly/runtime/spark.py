@@ -5,7 +5,9 @@ cluster settings come from the launcher and are never overridden here. The sessi
 UTC, with Arrow on and ANSI mode set explicitly (Spark 4 defaults it on; parsers use
 ``try_*`` functions and quarantine instead of relying on NULL-on-error casts). A local session
 also gets the delta-spark jars that ``make setup`` cached (:mod:`loganomaly.runtime.delta_jars`) with
-Delta's SQL extension and catalog, so one session serves both table engines.
+Delta's SQL extension and catalog, so one session serves both table engines, and maps the JVM
+class archive that ``make setup`` built (:mod:`loganomaly.runtime.class_archive`), which cuts its
+start-up by about a third.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from loganomaly.config import SparkConfig
-from loganomaly.runtime import delta_jars
+from loganomaly.runtime import class_archive, delta_jars
 from loganomaly.runtime.java import ensure_java
 
 if TYPE_CHECKING:
@@ -54,18 +56,23 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     builder = SparkSession.builder.appName(cfg.app_name)
+    conf = dict(cfg.conf)
     if not submitted:
+        conf = local_session_conf(cfg)
+        java_options = [conf.pop("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.getcwd())]
+        if cfg.class_archive:
+            archive = class_archive.usable(archive_key(conf))
+            if archive is not None:
+                java_options += class_archive.use_options(archive)
+                log.info("JVM class archive %s on this session", archive)
         builder = (
             builder.master(cfg.master)
             .config("spark.driver.memory", cfg.driver_memory)
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.warehouse.dir", os.path.join(os.getcwd(), "spark-warehouse"))
-            .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.getcwd())
+            .config("spark.driver.extraJavaOptions", " ".join(java_options))
         )
-    conf = dict(cfg.conf)
-    if not submitted and cfg.delta_jars:
-        conf = _with_delta(conf, cfg)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -73,6 +80,20 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
     _apply_runtime_conf(spark, cfg)
     log.info("spark session %s master=%s version=%s", cfg.app_name, spark.sparkContext.master, spark.version)
     return spark
+
+
+def local_session_conf(cfg: SparkConfig) -> dict[str, str]:
+    """The Spark settings of a local session built from ``cfg``: its ``conf`` plus the cached
+    delta-spark jars (when ``delta_jars`` is on and the cache holds them)."""
+    conf = dict(cfg.conf)
+    return _with_delta(conf, cfg) if cfg.delta_jars else conf
+
+
+def archive_key(conf: dict[str, str]) -> str:
+    """The class-archive fingerprint of a local session with settings ``conf`` (after
+    :func:`loganomaly.runtime.java.ensure_java`, which sets ``JAVA_HOME``)."""
+    jars = [j for j in conf.get("spark.jars", "").split(",") if j]
+    return class_archive.fingerprint(os.environ.get("JAVA_HOME", ""), delta_jars.spark_jars_dir(), jars)
 
 
 def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
