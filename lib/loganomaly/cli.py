@@ -307,7 +307,7 @@ def dispatch(args: argparse.Namespace) -> int:
 def _class_archive(args: argparse.Namespace, cfg: Config) -> int:
     """``class-archive``: build the archive in a child (``--dump``) that runs the warm-up pipeline
     in a JVM writing its loaded classes at exit; the child waits for its JVM to finish writing."""
-    from loganomaly.runtime import class_archive
+    from loganomaly.runtime import class_archive, delta_jars
     from loganomaly.runtime.java import ensure_java
     from loganomaly.runtime.spark import archive_key, get_spark, local_session_conf
 
@@ -332,7 +332,9 @@ def _class_archive(args: argparse.Namespace, cfg: Config) -> int:
             child += [flag, value]
     for override in args.overrides:
         child += ["--set", override]
-    archive = class_archive.build(key, lambda target: [*child, "--dump", str(target)], force=args.force)
+    install = {"java_home": os.environ.get("JAVA_HOME", ""), "spark_jars": str(delta_jars.spark_jars_dir() or "")}
+    archive = class_archive.build(key, lambda target: [*child, "--dump", str(target)], force=args.force,
+                                  install=install)
     print(archive)
     return 0
 

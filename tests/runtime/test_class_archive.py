@@ -157,3 +157,21 @@ def test_class_archive_command_builds_one_sessions_then_map(tmp_path: Path) -> N
     assert archive.stat().st_size > 10 << 20  # Spark's and Delta's classes, not an empty dump
     result = _probe(env)
     assert result["archive"] == [f"-XX:SharedArchiveFile={archive}"] and result["shared"] == "true"
+
+
+def test_archives_of_removed_installs_are_pruned_at_the_next_build(tmp_path: Path) -> None:
+    gone, kept = tmp_path / "old-venv" / "jars", tmp_path / "venv" / "jars"
+    kept.mkdir(parents=True)
+    gone.mkdir(parents=True)
+    folder = tmp_path / "jvm"
+    for key, jars in (("old", gone), ("cur", kept)):
+        class_archive.build(key, lambda t: [*_writer(b"classes"), str(t)], folder,
+                            install={"java_home": str(tmp_path), "spark_jars": str(jars)})
+    legacy = class_archive.paths("legacy", folder)  # a record without install paths is left alone
+    legacy[0].write_bytes(b"x")
+    legacy[1].write_text(json.dumps({"size": 1}))
+    gone.rmdir()
+    class_archive.build("new", lambda t: [*_writer(b"classes"), str(t)], folder,
+                        install={"java_home": str(tmp_path), "spark_jars": str(kept)})
+    left = sorted(p.name for p in folder.glob("loganomaly-*"))
+    assert left == [f"loganomaly-{k}.{ext}" for k in ("cur", "legacy", "new") for ext in ("jsa", "json")]

@@ -138,19 +138,42 @@ def _lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def prune(folder: Path | None = None) -> list[Path]:
+    """Remove the archives whose Java or Spark install is gone (a deleted checkout's ``.venv``):
+    each install gets its own archive of about 200 MB, and nothing could map these any more."""
+    folder = folder or archive_dir()
+    removed: list[Path] = []
+    for record in sorted(folder.glob("loganomaly-*.json")):
+        try:
+            data = json.loads(record.read_text())
+            needed = [data["java_home"], data["spark_jars"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # written by an older build: no paths to judge it by
+        if all(isinstance(p, str) and os.path.exists(p) for p in needed):
+            continue
+        archive = record.with_suffix(".jsa")
+        for path in (record, archive):
+            path.unlink(missing_ok=True)
+        removed.append(archive)
+        log.info("class archive %s removed: its install (%s) is gone", archive.name, ", ".join(map(str, needed)))
+    return removed
+
+
 def build(key: str, command: Callable[[Path], Sequence[str]], folder: Path | None = None, force: bool = False,
-          timeout_s: float = BUILD_TIMEOUT_S) -> Path:
+          timeout_s: float = BUILD_TIMEOUT_S, install: dict[str, str] | None = None) -> Path:
     """Build the archive of ``key`` with ``command(target)`` (a child that dumps to ``target``).
 
     Returns the archive (at once when a whole one is there and ``force`` is off). The child's
     output goes to ``build-<key>.log`` in the folder; a leftover temporary file of a crashed
-    build is removed.
+    build is removed, and so are archives of installs that are gone (:func:`prune`). ``install``
+    (``java_home``, ``spark_jars``: the paths the fingerprint read) goes into the record for that.
 
     Raises:
         ClassArchiveError: the child failed, timed out or left no archive; the message names the log.
     """
     folder = folder or archive_dir()
     with _lock(folder):
+        prune(folder)
         found = usable(key, folder)
         if found is not None and not force:
             log.info("class archive already built: %s", found)
@@ -176,7 +199,8 @@ def build(key: str, command: Callable[[Path], Sequence[str]], folder: Path | Non
             )
         os.replace(target, archive)
         tmp_record = record.with_name(record.name + ".tmp")
-        tmp_record.write_text(json.dumps({"size": size, "key": key, "built_s": round(time.monotonic() - started, 1)}))
+        tmp_record.write_text(json.dumps({"size": size, "key": key, "built_s": round(time.monotonic() - started, 1),
+                                          **(install or {})}))
         os.replace(tmp_record, record)
         log.info("class archive built in %.0f s: %s (%.0f MB)", time.monotonic() - started, archive, size / 2**20)
         return archive
