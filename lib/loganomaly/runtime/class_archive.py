@@ -31,17 +31,17 @@ Under spark-submit or on Databricks the launcher owns the JVM's options: nothing
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from loganomaly.errors import ClassArchiveError
+from loganomaly.runtime.files import cache_folder, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,7 @@ QUIET = ("-Xlog:cds=off", "-Xlog:cds+dynamic=off")
 
 def archive_dir() -> Path:
     """Where archives live: ``$LOGANOMALY_JVM_DIR``, else ``$XDG_CACHE_HOME/loganomaly/jvm``."""
-    explicit = os.environ.get("LOGANOMALY_JVM_DIR")
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base).resolve() / "loganomaly" / "jvm"
+    return cache_folder("LOGANOMALY_JVM_DIR", "jvm")
 
 
 def _stat(path: Path) -> list[object]:
@@ -124,20 +120,6 @@ def dump_options(target: Path) -> list[str]:
     return [f"-XX:ArchiveClassesAtExit={target}", *QUIET]
 
 
-@contextlib.contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    """One build at a time per folder (two checkouts set up at once share it)."""
-    import fcntl
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def prune(folder: Path | None = None) -> list[Path]:
     """Remove the archives whose Java or Spark install is gone (a deleted checkout's ``.venv``):
     each install gets its own archive of about 200 MB, and nothing could map these any more."""
@@ -172,7 +154,7 @@ def build(key: str, command: Callable[[Path], Sequence[str]], folder: Path | Non
         ClassArchiveError: the child failed, timed out or left no archive; the message names the log.
     """
     folder = folder or archive_dir()
-    with _lock(folder):
+    with folder_lock(folder):  # one build at a time per folder
         prune(folder)
         found = usable(key, folder)
         if found is not None and not force:

@@ -19,7 +19,6 @@ the ``delta`` engine is used when the launcher configured the extension (``--pac
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -28,12 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 from xml.sax.saxutils import quoteattr
 
 from loganomaly.errors import DeltaJarsError
+from loganomaly.runtime.files import cache_folder, folder_lock
 from loganomaly.runtime.java import ensure_java
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,7 @@ def coordinate(spark_version: str | None = None) -> str:
 
 def cache_dir() -> Path:
     """The jars cache: ``$LOGANOMALY_JARS_DIR``, else ``$XDG_CACHE_HOME/loganomaly/jars``."""
-    explicit = os.environ.get("LOGANOMALY_JARS_DIR")
-    if explicit:
-        return Path(explicit).expanduser().resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base).resolve() / "loganomaly" / "jars"
+    return cache_folder("LOGANOMALY_JARS_DIR", "jars")
 
 
 def repository() -> str:
@@ -153,20 +149,6 @@ def session_conf(jars: Sequence[str]) -> dict[str, str]:
     }
 
 
-@contextlib.contextmanager
-def _lock(cache: Path) -> Iterator[None]:
-    """One fetch at a time per cache (two checkouts set up at once share it)."""
-    import fcntl
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _ivy_settings(cache: Path, repo: str) -> Path:
     """Ivy settings with only ``repo`` as resolver.
 
@@ -211,7 +193,7 @@ def fetch(cache: Path | None = None, repo: str | None = None, force: bool = Fals
     cache = cache or cache_dir()
     repo = repo or repository()
     coord = coordinate()
-    with _lock(cache):
+    with folder_lock(cache):  # one fetch at a time per cache
         if not force:
             jars = cached_jars(cache, coord)
             if jars is not None:
