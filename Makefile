@@ -56,7 +56,7 @@ delta-jars: $(STAMP) java
 
 # The JVM class archive local Spark sessions start from (`loganomaly class-archive`, README "Start-up"):
 # the classes a small pipeline run on generated data loaded, dumped by the JVM, so later sessions map
-# them instead of loading them again (start-up about a third shorter). About 2-3 minutes, once per
+# them instead of loading them again (start-up a quarter to a third shorter). About 2-3 minutes, once per
 # machine and Java/PySpark/Delta install, kept beside the jars cache. A failure only warns: sessions
 # then start without it. CLASS_ARCHIVE=0 skips the step.
 CLASS_ARCHIVE ?= 1

@@ -62,7 +62,7 @@ class SparkConfig:
     delta_jars: bool = True
     # Map the JVM class archive that `make setup` built (loganomaly.runtime.class_archive) into a local
     # session: the JVM maps the classes a small pipeline run loaded instead of loading them again
-    # (start-up about a third shorter). Ignored under spark-submit, and when no archive fits.
+    # (start-up a quarter to a third shorter). Ignored under spark-submit, and when no archive fits.
     class_archive: bool = True
     conf: dict[str, str] = field(default_factory=dict)
 
