@@ -1,4 +1,4 @@
-"""A class-data-sharing archive of the driver JVM: local sessions start a quarter to a third faster.
+"""A class-data-sharing archive of the driver JVM: local sessions start in a quarter to a third less time.
 
 A local session's start-up is mostly the JVM loading, verifying and linking classes: Spark's,
 then Delta's on the first commit (measured on the 2-core machine: a session plus four small
