@@ -307,9 +307,9 @@ def dispatch(args: argparse.Namespace) -> int:
 def _class_archive(args: argparse.Namespace, cfg: Config) -> int:
     """``class-archive``: build the archive in a child (``--dump``) that runs the warm-up pipeline
     in a JVM writing its loaded classes at exit; the child waits for its JVM to finish writing."""
-    from loganomaly.runtime import class_archive, delta_jars
+    from loganomaly.runtime import class_archive
     from loganomaly.runtime.java import ensure_java
-    from loganomaly.runtime.spark import archive_key, get_spark, local_session_conf
+    from loganomaly.runtime.spark import archive_install, archive_key, get_spark, local_session_conf
 
     if args.dump:
         from loganomaly import pipeline
@@ -325,16 +325,15 @@ def _class_archive(args: argparse.Namespace, cfg: Config) -> int:
         jvm.wait(timeout=class_archive.BUILD_TIMEOUT_S)
         return 0
     ensure_java()
-    key = archive_key(local_session_conf(cfg.spark))
+    conf = local_session_conf(cfg.spark)
     child = [sys.executable, "-m", "loganomaly.cli", "class-archive", "--log-level", "INFO"]
     for flag, value in (("--profile", args.profile), ("--conf-dir", args.conf_dir)):
         if value:
             child += [flag, value]
     for override in args.overrides:
         child += ["--set", override]
-    install = {"java_home": os.environ.get("JAVA_HOME", ""), "spark_jars": str(delta_jars.spark_jars_dir() or "")}
-    archive = class_archive.build(key, lambda target: [*child, "--dump", str(target)], force=args.force,
-                                  install=install)
+    archive = class_archive.build(archive_key(conf), lambda target: [*child, "--dump", str(target)],
+                                  force=args.force, install=archive_install(conf))
     print(archive)
     return 0
 

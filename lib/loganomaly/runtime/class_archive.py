@@ -39,6 +39,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from loganomaly.errors import ClassArchiveError
 from loganomaly.runtime.files import cache_folder, folder_lock
@@ -80,7 +81,7 @@ def fingerprint(java_home: str | os.PathLike[str], spark_jars: str | os.PathLike
         release = ""
     libjvm = sorted(home.glob("lib/server/libjvm.*")) + sorted(home.glob("jre/lib/*/server/libjvm.*"))
     jars: list[list[object]] = []
-    if spark_jars is not None and os.path.isdir(spark_jars):
+    if spark_jars and os.path.isdir(spark_jars):
         folder = Path(spark_jars)
         jars = [_stat(folder / name) for name in sorted(os.listdir(folder)) if name.endswith(".jar")]
     record = {
@@ -142,13 +143,13 @@ def prune(folder: Path | None = None) -> list[Path]:
 
 
 def build(key: str, command: Callable[[Path], Sequence[str]], folder: Path | None = None, force: bool = False,
-          timeout_s: float = BUILD_TIMEOUT_S, install: dict[str, str] | None = None) -> Path:
+          timeout_s: float = BUILD_TIMEOUT_S, install: dict[str, Any] | None = None) -> Path:
     """Build the archive of ``key`` with ``command(target)`` (a child that dumps to ``target``).
 
     Returns the archive (at once when a whole one is there and ``force`` is off). The child's
     output goes to ``build-<key>.log`` in the folder; a leftover temporary file of a crashed
     build is removed, and so are archives of installs that are gone (:func:`prune`). ``install``
-    (``java_home``, ``spark_jars``: the paths the fingerprint read) goes into the record for that.
+    (the fingerprint's arguments) goes into the record for that.
 
     Raises:
         ClassArchiveError: the child failed, timed out or left no archive; the message names the log.

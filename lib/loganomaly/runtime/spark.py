@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loganomaly.config import SparkConfig
 from loganomaly.runtime import class_archive, delta_jars
@@ -56,9 +56,8 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
     builder = SparkSession.builder.appName(cfg.app_name)
-    conf = dict(cfg.conf)
+    conf = dict(cfg.conf) if submitted else local_session_conf(cfg)
     if not submitted:
-        conf = local_session_conf(cfg)
         java_options = [conf.pop("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.getcwd())]
         if cfg.class_archive:
             archive = class_archive.usable(archive_key(conf))
@@ -89,11 +88,20 @@ def local_session_conf(cfg: SparkConfig) -> dict[str, str]:
     return _with_delta(conf, cfg) if cfg.delta_jars else conf
 
 
-def archive_key(conf: dict[str, str]) -> str:
-    """The class-archive fingerprint of a local session with settings ``conf`` (after
+def archive_install(conf: dict[str, str]) -> dict[str, Any]:
+    """What the class archive of a local session with settings ``conf`` depends on, the arguments
+    of :func:`loganomaly.runtime.class_archive.fingerprint` (after
     :func:`loganomaly.runtime.java.ensure_java`, which sets ``JAVA_HOME``)."""
-    jars = [j for j in conf.get("spark.jars", "").split(",") if j]
-    return class_archive.fingerprint(os.environ.get("JAVA_HOME", ""), delta_jars.spark_jars_dir(), jars)
+    return {
+        "java_home": os.environ.get("JAVA_HOME", ""),
+        "spark_jars": str(delta_jars.spark_jars_dir() or ""),
+        "extra_jars": [j for j in conf.get("spark.jars", "").split(",") if j],
+    }
+
+
+def archive_key(conf: dict[str, str]) -> str:
+    """The class-archive fingerprint of a local session with settings ``conf``."""
+    return class_archive.fingerprint(**archive_install(conf))
 
 
 def _with_delta(conf: dict[str, str], cfg: SparkConfig) -> dict[str, str]:
