@@ -95,8 +95,8 @@ def _fmt(v: Any) -> str:
 
 
 def _metrics(scores: np.ndarray, labels: np.ndarray, threshold: float,
-             entity_days: np.ndarray | None = None) -> dict[str, Any]:
-    m = dict(metrics_of(scores, labels, threshold, entity_days))
+             entity_days: np.ndarray | None = None, flags: np.ndarray | None = None) -> dict[str, Any]:
+    m = dict(metrics_of(scores, labels, threshold, entity_days, flags))
     m["n"], m["positives"] = len(labels), int(labels.sum())
     return m
 
@@ -109,6 +109,8 @@ class Scored:
     labels: np.ndarray
     threshold: float
     entity_days: np.ndarray
+    #: The stored flags (the product's ``is_anomaly``; None: ``score > threshold``).
+    flags: np.ndarray | None = None
 
 
 def _pooled(folds: Sequence[Scored]) -> dict[str, Any]:
@@ -121,7 +123,8 @@ def _pooled(folds: Sequence[Scored]) -> dict[str, Any]:
     margins = np.concatenate([f.scores - f.threshold for f in folds])
     labels = np.concatenate([f.labels for f in folds])
     days = np.concatenate([f.entity_days for f in folds])
-    return _metrics(margins, labels, 0.0, days)
+    flags = np.concatenate([f.scores > f.threshold if f.flags is None else f.flags for f in folds])
+    return _metrics(margins, labels, 0.0, days, flags)
 
 
 # ------------------------------------------------------------------ the product's path
@@ -153,7 +156,7 @@ def product_windows(spark: Any, cfg: Config, work: Path, labels: str | None = No
     lake = Lake(spark, cfg.lake.root, cfg.lake.engine)
     data = evaluation.labelled_windows(spark, lake, load_bundle(work / "model").version, labels)
     assert data.entity_days is not None
-    return Scored(data.scores, data.labels, data.threshold, data.entity_days)
+    return Scored(data.scores, data.labels, data.threshold, data.entity_days, data.flags)
 
 
 # ------------------------------------------------------------------ baselines on the same windows

@@ -381,6 +381,20 @@ class ScoreConfig:
     # the model loaded, instead of by Python workers that each import torch and load it first (most
     # of a small night's time in a fresh process); the same rows, scores and writes. 0 turns it off.
     local_max_bytes: int = 32 * 1024 * 1024
+    # Per-entity score baselines (loganomaly.scoring.baseline): a window of an entity of one of
+    # ``baseline_groups`` (the ``entities`` table's peer group) that has at least
+    # ``baseline_min_windows`` earlier scored windows is flagged only when its score is also far
+    # above the entity's own recent scores: log1p(score) > median + baseline_k x spread of its last
+    # ``baseline_windows`` scores (this model's, reaching back ``baseline_days`` days). Why: a busy
+    # internal host's normal is not the training hosts' normal, and the model's threshold flags it
+    # all day. External addresses keep the model's threshold alone: an attacker repeating itself
+    # must not become its own normal. Off by default; on in the zeek profile.
+    entity_baseline: bool = False
+    baseline_groups: list[str] = field(default_factory=lambda: ["internal"])
+    baseline_min_windows: int = 6
+    baseline_windows: int = 48
+    baseline_k: float = 3.0
+    baseline_days: int = 7
 
 
 @dataclass
@@ -687,6 +701,15 @@ def validate(cfg: Config) -> None:
             all(g.replace("_", "").replace("-", "").isalnum() for g in [*cfg.features.groups,
                                                                           cfg.features.default_group]),
             "features.groups names and features.default_group must be letters, digits, '_' or '-'",
+        ),
+        (cfg.score.baseline_min_windows >= 2, "score.baseline_min_windows must be >= 2"),
+        (cfg.score.baseline_windows >= cfg.score.baseline_min_windows,
+         "score.baseline_windows must be >= score.baseline_min_windows"),
+        (math.isfinite(cfg.score.baseline_k) and cfg.score.baseline_k > 0, "score.baseline_k must be a number > 0"),
+        (cfg.score.baseline_days >= 1, "score.baseline_days must be >= 1"),
+        (
+            not cfg.score.entity_baseline or bool(cfg.score.baseline_groups),
+            "score.entity_baseline needs at least one group in score.baseline_groups",
         ),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),

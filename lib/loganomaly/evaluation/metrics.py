@@ -18,11 +18,14 @@ __all__ = ["evaluate"]
 
 
 def evaluate(
-    scores: np.ndarray, labels: np.ndarray, threshold: float, entity_days: np.ndarray | None = None
+    scores: np.ndarray, labels: np.ndarray, threshold: float, entity_days: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Detection quality of ``scores`` (higher = more anomalous) against binary ``labels`` (1 = anomaly).
 
-    A score strictly above ``threshold`` is a predicted anomaly (as everywhere in loganomaly).
+    A score strictly above ``threshold`` is a predicted anomaly (as everywhere in loganomaly), unless
+    ``flagged`` gives each window's flag (the stored ``is_anomaly``, which per-entity score
+    baselines can clear on windows above the threshold: :mod:`loganomaly.scoring.baseline`).
     Precision, recall and F1 with no predicted (or no actual) anomaly are 0.0, not an error.
 
     F1 alone flatters when most windows are anomalous (a capture of an attacked host), so the
@@ -60,7 +63,9 @@ def evaluate(
     if not np.isin(y_raw, (0, 1)).all():
         raise ModelError(f"labels must be 0/1 or boolean, got values {sorted(set(y_raw.tolist()))[:5]}")
     y = y_raw.astype(np.int64)
-    pred = (s > threshold).astype(np.int64)
+    if flagged is not None and np.asarray(flagged).size != s.size:
+        raise ModelError(f"evaluate needs one flag per score, got {np.asarray(flagged).size} for {s.size} scores")
+    pred = (s > threshold if flagged is None else np.asarray(flagged, dtype=bool).ravel()).astype(np.int64)
     tn, fp, fn, tp = (int(v) for v in metrics.confusion_matrix(y, pred, labels=[0, 1]).ravel())
     # Flagging every window: precision = the positive share p, recall 1, so F1 = 2p / (1 + p).
     share = float(y.mean())

@@ -415,7 +415,7 @@ def build_report(
 
     parts.append('<section id="evaluation"><h2>Evaluation against labels</h2>')
     if data is not None:
-        stored = evaluate_arrays(data.scores, data.labels, data.threshold)
+        stored = evaluate_arrays(data.scores, data.labels, data.threshold, flagged=data.flags)
         best_t = stored["best_f1_threshold"]
         best = evaluate_arrays(data.scores, data.labels, best_t)
         parts.append(_table(

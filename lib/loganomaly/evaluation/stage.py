@@ -75,6 +75,8 @@ class LabelledWindows:
     n_unlabelled: int = 0
     #: ``(entity, UTC date of window_start)`` per window: the unit of "alerts per entity-day".
     entity_days: np.ndarray | None = None
+    #: The stored ``is_anomaly`` per window (None: ``score > threshold``, as before it was read).
+    flags: np.ndarray | None = None
 
 
 @dataclass
@@ -246,7 +248,7 @@ def labelled_windows(
     windows = (
         lake.read("scores", version=scores_version)
         .where(F.col("model_version") == F.lit(model_version))
-        .select(*WINDOW_KEYS, "score", "threshold")
+        .select(*WINDOW_KEYS, "score", "threshold", "is_anomaly")
     )
     if labels is not None:
         kind, rows = read_label_file(labels)
@@ -261,7 +263,7 @@ def labelled_windows(
         source = EVENTS_SOURCE
         labelled = label_windows_by_events(windows, lake.read("events"), normal_labels)
     table = labelled.select(
-        "score", "threshold", "label", "entity", F.to_date(F.col("window_start")).cast("string").alias("day")
+        "score", "threshold", "is_anomaly", "label", "entity", F.to_date(F.col("window_start")).cast("string").alias("day")
     ).toArrow()
     if table.num_rows == 0:
         raise StageInputError(
@@ -291,6 +293,7 @@ def labelled_windows(
         scores_version=int(scores_version),
         n_unlabelled=n_unlabelled,
         entity_days=entity_days,
+        flags=table.column("is_anomaly").to_numpy(zero_copy_only=False).astype(bool)[known],
     )
 
 
@@ -330,7 +333,7 @@ def run(
     if not math.isclose(data.threshold, bundle_threshold, rel_tol=1e-9, abs_tol=1e-12):
         log.warning("scores carry threshold %.6g, bundle %.6g; evaluating the scores' threshold",
                     data.threshold, bundle_threshold)
-    stored = evaluate_arrays(data.scores, data.labels, data.threshold, data.entity_days)
+    stored = evaluate_arrays(data.scores, data.labels, data.threshold, data.entity_days, data.flags)
     results = {"stored": stored}
     if math.isfinite(stored["best_f1_threshold"]):
         results["best_f1"] = evaluate_arrays(data.scores, data.labels, stored["best_f1_threshold"], data.entity_days)

@@ -842,8 +842,11 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                                                 known_errors)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by,
                              replace_where={"date": replaced}, run_id=run_id)
-    if entity is not None:
-        merge_entities(lake, events, lake.read("sequences", version=version), entity.rules, run_id)
+    if entity is not None or cfg.score.entity_baseline:
+        # The peer groups are what score.entity_baseline reads too (loganomaly.scoring.baseline).
+        rules = entity.rules if entity is not None else GroupRules.from_config(
+            cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
+        merge_entities(lake, events, lake.read("sequences", version=version), rules, run_id)
     written = lake.read("sequences", version=version)
     if replaced is not None:
         written = written.where(F.col("date") >= F.lit(dt.date.fromisoformat(replaced[0])))

@@ -78,6 +78,7 @@ from loganomaly.models.kind import (
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.device import pick_device
 from loganomaly.runtime.runs import new_run_id, resolve_date
+from loganomaly.scoring.baseline import BaselineRule, driver_inputs, judge_dataframe, judge_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -531,6 +532,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
                  len(dates), summary.anomalies, bundle.kind, bundle.version)
         return summary
 
+    rule = BaselineRule.from_config(cfg)
     local = None
     if cfg.score.local_max_bytes > 0:
         local = driver_input(checked, cfg.score.local_max_bytes, kind.row_floats(bundle),
@@ -538,6 +540,11 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     if local is not None:
         scored_rows = score_on_driver(kind, bundle, local, source.column, cfg.score.explain_top_k, inference,
                                       sizes.arrow_rows, run_id)
+        if rule is not None:
+            # History ends before the first date this run replaces (those dates' old scores go).
+            days = dates_to_replace(sorted({d.isoformat() for d in scored_rows.column("date").to_pylist() if d}))
+            groups, history = driver_inputs(lake, bundle.version, days, rule)
+            scored_rows = judge_table(scored_rows, groups, history, rule)
         counts = arrow_per_date(source, scored_rows, inputs=rows)
 
         def write_local(dates: list[str]) -> tuple[int, int]:
@@ -561,7 +568,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     try:
         return finish(dates_to_replace(input_days), lambda dates: write_on_executors(
             spark, lake, source, checked, rows, kind, bundle, files, str(folder), cfg.score.explain_top_k, inference,
-            sizes, dates, run_id))
+            sizes, dates, run_id, rule))
     finally:
         files.unpersist()
         shutil.rmtree(folder, ignore_errors=True)
@@ -573,12 +580,15 @@ STAGING_FOLDER = "_staging"
 
 def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, checked: DataFrame, inputs: DataFrame,
                        kind: ModelKind, bundle: Any, files: Any, folder: str, top_k: int, inference: Inference,
-                       sizes: ScoringSizes, dates: list[str], run_id: str) -> tuple[int, int]:
+                       sizes: ScoringSizes, dates: list[str], run_id: str,
+                       rule: BaselineRule | None = None) -> tuple[int, int]:
     """The Spark path's two commits from one scoring pass: ``scores``, then ``anomalies``.
 
     The pass scores ``checked`` (the input with the checks' flags) and is the ``scores`` write;
     its tasks stage the flagged rows (:class:`AnomalyStaging`), from which ``anomalies`` is
-    written. Returns (rows scored, rows flagged).
+    written. Returns (rows scored, rows flagged). With per-entity baselines (``rule``) the flags
+    are decided after a shuffle by entity (:mod:`loganomaly.scoring.baseline`), so ``anomalies``
+    is this run's flagged rows of ``scores`` as written instead of the staged files.
 
     Raises:
         ModelError: a row the kind's checks refuse (nothing is committed).
@@ -609,6 +619,8 @@ def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, ch
         F.lit(bundle.version).alias("model_version"),
         F.lit(run_id).alias("run_id"),
     )
+    if rule is not None:
+        scored = judge_dataframe(scored, lake, bundle.version, dates, rule)
     try:
         with arrow_batch_rows(spark, sizes):
             lake.write("scores", scored.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
@@ -624,10 +636,22 @@ def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, ch
             total = counts.setdefault(day, [0, 0])
             total[0] += n
             total[1] += n_flagged
-    flagged_rows = spark.read.schema(struct).parquet(*staged) if staged else spark.createDataFrame([], struct)
-    lake.write("anomalies", flagged_rows.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
-               replace_where={"date": dates}, run_id=run_id)
-    return sum(n for n, _ in counts.values()), sum(f for _, f in counts.values())
+    n_flagged = sum(f for _, f in counts.values())
+    if rule is not None:
+        flagged_rows = lake.read("scores").where(
+            F.col("is_anomaly") & (F.col("run_id") == F.lit(run_id))
+            & F.col("date").isin([dt.date.fromisoformat(d) for d in dates]))
+        flagged_rows = flagged_rows.select(*spec.columns).persist()
+        n_flagged = flagged_rows.count()
+    else:
+        flagged_rows = spark.read.schema(struct).parquet(*staged) if staged else spark.createDataFrame([], struct)
+    try:
+        lake.write("anomalies", flagged_rows.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
+                   replace_where={"date": dates}, run_id=run_id)
+    finally:
+        if rule is not None:
+            flagged_rows.unpersist()
+    return sum(n for n, _ in counts.values()), n_flagged
 
 
 #: Bytes assumed per row when a kind's rows vary in size (``row_floats`` None), to cap the probe.

@@ -1,0 +1,162 @@
+"""Per-entity score baselines (``score.entity_baseline``): the rule without a JVM, then both paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from loganomaly.config import load_config
+from loganomaly.errors import ConfigError
+from loganomaly.lake.tables import Lake
+from loganomaly.scoring import stage
+from loganomaly.scoring.baseline import (
+    GROUP,
+    HISTORY,
+    SPREAD_FLOOR,
+    BaselineRule,
+    entity_limits,
+    judge_entity,
+    judge_table,
+)
+
+RULE = BaselineRule(groups=("internal",), min_windows=3, windows=4, k=3.0, days=7)
+T0 = dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc)
+
+
+def _frame(scores: list[float], threshold: float, group: str | None, history: int = 0) -> pd.DataFrame:
+    n = len(scores)
+    return pd.DataFrame({
+        "entity": ["h"] * n,
+        "window_start": [T0 + dt.timedelta(minutes=10 * i) for i in range(n)],
+        "score": scores,
+        "threshold": [threshold] * n,
+        "is_anomaly": [s > threshold or math.isnan(s) for s in scores],
+        "explanation": ["error" if s > threshold or math.isnan(s) else "" for s in scores],
+        HISTORY: [i < history for i in range(n)],
+        GROUP: [group] * n,
+    })
+
+
+def test_the_limit_is_the_median_plus_k_spreads_of_the_previous_windows() -> None:
+    scores = np.array([1.0, 3.0, 1.0, 1.0, 100.0, 1.0, np.nan, 1.0])
+    limits, counts = entity_limits(scores, min_windows=3, windows=4, k=2.0)
+    assert counts.tolist() == [0, 1, 2, 3, 4, 4, 4, 3]  # the NaN is not history
+    assert np.isnan(limits[:3]).all()
+    # row 3: log1p of [1, 3, 1]: median log 2, quartiles log 2 .. (log 2 + log 4) / 2
+    logs = np.log1p([1.0, 3.0, 1.0])
+    spread = max((np.quantile(logs, 0.75) - np.quantile(logs, 0.25)) / 1.349, SPREAD_FLOOR)
+    assert limits[3] == pytest.approx(math.expm1(np.log(2.0) + 2.0 * spread))
+    # row 5 sees rows 1-4 only (the horizon): the 100 is in it and the 1.0 before it is not
+    window = np.log1p([3.0, 1.0, 1.0, 100.0])
+    q25, med, q75 = np.quantile(window, [0.25, 0.5, 0.75])
+    assert limits[5] == pytest.approx(math.expm1(med + 2.0 * max((q75 - q25) / 1.349, SPREAD_FLOOR)))
+    # a host scoring the same every window still needs the floor's rise
+    flat, _ = entity_limits(np.full(5, 4.0), 3, 10, 3.0)
+    assert flat[4] == pytest.approx(math.expm1(math.log1p(4.0) + 3 * SPREAD_FLOOR))
+
+
+def test_a_busy_internal_host_is_flagged_only_where_it_leaves_its_own_normal() -> None:
+    # every window above the model's threshold (1.0): the host's normal is busier than training's
+    scores = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0, 90.0, 12.0]
+    out = judge_entity(_frame(scores, 1.0, "internal"), RULE)
+    assert out["is_anomaly"].tolist() == [True, True, True, False, False, False, True, False]
+    assert list(out.columns) == ["entity", "window_start", "score", "threshold", "is_anomaly", "explanation"]
+    notes = out["explanation"].tolist()
+    assert "judged by the model's threshold alone (0 earlier windows, a baseline needs 3)" in notes[0]
+    assert notes[3].startswith("error; peer group internal: within its own baseline") and "not flagged" in notes[3]
+    assert "peer group internal: above its own baseline (limit" in notes[6]
+
+
+def test_other_groups_and_unknown_entities_keep_the_models_flags() -> None:
+    scores = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0]
+    for group in ("external", None):
+        frame = _frame(scores, 1.0, group)
+        out = judge_entity(frame, RULE)
+        assert out["is_anomaly"].tolist() == [True] * 6
+        assert out["explanation"].tolist() == ["error"] * 6
+
+
+def test_history_rows_count_but_are_not_returned_and_order_is_by_time() -> None:
+    frame = _frame([10.0, 11.0, 10.0, 10.5, 40.0], 1.0, "internal", history=3)
+    shuffled = frame.iloc[[4, 0, 3, 2, 1]]
+    out = judge_entity(shuffled, RULE)
+    assert out["score"].tolist() == [10.5, 40.0]  # the two new rows, in time order
+    assert out["is_anomaly"].tolist() == [False, True]
+    # a NaN score (a broken window) stays flagged whatever the baseline
+    nan = judge_entity(_frame([10.0, 11.0, 10.0, float("nan")], 1.0, "internal"), RULE)
+    assert nan["is_anomaly"].tolist()[-1]
+    # below the model's threshold nothing is flagged, however far from the host's own normal
+    quiet = judge_entity(_frame([0.01, 0.01, 0.01, 0.9], 1.0, "internal"), RULE)
+    assert not quiet["is_anomaly"].any()
+
+
+def test_judge_table_reads_groups_and_history_for_the_drivers_rows() -> None:
+    new = _frame([10.0, 11.0], 1.0, "internal").drop(columns=[HISTORY, GROUP])
+    new["entity"] = ["a", "b"]
+    new["window_start"] = [T0 + dt.timedelta(hours=1)] * 2
+    table = pa.Table.from_pandas(new, preserve_index=False)
+    past = pd.concat([_frame([10.5, 10.0, 11.0], 1.0, None).assign(entity=e) for e in ("a", "b")])
+    history = pa.Table.from_pandas(past.drop(columns=[HISTORY, GROUP]), preserve_index=False)
+    out = judge_table(table, {"a": "internal"}, history, RULE).to_pandas().set_index("entity")
+    assert out.loc["a", "is_anomaly"] == False  # noqa: E712 - a numpy bool
+    assert out.loc["b", "is_anomaly"] == True  # noqa: E712 - b is not in a baseline group
+    assert judge_table(table, {"a": "internal"}, history, RULE).schema == table.schema
+
+
+def test_the_settings_are_validated() -> None:
+    cfg = load_config(overrides=["score.entity_baseline=true"])
+    assert BaselineRule.from_config(cfg) == BaselineRule(("internal",), 6, 48, 3.0, 7)
+    assert BaselineRule.from_config(load_config()) is None
+    for bad in ("score.baseline_min_windows=1", "score.baseline_windows=3", "score.baseline_k=0",
+                "score.baseline_days=0", "score.baseline_groups=[]"):
+        with pytest.raises(ConfigError, match="score.baseline"):
+            load_config(overrides=["score.entity_baseline=true", bad])
+
+
+# ---------------------------------------------------------------- through the stage, both paths
+@pytest.mark.spark
+@pytest.mark.slow
+def test_both_paths_judge_alike_and_a_later_night_reads_the_earlier_scores(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.scoring.test_run import DAYS, _table, make_scored_lake
+
+    lake, cfg, model_dir, x = make_scored_lake(spark, Lake(spark, tmp_path / "lake", engine="delta"), tmp_path)
+    lake.write("entities", spark.createDataFrame(
+        [("host-0", "internal", "local_networks"), ("host-1", "external", "not_local")],
+        "entity string, group string, group_rule string").selectExpr(
+        "entity", "group", "group_rule", "timestamp'2024-01-01 00:00:00' AS first_seen",
+        "timestamp'2024-01-01 00:00:00' AS last_seen", "1L AS events", "1L AS windows", "'test' AS run_id"))
+    cfg.score.local_max_bytes = 0
+    plain = stage.run(spark, cfg, model_dir, lake=lake)
+    before = {(r[0], r[1]): r for r in _table(lake, "scores")}
+
+    cfg.score.entity_baseline, cfg.score.baseline_min_windows, cfg.score.baseline_windows = True, 3, 6
+    cfg.score.baseline_k = 0.5  # a tight baseline, so the small fixture suppresses some flags
+    on_spark = stage.run(spark, cfg, model_dir, lake=lake)
+    scores, anomalies = _table(lake, "scores"), _table(lake, "anomalies")
+    assert [r for r in scores if r[6]] == anomalies and on_spark.anomalies == len(anomalies)
+    host0 = sorted((r for r in scores if r[0] == "host-0"), key=lambda r: r[1])
+    limits, _ = entity_limits(np.array([r[4] for r in host0]), 3, 6, 0.5)
+    expected = [r[4] > r[5] and (math.isnan(lim) or r[4] > lim) for r, lim in zip(host0, limits, strict=True)]
+    assert [r[6] for r in host0] == expected
+    assert sum(before[(r[0], r[1])][6] for r in host0) > sum(expected) > 0  # some flags cleared, some kept
+    for r in scores:  # other hosts (an external one, one not in entities) keep the model's flags
+        if r[0] != "host-0":
+            assert r[6] == before[(r[0], r[1])][6] and r[7] == before[(r[0], r[1])][7]
+    assert all("peer group internal" in r[7] for r in host0 if before[(r[0], r[1])][6])
+
+    cfg.score.local_max_bytes = 1 << 20  # the driver's path: the same rows
+    stage.run(spark, cfg, model_dir, lake=lake)
+    assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies
+
+    # the second date alone: its host-0 windows read the first date's scores as history
+    for local in (0, 1 << 20):
+        cfg.score.local_max_bytes = local
+        stage.run(spark, cfg, model_dir, date=DAYS[1].isoformat(), lake=lake)
+        assert _table(lake, "scores") == scores and _table(lake, "anomalies") == anomalies
+    assert plain.windows == on_spark.windows == len(x)
