@@ -35,6 +35,10 @@ left out; the start-up itself is printed apart. A small input is scored by the d
 (``score.local_max_bytes``); the stage forced onto the Spark path (``local_max_bytes=0``) is
 timed beside it, and the marginal row subtracts that path's small run.
 
+``--entity-baseline``: the stage once more on the big table with ``score.entity_baseline`` on and
+every entity in the ``internal`` group, so the rule's shuffle by entity and its pandas call per
+entity cover every row (:mod:`loganomaly.scoring.baseline`): its cost beside the plain stage.
+
 Scale: the stage at 1x, 4x and 16x of ``--scale-base`` windows (16x is at most ``--windows``),
 reported as the growth of the cost per window per doubling of the input.
 
@@ -234,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-layouts", action="store_true", help="skip the binary-layout rows")
+    parser.add_argument("--entity-baseline", action="store_true",
+                        help="also time the stage with score.entity_baseline, every entity internal")
     parser.add_argument("--fresh-repeats", type=int, default=2, help="fresh-process runs of each fixed-cost job")
     parser.add_argument("--child", choices=("stage", "stage_spark", "bare"), help=argparse.SUPPRESS)
     parser.add_argument("--child-lake", help=argparse.SUPPRESS)
@@ -312,8 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             floor_list = None if older is None else noop(older.mapInArrow(zeros, f"{keys}, score double"))
             scoring_list = None if older is None else noop(older.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
 
-            def stage_on(size: int, local_max_bytes: int | None = None) -> Callable[[], None]:
-                score_cfg = ScoreConfig(explain_top_k=args.top_k)
+            def stage_on(size: int, local_max_bytes: int | None = None, baseline: bool = False) -> Callable[[], None]:
+                score_cfg = ScoreConfig(explain_top_k=args.top_k, entity_baseline=baseline)
                 if local_max_bytes is not None:
                     score_cfg.local_max_bytes = local_max_bytes
                 cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=str(lakes[size]),
@@ -336,6 +342,14 @@ def main(argv: list[str] | None = None) -> None:
             for size in scales:
                 if size != n:
                     plan[f"scale{size}"] = stage_on(size)
+            if args.entity_baseline:
+                # Every entity internal: the rule's shuffle and pandas call cover every row.
+                entities = windows.select("entity").distinct().selectExpr(  # type: ignore[attr-defined]
+                    "entity", "'internal' AS group", "'local_networks' AS group_rule",
+                    "timestamp'2024-01-01 00:00:00' AS first_seen", "timestamp'2024-01-01 00:00:00' AS last_seen",
+                    "1L AS events", "1L AS windows", "'bench' AS run_id")
+                lake.write("entities", entities)
+                plan["stage_baseline"] = stage_on(n, baseline=True)
             # Warm-up, not counted: kernels, the JVM's JIT, Python workers loading the model.
             torch_score_path()
             for key in ("floor", "udf", "small", "small_spark", "bare", "small", "small_spark", "bare"):
@@ -371,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = [("torch model(x) alone", 1, "model"), ("torch score path (kind.score_batch on Arrow batches)", 1, "path"),
             ("spark no-op mapInArrow floor", slots, "floor"), ("spark scoring UDF (score_partitions)", slots, "udf"),
             ("spark score stage (checks, UDF, 2 Delta writes)", slots, "stage"),
+            ("spark score stage with score.entity_baseline (every entity internal)", slots, "stage_baseline"),
             ("older array<float> layout: no-op floor", slots, "floor_list"),
             ("older array<float> layout: scoring UDF", slots, "udf_list")]
     for label, cores, key in rows:
