@@ -58,6 +58,7 @@ from loganomaly.lake.snapshot import Snapshot
 from loganomaly.lake.tables import Lake
 from loganomaly.models.baselines import make_baseline
 from loganomaly.models.bundle import load_bundle
+from loganomaly.scoring.baseline import HISTORY, BaselineRule, baseline_groups, judge_columns
 from loganomaly.training.readers.arrow import ShardReader
 
 log = logging.getLogger("bench.quality")
@@ -190,26 +191,51 @@ def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray]:
     return keys, decode_windows(table.column("features"), steps, feats).copy()
 
 
-def _label_by_events(spark: Any, cfg: Config, keys: Any,
-                     scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray,
+                     flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The same labelling :mod:`loganomaly.evaluation.stage` applies to the LSTM's scores.
 
-    Returns scores, labels and ``(entity, date)`` per labelled window.
+    Returns scores, labels, ``(entity, date)`` and the flags per labelled window.
     """
     keys = keys.copy()
-    keys["score"], keys["threshold"] = scores.astype(np.float64), 0.0
+    keys["score"], keys["threshold"], keys["is_anomaly"] = scores.astype(np.float64), 0.0, flags.astype(bool)
     windows = spark.createDataFrame(keys, "entity string, window_start timestamp, window_end timestamp, "
-                                          "score double, threshold double")
+                                          "score double, threshold double, is_anomaly boolean")
     lake = Lake(spark, cfg.lake.root, cfg.lake.engine)
     labelled = evaluation.label_windows_by_events(windows, lake.read("events"), evaluation.DEFAULT_NORMAL_LABELS)
     from pyspark.sql import functions as F
 
-    out = labelled.select("score", "label", "entity",
+    out = labelled.select("score", "label", "entity", "is_anomaly",
                           F.to_date("window_start").cast("string").alias("day")).toPandas()
     known = out["label"].notna().to_numpy()
     days = np.empty(int(known.sum()), dtype=object)
     days[:] = list(zip(out["entity"][known], out["day"][known], strict=True))
-    return out["score"].to_numpy(np.float64)[known], out["label"].to_numpy()[known].astype(np.int64), days
+    return (out["score"].to_numpy(np.float64)[known], out["label"].to_numpy()[known].astype(np.int64), days,
+            out["is_anomaly"].to_numpy(bool)[known])
+
+
+def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """A baseline's flags as the product would store them: ``score > threshold``, then, with
+    ``score.entity_baseline``, the same per-entity rule (:mod:`loganomaly.scoring.baseline`) over
+    its own scores, so its FPR and recall columns compare with the LSTM's."""
+    flags = scores > threshold
+    rule = BaselineRule.from_config(cfg)
+    if rule is None:
+        return flags
+    from pyspark.sql import functions as F
+
+    frame = keys[["entity", "window_start"]].copy()
+    frame["score"], frame["is_anomaly"], frame["_row"] = scores.astype(np.float64), flags, np.arange(len(frame))
+    rows = spark.createDataFrame(frame, "entity string, window_start timestamp, score double, is_anomaly boolean, "
+                                        "_row long").withColumn("explanation", F.lit(""))
+    groups = baseline_groups(Lake(spark, cfg.lake.root, cfg.lake.engine), rule)
+    if groups is None:
+        return flags
+    judged = judge_columns(rows.withColumn(HISTORY, F.lit(False)).join(F.broadcast(groups), "entity", "left"), rule)
+    out = np.zeros(len(frame), dtype=bool)
+    for r in judged.select("_row", "is_anomaly").collect():
+        out[r["_row"]] = r["is_anomaly"]
+    return out
 
 
 def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed: int) -> dict[str, Scored]:
@@ -222,10 +248,12 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
         params = {"seed": seed} if name != "pca" else {}
         detector = make_baseline(name, **params).fit(train_x, cfg.train.std_floor)
         threshold = detector.calibrate(val_x, cfg.train.threshold_quantile)
-        scores, labels, days = _label_by_events(spark, cfg, keys, detector.score(test_x))
-        m = _metrics(scores, labels, threshold, days)
-        result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s")
-        out[name] = Scored(scores, labels, threshold, days)
+        raw = detector.score(test_x)
+        scores, labels, days, flags = _label_by_events(spark, cfg, keys, raw, _flags(spark, cfg, keys, raw, threshold))
+        m = _metrics(scores, labels, threshold, days, flags)
+        note = "; the per-entity rule applied to its flags" if cfg.score.entity_baseline else ""
+        result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s{note}")
+        out[name] = Scored(scores, labels, threshold, days, flags)
     return out
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
 from loganomaly.config import load_config
@@ -21,8 +20,7 @@ from loganomaly.scoring.baseline import (
     SPREAD_FLOOR,
     BaselineRule,
     entity_limits,
-    judge_entity,
-    judge_table,
+    judge_columns,
 )
 from tests.conftest import ENGINES, require_engine
 
@@ -30,10 +28,11 @@ RULE = BaselineRule(groups=("internal",), min_windows=3, windows=4, k=3.0, days=
 T0 = dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc)
 
 
-def _frame(scores: list[float], threshold: float, group: str | None, history: int = 0) -> pd.DataFrame:
+def _frame(scores: list[float], threshold: float, group: str | None, history: int = 0,
+           entity: str = "h") -> pd.DataFrame:
     n = len(scores)
     return pd.DataFrame({
-        "entity": ["h"] * n,
+        "entity": [entity] * n,
         "window_start": [T0 + dt.timedelta(minutes=10 * i) for i in range(n)],
         "score": scores,
         "threshold": [threshold] * n,
@@ -42,6 +41,16 @@ def _frame(scores: list[float], threshold: float, group: str | None, history: in
         HISTORY: [i < history for i in range(n)],
         GROUP: [group] * n,
     })
+
+
+def _judge(spark, frame: pd.DataFrame, rule: BaselineRule = RULE) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    ddl = ("entity string, window_start timestamp, score double, threshold double, is_anomaly boolean, "
+           f"explanation string, {HISTORY} boolean, {GROUP} string")
+    from pyspark.sql import functions as F
+
+    rows = spark.createDataFrame(frame.sample(frac=1.0, random_state=0), ddl)  # any order in
+    rows = rows.withColumn("score", F.coalesce("score", F.lit(float("nan"))))  # pandas' NaN arrives as null
+    return judge_columns(rows, rule).toPandas().sort_values(["entity", "window_start"]).reset_index(drop=True)
 
 
 def test_the_limit_is_the_median_plus_k_spreads_of_the_previous_windows() -> None:
@@ -62,52 +71,59 @@ def test_the_limit_is_the_median_plus_k_spreads_of_the_previous_windows() -> Non
     assert flat[4] == pytest.approx(math.expm1(math.log1p(4.0) + 3 * SPREAD_FLOOR))
 
 
-def test_a_busy_internal_host_is_flagged_only_where_it_leaves_its_own_normal() -> None:
+@pytest.mark.spark
+def test_a_busy_internal_host_is_flagged_only_where_it_leaves_its_own_normal(spark) -> None:  # type: ignore[no-untyped-def]
     # every window above the model's threshold (1.0): the host's normal is busier than training's
     scores = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0, 90.0, 12.0]
-    out = judge_entity(_frame(scores, 1.0, "internal"), RULE)
+    out = _judge(spark, _frame(scores, 1.0, "internal"))
     assert out["is_anomaly"].tolist() == [True, True, True, False, False, False, True, False]
     assert list(out.columns) == ["entity", "window_start", "score", "threshold", "is_anomaly", "explanation"]
     notes = out["explanation"].tolist()
-    assert "judged by the model's threshold alone (0 earlier windows, a baseline needs 3)" in notes[0]
-    assert notes[3].startswith("error; peer group internal: within its own baseline") and "not flagged" in notes[3]
-    assert "peer group internal: above its own baseline (limit" in notes[6]
+    assert notes[0] == "error; peer group internal: judged by the model's threshold alone (0 earlier windows, " \
+                       "a baseline needs 3)"
+    assert notes[3].startswith("error; peer group internal: within its own baseline (limit ") and \
+        notes[3].endswith("from its last 3 windows), so not flagged")
+    assert "peer group internal: above its own baseline (limit" in notes[6] and "last 4 windows" in notes[6]
 
 
-def test_other_groups_and_unknown_entities_keep_the_models_flags() -> None:
-    scores = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0]
-    for group in ("external", None):
-        frame = _frame(scores, 1.0, group)
-        out = judge_entity(frame, RULE)
-        assert out["is_anomaly"].tolist() == [True] * 6
-        assert out["explanation"].tolist() == ["error"] * 6
+@pytest.mark.spark
+def test_other_groups_history_nan_and_quiet_windows(spark) -> None:  # type: ignore[no-untyped-def]
+    busy = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0]
+    frame = pd.concat([_frame(busy, 1.0, "external", entity="x"), _frame(busy, 1.0, None, entity="u"),
+                       _frame([10.0, 11.0, 10.0, 10.5, 40.0], 1.0, "internal", history=3, entity="i"),
+                       _frame([10.0, 11.0, 10.0, float("nan")], 1.0, "internal", entity="n"),
+                       _frame([0.01, 0.01, 0.01, 0.9], 1.0, "internal", entity="q")])
+    out = _judge(spark, frame).set_index("entity")
+    for other in ("x", "u"):  # other groups, and entities not in the table, keep the model's flags
+        assert out.loc[other, "is_anomaly"].tolist() == [True] * 6
+        assert out.loc[other, "explanation"].tolist() == ["error"] * 6
+    # history rows count but do not come back
+    assert out.loc["i", "score"].tolist() == [10.5, 40.0] and out.loc["i", "is_anomaly"].tolist() == [False, True]
+    assert out.loc["n", "is_anomaly"].tolist()[-1]  # a NaN score stays flagged
+    assert not out.loc["q", "is_anomaly"].any()  # below the model's threshold nothing is flagged
+    assert out.loc["q", "explanation"].tolist() == [""] * 4
 
 
-def test_history_rows_count_but_are_not_returned_and_order_is_by_time() -> None:
-    frame = _frame([10.0, 11.0, 10.0, 10.5, 40.0], 1.0, "internal", history=3)
-    shuffled = frame.iloc[[4, 0, 3, 2, 1]]
-    out = judge_entity(shuffled, RULE)
-    assert out["score"].tolist() == [10.5, 40.0]  # the two new rows, in time order
-    assert out["is_anomaly"].tolist() == [False, True]
-    # a NaN score (a broken window) stays flagged whatever the baseline
-    nan = judge_entity(_frame([10.0, 11.0, 10.0, float("nan")], 1.0, "internal"), RULE)
-    assert nan["is_anomaly"].tolist()[-1]
-    # below the model's threshold nothing is flagged, however far from the host's own normal
-    quiet = judge_entity(_frame([0.01, 0.01, 0.01, 0.9], 1.0, "internal"), RULE)
-    assert not quiet["is_anomaly"].any()
-
-
-def test_judge_table_reads_groups_and_history_for_the_drivers_rows() -> None:
-    new = _frame([10.0, 11.0], 1.0, "internal").drop(columns=[HISTORY, GROUP])
-    new["entity"] = ["a", "b"]
-    new["window_start"] = [T0 + dt.timedelta(hours=1)] * 2
-    table = pa.Table.from_pandas(new, preserve_index=False)
-    past = pd.concat([_frame([10.5, 10.0, 11.0], 1.0, None).assign(entity=e) for e in ("a", "b")])
-    history = pa.Table.from_pandas(past.drop(columns=[HISTORY, GROUP]), preserve_index=False)
-    out = judge_table(table, {"a": "internal"}, history, RULE).to_pandas().set_index("entity")
-    assert out.loc["a", "is_anomaly"] == False  # noqa: E712 - a numpy bool
-    assert out.loc["b", "is_anomaly"] == True  # noqa: E712 - b is not in a baseline group
-    assert judge_table(table, {"a": "internal"}, history, RULE).schema == table.schema
+@pytest.mark.spark
+def test_the_expressions_give_the_numpy_limits(spark) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(3)
+    rule = BaselineRule(groups=("internal",), min_windows=4, windows=9, k=1.0, days=7)
+    parts = []
+    for e in range(6):
+        scores = np.exp(rng.normal(1.0, 0.8, 40)).tolist()
+        scores[7] = float("nan")
+        parts.append(_frame(scores, 0.5, "internal", history=5, entity=f"e{e}"))
+    frame = pd.concat(parts, ignore_index=True)
+    out = _judge(spark, frame, rule)
+    expected = []
+    for e in range(6):
+        rows = frame[frame["entity"] == f"e{e}"]
+        limits, _ = entity_limits(rows["score"].to_numpy(), 4, 9, 1.0)
+        s = rows["score"].to_numpy()
+        keep = np.isnan(s) | np.isnan(limits) | (s > np.nan_to_num(limits, nan=0.0))
+        expected += list((rows["is_anomaly"].to_numpy() & keep)[5:])
+    assert out["is_anomaly"].tolist() == expected
+    assert 0 < sum(expected) < len(expected)
 
 
 def test_the_settings_are_validated() -> None:

@@ -78,7 +78,7 @@ from loganomaly.models.kind import (
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.device import pick_device
 from loganomaly.runtime.runs import new_run_id, resolve_date
-from loganomaly.scoring.baseline import BaselineRule, driver_inputs, judge_dataframe, judge_table
+from loganomaly.scoring.baseline import BaselineRule, judge_dataframe, judge_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -543,8 +543,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
         if rule is not None:
             # History ends before the first date this run replaces (those dates' old scores go).
             days = dates_to_replace(sorted({d.isoformat() for d in scored_rows.column("date").to_pylist() if d}))
-            groups, history = driver_inputs(lake, bundle.version, days, rule)
-            scored_rows = judge_table(scored_rows, groups, history, rule)
+            scored_rows = judge_table(spark, scored_rows, lake, bundle.version, days, rule)
         counts = arrow_per_date(source, scored_rows, inputs=rows)
 
         def write_local(dates: list[str]) -> tuple[int, int]:
