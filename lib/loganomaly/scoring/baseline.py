@@ -91,7 +91,7 @@ def entity_limits(scores: np.ndarray, min_windows: int, windows: int, k: float) 
     Example:
         >>> limits, n = entity_limits(np.array([1.0, 1.0, 1.0, 5.0]), 3, 10, 3.0)
         >>> np.isnan(limits[:3]).all(), round(float(limits[3]), 3), n.tolist()
-        (True, 1.685, [0, 1, 2, 3])
+        (True, 1.7, [0, 1, 2, 3])
     """
     logs = np.log1p(np.maximum(np.asarray(scores, dtype=np.float64), 0.0))
     limits = np.full(len(logs), np.nan)
