@@ -106,20 +106,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     lake = Lake(spark, cfg.lake.root, cfg.lake.engine)
     version = load_bundle(model_dir).version
     windows = (lake.read("scores").where(F.col("model_version") == F.lit(version))
-               .select(*evaluation.WINDOW_KEYS, "score", "threshold"))
+               .select(*evaluation.WINDOW_KEYS, "score", "threshold", "is_anomaly"))
     _, intervals = evaluation.read_label_file(data.labels_path)
     scored = (evaluation.label_windows_by_intervals(spark, windows, intervals)
               .select("entity", F.unix_timestamp("window_start").alias("start"),
-                      F.unix_timestamp("window_end").alias("end"), "score", "threshold", "label")
+                      F.unix_timestamp("window_end").alias("end"), "score", "threshold", "is_anomaly", "label")
               .toPandas())
     scores, labels = scored["score"].to_numpy(np.float64), scored["label"].to_numpy(np.int64)
     threshold = float(scored["threshold"].iloc[0])
-    flagged = scores > threshold
+    # The stored flags: score > threshold, less what score.entity_baseline cleared.
+    flagged = scored["is_anomaly"].to_numpy(bool)
     start = scored["start"].to_numpy(np.int64)
     days = np.empty(len(scored), dtype=object)
     day_of = [dt.datetime.fromtimestamp(int(s), dt.timezone.utc).date().isoformat() for s in start]
     days[:] = list(zip(scored["entity"], day_of, strict=True))
-    m = metrics_of(scores, labels, threshold, days)
+    m = metrics_of(scores, labels, threshold, days, flagged)
 
     shift_at = {host: int(t.timestamp()) for host, t in data.level_shifts}
     after_shift = np.array([s >= shift_at.get(e, np.iinfo(np.int64).max) for e, s in zip(scored["entity"], start,
