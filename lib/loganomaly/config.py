@@ -388,7 +388,7 @@ class ScoreConfig:
     # ``baseline_windows`` scores (this model's, reaching back ``baseline_days`` days). Why: a busy
     # internal host's normal is not the training hosts' normal, and the model's threshold flags it
     # all day. External addresses keep the model's threshold alone: an attacker repeating itself
-    # must not become its own normal. Off by default; on in the zeek profile.
+    # must not become its own normal. Off by default; on in the zeek profile and (group default) the metrics one.
     entity_baseline: bool = False
     baseline_groups: list[str] = field(default_factory=lambda: ["internal"])
     baseline_min_windows: int = 6
