@@ -540,17 +540,18 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
     if local is not None:
         scored_rows = score_on_driver(kind, bundle, local, source.column, cfg.score.explain_top_k, inference,
                                       sizes.arrow_rows, run_id)
+        # The dates of the rows scored (the same before and after judging), replaced by the writes.
+        replaced = dates_to_replace(sorted({d.isoformat() for d in scored_rows.column("date").to_pylist() if d}))
         if rule is not None:
             # History ends before the first date this run replaces (those dates' old scores go).
-            days = dates_to_replace(sorted({d.isoformat() for d in scored_rows.column("date").to_pylist() if d}))
-            scored_rows = judge_table(spark, scored_rows, lake, bundle.version, days, rule)
+            scored_rows = judge_table(spark, scored_rows, lake, bundle.version, replaced, rule)
         counts = arrow_per_date(source, scored_rows, inputs=rows)
 
         def write_local(dates: list[str]) -> tuple[int, int]:
             write_scores_arrow(lake, scored_rows, dates, run_id)
             return sum(int(r["n"]) for r in counts), sum(int(r["flagged"]) for r in counts)
 
-        return finish(dates_to_replace(r["date"].isoformat() for r in counts), write_local)
+        return finish(replaced, write_local)
 
     # The Spark path. The dates come from the input's Delta log (or, where it cannot be read here,
     # one query of the date column), so the pass can write ``scores`` as it scores.
