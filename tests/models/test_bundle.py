@@ -11,8 +11,9 @@ import torch
 
 from loganomaly.errors import ModelError
 from loganomaly.models import autoencoder, classifier, deeplog
+from loganomaly.models import bundle as bundle_module
 from loganomaly.models.autoencoder import LSTMAutoencoderConfig, window_errors
-from loganomaly.models.bundle import META, WEIGHTS, load_bundle, save_bundle
+from loganomaly.models.bundle import META, WEIGHTS, load_bundle, save_bundle, worker_model
 from loganomaly.models.deeplog import DeepLogBundle
 from loganomaly.models.nextevent import DeepLog, DeepLogConfig
 from loganomaly.models.vocabulary import Vocabulary
@@ -49,6 +50,25 @@ def test_bundle_round_trip_scores_identically_and_version_is_stable(tmp_path: Pa
     save_bundle(tmp_path / "c", other)
     assert other.version != version
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([WEIGHTS, META])  # no temp files left
+
+
+def test_worker_model_loads_shipped_bytes_once_and_leaves_no_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle, raw = make_bundle(seed=3)
+    save_bundle(tmp_path / "m", bundle)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(bundle_module.tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(bundle_module, "_WORKER_MODELS", {})
+    loaded, model, _device = worker_model(bundle.version, files)
+    assert loaded.version == bundle.version
+    np.testing.assert_array_equal(window_errors(model, loaded.normaliser.transform(raw))[0],
+                                  window_errors(bundle.build_model(), bundle.normaliser.transform(raw))[0])
+    assert worker_model(bundle.version, files)[1] is model  # cached per worker
+    assert list(temp.iterdir()) == []  # an executor's temp folder does not fill up, model by model
+    with pytest.raises(ModelError, match="expected"):
+        worker_model("0" * 12, files)
+    assert list(temp.iterdir()) == []
 
 
 @pytest.mark.parametrize("missing", [WEIGHTS, META])

@@ -263,10 +263,12 @@ def worker_model(version: str, files: dict[str, bytes], kind: ModelKind | None =
         torch.set_num_threads(threads)
         log.info("worker %d: torch uses %d threads", os.getpid(), threads)
     if version not in _WORKER_MODELS:
-        directory = tempfile.mkdtemp(prefix=f"loganomaly-model-{version}-")
-        for name, data in files.items():
-            Path(directory, name).write_bytes(data)
-        bundle = load_bundle(directory, kind)
+        # The files only live while they are read: a long-lived executor loads a model per
+        # version and worker, and directories left behind would pile up in its temp folder.
+        with tempfile.TemporaryDirectory(prefix=f"loganomaly-model-{version}-") as directory:
+            for name, data in files.items():
+                Path(directory, name).write_bytes(data)
+            bundle = load_bundle(directory, kind)
         if bundle.version != version:
             raise ModelError(f"model bytes are version {bundle.version}, expected {version}")
         device = pick_device("auto")
