@@ -179,6 +179,11 @@ class FeaturesConfig:
     # every error-level line no template fits). Chosen with the feature list, like templates.
     # The feature model.new_errors reads (BGL profile; README "Detection quality").
     new_errors: bool = False
+    # Network indicators (features ``repeated_failures``, ``unnamed_requests``): the most TCP
+    # attempts to one peer and port that never connected, and HTTP/TLS requests to a bare address
+    # (no host or server name), per step. Malware's habits, not the network's volume, so they
+    # carry to hosts and networks the model never saw (Zeek profile; README "Leave one capture out").
+    network_indicators: bool = False
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and
     # thresholds in the model). Chosen when the feature list is chosen (a new lake, or a refit);

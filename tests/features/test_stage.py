@@ -309,6 +309,61 @@ def conn(ts: dt.datetime, line_no: int, src: str, dst: str, port: int, status: s
                  attributes={"local_orig": orig, "local_resp": resp})
 
 
+def test_network_indicators_count_repeated_attempts_and_requests_to_bare_addresses(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """A bot calling a dead controller: many unanswered TCP attempts to one peer and port in one
+    step, beside what does not count (UDP without reply, resets after a connection, failures
+    spread over peers); HTTP and TLS requests without a host or server name beside named ones."""
+    cfg = config(str(lake.root))
+    cfg.features.entity_features = False
+    cfg.features.network_indicators = True
+    host = "10.0.0.5"
+    t0 = DAY1 + dt.timedelta(minutes=10)
+    rows: list[dict[str, Any]] = []
+
+    def add(offset: int, **fields: Any) -> None:
+        rows.append(event(t0 + dt.timedelta(seconds=offset), len(rows), None, format="zeek", entity=host,
+                          src_addr=host, message=None, **fields))
+
+    for k in range(4):  # the bot: four SYNs without answer to one controller
+        add(k, dst_addr="203.0.113.9", dst_port=1177, status="S0", proto="tcp", component="conn")
+    add(5, dst_addr="203.0.113.9", dst_port=1178, status="REJ", proto="tcp", component="conn")  # other port
+    for k in range(6):  # LLMNR queries: UDP "S0" (no reply) to one multicast address, not attempts
+        add(10 + k, dst_addr="224.0.0.252", dst_port=5355, status="S0", proto="udp", component="dns")
+    for k in range(3):  # reset after connecting: a connection, not a failed attempt
+        add(20 + k, dst_addr="198.51.100.1", dst_port=443, status="RSTO", proto="tcp", component="ssl")
+    http = {"method": "GET", "uri": "/"}
+    add(30, dst_addr="203.0.113.9", dst_port=80, component="http", attributes={**http, "host": "203.0.113.9"})
+    add(31, dst_addr="203.0.113.9", dst_port=80, component="http", attributes=dict(http))  # no Host
+    add(32, dst_addr="2001:db8::1", dst_port=8080, component="http",
+        attributes={**http, "host": "[2001:db8::1]:8080"})
+    add(33, dst_addr="198.51.100.2", dst_port=80, component="http", attributes={**http, "host": "example.org"})
+    add(34, dst_addr="198.51.100.1", dst_port=443, component="ssl", attributes={"established": "true"})  # no SNI
+    add(35, dst_addr="198.51.100.1", dst_port=443, component="ssl",
+        attributes={"established": "true", "server_name": "example.org"})
+    # a conn.log row of service ssl or http is not a request record
+    add(36, dst_addr="198.51.100.1", dst_port=443, status="SF", proto="tcp", component="ssl")
+    add(37, dst_addr="198.51.100.2", dst_port=80, status="SF", proto="tcp", component="http")
+    later = t0 + dt.timedelta(minutes=5)
+    for k in range(3):  # the next step: one failed attempt to each of three peers
+        rows.append(event(later + dt.timedelta(seconds=k), len(rows), None, format="zeek", entity=host,
+                          src_addr=host, message=None, dst_addr=f"198.51.100.{10 + k}", dst_port=445,
+                          status="S0", proto="tcp", component="conn"))
+    write_events(spark, lake, rows)
+
+    summary = featurize.run(spark, cfg, lake=lake, top_templates=0)
+    names = summary.feature_names
+    assert names == feature_names_for([], indicators=True)
+    assert names[-2:] == ["repeated_failures", "unnamed_requests"]
+    v = raw_step(lake, names, host, t0)
+    assert np.expm1(v["repeated_failures"]) == pytest.approx(4)
+    assert np.expm1(v["unnamed_requests"]) == pytest.approx(3 + 1)
+    nxt = raw_step(lake, names, host, later)
+    assert np.expm1(nxt["repeated_failures"]) == pytest.approx(1) and np.expm1(nxt["unnamed_requests"]) == 0
+    # a featurize without the setting keeps the list it has (the table's names)
+    cfg.features.network_indicators = False
+    assert featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names == names
+
+
 def test_entity_features_direction_failures_novelty_baselines_and_groups(spark, lake) -> None:  # type: ignore[no-untyped-def]
     """An internal host with a steady history, then a burst outward; an internet host seen once.
 

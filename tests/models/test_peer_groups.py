@@ -116,6 +116,21 @@ def test_explanations_of_entity_features_are_in_user_units() -> None:
                         "3 new destination ports (first seen) at step 2")
 
 
+def test_explanations_of_network_indicators_are_counts() -> None:
+    from loganomaly.features.windows import feature_names_for
+
+    names = feature_names_for([], indicators=True)
+    f = len(names)
+    x = np.zeros((1, T, f), np.float32)
+    x[0, 3, names.index("repeated_failures")] = np.log1p(40)
+    err = np.zeros((1, T, f))
+    err[0, 3, names.index("repeated_failures")] = 7.0
+    mean = np.zeros(f)
+    mean[names.index("repeated_failures")] = np.log1p(0.5)
+    _, texts = explain(x, err, np.ones(f), mean, names, 1)
+    assert texts[0] == "40 failed attempts to one peer and port at step 4 (normal ~0.5)"
+
+
 def test_the_rank_work_fits_group_normalisers_and_hands_them_to_the_bundle(tmp_path: Path) -> None:
     from loganomaly.config import TrainConfig
     from loganomaly.models.autoencoder import AutoencoderWork

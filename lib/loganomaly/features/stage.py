@@ -63,6 +63,7 @@ from loganomaly.features.layout import LAYOUT_TYPES, NEW_LAYOUT, Layout, layout_
 from loganomaly.features.windows import (
     GROUP_PREFIX,
     HISTORY_STEPS,
+    INDICATOR_FEATURES,
     METRIC_PREFIX,
     NEW_ERRORS,
     OTHER_CATEGORY,
@@ -92,6 +93,13 @@ log = logging.getLogger(__name__)
 
 #: Connection states that mean the connection did not complete normally (Zeek ``conn_state``).
 FAILED_CONN_STATES = ["S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"]
+#: TCP attempts that never became a connection (no SYN-ACK, rejected, or reset/closed before the
+#: handshake finished): ``repeated_failures`` counts these; RSTO/RSTR (reset after it was
+#: established) and UDP's S0 (a datagram without reply, normal for multicast) are not attempts.
+UNESTABLISHED_TCP_STATES = ["S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR"]
+#: An HTTP ``Host`` that is an address, not a name: IPv4 or bracketed IPv6 with an optional port,
+#: or a bare IPv6 address.
+ADDRESS_HOST = r"^(\d{1,3}(\.\d{1,3}){3}(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?|[0-9A-Fa-f]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
 ERROR_LEVELS = ["emerg", "alert", "crit", "err", "error", "fatal", "critical"]
 WARNING_LEVELS = ["warning", "warn"]
 
@@ -377,6 +385,18 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         first = (step == F.col("_ne_step")) & ~tpl.isin(list(known_errors)) if known_errors else (
             step == F.col("_ne_step"))
         new_errors[NEW_ERRORS] = count_if(is_error & (unknown_text | first))
+    indicators: dict[str, Column] = {}
+    if INDICATOR_FEATURES[0] in feature_names:
+        attrs = F.col("attributes")
+        # http.log rows carry a method (a conn.log row of service http does not); ssl.log rows an
+        # ``established`` or ``version`` field. Unset fields are absent from the attributes.
+        host = F.trim(attrs["host"])
+        unnamed_http = attrs["method"].isNotNull() & (
+            host.isNull() | (host == "") | host.rlike(ADDRESS_HOST))
+        server = F.trim(attrs["server_name"])
+        unnamed_tls = (F.lower(F.col("component")) == "ssl") & (
+            attrs["established"].isNotNull() | attrs["version"].isNotNull()) & (server.isNull() | (server == ""))
+        indicators["unnamed_requests"] = count_if(F.coalesce(unnamed_http | unnamed_tls, F.lit(False)))
     aggregates: dict[str, Column] = {
         "connections": F.sum(is_conn.cast("long")),
         "log_lines": F.sum((~is_conn).cast("long")),
@@ -394,6 +414,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         UNKNOWN_TEMPLATES: count_if((tpl == UNKNOWN_TEMPLATE_ID) & F.col("message").isNotNull()),
         **{TEMPLATE_PREFIX + t: count_if(tpl == t) for t in templates},
         **new_errors,
+        **indicators,
         # try_cast: a metric cell that is not a number is missing, not a failed job (ANSI mode).
         **{METRIC_PREFIX + m: F.avg(F.col("attributes")[m].try_cast("double")) for m in metrics},
     }
@@ -424,6 +445,17 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
             *[expr.alias(aliases[name]) for name, expr in aggregates.items()],
         )
     )
+    if indicators:
+        # The step's most never-established TCP attempts to one (peer, port): counted per peer
+        # first, then the largest per (entity, step), joined back (a step without one gets 0).
+        attempts = (
+            valid.where((F.lower(F.col("proto")) == "tcp") & F.col("status").isin(UNESTABLISHED_TCP_STATES)
+                        & F.col("dst_addr").isNotNull())
+            .groupBy("entity", step.alias("step"), "dst_addr", "dst_port").agg(F.count(F.lit(1)).alias("_rf"))
+            .groupBy("entity", "step").agg(F.max("_rf").alias("_rf"))
+        )
+        agg = agg.join(attempts, ["entity", "step"], "left")
+        aliases["repeated_failures"] = "_rf"
     novelty = {"new_peers": F.col("dst_addr"), "new_ports": F.col("dst_port").cast("string"),
                "new_services": F.when(is_conn, F.col("component")),
                "new_templates": F.when(known, tpl)}
@@ -805,7 +837,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                                          cfg.features.default_group).names
                   if cfg.features.entity_features else None)
         names = feature_names_for(chosen, cfg.features.metrics, groups, categories,
-                                  cfg.features.metric_levels or groups is None, cfg.features.new_errors, counts)
+                                  cfg.features.metric_levels or groups is None, cfg.features.new_errors, counts,
+                                  cfg.features.network_indicators)
         log.info(
             "featurize: chose %s from events before %s%s",
             f"{len(chosen)} frequent templates" if counts else "no template counts (features.template_counts off)",

@@ -61,6 +61,14 @@ UNKNOWN_TEMPLATES = "tpl:unknown"
 #: from the training lake (``pipeline --train-input/--score-input``) has only its own history, so
 #: there a known template's first error in it counts as new too.
 NEW_ERRORS = "new_errors"
+#: Network indicators (``features.network_indicators``): what malware does on any network, in
+#: counts that do not depend on how busy the network is. ``repeated_failures``: the most TCP
+#: attempts from the entity to one peer and port in the step that were never established (Zeek
+#: ``conn_state`` S0, REJ, RSTOS0, RSTRH, SH, SHR), a bot calling a dead controller or a password
+#: guesser; a workstation's failures are spread over peers. ``unnamed_requests``: HTTP requests
+#: without a host name (no ``Host``, or an address literal) and TLS sessions without a server name
+#: (SNI), traffic to hard-coded addresses, where browsers and updaters name their servers.
+INDICATOR_FEATURES: list[str] = ["repeated_failures", "unnamed_requests"]
 #: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
@@ -98,6 +106,11 @@ NOVELTY_UNITS: dict[str, str] = {
     "new_templates": "new templates",
     NEW_ERRORS: "error-level events of a new kind",
 }
+#: The network indicators in words, for explanations ("40 failed attempts to one peer and port").
+INDICATOR_UNITS: dict[str, str] = {
+    "repeated_failures": "failed attempts to one peer and port",
+    "unnamed_requests": "requests without a host or server name",
+}
 #: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the
 #: relative features stand on; below ``features.baseline_min_steps`` they use the peer group's.
 HISTORY_STEPS = "history_steps"
@@ -130,7 +143,7 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 def feature_names_for(
     template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
     categories: Mapping[str, Sequence[str]] | None = None, metric_levels: bool = True,
-    new_errors: bool = False, template_counts: bool = True,
+    new_errors: bool = False, template_counts: bool = True, indicators: bool = False,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
 
@@ -141,7 +154,8 @@ def feature_names_for(
     ``cat:<field>=<other>`` per field after the metrics. ``groups`` (peer group names) adds the entity features: :data:`NETWORK_FEATURES` after the
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
-    models keep working). ``new_errors`` adds :data:`NEW_ERRORS` after ``tpl:unknown``.
+    models keep working). ``new_errors`` adds :data:`NEW_ERRORS` after ``tpl:unknown``, and
+    ``indicators`` :data:`INDICATOR_FEATURES` after that.
     ``metric_levels=False`` (``features.metric_levels``, only with
     ``groups``) leaves the metrics' own levels out: each metric is then only its ``rel:`` twin.
 
@@ -158,6 +172,7 @@ def feature_names_for(
         *(TEMPLATE_PREFIX + t for t in template_ids),
         *([OTHER_TEMPLATES, UNKNOWN_TEMPLATES] if template_counts else []),
         *([NEW_ERRORS] if new_errors else []),
+        *(INDICATOR_FEATURES if indicators else []),
         *(METRIC_PREFIX + m for m in metrics if metric_levels),
     ]
     for name, values in (categories or {}).items():
@@ -231,12 +246,13 @@ def feature_templates(names: Sequence[str]) -> list[str]:
     groups = feature_groups(names)
     levels = has_metric_levels(names) or groups is None
     if list(names) != feature_names_for(templates, feature_metrics(names), groups, feature_categories(names),
-                                        levels, NEW_ERRORS in names, UNKNOWN_TEMPLATES in names):
+                                        levels, NEW_ERRORS in names, UNKNOWN_TEMPLATES in names,
+                                        INDICATOR_FEATURES[0] in names):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
             f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} "
             "(all three left out without template counts), "
-            f"optionally {NEW_ERRORS!r}, metrics ({METRIC_PREFIX}<name>), category counts "
+            f"optionally {NEW_ERRORS!r}, optionally {INDICATOR_FEATURES}, metrics ({METRIC_PREFIX}<name>), category counts "
             f"({CATEGORY_PREFIX}<field>=<value>, each "
             f"field ending with ={OTHER_CATEGORY}) and, with entity features, {HISTORY_STEPS!r}, "
             f"{RELATIVE_PREFIX}<feature> and {GROUP_PREFIX}<group>"

@@ -28,6 +28,7 @@ from loganomaly.errors import ModelError
 from loganomaly.features.split import Shard, ShardPlan, Split
 from loganomaly.features.windows import (
     CATEGORY_PREFIX,
+    INDICATOR_UNITS,
     NOVELTY_UNITS,
     OTHER_CATEGORY,
     RELATIVE_PREFIX,
@@ -391,6 +392,8 @@ def explain(
         name = names[f]
         if name in NOVELTY_UNITS:
             return f"{o:.3g} {NOVELTY_UNITS[name]} (first seen) at step {s + 1}"
+        if name in INDICATOR_UNITS:
+            return f"{o:.3g} {INDICATOR_UNITS[name]} at step {s + 1} (normal ~{normal[n, f]:.3g})"
         if name.startswith(CATEGORY_PREFIX):
             field, _, category = name[len(CATEGORY_PREFIX):].partition("=")
             what = f"another {field}" if category == OTHER_CATEGORY else f"{field}={category}"
