@@ -58,6 +58,8 @@ from loganomaly.lake.snapshot import Snapshot
 from loganomaly.lake.tables import Lake
 from loganomaly.models.baselines import make_baseline
 from loganomaly.models.bundle import load_bundle
+from loganomaly.models.indicators import Indicators, signal_only_columns
+from loganomaly.models.window import alert_budget
 from loganomaly.scoring.baseline import HISTORY, BaselineRule, baseline_groups, judge_columns
 from loganomaly.training.readers.arrow import ShardReader
 
@@ -179,16 +181,17 @@ def _train_windows(spark: Any, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     return ShardReader(train_plan, 0, 1).load().x, ShardReader(val_plan, 0, 1, equal=False).load().x
 
 
-def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray]:
-    """(window keys DataFrame rows as pandas, windows ``[N, T, F]``) of the scoring lake."""
+def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray, list[str]]:
+    """(window keys DataFrame rows as pandas, windows ``[N, T, F]``, feature names) of the scoring lake."""
     from deltalake import DeltaTable
 
     table = DeltaTable(str(Path(cfg.lake.root) / "sequences")).to_pyarrow_table(
-        columns=["entity", "window_start", "window_end", "n_steps", "n_features", "features"])
+        columns=["entity", "window_start", "window_end", "n_steps", "n_features", "feature_names", "features"])
     keys = table.select(["entity", "window_start", "window_end"]).to_pandas()
     steps, feats = int(table.column("n_steps")[0].as_py()), int(table.column("n_features")[0].as_py())
+    names = [str(n) for n in table.column("feature_names")[0].as_py()]
     # Either stored layout (binary float32 tensors, or array<float> in older lakes).
-    return keys, decode_windows(table.column("features"), steps, feats).copy()
+    return keys, decode_windows(table.column("features"), steps, feats).copy(), names
 
 
 def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray,
@@ -214,11 +217,15 @@ def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray,
             out["is_anomaly"].to_numpy(bool)[known])
 
 
-def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: float) -> np.ndarray:
-    """A baseline's flags as the product would store them: ``score > threshold``, then, with
+def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: float,
+           habits: np.ndarray | None = None) -> np.ndarray:
+    """A baseline's flags as the product would store them: ``score > threshold`` or, with
+    ``model.network_indicators``, an indicator past its threshold (``habits``); then, with
     ``score.entity_baseline``, the same per-entity rule (:mod:`loganomaly.scoring.baseline`) over
-    its own scores, so its FPR and recall columns compare with the LSTM's."""
-    flags = scores > threshold
+    its own scores, which leaves the indicators' flags alone, so its FPR and recall columns compare
+    with the LSTM's."""
+    habit = np.zeros(len(scores), dtype=bool) if habits is None else habits
+    flags = (scores > threshold) | habit
     rule = BaselineRule.from_config(cfg)
     if rule is None:
         return flags
@@ -226,8 +233,9 @@ def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: fl
 
     frame = keys[["entity", "window_start"]].copy()
     frame["score"], frame["is_anomaly"], frame["_row"] = scores.astype(np.float64), flags, np.arange(len(frame))
+    frame["top_features"] = [["repeated_failures"] if h else [] for h in habit]  # what the rule reads
     rows = spark.createDataFrame(frame, "entity string, window_start timestamp, score double, is_anomaly boolean, "
-                                        "_row long").withColumn("explanation", F.lit(""))
+                                        "_row long, top_features array<string>").withColumn("explanation", F.lit(""))
     groups = baseline_groups(Lake(spark, cfg.lake.root, cfg.lake.engine), rule)
     if groups is None:
         return flags
@@ -241,7 +249,16 @@ def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: fl
 def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed: int) -> dict[str, Scored]:
     """Fit, calibrate and judge each baseline; returns each one's labelled windows."""
     train_x, val_x = _train_windows(spark, cfg)
-    keys, test_x = _scored_windows(spark, cfg)
+    keys, test_x, names = _scored_windows(spark, cfg)
+    habits = None
+    ignored = signal_only_columns(cfg, names)
+    if ignored:
+        # As for the LSTM: the indicators are a signal of their own, calibrated on the same
+        # validation windows, and the detector does not see them.
+        signal = Indicators.calibrate(val_x, names, alert_budget(cfg))
+        habits = signal.ratios(signal.totals(test_x, names)).max(axis=1) > 1.0
+        for x in (train_x, val_x, test_x):
+            x[:, :, ignored] = 0.0
     out: dict[str, Scored] = {}
     for name in BASELINES:
         started = time.perf_counter()
@@ -249,7 +266,7 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
         detector = make_baseline(name, **params).fit(train_x, cfg.train.std_floor)
         threshold = detector.calibrate(val_x, cfg.train.threshold_quantile)
         raw = detector.score(test_x)
-        scores, labels, days, flags = _label_by_events(spark, cfg, keys, raw, _flags(spark, cfg, keys, raw, threshold))
+        scores, labels, days, flags = _label_by_events(spark, cfg, keys, raw, _flags(spark, cfg, keys, raw, threshold, habits))
         m = _metrics(scores, labels, threshold, days, flags)
         note = "; the per-entity rule applied to its flags" if cfg.score.entity_baseline else ""
         result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s{note}")

@@ -191,6 +191,13 @@ def test_the_default_std_floor_is_the_normalisers_and_only_nslkdd_raises_it() ->
     assert load_config(profile="nslkdd", conf_dir=CONF).train.std_floor > STD_FLOOR
 
 
+def test_network_indicators_are_on_in_the_zeek_profile_only() -> None:
+    zeek = load_config(profile="zeek", conf_dir=CONF)
+    assert zeek.features.network_indicators and zeek.model.network_indicators
+    plain = load_config(conf_dir=CONF)
+    assert not plain.features.network_indicators and not plain.model.network_indicators
+
+
 def test_template_counts_are_off_only_in_the_zeek_profile_and_refused_with_the_unseen_share() -> None:
     assert load_config(conf_dir=CONF).features.template_counts is True
     assert load_config(profile="bgl", conf_dir=CONF).features.template_counts is True

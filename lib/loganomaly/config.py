@@ -272,6 +272,11 @@ class ModelConfig:
     # Off by default.
     new_errors: bool = False
     new_errors_warmup: float = 0.25
+    # autoencoder: a signal of network indicators (features.network_indicators; loganomaly.models.
+    # indicators): the model does not see those features, each is judged as a count per window
+    # against twice the alert-budget quantile of the validation windows (at least 3). A window it
+    # flags keeps its flag under score.entity_baseline. Off by default; on in the zeek profile.
+    network_indicators: bool = False
     # autoencoder: how the window score weighs each feature's squared reconstruction error.
     # ``none``: the plain mean over features and steps. ``typical``: each feature's error divided
     # by its typical error on the normal validation windows before the mean (a standardised
@@ -662,6 +667,14 @@ def validate(cfg: Config) -> None:
         (
             not cfg.model.new_errors or cfg.features.new_errors,
             "model.new_errors reads the new_errors feature: set features.new_errors=true as well",
+        ),
+        (
+            not cfg.model.network_indicators or cfg.model.kind == "autoencoder",
+            f"model.network_indicators is a signal of model.kind=autoencoder; model.kind={cfg.model.kind} has none",
+        ),
+        (
+            not cfg.model.network_indicators or cfg.features.network_indicators,
+            "model.network_indicators reads the indicator features: set features.network_indicators=true as well",
         ),
         (
             cfg.model.error_scale == "none" or cfg.model.kind == "autoencoder",

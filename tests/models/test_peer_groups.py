@@ -128,7 +128,7 @@ def test_explanations_of_network_indicators_are_counts() -> None:
     mean = np.zeros(f)
     mean[names.index("repeated_failures")] = np.log1p(0.5)
     _, texts = explain(x, err, np.ones(f), mean, names, 1)
-    assert texts[0] == "40 failed attempts to one peer and port at step 4 (normal ~0.5)"
+    assert texts[0] == "40 repeated failed attempts to one peer and port at step 4 (normal ~0.5)"
 
 
 def test_the_rank_work_fits_group_normalisers_and_hands_them_to_the_bundle(tmp_path: Path) -> None:

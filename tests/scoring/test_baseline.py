@@ -27,7 +27,7 @@ T0 = dt.datetime(2024, 3, 5, tzinfo=dt.timezone.utc)
 
 
 def _frame(scores: list[float], threshold: float, group: str | None, history: int = 0,
-           entity: str = "h") -> pd.DataFrame:
+           entity: str = "h", tops: list[list[str]] | None = None) -> pd.DataFrame:
     n = len(scores)
     return pd.DataFrame({
         "entity": [entity] * n,
@@ -36,6 +36,7 @@ def _frame(scores: list[float], threshold: float, group: str | None, history: in
         "threshold": [threshold] * n,
         "is_anomaly": [s > threshold or math.isnan(s) for s in scores],
         "explanation": ["error" if s > threshold or math.isnan(s) else "" for s in scores],
+        "top_features": tops if tops is not None else [["events"] if s > threshold else [] for s in scores],
         HISTORY: [i < history for i in range(n)],
         GROUP: [group] * n,
     })
@@ -43,7 +44,7 @@ def _frame(scores: list[float], threshold: float, group: str | None, history: in
 
 def _judge(spark, frame: pd.DataFrame, rule: BaselineRule = RULE) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     ddl = ("entity string, window_start timestamp, score double, threshold double, is_anomaly boolean, "
-           f"explanation string, {HISTORY} boolean, {GROUP} string")
+           f"explanation string, top_features array<string>, {HISTORY} boolean, {GROUP} string")
     from pyspark.sql import functions as F
 
     rows = spark.createDataFrame(frame.sample(frac=1.0, random_state=0), ddl)  # any order in
@@ -75,13 +76,27 @@ def test_a_busy_internal_host_is_flagged_only_where_it_leaves_its_own_normal(spa
     scores = [10.0, 12.0, 11.0, 10.0, 13.0, 11.0, 90.0, 12.0]
     out = _judge(spark, _frame(scores, 1.0, "internal"))
     assert out["is_anomaly"].tolist() == [True, True, True, False, False, False, True, False]
-    assert list(out.columns) == ["entity", "window_start", "score", "threshold", "is_anomaly", "explanation"]
+    assert list(out.columns) == ["entity", "window_start", "score", "threshold", "is_anomaly", "explanation",
+                                 "top_features"]
     notes = out["explanation"].tolist()
     assert notes[0] == "error; peer group internal: judged by the model's threshold alone (0 earlier windows, " \
                        "a baseline needs 3)"
     assert notes[3].startswith("error; peer group internal: within its own baseline (limit ") and \
         notes[3].endswith("from its last 3 windows), so not flagged")
     assert "peer group internal: above its own baseline (limit" in notes[6] and "last 4 windows" in notes[6]
+
+
+@pytest.mark.spark
+def test_a_window_a_network_indicator_flagged_keeps_its_flag(spark) -> None:  # type: ignore[no-untyped-def]
+    """A bot calling its controller every window: its scores are its own normal after three
+    windows, but the indicator's flags stay; a window the error alone flagged is still judged."""
+    scores = [30.0, 31.0, 30.0, 30.5, 31.0, 30.0]
+    tops = [["repeated_failures", "events"]] * 5 + [["events", "connections"]]
+    out = _judge(spark, _frame(scores, 1.0, "internal", tops=tops))
+    assert out["is_anomaly"].tolist() == [True] * 5 + [False]
+    assert out["explanation"][4] == ("error; peer group internal: a network indicator flagged it, which its own "
+                                     "baseline does not excuse")
+    assert "within its own baseline" in out["explanation"][5]
 
 
 @pytest.mark.spark

@@ -106,9 +106,9 @@ NOVELTY_UNITS: dict[str, str] = {
     "new_templates": "new templates",
     NEW_ERRORS: "error-level events of a new kind",
 }
-#: The network indicators in words, for explanations ("40 failed attempts to one peer and port").
+#: The network indicators in words, for explanations ("40 repeated failed attempts to one peer and port").
 INDICATOR_UNITS: dict[str, str] = {
-    "repeated_failures": "failed attempts to one peer and port",
+    "repeated_failures": "repeated failed attempts to one peer and port",
     "unnamed_requests": "requests without a host or server name",
 }
 #: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the

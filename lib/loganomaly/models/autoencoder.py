@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ from loganomaly.features.windows import (
     signed_expm1,
 )
 from loganomaly.models.common import check_dropout, check_positive_ints, forward_batches, strict_from_dict
+from loganomaly.models.indicators import INDICATOR_TEXT, Indicators
 from loganomaly.models.kind import Inference, scored_batch
 from loganomaly.models.new_errors import NewErrors, warm_mask
 from loganomaly.models.normaliser import Normaliser
@@ -347,6 +348,7 @@ def explain(
     top_k: int,
     log1p: bool = True,
     prefixes: list[str] | None = None,
+    ignored: Sequence[int] = (),
 ) -> tuple[list[list[str]], list[str]]:
     """Name the features whose error most exceeds their typical (validation) error, in user units.
 
@@ -364,6 +366,7 @@ def explain(
         top_k: features named per window.
         log1p: whether features are stored as log1p (then values are shown as expm1).
         prefixes: per window, text put first (which peer group and baseline judged it).
+        ignored: feature columns the model does not see (never named: their error says nothing).
 
     Entity features read in their own units: a novelty count as ``3 new destination ports (first
     seen)``, a relative feature as the value against the baseline it was compared with
@@ -374,6 +377,9 @@ def explain(
     # Floor: a feature that never varied in training (errors on a quiet day) has ~0 typical
     # error; the ratio would be astronomic and say nothing more than "unusual".
     ratio = per_feature / np.maximum(typical, TYPICAL_ERROR_FLOOR)
+    if len(ignored):
+        ratio[:, list(ignored)] = -np.inf
+        top_k = min(top_k, ratio.shape[1] - len(set(ignored)))
     order = np.argsort(-ratio, axis=1)[:, :top_k]  # [N, K]
     rows = np.arange(len(order))[:, None]
     step = per_step_error.argmax(axis=1)[rows, order]  # [N, K]: each named feature's worst step
@@ -516,6 +522,18 @@ class AutoencoderKind(WindowKind):
         return NewErrors.calibrate(val_raw, names, keep, alert_budget(cfg) if budget is None else budget,
                                    cfg.model.new_errors_warmup)
 
+    def calibrate_indicators(self, val_raw: np.ndarray, names: list[str], cfg: Config,
+                             budget: float | None = None) -> Indicators | None:
+        """With ``model.network_indicators``: the count thresholds on the validation windows.
+
+        Not on the screened windows (as the new-error signal): screening reads the reconstruction
+        error, which these features do not enter, and leaving windows out would read normal
+        operation as quieter than it is.
+        """
+        if not cfg.model.network_indicators:
+            return None
+        return Indicators.calibrate(val_raw, names, alert_budget(cfg) if budget is None else budget)
+
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
                         previous_flagged: np.ndarray | None = None, budget: float | None = None) -> float | None:
         return screened_threshold(val_scores, cfg, previous_flagged, budget)[0]
@@ -553,6 +571,11 @@ class AutoencoderKind(WindowKind):
         if novel is not None:
             n_new = novel.of(x, bundle.feature_names, log1p)
             by_share = by_share | (n_new > novel.threshold)
+        habits = bundle.indicators
+        if habits is not None:
+            totals = habits.totals(x, bundle.feature_names, log1p)
+            ratio = habits.ratios(totals).max(axis=1)
+            by_share = by_share | (ratio > 1.0)
         if bundle.peers is None:
             normalised = bundle.normaliser.transform(x)
             mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
@@ -575,7 +598,9 @@ class AutoencoderKind(WindowKind):
             scores = combined_scores(scores, share, float(bundle.threshold), unseen.threshold)
         if novel is not None:
             scores = combined_scores(scores, n_new, float(bundle.threshold), novel.threshold)
-        if unseen is not None or novel is not None:
+        if habits is not None:
+            scores = combined_scores(scores, ratio, float(bundle.threshold), 1.0)
+        if unseen is not None or novel is not None or habits is not None:
             def passed(i: int) -> list[str]:
                 """The texts of the count signals that passed their thresholds on window ``i``."""
                 out = []
@@ -584,6 +609,8 @@ class AutoencoderKind(WindowKind):
                                + share_text(n_unseen[i], n_events[i], share[i], unseen.threshold))
                 if novel is not None and n_new[i] > novel.threshold:
                     out.append("new error kinds: " + novel.text(n_new[i]))
+                if habits is not None and ratio[i] > 1.0:
+                    out.append(INDICATOR_TEXT + habits.text(totals[i]))
                 return out
 
             prefixes = [self._signals(error[i], float(bundle.threshold), passed(i),
@@ -593,7 +620,16 @@ class AutoencoderKind(WindowKind):
         texts: list[str] = []
         if len(flagged):
             typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-            tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p, prefixes)
+            tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p, prefixes,
+                                  bundle.normaliser.ignored)
+            if habits is not None:
+                # The indicators that flagged a window come first: what decided, and what the
+                # per-entity score baseline reads to leave the flag alone.
+                def first(i: int, top: list[str]) -> list[str]:
+                    passed = habits.passed(totals[i])
+                    return [*passed, *(n for n in top if n not in passed)]
+
+                tops = [first(i, top) for i, top in zip(flagged.tolist(), tops, strict=True)]
         return scored_batch(scores, flagged, list(tops), list(texts))
 
     @staticmethod

@@ -7,8 +7,10 @@ the training windows only, so validation and scoring data never leak into the mo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,16 +51,29 @@ class Normaliser:
     Attributes:
         mean: per-feature mean, length F.
         std: per-feature standard deviation (floored at :data:`STD_FLOOR`), length F.
+        ignored: features the model does not see: ``transform`` sets them to 0 (their mean), so
+            they carry no information and add no reconstruction error. Count signals read them
+            from the raw windows instead (``model.network_indicators``): counts that are 0 in
+            almost every normal window would otherwise dominate the error of any window where
+            they are 1 or 2 (mean and std still describe them, for explanations).
     """
 
     mean: list[float]
     std: list[float]
+    ignored: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or not self.mean:
             raise ModelError(f"normaliser needs equal, non-empty mean and std, got {len(self.mean)} and {len(self.std)}")
         if not all(np.isfinite(self.mean)) or not all(np.isfinite(self.std)) or min(self.std) <= 0:
             raise ModelError("normaliser mean must be finite and std finite and > 0")
+        if any(not isinstance(i, int) or not 0 <= i < len(self.mean) for i in self.ignored) \
+                or len(set(self.ignored)) != len(self.ignored):
+            raise ModelError(f"normaliser's ignored features {self.ignored} are not distinct columns of {len(self.mean)}")
+
+    def ignoring(self, columns: Sequence[int]) -> Normaliser:
+        """The same statistics with ``columns`` ignored (see the class docstring)."""
+        return dataclasses.replace(self, ignored=sorted(int(c) for c in columns))
 
     @classmethod
     def fit(cls, x: np.ndarray, std_floor: float = STD_FLOOR) -> Normaliser:
@@ -94,20 +109,28 @@ class Normaliser:
         # float32 anyway; the values differ from float64 arithmetic by a float32 rounding or two.
         out = np.subtract(x, np.asarray(self.mean, dtype=np.float32), dtype=np.float32)
         out /= np.asarray(self.std, dtype=np.float32)
+        if self.ignored:
+            out[..., self.ignored] = 0.0
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+        """Plain dict for JSON (``ignored`` only when set: older bundles keep their bytes and versions)."""
+        out: dict[str, Any] = {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+        if self.ignored:
+            out["ignored"] = [int(i) for i in self.ignored]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normaliser:
         """Rebuild from :meth:`to_dict`; ModelError on missing or malformed values."""
         try:
-            unknown = sorted(set(data) - {"mean", "std"})
+            unknown = sorted(set(data) - {"mean", "std", "ignored"})
             if unknown:
-                raise ModelError(f"unknown normaliser keys {unknown}; valid keys: mean, std")
-            return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]])
+                raise ModelError(f"unknown normaliser keys {unknown}; valid keys: mean, std, ignored")
+            ignored = data.get("ignored", [])
+            if not isinstance(ignored, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ignored):
+                raise ModelError(f"normaliser's ignored must be a list of column numbers, got {ignored!r}")
+            return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]], list(ignored))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"invalid normaliser: {exc!r}") from None
 

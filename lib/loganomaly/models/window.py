@@ -48,6 +48,7 @@ from loganomaly.features.stage import error_templates
 from loganomaly.features.windows import FEATURE_NAMES, GROUP_PREFIX, HISTORY_STEPS, feature_groups
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
+from loganomaly.models.indicators import Indicators, signal_only_columns
 from loganomaly.models.kind import (
     Bundle,
     Inference,
@@ -210,6 +211,8 @@ class ModelBundle:
             None for bundles without it, which score exactly as before.
         new_errors: the calibrated new-error signal (``model.new_errors``, autoencoder); None
             for bundles without it.
+        indicators: the calibrated network-indicator signal (``model.network_indicators``,
+            autoencoder); None for bundles without it.
     """
 
     model_cfg: Any
@@ -225,6 +228,7 @@ class ModelBundle:
     peers: PeerGroups | None = None
     unseen: UnseenShare | None = None
     new_errors: NewErrors | None = None
+    indicators: Indicators | None = None
 
     @property
     def kind(self) -> str:
@@ -325,6 +329,8 @@ class WindowWork(RankWork):
     std_floor: float = STD_FLOOR
     #: Keep these group normalisers (continuing a model's training) instead of fitting them.
     group_normalisers: dict[str, Normaliser] | None = None
+    #: Feature columns the model does not see (read by count signals only; Normaliser.ignored).
+    ignored: list[int] = field(default_factory=list)
     #: Whether the task needs each window's class (``sequences.n_abnormal``) from the reader.
     needs_labels = False
 
@@ -359,6 +365,9 @@ class WindowWork(RankWork):
         if own is None and self.group_columns:
             own = fit_group_normalisers(shard.x, group_index(shard.x, self.group_columns), self.group_names,
                                         self.group_min_windows, comm, self.std_floor)
+        if self.ignored:
+            normaliser = normaliser.ignoring(self.ignored)
+            own = {k: v.ignoring(self.ignored) for k, v in own.items()} if own is not None else None
         peers = PeerGroups(self.group_names, self.group_columns, own or {}, {}, 0.0, 0) if self.group_columns else None
 
         def apply(x: np.ndarray) -> np.ndarray:
@@ -465,6 +474,11 @@ class WindowKind(ModelKind):
         """The kind's new-error signal from the raw validation windows and their starts, or None (the default)."""
         return None
 
+    def calibrate_indicators(self, val_raw: np.ndarray, names: list[str], cfg: Config,
+                             budget: float | None = None) -> Indicators | None:
+        """The kind's network-indicator signal from the raw validation windows, or None (the default)."""
+        return None
+
     def flagged_by(self, previous: ModelBundle, x: np.ndarray, device: torch.device) -> np.ndarray:
         """Which raw windows ``x`` the previous bundle flags (its own normaliser, groups and threshold)."""
         model = previous.build_model(device).eval()
@@ -525,6 +539,7 @@ class WindowKind(ModelKind):
         previous = self.previous_bundle(cfg, model_dir, model_cfg, feature_names)
         work = self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg)
         work.std_floor = cfg.train.std_floor
+        work.ignored = signal_only_columns(cfg, feature_names)
         groups = feature_groups(feature_names)
         if groups:
             work.group_names = list(groups)
@@ -609,6 +624,12 @@ class WindowKind(ModelKind):
         if new_errors is not None:
             metrics["new_errors"] = {"threshold": new_errors.threshold, "calibrated": new_errors.calibrated,
                                      "validation_with_new": new_errors.validation_with_new}
+        indicators = self.calibrate_indicators(val_shard.x, names, cfg,
+                                               period.budget(cfg) if period is not None else None)
+        if indicators is not None:
+            metrics["network_indicators"] = {"thresholds": dict(zip(indicators.names, indicators.thresholds, strict=True)),
+                                             "validation_max": dict(zip(indicators.names, indicators.validation_max,
+                                                                        strict=True))}
         metrics = {"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch, **metrics,
                    "val_score_quantiles": quantiles(val_scores)}
         if previous is not None:
@@ -687,6 +708,7 @@ class WindowKind(ModelKind):
             peers=peers,
             unseen=unseen,
             new_errors=new_errors,
+            indicators=indicators,
         )
 
     def summary(self, bundle: Bundle) -> dict[str, Any]:
@@ -721,6 +743,7 @@ class WindowKind(ModelKind):
             # Likewise only bundles with the unseen-template signal (model.unseen_share).
             **({"unseen_share": bundle.unseen.to_dict()} if bundle.unseen is not None else {}),
             **({"new_errors": bundle.new_errors.to_dict()} if bundle.new_errors is not None else {}),
+            **({"indicators": bundle.indicators.to_dict()} if bundle.indicators is not None else {}),
         }
 
     @abstractmethod
@@ -742,6 +765,7 @@ class WindowKind(ModelKind):
             peers=PeerGroups.from_dict(meta["peers"]) if meta.get("peers") is not None else None,
             unseen=UnseenShare.from_dict(meta["unseen_share"]) if meta.get("unseen_share") is not None else None,
             new_errors=NewErrors.from_dict(meta["new_errors"]) if meta.get("new_errors") is not None else None,
+            indicators=Indicators.from_dict(meta["indicators"]) if meta.get("indicators") is not None else None,
         )
 
     def check_bundle(self, bundle: Bundle) -> None:
@@ -762,6 +786,10 @@ class WindowKind(ModelKind):
                 raise ModelError(f"unseen-template share reads {missing or [EVENTS]}, not among the feature names")
         if bundle.new_errors is not None and NEW_ERRORS not in bundle.feature_names:
             raise ModelError(f"the new-error signal reads {NEW_ERRORS!r}, not among the feature names")
+        if bundle.indicators is not None:
+            missing = [n for n in bundle.indicators.names if n not in bundle.feature_names]
+            if missing:
+                raise ModelError(f"the network-indicator signal reads {missing}, not among the feature names")
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
@@ -833,4 +861,9 @@ class WindowKind(ModelKind):
             facts.append(("new error kinds threshold", f"{bundle.new_errors.threshold:.3g} (calibrated "
                           f"{bundle.new_errors.calibrated:.3g}; {bundle.new_errors.validation_with_new} of "
                           f"{bundle.new_errors.validation_windows} validation windows after the warm-up held one)"))
+        if bundle.indicators is not None:
+            ind = bundle.indicators
+            facts.append(("network indicator thresholds", "; ".join(
+                f"{n} {t:.3g} (at most {m:.0f} in {ind.validation_windows} validation windows)"
+                for n, t, m in zip(ind.names, ind.thresholds, ind.validation_max, strict=True))))
         return facts

@@ -16,6 +16,9 @@ threshold alone, even with history: a scanner or a command-and-control peer that
 for hours must not become its own normal (an attacker could train it), and a transient address
 has no identity worth a baseline. An entity with fewer than ``min_windows`` earlier scored
 windows (a new host) is judged by the model's threshold alone, as its peers are: the cold start.
+A window a network indicator flagged (``model.network_indicators``: it names the indicator in
+``top_features``) keeps its flag too: the rule excuses a host's usual volume, and a bot calling its
+controller from its first window on would otherwise become its own normal after six.
 
 History is this model version's ``scores`` of the entity from ``baseline_days`` before the first
 date scored up to it, then the run's own earlier windows, in time order, so a nightly run and one
@@ -45,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 
 from loganomaly.config import Config
+from loganomaly.features.windows import INDICATOR_FEATURES
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 
@@ -131,11 +135,15 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
     spread = F.greatest((q[2] - q[0]) / F.lit(_IQR_SIGMAS), F.lit(SPREAD_FLOOR))
     limit = F.expm1(q[1] + F.lit(rule.k) * spread)
     in_group = F.coalesce(group.isin(list(rule.groups)), F.lit(False))
-    judged = in_group & (n >= F.lit(rule.min_windows))
+    habit = F.coalesce(F.arrays_overlap(F.col("top_features"), F.array(*map(F.lit, INDICATOR_FEATURES))),
+                       F.lit(False))
+    judged = in_group & (n >= F.lit(rule.min_windows)) & ~habit
     flag = F.col("is_anomaly") & (F.isnan(score) | score.isNull() | ~judged | (score > limit))
     where = F.format_string("its own baseline (limit %.4g from its last %d windows)", limit, n)
     note = (
         F.when(~in_group | ~F.col("is_anomaly"), F.lit(None))
+        .when(habit, F.concat(F.lit("peer group "), group,
+                              F.lit(": a network indicator flagged it, which its own baseline does not excuse")))
         .when(~judged, F.format_string("peer group %s: judged by the model's threshold alone (%d earlier "
                                        "windows, a baseline needs %d)", group, n, F.lit(rule.min_windows)))
         .when(flag, F.concat(F.lit("peer group "), group, F.lit(": above "), where))

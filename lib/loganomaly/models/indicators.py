@@ -1,0 +1,167 @@
+"""Network indicators: malware's habits as a signal of their own, beside the reconstruction error.
+
+Why a signal of its own. Held out of training, two Zeek captures were missed entirely at the
+stored threshold although they ranked first (README, "Leave one capture out"): an NjRAT bot whose
+every window holds some 50 unanswered TCP attempts to one controller address and port, and a
+Kovter click-fraud host sending bursts of HTTP requests to bare addresses and TLS without a
+server name. By volume both look like any workstation of the training captures, and their hosts
+are busy from the first window, so neither the model's threshold nor the host's own history
+(``score.entity_baseline``) separates them. Fed to the autoencoder as two more features, the
+counts made things worse: they are 0 in almost every normal window, so a benign host's 2 or 4
+failed attempts gave errors as large as the bot's, raised the threshold (13 -> 62) and lowered a
+held-out capture's ROC-AUC from 1.000 to 0.833. So the model does not see them
+(:attr:`loganomaly.models.normaliser.Normaliser.ignored`) and they are judged here, as counts.
+
+What is counted. The features of ``features.network_indicators``
+(:data:`~loganomaly.features.windows.INDICATOR_FEATURES`), summed over a window's steps:
+``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port)
+and ``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI).
+
+Calibration. Per indicator, on the training period's validation windows: the alert budget's
+quantile of the window totals, times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD`. The
+validation windows are a small sample of the training networks' normal, and a habit that marks
+malware shows at several times what normal operation brings (NjRAT's 27-52 attempts per window
+against at most 9 for any benign host of the four captures), so the margin costs little recall
+and keeps a network a little noisier than the training ones from alerting. The floor keeps one
+or two odd requests (an antivirus update by address, a certificate check) from ever alerting on
+their own. Both numbers were set after looking at the four captures' counts: see the README.
+
+Combining: as the other count signals (:func:`loganomaly.models.unseen.combined_scores`), the
+score is the error plus ``threshold * count / count threshold`` for the indicator with the
+largest ratio where it passes its threshold. A window flagged this way names the indicator first
+in ``top_features``; the per-entity score baseline leaves such flags alone (a host's own history
+cannot excuse a habit of malware: the bot calls its controller from its first window on). Pure
+numpy, tested without Spark or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loganomaly.config import Config
+from loganomaly.errors import ModelError
+from loganomaly.features.windows import INDICATOR_FEATURES, INDICATOR_UNITS
+from loganomaly.models.unseen import window_total
+
+log = logging.getLogger(__name__)
+
+__all__ = ["INDICATOR_FEATURES", "INDICATOR_TEXT", "MARGIN", "MIN_THRESHOLD", "Indicators", "signal_only_columns"]
+
+#: How a flagged window's explanation introduces the indicators that passed.
+INDICATOR_TEXT = "network indicators: "
+
+#: Threshold = this many times the budget quantile of the validation windows' totals.
+MARGIN = 2.0
+#: The least threshold: a window needs three (whole counts above 2.5) to alert on an indicator.
+MIN_THRESHOLD = 2.5
+
+
+def signal_only_columns(cfg: Config, names: Sequence[str]) -> list[int]:
+    """The feature columns the model must not see under ``cfg`` (the indicators when ``model.network_indicators``)."""
+    if not cfg.model.network_indicators:
+        return []
+    missing = [n for n in INDICATOR_FEATURES if n not in names]
+    if missing:
+        raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: "
+                         "set features.network_indicators=true and run featurize with a refit")
+    return [list(names).index(n) for n in INDICATOR_FEATURES]
+
+
+@dataclass
+class Indicators:
+    """The calibrated indicator signal, stored in the bundle (``model.json`` key ``indicators``).
+
+    Attributes:
+        names: the indicator features, in :data:`INDICATOR_FEATURES` order.
+        thresholds: per indicator, a window whose total is above it is flagged.
+        calibrated: per indicator, the budget quantile of the validation windows' totals.
+        validation_max: per indicator, the largest validation window total.
+        budget: the alert budget the quantiles were taken at.
+        validation_windows: how many validation windows set them.
+    """
+
+    names: list[str]
+    thresholds: list[float]
+    calibrated: list[float]
+    validation_max: list[float]
+    budget: float
+    validation_windows: int
+
+    def __post_init__(self) -> None:
+        k = len(self.names)
+        if not k or not len(self.thresholds) == len(self.calibrated) == len(self.validation_max) == k:
+            raise ModelError(f"indicator signal needs one threshold per indicator, got {self.names} and "
+                             f"{self.thresholds}")
+        if any(not np.isfinite(t) or t < MIN_THRESHOLD for t in self.thresholds):
+            raise ModelError(f"indicator thresholds must be numbers >= {MIN_THRESHOLD}, got {self.thresholds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "thresholds": [float(v) for v in self.thresholds],
+                "calibrated": [float(v) for v in self.calibrated],
+                "validation_max": [float(v) for v in self.validation_max],
+                "budget": float(self.budget), "validation_windows": int(self.validation_windows)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Indicators:
+        """Rebuild from :meth:`to_dict`; a missing or malformed key is a ModelError (a damaged bundle)."""
+        try:
+            return cls(names=[str(n) for n in data["names"]], thresholds=[float(v) for v in data["thresholds"]],
+                       calibrated=[float(v) for v in data["calibrated"]],
+                       validation_max=[float(v) for v in data["validation_max"]],
+                       budget=float(data["budget"]), validation_windows=int(data["validation_windows"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"model.json's indicators is malformed ({exc!r}): {data!r}") from exc
+
+    @classmethod
+    def calibrate(cls, x: np.ndarray, names: Sequence[str], budget: float, log1p: bool = True) -> Indicators:
+        """Thresholds from raw validation windows ``x[N, T, F]`` at alert budget ``budget``.
+
+        Raises:
+            ModelError: no windows, a budget outside (0, 1), or the indicator features missing.
+        """
+        if not 0.0 < budget < 1.0:
+            raise ModelError(f"alert budget must be in (0, 1), got {budget}")
+        if len(x) == 0:
+            raise ModelError("no validation windows to calibrate model.network_indicators on")
+        totals = cls.totals(x, names, log1p)
+        calibrated = [float(np.quantile(totals[:, j], 1.0 - budget)) for j in range(totals.shape[1])]
+        out = cls(list(INDICATOR_FEATURES), [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
+                  [float(v) for v in totals.max(axis=0)], budget, len(x))
+        log.info("network indicators over %d validation windows: thresholds %s (budget quantiles %s, largest %s)",
+                 len(x), dict(zip(out.names, out.thresholds, strict=True)), calibrated, out.validation_max)
+        return out
+
+    @staticmethod
+    def totals(x: np.ndarray, names: Sequence[str], log1p: bool = True) -> np.ndarray:
+        """``[N, K]`` whole counts per raw window of each indicator, summed over its steps."""
+        missing = [n for n in INDICATOR_FEATURES if n not in names]
+        if missing:
+            raise ModelError(f"windows lack the features {missing} (features.network_indicators) that "
+                             "model.network_indicators reads")
+        columns = [list(names).index(n) for n in INDICATOR_FEATURES]
+        return np.stack([window_total(x, [c], log1p) for c in columns], axis=1)
+
+    def ratios(self, totals: np.ndarray) -> np.ndarray:
+        """``[N, K]`` totals over their thresholds (above 1: the indicator flags the window)."""
+        return np.asarray(totals, dtype=np.float64) / np.asarray(self.thresholds, dtype=np.float64)
+
+    def passed(self, totals: np.ndarray) -> list[str]:
+        """Of one window's totals, the indicators above their thresholds, largest ratio first."""
+        ratio = self.ratios(np.asarray(totals, dtype=np.float64)[None, :])[0]
+        order = np.argsort(-ratio, kind="stable")
+        return [self.names[j] for j in order if ratio[j] > 1.0]
+
+    def text(self, totals: np.ndarray) -> str:
+        """What a person reads: ``52 repeated failed attempts to one peer and port (> threshold 18; at most 9 in a
+        validation window)`` for each indicator that passed, largest ratio first."""
+        parts = []
+        for name in self.passed(totals):
+            j = self.names.index(name)
+            parts.append(f"{totals[j]:.0f} {INDICATOR_UNITS[name]} (> threshold {self.thresholds[j]:.3g}; at most "
+                         f"{self.validation_max[j]:.0f} in a validation window)")
+        return ", ".join(parts)
