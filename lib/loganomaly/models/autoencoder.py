@@ -576,6 +576,8 @@ class AutoencoderKind(WindowKind):
             totals = habits.totals(x, bundle.feature_names, log1p)
             ratio = habits.ratios(totals).max(axis=1)
             by_share = by_share | (ratio > 1.0)
+            # Per window an indicator flagged, which ones did (named in its text and first in its top features).
+            habit_names = {int(i): habits.passed(totals[i]) for i in np.flatnonzero(ratio > 1.0)}
         if bundle.peers is None:
             normalised = bundle.normaliser.transform(x)
             mean = np.asarray(bundle.normaliser.mean, dtype=np.float64)
@@ -609,8 +611,8 @@ class AutoencoderKind(WindowKind):
                                + share_text(n_unseen[i], n_events[i], share[i], unseen.threshold))
                 if novel is not None and n_new[i] > novel.threshold:
                     out.append("new error kinds: " + novel.text(n_new[i]))
-                if habits is not None and ratio[i] > 1.0:
-                    out.append(INDICATOR_TEXT + habits.text(totals[i]))
+                if habits is not None and i in habit_names:
+                    out.append(INDICATOR_TEXT + habits.text(totals[i], habit_names[i]))
                 return out
 
             prefixes = [self._signals(error[i], float(bundle.threshold), passed(i),
@@ -626,7 +628,7 @@ class AutoencoderKind(WindowKind):
                 # The indicators that flagged a window come first: what decided, and what the
                 # per-entity score baseline reads to leave the flag alone.
                 def first(i: int, top: list[str]) -> list[str]:
-                    passed = habits.passed(totals[i])
+                    passed = habit_names.get(i, [])
                     return [*passed, *(n for n in top if n not in passed)]
 
                 tops = [first(i, top) for i, top in zip(flagged.tolist(), tops, strict=True)]

@@ -61,15 +61,22 @@ MARGIN = 2.0
 MIN_THRESHOLD = 2.5
 
 
-def signal_only_columns(cfg: Config, names: Sequence[str]) -> list[int]:
-    """The feature columns the model must not see under ``cfg`` (the indicators when ``model.network_indicators``)."""
-    if not cfg.model.network_indicators:
-        return []
+def indicator_columns(names: Sequence[str]) -> list[int]:
+    """The columns of :data:`INDICATOR_FEATURES` in ``names``.
+
+    Raises:
+        ModelError: one is missing (the windows were built without ``features.network_indicators``).
+    """
     missing = [n for n in INDICATOR_FEATURES if n not in names]
     if missing:
-        raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: "
-                         "set features.network_indicators=true and run featurize with a refit")
+        raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: set "
+                         "features.network_indicators=true and run featurize with a refit")
     return [list(names).index(n) for n in INDICATOR_FEATURES]
+
+
+def signal_only_columns(cfg: Config, names: Sequence[str]) -> list[int]:
+    """The feature columns the model must not see under ``cfg`` (the indicators when ``model.network_indicators``)."""
+    return indicator_columns(names) if cfg.model.network_indicators else []
 
 
 @dataclass
@@ -139,12 +146,7 @@ class Indicators:
     @staticmethod
     def totals(x: np.ndarray, names: Sequence[str], log1p: bool = True) -> np.ndarray:
         """``[N, K]`` whole counts per raw window of each indicator, summed over its steps."""
-        missing = [n for n in INDICATOR_FEATURES if n not in names]
-        if missing:
-            raise ModelError(f"windows lack the features {missing} (features.network_indicators) that "
-                             "model.network_indicators reads")
-        columns = [list(names).index(n) for n in INDICATOR_FEATURES]
-        return np.stack([window_total(x, [c], log1p) for c in columns], axis=1)
+        return np.stack([window_total(x, [c], log1p) for c in indicator_columns(names)], axis=1)
 
     def ratios(self, totals: np.ndarray) -> np.ndarray:
         """``[N, K]`` totals over their thresholds (above 1: the indicator flags the window)."""
@@ -156,11 +158,11 @@ class Indicators:
         order = np.argsort(-ratio, kind="stable")
         return [self.names[j] for j in order if ratio[j] > 1.0]
 
-    def text(self, totals: np.ndarray) -> str:
+    def text(self, totals: np.ndarray, passed: Sequence[str] | None = None) -> str:
         """What a person reads: ``52 repeated failed attempts to one peer and port (> threshold 18; at most 9 in a
-        validation window)`` for each indicator that passed, largest ratio first."""
+        validation window)`` for each indicator that passed (``passed``, else :meth:`passed`), largest ratio first."""
         parts = []
-        for name in self.passed(totals):
+        for name in self.passed(totals) if passed is None else passed:
             j = self.names.index(name)
             parts.append(f"{totals[j]:.0f} {INDICATOR_UNITS[name]} (> threshold {self.thresholds[j]:.3g}; at most "
                          f"{self.validation_max[j]:.0f} in a validation window)")

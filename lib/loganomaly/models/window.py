@@ -48,7 +48,7 @@ from loganomaly.features.stage import error_templates
 from loganomaly.features.windows import FEATURE_NAMES, GROUP_PREFIX, HISTORY_STEPS, feature_groups
 from loganomaly.lake.snapshot import Snapshot
 from loganomaly.models.bundle import build_network, load_bundle, templates_of, training_templates
-from loganomaly.models.indicators import Indicators, signal_only_columns
+from loganomaly.models.indicators import Indicators, indicator_columns, signal_only_columns
 from loganomaly.models.kind import (
     Bundle,
     Inference,
@@ -787,9 +787,10 @@ class WindowKind(ModelKind):
         if bundle.new_errors is not None and NEW_ERRORS not in bundle.feature_names:
             raise ModelError(f"the new-error signal reads {NEW_ERRORS!r}, not among the feature names")
         if bundle.indicators is not None:
-            missing = [n for n in bundle.indicators.names if n not in bundle.feature_names]
-            if missing:
-                raise ModelError(f"the network-indicator signal reads {missing}, not among the feature names")
+            try:
+                indicator_columns(bundle.feature_names)
+            except ModelError as exc:
+                raise ModelError(f"the network-indicator signal: {exc}") from None
 
     # -------------------------------------------------------------- scoring
     def scoring_input(self, lake: Lake, bundle: Bundle) -> ScoringInput:
