@@ -42,6 +42,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -207,7 +208,7 @@ def count_lines(paths: list[Path]) -> int:
     total = 0
     for p in paths:
         with p.open("rb") as fh:
-            total += sum(chunk.count(b"\n") for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""))
+            total += sum(chunk.count(b"\n") for chunk in iter(functools.partial(fh.read, 1 << 20), b""))
     return total
 
 
@@ -772,8 +773,8 @@ def main() -> None:
             print()
         if "startup" in sections:
             load_before = os.getloadavg()[0]
-            runs = time_startup(data, args.startup_repeats)
-            times = {name: sorted(ts)[len(ts) // 2] for name, ts in runs.items()}
+            started = time_startup(data, args.startup_repeats)
+            times = {name: sorted(ts)[len(ts) // 2] for name, ts in started.items()}
             bare_s = times["bare"]
             print(f"start-up, fresh processes on a 40-line JSON file (median of {args.startup_repeats}; "
                   f"bare spark.read.json -> parquet {bare_s:.1f} s; 1-min load average {load_before:.1f} "
@@ -796,7 +797,7 @@ def main() -> None:
                 print("no class archive built (loganomaly class-archive): the sessions started without one")
             # Each repeat's runs went in turn: under a changing load, compare within a repeat.
             for k in range(args.startup_repeats):
-                print(f"repeat {k + 1}: " + ", ".join(f"{name} {ts[k]:.1f} s" for name, ts in runs.items()))
+                print(f"repeat {k + 1}: " + ", ".join(f"{name} {ts[k]:.1f} s" for name, ts in started.items()))
             print()
         if "formats" not in sections:
             return

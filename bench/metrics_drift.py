@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from drift_data import fresh_drifting_series
 from loganomaly import pipeline
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     windows = (lake.read("scores").where(F.col("model_version") == F.lit(version))
                .select(*evaluation.WINDOW_KEYS, "score", "threshold", "is_anomaly"))
     _, intervals = evaluation.read_label_file(data.labels_path)
-    scored = (evaluation.label_windows_by_intervals(spark, windows, intervals)
+    scored: pd.DataFrame = (evaluation.label_windows_by_intervals(spark, windows, intervals)
               .select("entity", F.unix_timestamp("window_start").alias("start"),
                       F.unix_timestamp("window_end").alias("end"), "score", "threshold", "is_anomaly", "label")
               .toPandas())

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from loganomaly import pipeline
 from loganomaly.config import Config, load_config
@@ -59,6 +60,7 @@ from loganomaly.lake.tables import Lake
 from loganomaly.models.baselines import make_baseline
 from loganomaly.models.bundle import load_bundle
 from loganomaly.models.indicators import Indicators, signal_only_columns
+from loganomaly.models.unseen import combined_scores
 from loganomaly.models.window import alert_budget
 from loganomaly.scoring.baseline import HISTORY, BaselineRule, baseline_groups, judge_columns
 from loganomaly.training.readers.arrow import ShardReader
@@ -208,8 +210,8 @@ def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray,
     labelled = evaluation.label_windows_by_events(windows, lake.read("events"), evaluation.DEFAULT_NORMAL_LABELS)
     from pyspark.sql import functions as F
 
-    out = labelled.select("score", "label", "entity", "is_anomaly",
-                          F.to_date("window_start").cast("string").alias("day")).toPandas()
+    out: pd.DataFrame = labelled.select("score", "label", "entity", "is_anomaly",
+                                        F.to_date("window_start").cast("string").alias("day")).toPandas()
     known = out["label"].notna().to_numpy()
     days = np.empty(int(known.sum()), dtype=object)
     days[:] = list(zip(out["entity"][known], out["day"][known], strict=True))
@@ -250,13 +252,14 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
     """Fit, calibrate and judge each baseline; returns each one's labelled windows."""
     train_x, val_x = _train_windows(spark, cfg)
     keys, test_x, names = _scored_windows(spark, cfg)
-    habits = None
+    habits = ratio = None
     ignored = signal_only_columns(cfg, names)
     if ignored:
         # As for the LSTM: the indicators are a signal of their own, calibrated on the same
         # validation windows, and the detector does not see them.
         signal = Indicators.calibrate(val_x, names, alert_budget(cfg))
-        habits = signal.ratios(signal.totals(test_x, names)).max(axis=1) > 1.0
+        ratio = signal.ratios(signal.totals(test_x, names)).max(axis=1)
+        habits = ratio > 1.0
         for x in (train_x, val_x, test_x):
             x[:, :, ignored] = 0.0
     out: dict[str, Scored] = {}
@@ -266,9 +269,23 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
         detector = make_baseline(name, **params).fit(train_x, cfg.train.std_floor)
         threshold = detector.calibrate(val_x, cfg.train.threshold_quantile)
         raw = detector.score(test_x)
-        scores, labels, days, flags = _label_by_events(spark, cfg, keys, raw, _flags(spark, cfg, keys, raw, threshold, habits))
+        note = ""
+        if ratio is not None:
+            # The LSTM's scores carry the indicator signal (``combined_scores``, as in its
+            # ``score_windows``), so the baselines' do too: their ROC-AUC and PR-AUC rank the same
+            # kind of score. The ranking of the raw scores goes in the note.
+            scored = combined_scores(raw, ratio, threshold, 1.0)
+        else:
+            scored = raw
+        scores, labels, days, flags = _label_by_events(spark, cfg, keys, scored,
+                                                       _flags(spark, cfg, keys, scored, threshold, habits))
         m = _metrics(scores, labels, threshold, days, flags)
-        note = "; the per-entity rule applied to its flags" if cfg.score.entity_baseline else ""
+        if ratio is not None:
+            raw_scores, raw_labels, _, _ = _label_by_events(spark, cfg, keys, raw, np.zeros(len(raw), dtype=bool))
+            raw_auc = metrics_of(raw_scores, raw_labels, threshold)["roc_auc"]
+            note += f"; scores with the indicator signal (raw scores' ROC-AUC {_fmt(raw_auc)})"
+        if cfg.score.entity_baseline:
+            note += "; the per-entity rule applied to its flags"
         result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s{note}")
         out[name] = Scored(scores, labels, threshold, days, flags)
     return out
@@ -541,8 +558,8 @@ def zeek_loco(spark: Any, data: Path, work: Path, result: Result, seed: int, cap
         for name, scored in window_baselines(spark, cfg, dataset, result, seed).items():
             folds.setdefault(name, []).append(scored)
     if len(held) > 1:
-        for name, scored in folds.items():
-            result.add(f"zeek LOCO pooled ({'+'.join(held)})", name, _pooled(scored),
+        for name, per_fold in folds.items():
+            result.add(f"zeek LOCO pooled ({'+'.join(held)})", name, _pooled(per_fold),
                        "margins over each fold's own threshold")
 
 

@@ -65,6 +65,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -79,6 +80,9 @@ from loganomaly.models.kind import RESULT_COLUMNS, Inference
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.sizing import scoring_sizes
 from loganomaly.models.window import ModelBundle, WindowKind
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 log = logging.getLogger("bench.score")
 
@@ -302,15 +306,15 @@ def main(argv: list[str] | None = None) -> None:
             engine = lake.engine
             files = spark.sparkContext.broadcast({name: Path(model_dir, name).read_bytes() for name in BUNDLE_FILES})
 
-            def scan(lake_root: Path) -> object:
+            def scan(lake_root: Path) -> DataFrame:
                 return Lake(spark, lake_root, engine).read("sequences").select(*KEY_COLUMNS, "features")
 
             windows = scan(lakes[n])
             keys = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in windows.select(*KEY_COLUMNS).schema)
             score_fn = stage.score_partitions(kind, bundle.version, files, "features", args.top_k, inference)
 
-            def noop(df: object) -> Callable[[], None]:
-                return lambda: df.write.format("noop").mode("overwrite").save()  # type: ignore[attr-defined]
+            def noop(df: DataFrame) -> Callable[[], None]:
+                return lambda: df.write.format("noop").mode("overwrite").save()
 
             floor = noop(windows.mapInArrow(zeros, f"{keys}, score double"))
             scoring = noop(windows.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))

@@ -12,6 +12,7 @@ The delta engine needs the jars that ``make setup`` caches; without them only de
 from __future__ import annotations
 
 import argparse
+import functools
 import shutil
 import tempfile
 import time
@@ -21,6 +22,10 @@ from pathlib import Path
 from loganomaly.config import SparkConfig
 from loganomaly.lake.tables import Lake, delta_spark_available
 from loganomaly.runtime.spark import get_spark
+
+
+def _sums(lake: Lake) -> object:
+    return lake.read("bench").selectExpr("sum(bytes)", "count(*)").collect()
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -62,9 +67,9 @@ def main() -> None:
                    timed(lambda: spark.read.parquet(parquet_path).selectExpr("sum(bytes)", "count(*)").collect()))
             for engine, lake in lakes.items():
                 record((engine, "write"),
-                       timed(lambda lake=lake: lake.write("bench", df, mode="overwrite", partition_by=["date"])))
+                       timed(functools.partial(lake.write, "bench", df, mode="overwrite", partition_by=["date"])))
                 record((engine, "read"),
-                       timed(lambda lake=lake: lake.read("bench").selectExpr("sum(bytes)", "count(*)").collect()))
+                       timed(functools.partial(_sums, lake)))
         n = args.rows
         print(f"rows: {n:,}  master: {args.master}  rounds: {args.repeat} (best of each)  spark: {spark.version}")
         header = "| operation | parquet rows/s | " + " | ".join(f"{e} rows/s | {e} / parquet time" for e in engines)

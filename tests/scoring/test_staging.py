@@ -74,6 +74,17 @@ def test_a_task_without_flagged_rows_stages_no_file(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_without_staged_rows_a_task_only_counts(tmp_path: Path) -> None:
+    """Per-entity baselines write ``anomalies`` from ``scores``: the tasks then write no file."""
+    d1, d2 = dt.date(2024, 3, 4), dt.date(2024, 3, 5)
+    reports = Reports()
+    staging = AnomalyStaging(str(tmp_path), SCHEMA, 1.0, "v1", "r", reports, stage_rows=False)
+    batches = [_batch([0.5, 2.0, float("nan")], [d1, d1, d2]), _batch([1.0, 3.0], [d1, d2])]
+    assert list(staging.tee(iter(batches))) == batches
+    assert reports.value == [{"files": [], "counts": {"2024-03-04": [3, 1], "2024-03-05": [2, 2]}}]
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_refused_row_stops_the_task_and_removes_its_file(tmp_path: Path) -> None:
     reports = Reports()
     staging = AnomalyStaging(str(tmp_path), SCHEMA, 1.0, "v1", "r", reports)

@@ -247,6 +247,11 @@ def previous_feature_names(lake: Lake) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- step features
+def group_rules(cfg: Config) -> GroupRules:
+    """The peer-group rules of ``features.local_networks``, ``features.groups`` and ``features.default_group``."""
+    return GroupRules.from_config(cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
+
+
 @dataclass(frozen=True)
 class EntitySettings:
     """How the entity features of a run are computed (``features.*`` config, fixed per run).
@@ -271,8 +276,7 @@ class EntitySettings:
     @classmethod
     def from_config(cls, cfg: Config, cut: float | None = None,
                     group_baselines: dict[str, dict[str, float]] | None = None) -> EntitySettings:
-        rules = GroupRules.from_config(cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
-        return cls(rules, cfg.features.baseline_steps, cfg.features.baseline_min_steps, cut, group_baselines,
+        return cls(group_rules(cfg), cfg.features.baseline_steps, cfg.features.baseline_min_steps, cut, group_baselines,
                    cfg.features.baseline_statistic)
 
 
@@ -833,9 +837,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
         counts = cfg.features.template_counts
         chosen = choose_feature_templates(events, cut, k) if counts else []
         categories = choose_feature_categories(events, cut, cfg.features.categories, cfg.features.top_categories)
-        groups = (GroupRules.from_config(cfg.features.local_networks, cfg.features.groups,
-                                         cfg.features.default_group).names
-                  if cfg.features.entity_features else None)
+        groups = group_rules(cfg).names if cfg.features.entity_features else None
         names = feature_names_for(chosen, cfg.features.metrics, groups, categories,
                                   cfg.features.metric_levels or groups is None, cfg.features.new_errors, counts,
                                   cfg.features.network_indicators)
@@ -877,8 +879,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                              replace_where={"date": replaced}, run_id=run_id)
     if entity is not None or cfg.score.entity_baseline:
         # The peer groups are what score.entity_baseline reads too (loganomaly.scoring.baseline).
-        rules = entity.rules if entity is not None else GroupRules.from_config(
-            cfg.features.local_networks, cfg.features.groups, cfg.features.default_group)
+        rules = entity.rules if entity is not None else group_rules(cfg)
         merge_entities(lake, events, lake.read("sequences", version=version), rules, run_id)
     written = lake.read("sequences", version=version)
     if replaced is not None:

@@ -49,6 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The engine a lake runs on once ``auto`` is resolved (``lake.engine``).
+ResolvedEngine = Literal["delta", "deltars"]
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 # Partition values that a Hive-style path carries unchanged (no escaping needed).
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9_.:+-]+$")
@@ -80,7 +83,7 @@ def delta_spark_available(spark: SparkSession) -> bool:
     return delta_spark_status(spark)[0]
 
 
-def resolve_engine(spark: SparkSession, requested: str = "auto") -> str:
+def resolve_engine(spark: SparkSession, requested: str = "auto") -> ResolvedEngine:
     """Pick ``delta`` when delta-spark is on the session (or demanded), else ``deltars``; log why."""
     if requested == "deltars":
         return "deltars"
@@ -97,7 +100,7 @@ def resolve_engine(spark: SparkSession, requested: str = "auto") -> str:
                 f"--conf spark.sql.catalog.spark_catalog={DELTA_CATALOG}; or use engine 'deltars'"
             )
         return "delta"
-    engine = "delta" if available else "deltars"
+    engine: ResolvedEngine = "delta" if available else "deltars"
     log.info("lake.engine auto -> %s: %s", engine, why)
     return engine
 

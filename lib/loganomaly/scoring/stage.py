@@ -198,6 +198,8 @@ class AnomalyStaging:
         threshold, model_version, run_id: the constant columns of the rows.
         reports: the accumulator (:class:`_Reports`).
         refused: the carried boolean column that marks rows the kind's checks refuse.
+        stage_rows: False when ``anomalies`` is written from ``scores`` instead (per-entity
+            baselines decide the flags after the pass): the tasks then only count, and write no file.
     """
 
     directory: str
@@ -207,6 +209,7 @@ class AnomalyStaging:
     run_id: str
     reports: Any
     refused: str = "_refused"
+    stage_rows: bool = True
 
     def tee(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         """Pass ``batches`` on unchanged, staging their flagged rows; raise on a refused row."""
@@ -220,7 +223,10 @@ class AnomalyStaging:
                 mask = flagged(batch.column("score").to_numpy(zero_copy_only=False), self.threshold)
                 for day, n in _date_counts(batch.column("date")):
                     counts.setdefault(day, [0, 0])[0] += n
-                if mask.any():
+                if mask.any() and not self.stage_rows:
+                    for day, n in _date_counts(batch.column("date").filter(pa.array(mask))):
+                        counts.setdefault(day, [0, 0])[1] += n
+                elif mask.any():
                     rows = self.anomaly_rows(batch.filter(pa.array(mask)))
                     for day, n in _date_counts(rows.column("date")):
                         counts.setdefault(day, [0, 0])[1] += n
@@ -602,7 +608,8 @@ def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, ch
     reports = spark.sparkContext.accumulator([], _Reports())
     struct = StructType.fromDDL(TABLES["anomalies"].ddl)
     assert isinstance(struct, StructType)
-    staging = AnomalyStaging(folder, spark_to_delta_arrow(struct), threshold, bundle.version, run_id, reports)
+    staging = AnomalyStaging(folder, spark_to_delta_arrow(struct), threshold, bundle.version, run_id, reports,
+                             stage_rows=rule is None)
     carried = [f for f in checked.schema.fields if f.name not in KEY_COLUMNS and f.name != source.column]
     schema = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in checked.select(*KEY_COLUMNS).schema.fields)
     schema += ", " + RESULT_COLUMNS + "".join(f", {f.name} {f.dataType.simpleString()}" for f in carried)
