@@ -197,27 +197,25 @@ def _scored_windows(spark: Any, cfg: Config) -> tuple[Any, np.ndarray, list[str]
     return keys, decode_windows(table.column("features"), steps, feats).copy(), names
 
 
-def _label_by_events(spark: Any, cfg: Config, keys: Any, scores: np.ndarray,
-                     flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The same labelling :mod:`loganomaly.evaluation.stage` applies to the LSTM's scores.
+def _window_labels(spark: Any, cfg: Config, keys: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same labelling :mod:`loganomaly.evaluation.stage` applies to the LSTM's scores, done once
+    per scored lake: labels depend on the windows and the events, not on any detector's scores.
 
-    Returns scores, labels, ``(entity, date)`` and the flags per labelled window.
+    Returns the positions in ``keys`` of the labelled windows, their labels and ``(entity, date)``.
     """
     keys = keys.copy()
-    keys["score"], keys["threshold"], keys["is_anomaly"] = scores.astype(np.float64), 0.0, flags.astype(bool)
-    windows = spark.createDataFrame(keys, "entity string, window_start timestamp, window_end timestamp, "
-                                          "score double, threshold double, is_anomaly boolean")
+    keys["_row"] = np.arange(len(keys), dtype=np.int64)
+    windows = spark.createDataFrame(keys, "entity string, window_start timestamp, window_end timestamp, _row long")
     lake = Lake(spark, cfg.lake.root, cfg.lake.engine)
     labelled = evaluation.label_windows_by_events(windows, lake.read("events"), evaluation.DEFAULT_NORMAL_LABELS)
     from pyspark.sql import functions as F
 
-    out: pd.DataFrame = labelled.select("score", "label", "entity", "is_anomaly",
+    out: pd.DataFrame = labelled.select("_row", "label", "entity",
                                         F.to_date("window_start").cast("string").alias("day")).toPandas()
     known = out["label"].notna().to_numpy()
     days = np.empty(int(known.sum()), dtype=object)
     days[:] = list(zip(out["entity"][known], out["day"][known], strict=True))
-    return (out["score"].to_numpy(np.float64)[known], out["label"].to_numpy()[known].astype(np.int64), days,
-            out["is_anomaly"].to_numpy(bool)[known])
+    return out["_row"].to_numpy(np.int64)[known], out["label"].to_numpy()[known].astype(np.int64), days
 
 
 def _flags(spark: Any, cfg: Config, keys: Any, scores: np.ndarray, threshold: float,
@@ -253,6 +251,7 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
     """Fit, calibrate and judge each baseline; returns each one's labelled windows."""
     train_x, val_x = _train_windows(spark, cfg)
     keys, test_x, names = _scored_windows(spark, cfg)
+    rows, labels, days = _window_labels(spark, cfg, keys)
     habits = ratio = None
     ignored = signal_only_columns(cfg, names)
     if ignored:
@@ -270,21 +269,16 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
         detector = make_baseline(name, **params).fit(train_x, cfg.train.std_floor)
         threshold = detector.calibrate(val_x, cfg.train.threshold_quantile)
         raw = detector.score(test_x)
-        note = ""
+        scored, note = raw, ""
         if ratio is not None:
             # The LSTM's scores carry the indicator signal (``combined_scores``, as in its
             # ``score_windows``), so the baselines' do too: their ROC-AUC and PR-AUC rank the same
             # kind of score. The ranking of the raw scores goes in the note.
             scored = combined_scores(raw, ratio, threshold, 1.0)
-        else:
-            scored = raw
-        scores, labels, days, flags = _label_by_events(spark, cfg, keys, scored,
-                                                       _flags(spark, cfg, keys, scored, threshold, habits))
+            note += f"; scores with the indicator signal (raw scores' ROC-AUC " \
+                    f"{_fmt(metrics_of(raw[rows], labels, threshold)['roc_auc'])})"
+        scores, flags = scored[rows], _flags(spark, cfg, keys, scored, threshold, habits)[rows]
         m = _metrics(scores, labels, threshold, days, flags)
-        if ratio is not None:
-            raw_scores, raw_labels, _, _ = _label_by_events(spark, cfg, keys, raw, np.zeros(len(raw), dtype=bool))
-            raw_auc = metrics_of(raw_scores, raw_labels, threshold)["roc_auc"]
-            note += f"; scores with the indicator signal (raw scores' ROC-AUC {_fmt(raw_auc)})"
         if cfg.score.entity_baseline:
             note += "; the per-entity rule applied to its flags"
         result.add(dataset, name, m, f"{time.perf_counter() - started:.0f}s{note}")
