@@ -19,7 +19,7 @@ from loganomaly.lake.tables import Lake
 from loganomaly.scoring import stage as score
 from loganomaly.training import stage as train
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

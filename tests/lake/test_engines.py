@@ -264,7 +264,6 @@ def test_maintain_command_compacts_and_vacuums_every_table(spark, tmp_path, caps
 # ------------------------------------------------------------------ the whole pipeline per engine
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pipeline_end_to_end_on_each_engine(spark, tmp_path, engine, capsys):
     """generate -> ingest -> featurize -> train -> score -> evaluate -> sql, small, on one engine."""

@@ -120,7 +120,6 @@ def test_a_sparse_group_gets_the_same_alerts_a_day_as_a_dense_one() -> None:
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_training_records_the_rate_and_the_share_it_came_to(spark: object, tmp_path: Path) -> None:
     from loganomaly.features.split import write_windows
     from loganomaly.features.windows import FEATURE_NAMES

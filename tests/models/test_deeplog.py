@@ -145,7 +145,6 @@ def deeplog_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_train_calibrates_on_normal_sessions_only(deeplog_run) -> None:  # type: ignore[no-untyped-def]
     _, lake, model_dir, summary, _, _, state = deeplog_run
     assert isinstance(summary, TrainSummary) and summary.model_kind == "deeplog"
@@ -163,7 +162,6 @@ def test_train_calibrates_on_normal_sessions_only(deeplog_run) -> None:  # type:
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_abnormal_sessions_flagged_with_their_unexpected_events(deeplog_run) -> None:  # type: ignore[no-untyped-def]
     _, lake, _, summary, scored, expected, _ = deeplog_run
     assert scored.model_version == summary.model_version and len(scored.dates) == 4
@@ -186,7 +184,6 @@ def test_abnormal_sessions_flagged_with_their_unexpected_events(deeplog_run) -> 
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_score_rerun_replaces_rows(spark, deeplog_run) -> None:  # type: ignore[no-untyped-def]
     cfg, lake, model_dir, _, _, _, _ = deeplog_run
     before = (lake.read("scores").count(), lake.read("anomalies").count())
@@ -228,7 +225,6 @@ def test_continue_training_on_two_torch_distributor_ranks(spark, deeplog_run, tm
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_default_config_scores_evaluates_and_reports_a_deeplog_bundle(spark, deeplog_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A nightly task without --profile (model.kind is the default autoencoder) still handles DeepLog."""
     from loganomaly.evaluation import report

@@ -23,7 +23,7 @@ from loganomaly.models.window import ModelBundle
 from tests.models.test_unseen_pipeline import syslog_days
 from tests.test_split_pipeline import CONF, SMALL
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 UTC = dt.timezone.utc
 NOVEL = [dt.datetime(2024, 3, 6, 12, m, tzinfo=UTC) for m in (5, 7, 9)]

@@ -22,7 +22,7 @@ from loganomaly.models.bundle import load_bundle
 from loganomaly.models.window import ModelBundle
 from tests.test_split_pipeline import CONF, SMALL
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 #: The scored day and the hour of unseen messages on host-01.
 SCORED_DAY = "2024-03-06"

@@ -14,7 +14,7 @@ from loganomaly.scoring import stage
 from tests.conftest import ENGINES, require_engine
 from tests.scoring.test_run import DAYS, _table, make_scored_lake
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 DRIVER = "scored by the driver"
 

@@ -21,7 +21,7 @@ from loganomaly.lake.tables import Lake
 from loganomaly.models.bundle import load_bundle
 from loganomaly.training import stage as train
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 START = dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)
 

@@ -56,7 +56,6 @@ def _only_run(client: MlflowClient, experiment: str):  # type: ignore[no-untyped
 
 
 @pytest.mark.spark
-@pytest.mark.slow
 def test_train_run_on_two_ranks_is_tracked_with_params_epochs_and_bundle(spark: object, tmp_path: Path) -> None:
     from loganomaly.training import stage as train
 

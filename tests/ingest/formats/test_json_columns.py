@@ -161,7 +161,7 @@ def _corpus(rng: random.Random, n: int) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_generated_corpus_gives_the_per_line_batches(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     path = tmp_path / "mixed.jsonl"
