@@ -166,6 +166,10 @@ def test_seed_article_recipe_as_settings_matches_the_profile() -> None:
         load_config(profile=None, overrides=["train.optimizer=sgd_nesterov", "train.momentum=0"])
     with pytest.raises(ConfigError, match="clip_value"):
         load_config(profile=None, overrides=["train.clip_value=0"])
+    for bad in ("0", "1", "1.5", "nan"):
+        with pytest.raises(ConfigError, match="ema_decay"):
+            load_config(profile=None, overrides=[f"train.ema_decay={bad}"])
+    assert load_config(profile=None, overrides=["train.ema_decay=0.999"]).train.ema_decay == 0.999
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(profile=None, overrides=["train.optimizer=rmsprop"])
 

@@ -358,6 +358,11 @@ class TrainConfig:
     momentum: float = 0.9
     # Clip every gradient element to [-clip_value, clip_value] before a step; empty: no clipping.
     clip_value: float | None = None
+    # Polyak averaging: keep an exponential moving average of the weights with this decay per step
+    # (e.g. 0.999; the first steps use min(decay, (1 + n) / (10 + n)) so early weights fade fast).
+    # Validation, early stopping and the saved model then use the averaged weights, which move less
+    # from epoch to epoch and seed to seed than the last step's. Empty: off.
+    ema_decay: float | None = None
     # Weight initialisation: auto (the kind's own: Xavier for the autoencoder, torch's default for
     # DeepLog and the classifier), default (torch's) or xavier (Xavier-uniform weights, zero biases).
     init: Init = "auto"
@@ -738,6 +743,10 @@ def validate(cfg: Config) -> None:
             "train.optimizer=sgd_nesterov needs train.momentum > 0",
         ),
         (cfg.train.clip_value is None or cfg.train.clip_value > 0, "train.clip_value must be > 0 (or empty)"),
+        (
+            cfg.train.ema_decay is None or (math.isfinite(cfg.train.ema_decay) and 0 < cfg.train.ema_decay < 1),
+            f"train.ema_decay must be in (0, 1) (e.g. 0.999) or empty, got {cfg.train.ema_decay!r}",
+        ),
         (cfg.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
         (
             math.isfinite(cfg.train.learning_rate) and cfg.train.learning_rate > 0,

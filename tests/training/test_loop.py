@@ -11,17 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from loganomaly.config import TrainConfig
 from loganomaly.errors import ModelError
 from loganomaly.features.split import Selection, plan_shards, time_range, write_windows
 from loganomaly.lake.snapshot import Snapshot
-from loganomaly.models.autoencoder import AutoencoderWork, LSTMAutoencoderConfig
+from loganomaly.models.autoencoder import AutoencoderTask, AutoencoderWork, LSTMAutoencoderConfig
 from loganomaly.models.classifier import ClassifierConfig, LSTMClassifier
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.runtime.collective import Collective, shard_indices
 from loganomaly.training.loop import (
+    CHECKPOINT_EMA,
     CHECKPOINT_META,
+    CHECKPOINT_WEIGHTS,
+    WeightAverage,
+    _val_sums,
     build_optimizer,
     init_weights,
     load_checkpoint,
@@ -84,21 +89,77 @@ def test_training_lowers_validation_loss_and_is_reproducible() -> None:
         torch.testing.assert_close(tensor, again.state_dict[name])
 
 
-def test_resume_repeats_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_repeats_the_uninterrupted_run(tmp_path: Path, ema_decay: float | None) -> None:
     train_x, val_x = data()
     model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
-    full = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(), checkpoint_dir=tmp_path / "a")
+    full = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(ema_decay=ema_decay),
+                           checkpoint_dir=tmp_path / "a")
     # stop after 3 epochs, then resume to 6
-    fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=3), checkpoint_dir=tmp_path / "b")
+    fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=3, ema_decay=ema_decay),
+                    checkpoint_dir=tmp_path / "b")
     meta = json.loads((tmp_path / "b" / CHECKPOINT_META).read_text())
     assert meta["epoch"] == 2 and meta["model"] == model_cfg.to_dict() and meta["train"]["epochs"] == 3
+    assert (tmp_path / "b" / CHECKPOINT_EMA).is_file() == (ema_decay is not None)
     resumed = fit_autoencoder(
-        train_x, val_x, model_cfg, small_train_cfg(), checkpoint_dir=tmp_path / "b", resume=True
+        train_x, val_x, model_cfg, small_train_cfg(ema_decay=ema_decay), checkpoint_dir=tmp_path / "b", resume=True
     )
     assert [h["epoch"] for h in resumed.history] == list(range(6))
     assert [h["val_loss"] for h in resumed.history] == pytest.approx([h["val_loss"] for h in full.history])
     for name, tensor in full.state_dict.items():
         torch.testing.assert_close(tensor, resumed.state_dict[name])
+
+
+def _val_loss(state: dict[str, torch.Tensor], train_x: np.ndarray, val_x: np.ndarray,
+              model_cfg: LSTMAutoencoderConfig) -> float:
+    task = AutoencoderTask(train_x, lambda epoch: np.arange(len(train_x)), val_x, model_cfg)
+    model = task.build_model()
+    model.load_state_dict(state)
+    total, weight = _val_sums(model, task, 64, torch.device("cpu"), False)
+    return total / weight
+
+
+def test_the_weight_average_is_what_validation_judges_and_what_training_returns(tmp_path: Path) -> None:
+    train_x, val_x = data()
+    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
+    result = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=4, ema_decay=0.9),
+                             checkpoint_dir=tmp_path)
+    # The returned weights are the ones whose validation loss was the best recorded.
+    assert _val_loss(result.state_dict, train_x, val_x, model_cfg) == pytest.approx(result.best_val_loss, rel=1e-5)
+    meta = json.loads((tmp_path / CHECKPOINT_META).read_text())
+    averaged = load_file(str(tmp_path / CHECKPOINT_EMA))
+    last = load_file(str(tmp_path / CHECKPOINT_WEIGHTS))
+    # The last epoch's recorded loss is the average's, not the last step's weights'.
+    recorded = meta["history"][-1]["val_loss"]
+    assert _val_loss(averaged, train_x, val_x, model_cfg) == pytest.approx(recorded, rel=1e-5)
+    assert _val_loss(last, train_x, val_x, model_cfg) != pytest.approx(recorded, rel=1e-3)
+    assert meta["ema_steps"] == sum(h["batches"] for h in meta["history"])  # one update per optimiser step
+    # Without the setting the same seed trains the same steps but returns other weights; a run
+    # without it in the same directory removes the average, and resuming it with the setting is refused.
+    plain = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=2), checkpoint_dir=tmp_path)
+    assert any(not torch.equal(plain.state_dict[k], v) for k, v in result.state_dict.items())
+    assert not (tmp_path / CHECKPOINT_EMA).exists()
+    with pytest.raises(ModelError, match="without train.ema_decay"):
+        fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(epochs=4, ema_decay=0.9),
+                        checkpoint_dir=tmp_path, resume=True)
+
+
+def test_weight_average_steps_follow_the_warm_up_then_the_decay() -> None:
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(10.0)
+    average.update(model)  # step 0: decay min(0.5, 1/10) = 0.1 -> 0.1 * 0 + 0.9 * 10
+    assert float(average.model.weight) == pytest.approx(9.0)
+    for _ in range(20):
+        average.update(model)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average.update(model)  # past the warm-up: decay 0.5, from an average that had reached 10
+    assert float(average.model.weight) == pytest.approx(5.0, abs=1e-3)
+    assert not average.model.weight.requires_grad and average.steps == 22
 
 
 def test_checkpoint_of_another_model_or_torn_checkpoint_is_refused(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ Checkpoint files in ``checkpoint_dir`` (rank 0 rewrites them after every epoch):
 * ``checkpoint.safetensors``: weights after the last finished epoch;
 * ``best.safetensors``: weights of the best validation epoch (what a server should load);
 * ``optimizer.pt``: optimiser state, so a resumed run takes the same steps an uninterrupted one would;
+* ``ema.safetensors``: with ``train.ema_decay``, the moving average of the weights after the last
+  finished epoch (its step count is in ``checkpoint.json``);
 * ``checkpoint.json``: epoch, best epoch and loss, history, model config, train config. Written
   last, it is the commit record: every other file carries its epoch and must agree with it.
 
@@ -27,6 +29,7 @@ Nothing is ever unpickled: weights are safetensors, the optimizer state is read 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -59,6 +62,7 @@ CHECKPOINT_WEIGHTS = "checkpoint.safetensors"
 CHECKPOINT_BEST = "best.safetensors"
 CHECKPOINT_OPTIMIZER = "optimizer.pt"
 CHECKPOINT_META = "checkpoint.json"
+CHECKPOINT_EMA = "ema.safetensors"
 CHECKPOINT_FORMAT = 1
 
 #: Smallest drop of the validation loss that counts as an improvement (float noise is not one).
@@ -85,6 +89,38 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached CPU copies of the (unwrapped) model's weights."""
     return {k: v.detach().cpu().clone().contiguous() for k, v in _unwrap(model).state_dict().items()}
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every optimiser step.
+
+    Why: the weights after an epoch's last step carry that step's noise, and early stopping picks
+    among such noisy snapshots, so two seeds of the same setting end an epoch or two apart in quality.
+    The average (Polyak averaging) moves less; validation, early stopping and the saved model use it.
+    The decay of step ``n`` is ``min(decay, (1 + n) / (10 + n))``: the random initial weights fade
+    within the first steps instead of weighing on the average for thousands of them.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, steps: int = 0) -> None:
+        self.model = copy.deepcopy(_unwrap(model))
+        self.model.requires_grad_(False)
+        self.decay, self.steps = decay, steps
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (integer buffers are copied)."""
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        live = _unwrap(model).state_dict()
+        for name, mine in self.model.state_dict().items():
+            if mine.is_floating_point():
+                mine.lerp_(live[name], 1.0 - d)
+            else:
+                mine.copy_(live[name])
+        self.steps += 1
+
+    def load(self, state: dict[str, torch.Tensor], steps: int, origin: str) -> None:
+        _load_weights(self.model, state, origin)
+        self.steps = steps
 
 
 def init_weights(model: nn.Module, init: str) -> None:
@@ -126,12 +162,17 @@ def save_checkpoint(
     best_state: dict[str, torch.Tensor],
     optimiser_state: dict[str, Any],
     meta: dict[str, Any],
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write one epoch's checkpoint; ``checkpoint.json`` goes last, as the commit record."""
     directory.mkdir(parents=True, exist_ok=True)
     tag = {"epoch": str(meta["epoch"])}
     atomic_write(directory / CHECKPOINT_WEIGHTS, lambda p: save_file(state, str(p), metadata=tag))
     atomic_write(directory / CHECKPOINT_BEST, lambda p: save_file(best_state, str(p), metadata=tag))
+    if ema_state is not None:
+        atomic_write(directory / CHECKPOINT_EMA, lambda p: save_file(ema_state, str(p), metadata=tag))
+    else:  # an average left by an earlier run with the setting on must not be resumed from later
+        (directory / CHECKPOINT_EMA).unlink(missing_ok=True)
     atomic_write(
         directory / CHECKPOINT_OPTIMIZER,
         lambda p: torch.save({"epoch": int(meta["epoch"]), "optimizer": optimiser_state}, p),
@@ -312,6 +353,7 @@ def fit(
     if init_state is not None:
         _load_weights(model, init_state, "init_state")
     optimiser = build_optimizer(model, settings)
+    ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay is not None else None
     model_config = task.model_config()
     start_epoch, best_val, best_epoch = 0, math.inf, -1
     history: list[dict[str, float]] = []
@@ -329,6 +371,12 @@ def fit(
             # The saved learning rate would silently win over a changed config otherwise.
             for group in optimiser.param_groups:
                 group["lr"], group["weight_decay"] = settings.learning_rate, settings.weight_decay
+            if ema is not None:
+                if not (checkpoint_dir / CHECKPOINT_EMA).is_file() or "ema_steps" not in meta:
+                    raise ModelError(f"checkpoint in {checkpoint_dir} was written without train.ema_decay; resume "
+                                     "with the run's own settings, or start afresh in another checkpoint directory")
+                ema.load(_read_tagged_weights(checkpoint_dir / CHECKPOINT_EMA, int(meta["epoch"])),
+                         int(meta["ema_steps"]), f"weight average in {checkpoint_dir}")
             start_epoch = int(meta["epoch"]) + 1
             best_val, best_epoch, history = float(meta["best_val_loss"]), int(meta["best_epoch"]), meta["history"]
             if rank == 0:
@@ -368,12 +416,15 @@ def fit(
             loss_sum, w = task.loss_sums(output.float(), y)
             (loss_sum / w.clamp_min(1e-12)).backward()
             comm.step(model, optimiser, settings.clip_value)
+            if ema is not None:
+                ema.update(model)
             total += loss_sum.detach().double()
             weight += w.detach().double()
             batches += 1
             progress.step(batches, functools.partial(_ratio, total, weight))
         progress.close()
-        val_sum, val_weight = _val_sums(_unwrap(model), task, batch_size * 4, device, autocast)
+        judged = ema.model if ema is not None else _unwrap(model)  # what validation, and the bundle, use
+        val_sum, val_weight = _val_sums(judged, task, batch_size * 4, device, autocast)
         sums = torch.tensor([float(total), float(weight), val_sum, val_weight], dtype=torch.float64)
         batches_min, batches_max = batches, batches
         if comm.distributed:
@@ -399,7 +450,7 @@ def fit(
         improved = val_loss < best_val - MIN_IMPROVEMENT
         if improved:
             best_val, best_epoch, stale = val_loss, epoch, 0
-            best_state = cpu_state(model)
+            best_state = cpu_state(judged)
         else:
             stale += 1
         if rank == 0:
@@ -418,9 +469,11 @@ def fit(
                     "model": model_config,
                     "train": dataclasses.asdict(settings),  # type: ignore[call-overload]
                     "world_size": world,
+                    **({"ema_steps": ema.steps} if ema is not None else {}),
                     **(extra_meta or {}),
                 }
-                save_checkpoint(checkpoint_dir, cpu_state(model), best_state, optimiser.state_dict(), meta)
+                save_checkpoint(checkpoint_dir, cpu_state(model), best_state, optimiser.state_dict(), meta,
+                                cpu_state(ema.model) if ema is not None else None)
         if 0 < settings.patience <= stale:
             if rank == 0:
                 log.info("%s: early stop at epoch %d, no improvement for %d epochs (best epoch %d, val_loss %.5f)",
@@ -428,7 +481,7 @@ def fit(
             break
     if best_state is None:
         # No epoch ran (e.g. the epochs were already reached and no checkpoint): the weights as they are.
-        best_state = cpu_state(model)
+        best_state = cpu_state(ema.model if ema is not None else model)
     return TrainResult(best_state, history, best_epoch, best_val)
 
 
