@@ -101,21 +101,27 @@ class WeightAverage:
     within the first steps instead of weighing on the average for thousands of them.
     """
 
-    def __init__(self, model: nn.Module, decay: float, steps: int = 0) -> None:
+    def __init__(self, model: nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(_unwrap(model))
         self.model.requires_grad_(False)
-        self.decay, self.steps = decay, steps
+        self.decay, self.steps = decay, 0
+        # (average, live) tensor pairs, taken at the first update (after any DDP/Horovod wrapping):
+        # the optimiser and load_state_dict change the live tensors in place, so the pairs stay
+        # valid and no step rebuilds two state dicts.
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Move the average towards ``model``'s current weights (integer buffers are copied)."""
+        if self._pairs is None:
+            live = _unwrap(model).state_dict()
+            self._pairs = [(mine, live[name]) for name, mine in self.model.state_dict().items()]
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        live = _unwrap(model).state_dict()
-        for name, mine in self.model.state_dict().items():
+        for mine, current in self._pairs:
             if mine.is_floating_point():
-                mine.lerp_(live[name], 1.0 - d)
+                mine.lerp_(current, 1.0 - d)
             else:
-                mine.copy_(live[name])
+                mine.copy_(current)
         self.steps += 1
 
     def load(self, state: dict[str, torch.Tensor], steps: int, origin: str) -> None:
