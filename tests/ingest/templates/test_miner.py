@@ -260,6 +260,8 @@ def test_cache_does_not_change_results(fitted: Templates, corpus: list[str]) -> 
     assert uncached.match_many(probes) == expected
     assert small.match_many(probes) == expected
     assert fitted.match_many(probes) == expected
+    assert fitted.cache_counts()[0] > 0  # repeated forms (match_many's block path skips the message cache)
+    assert [fitted.match(m) for m in probes] == expected
     info = fitted.cache_info()
     assert info is not None and info.hits > 0
     assert uncached.cache_info() is None

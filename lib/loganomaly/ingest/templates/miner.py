@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow as pa
 from drain3.drain import Drain, LogCluster
 from drain3.template_miner import TemplateMiner
 from drain3.template_miner_config import TemplateMinerConfig
@@ -81,6 +82,7 @@ from loganomaly.ingest.templates.masking import (
     TemplateConfig,
     combined_mask_regex,
     preset,
+    token_local,
 )
 from loganomaly.lake.schemas import UNKNOWN_TEMPLATE_ID
 
@@ -154,6 +156,14 @@ def template_ids(texts: Iterable[str]) -> dict[str, str]:
     return out
 
 
+#: Bounds of :class:`_Preprocessor`'s token cache: entries (cleared when a block would overfill
+#: it) and the longest token kept (longer ones, rare, are masked each time they come).
+_TOKEN_CACHE_SIZE = 200_000
+_TOKEN_CACHE_CHARS = 256
+#: Fewer messages than this in a :meth:`Templates.match_many` call are matched one by one.
+_BLOCK_MIN = 16
+
+
 class _Preprocessor:
     """Masking and tokenising, shared by learning and matching so both see identical tokens.
 
@@ -167,6 +177,11 @@ class _Preprocessor:
     def __init__(self, config: TemplateConfig) -> None:
         self.regex = combined_mask_regex(config.masking)
         self.placeholders = {f"m{i}": f"<{name}>" for i, (_, name) in enumerate(config.masking)}
+        #: Token -> (masked token, its masked values), for :meth:`mask_block`; None unless the rules
+        #: are token-local.
+        self.token_cache: dict[str, tuple[str, tuple[str, ...]]] | None = (
+            {} if self.regex is not None and token_local(config.masking) else None
+        )
         names = sorted(set(self.placeholders.values()), key=len, reverse=True)
         self.placeholder_regex = re.compile("|".join(re.escape(n) for n in names)) if names else None
         # Same-length blanks keep offsets of masked values valid after splitting on delimiters.
@@ -199,6 +214,53 @@ class _Preprocessor:
             return placeholders[m.lastgroup]  # type: ignore[index]
 
         return self.regex.sub(replace, message), values  # type: ignore[union-attr]
+
+    def mask_block(self, messages: list[str]) -> tuple[list[str], list[list[str]]]:
+        """:meth:`mask` of many messages without ``<``, each distinct token masked once.
+
+        Needs token-local rules (:attr:`token_cache` set; see
+        :func:`~loganomaly.ingest.templates.masking.token_local`): masking a message then equals
+        masking each of its space-separated tokens, and a log's tokens repeat (words, names, its
+        hosts and ports) far more than its messages do. Arrow splits the messages, finds the
+        distinct tokens and joins the masked ones back in C++; Python masks only tokens it has not
+        seen (kept in :attr:`token_cache` across blocks) and gathers each message's values. The
+        per-message regex pass was most of what matching cost (7-13 us a message on the
+        generated syslog, Zeek and HDFS lines; ``bench/parse.py --templates`` has the end result).
+        """
+        import pyarrow.compute as pc
+
+        cache = self.token_cache
+        assert cache is not None
+        lists = pc.split_pattern(pa.array(messages, pa.string()), " ")
+        encoded = pc.dictionary_encode(lists.values)
+        distinct = encoded.dictionary.to_pylist()
+        if len(cache) + len(distinct) > _TOKEN_CACHE_SIZE:
+            cache.clear()  # bounded memory, as the other caches
+        get = cache.get
+        hits = [get(token) for token in distinct]
+        new = [k for k, hit in enumerate(hits) if hit is None]
+        if new:
+            # The new tokens in one regex pass: the rules being token-local, masking them joined
+            # by spaces masks each alone, and a masked token holds one "<" per value (they hold none).
+            text, found = self.mask(" ".join([distinct[k] for k in new]))
+            at = 0
+            for k, masked_token in zip(new, text.split(" "), strict=True):
+                n = masked_token.count("<")
+                hit = hits[k] = (masked_token, tuple(found[at:at + n]))
+                at += n
+                if len(distinct[k]) <= _TOKEN_CACHE_CHARS and len(cache) < _TOKEN_CACHE_SIZE:
+                    cache[distinct[k]] = hit
+        done: list[tuple[str, tuple[str, ...]]] = hits  # type: ignore[assignment]  # every entry set above
+        indices = encoded.indices
+        masked = pc.binary_join(
+            pa.ListArray.from_arrays(lists.offsets, pa.array([h[0] for h in done], pa.string()).take(indices)), " "
+        ).to_pylist()
+        # Each message's values: its tokens' value lists, concatenated (list offsets, in C++).
+        token_values = pa.array([h[1] for h in done], pa.list_(pa.string())).take(indices)
+        per_token = token_values.offsets.to_numpy()
+        bounds = per_token[lists.offsets.to_numpy()]
+        values = pa.ListArray.from_arrays(pa.array(bounds, pa.int32()), token_values.values).to_pylist()
+        return masked, values
 
     def __call__(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
         if self.regex is None:
@@ -519,7 +581,14 @@ class Templates:
         """
         cached = self._cached
         unknown = TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
-        out = [unknown if m is None else cached(m) for m in messages]
+        if self._pre.token_cache is not None and self._cache_size:
+            messages = messages if isinstance(messages, list) else list(messages)
+            if len(messages) >= _BLOCK_MIN:
+                out = self._match_block(messages)
+            else:
+                out = [unknown if m is None else cached(m) for m in messages]
+        else:
+            out = [unknown if m is None else cached(m) for m in messages]
         if self.config.nearest_min_similarity:
             near = sum(isinstance(r, NearestMatch) for r in out)
             if near:
@@ -555,6 +624,32 @@ class Templates:
             return self._match_reference(message)
         return self._match_form(message)
 
+    def _match_block(self, messages: list[str | None]) -> list[TemplateMatch]:
+        """:meth:`match` of each message; those of the fast path (:meth:`_match_form`) masked
+        together (:meth:`_Preprocessor.mask_block`), the others (``None``, holding ``<``) one by one."""
+        unknown = TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
+        out: list[TemplateMatch] = [unknown] * len(messages)
+        rows: list[int] = []
+        for i, message in enumerate(messages):
+            if message is None:
+                continue
+            if "<" in message:
+                out[i] = self._cached(message)
+            else:
+                rows.append(i)
+        if not rows:
+            return out
+        masked, values = self._pre.mask_block([messages[i] for i in rows])  # type: ignore[misc]
+        forms = self._forms
+        for i, text, found in zip(rows, masked, values, strict=True):
+            form = forms.get(text)
+            if form is None:
+                form = self._form(text, len(found))
+            else:
+                self._masked_hits += 1
+            out[i] = self._from_form(form, found)
+        return out
+
     def _match_form(self, message: str) -> TemplateMatch:
         """:meth:`_match_reference` for a message without ``<``, by its masked text.
 
@@ -573,6 +668,11 @@ class Templates:
             form = self._form(masked, len(values))
         else:
             self._masked_hits += 1
+        return self._from_form(form, values)
+
+    @staticmethod
+    def _from_form(form: tuple[type[TemplateMatch], str, str | None, Any], values: list[str]) -> TemplateMatch:
+        """The match of a message of ``form`` (:meth:`_form`) whose masked values are ``values``."""
         cls, template_id, text, recipe = form
         if recipe is None:
             return cls(template_id, text, tuple(values))

@@ -1,0 +1,124 @@
+"""Matching many messages at once (``Templates.match_many`` with token-local rules) against the
+token-by-token reference.
+
+With rules that cannot match a space (:func:`token_local`), ``match_many`` masks each distinct
+token of a block once (``_Preprocessor.mask_block``) instead of running the masking regex over
+every message. These tests check that the rules are classified right, that the block path is the
+one taken, and that it gives the reference's result on every preset, the fixture logs and random
+messages (spaces doubled, empty messages, ``None``, messages holding ``<``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loganomaly.ingest.templates import miner
+from loganomaly.ingest.templates.masking import DEFAULT_MASKING, PRESETS, TemplateConfig, token_local
+from loganomaly.ingest.templates.miner import Templates
+from tests.ingest.templates.test_forms import _TOKENS, CONFIGS, _messages
+
+LOGS = Path(__file__).resolve().parents[2] / "resources" / "logs"
+
+
+def _check(templates: Templates, messages: list[str | None]) -> None:
+    got = templates.match_many(messages)
+    want = [templates.match(None) if m is None else templates._match_reference(m) for m in messages]
+    assert len(got) == len(want)
+    for message, g, w in zip(messages, got, want, strict=True):
+        assert (type(g), g) == (type(w), w), message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "local"),
+    [
+        (r"(?<![A-Za-z0-9])\d+(?![A-Za-z0-9])", True),
+        (r"\bfoo\b", True),
+        (r"\S+x", True),
+        (r"(?<![^ ])x", True),  # "not preceded by a non-space": the edge and the space agree
+        (r"(?=\d)\w+", True),
+        (r"\d+ bytes", False),  # a literal space
+        (r"\s\d", False),
+        (r"a.b", False),  # "." matches a space
+        (r"[^a]+", False),  # a negated class holding the space
+        (r"[\x00-\x7f]", False),
+        (r"\W", False),
+        (r"^x", False),  # anchored to the text's start, not a token's
+        (r"x$", False),
+        (r"(?<= )x", False),  # a look-behind that needs the space
+        (r"(a)\1", False),  # not handled: unsure, so not local
+    ],
+)
+def test_token_local_rules(pattern: str, local: bool) -> None:
+    assert token_local([(pattern, "X")]) is local
+
+
+def test_built_in_rules() -> None:
+    assert token_local(DEFAULT_MASKING)
+    assert {name for name, config in PRESETS.items() if not token_local(config.masking)} == {"Proxifier"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_block_matches_the_reference(name: str) -> None:
+    templates = Templates(CONFIGS[name]).fit(_messages(0, 300))
+    messages: list[str | None] = list(_messages(1, 400))
+    messages[::37] = [None] * len(messages[::37])
+    _check(templates, messages)
+    _check(templates, messages)  # now from the token and form caches
+    assert (templates._pre.token_cache is not None) == (
+        templates._pre.regex is not None and token_local(CONFIGS[name].masking)
+    )
+
+
+def test_block_path_is_taken_and_counted() -> None:
+    templates = Templates().fit(_messages(0, 300))
+    messages = _messages(1, 400)
+    templates.match_many(messages)
+    assert templates._pre.token_cache  # the block path filled it
+    hits, searches = templates.cache_counts()
+    assert hits + searches == len(messages)
+    assert searches < len(messages) // 4
+
+
+def test_space_holding_rules_keep_the_whole_message_pass() -> None:
+    """Proxifier's size rule matches across a space: splitting would change its values."""
+    templates = Templates(PRESETS["Proxifier"]).fit(["x 1190 bytes (1.16 KB) sent"] * 3)
+    messages = [f"proxy {n} bytes ({n / 1000:.2f} KB) sent to h{n % 7}:{n}" for n in range(1000, 1100)]
+    assert templates._pre.token_cache is None
+    _check(templates, messages)
+    assert templates.match_many(messages)[0].params[0] == "1000 bytes (1.00 KB)"
+
+
+def test_fixture_logs() -> None:
+    for path in sorted(LOGS.glob("*.log")):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        templates = Templates().fit(lines[: len(lines) // 2])
+        _check(templates, list(lines))
+
+
+def test_bounded_token_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(miner, "_TOKEN_CACHE_SIZE", 40)
+    monkeypatch.setattr(miner, "_TOKEN_CACHE_CHARS", 6)
+    templates = Templates().fit(_messages(0, 300))
+    messages = _messages(1, 400)
+    for start in range(0, len(messages), 50):
+        _check(templates, messages[start:start + 50])
+        assert len(templates._pre.token_cache or {}) <= 40
+    assert all(len(token) <= 6 for token in templates._pre.token_cache or {})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(st.none(), st.lists(st.one_of(_TOKENS, st.just("")), max_size=8).map(" ".join)),
+        min_size=16,
+        max_size=60,
+    )
+)
+def test_random_messages(messages: list[str | None]) -> None:
+    for config in (TemplateConfig(), TemplateConfig(extra_delimiters=("=", ":")), PRESETS["HDFS"]):
+        templates = Templates(config).fit([m for m in messages[::2] if m is not None])
+        _check(templates, messages)
