@@ -159,16 +159,9 @@ def matcher(version: str, state: str | bytes) -> Templates:
 
 def _template_columns(
     kinds: list[str], messages: list[Any], templates: Templates
-) -> tuple[list[str | None], list[str | None], list[tuple[str, ...] | None]]:
+) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Template id, text and parameters per row: events matched, quarantine rows null."""
-    n = len(kinds)
-    ids: list[str | None] = [None] * n
-    texts: list[str | None] = [None] * n
-    params: list[tuple[str, ...] | None] = [None] * n
-    events = [i for i, kind in enumerate(kinds) if kind == "event"]
-    for i, match in zip(events, templates.match_many([messages[i] for i in events]), strict=True):
-        ids[i], texts[i], params[i] = match  # (id, text, params tuple); Arrow takes tuples as lists
-    return ids, texts, params
+    return templates.match_columns(messages, [kind == "event" for kind in kinds])
 
 
 #: Columns a parser fills; the rest are set per file or computed per batch.

@@ -25,11 +25,17 @@ LOGS = Path(__file__).resolve().parents[2] / "resources" / "logs"
 
 
 def _check(templates: Templates, messages: list[str | None]) -> None:
-    got = templates.match_many(messages)
+    """``match_many`` and ``match_columns`` (every third row not an event) against the reference."""
     want = [templates.match(None) if m is None else templates._match_reference(m) for m in messages]
+    got = templates.match_many(messages)
     assert len(got) == len(want)
     for message, g, w in zip(messages, got, want, strict=True):
         assert (type(g), g) == (type(w), w), message
+    is_event = [i % 3 != 1 for i in range(len(messages))]
+    ids, texts, params = templates.match_columns(messages, is_event)
+    rows = list(zip(ids.to_pylist(), texts.to_pylist(), params.to_pylist(), strict=True))
+    expected = [(w[0], w[1], list(w[2])) if event else (None, None, None) for w, event in zip(want, is_event, strict=True)]
+    assert rows == expected
 
 
 @pytest.mark.parametrize(
@@ -73,14 +79,30 @@ def test_block_matches_the_reference(name: str) -> None:
     )
 
 
-def test_block_path_is_taken_and_counted() -> None:
+@pytest.mark.parametrize("columns", [False, True])
+def test_block_path_is_taken_and_counted(columns: bool) -> None:
     templates = Templates().fit(_messages(0, 300))
     messages = _messages(1, 400)
-    templates.match_many(messages)
+    if columns:
+        templates.match_columns(messages, [True] * len(messages))
+    else:
+        templates.match_many(messages)
     assert templates._pre.token_cache  # the block path filled it
     hits, searches = templates.cache_counts()
     assert hits + searches == len(messages)
     assert searches < len(messages) // 4
+
+
+def test_nearest_lines_are_counted_alike() -> None:
+    config = TemplateConfig(nearest_min_similarity=0.5)
+    fitted = Templates(config).fit(_messages(0, 300)).to_json()
+    messages = [m + " extra words" for m in _messages(1, 300)]
+    by_rows, by_columns = Templates.from_json(fitted), Templates.from_json(fitted)
+    by_rows.match_many(messages)
+    by_columns.match_columns(messages, [True] * len(messages))
+    assert by_rows.nearest_lines > 0
+    assert by_columns.nearest_lines == by_rows.nearest_lines
+    assert by_columns.cache_counts() == by_rows.cache_counts()
 
 
 def test_space_holding_rules_keep_the_whole_message_pass() -> None:

@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 from drain3.drain import Drain, LogCluster
 from drain3.template_miner import TemplateMiner
@@ -215,8 +216,9 @@ class _Preprocessor:
 
         return self.regex.sub(replace, message), values  # type: ignore[union-attr]
 
-    def mask_block(self, messages: list[str]) -> tuple[list[str], list[list[str]]]:
-        """:meth:`mask` of many messages without ``<``, each distinct token masked once.
+    def mask_block(self, messages: list[str]) -> tuple[pa.StringArray, pa.ListArray]:
+        """:meth:`mask` of many messages without ``<`` as Arrow arrays (masked texts, lists of
+        masked values), each distinct token masked once.
 
         Needs token-local rules (:attr:`token_cache` set; see
         :func:`~loganomaly.ingest.templates.masking.token_local`): masking a message then equals
@@ -254,12 +256,12 @@ class _Preprocessor:
         indices = encoded.indices
         masked = pc.binary_join(
             pa.ListArray.from_arrays(lists.offsets, pa.array([h[0] for h in done], pa.string()).take(indices)), " "
-        ).to_pylist()
+        )
         # Each message's values: its tokens' value lists, concatenated (list offsets, in C++).
         token_values = pa.array([h[1] for h in done], pa.list_(pa.string())).take(indices)
         per_token = token_values.offsets.to_numpy()
         bounds = per_token[lists.offsets.to_numpy()]
-        values = pa.ListArray.from_arrays(pa.array(bounds, pa.int32()), token_values.values).to_pylist()
+        values = pa.ListArray.from_arrays(pa.array(bounds, pa.int32()), token_values.values)
         return masked, values
 
     def __call__(self, message: str) -> tuple[list[str], tuple[str, ...], dict[int, tuple[tuple[str, ...], str | None]]]:
@@ -445,6 +447,14 @@ def _params(recipe: list[Any], values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _positions(n: int, first: Sequence[int], second: Sequence[int]) -> pa.Array:
+    """Take-indices that put ``concat(rows at first, rows at second)`` back in row order."""
+    order = np.empty(n, np.int64)
+    order[np.asarray(first, np.int64)] = np.arange(len(first))
+    order[np.asarray(second, np.int64)] = np.arange(len(first), len(first) + len(second))
+    return pa.array(order)
+
+
 class Templates:
     """Drain template miner with a JSON state; fit once, then match without learning.
 
@@ -590,12 +600,97 @@ class Templates:
         else:
             out = [unknown if m is None else cached(m) for m in messages]
         if self.config.nearest_min_similarity:
-            near = sum(isinstance(r, NearestMatch) for r in out)
-            if near:
-                self.nearest_lines += near
-                log.info("templates: %d of %d lines matched no template exactly and went to their nearest "
-                         "template (similarity >= %.2f)", near, len(out), self.config.nearest_min_similarity)
+            self._log_nearest(sum(isinstance(r, NearestMatch) for r in out), len(out))
         return out
+
+    def _log_nearest(self, near: int, lines: int) -> None:
+        if near:
+            self.nearest_lines += near
+            log.info("templates: %d of %d lines matched no template exactly and went to their nearest "
+                     "template (similarity >= %.2f)", near, lines, self.config.nearest_min_similarity)
+
+    def match_columns(
+        self, messages: Sequence[str | None], is_event: Sequence[bool]
+    ) -> tuple[pa.Array, pa.Array, pa.Array]:
+        """Template id, text and params columns of a batch (rows not events: null), each event as
+        :meth:`match_many` matches it.
+
+        With token-local rules the events of the fast path go through Arrow from end to end: their
+        masked texts (:meth:`_Preprocessor.mask_block`) are grouped by form, each form resolved once
+        (:meth:`_form`), ids and texts taken per row, and params are the rows' masked values for
+        the forms whose recipe is "all values in order" (most forms); only rows of other recipes
+        build their params in Python. No per-row match object is made.
+        """
+        n = len(is_event)
+        rows: list[int] = []
+        others: list[int] = []
+        for i in range(n):
+            message = messages[i]
+            if is_event[i] and message is not None and "<" not in message:
+                rows.append(i)
+            else:
+                others.append(i)
+        if self._pre.token_cache is None or not self._cache_size or len(rows) < _BLOCK_MIN:
+            matches = iter(self.match_many([messages[i] for i in range(n) if is_event[i]]))
+            picked = [next(matches) if is_event[i] else None for i in range(n)]
+            return (
+                pa.array([m[0] if m else None for m in picked], pa.string()),
+                pa.array([m[1] if m else None for m in picked], pa.string()),
+                pa.array([m[2] if m else None for m in picked], pa.list_(pa.string())),
+            )
+        columns, near = self._block_columns([messages[i] for i in rows])  # type: ignore[misc]
+        rest = [self.match(messages[i]) if is_event[i] else None for i in others]
+        events = len(rows) + sum(1 for i in others if is_event[i])
+        self._log_nearest(near + sum(isinstance(m, NearestMatch) for m in rest), events)
+        if not others:
+            return columns
+        extra = (
+            pa.array([m[0] if m else None for m in rest], pa.string()),
+            pa.array([m[1] if m else None for m in rest], pa.string()),
+            pa.array([m[2] if m else None for m in rest], pa.list_(pa.string())),
+        )
+        order = _positions(n, rows, others)
+        return tuple(  # type: ignore[return-value]
+            pa.concat_arrays([block, more]).take(order) for block, more in zip(columns, extra, strict=True)
+        )
+
+    def _block_columns(self, messages: list[str]) -> tuple[tuple[pa.Array, pa.Array, pa.Array], int]:
+        """:meth:`match_columns` of messages of the fast path (no ``<``, not None), and how many
+        went to their nearest template."""
+        import pyarrow.compute as pc
+
+        masked, values = self._pre.mask_block(messages)
+        encoded = pc.dictionary_encode(masked)
+        texts = encoded.dictionary.to_pylist()
+        index = encoded.indices.to_numpy(zero_copy_only=False)
+        counts = np.bincount(index, minlength=len(texts)).tolist()
+        forms = self._forms
+        entries = []
+        near = 0
+        for text, count in zip(texts, counts, strict=True):
+            form = forms.get(text)
+            if form is None:
+                form = self._form(text, text.count("<"))  # a mask token per value (the message has no "<")
+                count -= 1
+            self._masked_hits += count
+            entries.append(form)
+        for form, count in zip(entries, counts, strict=True):
+            if form[0] is NearestMatch:
+                near += count
+        ids = pa.array([e[1] for e in entries], pa.string()).take(encoded.indices)
+        templates = pa.array([e[2] for e in entries], pa.string()).take(encoded.indices)
+        plain = np.array([e[3] is None for e in entries], dtype=bool)[index]
+        if plain.all():
+            return (ids, templates, values), near
+        odd = np.flatnonzero(~plain)
+        built = [
+            self._from_form(entries[index[r]], found)[2]
+            for r, found in zip(odd.tolist(), values.take(pa.array(odd)).to_pylist(), strict=True)
+        ]
+        same = np.flatnonzero(plain)
+        order = _positions(len(messages), same.tolist(), odd.tolist())
+        params = pa.concat_arrays([values.take(pa.array(same)), pa.array(built, pa.list_(pa.string()))]).take(order)
+        return (ids, templates, params), near
 
     def _search(self, tokens: list[str]) -> Any:
         """The Drain search for masked ``tokens``: ``(False, template info)`` for an exact fit,
@@ -639,9 +734,9 @@ class Templates:
                 rows.append(i)
         if not rows:
             return out
-        masked, values = self._pre.mask_block([messages[i] for i in rows])  # type: ignore[misc]
+        masked_array, values_array = self._pre.mask_block([messages[i] for i in rows])  # type: ignore[misc]
         forms = self._forms
-        for i, text, found in zip(rows, masked, values, strict=True):
+        for i, text, found in zip(rows, masked_array.to_pylist(), values_array.to_pylist(), strict=True):
             form = forms.get(text)
             if form is None:
                 form = self._form(text, len(found))
