@@ -1064,12 +1064,11 @@ def _match_templates(job: _ParseJob) -> Any:
         assert templates is not None
         with relaxed_gc():
             for batch in batches:
-                matches = templates.match_many(batch.column("message").to_pylist())
-                ids, texts, params = (list(col) for col in zip(*matches, strict=True)) if matches else ([], [], [])
+                messages = batch.column("message").to_pylist()
                 columns = {f.name: batch.column(f.name) for f in PARSED_ARROW}
-                columns["template_id"] = pa.array(ids, pa.string())
-                columns["template"] = pa.array(texts, pa.string())
-                columns["params"] = pa.array(params, pa.list_(pa.string()))
+                columns["template_id"], columns["template"], columns["params"] = templates.match_columns(
+                    messages, [True] * len(messages)
+                )
                 yield pa.record_batch([columns[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
 
     return task

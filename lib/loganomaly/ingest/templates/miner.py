@@ -447,6 +447,15 @@ def _params(recipe: list[Any], values: list[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _columns(matches: Sequence[TemplateMatch | None]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """Id, text and params columns of matches (None: a null row)."""
+    return (
+        pa.array([m[0] if m else None for m in matches], pa.string()),
+        pa.array([m[1] if m else None for m in matches], pa.string()),
+        pa.array([m[2] if m else None for m in matches], pa.list_(pa.string())),
+    )
+
+
 def _positions(n: int, first: Sequence[int], second: Sequence[int]) -> pa.Array:
     """Take-indices that put ``concat(rows at first, rows at second)`` back in row order."""
     order = np.empty(n, np.int64)
@@ -589,19 +598,19 @@ class Templates:
         Lines given to their nearest template (``nearest_min_similarity``) are added to
         :attr:`nearest_lines` and logged per batch with the batch's size.
         """
-        cached = self._cached
-        unknown = TemplateMatch(UNKNOWN_TEMPLATE_ID, None, ())
-        if self._pre.token_cache is not None and self._cache_size:
-            messages = messages if isinstance(messages, list) else list(messages)
-            if len(messages) >= _BLOCK_MIN:
-                out = self._match_block(messages)
-            else:
-                out = [unknown if m is None else cached(m) for m in messages]
+        messages = messages if isinstance(messages, list) else list(messages)
+        if self._blockwise(len(messages)):
+            out = self._match_block(messages)
         else:
-            out = [unknown if m is None else cached(m) for m in messages]
+            out = [self.match(m) for m in messages]
         if self.config.nearest_min_similarity:
             self._log_nearest(sum(isinstance(r, NearestMatch) for r in out), len(out))
         return out
+
+    def _blockwise(self, n: int) -> bool:
+        """Whether ``n`` messages are masked together (:meth:`_Preprocessor.mask_block`): the rules
+        are token-local, the caches on, and the batch large enough to outweigh Arrow's fixed costs."""
+        return self._pre.token_cache is not None and bool(self._cache_size) and n >= _BLOCK_MIN
 
     def _log_nearest(self, near: int, lines: int) -> None:
         if near:
@@ -630,25 +639,16 @@ class Templates:
                 rows.append(i)
             else:
                 others.append(i)
-        if self._pre.token_cache is None or not self._cache_size or len(rows) < _BLOCK_MIN:
+        if not self._blockwise(len(rows)):
             matches = iter(self.match_many([messages[i] for i in range(n) if is_event[i]]))
-            picked = [next(matches) if is_event[i] else None for i in range(n)]
-            return (
-                pa.array([m[0] if m else None for m in picked], pa.string()),
-                pa.array([m[1] if m else None for m in picked], pa.string()),
-                pa.array([m[2] if m else None for m in picked], pa.list_(pa.string())),
-            )
+            return _columns([next(matches) if is_event[i] else None for i in range(n)])
         columns, near = self._block_columns([messages[i] for i in rows])  # type: ignore[misc]
         rest = [self.match(messages[i]) if is_event[i] else None for i in others]
         events = len(rows) + sum(1 for i in others if is_event[i])
         self._log_nearest(near + sum(isinstance(m, NearestMatch) for m in rest), events)
         if not others:
             return columns
-        extra = (
-            pa.array([m[0] if m else None for m in rest], pa.string()),
-            pa.array([m[1] if m else None for m in rest], pa.string()),
-            pa.array([m[2] if m else None for m in rest], pa.list_(pa.string())),
-        )
+        extra = _columns(rest)
         order = _positions(n, rows, others)
         return tuple(  # type: ignore[return-value]
             pa.concat_arrays([block, more]).take(order) for block, more in zip(columns, extra, strict=True)
@@ -657,26 +657,12 @@ class Templates:
     def _block_columns(self, messages: list[str]) -> tuple[tuple[pa.Array, pa.Array, pa.Array], int]:
         """:meth:`match_columns` of messages of the fast path (no ``<``, not None), and how many
         went to their nearest template."""
-        import pyarrow.compute as pc
 
         masked, values = self._pre.mask_block(messages)
-        encoded = pc.dictionary_encode(masked)
-        texts = encoded.dictionary.to_pylist()
+        entries, encoded = self._resolve_forms(masked)
         index = encoded.indices.to_numpy(zero_copy_only=False)
-        counts = np.bincount(index, minlength=len(texts)).tolist()
-        forms = self._forms
-        entries = []
-        near = 0
-        for text, count in zip(texts, counts, strict=True):
-            form = forms.get(text)
-            if form is None:
-                form = self._form(text, text.count("<"))  # a mask token per value (the message has no "<")
-                count -= 1
-            self._masked_hits += count
-            entries.append(form)
-        for form, count in zip(entries, counts, strict=True):
-            if form[0] is NearestMatch:
-                near += count
+        counts = np.bincount(index, minlength=len(entries)).tolist()
+        near = sum(count for form, count in zip(entries, counts, strict=True) if form[0] is NearestMatch)
         ids = pa.array([e[1] for e in entries], pa.string()).take(encoded.indices)
         templates = pa.array([e[2] for e in entries], pa.string()).take(encoded.indices)
         plain = np.array([e[3] is None for e in entries], dtype=bool)[index]
@@ -734,16 +720,31 @@ class Templates:
                 rows.append(i)
         if not rows:
             return out
-        masked_array, values_array = self._pre.mask_block([messages[i] for i in rows])  # type: ignore[misc]
+        masked, values = self._pre.mask_block([messages[i] for i in rows])  # type: ignore[misc]
+        entries, encoded = self._resolve_forms(masked)
+        for i, k, found in zip(rows, encoded.indices.to_pylist(), values.to_pylist(), strict=True):
+            out[i] = self._from_form(entries[k], found)
+        return out
+
+    def _resolve_forms(self, masked: pa.Array) -> tuple[list[tuple[type[TemplateMatch], str, str | None, Any]], Any]:
+        """The distinct masked texts of a block (``dictionary_encode``: texts and row indices) and
+        each one's form (:meth:`_form`), counted as the per-message path counts them: the first
+        message of a new form searches, every other one is a hit."""
+        import pyarrow.compute as pc
+
+        encoded = pc.dictionary_encode(masked)
+        texts = encoded.dictionary.to_pylist()
+        counts = np.bincount(encoded.indices.to_numpy(zero_copy_only=False), minlength=len(texts)).tolist()
         forms = self._forms
-        for i, text, found in zip(rows, masked_array.to_pylist(), values_array.to_pylist(), strict=True):
+        entries = []
+        for text, count in zip(texts, counts, strict=True):
             form = forms.get(text)
             if form is None:
-                form = self._form(text, len(found))
-            else:
-                self._masked_hits += 1
-            out[i] = self._from_form(form, found)
-        return out
+                form = self._form(text, text.count("<"))  # a mask token per value (the message has no "<")
+                count -= 1
+            self._masked_hits += count
+            entries.append(form)
+        return entries, encoded
 
     def _match_form(self, message: str) -> TemplateMatch:
         """:meth:`_match_reference` for a message without ``<``, by its masked text.
