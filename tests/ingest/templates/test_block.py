@@ -93,6 +93,21 @@ def test_block_path_is_taken_and_counted(columns: bool) -> None:
     assert searches < len(messages) // 4
 
 
+def test_block_mixes_every_recipe_kind() -> None:
+    """One block whose rows' forms take params in all three ways of ``_block_columns`` (the masked
+    values as they are, a take of values and constants, rows built one by one), interleaved: the
+    columns equal the reference, so the vectorised take and the reassembly of the three groups in
+    row order are both checked."""
+    for config in CONFIGS.values():
+        templates = Templates(config).fit(_messages(0, 300))
+        messages: list[str | None] = list(_messages(1, 400))
+        _check(templates, messages)
+        kinds = {miner._recipe_kind(form[3]) for form in templates._forms.values()}
+        if kinds == {0, 1, 2}:
+            return
+    pytest.fail("no test config gives forms of all three kinds in one block")
+
+
 def test_nearest_lines_are_counted_alike() -> None:
     config = TemplateConfig(nearest_min_similarity=0.5)
     fitted = Templates(config).fit(_messages(0, 300)).to_json()
