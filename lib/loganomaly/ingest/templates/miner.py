@@ -402,12 +402,12 @@ _NOT_SEARCHED = object()
 class _Picks(NamedTuple):
     """A recipe of values and constants only: ``pick(values + constants)`` is the params tuple, taken
     by :func:`operator.itemgetter` in C (the common recipe: masked values around constant tokens).
-    ``index`` is what ``pick`` takes (``< n_values``: a masked value, else constant ``i - n_values``),
+    ``positions`` are what ``pick`` takes (``< n_values``: a masked value, else constant ``i - n_values``),
     kept for :func:`_take_params`, which applies the recipe to many rows at once."""
 
     pick: Callable[[list[str]], tuple[str, ...]]
     constants: tuple[str, ...]
-    index: tuple[int, ...]
+    positions: tuple[int, ...]
     n_values: int
 
 
@@ -450,7 +450,7 @@ def _take_params(values: pa.ListArray, rows: np.ndarray, recipes: list[Any], for
             spec = -1 - np.arange(len(pool), len(pool) + len(recipe), dtype=np.int64)
             pool.extend(recipe)
         else:
-            index = np.asarray(recipe.index, np.int64)
+            index = np.asarray(recipe.positions, np.int64)
             spec = np.where(index < recipe.n_values, index, -1 - (len(pool) + index - recipe.n_values))
             pool.extend(recipe.constants)
         specs.append(spec)
@@ -501,7 +501,7 @@ def _columns(matches: Sequence[TemplateMatch | None]) -> tuple[pa.Array, pa.Arra
     )
 
 
-def _positions(n: int, *groups: Sequence[int]) -> pa.Array:
+def _positions(n: int, *groups: Sequence[int] | np.ndarray) -> pa.Array:
     """Take-indices that put ``concat(rows at groups[0], rows at groups[1], ...)`` back in row order."""
     order = np.empty(n, np.int64)
     at = 0
