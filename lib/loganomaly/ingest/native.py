@@ -66,6 +66,7 @@ from loganomaly.ingest.formats import (
     make_parser,
     open_lines,
 )
+from loganomaly.ingest.formats.base import decode_lines, long_line
 from loganomaly.ingest.formats.detect import parse_line
 from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
@@ -162,29 +163,10 @@ def _event_ids(path: str, generation: int, first: int, n: int) -> list[str]:
     return [blake(f"{prefix}{i}".encode(), digest_size=12).hexdigest() for i in range(first, first + n)]
 
 
-def _long_line(raw: bytes) -> tuple[str, str]:
-    """What :func:`open_lines` yields for a line over :data:`MAX_LINE_BYTES` (``raw``: no ``\\n``)."""
-    return raw[:4096].decode("utf-8", errors="replace"), f"line too long ({len(raw)} bytes)"
-
-
 def _slow_lines(chunk: bytes) -> tuple[list[str], list[str | None]]:
-    """Per-line decoding of a chunk holding invalid UTF-8 (rare): :func:`open_lines`' rules."""
-    texts: list[str] = []
-    problems: list[str | None] = []
-    for raw in chunk.split(b"\n"):
-        if len(raw) > MAX_LINE_BYTES:
-            text, problem = _long_line(raw)
-            texts.append(text)
-            problems.append(problem)
-            continue
-        raw = raw.rstrip(b"\r")
-        try:
-            texts.append(raw.decode("utf-8"))
-            problems.append(None)
-        except UnicodeDecodeError:
-            texts.append(raw.decode("utf-8", errors="replace"))
-            problems.append("invalid UTF-8")
-    return texts, problems
+    """Per-line decoding of a chunk holding invalid UTF-8 or an over-long line (rare): :func:`open_lines`' rules."""
+    lines = decode_lines(chunk)
+    return (lines, [None] * len(lines)) if type(lines) is list else lines  # type: ignore[return-value]
 
 
 def _fast_lines(chunk: bytes) -> tuple[pa.Array, pa.Array] | None:
@@ -204,7 +186,7 @@ def _fast_lines(chunk: bytes) -> tuple[pa.Array, pa.Array] | None:
         plist: list[str | None] = [None] * len(texts)
         for i, is_long in enumerate(long):
             if is_long:
-                texts[i], plist[i] = _long_line(texts[i].encode("utf-8"))
+                texts[i], plist[i] = long_line(texts[i].encode("utf-8"))
         lines = pa.array(texts, pa.large_string())
         problems = pa.array(plist, pa.string())
         trimmed = pc.if_else(pc.is_null(problems), pc.utf8_rtrim(lines, characters="\r"), lines)

@@ -146,3 +146,44 @@ def test_truncated_gzip_records_what_it_read_then_the_damage(tmp_path: Path) -> 
     assert records[-1].data["reason"].startswith("truncated or corrupt compressed stream")
     assert 0 < len(events(records)) < 2000
     assert [r.line_no for r in records] == list(range(1, len(records) + 1))
+
+
+def test_chunked_reading_equals_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncompressed files are read a chunk at a time (``_read_chunks``); ``_read_lines``, one
+    ``readline`` per line, is the reference. Random files of CRLF, lone and doubled CR, invalid
+    and split UTF-8, empty lines, lines just under, at and over the length limit (made small
+    here), with and without a last newline, read whole and in random byte ranges, with chunks
+    from 1 byte to more than the file: the same numbers, texts and problems."""
+    from loganomaly.ingest.formats import base
+
+    monkeypatch.setattr(base, "MAX_LINE_BYTES", 24)
+    rng = random.Random(3)
+    pieces = [b"abc", b"", b"\r", b"\r\r", "\u00e9".encode(), b"\xff\xfe", b"x" * 20, "\u65e5".encode(), b"\xe6\x97", b" \t"]
+    compared = 0
+    for trial in range(600):
+        monkeypatch.setattr(base, "_CHUNK_BYTES", rng.choice([1, 2, 3, 7, 23, 24, 25, 64, 1 << 20]))
+        parts = []
+        for _ in range(rng.randint(0, 30)):
+            parts.append(b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 4))))
+            if rng.random() < 0.08:
+                parts.append(b"y" * rng.choice([23, 24, 25, 26, 80]) + rng.choice([b"", b"\r"]))
+        data = b"\n".join(parts) + (b"\n" if rng.random() < 0.5 else b"")
+        path = tmp_path / f"f{trial}.log"
+        path.write_bytes(data)
+        ranges = [(0, None)] + [(rng.randint(0, len(data)), rng.choice([None, rng.randint(0, len(data) + 3)]))
+                                for _ in range(3)]
+        for start, budget in ranges:
+            with open(path, "rb") as a, open(path, "rb") as b:
+                a.seek(start)
+                b.seek(start)
+                want = list(base._read_lines(a, 5, budget))
+                assert list(base._read_chunks(b, 5, budget)) == want, (data, start, budget, base._CHUNK_BYTES)
+            compared += bool(want)
+    assert compared > 1000
+    # A range ending where the file's last line (no newline) starts, reached after draining a long line.
+    monkeypatch.setattr(base, "_CHUNK_BYTES", 30)
+    path = tmp_path / "end.log"
+    path.write_bytes(b"y" * 40 + b"\nab\ncd")
+    for budget in (None, 43, 44, 45):
+        with open(path, "rb") as a, open(path, "rb") as b:
+            assert list(base._read_chunks(b, 1, budget)) == list(base._read_lines(a, 1, budget)), budget

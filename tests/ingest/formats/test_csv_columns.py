@@ -229,3 +229,22 @@ def test_random_cells_give_the_per_line_batches(tmp_path: Path, seed: int) -> No
     path.write_text("\n".join([",".join(HEADER), *rows]) + "\n", encoding="utf-8")
     _assert_same(path)
     assert _taken(path) > 300
+
+
+def test_message_from_present_cells(tmp_path: Path) -> None:
+    """Without a message column the message joins the present proto, service and flag cells: every
+    pattern of empty and missing cells (all three empty too) gives the per-line message."""
+    rng = random.Random(7)
+    cells = ["", "-", "tcp", "a b", "x  y"]
+    lines = ["timestamp,host,proto,service,flag"]
+    for i in range(400):
+        lines.append(f"2024-03-04T00:00:{i % 60:02d}Z,h{i % 3}," + ",".join(rng.choice(cells) for _ in range(3)))
+    path = tmp_path / "conn.csv"
+    path.write_text("\n".join(lines) + "\n")
+    _assert_same(path)
+    assert _taken(path) == 400
+    messages = {
+        m for b in stage.parse_files_to_batches([str(path)], "r", 2048, sources={str(path): ("s", CSV)})
+        for m in b.column("message").to_pylist()
+    }
+    assert {"", "tcp", "a b x  y", "tcp tcp tcp"} <= messages

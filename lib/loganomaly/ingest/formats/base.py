@@ -17,6 +17,7 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import count, repeat
 from pathlib import Path
 from typing import IO, Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -217,8 +218,12 @@ def open_lines(
     """
     path = Path(path)
     if start == 0 and end is None:
-        with _open_binary(path) as fh:
-            yield from _read_lines(fh, first_line, None)
+        if is_compressed(path):
+            with _open_binary(path) as fh:
+                yield from _read_lines(fh, first_line, None)
+        else:
+            with open(path, "rb") as fh:
+                yield from _read_chunks(fh, first_line, None)
         return
     if is_compressed(path):
         raise StageInputError(f"{path}: a compressed file is read whole, not by byte range")
@@ -228,7 +233,7 @@ def open_lines(
             if fh.read(1) != b"\n":  # mid-line: that line belongs to the range before
                 while (more := fh.readline(MAX_LINE_BYTES)) and not more.endswith(b"\n"):
                     pass
-        yield from _read_lines(fh, first_line, None if end is None else end - fh.tell())
+        yield from _read_chunks(fh, first_line, None if end is None else end - fh.tell())
 
 
 def _read_lines(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator[tuple[int, str, str | None]]:
@@ -267,6 +272,110 @@ def _read_lines(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator[
     except (EOFError, OSError, zlib.error) as exc:
         line_no += 1
         yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
+
+
+#: Bytes :func:`_read_chunks` reads at a time.
+_CHUNK_BYTES = 1 << 20
+
+
+def long_line(raw: bytes) -> tuple[str, str]:
+    """What :func:`open_lines` yields for a line over :data:`MAX_LINE_BYTES` (``raw``: its bytes,
+    no ``\\n``, or the head of them when the whole line is ``length`` bytes)."""
+    return _head(raw), f"line too long ({len(raw)} bytes)"
+
+
+def _head(raw: bytes) -> str:
+    """The raw text kept of a line over the limit (what :func:`_read_lines` keeps)."""
+    return raw[:min(4096, MAX_LINE_BYTES + 1)].decode("utf-8", errors="replace")
+
+
+def decode_lines(body: bytes) -> tuple[list[str], list[str | None]] | list[str]:
+    """The lines of ``body`` (whole lines joined by ``\\n``, none holding it at its end), as
+    :func:`open_lines` decodes them: a list of texts when every line is clean, else texts and
+    their problems (invalid UTF-8, over :data:`MAX_LINE_BYTES`).
+
+    The clean case, nearly every chunk of a log, is one UTF-8 decode and one split in C: a valid
+    chunk is valid line by line, as ``\\n`` never occurs inside a multi-byte character.
+    """
+    if len(body) <= MAX_LINE_BYTES or max(map(len, body.split(b"\n"))) <= MAX_LINE_BYTES:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            lines = text.split("\n")
+            return [line.rstrip("\r") for line in lines] if "\r" in text else lines
+    texts: list[str] = []
+    problems: list[str | None] = []
+    for raw in body.split(b"\n"):
+        if len(raw) > MAX_LINE_BYTES:
+            text, problem = long_line(raw)
+            texts.append(text)
+            problems.append(problem)
+            continue
+        raw = raw.rstrip(b"\r")
+        try:
+            texts.append(raw.decode("utf-8"))
+            problems.append(None)
+        except UnicodeDecodeError:
+            texts.append(raw.decode("utf-8", errors="replace"))
+            problems.append("invalid UTF-8")
+    return texts, problems
+
+
+def _read_chunks(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator[tuple[int, str, str | None]]:
+    """:func:`_read_lines` of an uncompressed file, a chunk at a time: the same lines, numbers and
+    problems, without a ``readline`` and a decode per line (a third of what reading CSV cost).
+
+    With ``budget``, only the lines starting within that many bytes of the position: a chunk is
+    cut after the line holding byte ``budget - 1``. A line longer than :data:`MAX_LINE_BYTES`
+    with no end in sight is drained without being held, as :func:`_read_lines` does.
+    """
+    line_no = first_line - 1
+    at = 0  # offset of data[0] from the start position
+    data = b""
+    while budget is None or at < budget:
+        more = fh.read(_CHUNK_BYTES)
+        data = data + more if data else more
+        if not data:
+            return
+        last = not more
+        cut = data.rfind(b"\n")
+        if budget is not None and cut >= budget - at:  # the range ends in this chunk
+            cut = data.find(b"\n", budget - 1 - at)
+            last = True
+        elif last:
+            # The file's last line has no newline: it is a line if it starts within the range.
+            if cut < len(data) - 1 and (budget is None or cut + 1 < budget - at):
+                cut = len(data)
+        elif cut < 0:
+            if len(data) <= MAX_LINE_BYTES:
+                continue
+            length = len(data)  # a line over the limit: drain the rest, keep its head
+            while (tail := fh.read(_CHUNK_BYTES)) and (end := tail.find(b"\n")) < 0:
+                length += len(tail)
+            line_no += 1
+            if not tail:
+                yield line_no, _head(data), f"line too long ({length} bytes)"
+                return
+            length += end
+            yield line_no, _head(data), f"line too long ({length} bytes)"
+            at += length + 1
+            data = tail[end + 1:]
+            continue
+        if cut >= 0:
+            lines = decode_lines(data[:cut])
+            if type(lines) is list:
+                yield from zip(count(line_no + 1), lines, repeat(None))
+                line_no += len(lines)
+            else:
+                texts, problems = lines
+                yield from zip(count(line_no + 1), texts, problems)
+                line_no += len(texts)
+        if last:
+            return
+        at += cut + 1
+        data = data[cut + 1:]
 
 
 def count_line_starts(path: str | Path, start: int, end: int, chunk: int = 8 << 20) -> int:

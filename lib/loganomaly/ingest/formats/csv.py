@@ -445,13 +445,37 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
     if state.message_idx is not None:
         out["message"] = cell(state.message_idx)
     else:
-        parts_of = [out[c].to_pylist() if c in out else [None] * m for c in ("proto", "component", "status")]
-        out["message"] = pa.array([" ".join(p for p in ps if p) for ps in zip(*parts_of, strict=True)], pa.string())
+        out["message"] = _join_present([out[c] for c in ("proto", "component", "status") if c in out], m)
     out["attributes"] = _attributes(names, [cell(i) for i, _ in state.attr_idx], m)
     out["format"] = pa.array(["csv"] * m, pa.string())
 
     done = complete(rows, out, bad)
     return None if done is None else (done[0].tolist(), done[1])
+
+
+def _join_present(columns: list[pa.Array], n: int) -> pa.Array:
+    """``" ".join(p for p in parts if p)`` of each row's cells of ``columns`` (string; null and
+    empty cells left out), as :meth:`CsvParser.parse` builds a message without a message column.
+
+    In Arrow, one join per pattern of present cells (at most seven), each row taking its
+    pattern's: ``binary_join_element_wise`` cannot skip empty cells itself, and its null-skipping
+    mode dropped rows whose cells were all null (pyarrow 26).
+    """
+    out = pa.array([""] * n, pa.string())
+    if not columns:
+        return out
+    filled = [pc.fill_null(c, "") for c in columns]
+    present = [np.asarray(pc.not_equal(c, "").to_numpy(zero_copy_only=False), dtype=bool) for c in filled]
+    pattern = np.zeros(n, np.int64)
+    for i, p in enumerate(present):
+        pattern |= p.astype(np.int64) << i
+    for code in np.unique(pattern).tolist():
+        if code == 0:
+            continue
+        parts = [c for i, c in enumerate(filled) if code >> i & 1]
+        joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, " ")
+        out = pc.if_else(pa.array(pattern == code), joined, out)
+    return out
 
 
 def _attributes(names: list[str], columns: list[pa.Array], n: int) -> pa.Array:
