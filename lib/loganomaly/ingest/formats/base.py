@@ -355,11 +355,11 @@ def _read_chunks(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator
             while (tail := fh.read(_CHUNK_BYTES)) and (end := tail.find(b"\n")) < 0:
                 length += len(tail)
             line_no += 1
-            if not tail:
-                yield line_no, _head(data), f"line too long ({length} bytes)"
-                return
-            length += end
+            if tail:
+                length += end
             yield line_no, _head(data), f"line too long ({length} bytes)"
+            if not tail:
+                return
             at += length + 1
             data = tail[end + 1:]
             continue
