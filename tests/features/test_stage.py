@@ -151,6 +151,7 @@ def test_template_counts_off_leave_every_tpl_feature_out_and_the_rest_as_it_was(
     assert featurize.run(spark, cfg, lake=lake).feature_names == summary.feature_names
 
 
+@pytest.mark.slow  # about 40 s on 2 cores: in `make test-slow` and CI, not `make test`
 def test_feature_names_stay_stable_when_new_dates_arrive(spark, lake) -> None:  # type: ignore[no-untyped-def]
     write_events(spark, lake, day_events(DAY1, {"TA": 4, "TB": 2}, first_line=0))
     cfg = config(str(lake.root))
@@ -248,6 +249,7 @@ def window_rows(lake) -> dict[tuple[str, Any], tuple[Any, ...]]:  # type: ignore
     return {(r.entity, r.window_start): tuple(r[c] for c in cols[2:]) for r in lake.read("sequences").collect()}
 
 
+@pytest.mark.slow  # about 40 s on 2 cores: in `make test-slow` and CI, not `make test`
 def test_incremental_featurize_gives_the_full_rebuilds_windows(spark, lake) -> None:  # type: ignore[no-untyped-def]
     """``since`` rebuilds only recent dates, and exactly as a full rebuild would.
 

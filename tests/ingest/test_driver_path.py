@@ -59,7 +59,10 @@ def spark_jobs(spark, group: str) -> int:  # type: ignore[no-untyped-def]
     return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
 
 
-@pytest.mark.parametrize("engine", [*ENGINES, "deltars-dataframe"])
+# The delta engine's run and the DataFrame-input run are the longest of the main suite (about 80 s
+# and 30 s on 2 cores): `make test-slow` (and CI) runs them, `make test` keeps the deltars one.
+@pytest.mark.parametrize("engine", ["deltars", pytest.param("delta", marks=pytest.mark.slow),
+                                    pytest.param("deltars-dataframe", marks=pytest.mark.slow)])
 def test_the_driver_path_writes_the_rows_of_the_spark_path(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
     require_engine(spark, engine.split("-")[0])
     raw = tmp_path / "raw"
