@@ -36,8 +36,9 @@ left out; the start-up itself is printed apart. A small input is scored by the d
 timed beside it, and the marginal row subtracts that path's small run.
 
 ``--entity-baseline``: the stage once more on the big table with ``score.entity_baseline`` on and
-every entity in the ``internal`` group, so the rule's shuffle by entity and its pandas call per
-entity cover every row (:mod:`loganomaly.scoring.baseline`): its cost beside the plain stage.
+every entity in the ``internal`` group, so the rule's shuffles and window expressions cover every
+row (:mod:`loganomaly.scoring.baseline`): its cost beside the plain stage; and once more without
+``score.baseline_daily`` (the per-entity-and-hour window), the cost of that second window.
 
 Scale: the stage at 1x, 4x and 16x of ``--scale-base`` windows (16x is at most ``--windows``),
 reported as the growth of the cost per window per doubling of the input.
@@ -322,8 +323,9 @@ def main(argv: list[str] | None = None) -> None:
             floor_list = None if older is None else noop(older.mapInArrow(zeros, f"{keys}, score double"))
             scoring_list = None if older is None else noop(older.mapInArrow(score_fn, f"{keys}, {RESULT_COLUMNS}"))
 
-            def stage_on(size: int, local_max_bytes: int | None = None, baseline: bool = False) -> Callable[[], None]:
-                score_cfg = ScoreConfig(explain_top_k=args.top_k, entity_baseline=baseline)
+            def stage_on(size: int, local_max_bytes: int | None = None, baseline: bool = False,
+                         daily: bool = True) -> Callable[[], None]:
+                score_cfg = ScoreConfig(explain_top_k=args.top_k, entity_baseline=baseline, baseline_daily=daily)
                 if local_max_bytes is not None:
                     score_cfg.local_max_bytes = local_max_bytes
                 cfg = Config(spark=spark_config(args.master, slots), lake=LakeConfig(root=str(lakes[size]),
@@ -347,13 +349,14 @@ def main(argv: list[str] | None = None) -> None:
                 if size != n:
                     plan[f"scale{size}"] = stage_on(size)
             if args.entity_baseline:
-                # Every entity internal: the rule's shuffle and pandas call cover every row.
+                # Every entity internal: the rule's shuffles and window expressions cover every row.
                 entities = windows.select("entity").distinct().selectExpr(  # type: ignore[attr-defined]
                     "entity", "'internal' AS group", "'local_networks' AS group_rule",
                     "timestamp'2024-01-01 00:00:00' AS first_seen", "timestamp'2024-01-01 00:00:00' AS last_seen",
                     "1L AS events", "1L AS windows", "'bench' AS run_id")
                 lake.write("entities", entities)
                 plan["stage_baseline"] = stage_on(n, baseline=True)
+                plan["stage_baseline_recent"] = stage_on(n, baseline=True, daily=False)
             # Warm-up, not counted: kernels, the JVM's JIT, Python workers loading the model.
             torch_score_path()
             for key in ("floor", "udf", "small", "small_spark", "bare", "small", "small_spark", "bare"):
@@ -390,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
             ("spark no-op mapInArrow floor", slots, "floor"), ("spark scoring UDF (score_partitions)", slots, "udf"),
             ("spark score stage (checks, UDF, 2 Delta writes)", slots, "stage"),
             ("spark score stage with score.entity_baseline (every entity internal)", slots, "stage_baseline"),
+            ("the same without score.baseline_daily (the recent limit only)", slots, "stage_baseline_recent"),
             ("older array<float> layout: no-op floor", slots, "floor_list"),
             ("older array<float> layout: scoring UDF", slots, "udf_list")]
     for label, cores, key in rows:

@@ -410,6 +410,12 @@ class ScoreConfig:
     baseline_windows: int = 48
     baseline_k: float = 3.0
     baseline_days: int = 7
+    # Also the same UTC hour of the entity's earlier days (within baseline_days): a window is judged
+    # against whichever of the two baselines is higher. Why: a workstation's first busy hour after
+    # a quiet night is far above its last ``baseline_windows`` (quiet) scores every morning; its
+    # mornings of earlier days say it is its normal. Where no earlier day has that hour
+    # (``baseline_min_windows`` windows of it) the recent baseline alone judges, as before.
+    baseline_daily: bool = True
 
 
 @dataclass

@@ -18,6 +18,7 @@ from loganomaly.scoring.baseline import (
     HISTORY,
     SPREAD_FLOOR,
     BaselineRule,
+    daily_limits,
     entity_limits,
     judge_columns,
 )
@@ -137,6 +138,103 @@ def test_the_expressions_give_the_numpy_limits(spark) -> None:  # type: ignore[n
         expected += list((rows["is_anomaly"].to_numpy() & keep)[5:])
     assert out["is_anomaly"].tolist() == expected
     assert 0 < sum(expected) < len(expected)
+
+
+def test_the_daily_limit_reads_the_same_hour_of_earlier_days_only() -> None:
+    hour, day = 3600, 86400
+    # row: (start, score); the judged row is the last one, day 3 at 07:40
+    rows = [
+        (0 * day + 7 * hour + 0, 1.0),      # day 0, 07:00: outside 2 days + 1 hour
+        (1 * day + 6 * hour + 3000, 50.0),  # day 1, 06:50: another hour
+        (1 * day + 7 * hour + 600, 3.0),    # day 1, 07:10
+        (1 * day + 7 * hour + 3000, 5.0),   # day 1, 07:50
+        (2 * day + 7 * hour + 300, np.nan),  # day 2, 07:05: no score, no history
+        (2 * day + 7 * hour + 1200, 4.0),   # day 2, 07:20
+        (3 * day + 7 * hour + 60, 80.0),    # day 3, 07:01: the same day, the recent baseline's
+        (3 * day + 7 * hour + 2400, 6.0),   # day 3, 07:40
+    ]
+    starts = np.array([r[0] for r in rows], dtype=np.int64)
+    scores = np.array([r[1] for r in rows])
+    limits, counts = daily_limits(scores, starts, min_windows=3, k=2.0, days=2)
+    # the last row: 07:10, 07:50 of day 1 and 07:20 of day 2; day 2's NaN and day 3's 07:01 are not
+    # history, nor is day 0 (beyond 2 days and an hour) or day 1's 06:50 (another hour)
+    assert counts.tolist() == [0, 0, 1, 1, 3, 3, 3, 3]
+    logs = np.log1p([3.0, 5.0, 4.0])
+    q25, med, q75 = np.quantile(logs, [0.25, 0.5, 0.75])
+    assert limits[-1] == pytest.approx(math.expm1(med + 2.0 * max((q75 - q25) / 1.349, SPREAD_FLOOR)))
+    assert np.isnan(limits[:4]).all() and np.isfinite(limits[4:]).all()
+    # with a horizon of 3 days the 07:00 of day 0 counts too
+    assert daily_limits(scores, starts, 3, 2.0, 3)[1][-1] == 4
+
+
+def _days_frame(entity: str, scores: list[float], starts: list[dt.datetime], threshold: float) -> pd.DataFrame:
+    frame = _frame(scores, threshold, "internal", entity=entity)
+    frame["window_start"] = starts
+    return frame
+
+
+@pytest.mark.spark
+def test_a_workstations_busy_mornings_are_its_normal_from_its_second_day_on(spark) -> None:  # type: ignore[no-untyped-def]
+    """Quiet nights, busy days from 07:30, for three days; every busy window is above the
+    model's threshold (1.0). The first morning is new to the host's history and stays flagged;
+    the next mornings are what its earlier mornings were; a window far above both baselines at
+    noon of the third day is flagged still. Without ``daily`` every morning is flagged."""
+    rng = np.random.default_rng(5)
+    starts, scores = [], []
+    for day in range(3):
+        for minute in range(0, 24 * 60, 5):
+            t = T0 + dt.timedelta(days=day, minutes=minute)
+            busy = 7 * 60 + 30 <= minute < 18 * 60
+            starts.append(t)
+            scores.append(float(np.exp(rng.normal(1.8 if busy else -2.0, 0.15))))
+    attack = starts.index(T0 + dt.timedelta(days=2, hours=12))
+    scores[attack] = 400.0
+    frame = _days_frame("w", scores, starts, 1.0)
+    rule = BaselineRule(groups=("internal",), min_windows=6, windows=48, k=3.0, days=7)
+    daily = _judge(spark, frame, rule)
+    recent = _judge(spark, frame, BaselineRule(("internal",), 6, 48, 3.0, 7, daily=False))
+    mornings = [(T0 + dt.timedelta(days=d, hours=7, minutes=30), T0 + dt.timedelta(days=d, hours=9))
+                for d in range(3)]
+
+    def flagged(out: pd.DataFrame, span: tuple[dt.datetime, dt.datetime]) -> int:
+        starts = out["window_start"].dt.tz_localize("UTC") if out["window_start"].dt.tz is None else out["window_start"]
+        return int(out["is_anomaly"][(starts >= span[0]) & (starts < span[1])].sum())
+
+    assert [flagged(recent, m) for m in mornings] == [flagged(recent, mornings[0])] * 3
+    assert flagged(recent, mornings[0]) >= 3  # the ramp outruns the recent baseline every day
+    assert flagged(daily, mornings[0]) == flagged(recent, mornings[0])  # no earlier day yet
+    assert flagged(daily, mornings[1]) == 0 and flagged(daily, mornings[2]) == 0
+    assert daily["is_anomaly"][attack] and recent["is_anomaly"][attack]
+    assert int(daily["is_anomaly"].sum()) == flagged(daily, mornings[0]) + 1
+    note = daily["explanation"][attack]
+    assert "from its last 48 windows and 24 of this hour on earlier days" in note and "above its own" in note
+    assert "earlier days" not in recent["explanation"][attack]
+
+
+@pytest.mark.spark
+def test_the_daily_expressions_give_the_numpy_limits(spark) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(8)
+    rule = BaselineRule(groups=("internal",), min_windows=3, windows=6, k=1.0, days=2)
+    parts, expected_parts = [], []
+    for e in range(5):
+        minutes = np.sort(rng.choice(4 * 24 * 60, size=90, replace=False))
+        starts = [T0 + dt.timedelta(minutes=int(m)) for m in minutes]
+        scores = np.exp(rng.normal(1.0, 0.9, len(starts))).tolist()
+        scores[11] = float("nan")
+        frame = _days_frame(f"e{e}", scores, starts, 0.5)
+        frame[HISTORY] = [i < 20 for i in range(len(frame))]
+        parts.append(frame)
+        s = frame["score"].to_numpy()
+        recent, _ = entity_limits(s, 3, 6, 1.0)
+        seconds = np.array([int(t.timestamp()) for t in starts], dtype=np.int64)
+        daily, _ = daily_limits(s, seconds, 3, 1.0, 2)
+        limit = np.fmax(recent, daily)
+        keep = np.isnan(s) | np.isnan(limit) | (s > np.nan_to_num(limit, nan=0.0))
+        expected_parts += list((frame["is_anomaly"].to_numpy() & keep)[20:])
+        assert np.isfinite(daily).sum() > 5 and (daily > np.nan_to_num(recent, nan=0.0)).any()
+    out = _judge(spark, pd.concat(parts, ignore_index=True), rule)
+    assert out["is_anomaly"].tolist() == expected_parts
+    assert 0 < sum(expected_parts) < len(expected_parts)
 
 
 def test_the_settings_are_validated() -> None:

@@ -10,6 +10,15 @@ for the entity: ``score > threshold`` and ``log1p(score) > median + k x spread``
 previous ``windows`` scores (spread: the interquartile range / 1.349, at least
 :data:`SPREAD_FLOOR`, so a host scoring the same every window still needs a clear rise).
 
+A day has hours of its own (``score.baseline_daily``, on by default). A workstation quiet all night
+and busy from 07:30 has 48 quiet windows behind its first busy one, every morning: held out of
+training, the monitored host of a Zeek capture had its first busy hour (9 windows, scores 4-8
+after a night of 0.1-0.9) flagged against its own recent scores. So the same limit is also taken
+over the entity's windows of the same UTC hour on earlier days (within ``baseline_days``; today's
+windows of that hour are the recent baseline's), and a window is judged against the higher of the
+two limits: abnormal for its last hours *and* for this hour of its earlier days. Without an earlier
+day holding ``min_windows`` windows of that hour, the recent limit alone judges, as before.
+
 Which entities: those whose peer group (the ``entities`` table, written by ``featurize``) is one
 of ``score.baseline_groups``, ``internal`` by default. An external address keeps the model's
 threshold alone, even with history: a scanner or a command-and-control peer that repeats itself
@@ -53,7 +62,7 @@ from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,7 @@ class BaselineRule:
     windows: int
     k: float
     days: int
+    daily: bool = True
 
     @classmethod
     def from_config(cls, cfg: Config) -> BaselineRule | None:
@@ -83,7 +93,8 @@ class BaselineRule:
         s = cfg.score
         if not s.entity_baseline:
             return None
-        return cls(tuple(s.baseline_groups), s.baseline_min_windows, s.baseline_windows, s.baseline_k, s.baseline_days)
+        return cls(tuple(s.baseline_groups), s.baseline_min_windows, s.baseline_windows, s.baseline_k, s.baseline_days,
+                   s.baseline_daily)
 
 
 def entity_limits(scores: np.ndarray, min_windows: int, windows: int, k: float) -> tuple[np.ndarray, np.ndarray]:
@@ -94,7 +105,7 @@ def entity_limits(scores: np.ndarray, min_windows: int, windows: int, k: float) 
 
     Example:
         >>> limits, n = entity_limits(np.array([1.0, 1.0, 1.0, 5.0]), 3, 10, 3.0)
-        >>> np.isnan(limits[:3]).all(), round(float(limits[3]), 3), n.tolist()
+        >>> bool(np.isnan(limits[:3]).all()), round(float(limits[3]), 3), n.tolist()
         (True, 1.7, [0, 1, 2, 3])
     """
     logs = np.log1p(np.maximum(np.asarray(scores, dtype=np.float64), 0.0))
@@ -106,9 +117,48 @@ def entity_limits(scores: np.ndarray, min_windows: int, windows: int, k: float) 
         counts[j] = len(prev)
         if len(prev) < min_windows:
             continue
-        q25, median, q75 = np.quantile(prev, [0.25, 0.5, 0.75])
-        spread = max((q75 - q25) / _IQR_SIGMAS, SPREAD_FLOOR)
-        limits[j] = math.expm1(median + k * spread)
+        limits[j] = _limit(prev, k)
+    return limits, counts
+
+
+def _limit(logs: np.ndarray, k: float) -> float:
+    q25, median, q75 = np.quantile(logs, [0.25, 0.5, 0.75])
+    return math.expm1(median + k * max((q75 - q25) / _IQR_SIGMAS, SPREAD_FLOOR))
+
+
+#: Seconds of an hour and a day; earlier days' windows of an hour are at least this far back.
+_HOUR, _DAY, _EARLIER_DAY = 3600, 86400, 43200
+
+
+def daily_limits(scores: np.ndarray, starts: np.ndarray, min_windows: int, k: float,
+                 days: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of one entity's scores: (limit over the same UTC hour of earlier days, rows it rests on).
+
+    ``starts`` are the windows' starts in epoch seconds. Row ``j``'s history is the rows with a
+    finite score whose start falls in the same UTC hour of day, at least 12 hours and at most
+    ``days`` days and an hour before it (so every window of that hour on the ``days`` earlier
+    days, none of the same day); its limit is :func:`entity_limits`'s formula over them, NaN with
+    fewer than ``min_windows``.
+
+    Example:
+        >>> day = 86400
+        >>> limits, n = daily_limits(np.array([2.0, 2.0, 9.0]), np.array([7 * 3600, day + 7 * 3600, 2 * day + 7 * 3600]),
+        ...                          2, 3.0, 7)
+        >>> n.tolist(), bool(np.isnan(limits[:2]).all()), round(float(limits[2]), 3)
+        ([0, 1, 2], True, 3.05)
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    logs = np.log1p(np.maximum(x, 0.0))
+    t = np.asarray(starts, dtype=np.int64)
+    hours = (t // _HOUR) % 24
+    limits = np.full(len(logs), np.nan)
+    counts = np.zeros(len(logs), dtype=np.int64)
+    for j in range(len(logs)):
+        earlier = ((hours == hours[j]) & (t >= t[j] - days * _DAY - _HOUR) & (t <= t[j] - _EARLIER_DAY)
+                   & np.isfinite(logs))
+        counts[j] = int(earlier.sum())
+        if counts[j] >= min_windows:
+            limits[j] = _limit(logs[earlier], k)
     return limits, counts
 
 
@@ -119,7 +169,9 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
     ``percentile`` (exact, interpolated as numpy's default) and ``count`` of the previous
     ``rule.windows`` finite scores' ``log1p``, the limit of :func:`entity_limits`, then
     ``is_anomaly`` kept only above it (a NaN score stays flagged) for rows of a baseline group
-    with enough history; the explanation of a row the model flagged says what decided. Rows of
+    with enough history; with ``rule.daily`` the limit is the higher of that and the same over a
+    second window, per entity and UTC hour of day, ranging over the earlier days
+    (:func:`daily_limits`). The explanation of a row the model flagged says what decided. Rows of
     other groups (or a null :data:`GROUP`) come out unchanged; history rows are dropped.
     """
     from pyspark.sql import Window
@@ -131,15 +183,32 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
     quartiles = F.percentile(value, F.array(F.lit(0.25), F.lit(0.5), F.lit(0.75))).over(past)
     count = F.count(value).over(past)
     rows = rows.select("*", quartiles.alias("_q"), count.alias("_n"))
-    q, n, group = F.col("_q"), F.col("_n"), F.col(GROUP)
-    spread = F.greatest((q[2] - q[0]) / F.lit(_IQR_SIGMAS), F.lit(SPREAD_FLOOR))
-    limit = F.expm1(q[1] + F.lit(rule.k) * spread)
+    if rule.daily:
+        seconds = F.col("window_start").cast("long")
+        earlier_days = (Window.partitionBy("entity", F.pmod(F.floor(seconds / _HOUR), F.lit(24)))
+                        .orderBy(seconds).rangeBetween(-(rule.days * _DAY + _HOUR), -_EARLIER_DAY))
+        quartiles = F.percentile(value, F.array(F.lit(0.25), F.lit(0.5), F.lit(0.75))).over(earlier_days)
+        rows = rows.select("*", quartiles.alias("_dq"), F.count(value).over(earlier_days).alias("_dn"))
+    else:
+        rows = rows.select("*", F.lit(None).cast("array<double>").alias("_dq"), F.lit(0).cast("long").alias("_dn"))
+    n, dn, group = F.col("_n"), F.col("_dn"), F.col(GROUP)
+    enough = F.lit(rule.min_windows)
+
+    def limit_of(q: Column, count: Column) -> Column:
+        spread = F.greatest((q[2] - q[0]) / F.lit(_IQR_SIGMAS), F.lit(SPREAD_FLOOR))
+        return F.when(count >= enough, F.expm1(q[1] + F.lit(rule.k) * spread))
+
+    recent, daily = limit_of(F.col("_q"), n), limit_of(F.col("_dq"), dn)
+    limit = F.greatest(recent, daily)  # null only when neither has enough history
     in_group = F.coalesce(group.isin(list(rule.groups)), F.lit(False))
     habit = F.coalesce(F.arrays_overlap(F.col("top_features"), F.array(*map(F.lit, INDICATOR_FEATURES))),
                        F.lit(False))
-    judged = in_group & (n >= F.lit(rule.min_windows)) & ~habit
+    judged = in_group & limit.isNotNull() & ~habit
     flag = F.col("is_anomaly") & (F.isnan(score) | score.isNull() | ~judged | (score > limit))
-    where = F.format_string("its own baseline (limit %.4g from its last %d windows)", limit, n)
+    where = F.concat(
+        F.format_string("its own baseline (limit %.4g from its last %d windows", limit, n),
+        F.when(daily.isNotNull(), F.format_string(" and %d of this hour on earlier days", dn)).otherwise(F.lit("")),
+        F.lit(")"))
     note = (
         F.when(~in_group | ~F.col("is_anomaly"), F.lit(None))
         .when(habit, F.concat(F.lit("peer group "), group,
@@ -153,7 +222,7 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
     explanation = (F.when(note.isNull(), text)
                    .when(text.isNull() | (text == F.lit("")), note)
                    .otherwise(F.concat(text, F.lit("; "), note)))
-    out = [c for c in rows.columns if c not in (HISTORY, GROUP, "_q", "_n")]
+    out = [c for c in rows.columns if c not in (HISTORY, GROUP, "_q", "_n", "_dq", "_dn")]
     chosen = {"is_anomaly": flag, "explanation": explanation}
     return rows.where(~F.col(HISTORY)).select(*[chosen[c].alias(c) if c in chosen else F.col(c) for c in out])
 
