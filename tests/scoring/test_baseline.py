@@ -18,6 +18,7 @@ from loganomaly.scoring.baseline import (
     HISTORY,
     SPREAD_FLOOR,
     BaselineRule,
+    Scorer,
     daily_limits,
     entity_limits,
     judge_columns,
@@ -235,6 +236,55 @@ def test_the_daily_expressions_give_the_numpy_limits(spark) -> None:  # type: ig
     out = _judge(spark, pd.concat(parts, ignore_index=True), rule)
     assert out["is_anomaly"].tolist() == expected_parts
     assert 0 < sum(expected_parts) < len(expected_parts)
+
+
+@pytest.mark.spark
+def test_history_reads_the_replaced_models_scores_on_this_models_scale(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A model retrained every night has no scores of its own before today: its lineage's count,
+    rescaled by the thresholds' ratio; a model outside the lineage does not, nor does a date
+    beyond ``days`` or the first date scored."""
+    from loganomaly.lake.schemas import TABLES
+    from loganomaly.lake.tables import Lake
+    from loganomaly.scoring.baseline import history_rows
+
+    lake = Lake(spark, tmp_path / "lake", engine="deltars")
+    day = dt.date(2024, 3, 10)
+    rows = [  # (days before ``day``, model version, score, threshold)
+        (1, "v2", 3.0, 2.0), (2, "v1", 1.0, 0.5), (2, "other", 7.0, 1.0), (9, "v1", 5.0, 0.5),
+        (0, "v2", 6.0, 2.0), (1, "v3", 8.0, 4.0), (3, "v1", 2.0, 0.0),
+    ]
+    frame = pd.DataFrame([{
+        "entity": "h", "window_start": dt.datetime.combine(day - dt.timedelta(days=back), dt.time(9), dt.timezone.utc),
+        "window_end": dt.datetime.combine(day - dt.timedelta(days=back), dt.time(10), dt.timezone.utc),
+        "date": day - dt.timedelta(days=back), "score": score, "threshold": thr, "is_anomaly": False,
+        "explanation": "", "top_features": [], "model_version": version, "run_id": "r"}
+        for back, version, score, thr in rows])
+    schema = ", ".join(f"{c} {t}" for c, t in TABLES["scores"].columns.items())
+    lake.write("scores", spark.createDataFrame(frame, schema), mode="overwrite", partition_by=("date",))
+    rule = BaselineRule(("internal",), 3, 48, 3.0, 7)
+    scorer = Scorer("v3", 4.0, ("v2", "v1"))
+
+    def got(scorer: Scorer) -> list[tuple[str, float]]:
+        past = history_rows(lake, scorer, [day.isoformat(), (day + dt.timedelta(days=1)).isoformat()], rule)
+        assert past is not None and past.columns == list(TABLES["scores"].columns)
+        return sorted((r.model_version, r.score) for r in past.collect())
+
+    # v2's 3.0 at threshold 2 is 6.0 at 4; v1's 1.0 at 0.5 is 8.0; v1 with no threshold keeps 2.0;
+    # v3's own row keeps its score; 9 days back, today, and "other" are not read
+    assert got(scorer) == [("v1", 2.0), ("v1", 8.0), ("v2", 6.0), ("v3", 8.0)]
+    assert got(Scorer("v3", 4.0)) == [("v3", 8.0)]
+
+
+def test_a_scorer_is_read_off_the_bundle() -> None:
+    class Bundle:
+        version, threshold = "v3", 2.5
+        metrics = {"lineage": ["v2", "v3", "v1"]}
+
+    assert Scorer.of(Bundle()) == Scorer("v3", 2.5, ("v2", "v1"))
+    Bundle.metrics = {}
+    assert Scorer.of(Bundle()) == Scorer("v3", 2.5, ())
+    del Bundle.metrics
+    assert Scorer.of(Bundle()).lineage == ()
 
 
 def test_the_settings_are_validated() -> None:

@@ -46,6 +46,7 @@ def test_retraining_into_one_model_dir_is_screened_and_held_steady(spark: object
     assert screening["validation_windows"] == first.validation_windows
     assert screening["kept"] + screening["screened_robust"] + screening["screened_previous"] == first.validation_windows
     assert screening["mad_k"] == cfg.train.screen_mad_k and "threshold_stability" not in meta["metrics"]
+    assert "lineage" not in meta["metrics"]
 
     # the next night: everything up to day 3, into the same directory
     cfg.train = replace(cfg.train, train_until=(START + dt.timedelta(days=3)).date().isoformat())
@@ -56,6 +57,7 @@ def test_retraining_into_one_model_dir_is_screened_and_held_steady(spark: object
     assert second.threshold == pytest.approx(stability.get("unclamped_threshold", second.threshold))
     meta = json.loads((model / "model.json").read_text())
     assert meta["metrics"]["screening"]["previous_version"] == first.model_version
+    assert meta["metrics"]["lineage"] == [first.model_version]  # the per-entity baselines' history
     assert second.validation_windows > first.validation_windows
 
     # the same night again: the same windows, screened by the model they made, give the same threshold
@@ -65,5 +67,8 @@ def test_retraining_into_one_model_dir_is_screened_and_held_steady(spark: object
     # a tight limit clamps the move of the next night's model and says so
     cfg.train = replace(cfg.train, threshold_max_ratio=1.000001, train_until=(START + dt.timedelta(days=4)).isoformat())
     third = train.run(spark, cfg, model, lake=lake)  # type: ignore[arg-type]
+    lineage = json.loads((model / "model.json").read_text())["metrics"]["lineage"]
+    assert lineage[0] == again.model_version and lineage[-1] == first.model_version
+    assert len(lineage) == len(set(lineage)) == len({first.model_version, second.model_version, again.model_version})
     assert third.threshold_clamped
     assert abs(np.log(third.threshold / second.threshold)) <= np.log(1.000001) + 1e-9

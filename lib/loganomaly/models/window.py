@@ -91,6 +91,9 @@ MIN_TRAIN_WINDOWS = 8
 #: Largest share of windows a daily alert budget may come to (a group whose entities have about one
 #: window a day and a budget near one alert a day would otherwise have no threshold at all).
 MAX_RATE_SHARE = 0.5
+#: Most earlier model versions a bundle lists as its lineage (``metrics.lineage``): two months of
+#: nightly retrains, more than any per-entity score baseline reads back.
+LINEAGE_MAX = 64
 #: Microseconds per day (window starts are epoch microseconds).
 _DAY_US = 86_400_000_000
 
@@ -634,6 +637,11 @@ class WindowKind(ModelKind):
                    "val_score_quantiles": quantiles(val_scores)}
         if previous is not None:
             metrics.setdefault("screening", {})["previous_version"] = previous.version
+            # The models this one replaced, newest first: their scores are on a comparable scale
+            # (same kind, features and window; thresholds held steady), so the per-entity score
+            # baselines read them as history after a nightly retrain (loganomaly.scoring.baseline).
+            earlier = [previous.version, *[str(v) for v in previous.metrics.get("lineage", [])]]
+            metrics["lineage"] = list(dict.fromkeys(earlier))[:LINEAGE_MAX]
             if self.stable_threshold:
                 threshold, metrics["threshold_stability"] = steady_threshold(
                     threshold, previous.threshold, cfg.train.threshold_max_ratio, cfg.train.threshold_clamp)

@@ -29,9 +29,14 @@ A window a network indicator flagged (``model.network_indicators``: it names the
 ``top_features``) keeps its flag too: the rule excuses a host's usual volume, and a bot calling its
 controller from its first window on would otherwise become its own normal after six.
 
-History is this model version's ``scores`` of the entity from ``baseline_days`` before the first
-date scored up to it, then the run's own earlier windows, in time order, so a nightly run and one
-run over the same dates give the same flags, and a rerun of a date the same flags again. The
+History is this model's ``scores`` of the entity from ``baseline_days`` before the first date
+scored up to it, then the run's own earlier windows, in time order, so a nightly run and one run
+over the same dates give the same flags, and a rerun of a date the same flags again. "This model"
+takes in the models it replaced (the bundle's ``metrics.lineage``: same kind, features and window,
+written when a retrain finds the previous bundle), their scores rescaled by the ratio of the
+thresholds (``score x threshold / their threshold``: "times its alert level" is the scale both
+share). Why: with a model retrained every night, this version's own history is always empty, so
+every host would start cold each morning and no earlier day would be there for the daily limit. The
 rule only removes flags: ROC-AUC and PR-AUC, which rank the raw scores, do not change; the
 stored-threshold figures of ``evaluate`` read ``is_anomaly``.
 
@@ -51,7 +56,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -74,6 +79,23 @@ _IQR_SIGMAS = 1.349
 HISTORY = "_history"
 #: The column carrying each row's peer group (null: not in ``entities``).
 GROUP = "_group"
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """The model judging a run, as the rule needs it: its version and threshold, and the versions it
+    replaced (newest first) whose scores count as its history."""
+
+    version: str
+    threshold: float
+    lineage: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, bundle: Any) -> Scorer:
+        """A bundle's: ``metrics.lineage`` where it has one (only window-model bundles do)."""
+        lineage = (getattr(bundle, "metrics", None) or {}).get("lineage") or []
+        return cls(str(bundle.version), float(bundle.threshold),
+                   tuple(str(v) for v in lineage if str(v) != str(bundle.version)))
 
 
 @dataclass(frozen=True)
@@ -247,21 +269,29 @@ def baseline_groups(lake: Lake, rule: BaselineRule) -> DataFrame | None:
             .select("entity", F.col("group").alias(GROUP)))
 
 
-def history_rows(lake: Lake, model_version: str, dates: Sequence[str], rule: BaselineRule) -> DataFrame | None:
-    """This model's ``scores`` rows of the ``rule.days`` days before the first of ``dates``."""
+def history_rows(lake: Lake, scorer: Scorer, dates: Sequence[str], rule: BaselineRule) -> DataFrame | None:
+    """The ``scores`` rows of this model and its lineage of the ``rule.days`` days before the first
+    of ``dates``, the lineage's scores rescaled to this model's threshold (a row with no positive
+    threshold keeps its score)."""
     from pyspark.sql import functions as F
 
     if not dates or not lake.exists("scores"):
         return None
     first = dt.date.fromisoformat(min(dates))
-    return lake.read("scores").where(
-        (F.col("model_version") == F.lit(model_version))
+    rows = lake.read("scores").where(
+        F.col("model_version").isin([scorer.version, *scorer.lineage])
         & (F.col("date") >= F.lit(first - dt.timedelta(days=rule.days)))
         & (F.col("date") < F.lit(first))
     ).select(*TABLES["scores"].columns)
+    if not scorer.lineage:
+        return rows
+    theirs = F.col("threshold")
+    ratio = F.when((F.col("model_version") != F.lit(scorer.version)) & (theirs > 0),
+                   F.lit(scorer.threshold) / theirs).otherwise(F.lit(1.0))
+    return rows.withColumn("score", F.col("score") * ratio)
 
 
-def judge_dataframe(scored: DataFrame, lake: Lake, model_version: str, dates: Sequence[str],
+def judge_dataframe(scored: DataFrame, lake: Lake, scorer: Scorer, dates: Sequence[str],
                     rule: BaselineRule) -> DataFrame:
     """``scored`` (the ``scores`` columns, maybe more) with ``is_anomaly`` judged per entity.
 
@@ -274,13 +304,13 @@ def judge_dataframe(scored: DataFrame, lake: Lake, model_version: str, dates: Se
     if groups is None:
         return scored
     rows = scored.withColumn(HISTORY, F.lit(False))
-    past = history_rows(lake, model_version, dates, rule)
+    past = history_rows(lake, scorer, dates, rule)
     if past is not None:
         rows = rows.unionByName(past.withColumn(HISTORY, F.lit(True)), allowMissingColumns=True)
     return judge_columns(rows.join(F.broadcast(groups), "entity", "left"), rule)
 
 
-def judge_table(spark: SparkSession, table: pa.Table, lake: Lake, model_version: str, dates: Sequence[str],
+def judge_table(spark: SparkSession, table: pa.Table, lake: Lake, scorer: Scorer, dates: Sequence[str],
                 rule: BaselineRule) -> pa.Table:
     """The driver path: its scored Arrow rows through :func:`judge_dataframe`, same columns out.
 
@@ -288,5 +318,5 @@ def judge_table(spark: SparkSession, table: pa.Table, lake: Lake, model_version:
     """
     if table.num_rows == 0:
         return table
-    judged = judge_dataframe(spark.createDataFrame(table), lake, model_version, dates, rule)
+    judged = judge_dataframe(spark.createDataFrame(table), lake, scorer, dates, rule)
     return judged.select(*table.column_names).toArrow().cast(table.schema)

@@ -78,7 +78,7 @@ from loganomaly.models.kind import (
 from loganomaly.models.sizing import ScoringSizes, scoring_sizes, torch_threads
 from loganomaly.runtime.device import pick_device
 from loganomaly.runtime.runs import new_run_id, resolve_date
-from loganomaly.scoring.baseline import BaselineRule, judge_dataframe, judge_table
+from loganomaly.scoring.baseline import BaselineRule, Scorer, judge_dataframe, judge_table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -550,7 +550,7 @@ def _run(spark: SparkSession, cfg: Config, model_dir: str | Path, date: str | No
         replaced = dates_to_replace(sorted({d.isoformat() for d in scored_rows.column("date").to_pylist() if d}))
         if rule is not None:
             # History ends before the first date this run replaces (those dates' old scores go).
-            scored_rows = judge_table(spark, scored_rows, lake, bundle.version, replaced, rule)
+            scored_rows = judge_table(spark, scored_rows, lake, Scorer.of(bundle), replaced, rule)
         counts = arrow_per_date(source, scored_rows, inputs=rows)
 
         def write_local(dates: list[str]) -> tuple[int, int]:
@@ -627,7 +627,7 @@ def write_on_executors(spark: SparkSession, lake: Lake, source: ScoringInput, ch
         F.lit(run_id).alias("run_id"),
     )
     if rule is not None:
-        scored = judge_dataframe(scored, lake, bundle.version, dates, rule)
+        scored = judge_dataframe(scored, lake, Scorer.of(bundle), dates, rule)
     try:
         with arrow_batch_rows(spark, sizes):
             lake.write("scores", scored.select(*spec.columns), mode="overwrite", partition_by=spec.partition_by,
