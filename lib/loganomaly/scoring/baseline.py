@@ -67,7 +67,7 @@ from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,22 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
 
     score = F.col("score")
     value = F.when(F.isnan(score), F.lit(None)).otherwise(F.log1p(F.greatest(score, F.lit(0.0))))
+
+    def quartiles_and_count(frame: WindowSpec, name: str) -> list[Column]:
+        """``_<name>q`` (the quartiles of ``value`` over ``frame``) and ``_<name>n`` (its count)."""
+        quartiles = F.percentile(value, F.array(F.lit(0.25), F.lit(0.5), F.lit(0.75))).over(frame)
+        return [quartiles.alias(f"_{name}q"), F.count(value).over(frame).alias(f"_{name}n")]
+
+    enough = F.lit(rule.min_windows)
+
+    def limit_of(name: str) -> Column:
+        """The limit over the ``name`` frame; null without ``min_windows`` rows in it."""
+        q = F.col(f"_{name}q")
+        spread = F.greatest((q[2] - q[0]) / F.lit(_IQR_SIGMAS), F.lit(SPREAD_FLOOR))
+        return F.when(F.col(f"_{name}n") >= enough, F.expm1(q[1] + F.lit(rule.k) * spread))
+
     past = Window.partitionBy("entity").orderBy("window_start").rowsBetween(-rule.windows, -1)
-    quartiles = F.percentile(value, F.array(F.lit(0.25), F.lit(0.5), F.lit(0.75))).over(past)
-    count = F.count(value).over(past)
-    rows = rows.select("*", quartiles.alias("_q"), count.alias("_n"))
+    stats = quartiles_and_count(past, "")
     if rule.daily:
         # Per entity, ordered by (UTC hour of day, time) folded into one long so that a range frame
         # can reach back days within one hour: the hour times 2^40 s (35,000 years) keeps every other
@@ -217,28 +229,21 @@ def judge_columns(rows: DataFrame, rule: BaselineRule) -> DataFrame:
         key = F.pmod(F.floor(seconds / _HOUR), F.lit(24)) * F.lit(_HOUR_KEY) + seconds
         earlier_days = (Window.partitionBy("entity").orderBy(key)
                         .rangeBetween(-(rule.days * _DAY + _HOUR), -_EARLIER_DAY))
-        quartiles = F.percentile(value, F.array(F.lit(0.25), F.lit(0.5), F.lit(0.75))).over(earlier_days)
-        rows = rows.select("*", quartiles.alias("_dq"), F.count(value).over(earlier_days).alias("_dn"))
-    else:
-        rows = rows.select("*", F.lit(None).cast("array<double>").alias("_dq"), F.lit(0).cast("long").alias("_dn"))
-    n, dn, group = F.col("_n"), F.col("_dn"), F.col(GROUP)
-    enough = F.lit(rule.min_windows)
-
-    def limit_of(q: Column, count: Column) -> Column:
-        spread = F.greatest((q[2] - q[0]) / F.lit(_IQR_SIGMAS), F.lit(SPREAD_FLOOR))
-        return F.when(count >= enough, F.expm1(q[1] + F.lit(rule.k) * spread))
-
-    recent, daily = limit_of(F.col("_q"), n), limit_of(F.col("_dq"), dn)
+        stats += quartiles_and_count(earlier_days, "d")
+    rows = rows.select("*", *stats)
+    n, group = F.col("_n"), F.col(GROUP)
+    recent = limit_of("")
+    daily = limit_of("d") if rule.daily else F.lit(None).cast("double")
     limit = F.greatest(recent, daily)  # null only when neither has enough history
     in_group = F.coalesce(group.isin(list(rule.groups)), F.lit(False))
     habit = F.coalesce(F.arrays_overlap(F.col("top_features"), F.array(*map(F.lit, INDICATOR_FEATURES))),
                        F.lit(False))
     judged = in_group & limit.isNotNull() & ~habit
     flag = F.col("is_anomaly") & (F.isnan(score) | score.isNull() | ~judged | (score > limit))
-    where = F.concat(
-        F.format_string("its own baseline (limit %.4g from its last %d windows", limit, n),
-        F.when(daily.isNotNull(), F.format_string(" and %d of this hour on earlier days", dn)).otherwise(F.lit("")),
-        F.lit(")"))
+    days_note = (F.when(daily.isNotNull(), F.format_string(" and %d of this hour on earlier days", F.col("_dn")))
+                 .otherwise(F.lit("")) if rule.daily else F.lit(""))
+    where = F.concat(F.format_string("its own baseline (limit %.4g from its last %d windows", limit, n),
+                     days_note, F.lit(")"))
     note = (
         F.when(~in_group | ~F.col("is_anomaly"), F.lit(None))
         .when(habit, F.concat(F.lit("peer group "), group,
