@@ -10,6 +10,10 @@ of it as usual); the scoring inputs go to ``<lake>`` itself, parsed with the tra
 template-miner state and windowed with the model's feature list, so the scores, their events and
 ``evaluate`` all live in the lake the user named. Two lakes rather than one with a marker column:
 the inputs may overlap in time (or have none, like NSL-KDD), and a time split could not separate them.
+Where entity features are on, the scoring lake's windows still read each entity's training events
+from before its first scored step as history (trailing baselines, earlier-step count, first-seen
+values): a series trained on its first part and scored on the rest continues instead of starting
+cold (:func:`loganomaly.features.stage.steps_after_history`).
 """
 
 from __future__ import annotations
@@ -149,9 +153,12 @@ def run_split(
     # Cold-start entities of the scored lake are judged against the training period's peer baselines.
     baselines = (getattr(bundle, "features", None) or {}).get("peer_baselines")
     known = (getattr(bundle, "features", None) or {}).get("error_templates")
+    # With entity features, each entity's trailing history continues from its training events
+    # (those before its first scored step): a series split in time is not scored from a cold start.
     summary.stages["featurize_score"] = featurize.run(spark, scfg, lake=lake, feature_names=names,
                                                       peer_baselines=baselines,
-                                                      known_error_templates=known).as_dict()
+                                                      known_error_templates=known,
+                                                      history_lake=train_lake).as_dict()
     summary.stages["score"] = score.run(spark, scfg, model_dir, lake=lake).as_dict()
     log.info("pipeline (train on %d, score %d inputs) done: %s", len(train_inputs), len(score_inputs),
              summary.stages)

@@ -515,6 +515,65 @@ def test_a_level_shift_is_absorbed_by_the_trailing_median_and_an_incident_is_not
         assert rel(after) > 0.4  # the incident dragged the baseline down: a normal step reads high
 
 
+def test_a_scoring_lake_continues_each_entitys_history_from_the_training_lake(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A series trained on its first part and scored on the rest in a lake of its own (the split
+    pipeline): with ``history_lake`` its windows are those of one lake holding the whole series,
+    where without it the first scored steps are judged cold, against the peer group's baseline.
+
+    Host m1: level 100, a benign shift to 130 at step 18, split at step 24, an incident of two
+    steps at 10 at step 30. Host m2 exists only in the scoring lake and is built as without
+    history. Host m3's training events overlap the scoring lake in time: only its steps before
+    its first scored one are read, so no step is counted twice.
+    """
+    from loganomaly.lake.tables import Lake
+
+    def lake_at(name: str) -> Lake:
+        return Lake(spark, str(tmp_path / name), "deltars")
+
+    cfg = config(str(tmp_path / "train"))
+    cfg.features.metrics = ["cpu"]
+    cfg.features.metric_levels = False
+    cfg.features.baseline_statistic = "median"
+    cfg.features.baseline_steps, cfg.features.baseline_min_steps = 8, 2
+    cfg.train.train_until = ""
+    values = [100.0] * 18 + [130.0] * 12 + [10.0] * 2 + [130.0] * 8
+    split = 24
+
+    def rows(entity: str, vals: list[float], first: int) -> list[dict[str, Any]]:
+        return [{**r, "entity": entity, "event_id": f"{entity}-{first + k}", "line_no": first + k}
+                for k, r in enumerate(metric_rows(vals, DAY1 + dt.timedelta(minutes=5 * first)))]
+
+    m1, m3 = rows("m1", values, 0), rows("m3", values, 0)
+    m2 = rows("m2", [50.0] * 16, split)
+    train, score, whole = lake_at("train"), lake_at("score"), lake_at("whole")
+    write_events(spark, train, m1[:split] + m3)
+    write_events(spark, score, m1[split:] + m2 + m3[split:])
+    write_events(spark, whole, m1 + m2 + m3[split:] + m3[:split])
+    names = featurize.run(spark, cfg, lake=train, top_templates=0).feature_names
+    baselines = featurize.read_peer_baselines(train)
+
+    def build(lake: Lake, history: Lake | None) -> dict[tuple[str, dt.datetime], np.ndarray]:
+        featurize.run(spark, cfg, lake=lake, feature_names=names, peer_baselines=baselines, history_lake=history)
+        return {(r.entity, r.window_start): stored_window(r) for r in lake.read("sequences").collect()}
+
+    scored = build(score, train)
+    reference = build(whole, None)
+    assert {e for e, _ in scored} == {"m1", "m2", "m3"}
+    for key, window in scored.items():  # m3 in `whole` also has its training steps: same values
+        np.testing.assert_allclose(window, reference[key], rtol=1e-6, atol=1e-6, err_msg=str(key))
+    rel, hist = names.index("rel:metric:cpu"), names.index("history_steps")
+    first = min(ws for e, ws in scored if e == "m1")
+    assert scored[("m1", first)][0, rel] == pytest.approx(0, abs=1e-6)  # the shift is six steps old
+    assert scored[("m1", first)][0, hist] == pytest.approx(np.log1p(8))  # a full horizon behind it
+    m2_first = scored[("m2", first)]
+
+    write_events(spark, lake_at("cold"), m1[split:] + m2 + m3[split:])
+    cold_windows = build(lake_at("cold"), None)
+    assert cold_windows[("m1", first)][0, hist] == 0  # no earlier step: judged against the peers
+    assert cold_windows[("m1", first)][0, rel] != pytest.approx(0, abs=1e-3)
+    np.testing.assert_allclose(cold_windows[("m2", first)], m2_first)  # no history anywhere: the same
+
+
 def test_new_errors_count_each_templates_first_error_in_the_lake_and_every_unfitted_error_line(  # type: ignore[no-untyped-def]
         spark, lake) -> None:
     """``new_errors``: the first error-level event of a template in the whole lake, on any host,

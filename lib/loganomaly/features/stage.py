@@ -752,6 +752,7 @@ def run(
     since: str | None = None,
     peer_baselines: dict[str, dict[str, float]] | None = None,
     known_error_templates: Sequence[str] | None = None,
+    history_lake: Lake | None = None,
 ) -> FeaturizeSummary:
     """Rebuild ``sequences`` (and ``sessions`` when a session key is set) from the current ``events``.
 
@@ -783,23 +784,31 @@ def run(
             trained model's, ``features.error_templates`` of its bundle), so the ``new_errors``
             feature of a lake the model was not trained on does not count their first error here
             as new.
+        history_lake: a lake whose events came before this one's (the training lake of a split
+            pipeline, :func:`loganomaly.pipeline.run_split`). With entity features, each entity's
+            events there from before its first step here are read as its history: the trailing
+            baselines, the count of earlier steps and the first-seen values continue from them
+            (no window is made of them), so a series scored in a lake of its own after its
+            training part does not start cold, judged against its peer group for the first
+            ``features.baseline_min_steps`` steps. An entity absent there, and every entity
+            without entity features, is built as without it. Full builds only (not ``since``).
 
     Raises:
         StageInputError: no ``events``.
-        ConfigError: ``since`` with ``refit_templates`` or other feature names.
+        ConfigError: ``since`` with ``refit_templates``, other feature names or ``history_lake``.
     """
     lake = lake or Lake(spark, cfg.lake.root, cfg.lake.engine)
     run_id = new_run_id("featurize")
     # One writer per lake (:mod:`loganomaly.lake.lock`): a concurrent run is refused, not interleaved.
     with writer_lock(lake.root, run_id, "featurize"):
         return _run(spark, cfg, lake, session_key, top_templates, refit_templates, feature_names, since, run_id,
-                    peer_baselines, tuple(known_error_templates or ()))
+                    peer_baselines, tuple(known_error_templates or ()), history_lake)
 
 
 def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, top_templates: int | None,
          refit_templates: bool, feature_names: Sequence[str] | None, since: str | None, run_id: str,
          given_baselines: dict[str, dict[str, float]] | None = None,
-         known_errors: tuple[str, ...] = ()) -> FeaturizeSummary:
+         known_errors: tuple[str, ...] = (), history_lake: Lake | None = None) -> FeaturizeSummary:
     from pyspark.sql import functions as F
 
     if not lake.exists("events"):
@@ -815,6 +824,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     reused = names is not None and feature_names is None
     since_date = None if since is None else dt.date.fromisoformat(str(resolve_date(since)))
     if since_date is not None:
+        if history_lake is not None:
+            raise ConfigError("featurize --since reads its history from this lake; a history lake needs a full run")
         if refit_templates:
             raise ConfigError("featurize --since keeps the table's feature names; refitting templates needs a full run")
         if names is None:
@@ -869,8 +880,12 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                  LAYOUT_TYPES[layout], NEW_LAYOUT)
     replaced: list[str] | None = None
     if since_date is None:
-        windows = windows_frame(step_features(events, spec.step_seconds, names, entity, known_errors=known_errors),
-                                spec, run_id, names, layout)
+        if entity is not None and history_lake is not None and history_lake.exists("events"):
+            steps = steps_after_history(events, history_lake.read("events"), spec.step_seconds, names, entity,
+                                        known_errors)
+        else:
+            steps = step_features(events, spec.step_seconds, names, entity, known_errors=known_errors)
+        windows = windows_frame(steps, spec, run_id, names, layout)
         version = lake.write("sequences", windows, mode="overwrite", partition_by=partition_by, run_id=run_id)
     else:
         windows, replaced = incremental_windows(lake, events, spec, run_id, names, since_date, entity, layout,
@@ -916,6 +931,31 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                         "comes from the format's entity field or the source's default_entity option)",
                         run_id, missing["n"], missing["no_entity"], missing["no_ts"])
     return summary
+
+
+def steps_after_history(events: DataFrame, earlier: DataFrame, step_seconds: int, names: Sequence[str],
+                        entity: EntitySettings, known_errors: Sequence[str] = ()) -> DataFrame:
+    """:func:`step_features` of ``events``, each entity's history continued from ``earlier``
+    (another lake's events): the trailing baselines read its steps there within the horizon,
+    novelty and groups all of them, but only those before the entity's first step in
+    ``events`` (lakes may overlap in time: a step is never made of both). Only the steps of
+    ``events`` are returned, so the windows' grid is the one a build without ``earlier`` makes.
+    """
+    from pyspark.sql import functions as F
+
+    step = F.floor(F.unix_timestamp("ts") / step_seconds) * step_seconds
+    valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+    firsts = valid.groupBy("entity").agg(F.min(step).cast("long").alias("_first_step"))
+    before = (
+        earlier.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+        .join(firsts, "entity")
+        .where(step < F.col("_first_step"))
+    )
+    horizon = before.where(step >= F.col("_first_step") - entity.baseline_steps * step_seconds)
+    both = valid.unionByName(horizon.drop("_first_step"), allowMissingColumns=True)
+    history = valid.unionByName(before.drop("_first_step"), allowMissingColumns=True)
+    steps = step_features(both, step_seconds, names, entity, history=history, known_errors=known_errors)
+    return steps.join(firsts, "entity").where(F.col("step") >= F.col("_first_step")).drop("_first_step")
 
 
 def incremental_windows(
