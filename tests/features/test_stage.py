@@ -520,8 +520,9 @@ def test_a_scoring_lake_continues_each_entitys_history_from_the_training_lake(sp
     pipeline): with ``history_lake`` its windows are those of one lake holding the whole series,
     where without it the first scored steps are judged cold, against the peer group's baseline.
 
-    Host m1: level 100, a benign shift to 130 at step 18, split at step 24, an incident of two
-    steps at 10 at step 30. Host m2 exists only in the scoring lake and is built as without
+    Host m1: level 100, a benign shift to 130 at step 18, split at step 25 (inside a stride
+    cell: the first window holds step 24 from the training lake, not an empty step), an
+    incident of two steps at 10 at step 30. Host m2 exists only in the scoring lake and is built as without
     history. Host m3's training events overlap the scoring lake in time: only its steps before
     its first scored one are read, so no step is counted twice.
     """
@@ -537,7 +538,7 @@ def test_a_scoring_lake_continues_each_entitys_history_from_the_training_lake(sp
     cfg.features.baseline_steps, cfg.features.baseline_min_steps = 8, 2
     cfg.train.train_until = ""
     values = [100.0] * 18 + [130.0] * 12 + [10.0] * 2 + [130.0] * 8
-    split = 24
+    split = 25
 
     def rows(entity: str, vals: list[float], first: int) -> list[dict[str, Any]]:
         return [{**r, "entity": entity, "event_id": f"{entity}-{first + k}", "line_no": first + k}
@@ -563,14 +564,17 @@ def test_a_scoring_lake_continues_each_entitys_history_from_the_training_lake(sp
         np.testing.assert_allclose(window, reference[key], rtol=1e-6, atol=1e-6, err_msg=str(key))
     rel, hist = names.index("rel:metric:cpu"), names.index("history_steps")
     first = min(ws for e, ws in scored if e == "m1")
-    assert scored[("m1", first)][0, rel] == pytest.approx(0, abs=1e-6)  # the shift is six steps old
-    assert scored[("m1", first)][0, hist] == pytest.approx(np.log1p(8))  # a full horizon behind it
+    assert (first if first.tzinfo else first.replace(tzinfo=UTC)) == DAY1 + dt.timedelta(minutes=5 * 24)
+    assert scored[("m1", first)][1, rel] == pytest.approx(0, abs=1e-6)  # the shift is seven steps old
+    assert scored[("m1", first)][1, hist] == pytest.approx(np.log1p(8))  # a full horizon behind it
+    assert scored[("m1", first)][0, names.index("events")] > 0  # step 24, from the training lake
     m2_first = scored[("m2", first)]
 
     write_events(spark, lake_at("cold"), m1[split:] + m2 + m3[split:])
     cold_windows = build(lake_at("cold"), None)
-    assert cold_windows[("m1", first)][0, hist] == 0  # no earlier step: judged against the peers
-    assert cold_windows[("m1", first)][0, rel] != pytest.approx(0, abs=1e-3)
+    assert cold_windows[("m1", first)][0, names.index("events")] == 0  # step 24: empty
+    assert cold_windows[("m1", first)][1, hist] == 0  # no earlier step: judged against the peers
+    assert cold_windows[("m1", first)][1, rel] != pytest.approx(0, abs=1e-3)
     np.testing.assert_allclose(cold_windows[("m2", first)], m2_first)  # no history anywhere: the same
 
 

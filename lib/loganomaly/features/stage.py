@@ -881,8 +881,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     replaced: list[str] | None = None
     if since_date is None:
         if entity is not None and history_lake is not None and history_lake.exists("events"):
-            steps = steps_after_history(events, history_lake.read("events"), spec.step_seconds, names, entity,
-                                        known_errors)
+            steps = steps_after_history(events, history_lake.read("events"), spec, names, entity, known_errors)
         else:
             steps = step_features(events, spec.step_seconds, names, entity, known_errors=known_errors)
         windows = windows_frame(steps, spec, run_id, names, layout)
@@ -933,16 +932,22 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     return summary
 
 
-def steps_after_history(events: DataFrame, earlier: DataFrame, step_seconds: int, names: Sequence[str],
+def steps_after_history(events: DataFrame, earlier: DataFrame, spec: WindowSpec, names: Sequence[str],
                         entity: EntitySettings, known_errors: Sequence[str] = ()) -> DataFrame:
     """:func:`step_features` of ``events``, each entity's history continued from ``earlier``
     (another lake's events): the trailing baselines read its steps there within the horizon,
     novelty and groups all of them, but only those before the entity's first step in
-    ``events`` (lakes may overlap in time: a step is never made of both). Only the steps of
-    ``events`` are returned, so the windows' grid is the one a build without ``earlier`` makes.
+    ``events`` (lakes may overlap in time: a step is never made of both).
+
+    The steps returned are those of ``events`` and, before them, the earlier steps in the
+    stride cell of the entity's first step: the first window (the grid starts at that cell,
+    as without ``earlier``) then holds them where it would otherwise hold empty steps, which
+    read every metric as 0. Every window is the one a lake holding both lakes' events makes.
     """
     from pyspark.sql import functions as F
 
+    step_seconds = spec.step_seconds
+    cell = spec.stride_steps * step_seconds
     step = F.floor(F.unix_timestamp("ts") / step_seconds) * step_seconds
     valid = events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
     firsts = valid.groupBy("entity").agg(F.min(step).cast("long").alias("_first_step"))
@@ -951,11 +956,13 @@ def steps_after_history(events: DataFrame, earlier: DataFrame, step_seconds: int
         .join(firsts, "entity")
         .where(step < F.col("_first_step"))
     )
-    horizon = before.where(step >= F.col("_first_step") - entity.baseline_steps * step_seconds)
+    # The first window's cell starts up to a stride before the first step: its steps need their horizon too.
+    grid_first = F.floor(F.col("_first_step") / cell) * cell
+    horizon = before.where(step >= grid_first - entity.baseline_steps * step_seconds)
     both = valid.unionByName(horizon.drop("_first_step"), allowMissingColumns=True)
     history = valid.unionByName(before.drop("_first_step"), allowMissingColumns=True)
     steps = step_features(both, step_seconds, names, entity, history=history, known_errors=known_errors)
-    return steps.join(firsts, "entity").where(F.col("step") >= F.col("_first_step")).drop("_first_step")
+    return steps.join(firsts, "entity").where(F.col("step") >= grid_first).drop("_first_step")
 
 
 def incremental_windows(
