@@ -859,6 +859,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
             f"; entity features with peer groups {groups}" if groups is not None else "",
         )
 
+    if feature_metrics(names):
+        warn_sparse_steps(events, cfg.features.step_seconds, cfg.features.window_steps, cfg.features.baseline_steps)
     entity: EntitySettings | None = None
     if feature_groups(names) is not None:
         # Peer baselines, like the templates, are fitted once and kept while the names are kept.
@@ -930,6 +932,49 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
                         "comes from the format's entity field or the source's default_entity option)",
                         run_id, missing["n"], missing["no_entity"], missing["no_ts"])
     return summary
+
+
+def sampling(events: DataFrame, step_seconds: int) -> tuple[int, int, float] | None:
+    """(steps holding an event, steps from each entity's first to its last, median seconds
+    between an entity's events) over the entities with two or more events; None without any."""
+    from pyspark.sql import functions as F
+
+    step = F.floor(F.unix_timestamp("ts") / step_seconds)
+    per_entity = (
+        events.where(F.col("entity").isNotNull() & F.col("ts").isNotNull())
+        .groupBy("entity")
+        .agg(F.count_distinct(step).alias("held"), (F.max(step) - F.min(step) + 1).alias("span"),
+             ((F.unix_timestamp(F.max("ts")) - F.unix_timestamp(F.min("ts"))) / (F.count(F.lit(1)) - 1)).alias("gap"))
+        .where(F.col("span") > 1)
+    )
+    row = per_entity.agg(F.sum("held").alias("held"), F.sum("span").alias("span"),
+                         F.median("gap").alias("gap")).collect()[0]
+    if row["span"] is None:
+        return None
+    return int(row["held"]), int(row["span"]), float(row["gap"])
+
+
+def warn_sparse_steps(events: DataFrame, step_seconds: int, window_steps: int, baseline_steps: int) -> None:
+    """Warn when metric samples come less often than the step: most steps are then empty, and
+    an empty step reads every metric as 0, so the windows and trailing baselines are mostly
+    gaps (a 5-minute series under the ``metrics`` profile's 1-minute steps: four steps in
+    five). The warning names the settings that would fit the data; nothing is changed."""
+    found = sampling(events, step_seconds)
+    if found is None:
+        return
+    held, span, gap = found
+    if held >= 0.5 * span or gap < 1.5 * step_seconds:
+        return
+    fit = int(round(gap))
+    scale = fit / step_seconds
+    log.warning(
+        "featurize: only %d of %d steps hold a sample (%.0f%%): the series are sampled about every %d s "
+        "but features.step_seconds is %d, and an empty step reads every metric as 0. For this data set "
+        "features.step_seconds=%d (and, for the same time spans, features.window_steps=%d, "
+        "features.baseline_steps=%d)",
+        held, span, 100.0 * held / span, fit, step_seconds, fit,
+        max(2, round(window_steps / scale)), max(1, round(baseline_steps / scale)),
+    )
 
 
 def steps_after_history(events: DataFrame, earlier: DataFrame, spec: WindowSpec, names: Sequence[str],
