@@ -20,12 +20,18 @@ pytestmark = pytest.mark.spark
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
-def test_a_timestamp_value_file_is_one_windowed_series(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def five_minute_series(tmp_path: Path, points: int) -> Path:
+    """``raw/cpu_util.csv``: ``timestamp,value`` every 5 minutes, as public benchmarks ship a series."""
     raw = tmp_path / "raw"
     raw.mkdir()
     t0 = dt.datetime(2014, 2, 14, 14, 30)
-    rows = [f"{(t0 + dt.timedelta(minutes=5 * i)):%Y-%m-%d %H:%M:%S},{50 + i % 7}" for i in range(120)]
+    rows = [f"{(t0 + dt.timedelta(minutes=5 * i)):%Y-%m-%d %H:%M:%S},{50 + i % 7}" for i in range(points)]
     (raw / "cpu_util.csv").write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    return raw
+
+
+def test_a_timestamp_value_file_is_one_windowed_series(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raw = five_minute_series(tmp_path, 120)
     cfg = load_config(profile="metrics", conf_dir=CONF, overrides=[
         f"lake.root={tmp_path / 'lake'}", "lake.engine=deltars", "features.metrics=[value]", "features.step_seconds=300",
         "train.train_until=2014-02-14T22:00:00Z"])
@@ -42,11 +48,7 @@ def test_steps_finer_than_the_sampling_are_warned_about_with_settings_that_fit( 
         spark, tmp_path: Path, caplog, step: int, warned: bool) -> None:
     """A 5-minute series under 1-minute steps leaves four steps in five empty (read as 0): the
     log says so and names the settings that fit; under 5-minute steps it says nothing."""
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    t0 = dt.datetime(2014, 2, 14, 14, 30)
-    rows = [f"{(t0 + dt.timedelta(minutes=5 * i)):%Y-%m-%d %H:%M:%S},{50 + i % 7}" for i in range(60)]
-    (raw / "cpu_util.csv").write_text("timestamp,value\n" + "\n".join(rows) + "\n")
+    raw = five_minute_series(tmp_path, 60)
     cfg = load_config(profile="metrics", conf_dir=CONF, overrides=[
         f"lake.root={tmp_path / 'lake'}", "lake.engine=deltars", "features.metrics=[value]",
         f"features.step_seconds={step}"])
