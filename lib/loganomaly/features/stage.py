@@ -859,7 +859,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
             f"; entity features with peer groups {groups}" if groups is not None else "",
         )
 
-    if feature_metrics(names):
+    if feature_metrics(names) and since_date is None:
+        # Once per full build: a nightly --since run would scan the whole history again for it.
         warn_sparse_steps(events, cfg.features.step_seconds, cfg.features.window_steps, cfg.features.baseline_steps)
     entity: EntitySettings | None = None
     if feature_groups(names) is not None:
