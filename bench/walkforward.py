@@ -1,4 +1,4 @@
-"""Walk-forward: the nightly cycle on one growing lake, old calibration against screened, same run.
+"""Walk-forward: the nightly cycle on a growing lake per model, old calibration against screened, same run.
 
 Usage::
 
@@ -7,18 +7,20 @@ Usage::
 
 The synthetic generator writes one-minute CPU, memory and disk I/O series per host with benign
 level shifts, a daily cycle and slow drift (:class:`~loganomaly.ingest.synthetic.MetricDrift`),
-plus ``--incidents`` labelled 20-minute incidents; the series is cut into one CSV per day. The
-first ``--warmup`` days are ingested and featurized at once and both models are trained ``--until``
-the next day. Then, for every later day X, what a nightly job does (``metrics`` profile,
-unlabelled: ``train.normal_only`` off, incidents stay in the training period):
+plus ``--incidents`` labelled 20-minute incidents; the series is cut into one CSV per day. Each
+model runs the nightly cycle on a lake of its own (``lake-old``, ``lake-screened``: the same files
+in the same order), because a model's flags depend on its own earlier scores (the per-entity
+score baseline reads its lineage's rows of earlier days), and in one shared lake each model's
+rows of a date would replace the other's. The first ``--warmup``
+days are ingested and featurized at once and both models are trained ``--until`` the next day.
+Then, for every later day X, what a nightly job does (``metrics`` profile, unlabelled:
+``train.normal_only`` off, incidents stay in the training period), in each lake:
 
 * ``ingest`` day X's file, ``featurize --since X`` (windows that need earlier history are built
   from the lake);
-* ``score --from X --to X`` with each model (the model trained the night before, ``--until X``);
-  the scored rows of each are read back before the other replaces them;
-* ``train --until X+1`` of each model into its own model directory (a fresh model each night,
-  or ``--init-from`` the previous one with ``--continue``), so the screened one is screened by the
-  model it replaces.
+* ``score --from X --to X`` (the model trained the night before, ``--until X``);
+* ``train --until X+1`` into the model's directory (a fresh model each night, or ``--init-from``
+  the previous one with ``--continue``), so the screened one is screened by the model it replaces.
 
 The two models differ only in calibration: ``old`` turns screening and the stability check off
 (``train.screen_mad_k=null``, ``train.screen_previous=false``, ``train.threshold_max_ratio=null``),
@@ -161,16 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = fresh_drifting_series(work, args.hosts, args.days, args.incidents, args.seed)
     files = split_by_day(data.files[0], work / "inputs")
     days = sorted(files)
-    base = [f"lake.root={work / 'lake'}", "train.epochs=8", *args.overrides]
-    cfgs: dict[str, Config] = {"old": load_config(profile="metrics", overrides=[*base, *OLD]),
-                               "screened": load_config(profile="metrics", overrides=base)}
+    base = ["train.epochs=8", *args.overrides]
+    cfgs: dict[str, Config] = {
+        "old": load_config(profile="metrics", overrides=[f"lake.root={work / 'lake-old'}", *base, *OLD]),
+        "screened": load_config(profile="metrics", overrides=[f"lake.root={work / 'lake-screened'}", *base]),
+    }
     cfg = cfgs["screened"]
     _, intervals = evaluation.read_label_file(data.labels_path)
 
     from loganomaly.runtime.spark import get_spark
 
     spark = get_spark(cfg.spark)
-    lake = Lake(spark, cfg.lake.root, cfg.lake.engine)
+    lakes = {name: Lake(spark, c.lake.root, c.lake.engine) for name, c in cfgs.items()}
     models = {name: work / f"model-{name}" for name in cfgs}
 
     def retrain(until: str) -> dict[str, Any]:
@@ -179,22 +183,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_cfg = dataclasses.replace(model_cfg.train, train_until=until,
                                             init_from=str(models[name]) if args.continue_ and models[name].exists()
                                             else "")
-            summary = train.run(spark, dataclasses.replace(model_cfg, train=train_cfg), models[name], lake=lake)
+            summary = train.run(spark, dataclasses.replace(model_cfg, train=train_cfg), models[name],
+                                lake=lakes[name])
             out[name] = summary
         return out
 
-    ingest.run(spark, cfg, [str(files[d]) for d in days[: args.warmup]], lake=lake)
-    featurize.run(spark, cfg, lake=lake)
+    for name, lake in lakes.items():
+        ingest.run(spark, cfgs[name], [str(files[d]) for d in days[: args.warmup]], lake=lake)
+        featurize.run(spark, cfgs[name], lake=lake)
     trained = retrain(days[args.warmup])
     table: list[dict[str, Any]] = []
     for day in days[args.warmup:]:
-        ingest.run(spark, cfg, [str(files[day])], lake=lake)
-        featurize.run(spark, cfg, lake=lake, since=day)
         day_start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
         todays = [a for a in data.anomalies if day_start <= a.start < day_start + dt.timedelta(days=1)]
-        for name in cfgs:
+        for name, lake in lakes.items():
+            ingest.run(spark, cfgs[name], [str(files[day])], lake=lake)
+            featurize.run(spark, cfgs[name], lake=lake, since=day)
             summary = trained[name]
-            score.run(spark, cfg, models[name], date_range=(day, day), lake=lake)
+            score.run(spark, cfgs[name], models[name], date_range=(day, day), lake=lake)
             result = day_results(spark, lake, load_bundle(models[name]).version, day, intervals, todays)
             table.append({"day": day, "model": name, "threshold": float(summary.threshold),
                           "ratio": summary.threshold_ratio, "screened": summary.screened_windows,
@@ -221,11 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"{sum(r['found'] for r in mine)} of {sum(r['incidents'] for r in mine)} | "
                      f"{_fmt(min(thresholds), 4)} - {_fmt(max(thresholds), 4)} | "
                      f"{_fmt(max(moves) if moves else None)}x |")
-    lines += ["", *k_sweep(spark, cfgs["old"], lake, models["old"], days[-1])]
+    lines += ["", *k_sweep(spark, cfgs["old"], lakes["old"], models["old"], days[-1])]
     budget = 1 - cfg.train.threshold_quantile if cfg.train.alert_budget is None else cfg.train.alert_budget
     settings = (f"{args.hosts} hosts x {args.days} days ({args.warmup} warm-up), {len(data.anomalies)} incidents, "
                 f"seed {args.seed}, {'continued' if args.continue_ else 'fresh'} models, alert budget {budget:.3g}, "
-                f"overrides {base[1:]}; {time.perf_counter() - started:.0f}s")
+                f"overrides {base}; {time.perf_counter() - started:.0f}s")
     text = "\n".join(lines)
     (work / "walkforward.md").write_text(settings + "\n\n" + text + "\n")
     print(settings)
