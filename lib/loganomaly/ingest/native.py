@@ -673,7 +673,7 @@ class _Json:
         )
         # 6. message: its field, a weird record's name, the connection, or the first attributes
         name = t("name")
-        src = "concat(coalesce(src_addr, '?'), ':', coalesce(CASE WHEN src_port != 0 THEN cast(src_port AS string) END, '?'))"
+        src = "coalesce(src_addr, '?')"  # no source port, as the Python parser's message
         dst = "concat(coalesce(dst_addr, '?'), ':', coalesce(CASE WHEN dst_port != 0 THEN cast(dst_port AS string) END, '?'))"
         conn = (
             "concat_ws(' ', CASE WHEN proto != '' THEN proto END, CASE WHEN component != '' THEN component END, "

@@ -274,3 +274,27 @@ def test_random_cells_give_the_per_line_batches(tmp_path: Path, monkeypatch: pyt
     path.write_text("\n".join(header + rows) + "\n", encoding="utf-8")
     _assert_same(path)
     assert _taken(path) > 300
+
+
+def test_a_hosts_connections_to_one_service_share_one_message(tmp_path: Path) -> None:
+    """The originator's ephemeral port stays in ``src_port`` and out of the message, on both paths:
+    with it every connection's message was new, so masking and template matching ran per line
+    instead of once per distinct message. The service port stays in it; a port 0 reads ``?``."""
+    rows = [
+        f"{T0 + i}.5\tC{i}\t10.0.0.7\t{49152 + i}\t10.0.1.9\t{443 if i % 2 else 0}\ttcp\tssl\t0.5\t10\t20\tSF\tT\t3\t4\t-\tBenign"
+        for i in range(60)
+    ]
+    path = tmp_path / "conn.log"
+    path.write_text("\n".join([*_header(), *rows]) + "\n")
+    assert _taken(path) == 60
+    _assert_same(path)
+    from loganomaly.ingest import stage as ingest_stage
+
+    events = [
+        row
+        for batch in ingest_stage.parse_files_to_batches([str(path)], "run", 300, sources={str(path): ("src", ZEEK)})
+        for row in batch.to_pylist()
+        if row["src_addr"] is not None
+    ]
+    assert [e["src_port"] for e in events] == [49152 + i for i in range(60)]
+    assert {e["message"] for e in events} == {"tcp ssl 10.0.0.7 -> 10.0.1.9:? SF", "tcp ssl 10.0.0.7 -> 10.0.1.9:443 SF"}

@@ -565,13 +565,16 @@ def _expand(
 
 
 def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa.Array:
-    """``proto component src:port -> dst:port status`` for every row, in Arrow: the reference's
+    """``proto component src -> dst:port status`` for every row, in Arrow: the reference's
     ``" ".join(str(p) for p in parts if p)`` (parts null or empty are left out; an address or
-    port null, or a port 0, reads ``?``)."""
+    port null, or a port 0, reads ``?``; the source's port is left out, see :meth:`.records._RecordMapper.finish`)."""
+    def address(name: str) -> pa.Array:
+        a = out.get(name)
+        return pa.array(["?"] * n, _STR) if a is None else pc.fill_null(a, "?")
+
     def end(addr: str, port: str) -> pa.Array:
-        a = out.get(addr)
+        a = address(addr)
         p = out.get(port)
-        a = pa.array(["?"] * n, _STR) if a is None else pc.fill_null(a, "?")
         if p is None:
             text = pa.array(["?"] * n, _STR)
         else:
@@ -585,7 +588,7 @@ def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa
     comp = pa.array([c or None for c in component], _STR)  # "" (a "_path" of "") is left out too
     arrow = pa.array(["->"] * n, _STR)
     return pc.binary_join_element_wise(
-        part("proto"), comp, end("src_addr", "src_port"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
+        part("proto"), comp, address("src_addr"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
         null_handling="skip",
     )
 

@@ -171,7 +171,10 @@ class _RecordMapper:
             message = f"weird {flat['name']}"
         if message is None:
             if "src_addr" in event or "dst_addr" in event:
-                src = f"{event.get('src_addr') or '?'}:{event.get('src_port') or '?'}"
+                # The source without its port: the originator's port is ephemeral, new on nearly
+                # every connection, and would make every message (and its template match) new;
+                # it stays in src_port. The destination's port is the service.
+                src = event.get("src_addr") or "?"
                 dst = f"{event.get('dst_addr') or '?'}:{event.get('dst_port') or '?'}"
                 message = " ".join(
                     [
