@@ -674,7 +674,10 @@ class _Json:
         # 6. message: its field, a weird record's name, the connection, or the first attributes
         name = t("name")
         src = "coalesce(src_addr, '?')"  # no source port, as the Python parser's message
-        dst = "concat(coalesce(dst_addr, '?'), ':', coalesce(CASE WHEN dst_port != 0 THEN cast(dst_port AS string) END, '?'))"
+        dst = (
+            "concat(CASE WHEN instr(dst_addr, ':') > 0 THEN concat('[', dst_addr, ']') ELSE coalesce(dst_addr, '?') END, "
+            "':', coalesce(CASE WHEN dst_port != 0 THEN cast(dst_port AS string) END, '?'))"
+        )
         conn = (
             "concat_ws(' ', CASE WHEN proto != '' THEN proto END, CASE WHEN component != '' THEN component END, "
             f"{src}, '->', {dst}, CASE WHEN status != '' THEN status END)"

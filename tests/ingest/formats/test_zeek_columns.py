@@ -279,9 +279,12 @@ def test_random_cells_give_the_per_line_batches(tmp_path: Path, monkeypatch: pyt
 def test_a_hosts_connections_to_one_service_share_one_message(tmp_path: Path) -> None:
     """The originator's ephemeral port stays in ``src_port`` and out of the message, on both paths:
     with it every connection's message was new, so masking and template matching ran per line
-    instead of once per distinct message. The service port stays in it; a port 0 reads ``?``."""
+    instead of once per distinct message. The service port stays in it (a port 0 reads ``?``),
+    after an IPv6 destination in brackets; and a full IPv6 address masks as one ``<IP>``."""
+    v6 = "fd2d:ab8c:225:0:1e6f:65ff:fec0:4392"
     rows = [
-        f"{T0 + i}.5\tC{i}\t10.0.0.7\t{49152 + i}\t10.0.1.9\t{443 if i % 2 else 0}\ttcp\tssl\t0.5\t10\t20\tSF\tT\t3\t4\t-\tBenign"
+        f"{T0 + i}.5\tC{i}\t10.0.0.7\t{49152 + i}\t{v6 if i % 3 == 0 else '10.0.1.9'}\t{443 if i % 2 else 0}\t"
+        "tcp\tssl\t0.5\t10\t20\tSF\tT\t3\t4\t-\tBenign"
         for i in range(60)
     ]
     path = tmp_path / "conn.log"
@@ -297,4 +300,14 @@ def test_a_hosts_connections_to_one_service_share_one_message(tmp_path: Path) ->
         if row["src_addr"] is not None
     ]
     assert [e["src_port"] for e in events] == [49152 + i for i in range(60)]
-    assert {e["message"] for e in events} == {"tcp ssl 10.0.0.7 -> 10.0.1.9:? SF", "tcp ssl 10.0.0.7 -> 10.0.1.9:443 SF"}
+    assert {e["message"] for e in events} == {
+        "tcp ssl 10.0.0.7 -> 10.0.1.9:? SF",
+        "tcp ssl 10.0.0.7 -> 10.0.1.9:443 SF",
+        f"tcp ssl 10.0.0.7 -> [{v6}]:? SF",
+        f"tcp ssl 10.0.0.7 -> [{v6}]:443 SF",
+    }
+    from loganomaly.ingest.templates.masking import TemplateConfig
+    from loganomaly.ingest.templates.miner import _Preprocessor
+
+    tokens = _Preprocessor(TemplateConfig()).tokens
+    assert tokens(f"tcp ssl 10.0.0.7 -> [{v6}]:443 SF") == tokens("tcp ssl 10.0.0.7 -> 10.0.1.9:443 SF")

@@ -567,13 +567,15 @@ def _expand(
 def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa.Array:
     """``proto component src -> dst:port status`` for every row, in Arrow: the reference's
     ``" ".join(str(p) for p in parts if p)`` (parts null or empty are left out; an address or
-    port null, or a port 0, reads ``?``; the source's port is left out, see :meth:`.records._RecordMapper.finish`)."""
+    port null, or a port 0, reads ``?``; the source's port is left out and an IPv6 destination
+    goes in brackets, see :meth:`.records._RecordMapper.finish`)."""
     def address(name: str) -> pa.Array:
         a = out.get(name)
         return pa.array(["?"] * n, _STR) if a is None else pc.fill_null(a, "?")
 
     def end(addr: str, port: str) -> pa.Array:
         a = address(addr)
+        a = pc.if_else(pc.match_substring(a, ":"), pc.binary_join_element_wise("[", a, "]", ""), a)
         p = out.get(port)
         if p is None:
             text = pa.array(["?"] * n, _STR)

@@ -173,9 +173,14 @@ class _RecordMapper:
             if "src_addr" in event or "dst_addr" in event:
                 # The source without its port: the originator's port is ephemeral, new on nearly
                 # every connection, and would make every message (and its template match) new;
-                # it stays in src_port. The destination's port is the service.
+                # it stays in src_port. The destination's port is the service; an IPv6 address
+                # goes in brackets before it (``[2001:db8::1]:53``), as its own colons would
+                # otherwise take the port in (and mask a full address as numbers).
                 src = event.get("src_addr") or "?"
-                dst = f"{event.get('dst_addr') or '?'}:{event.get('dst_port') or '?'}"
+                dst_addr = event.get("dst_addr") or "?"
+                if ":" in dst_addr:
+                    dst_addr = f"[{dst_addr}]"
+                dst = f"{dst_addr}:{event.get('dst_port') or '?'}"
                 message = " ".join(
                     [
                         str(p)
