@@ -364,7 +364,10 @@ _NUMBER = rf"{_L}[-+]?\d+{_R}"
 
 PRESETS: dict[str, TemplateConfig] = {
     "default": TemplateConfig(),
-    "HDFS": TemplateConfig(sim_th=0.5, depth=4, masking=((r"blk_-?\d+", "BLK"), (_V4PORT, "IP"))),
+    # Numbers masked too (sizes, responder indices): Drain makes them wildcards anyway, but unmasked
+    # they made nearly every size-bearing line a new masked form, each a Drain search when matching
+    # (40 % of generated HDFS lines; grouping accuracy on HDFS_2k the same, 0.9975, with or without).
+    "HDFS": TemplateConfig(sim_th=0.5, depth=4, masking=((r"blk_-?\d+", "BLK"), (_V4PORT, "IP"), (_NUMBER, "NUM"))),
     "Hadoop": TemplateConfig(sim_th=0.5, depth=4),
     "Spark": TemplateConfig(sim_th=0.45, depth=5, masking=(
         (_V4PORT, "IP"), (r"\b[KGTM]?B\b", "*"), (_DOTTED, "*"))),
