@@ -58,7 +58,8 @@ def _odd(rng: random.Random, kind: str, plain: str) -> str:
                    " 1709510400.5", "1709510400.5 ", "١٧٠٩٥١٠٤٠٠.5", "99999999999.999999"],
             "port": [*common, "70000", str(2**31), "-1", "+80", "80.0", " 80", "٨٠", "0"],
             "count": [*common, "-3", str(2**63), str(2**63 - 1), "12abc", "1e3", "007", "3.0"],
-            "duration": [*common, "inf", "nan", "1e-5", "-0.5", ".5", "5.", "1_000.5", "0.1000000000000000055511"],
+            "duration": [*common, "inf", "nan", "1e-5", "-0.5", ".5", "5.", "1_000.5", "0.1000000000000000055511",
+                         "12345678901234567890.5"],
             "addr": [*common, "::1", "fe80::1%eth0"],
             "bool": [*common, "T", "F", "true", "X"],
             "set": [*common, "a,b", "a,,b", ","],
@@ -311,3 +312,40 @@ def test_a_hosts_connections_to_one_service_share_one_message(tmp_path: Path) ->
 
     tokens = _Preprocessor(TemplateConfig()).tokens
     assert tokens(f"tcp ssl 10.0.0.7 -> [{v6}]:443 SF") == tokens("tcp ssl 10.0.0.7 -> 10.0.1.9:443 SF")
+
+
+def test_key_lists_and_messages_built_from_attributes(tmp_path: Path) -> None:
+    """A log without addresses whose header holds several keys of one list (status, level,
+    entity, message): the reference takes the first with a value and pops every status key it
+    tried but only the chosen level, entity or message key; a record with no message gets its
+    first eight attributes as ``key=value``. Values unset, empty or ``-`` in every column."""
+    fields = ["ts", "fuid", "conn_state", "status_code", "status", "level", "severity", "hostname", "src_ip",
+              "client_ip", "msg", "message", "mime_type", "filename", "seen_bytes", "depth", "analyzers", "is_orig",
+              "component", "detailed_label", "Label", "extra_a", "extra_b", "extra_c"]  # fmt: skip
+    types = ["time", "string", "string", "count", "string", "string", "string", "string", "addr", "addr", "string",
+             "string", "string", "string", "count", "count", "set[string]", "bool", "string", "string", "string",
+             "string", "string", "string"]  # fmt: skip
+    rng = random.Random(7)
+
+    def value(plain: str) -> str:
+        return rng.choice([plain, plain, plain, "-", "(empty)", "", "-"])
+
+    rows = []
+    for i in range(400):
+        cells = [f"{T0 + i}.125", f"F{i}", value("SF"), value("200"), value("ok"), value("WARN"), value("err"),
+                 value(f"h{i % 5}"), value("10.0.0.1"), value("10.0.0.2"), value(f"m{i % 3}"), value("hello"),
+                 value("text/plain"), value("a b.txt"), value(str(i)), value("0"), value("PE,MD5"),
+                 rng.choice(["T", "F", "-"]), value("files"), value("C&C"), value("Malicious"), value("x"),
+                 value("y"), value("z")]  # fmt: skip
+        rows.append("\t".join(cells))
+    path = tmp_path / "files.log"
+    path.write_text("\n".join(_header("files", fields, types) + rows) + "\n")
+    _assert_same(path)
+    assert _taken(path) > 300
+    messages = [
+        row["message"]
+        for batch in stage.parse_files_to_batches([str(path)], "run", 300, sources={str(path): ("src", ZEEK)})
+        for row in batch.to_pylist()
+    ]
+    built = [m for m in messages if m is not None and m.startswith("fuid=")]
+    assert built and max(m.count("=") for m in built) == 8

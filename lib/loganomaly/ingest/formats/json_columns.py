@@ -512,7 +512,7 @@ class JsonBlockMapper:
                     message[r] = " ".join(f"{k}={v}" for k, v in pairs[:8])
         messages = pa.array(message, _STR)
         if conn and messages.null_count:
-            messages = pc.coalesce(messages, _conn_messages(out, component, n))
+            messages = pc.coalesce(messages, conn_messages(out, component, n))
         out["message"] = messages
         for column, typ in COLUMN_TYPES.items():
             if column not in out:
@@ -564,7 +564,7 @@ def _expand(
     return tuple(out_keys), out_columns
 
 
-def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa.Array:
+def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: int) -> pa.Array:
     """``proto component src -> dst:port status`` for every row, in Arrow: the reference's
     ``" ".join(str(p) for p in parts if p)`` (parts null or empty are left out; an address or
     port null, or a port 0, reads ``?``; the source's port is left out and an IPv6 destination
@@ -587,7 +587,11 @@ def _conn_messages(out: dict[str, pa.Array], component: list[Any], n: int) -> pa
         values = out.get(name)
         return pa.nulls(n, _STR) if values is None else values
 
-    comp = pa.array([c or None for c in component], _STR)  # "" (a "_path" of "") is left out too
+    # "" (a "_path" of "") is left out too
+    if isinstance(component, pa.Array):
+        comp = pc.if_else(pc.equal(component, ""), None, component)
+    else:
+        comp = pa.array([c or None for c in component], _STR)
     arrow = pa.array(["->"] * n, _STR)
     return pc.binary_join_element_wise(
         part("proto"), comp, address("src_addr"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
