@@ -46,8 +46,8 @@ from loganomaly.ingest.formats.values import _MISSING, _as_float, _as_int, norma
 #: Times read here: plain decimals with a point (``parse_epoch`` reads them as floats) or ASCII
 #: digits (ints there); anything else (a sign, an exponent, other digits) is read per line.
 _DECIMAL_TIME = r"^[0-9]{1,12}\.[0-9]{1,9}$"
-#: Counts and ports read here: ASCII digits that fit an int64.
-_DIGITS = r"^[0-9]{1,18}$"
+#: Counts and ports read here: ASCII digits that fit an int64 (at most this many).
+_MAX_DIGITS = 18
 #: Durations read here: ASCII digits, an optional point and fraction.
 _DECIMAL = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 _STR = pa.string()
@@ -77,6 +77,12 @@ class ZeekHeader(Protocol):
 def _mask(values: pa.Array) -> np.ndarray:
     """A boolean Arrow array as numpy, null as false."""
     return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _digits(values: pa.Array) -> pa.Array:
+    """Whether each value is 1 to 18 ASCII digits (``^[0-9]{1,18}$``), by two byte-wise
+    kernels: a fifth of the regular expression's time, and there are many count columns."""
+    return pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), _MAX_DIGITS))
 
 
 def _not_missing(col: pa.Array) -> np.ndarray:
@@ -217,7 +223,7 @@ def map_segment(
     # mapping converts either (datetime.fromtimestamp's rounding: half to even, as np.rint).
     raw_ts = cell(state.ts_index)  # type: ignore[arg-type]
     decimal_ts = _mask(pc.match_substring_regex(raw_ts, _DECIMAL_TIME))
-    integer_ts = _mask(pc.match_substring_regex(raw_ts, _DIGITS))
+    integer_ts = _mask(_digits(raw_ts))
     seconds = np.asarray(
         pc.fill_null(pc.cast(pc.if_else(pa.array(decimal_ts), raw_ts, None), pa.float64()), 0.0),
         dtype=np.float64,
@@ -243,7 +249,7 @@ def map_segment(
         values = cell(i)
         absent = pc.is_in(values, value_set=absent_set)
         if conv is _as_int:
-            digits = pc.match_substring_regex(values, _DIGITS)
+            digits = _digits(values)
             bad |= ~_mask(pc.or_(absent, digits))
             number = pc.cast(pc.if_else(digits, values, None), pa.int64())
             bad |= _mask(pc.greater(number, _NET[key][3]))  # digits: never below the range
