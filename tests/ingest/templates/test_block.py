@@ -136,14 +136,17 @@ def test_fixture_logs() -> None:
         _check(templates, list(lines))
 
 
-def test_bounded_token_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(miner, "_TOKEN_CACHE_SIZE", 40)
+@pytest.mark.parametrize("size", [40, 400])
+def test_bounded_token_cache(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """A full cache is cleared and long tokens are not kept; with room, the tokens kept by one
+    block are the ones the next block reads from the cache (400: kept across blocks)."""
+    monkeypatch.setattr(miner, "_TOKEN_CACHE_SIZE", size)
     monkeypatch.setattr(miner, "_TOKEN_CACHE_CHARS", 6)
     templates = Templates().fit(_messages(0, 300))
     messages = _messages(1, 400)
     for start in range(0, len(messages), 50):
         _check(templates, messages[start:start + 50])
-        assert len(templates._pre.token_cache or {}) <= 40
+        assert len(templates._pre.token_cache or {}) <= size
     assert all(len(token) <= 6 for token in templates._pre.token_cache or {})
 
 

@@ -66,6 +66,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -238,20 +239,28 @@ class _Preprocessor:
         distinct = encoded.dictionary.to_pylist()
         if len(cache) + len(distinct) > _TOKEN_CACHE_SIZE:
             cache.clear()  # bounded memory, as the other caches
-        get = cache.get
-        hits = [get(token) for token in distinct]
+        hits = list(map(cache.get, distinct))
         new = [k for k, hit in enumerate(hits) if hit is None]
         if new:
             # The new tokens in one regex pass: the rules being token-local, masking them joined
             # by spaces masks each alone, and a masked token holds one "<" per value (they hold none).
-            text, found = self.mask(" ".join([distinct[k] for k in new]))
-            at = 0
-            for k, masked_token in zip(new, text.split(" "), strict=True):
-                n = masked_token.count("<")
-                hit = hits[k] = (masked_token, tuple(found[at:at + n]))
-                at += n
-                if len(distinct[k]) <= _TOKEN_CACHE_CHARS and len(cache) < _TOKEN_CACHE_SIZE:
-                    cache[distinct[k]] = hit
+            # Each step over them is one C-level pass (map, accumulate, zip): on logs with an id or
+            # number in every line (HDFS) most of a block's tokens are new.
+            new_tokens = [distinct[k] for k in new]
+            text, found = self.mask(" ".join(new_tokens))
+            masked_tokens = text.split(" ")
+            counts = list(map(str.count, masked_tokens, repeat("<")))
+            ends = list(accumulate(counts))
+            values = [tuple(found[a:b]) for a, b in zip(map(operator.sub, ends, counts), ends, strict=True)]
+            entries = list(zip(masked_tokens, values, strict=True))
+            for k, entry in zip(new, entries, strict=True):
+                hits[k] = entry
+            if len(cache) + len(new) > _TOKEN_CACHE_SIZE or max(map(len, new_tokens)) > _TOKEN_CACHE_CHARS:
+                for token, entry in zip(new_tokens, entries, strict=True):
+                    if len(token) <= _TOKEN_CACHE_CHARS and len(cache) < _TOKEN_CACHE_SIZE:
+                        cache[token] = entry
+            else:
+                cache.update(zip(new_tokens, entries, strict=True))
         done: list[tuple[str, tuple[str, ...]]] = hits  # type: ignore[assignment]  # every entry set above
         indices = encoded.indices
         masked = pc.binary_join(
