@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import compress
 from typing import Any
 
@@ -242,28 +242,13 @@ class JsonBlockMapper:
         """Event columns for the lines of ``texts`` this mapper reproduces exactly; the positions
         (indices into ``texts``) of those lines are :attr:`EventColumns.positions`, the others are
         the caller's to parse one by one. None when it takes no line."""
-        decode = self.decode
-        groups: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
-        for i, text in enumerate(texts):
-            try:
-                obj = decode(text)
-            except ValueError:
-                continue  # orjson refused it: the reference decides (error or the standard library's value)
-            if obj.__class__ is not dict:
-                continue
-            key = tuple(obj)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = ([i], [obj])
-            else:
-                group[0].append(i)
-                group[1].append(obj)
+        groups = self._group(texts)
         parts: list[tuple[list[int], dict[str, pa.Array]]] = []
         nested: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
         for keys, (positions, records) in groups.items():
             if len(positions) < MIN_GROUP:
                 continue
-            columns: list[Sequence[Any]] = list(zip(*[r.values() for r in records], strict=True))
+            columns: list[Sequence[Any]] = list(zip(*map(dict.values, records), strict=True))
             classes: list[set[type]] | None = [set(map(type, col)) for col in columns]
             expanded = _expand(keys, columns, 0, classes)
             if expanded is not None:
@@ -297,6 +282,45 @@ class JsonBlockMapper:
         all_positions = [p for pos, _ in parts for p in pos]
         arrays = {name: pa.concat_arrays([cols[name] for _, cols in parts]) for name in COLUMN_TYPES}
         return EventColumns(all_positions, arrays)
+
+    def _group(self, texts: Sequence[str]) -> dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]]:
+        """The block's lines decoded and grouped by their keys (in order): positions and records
+        per key tuple; lines orjson refuses and non-objects are left out (the reference's).
+
+        The common block, objects of one shape that all decode, takes C-level passes (``map``,
+        one set of types, one set of key tuples) instead of a Python loop over its lines.
+        """
+        decode = self.decode
+        try:
+            objs = list(map(decode, texts))
+        except ValueError:
+            objs = None  # a line orjson refuses: the loop below leaves it out
+        if objs is not None and set(map(type, objs)) == {dict}:
+            keys = list(map(tuple, objs))
+            if len(set(keys)) == 1:
+                return {keys[0]: (list(range(len(objs))), objs)}
+        groups: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
+        for i, obj in enumerate(objs) if objs is not None else self._decoded(texts):
+            if obj.__class__ is not dict:
+                continue
+            key = tuple(obj)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = ([i], [obj])
+            else:
+                group[0].append(i)
+                group[1].append(obj)
+        return groups
+
+    def _decoded(self, texts: Sequence[str]) -> Iterator[tuple[int, Any]]:
+        """Position and value of each line orjson decodes (a refused line: the reference decides
+        between an error and the standard library's value)."""
+        decode = self.decode
+        for i, text in enumerate(texts):
+            try:
+                yield i, decode(text)
+            except ValueError:
+                continue
 
     def map_shape(
         self,
