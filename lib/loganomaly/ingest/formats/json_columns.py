@@ -100,9 +100,14 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
 }
 
 
+def true_mask(mask: pa.Array) -> np.ndarray:
+    """An Arrow boolean array as a numpy one, null as false."""
+    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def true_rows(mask: pa.Array) -> np.ndarray:
     """Indices where an Arrow boolean array is true (null as false)."""
-    return np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool))
+    return np.flatnonzero(true_mask(mask))
 
 
 def complete(

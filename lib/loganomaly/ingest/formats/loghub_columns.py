@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import complete, true_rows
+from loganomaly.ingest.formats.json_columns import complete, true_mask, true_rows
 from loganomaly.ingest.formats.timestamps import (
     _EPOCH,
     _MAX_EPOCH_S,
@@ -157,9 +157,9 @@ def _match_lines(p: BlockPlan, lines: pa.Array) -> pa.StructArray:
     pieces = [flat.take(pa.array(np.arange(i, m * (k + 1), k + 1, dtype=np.int64))) for i in range(k + 1)]
     good = np.ones(m, dtype=bool)
     for (_, cls), piece in zip(lead, pieces, strict=False):
-        good &= _true(pc.match_substring_regex(piece, f"^(?:{cls})$"))
+        good &= true_mask(pc.match_substring_regex(piece, f"^(?:{cls})$"))
     rest = pieces[k]
-    good &= ~_true(pc.or_(pc.starts_with(rest, " "), pc.starts_with(rest, "\t")))
+    good &= ~true_mask(pc.or_(pc.starts_with(rest, " "), pc.starts_with(rest, "\t")))
     names = [name for name, _ in lead]
     values = pieces[:k]
     if token_field is None:
@@ -167,12 +167,12 @@ def _match_lines(p: BlockPlan, lines: pa.Array) -> pa.StructArray:
         values.append(rest)
     else:
         two = pc.split_pattern(rest, " ", max_splits=1)
-        good &= _true(pc.equal(pc.list_value_length(two), 2))
+        good &= true_mask(pc.equal(pc.list_value_length(two), 2))
         keep = pa.array(good)
         rows, values, two = rows[good], [v.filter(keep) for v in values], two.filter(keep)
         token, content = pc.list_element(two, 0), pc.list_element(two, 1)
-        good = _true(pc.match_substring_regex(token, r"^\S+:$"))
-        good &= ~_true(pc.or_(pc.starts_with(content, " "), pc.starts_with(content, "\t")))
+        good = true_mask(pc.match_substring_regex(token, r"^\S+:$"))
+        good &= ~true_mask(pc.or_(pc.starts_with(content, " "), pc.starts_with(content, "\t")))
         names += [token_field, "Content"]
         values += [pc.utf8_slice_codeunits(token, 0, -1), content]
     keep = pa.array(good)
@@ -187,9 +187,6 @@ def _match_lines(p: BlockPlan, lines: pa.Array) -> pa.StructArray:
     order = np.argsort(np.concatenate([fast_rows, slow_rows]), kind="stable")
     return pa.concat_arrays([fast, slow.cast(fast.type)]).take(pa.array(order))
 
-
-def _true(mask: pa.Array) -> np.ndarray:
-    return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def _re2(pattern: str, name: str | None = None) -> str:

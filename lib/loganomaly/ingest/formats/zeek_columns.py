@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import FormatOptions
-from loganomaly.ingest.formats.json_columns import _NET, complete, conn_messages, true_rows
+from loganomaly.ingest.formats.json_columns import _NET, complete, conn_messages, true_mask, true_rows
 from loganomaly.ingest.formats.records import (
     _COMPONENT_KEYS,
     _DETAILED_LABEL_KEYS,
@@ -74,10 +74,6 @@ class ZeekHeader(Protocol):
     special: list[tuple[int, str, bool]]
 
 
-def _mask(values: pa.Array) -> np.ndarray:
-    """A boolean Arrow array as numpy, null as false."""
-    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
-
 
 def _digits(values: pa.Array) -> pa.Array:
     """Whether each value is 1 to 18 ASCII digits (``^[0-9]{1,18}$``), by two byte-wise
@@ -87,17 +83,17 @@ def _digits(values: pa.Array) -> pa.Array:
 
 def _not_missing(col: pa.Array) -> np.ndarray:
     """Set and not a missing marker (``-``, ``""``, ``(empty)``): the status and component rule."""
-    return _mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=_MISSING_ARRAY))))
+    return true_mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=_MISSING_ARRAY))))
 
 
 def _not_none(col: pa.Array) -> np.ndarray:
     """Set at all: the level and message rule."""
-    return _mask(pc.is_valid(col))
+    return true_mask(pc.is_valid(col))
 
 
 def _entity_ok(col: pa.Array) -> np.ndarray:
     """Set, not empty and not ``-``: the entity rule."""
-    return _mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(["", "-"], _STR)))))
+    return true_mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=pa.array(["", "-"], _STR)))))
 
 
 def _first_valid(columns: list[pa.Array], valid: Valid, m: int) -> tuple[pa.Array, np.ndarray]:
@@ -128,7 +124,7 @@ def _attributes(names: list[str], columns: list[pa.Array], m: int) -> pa.Array:
     items = pa.concat_arrays([c.cast(_STR) for c in columns]).take(pa.array(order))
     keys = pa.array(names * m, _STR)
     if items.null_count:
-        keep = _mask(pc.is_valid(items))
+        keep = true_mask(pc.is_valid(items))
         counts = keep.reshape(m, k).sum(axis=1)
         offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
         mask = pa.array(keep)
@@ -222,8 +218,8 @@ def map_segment(
     # ts: parse_epoch's reading of a plain decimal (a float) or of digits (an int), as the JSON
     # mapping converts either (datetime.fromtimestamp's rounding: half to even, as np.rint).
     raw_ts = cell(state.ts_index)  # type: ignore[arg-type]
-    decimal_ts = _mask(pc.match_substring_regex(raw_ts, _DECIMAL_TIME))
-    integer_ts = _mask(_digits(raw_ts))
+    decimal_ts = true_mask(pc.match_substring_regex(raw_ts, _DECIMAL_TIME))
+    integer_ts = true_mask(_digits(raw_ts))
     seconds = np.asarray(
         pc.fill_null(pc.cast(pc.if_else(pa.array(decimal_ts), raw_ts, None), pa.float64()), 0.0),
         dtype=np.float64,
@@ -250,13 +246,13 @@ def map_segment(
         absent = pc.is_in(values, value_set=absent_set)
         if conv is _as_int:
             digits = _digits(values)
-            bad |= ~_mask(pc.or_(absent, digits))
+            bad |= ~true_mask(pc.or_(absent, digits))
             number = pc.cast(pc.if_else(digits, values, None), pa.int64())
-            bad |= _mask(pc.greater(number, _NET[key][3]))  # digits: never below the range
+            bad |= true_mask(pc.greater(number, _NET[key][3]))  # digits: never below the range
             out[column] = number
         elif conv is _as_float:
             decimal = pc.match_substring_regex(values, _DECIMAL)
-            bad |= ~_mask(pc.or_(absent, decimal))
+            bad |= ~true_mask(pc.or_(absent, decimal))
             number = pc.cast(pc.if_else(decimal, values, None), pa.float64())
             out[column] = number
         else:
