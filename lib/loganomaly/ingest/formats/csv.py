@@ -29,7 +29,7 @@ from loganomaly.ingest.formats.base import (
     LogFormat,
     _file_clock,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, attributes_map, complete
 from loganomaly.ingest.formats.records import _COUNT_COLUMNS
 from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S, _MAX_TS, TimeFormat, _Clock, parse_timestamp
 from loganomaly.ingest.formats.values import _CONVERTERS, _as_float, _as_int, normalize_level
@@ -456,7 +456,7 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
         out["message"] = cell(state.message_idx)
     else:
         out["message"] = _join_present([out[c] for c in ("proto", "component", "status") if c in out], m)
-    out["attributes"] = _attributes(names, [cell(i) for i, _ in state.attr_idx], m)
+    out["attributes"] = attributes_map(names, [cell(i) for i, _ in state.attr_idx], m, drop_empty=True)
     out["format"] = pa.array(["csv"] * m, pa.string())
 
     done = complete(rows, out, bad)
@@ -486,25 +486,6 @@ def _join_present(columns: list[pa.Array], n: int) -> pa.Array:
         joined = parts[0] if len(parts) == 1 else pc.binary_join_element_wise(*parts, " ")
         out = pc.if_else(pa.array(pattern == code), joined, out)
     return out
-
-
-def _attributes(names: list[str], columns: list[pa.Array], n: int) -> pa.Array:
-    """The ``map<string,string>`` of :meth:`CsvParser.parse`: every attribute column, in order,
-    empty cells left out."""
-    k = len(names)
-    if k == 0:
-        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
-                                       pa.array([], pa.string()))  # fmt: skip
-    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
-    items = pa.concat_arrays(columns).take(pa.array(order))
-    keys = pa.array(names * n, pa.string())
-    keep = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool)
-    counts = keep.reshape(n, k).sum(axis=1)
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
-    if not keep.all():
-        mask = pa.array(keep)
-        keys, items = keys.filter(mask), items.filter(mask)
-    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
 
 
 def _looks_like_csv(path: Path, lines: Sequence[str], opts: FormatOptions) -> bool:

@@ -105,6 +105,26 @@ def true_mask(mask: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def attributes_map(names: list[str], columns: list[pa.Array], n: int, drop_empty: bool = False) -> pa.Array:
+    """A ``map<string,string>`` column from per-name columns of ``n`` rows, in ``names`` order;
+    null cells leave no entry (and ``""`` ones too with ``drop_empty``, as CSV's parser does)."""
+    k = len(names)
+    if k == 0:
+        empty = pa.array([], _STR)
+        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), empty, empty)
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
+    items = pa.concat_arrays([c.cast(_STR) for c in columns]).take(pa.array(order))
+    keys = pa.array(names * n, _STR)
+    keep = true_mask(pc.not_equal(items, "")) if drop_empty else true_mask(pc.is_valid(items))
+    if keep.all():
+        offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
+    else:
+        offsets = np.concatenate(([0], np.cumsum(keep.reshape(n, k).sum(axis=1)))).astype(np.int32)
+        mask = pa.array(keep)
+        keys, items = keys.filter(mask), items.filter(mask)
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
+
+
 def true_rows(mask: pa.Array) -> np.ndarray:
     """Indices where an Arrow boolean array is true (null as false)."""
     return np.flatnonzero(true_mask(mask))

@@ -29,7 +29,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import FormatOptions
-from loganomaly.ingest.formats.json_columns import _NET, complete, conn_messages, true_mask, true_rows
+from loganomaly.ingest.formats.json_columns import (
+    _NET,
+    attributes_map,
+    complete,
+    conn_messages,
+    true_mask,
+    true_rows,
+)
 from loganomaly.ingest.formats.records import (
     _COMPONENT_KEYS,
     _DETAILED_LABEL_KEYS,
@@ -112,26 +119,6 @@ def _first_valid(columns: list[pa.Array], valid: Valid, m: int) -> tuple[pa.Arra
 def _null_missing(col: pa.Array) -> pa.Array:
     """:func:`.values._as_str` of text: a missing marker is no value."""
     return pc.if_else(pc.is_in(col, value_set=_MISSING_ARRAY), None, col)
-
-
-def _attributes(names: list[str], columns: list[pa.Array], m: int) -> pa.Array:
-    """The ``map<string,string>`` of the attribute columns, in order, null cells left out."""
-    k = len(names)
-    if k == 0:
-        empty = pa.array([], _STR)
-        return pa.MapArray.from_arrays(pa.array(np.zeros(m + 1, dtype=np.int32)), empty, empty)
-    order = (np.arange(k, dtype=np.int64)[None, :] * m + np.arange(m, dtype=np.int64)[:, None]).ravel()
-    items = pa.concat_arrays([c.cast(_STR) for c in columns]).take(pa.array(order))
-    keys = pa.array(names * m, _STR)
-    if items.null_count:
-        keep = true_mask(pc.is_valid(items))
-        counts = keep.reshape(m, k).sum(axis=1)
-        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
-        mask = pa.array(keep)
-        keys, items = keys.filter(mask), items.filter(mask)
-    else:
-        offsets = np.arange(0, m * k + 1, k, dtype=np.int32)
-    return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
 
 
 def _attribute_messages(attributes: pa.MapArray) -> pa.Array:
@@ -366,7 +353,7 @@ def map_segment(
     if detailed_key is not None:
         attr_names.append("detailed_label")
         attr_columns.append(_null_missing(by_key[detailed_key]))
-    attributes = _attributes(attr_names, attr_columns, m)
+    attributes = attributes_map(attr_names, attr_columns, m)
     out["attributes"] = attributes
 
     if message.null_count:
