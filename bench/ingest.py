@@ -6,12 +6,16 @@ each gets a fresh JVM) and a fresh lake per format:
 
 1. ingests the first file (the miner's training window: parse, fit, match, write; not timed);
 2. times ``loganomaly ingest`` (the default Python parsers, templates on as by default) of one small
-   file after a warm-up (``--small-repeats`` of them, median) and of the remaining files (the big run):
-   the nightly path, with the saved state matched inside the parsing tasks (the driver path for small
-   loads, ``ingest.local_max_bytes``, turned off where the tree has it, so both runs take the same path);
+   file after a warm-up (``--small-repeats`` of them, median) and of the remaining files (the big run,
+   each time into a fresh copy of the lake holding the saved template state): the nightly path, with
+   the saved state matched inside the parsing tasks (the driver path for small loads,
+   ``ingest.local_max_bytes``, turned off where the tree has it, so both runs take the same path);
 3. times the same small and big runs of the format's native Spark job (``NATIVE_JOBS``: what a Spark
    user would write instead, Spark's readers and SQL functions to Parquet, no Python UDF), checking
-   after the timing that it wrote one row per non-header line, each with its ``ts`` parsed;
+   after the timing that it wrote one row per non-header line, each with its ``ts`` parsed. The big
+   runs go in ``--big-repeats`` turns (ingest, job, ingest, job, ...; median of each side): one big
+   run each made the ratio swing by up to 1.6x between runs of the same code, as the first big run of
+   a reader in a session pays the JIT compilation of its code and the load of a shared machine moves;
 4. times ``spark.read.text(files).count()`` of the same small and big inputs (the raw read);
 5. for the formats with a native ingest path (``json``: Zeek conn records with a nested ``id``
    object; ``zeekjson``: flat Zeek conn records), the same ingest runs with ``ingest.native`` on.
@@ -35,7 +39,7 @@ template cache hit rate of its ingests.
 
 Usage:
     .venv/bin/python bench/ingest.py [--lines 1000000] [--files 8] [--formats json,zeek,...]
-        [--masters local[1],local[2]] [--small-repeats 3] [--sections formats,large,startup]
+        [--masters local[1],local[2]] [--small-repeats 3] [--big-repeats 3] [--sections formats,large,startup]
         [--large-mb 2048] [--split-mb 128]
 """
 
@@ -344,13 +348,16 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def _ingest_runs(spark: Any, cfg: Any, lake: Any, fmt: str, first: str, small: list[str], rest: list[str],
-                 lines: int) -> dict[str, float]:
+def _ingest_runs(spark: Any, cfg: Any, lake_dir: Path, fmt: str, first: str, small: list[str], rest: list[str],
+                 lines: int) -> tuple[dict[str, float], Callable[[], tuple[float, Any]]]:
     """Fit the miner on ``first`` (not timed), ingest ``small[0]`` (a warm-up, not timed), then time each
-    other ``small`` file's ingest (median) and that of ``rest``, checking lines = events + quarantined."""
+    other ``small`` file's ingest (median), checking lines = events + quarantined. Returns those figures
+    and a function that times one ingest of ``rest`` on a fresh copy of the lake as it stands then
+    (the saved template state in it, ``rest`` not yet loaded), so that the big run can be repeated."""
     from loganomaly.ingest import stage as ingest
+    from loganomaly.lake.tables import Lake
 
-    def timed(files: list[str], expect: int) -> tuple[float, Any]:
+    def timed(lake: Any, files: list[str], expect: int) -> tuple[float, Any]:
         start = time.perf_counter()
         summary = ingest.run(spark, cfg, files, lake=lake)
         took = time.perf_counter() - start
@@ -358,12 +365,41 @@ def _ingest_runs(spark: Any, cfg: Any, lake: Any, fmt: str, first: str, small: l
             raise SystemExit(f"{fmt}: {expect} lines but {summary.events} events + {summary.quarantined} quarantined")
         return took, summary
 
+    lake = Lake(spark, lake_dir, engine="deltars")
     ingest.run(spark, cfg, [first], lake=lake)
-    timed([small[0]], SMALL_LINES)  # warm-up, not counted
-    t_small = _median([timed([f], SMALL_LINES)[0] for f in small[1:]])
-    t_big, summary = timed(rest, lines)
-    return {"small_s": t_small, "big_s": t_big, "events": summary.events, "quarantined": summary.quarantined,
-            "hit_rate": summary.template_cache_hit_rate or 0.0}
+    timed(lake, [small[0]], SMALL_LINES)  # warm-up, not counted
+    t_small = _median([timed(lake, [f], SMALL_LINES)[0] for f in small[1:]])
+    copies = iter(range(1, 1000))
+
+    def big() -> tuple[float, Any]:
+        copy = lake_dir.with_name(f"{lake_dir.name}-big-{next(copies)}")
+        shutil.copytree(lake_dir, copy)
+        try:
+            return timed(Lake(spark, copy, engine="deltars"), rest, lines)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+
+    return {"small_s": t_small}, big
+
+
+def _summarised(run: Callable[[], tuple[float, Any]], summaries: list[Any]) -> float:
+    """``run()``'s time; its ingest summary appended to ``summaries``."""
+    took, summary = run()
+    summaries.append(summary)
+    return took
+
+
+def _big_runs(r: dict[str, float], repeats: int, sides: dict[str, Callable[[], float]]) -> None:
+    """Time the big run of each side ``repeats`` times, the sides taking turns (ingest, job, ingest,
+    job, ...) so that a change of load or of the JVM's state (JIT compilation of a reader's code in its
+    first big run) falls on both; ``r[side_big_s]`` is the median, ``r[side_big_runs]`` every run."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side, run in sides.items():
+            times[side].append(run())
+    for side, ts in times.items():
+        r[f"{side}_big_s"] = _median(ts)
+        r[f"{side}_big_runs"] = ts  # type: ignore[assignment]
 
 
 def _timed_job(spark: Any, fmt: str, files: list[str], out: Path) -> float:
@@ -379,14 +415,14 @@ def _timed_raw(spark: Any, files: list[str]) -> float:
 
 
 def run_master(master: str, data: Path, formats: list[str], repeats: int,
-               with_native: bool = True) -> dict[str, dict[str, float]]:
+               with_native: bool = True, big_repeats: int = 3) -> dict[str, dict[str, float]]:
     """One process, one warm Spark session: for every format, fit the miner on the first file (not
-    timed), then time ``repeats`` small runs (median) and one big run (files 2..n) of ``loganomaly
-    ingest`` (the default Python path), of the format's native Spark job and of a raw text count."""
+    timed), then time ``repeats`` small runs (median) and ``big_repeats`` big runs (files 2..n, the two
+    sides taking turns; median) of ``loganomaly ingest`` (the default Python path) and of the format's
+    native Spark job, and a raw text count."""
     from pyspark.sql import functions as F
 
     from loganomaly.config import Config, SourceConfig
-    from loganomaly.lake.tables import Lake
     from loganomaly.runtime.spark import get_spark
 
     cfg = Config()
@@ -416,14 +452,19 @@ def run_master(master: str, data: Path, formats: list[str], repeats: int,
             cfg.ingest.native = False  # the default: the Python parsers
             r: dict[str, float] = {"lines": lines, "small_lines": SMALL_LINES,
                                    "templates": 1.0 if cfg.templates.enabled else 0.0,
-                                   "driver_path_off": 1.0 if driver_path else 0.0}
-            runs = _ingest_runs(spark, cfg, Lake(spark, root / "lake", engine="deltars"), fmt, first, small, rest,
-                                lines)
+                                   "driver_path_off": 1.0 if driver_path else 0.0, "big_repeats": big_repeats}
+            runs, ingest_big = _ingest_runs(spark, cfg, root / "lake", fmt, first, small, rest, lines)
             r |= {f"ingest_{k}": v for k, v in runs.items()}
             _timed_job(spark, fmt, small[:1], root / "warm-up.parquet")
             r["job_small_s"] = _median([_timed_job(spark, fmt, [f], root / f"small-{k}.parquet")
                                         for k, f in enumerate(small[1:])])
-            r["job_big_s"] = _timed_job(spark, fmt, rest, root / "big.parquet")
+            summaries: list[Any] = []
+            _big_runs(r, big_repeats, {
+                "ingest": functools.partial(_summarised, ingest_big, summaries),
+                "job": functools.partial(_timed_job, spark, fmt, rest, root / "big.parquet"),
+            })
+            r["ingest_quarantined"] = summaries[-1].quarantined
+            r["ingest_hit_rate"] = summaries[-1].template_cache_hit_rate or 0.0
             _timed_raw(spark, small[:1])
             r["raw_small_s"] = _median([_timed_raw(spark, [f]) for f in small[1:]])
             r["raw_big_s"] = _timed_raw(spark, rest)
@@ -437,9 +478,9 @@ def run_master(master: str, data: Path, formats: list[str], repeats: int,
                                  f"expected {r['job_expected_rows']}")
             if fmt in NATIVE and with_native:  # ingest.native (JSON in the JVM), off by default: the same runs in a lake of its own
                 cfg.ingest.native = True
-                runs = _ingest_runs(spark, cfg, Lake(spark, root / "lake-native", engine="deltars"), fmt, first,
-                                    small, rest, lines)
+                runs, native_big = _ingest_runs(spark, cfg, root / "lake-native", fmt, first, small, rest, lines)
                 r |= {f"native_{k}": v for k, v in runs.items()}
+                _big_runs(r, 1, {"native": functools.partial(_summarised, native_big, [])})
                 cfg.ingest.native = False
             results[fmt] = r
         finally:
@@ -448,10 +489,21 @@ def run_master(master: str, data: Path, formats: list[str], repeats: int,
     return results
 
 
-def _marginal(r: dict[str, float], prefix: str) -> float | None:
-    """(lines_big - lines_small) / (t_big - t_small); None when the big run was not slower."""
-    dt = r[f"{prefix}_big_s"] - r[f"{prefix}_small_s"]
+def _marginal(r: dict[str, float], prefix: str, big_s: float | None = None) -> float | None:
+    """(lines_big - lines_small) / (t_big - t_small); None when the big run was not slower.
+    ``big_s``: one big run's time instead of the median."""
+    dt = (r[f"{prefix}_big_s"] if big_s is None else big_s) - r[f"{prefix}_small_s"]
     return (r["lines"] - r["small_lines"]) / dt if dt > 0 else None
+
+
+def _turn_ratios(r: dict[str, Any]) -> str:
+    """ingest / job of each turn of the big runs (ingest run k against job run k), the spread the
+    median hides."""
+    cells = []
+    for a, b in zip(r.get("ingest_big_runs", []), r.get("job_big_runs", []), strict=True):
+        ing, job = _marginal(r, "ingest", a), _marginal(r, "job", b)
+        cells.append("n/a" if not ing or not job else f"{ing / job:.2f}")
+    return " ".join(cells) or "-"
 
 
 def _rate(v: float | None) -> str:
@@ -462,14 +514,15 @@ def report_formats(runs: dict[str, dict[str, dict[str, float]]], formats: list[s
                    repeats: int) -> None:
     masters = list(runs)
     print(f"lines per format: {lines:,} in {files} files; the first fits the miner (not timed); big run = files "
-          f"2..{files}; small run = one {SMALL_LINES}-line file, median of {repeats}; all runs of a master in one "
+          f"2..{files}, {int(runs[masters[0]][formats[0]].get('big_repeats', 1))} turns of ingest then job, median; "
+          f"small run = one {SMALL_LINES}-line file, median of {repeats}; all runs of a master in one "
           "warm session; marginal lines/s = (lines_big - lines_small) / (t_big - t_small)"
           + ("; ingest's driver path for small loads off (ingest.local_max_bytes=0): every run through Spark"
              if runs[masters[0]][formats[0]].get("driver_path_off") else ""))
     print("| format | master | templates (cache hit rate) | ingest marginal lines/s | native Spark job marginal "
-          "lines/s | ingest / job | target | met | ingest s small / big | job s small / big | raw read s small / big "
-          "| quarantined |")
-    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+          "lines/s | ingest / job | per turn | target | met | ingest s small / big | job s small / big | raw read s "
+          "small / big | quarantined |")
+    print("|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
     for fmt in formats:
         for master in masters:
             r = runs[master][fmt]
@@ -479,7 +532,7 @@ def report_formats(runs: dict[str, dict[str, dict[str, float]]], formats: list[s
             met = "n/a" if ratio is None else ("met" if ratio >= target else "not met")
             templates = f"on ({r['ingest_hit_rate']:.3f})" if r["templates"] else "off"
             print(f"| {fmt} | {master} | {templates} | {_rate(ing)} | {_rate(job)} | "
-                  f"{'n/a' if ratio is None else f'{ratio:.2f}'} | >= {target:.1f} | {met} | {r['ingest_small_s']:.2f} "
+                  f"{'n/a' if ratio is None else f'{ratio:.2f}'} | {_turn_ratios(r)} | >= {target:.1f} | {met} | {r['ingest_small_s']:.2f} "
                   f"/ {r['ingest_big_s']:.2f} | {r['job_small_s']:.2f} / {r['job_big_s']:.2f} | {r['raw_small_s']:.2f} / "
                   f"{r['raw_big_s']:.2f} | {int(r['ingest_quarantined'])} |")
     print()
@@ -740,13 +793,16 @@ def main() -> None:
                         help="small runs per format and side, the median is the fixed cost subtracted")
     parser.add_argument("--ingest-native", action=argparse.BooleanOptionalAction, default=True,
                         help="formats section: also time ingest with ingest.native on (json, zeekjson)")
+    parser.add_argument("--big-repeats", type=int, default=3,
+                        help="big runs per side, ingest and job taking turns (the median is kept)")
     parser.add_argument("--startup-repeats", type=int, default=3, help="fresh-process pairs (the median is kept)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-large", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     if args.worker:
-        print(json.dumps(run_master(args.worker, Path(args.data), formats, args.small_repeats, args.ingest_native)))
+        print(json.dumps(run_master(args.worker, Path(args.data), formats, args.small_repeats, args.ingest_native,
+                                    args.big_repeats)))
         return
     if args.worker_large is not None:
         print(json.dumps(run_large(args.worker_large, Path(args.data), args.large_format, args.split_mb)))
@@ -810,7 +866,8 @@ def main() -> None:
         for master in args.masters.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", master, "--data", str(data), "--formats", ",".join(formats),
-                 "--small-repeats", str(args.small_repeats)] + ([] if args.ingest_native else ["--no-ingest-native"]),
+                 "--small-repeats", str(args.small_repeats), "--big-repeats", str(args.big_repeats)]
+                + ([] if args.ingest_native else ["--no-ingest-native"]),
                 check=True, capture_output=True, text=True,
             )
             runs[master] = json.loads(out.stdout.strip().splitlines()[-1])

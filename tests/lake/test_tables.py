@@ -273,3 +273,41 @@ def test_delete_and_delete_keeping_match_values_with_quotes_and_backticks(spark,
     # keep "it's" rows whose id is 0 (its first), drop the rest of "it's"; 'say "x"' goes whole
     lake.delete_keeping("events", "host", {"it's": [0], 'say "x"': []}, "id")
     assert [(r.id, r.host) for r in lake.read("events").collect()] == [(0, "it's")]
+
+
+def test_written_files_dictionary_encode_only_repeating_columns(tmp_path):
+    """A unique column is written plain, a repeating one and map keys with a dictionary, and
+    every value reads back (the encoding choice changes the bytes, never the rows)."""
+    import pyarrow.parquet as pq
+
+    from loganomaly.lake.deltars import PartitionedFileWriter
+
+    n = 1000
+    schema = pa.schema(
+        [("id", pa.string()), ("host", pa.string()), ("n", pa.int64()),
+         ("attrs", pa.map_(pa.string(), pa.string())), ("date", pa.date32())]
+    )  # fmt: skip
+    table = pa.table(
+        {
+            "id": [f"e{i:05d}" for i in range(n)],
+            "host": [f"h{i % 7}" for i in range(n)],
+            "n": list(range(n)),
+            "attrs": [[("uid", f"C{i}"), ("state", "SF")] for i in range(n)],
+            "date": [dt.date(2024, 3, 4)] * n,
+        },
+        schema=schema,
+    )
+    writer = PartitionedFileWriter(str(tmp_path), schema, ["date"], "w1")
+    writer.write_batch(table.slice(0, 600))
+    writer.write_batch(table.slice(600))
+    (written,) = writer.close()
+    path = tmp_path / written.path
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    dictionary = {name for name, enc in encodings.items() if any("DICTIONARY" in e for e in enc)}
+    assert dictionary == {"host", "attrs.key_value.key"}
+    back = pq.read_table(path)
+    assert back.column("id").to_pylist() == table.column("id").to_pylist()
+    assert back.column("host").to_pylist() == table.column("host").to_pylist()
+    assert back.column("attrs").to_pylist() == table.column("attrs").to_pylist()
+    assert written.num_records == n
