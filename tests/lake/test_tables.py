@@ -275,12 +275,17 @@ def test_delete_and_delete_keeping_match_values_with_quotes_and_backticks(spark,
     assert [(r.id, r.host) for r in lake.read("events").collect()] == [(0, "it's")]
 
 
-def test_written_files_dictionary_encode_only_repeating_columns(tmp_path):
+@pytest.mark.parametrize(("group_rows", "row_groups"), [(65_536, 1), (650, 2), (100, 3)])
+def test_written_files_dictionary_encode_only_repeating_columns(tmp_path, monkeypatch, group_rows, row_groups):
     """A unique column is written plain, a repeating one and map keys with a dictionary, and
-    every value reads back (the encoding choice changes the bytes, never the rows)."""
+    every value reads back (the encoding choice changes the bytes, never the rows); batches are
+    gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (the rest at close)."""
     import pyarrow.parquet as pq
 
+    from loganomaly.lake import deltars
     from loganomaly.lake.deltars import PartitionedFileWriter
+
+    monkeypatch.setattr(deltars, "ROW_GROUP_ROWS", group_rows)
 
     n = 1000
     schema = pa.schema(
@@ -299,9 +304,11 @@ def test_written_files_dictionary_encode_only_repeating_columns(tmp_path):
     )
     writer = PartitionedFileWriter(str(tmp_path), schema, ["date"], "w1")
     writer.write_batch(table.slice(0, 600))
-    writer.write_batch(table.slice(600))
+    writer.write_batch(table.slice(600, 100))
+    writer.write_batch(table.slice(700))
     (written,) = writer.close()
     path = tmp_path / written.path
+    assert pq.ParquetFile(path).metadata.num_row_groups == row_groups
     meta = pq.ParquetFile(path).metadata.row_group(0)
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     dictionary = {name for name, enc in encodings.items() if any("DICTIONARY" in e for e in enc)}
