@@ -67,7 +67,7 @@ def stages(fmt: str, lines: int, repeats: int, work: Path) -> dict[str, float]:
     from loganomaly.runtime.gc_tuning import relaxed_gc
 
     fit_path, path = (str(p) for p in bench_ingest.generate(work / fmt, fmt, 2 * lines, 2))
-    given = bench_ingest.SOURCE_OPTIONS[fmt]
+    given: dict[str, Any] = bench_ingest.SOURCE_OPTIONS[fmt]
     options = FormatOptions(**given) if given else None
     cfg = Config()
     cfg.templates.preset = "HDFS" if fmt == "loghub" else ""
