@@ -204,8 +204,8 @@ def _get(options: Any, key: str) -> str | None:
 #: Rows per Parquet row group that :class:`PartitionedFileWriter` gathers before writing. Tasks
 #: hand it batches of 8,192 rows, and each Parquet write makes at least one row group: row groups
 #: that small cost a dictionary page and statistics per column each, to write and to read.
-#: Gathering eight batches wrote 200,000 generated Zeek events 12 % faster into 3 % smaller files; the
-#: memory held is one row group per open file (tens of MB for events).
+#: Gathering eight batches wrote 200,000 generated Zeek events 12 % faster into 3 % smaller
+#: files; the memory held is one row group per open file (tens of MB for events).
 ROW_GROUP_ROWS = 65_536
 
 
@@ -217,9 +217,9 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     only once a column's dictionary page grows too large, so a unique column (event ids, times,
     messages, line numbers) pays for building a dictionary it then drops. Deciding per file from
     its first batch made writing 200,000 generated Zeek events about a fifth faster and the files
-    an eighth smaller (``bench/ingest_stages.py`` times the writer); a column misjudged by that batch is still written correctly, only
-    encoded less well. Map values and list elements are left plain (attribute values and
-    template parameters are mostly distinct)."""
+    an eighth smaller (``bench/ingest_stages.py`` times the writer); a column misjudged by that
+    batch is still written correctly, only encoded less well. Map values and list elements are
+    left plain (attribute values and template parameters are mostly distinct)."""
     import pyarrow.compute as pc
 
     half = table.num_rows // 2
@@ -253,12 +253,12 @@ class PartitionedFileWriter:
         # Rows not yet written, per open file: each Parquet write makes at least one row group,
         # so batches are gathered into row groups of about ROW_GROUP_ROWS (see write_batch).
         self.pending: dict[tuple[str | None, ...], list[pa.Table]] = {}
-        self.pending_rows: dict[tuple[str | None, ...], int] = {}
 
     def write_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         table = table.cast(self.arrow_schema)
-        for key, part in self._split(table):
+        for key, whole in self._split(table):
+            part = whole.select(self.data_schema.names)
             if key not in self.writers:
                 rel_dir = "/".join(
                     f"{col}={HIVE_NULL if v is None else v}" for col, v in zip(self.partition_by, key, strict=True)
@@ -267,24 +267,22 @@ class PartitionedFileWriter:
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 full = os.path.join(self.root, rel)
                 os.makedirs(os.path.dirname(full), exist_ok=True)
-                data = part.select(self.data_schema.names)
                 self.writers[key] = (
                     rel,
                     pq.ParquetWriter(
-                        full, self.data_schema, compression="snappy", use_dictionary=dictionary_columns(data)
+                        full, self.data_schema, compression="snappy", use_dictionary=dictionary_columns(part)
                     ),
                 )
                 self.counts[key] = 0
-            self.pending.setdefault(key, []).append(part.select(self.data_schema.names))
-            self.pending_rows[key] = self.pending_rows.get(key, 0) + part.num_rows
+            pending = self.pending.setdefault(key, [])
+            pending.append(part)
             self.counts[key] += part.num_rows
-            if self.pending_rows[key] >= ROW_GROUP_ROWS:
+            if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
                 self._flush(key)
 
     def _flush(self, key: tuple[str | None, ...]) -> None:
         """Write the rows gathered for ``key``'s file as one row group."""
         parts = self.pending.pop(key, [])
-        self.pending_rows.pop(key, None)
         if parts:
             self.writers[key][1].write_table(parts[0] if len(parts) == 1 else pa.concat_tables(parts))
 
@@ -311,7 +309,6 @@ class PartitionedFileWriter:
     def discard(self) -> None:
         """Close and delete every file written so far (the task failed)."""
         self.pending.clear()
-        self.pending_rows.clear()
         for rel, writer in self.writers.values():
             try:
                 writer.close()

@@ -188,7 +188,6 @@ def _match_lines(p: BlockPlan, lines: pa.Array) -> pa.StructArray:
     return pa.concat_arrays([fast, slow.cast(fast.type)]).take(pa.array(order))
 
 
-
 def _re2(pattern: str, name: str | None = None) -> str:
     """``pattern`` with its unnamed groups made non-capturing (``name`` None) or named
     ``<name>0``, ``<name>1``... in order (Arrow's ``extract_regex`` takes named groups only)."""

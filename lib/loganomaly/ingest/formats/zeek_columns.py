@@ -81,7 +81,6 @@ class ZeekHeader(Protocol):
     special: list[tuple[int, str, bool]]
 
 
-
 def _digits(values: pa.Array) -> pa.Array:
     """Whether each value is 1 to 18 ASCII digits (``^[0-9]{1,18}$``), by two byte-wise
     kernels: a fifth of the regular expression's time, and there are many count columns."""
