@@ -110,8 +110,10 @@ class IngestConfig:
 
     # Raw text kept in a quarantine row, in characters; the original length is kept beside it.
     max_raw_chars: int = 2048
-    # Files read per Spark task; more files per task means fewer, larger tasks.
-    files_per_task: int = 1
+    # Files read per Spark task. 0 (the default): packed by size as Spark's file sources pack them
+    # (split_bytes at most, fewer when the load is small for the cores, each file counted 4 MiB
+    # more: ingest.stage.pack_files); N >= 1: N files a task, whatever their size.
+    files_per_task: int = 0
     # An uncompressed file larger than this (bytes) is read by several tasks, one byte range each
     # (the size of Spark's own default split, spark.sql.files.maxPartitionBytes), when its format
     # allows it (LineParser.splittable); gz/bz2 files are read whole.
@@ -760,6 +762,7 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.generate.hosts >= 1 and cfg.generate.days >= 1, "generate.hosts and generate.days must be >= 1"),
         (cfg.ingest.max_raw_chars >= 16, "ingest.max_raw_chars must be >= 16"),
+        (cfg.ingest.files_per_task >= 0, "ingest.files_per_task must be >= 0 (0: packed by size)"),
         (cfg.ingest.split_bytes >= 1024, "ingest.split_bytes must be >= 1024 (bytes)"),
         (cfg.score.local_max_bytes >= 0, "score.local_max_bytes must be >= 0 (bytes; 0 turns the driver path off)"),
         (cfg.ingest.local_max_bytes >= 0, "ingest.local_max_bytes must be >= 0 (bytes; 0 turns the driver path off)"),

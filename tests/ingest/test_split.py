@@ -115,6 +115,56 @@ def test_only_uncompressed_files_of_line_independent_formats_are_split(tmp_path:
     assert sum(1 for units in tasks if units[0].byte_range is None) == 3  # the others whole
 
 
+MB = 1 << 20
+
+
+def test_whole_files_are_packed_into_tasks_by_size_as_spark_packs_them() -> None:
+    # Four 40 MB files on two cores: two tasks of two (one file a task ran in two waves).
+    four = [(f"f{i}", 40 * MB) for i in range(4)]
+    assert [len(g) for g in ingest.pack_files(four, 128 * MB, 2)] == [2, 2]
+    # The same files on eight cores: one a task, every core busy.
+    assert [len(g) for g in ingest.pack_files(four, 128 * MB, 8)] == [1, 1, 1, 1]
+    # Many small files: each counts 4 MiB more (opening it), so 1,000 files of 1 KiB on two cores
+    # are not one task, nor a thousand: 128 MiB of limit, 32 files a task.
+    small = [(f"s{i:04d}", 1024) for i in range(1000)]
+    groups = ingest.pack_files(small, 128 * MB, 2)
+    assert len(groups) == 32 and max(len(g) for g in groups) == 32
+    # Mixed: each file once, largest first within the packing, none past the limit unless alone.
+    mixed = [("big", 300 * MB), ("a", 60 * MB), ("b", 50 * MB), ("c", 10 * MB), ("d", 5 * MB)]
+    groups = ingest.pack_files(mixed, 128 * MB, 2)
+    assert sorted(p for g in groups for p, _ in g) == sorted(p for p, _ in mixed)
+    assert groups[0] == [("big", 300 * MB)]
+    for g in groups[1:]:
+        assert sum(size for _, size in g) + ingest.OPEN_COST_BYTES * (len(g) - 1) <= 128 * MB
+    assert ingest.pack_files([], 128 * MB, 2) == []
+
+
+def test_plan_tasks_packs_whole_files_and_keeps_one_range_a_task(tmp_path: Path) -> None:
+    formats = registered_formats()
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (tmp_path / name).write_text("\n".join(json_line(i) for i in range(100)) + "\n")
+    (tmp_path / "big.jsonl").write_bytes(tricky_bytes(3000))
+    files = [(str(p), p.stat().st_size) for p in sorted(tmp_path.iterdir())]
+    big = (tmp_path / "big.jsonl").stat().st_size
+    # An opening cost below the split size here (4 MiB, the default, is above it).
+    tasks = ingest.plan_tasks(None, files, 0, 65536, lambda p: ingest.splittable(p, None, formats), parallelism=2,
+                              open_cost=1024)
+    ranges = [units for units in tasks if units[0].byte_range is not None]
+    assert len(ranges) == -(-big // 65536) and all(len(units) == 1 for units in ranges)
+    whole = [units for units in tasks if units[0].byte_range is None]
+    assert len(whole) == 1 and sorted(Path(u.path).name for u in whole[0]) == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    # files_per_task = 1: one task a file, as before.
+    one = ingest.plan_tasks(None, files, 1, 65536, lambda p: ingest.splittable(p, None, formats), parallelism=2)
+    assert sum(1 for units in one if units[0].byte_range is None) == 3
+
+
+def test_files_per_task_is_validated() -> None:
+    cfg = Config()
+    cfg.ingest.files_per_task = -1
+    with pytest.raises(ConfigError, match="files_per_task"):
+        validate(cfg)
+
+
 def test_split_bytes_is_validated() -> None:
     cfg = Config()
     cfg.ingest.split_bytes = 10

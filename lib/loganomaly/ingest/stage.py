@@ -491,6 +491,45 @@ def splittable(path: str, options: FormatOptions | None, formats: Mapping[str, L
 DRIVER_COUNT_BYTES = 4 << 30
 
 
+#: What opening a file is taken to cost, in bytes read, when whole files are packed into tasks:
+#: Spark's own ``spark.sql.files.openCostInBytes`` default, so a task of small files gets about as
+#: many as a task of Spark's file sources would.
+OPEN_COST_BYTES = 4 << 20
+
+
+def pack_files(files: Sequence[tuple[str, int]], max_bytes: int, parallelism: int,
+               open_cost: int = OPEN_COST_BYTES, total: int | None = None) -> list[list[tuple[str, int]]]:
+    """Whole files ``(path, size)`` grouped into tasks the way Spark's file sources pack files
+    into partitions (``FilePartition.getFilePartitions``): largest first, each file counted with
+    ``open_cost`` more bytes, a task closed when the next file would take it past
+    ``min(max_bytes, max(open_cost, total / parallelism))``; ``total`` is the load's bytes with the
+    opening costs (by default of ``files``; with files read in byte ranges, of those too).
+
+    Why: a task costs a Python worker a fixed share of a second (measured: about 0.25 s of CPU and
+    0.2 s of wall time per task, in ``bench/ingest.py`` terms a tenth of a big run), so one task per
+    file made a load of many files pay that per file and in as many waves as files per core: 10,000
+    small files were 10,000 tasks. The limit falls below ``max_bytes`` when the load is small for
+    the cluster, so the files still spread over every core (four files of 40 MB on two cores: two
+    tasks of two files, where one file a task ran two waves).
+    """
+    if not files:
+        return []
+    if total is None:
+        total = sum(size + open_cost for _, size in files)
+    limit = min(max_bytes, max(open_cost, total // max(1, parallelism)))
+    groups: list[list[tuple[str, int]]] = []
+    current: list[tuple[str, int]] = []
+    current_bytes = 0
+    for path, size in sorted(files, key=lambda f: -f[1]):
+        if current and current_bytes + size > limit:
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append((path, size))
+        current_bytes += size + open_cost
+    groups.append(current)
+    return groups
+
+
 def plan_tasks(
     spark: SparkSession | None,
     files: Sequence[tuple[str, int]],
@@ -498,9 +537,12 @@ def plan_tasks(
     split_bytes: int,
     can_split: Callable[[str], bool],
     driver_count_bytes: int = DRIVER_COUNT_BYTES,
+    parallelism: int = 1,
+    open_cost: int = OPEN_COST_BYTES,
 ) -> list[list[Unit]]:
     """The parsing tasks, largest first: a file over ``split_bytes`` that ``can_split`` is cut
-    into ranges of that size, one task each; other files go ``per_task`` to a task.
+    into ranges of that size, one task each; other files go ``per_task`` to a task, or with
+    ``per_task`` 0 are packed by size over ``parallelism`` cores (:func:`pack_files`).
 
     A range's first line number is one more than the lines starting in the ranges before it,
     counted from newline bytes (:func:`count_line_starts`) before any parsing, so that every line
@@ -532,8 +574,10 @@ def plan_tasks(
                 first += starts[(path, s, e)]
         log.info("%s: %d bytes read by %d tasks of %d bytes", path, rs[-1][1], len(rs), split_bytes)
     whole.sort(key=lambda f: -f[1])
-    for i in range(0, len(whole), per_task):
-        group = whole[i : i + per_task]
+    total = sum(size + open_cost for _, size in files)
+    groups = (pack_files(whole, split_bytes, parallelism, open_cost, total) if per_task < 1
+              else [whole[i : i + per_task] for i in range(0, len(whole), per_task)])
+    for group in groups:
         tasks.append((sum(size for _, size in group), [Unit(path) for path, _ in group]))
     tasks.sort(key=lambda t: -t[0])  # biggest first: the last task to start is a small one
     return [units for _, units in tasks]
@@ -672,7 +716,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
         if lake.exists(table):
             lake.delete_keeping(table, "file", {f.path: f.keep_runs for f in todo}, "run_id")
 
-    per_task = max(1, cfg.ingest.files_per_task)
+    per_task = cfg.ingest.files_per_task
     # Biggest files first, so the last task to start is a small one (less idle time at the end).
     by_size = [f.path for f in sorted(todo, key=lambda f: -f.size)]
     formats = registered_formats()
@@ -685,7 +729,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     size_of = {f.path: f.size for f in todo}
     tasks = plan_tasks(
         spark, [(p, size_of[p]) for p in python_paths], per_task, cfg.ingest.split_bytes,
-        lambda p: splittable(p, sources[p][1], formats),
+        lambda p: splittable(p, sources[p][1], formats), parallelism=spark.sparkContext.defaultParallelism,
     )  # fmt: skip
     split = {u.path for units in tasks for u in units if u.byte_range is not None}
     n_split_tasks = sum(1 for units in tasks if units[0].path in split)
@@ -715,7 +759,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     try:
         if native_paths:
             with native_session(spark):
-                per_file.update(_ingest_native(spark, lake, native_paths, per_task, job))
+                per_file.update(_ingest_native(spark, lake, native_paths, max(1, per_task), job))
         if python_paths and local:
             if lake.engine == "deltars" and cfg.ingest.direct_write:
                 per_file.update(_ingest_direct_local(lake, units, job))
