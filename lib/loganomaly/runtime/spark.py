@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: The Python daemon of our sessions' workers (``spark.lean_worker_path``; see its module).
+WORKER_DAEMON = "loganomaly.runtime.pyworker"
+
+
 def launched_by_spark_submit() -> bool:
     """True when a JVM gateway already exists (spark-submit, pyspark shell, Databricks)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ or "DATABRICKS_RUNTIME_VERSION" in os.environ
@@ -72,6 +76,10 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
             .config("spark.sql.warehouse.dir", os.path.join(os.getcwd(), "spark-warehouse"))
             .config("spark.driver.extraJavaOptions", " ".join(java_options))
         )
+        if cfg.lean_worker_path and "spark.python.daemon.module" not in conf:
+            # Local sessions only: under spark-submit the executors may get the package from
+            # --py-files, which reach a worker's path per task, after its daemon started.
+            builder = builder.config("spark.python.daemon.module", WORKER_DAEMON)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
