@@ -505,8 +505,9 @@ def pack_files(files: Sequence[tuple[str, int]], max_bytes: int, parallelism: in
     ``min(max_bytes, max(open_cost, total / parallelism))``; ``total`` is the load's bytes with the
     opening costs (by default of ``files``; with files read in byte ranges, of those too).
 
-    Why: a task costs a Python worker a fixed share of a second (measured: about 0.25 s of CPU and
-    0.2 s of wall time per task, in ``bench/ingest.py`` terms a tenth of a big run), so one task per
+    Why: a task costs a Python worker a fixed share of a second whatever it reads (measured: 0.25 s
+    of CPU and 0.2 s of wall time per ingest task before :mod:`loganomaly.runtime.pyworker`, which
+    took most of it away; 0.05-0.09 s from a task's start to its function after), so one task per
     file made a load of many files pay that per file and in as many waves as files per core: 10,000
     small files were 10,000 tasks. The limit falls below ``max_bytes`` when the load is small for
     the cluster, so the files still spread over every core (four files of 40 MB on two cores: two

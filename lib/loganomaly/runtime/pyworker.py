@@ -11,10 +11,10 @@ puts there too. Every parsing and scoring task paid it.
 
 When pyspark is installed with pip, as ``make setup`` does, the zips hold the same pyspark and py4j
 as the interpreter's own ``site-packages``, and the jar holds no Python at all. This daemon drops
-them from its ``sys.path`` (the
-workers it forks inherit it) when, and only when, both packages import from the rest of the path
-at the version the zip holds; otherwise (a cluster whose workers get pyspark from the zip alone, or
-another version) the path stays as Spark made it. Then it runs Spark's own daemon.
+them from its ``sys.path`` and importer cache (the workers it forks inherit both) when, and only
+when, both packages import from the rest of the path at the version the zip holds; otherwise (a
+cluster whose workers get pyspark from the zip alone, or another version) the path stays as Spark
+made it. Then it runs Spark's own daemon.
 
 Nothing here imports pyspark before the path is settled, nor any other loganomaly module.
 """
