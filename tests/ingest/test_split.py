@@ -241,3 +241,30 @@ def test_range_line_numbers_counted_by_a_spark_job_equal_the_drivers(spark, tmp_
     assert by_job == by_driver and len(by_job) > 16  # the long line spans many ranges
     assert [line for units in sorted(by_job, key=lambda t: t[0].start) for u in units
             for line in open_lines(u.path, u.start, u.end, u.first_line)] == list(open_lines(path))
+
+
+@pytest.mark.spark
+def test_small_files_share_tasks_and_load_the_same_rows(spark, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from deltalake import DeltaTable
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for f in range(6):
+        (raw / f"app{f}.jsonl").write_text("".join(json_line(f * 100 + i) + "\n" for i in range(50)))
+    lakes = {n: Lake(spark, tmp_path / f"lake{n}", engine="deltars") for n in (0, 1)}
+
+    def load(per_task: int) -> ingest.IngestSummary:
+        cfg = Config()
+        cfg.ingest.local_max_bytes = 0  # through Spark tasks, as a large load would go
+        cfg.ingest.files_per_task = per_task
+        cfg.ingest.sources = [SourceConfig(name="app", paths=["*.jsonl"], options={"format": "json"})]
+        return ingest.run(spark, cfg, [str(raw)], lake=lakes[per_task])
+
+    packed, one_each = load(0), load(1)
+    assert packed.events == one_each.events == 300
+    # One events file per task (all rows of one date): six tasks one file a task, two when packed
+    # over local[2]'s two cores (each file counted with 4 MiB of opening cost).
+    files = {n: len(DeltaTable(str(tmp_path / f"lake{n}" / "events")).file_uris()) for n in (0, 1)}
+    assert files == {0: 2, 1: 6}
+    for table in ("events", "quarantine", "ingested_files"):
+        assert _rows(lakes[0], table) == _rows(lakes[1], table), table
