@@ -575,9 +575,10 @@ def plan_tasks(
                 first += starts[(path, s, e)]
         log.info("%s: %d bytes read by %d tasks of %d bytes", path, rs[-1][1], len(rs), split_bytes)
     whole.sort(key=lambda f: -f[1])
-    total = sum(size + open_cost for _, size in files)
-    groups = (pack_files(whole, split_bytes, parallelism, open_cost, total) if per_task < 1
-              else [whole[i : i + per_task] for i in range(0, len(whole), per_task)])
+    if per_task < 1:  # the ranges' bytes count in the load that sets the packing limit
+        groups = pack_files(whole, split_bytes, parallelism, open_cost, sum(size + open_cost for _, size in files))
+    else:
+        groups = [whole[i : i + per_task] for i in range(0, len(whole), per_task)]
     for group in groups:
         tasks.append((sum(size for _, size in group), [Unit(path) for path, _ in group]))
     tasks.sort(key=lambda t: -t[0])  # biggest first: the last task to start is a small one

@@ -76,10 +76,12 @@ def lean_path(path: list[str]) -> list[str]:
     if pyspark is None or py4j is None or not pyspark.submodule_search_locations:
         return path
     own = _file_version(os.path.join(list(pyspark.submodule_search_locations)[0], "version.py"))
+    if own is None:
+        return path
     for archive in archives:
         if os.path.basename(archive) == "pyspark.zip" and _zip_version(archive, "pyspark/version.py") != own:
             return path
-    return rest if own is not None else path
+    return rest
 
 
 def main() -> None:
