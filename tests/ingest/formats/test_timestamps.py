@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
+import re
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from loganomaly.errors import ConfigError, ParseError
@@ -14,7 +17,7 @@ from loganomaly.ingest.formats import (
     parse_epoch,
     parse_timestamp,
 )
-from loganomaly.ingest.formats.timestamps import _Clock
+from loganomaly.ingest.formats.timestamps import _Clock, iso_utc_micros, parse_timestamp
 from tests.ingest.formats.helpers import UTC
 
 
@@ -139,3 +142,45 @@ def test_an_out_of_range_epoch_quarantines_its_line_with_the_reason(tmp_path) ->
     assert [r.kind for r in records] == ["event", "quarantine", "event", "quarantine"]
     assert "read as epoch s" in records[1].data["reason"] and "read as epoch ns" in records[3].data["reason"]
     assert records[0].data["ts"] == records[2].data["ts"]
+
+
+_ISO_PLAIN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z?")
+_ISO_PIECES = ["2024", "-", "03", "04", "T", " ", "00", ":", "59", "60", "24", "13", "02-29", "02-30", "1969",
+               "2099", "2100", ".", "5", "123456", "1234567", "Z", "z", "+01:00", "٣", "é", ""]  # fmt: skip
+
+
+def _iso_expected(text: str | None, require_z: bool) -> int | None:
+    """The reference's reading of a cell the block path may take: micros, or None (left per line)."""
+    if text is None or not _ISO_PLAIN.fullmatch(text) or (require_z and not text.endswith("Z")):
+        return None
+    try:
+        when = parse_timestamp(text, None)
+    except ParseError:
+        return None
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+
+
+@pytest.mark.parametrize("require_z", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_iso_utc_micros_reads_exactly_what_parse_timestamp_reads_plainly(seed: int, require_z: bool) -> None:
+    """Fuzzed cells (dates, fractions, zones, odd digits, nulls; equal and mixed lengths, a sliced
+    array): a cell is taken exactly when the plain ISO form holds and parse_timestamp accepts it,
+    at parse_timestamp's microsecond."""
+    rng = random.Random(seed)
+    plain = [
+        f"{rng.randint(1968, 2101):04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}{rng.choice('T T')}"
+        f"{rng.randint(0, 24):02d}:{rng.randint(0, 60):02d}:{rng.randint(0, 61):02d}"
+        f"{rng.choice(['', '', '.' + str(rng.randint(0, 10**6 - 1)).zfill(rng.randint(1, 7))])}"
+        f"{rng.choice(['Z', 'Z', '', 'z', '+00:00'])}"
+        for _ in range(3000)
+    ]  # fmt: skip
+    glued = ["".join(rng.choice(_ISO_PIECES) for _ in range(rng.randint(0, 9))) for _ in range(1000)]
+    same_length = [f"2024-03-{d:02d}T12:34:{s:02d}Z" for d in range(0, 33) for s in (0, 59, 60)]
+    for cells in (plain + glued + [None], same_length, [c[:19] for c in same_length], plain[:7]):
+        values = pa.array(cells, pa.string())
+        for arr in (values, values.slice(3)):
+            micros, ok = iso_utc_micros(arr, require_z)
+            expected = [_iso_expected(c, require_z) for c in arr.to_pylist()]
+            assert ok.tolist() == [e is not None for e in expected]
+            assert [int(m) if k else None for m, k in zip(micros, ok, strict=True)] == expected
+    assert sum(_iso_expected(c, require_z) is not None for c in plain) > 300

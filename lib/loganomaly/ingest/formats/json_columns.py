@@ -100,6 +100,24 @@ COLUMN_TYPES: dict[str, pa.DataType] = {
 }
 
 
+def constant(value: str | None, n: int) -> pa.Array:
+    """A string column of ``n`` copies of ``value`` (null when None), built by Arrow: a Python list
+    of ``n`` references converted one by one cost about 40 ns a row (0.3 ms an 8,192-row block)."""
+    return pa.repeat(pa.scalar(value, _STR), n)
+
+
+def tiled(names: Sequence[str], n: int) -> pa.Array:
+    """``names`` repeated ``n`` times (the keys of a map column with ``len(names)`` entries a row),
+    taken from one small array rather than converted from a list of ``n * len(names)`` strings."""
+    return pa.array(list(names), _STR).take(pa.array(np.tile(np.arange(len(names), dtype=np.int32), n)))
+
+
+def ascii_digits(values: pa.Array) -> pa.Array:
+    """Whether each value is 1 to 18 ASCII digits (``^[0-9]{1,18}$``), by two byte-wise
+    kernels: a fifth of the regular expression's time, and there are many count columns."""
+    return pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), 18))
+
+
 def true_mask(mask: pa.Array) -> np.ndarray:
     """An Arrow boolean array as a numpy one, null as false."""
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
@@ -114,7 +132,7 @@ def attributes_map(names: list[str], columns: list[pa.Array], n: int, drop_empty
         return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), empty, empty)
     order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
     items = pa.concat_arrays([c.cast(_STR) for c in columns]).take(pa.array(order))
-    keys = pa.array(names * n, _STR)
+    keys = tiled(names, n)
     keep = true_mask(pc.not_equal(items, "")) if drop_empty else true_mask(pc.is_valid(items))
     if keep.all():
         offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
@@ -427,7 +445,7 @@ class JsonBlockMapper:
             if n == 0:
                 return positions, {}
         by_key = {k: columns[j] for k, j in index.items()}
-        out: dict[str, Any] = {"ts": pa.array(micros, _TS), "format": pa.array(["json"] * n, _STR)}
+        out: dict[str, Any] = {"ts": pa.array(micros, _TS), "format": constant("json", n)}
         # Keys whose value never reaches the attributes, and keys dropped per row (mask: True = kept).
         dropped = {ts_key, *detailed_keys}
         masks: dict[str, list[bool]] = {}
@@ -620,14 +638,14 @@ def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: 
     goes in brackets, see :meth:`.records._RecordMapper.finish`)."""
     def address(name: str) -> pa.Array:
         a = out.get(name)
-        return pa.array(["?"] * n, _STR) if a is None else pc.fill_null(a, "?")
+        return constant("?", n) if a is None else pc.fill_null(a, "?")
 
     def end(addr: str, port: str) -> pa.Array:
         a = address(addr)
         a = pc.if_else(pc.match_substring(a, ":"), pc.binary_join_element_wise("[", a, "]", ""), a)
         p = out.get(port)
         if p is None:
-            text = pa.array(["?"] * n, _STR)
+            text = constant("?", n)
         else:
             text = pc.fill_null(pc.cast(pc.if_else(pc.equal(p, 0), None, p), _STR), "?")
         return pc.binary_join_element_wise(a, text, ":")
@@ -641,7 +659,7 @@ def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: 
         comp = pc.if_else(pc.equal(component, ""), None, component)
     else:
         comp = pa.array([c or None for c in component], _STR)
-    arrow = pa.array(["->"] * n, _STR)
+    arrow = constant("->", n)
     return pc.binary_join_element_wise(
         part("proto"), comp, address("src_addr"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
         null_handling="skip",
@@ -673,7 +691,7 @@ def _map_array(keys: list[str], values: list[Sequence[Any]], n: int) -> pa.Array
     if m == 0:
         return pa.MapArray.from_arrays(pa.array([0] * (n + 1), pa.int32()), pa.array([], _STR), pa.array([], _STR))
     items = pa.array([v for row in zip(*values, strict=True) for v in row], _STR)
-    names = pa.array(keys * n, _STR)
+    names = tiled(keys, n)
     if items.null_count:
         valid = items.is_valid()
         counts = np.asarray(valid).reshape(n, m).sum(axis=1)

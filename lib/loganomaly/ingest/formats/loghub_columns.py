@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import complete, true_mask, true_rows
+from loganomaly.ingest.formats.json_columns import complete, constant, tiled, true_mask, true_rows
 from loganomaly.ingest.formats.timestamps import (
     _EPOCH,
     _MAX_EPOCH_S,
@@ -301,7 +301,7 @@ def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | Non
     content = field["Content"]
     out: dict[str, pa.Array] = {
         "ts": pa.array(np.where(bad, 0, micros), pa.int64()).view(pa.timestamp("us", "UTC")),
-        "format": pa.array(["loghub"] * m, pa.string()),
+        "format": constant("loghub", m),
         "message": content,
     }
     entity, entity_from = _entity(p, field, content, m)
@@ -311,7 +311,7 @@ def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | Non
         levels = pa.array([normalize_level(v) for v in coded.dictionary.to_pylist()], pa.string())
         out["level"] = levels.take(coded.indices)
     else:
-        out["level"] = pa.array(["info"] * m, pa.string())
+        out["level"] = constant("info", m)
     if p.component_field is not None:
         out["component"] = field[p.component_field]
     if p.label_field is not None:
@@ -472,7 +472,7 @@ def _attributes(p: BlockPlan, field: dict[str, pa.Array], from_field: np.ndarray
     columns = [pc.fill_null(field[name], "") for name in p.attr_fields]
     order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
     items = pa.concat_arrays(columns).take(pa.array(order))
-    keys = pa.array(list(p.attr_fields) * n, pa.string())
+    keys = tiled(p.attr_fields, n)
     keep = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool).reshape(n, k)
     rows = np.flatnonzero(from_field >= 0)
     keep[rows, from_field[rows]] = False

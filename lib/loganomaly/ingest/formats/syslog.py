@@ -23,7 +23,7 @@ from loganomaly.ingest.formats.base import (
     _file_clock,
     _majority,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, true_rows
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, constant, tiled, true_rows
 from loganomaly.ingest.formats.timestamps import _EPOCH, _MONTHS, _Clock, parse_timestamp, utc_micros
 
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -194,7 +194,7 @@ def _rfc5424_groups(arr: pa.Array, zone_less_is_utc: bool) -> list[tuple[np.ndar
         fields = {name: pc.list_element(parts, i) for i, name in enumerate(_FIELDS[1:6], start=1)}
         head = pc.list_element(pc.split_pattern(pc.list_element(parts, 0), ">", max_splits=1), 0)
         fields["pri"] = pc.utf8_slice_codeunits(head, 1)  # "<pri" of "<pri>version"
-        fields["sd"] = pa.array(["-"] * len(no_sd), pa.string())
+        fields["sd"] = constant("-", len(no_sd))
         fields["msg"] = pc.utf8_slice_codeunits(pc.list_element(parts, 6), 2)  # "- msg", "- " or "-"
         groups.append((no_sd, fields))
     with_sd = true_rows(pc.match_substring_regex(arr, _PLAIN_SD))
@@ -302,13 +302,13 @@ def _rfc3164_group(
     procid = pc.if_else(tagged, pid, "")
     order = (np.arange(2, dtype=np.int64)[None, :] * m + np.arange(m, dtype=np.int64)[:, None]).ravel()
     items = pa.concat_arrays([facility, pc.fill_null(procid, "")]).take(pa.array(order))
-    keys = pa.array(["facility", "procid"] * m, pa.string())
+    keys = tiled(("facility", "procid"), m)
     present = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool)
     offsets = np.concatenate(([0], np.cumsum(present.reshape(m, 2).sum(axis=1)))).astype(np.int32)
     mask = pa.array(present)
     out = {
         "ts": pa.array(micros, pa.int64()).view(pa.timestamp("us", "UTC")),
-        "format": pa.array(["syslog"] * m, pa.string()),
+        "format": constant("syslog", m),
         "entity": pc.if_else(pc.equal(host, "-"), pa.scalar(parser.opts.default_entity, pa.string()), host),
         "component": pc.if_else(tagged, tag_name, pa.scalar(None, pa.string())),
         "level": pc.if_else(pa.array(has_pri), pa.array(_SEVERITIES, pa.string()).take(pa.array(pri % 8)), "info"),
@@ -361,7 +361,7 @@ def _events(
 
     out: dict[str, pa.Array] = {
         "ts": pa.array(np.where(bad, 0, micros), pa.int64()).view(pa.timestamp("us", "UTC")),
-        "format": pa.array(["syslog"] * m, pa.string()),
+        "format": constant("syslog", m),
         "entity": unless_nil(part["host"]),
         "component": unless_nil(part["app"]),
         "level": pa.array(_SEVERITIES, pa.string()).take(pc.bit_wise_and(pri, 7)),
@@ -388,7 +388,7 @@ def _attributes(facility: pa.Array, procid: pa.Array, msgid: pa.Array, sd: pa.Ar
     msgid and structured data unless NILVALUE (``-``), in that order."""
     order = (np.arange(4, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
     items = pa.concat_arrays([facility, procid, msgid, sd]).take(pa.array(order))
-    keys = pa.array(list(_ATTRIBUTE_KEYS) * n, pa.string())
+    keys = tiled(_ATTRIBUTE_KEYS, n)
     keep = np.asarray(pc.not_equal(items, "-").to_numpy(zero_copy_only=False), dtype=bool)
     offsets = np.concatenate(([0], np.cumsum(keep.reshape(n, 4).sum(axis=1)))).astype(np.int32)
     mask = pa.array(keep)

@@ -367,7 +367,7 @@ def utc_micros(
     """Date and time parts (``offset`` seconds east of UTC) -> microseconds since the epoch, and
     which rows ``datetime`` would refuse (Feb 30, hour 24, second 60) or fall outside 1970-2099,
     as the per-line parsers refuse them. The block parsers' one calendar."""
-    impossible = (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (second > 59)
+    impossible = (month < 1) | (month > 12) | (day < 1) | (day > 31) | (hour > 23) | (minute > 59) | (second > 59)
     months = ((np.clip(year, 1970, 2200) - 1970) * 12 + np.clip(month, 1, 12) - 1).astype("datetime64[M]")
     days = months.astype("datetime64[D]") + (np.clip(day, 1, 31) - 1)
     impossible |= days.astype("datetime64[M]") != months  # a day past the month's end
@@ -375,3 +375,79 @@ def utc_micros(
     micros = seconds * 1_000_000 + micro
     impossible |= (year < 1970) | (micros < 0) | (micros >= _MAX_EPOCH_S * 1_000_000)
     return micros, impossible
+
+
+#: Positions of the digits, and of the separators, of ``YYYY-MM-DDTHH:MM:SS``.
+_ISO_DIGITS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18])
+_ISO_SEPARATORS = ((4, b"-"), (7, b"-"), (13, b":"), (16, b":"))
+#: The longest text :func:`iso_utc_micros` reads: date, time, ``.`` and six digits, ``Z``.
+_ISO_LONGEST = 27
+_FRACTION_WEIGHTS = 10 ** np.arange(5, -1, -1, dtype=np.int64)
+
+
+def iso_utc_micros(values: Any, require_z: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch microseconds of the cells of an Arrow string array that read
+    ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}][Z]`` (ASCII digits, a real date and time in 1970-2099, a
+    ``Z`` when ``require_z``), and which cells those are; the others get 0 and are left to
+    :func:`parse_timestamp`, one by one.
+
+    Why: a block parser used to check each cell with a regular expression, convert the date and
+    time with Arrow's ``strptime`` and compare the parsed day and second with the text (``strptime``
+    rolls Feb 30 over to Mar 1); those kernels cost about half of a CSV block's mapping. Here each
+    cell's bytes are read once, as a matrix (one row a cell, zero-copy when all cells are equally
+    long, as a column of times written by one program is), and checked and converted with numpy;
+    the calendar is :func:`utc_micros`, the block parsers' one.
+    """
+    import pyarrow as pa
+
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    if values.type != pa.string():
+        values = values.cast(pa.string())
+    _, offsets_buffer, data_buffer = values.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32, n + 1, values.offset * 4).astype(np.int64)
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    ok = (lengths >= 19) & (lengths <= _ISO_LONGEST)
+    if values.null_count:
+        ok &= np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    if not ok.any():
+        return np.zeros(n, np.int64), ok
+    width = int(lengths.max()) if lengths.max() <= _ISO_LONGEST else _ISO_LONGEST
+    if bool((lengths == width).all()) and int(offsets[-1]) <= data.size:
+        mat = data[int(offsets[0]):int(offsets[-1])].reshape(n, width)
+    else:
+        idx = starts[:, None] + np.arange(width)[None, :]
+        np.clip(idx, 0, max(data.size - 1, 0), out=idx)
+        mat = np.where(np.arange(width)[None, :] < lengths[:, None], data[idx] if data.size else 0, 0).astype(np.uint8)
+    digits = mat.astype(np.int16) - 48
+    is_digit = (digits >= 0) & (digits <= 9)
+    ok &= is_digit[:, _ISO_DIGITS].all(axis=1)
+    for pos, char in _ISO_SEPARATORS:
+        ok &= mat[:, pos] == char[0]
+    ok &= (mat[:, 10] == ord("T")) | (mat[:, 10] == ord(" "))
+    rows = np.arange(n)
+    last = mat[rows, np.clip(lengths - 1, 0, width - 1)]
+    has_z = (lengths >= 20) & (last == ord("Z"))
+    if require_z:
+        ok &= has_z
+    # After the seconds: nothing, "Z", or "." with 1-6 digits and an optional "Z".
+    fraction_digits = lengths - 20 - has_z
+    has_fraction = lengths - has_z > 19
+    micro = np.zeros(n, np.int64)
+    if has_fraction.any() and width > 20:
+        ok &= ~has_fraction | ((mat[:, 19] == ord(".")) & (fraction_digits >= 1) & (fraction_digits <= 6))
+        span = min(width - 20, 6)
+        within = has_fraction[:, None] & (np.arange(span)[None, :] < fraction_digits[:, None])
+        ok &= (~within | is_digit[:, 20:20 + span]).all(axis=1)
+        micro = (np.where(within, digits[:, 20:20 + span], 0) * _FRACTION_WEIGHTS[:span]).sum(axis=1)
+    elif has_fraction.any():
+        ok &= ~has_fraction
+    d = np.where(ok[:, None], digits[:, :19], 0).astype(np.int64)
+    micros, impossible = utc_micros(
+        d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3], d[:, 5] * 10 + d[:, 6], d[:, 8] * 10 + d[:, 9],
+        d[:, 11] * 10 + d[:, 12], d[:, 14] * 10 + d[:, 15], d[:, 17] * 10 + d[:, 18], micro,
+    )  # fmt: skip
+    ok &= ~impossible
+    return np.where(ok, micros, 0), ok

@@ -31,9 +31,11 @@ import pyarrow.compute as pc
 from loganomaly.ingest.formats.base import FormatOptions
 from loganomaly.ingest.formats.json_columns import (
     _NET,
+    ascii_digits,
     attributes_map,
     complete,
     conn_messages,
+    constant,
     true_mask,
     true_rows,
 )
@@ -53,8 +55,6 @@ from loganomaly.ingest.formats.values import _MISSING, _as_float, _as_int, norma
 #: Times read here: plain decimals with a point (``parse_epoch`` reads them as floats) or ASCII
 #: digits (ints there); anything else (a sign, an exponent, other digits) is read per line.
 _DECIMAL_TIME = r"^[0-9]{1,12}\.[0-9]{1,9}$"
-#: Counts and ports read here: ASCII digits that fit an int64 (at most this many).
-_MAX_DIGITS = 18
 #: Durations read here: ASCII digits, an optional point and fraction.
 _DECIMAL = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 _STR = pa.string()
@@ -79,12 +79,6 @@ class ZeekHeader(Protocol):
     net: list[tuple[int, str, str, Callable[[str, Any], Any]]]
     plain: list[tuple[int, str]]
     special: list[tuple[int, str, bool]]
-
-
-def _digits(values: pa.Array) -> pa.Array:
-    """Whether each value is 1 to 18 ASCII digits (``^[0-9]{1,18}$``), by two byte-wise
-    kernels: a fifth of the regular expression's time, and there are many count columns."""
-    return pc.and_(pc.ascii_is_decimal(values), pc.less_equal(pc.binary_length(values), _MAX_DIGITS))
 
 
 def _not_missing(col: pa.Array) -> np.ndarray:
@@ -205,7 +199,7 @@ def map_segment(
     # mapping converts either (datetime.fromtimestamp's rounding: half to even, as np.rint).
     raw_ts = cell(state.ts_index)  # type: ignore[arg-type]
     decimal_ts = true_mask(pc.match_substring_regex(raw_ts, _DECIMAL_TIME))
-    integer_ts = true_mask(_digits(raw_ts))
+    integer_ts = true_mask(ascii_digits(raw_ts))
     seconds = np.asarray(
         pc.fill_null(pc.cast(pc.if_else(pa.array(decimal_ts), raw_ts, None), pa.float64()), 0.0),
         dtype=np.float64,
@@ -231,7 +225,7 @@ def map_segment(
         values = cell(i)
         absent = pc.is_in(values, value_set=absent_set)
         if conv is _as_int:
-            digits = _digits(values)
+            digits = ascii_digits(values)
             bad |= ~true_mask(pc.or_(absent, digits))
             number = pc.cast(pc.if_else(digits, values, None), pa.int64())
             bad |= true_mask(pc.greater(number, _NET[key][3]))  # digits: never below the range
@@ -305,7 +299,7 @@ def map_segment(
         ok = pa.array(_not_missing(values))
         component = pc.if_else(ok, values, None if path is None else path)
     else:
-        component = pa.array([path] * m, _STR)
+        component = constant(path, m)
     out["component"] = component
 
     level_keys = [k for k in _LEVEL_KEYS if k in by_key]
@@ -316,7 +310,7 @@ def map_segment(
         out["level"] = pc.fill_null(normal.take(coded.indices), "info")
         pop_one(level_keys, chosen)
     else:
-        out["level"] = pa.array(["info"] * m, _STR)
+        out["level"] = constant("info", m)
 
     label_key = next((k for k in _LABEL_KEYS if k in by_key), None)
     if label_key is not None:
@@ -337,7 +331,7 @@ def map_segment(
         out["entity"] = found if default is None else pc.fill_null(found, default)
         pop_one(entity_keys, chosen)
     else:
-        out["entity"] = pa.array([state.opts.default_entity] * m, _STR)
+        out["entity"] = constant(state.opts.default_entity, m)
 
     message_keys = [k for k in _MESSAGE_KEYS if k in by_key]
     message: pa.Array = pa.nulls(m, _STR)
@@ -361,6 +355,6 @@ def map_segment(
         else:
             message = pc.coalesce(message, _attribute_messages(attributes))
     out["message"] = message
-    out["format"] = pa.array(["zeek"] * m, _STR)
+    out["format"] = constant("zeek", m)
     done = complete(rows, out, bad)
     return done
