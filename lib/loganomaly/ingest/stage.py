@@ -158,7 +158,7 @@ def matcher(version: str, state: str | bytes) -> Templates:
 
 
 def _template_columns(
-    is_event: list[bool], messages: list[Any], templates: Templates
+    is_event: list[bool], messages: list[Any] | pa.Array, templates: Templates
 ) -> tuple[pa.Array, pa.Array, pa.Array]:
     """Template id, text and parameters per row: events matched, quarantine rows null."""
     return templates.match_columns(messages, is_event)
@@ -246,7 +246,7 @@ def _build(
     n = len(rows)
     if by_struct and columns is not None:
         built = _merge_columns(rows, columns)
-        messages = built["message"].to_pylist() if templates is not None else []
+        messages: list[Any] | pa.Array = built["message"]  # matched in Arrow (Templates.match_columns)
     elif by_struct:
         parsed = pa.array(rows, _PARSER_STRUCT)
         built = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))

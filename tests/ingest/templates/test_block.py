@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -36,6 +37,9 @@ def _check(templates: Templates, messages: list[str | None]) -> None:
     rows = list(zip(ids.to_pylist(), texts.to_pylist(), params.to_pylist(), strict=True))
     expected = [(w[0], w[1], list(w[2])) if event else (None, None, None) for w, event in zip(want, is_event, strict=True)]
     assert rows == expected
+    # The same messages as an Arrow column (a block parser's): the same three columns.
+    arrow = templates.match_columns(pa.array(messages, pa.string()), is_event)
+    assert [c.to_pylist() for c in arrow] == [ids.to_pylist(), texts.to_pylist(), params.to_pylist()]
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,7 @@ class _Preprocessor:
 
         return self.regex.sub(replace, message), values  # type: ignore[union-attr]
 
-    def mask_block(self, messages: list[str]) -> tuple[pa.StringArray, pa.ListArray]:
+    def mask_block(self, messages: list[str] | pa.Array) -> tuple[pa.StringArray, pa.ListArray]:
         """:meth:`mask` of many messages without ``<`` as Arrow arrays (masked texts, lists of
         masked values), each distinct token masked once.
 
@@ -234,7 +234,8 @@ class _Preprocessor:
 
         cache = self.token_cache
         assert cache is not None
-        lists = pc.split_pattern(pa.array(messages, pa.string()), " ")
+        texts = messages if isinstance(messages, pa.Array) else pa.array(messages, pa.string())
+        lists = pc.split_pattern(texts, " ")
         encoded = pc.dictionary_encode(lists.values)
         distinct = encoded.dictionary.to_pylist()
         if len(cache) + len(distinct) > _TOKEN_CACHE_SIZE:
@@ -683,7 +684,7 @@ class Templates:
                      "template (similarity >= %.2f)", near, lines, self.config.nearest_min_similarity)
 
     def match_columns(
-        self, messages: Sequence[str | None], is_event: Sequence[bool]
+        self, messages: Sequence[str | None] | pa.Array, is_event: Sequence[bool]
     ) -> tuple[pa.Array, pa.Array, pa.Array]:
         """Template id, text and params columns of a batch (rows not events: null), each event as
         :meth:`match_many` matches it.
@@ -692,22 +693,41 @@ class Templates:
         masked texts (:meth:`_Preprocessor.mask_block`) are grouped by form, each form resolved once
         (:meth:`_form`), ids and texts taken per row, and params are the rows' masked values for
         the forms whose recipe is "all values in order" (most forms); only rows of other recipes
-        build their params in Python. No per-row match object is made.
+        build their params in Python. No per-row match object is made. ``messages`` may be an
+        Arrow string array (a block parser's column): the fast path's rows are then chosen and taken
+        in Arrow, and only the other rows' messages become Python strings.
         """
         n = len(is_event)
-        rows: list[int] = []
-        others: list[int] = []
-        for i in range(n):
-            message = messages[i]
-            if is_event[i] and message is not None and "<" not in message:
-                rows.append(i)
-            else:
-                others.append(i)
+        arrow = isinstance(messages, pa.Array)
+        if arrow:
+            import pyarrow.compute as pc
+
+            plain = np.asarray(is_event, dtype=bool) & np.asarray(
+                pc.fill_null(pc.invert(pc.match_substring(messages, "<")), False).to_numpy(zero_copy_only=False),
+                dtype=bool,
+            )
+            rows: Sequence[int] = np.flatnonzero(plain).tolist()
+            others: Sequence[int] = np.flatnonzero(~plain).tolist()
+        else:
+            rows, others = [], []
+            for i in range(n):
+                message = messages[i]
+                if is_event[i] and message is not None and "<" not in message:
+                    rows.append(i)  # type: ignore[attr-defined]
+                else:
+                    others.append(i)  # type: ignore[attr-defined]
         if not self._blockwise(len(rows)):
-            matches = iter(self.match_many([messages[i] for i in range(n) if is_event[i]]))
+            listed = messages.to_pylist() if arrow else messages  # type: ignore[union-attr]
+            matches = iter(self.match_many([listed[i] for i in range(n) if is_event[i]]))
             return _columns([next(matches) if is_event[i] else None for i in range(n)])
-        columns, near = self._block_columns([messages[i] for i in rows])  # type: ignore[misc]
-        rest = [self.match(messages[i]) if is_event[i] else None for i in others]
+        if arrow:
+            block = messages.take(pa.array(rows, pa.int64()))  # type: ignore[union-attr]
+            rest_messages = messages.take(pa.array(others, pa.int64())).to_pylist()  # type: ignore[union-attr]
+        else:
+            block = [messages[i] for i in rows]
+            rest_messages = [messages[i] for i in others]
+        columns, near = self._block_columns(block)  # type: ignore[arg-type]
+        rest = [self.match(m) if is_event[i] else None for i, m in zip(others, rest_messages, strict=True)]
         events = len(rows) + sum(1 for i in others if is_event[i])
         self._log_nearest(near + sum(isinstance(m, NearestMatch) for m in rest), events)
         if not others:
@@ -718,7 +738,7 @@ class Templates:
             pa.concat_arrays([block, more]).take(order) for block, more in zip(columns, extra, strict=True)
         )
 
-    def _block_columns(self, messages: list[str]) -> tuple[tuple[pa.Array, pa.Array, pa.Array], int]:
+    def _block_columns(self, messages: list[str] | pa.Array) -> tuple[tuple[pa.Array, pa.Array, pa.Array], int]:
         """:meth:`match_columns` of messages of the fast path (no ``<``, not None), and how many
         went to their nearest template."""
 
