@@ -17,7 +17,7 @@ from loganomaly.ingest.formats import (
     parse_epoch,
     parse_timestamp,
 )
-from loganomaly.ingest.formats.timestamps import _Clock, iso_utc_micros, parse_timestamp
+from loganomaly.ingest.formats.timestamps import _Clock, iso_utc_micros
 from tests.ingest.formats.helpers import UTC
 
 
