@@ -53,6 +53,7 @@ from loganomaly.ingest.formats import (
     parse_file_blocks,
     registered_formats,
 )
+from loganomaly.ingest.formats.json_columns import constant
 from loganomaly.ingest.ledger import (
     Load,
     ledger_row,
@@ -259,11 +260,11 @@ def _build(
     built["event_id"] = event_ids(path, lines, is_event, generation)
     # Columns of one value: repeated by Arrow (a Python list of n references converted row by row
     # cost about 40 ns a row and column).
-    built["source"] = _repeat(source, n) if all_events else [source if ev else None for ev in is_event]
-    built["file"] = _repeat(path, n)
+    built["source"] = constant(source, n) if all_events else [source if ev else None for ev in is_event]
+    built["file"] = constant(path, n)
     built["line_no"] = lines
-    built["run_id"] = _repeat(run_id, n)
-    built[KIND] = _repeat("event", n) if all_events else kinds
+    built["run_id"] = constant(run_id, n)
+    built[KIND] = constant("event", n) if all_events else kinds
     if templates is not None:
         built["template_id"], built["template"], built["params"] = _template_columns(is_event, messages, templates)
     arrays = {}
@@ -280,10 +281,6 @@ def _build(
     # UTC date of the event time, computed in Arrow rather than per row in Python.
     arrays["date"] = pc.cast(arrays["ts"], pa.date32())
     return pa.record_batch([arrays[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
-
-
-def _repeat(value: str, n: int) -> pa.Array:
-    return pa.repeat(pa.scalar(value, pa.string()), n)
 
 
 def _merge_columns(rows: Sequence[dict[str, Any] | None], columns: EventColumns) -> dict[str, pa.Array]:

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from loganomaly.errors import ConfigError, ParseError
 
@@ -385,7 +386,7 @@ _ISO_LONGEST = 27
 _FRACTION_WEIGHTS = 10 ** np.arange(5, -1, -1, dtype=np.int64)
 
 
-def iso_utc_micros(values: Any, require_z: bool) -> tuple[np.ndarray, np.ndarray]:
+def iso_utc_micros(values: pa.Array, require_z: bool) -> tuple[np.ndarray, np.ndarray]:
     """Epoch microseconds of the cells of an Arrow string array that read
     ``YYYY-MM-DD[T ]HH:MM:SS[.f{1,6}][Z]`` (ASCII digits, a real date and time in 1970-2099, a
     ``Z`` when ``require_z``), and which cells those are; the others get 0 and are left to
@@ -398,8 +399,6 @@ def iso_utc_micros(values: Any, require_z: bool) -> tuple[np.ndarray, np.ndarray
     long, as a column of times written by one program is), and checked and converted with numpy;
     the calendar is :func:`utc_micros`, the block parsers' one.
     """
-    import pyarrow as pa
-
     n = len(values)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, bool)
@@ -414,21 +413,19 @@ def iso_utc_micros(values: Any, require_z: bool) -> tuple[np.ndarray, np.ndarray
         ok &= np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     if not ok.any():
         return np.zeros(n, np.int64), ok
-    width = int(lengths.max()) if lengths.max() <= _ISO_LONGEST else _ISO_LONGEST
-    if bool((lengths == width).all()) and int(offsets[-1]) <= data.size:
+    width = min(int(lengths.max()), _ISO_LONGEST)
+    if bool((lengths == width).all()):
         mat = data[int(offsets[0]):int(offsets[-1])].reshape(n, width)
-    else:
-        idx = starts[:, None] + np.arange(width)[None, :]
-        np.clip(idx, 0, max(data.size - 1, 0), out=idx)
-        mat = np.where(np.arange(width)[None, :] < lengths[:, None], data[idx] if data.size else 0, 0).astype(np.uint8)
+    else:  # a cell of 19 bytes or more exists, so the data buffer is not empty
+        idx = np.minimum(starts[:, None] + np.arange(width)[None, :], data.size - 1)
+        mat = np.where(np.arange(width)[None, :] < lengths[:, None], data[idx], 0).astype(np.uint8)
     digits = mat.astype(np.int16) - 48
     is_digit = (digits >= 0) & (digits <= 9)
     ok &= is_digit[:, _ISO_DIGITS].all(axis=1)
     for pos, char in _ISO_SEPARATORS:
         ok &= mat[:, pos] == char[0]
     ok &= (mat[:, 10] == ord("T")) | (mat[:, 10] == ord(" "))
-    rows = np.arange(n)
-    last = mat[rows, np.clip(lengths - 1, 0, width - 1)]
+    last = mat[np.arange(n), np.clip(lengths - 1, 0, width - 1)]
     has_z = (lengths >= 20) & (last == ord("Z"))
     if require_z:
         ok &= has_z
@@ -436,14 +433,12 @@ def iso_utc_micros(values: Any, require_z: bool) -> tuple[np.ndarray, np.ndarray
     fraction_digits = lengths - 20 - has_z
     has_fraction = lengths - has_z > 19
     micro = np.zeros(n, np.int64)
-    if has_fraction.any() and width > 20:
+    if has_fraction.any():  # some cell is 20 bytes or more: the matrix has column 19
         ok &= ~has_fraction | ((mat[:, 19] == ord(".")) & (fraction_digits >= 1) & (fraction_digits <= 6))
         span = min(width - 20, 6)
         within = has_fraction[:, None] & (np.arange(span)[None, :] < fraction_digits[:, None])
         ok &= (~within | is_digit[:, 20:20 + span]).all(axis=1)
         micro = (np.where(within, digits[:, 20:20 + span], 0) * _FRACTION_WEIGHTS[:span]).sum(axis=1)
-    elif has_fraction.any():
-        ok &= ~has_fraction
     d = np.where(ok[:, None], digits[:, :19], 0).astype(np.int64)
     micros, impossible = utc_micros(
         d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3], d[:, 5] * 10 + d[:, 6], d[:, 8] * 10 + d[:, 9],

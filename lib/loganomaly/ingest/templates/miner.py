@@ -694,39 +694,25 @@ class Templates:
         (:meth:`_form`), ids and texts taken per row, and params are the rows' masked values for
         the forms whose recipe is "all values in order" (most forms); only rows of other recipes
         build their params in Python. No per-row match object is made. ``messages`` may be an
-        Arrow string array (a block parser's column): the fast path's rows are then chosen and taken
-        in Arrow, and only the other rows' messages become Python strings.
+        Arrow string array (a block parser's column, matched without a round trip through Python
+        strings); the fast path's rows are chosen and taken in Arrow, and only the other rows'
+        messages become Python strings.
         """
-        n = len(is_event)
-        arrow = isinstance(messages, pa.Array)
-        if arrow:
-            import pyarrow.compute as pc
+        import pyarrow.compute as pc
 
-            plain = np.asarray(is_event, dtype=bool) & np.asarray(
-                pc.fill_null(pc.invert(pc.match_substring(messages, "<")), False).to_numpy(zero_copy_only=False),
-                dtype=bool,
-            )
-            rows: Sequence[int] = np.flatnonzero(plain).tolist()
-            others: Sequence[int] = np.flatnonzero(~plain).tolist()
-        else:
-            rows, others = [], []
-            for i in range(n):
-                message = messages[i]
-                if is_event[i] and message is not None and "<" not in message:
-                    rows.append(i)  # type: ignore[attr-defined]
-                else:
-                    others.append(i)  # type: ignore[attr-defined]
+        n = len(is_event)
+        texts = messages if isinstance(messages, pa.Array) else pa.array(messages, pa.string())
+        plain = np.asarray(is_event, dtype=bool) & np.asarray(
+            pc.fill_null(pc.invert(pc.match_substring(texts, "<")), False).to_numpy(zero_copy_only=False), dtype=bool
+        )
+        rows = np.flatnonzero(plain)
+        others: list[int] = np.flatnonzero(~plain).tolist()
         if not self._blockwise(len(rows)):
-            listed = messages.to_pylist() if arrow else messages  # type: ignore[union-attr]
+            listed = texts.to_pylist() if isinstance(messages, pa.Array) else messages
             matches = iter(self.match_many([listed[i] for i in range(n) if is_event[i]]))
             return _columns([next(matches) if is_event[i] else None for i in range(n)])
-        if arrow:
-            block = messages.take(pa.array(rows, pa.int64()))  # type: ignore[union-attr]
-            rest_messages = messages.take(pa.array(others, pa.int64())).to_pylist()  # type: ignore[union-attr]
-        else:
-            block = [messages[i] for i in rows]
-            rest_messages = [messages[i] for i in others]
-        columns, near = self._block_columns(block)  # type: ignore[arg-type]
+        columns, near = self._block_columns(texts.take(pa.array(rows)))
+        rest_messages = texts.take(pa.array(others, pa.int64())).to_pylist()
         rest = [self.match(m) if is_event[i] else None for i, m in zip(others, rest_messages, strict=True)]
         events = len(rows) + sum(1 for i in others if is_event[i])
         self._log_nearest(near + sum(isinstance(m, NearestMatch) for m in rest), events)
