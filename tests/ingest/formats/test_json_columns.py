@@ -320,3 +320,23 @@ def test_random_shapes_give_the_per_line_batches(
     path = tmp_path / f"random-{rows}.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     _assert_same(path)
+
+
+def test_attributes_map_leaves_out_null_absent_and_unkept_cells_in_name_order() -> None:
+    """The one map builder of every block parser: nulls always leave no entry, ``absent`` cells
+    (CSV's and Loghub's ``""``, syslog's ``-``) and ``keep``-false cells neither; a row left with
+    nothing is an empty map, not a null one."""
+    import numpy as np
+    import pyarrow as pa
+
+    a = pa.array(["1", None, "-", ""])
+    b = pa.array(["x", "y", "-", None])
+    plain = json_columns.attributes_map(["a", "b"], [a, b], 4)
+    assert plain.to_pylist() == [[("a", "1"), ("b", "x")], [("b", "y")], [("a", "-"), ("b", "-")], [("a", "")]]
+    dashes = json_columns.attributes_map(["a", "b"], [a, b], 4, absent="-")
+    assert dashes.to_pylist() == [[("a", "1"), ("b", "x")], [("b", "y")], [], [("a", "")]]
+    keep = np.array([[False, True], [True, True], [True, True], [True, False]])
+    empties = json_columns.attributes_map(["a", "b"], [a, b], 4, absent="", keep=keep)
+    assert empties.to_pylist() == [[("b", "x")], [("b", "y")], [("a", "-"), ("b", "-")], []]
+    assert empties.null_count == 0
+    assert json_columns.attributes_map([], [], 3).to_pylist() == [[], [], []]

@@ -441,7 +441,7 @@ def _map_rows(state: CsvParser, texts: Sequence[str]) -> tuple[list[int], dict[s
         out["message"] = cell(state.message_idx)
     else:
         out["message"] = _join_present([out[c] for c in ("proto", "component", "status") if c in out], m)
-    out["attributes"] = attributes_map(names, [cell(i) for i, _ in state.attr_idx], m, drop_empty=True)
+    out["attributes"] = attributes_map(names, [cell(i) for i, _ in state.attr_idx], m, absent="")
     out["format"] = constant("csv", m)
 
     done = complete(rows, out, bad)

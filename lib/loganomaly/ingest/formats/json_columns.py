@@ -123,9 +123,23 @@ def true_mask(mask: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def attributes_map(names: list[str], columns: list[pa.Array], n: int, drop_empty: bool = False) -> pa.Array:
-    """A ``map<string,string>`` column from per-name columns of ``n`` rows, in ``names`` order;
-    null cells leave no entry (and ``""`` ones too with ``drop_empty``, as CSV's parser does)."""
+def attributes_map(
+    names: Sequence[str],
+    columns: Sequence[pa.Array],
+    n: int,
+    *,
+    absent: str | None = None,
+    keep: np.ndarray | None = None,
+) -> pa.Array:
+    """A ``map<string,string>`` column from per-name columns of ``n`` rows, entries in ``names``
+    order. A cell leaves no entry when it is null, equal to ``absent`` (a format's mark of a
+    missing value: ``""`` for CSV and Loghub fields, syslog's NILVALUE ``-``) or false in
+    ``keep`` (``n x len(names)``: Loghub leaves out the field its entity came from).
+
+    Why one builder: every block parser ends with this map, and the reference parsers differ
+    only in which cells they leave out. The cells are taken row-major from the concatenated
+    columns, so the keys are one tiled array whatever is left out.
+    """
     k = len(names)
     if k == 0:
         empty = pa.array([], _STR)
@@ -133,12 +147,14 @@ def attributes_map(names: list[str], columns: list[pa.Array], n: int, drop_empty
     order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
     items = pa.concat_arrays([c.cast(_STR) for c in columns]).take(pa.array(order))
     keys = tiled(names, n)
-    keep = true_mask(pc.not_equal(items, "")) if drop_empty else true_mask(pc.is_valid(items))
-    if keep.all():
+    present = true_mask(pc.is_valid(items) if absent is None else pc.not_equal(items, absent))
+    if keep is not None:
+        present &= keep.reshape(-1)
+    if present.all():
         offsets = np.arange(0, n * k + 1, k, dtype=np.int32)
     else:
-        offsets = np.concatenate(([0], np.cumsum(keep.reshape(n, k).sum(axis=1)))).astype(np.int32)
-        mask = pa.array(keep)
+        offsets = np.concatenate(([0], np.cumsum(present.reshape(n, k).sum(axis=1)))).astype(np.int32)
+        mask = pa.array(present)
         keys, items = keys.filter(mask), items.filter(mask)
     return pa.MapArray.from_arrays(pa.array(offsets), keys, items)
 
@@ -562,7 +578,7 @@ class JsonBlockMapper:
         if detailed is not None:
             attr_keys.append("detailed_label")
             attr_values.append(detailed)
-        out["attributes"] = _map_array(attr_keys, attr_values, n)
+        out["attributes"] = attributes_map(attr_keys, [pa.array(v, _STR) for v in attr_values], n)
 
         # The message a record without one gets (the reference's order of rules): Zeek weird
         # records', then connection records' (built in Arrow), then the first attributes.
@@ -683,21 +699,3 @@ def _pop_one(masks: dict[str, list[bool]], keys: list[str], chosen: list[int]) -
 
 def _and(mask: list[bool] | None, other: list[bool]) -> list[bool]:
     return other if mask is None else [a and b for a, b in zip(mask, other, strict=True)]
-
-
-def _map_array(keys: list[str], values: list[Sequence[Any]], n: int) -> pa.Array:
-    """A ``map<string,string>`` column from per-key value columns; null values leave no entry."""
-    m = len(keys)
-    if m == 0:
-        return pa.MapArray.from_arrays(pa.array([0] * (n + 1), pa.int32()), pa.array([], _STR), pa.array([], _STR))
-    items = pa.array([v for row in zip(*values, strict=True) for v in row], _STR)
-    names = tiled(keys, n)
-    if items.null_count:
-        valid = items.is_valid()
-        counts = np.asarray(valid).reshape(n, m).sum(axis=1)
-        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
-        names = names.filter(valid)
-        items = items.filter(valid)
-    else:
-        offsets = np.arange(0, n * m + 1, m, dtype=np.int32)
-    return pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), names, items)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loganomaly.ingest.formats.base import EventColumns
-from loganomaly.ingest.formats.json_columns import complete, constant, tiled, true_mask, true_rows
+from loganomaly.ingest.formats.json_columns import attributes_map, complete, constant, true_mask, true_rows
 from loganomaly.ingest.formats.timestamps import (
     _EPOCH,
     _MAX_EPOCH_S,
@@ -317,7 +317,11 @@ def block(p: BlockPlan, texts: Sequence[str], parser: Any) -> EventColumns | Non
     if p.label_field is not None:
         value = field[p.label_field]
         out["label"] = pc.if_else(pc.is_in(value, value_set=pa.array(["-", ""])), None, value)
-    out["attributes"] = _attributes(p, field, entity_from, m)
+    keep = np.ones((m, len(p.attr_fields)), dtype=bool)
+    with_entity = np.flatnonzero(entity_from >= 0)
+    keep[with_entity, entity_from[with_entity]] = False  # the field the entity came from
+    fields = [field[name] for name in p.attr_fields]
+    out["attributes"] = attributes_map(p.attr_fields, fields, m, absent="", keep=keep)
 
     done = complete(rows, out, bad)
     return None if done is None else EventColumns(done[0].tolist(), done[1])
@@ -460,23 +464,3 @@ def _entity(p: BlockPlan, field: dict[str, pa.Array], content: pa.Array, m: int)
     if not decided.all():
         entity = pc.if_else(pa.array(decided), entity, pa.scalar(p.default_entity, pa.string()))
     return entity, from_field
-
-
-def _attributes(p: BlockPlan, field: dict[str, pa.Array], from_field: np.ndarray, n: int) -> pa.Array:
-    """The ``map<string,string>`` of the reference: every attribute field in pattern order, empty
-    or absent values and the field the entity came from left out."""
-    k = len(p.attr_fields)
-    if k == 0:
-        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
-                                       pa.array([], pa.string()))  # fmt: skip
-    columns = [pc.fill_null(field[name], "") for name in p.attr_fields]
-    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
-    items = pa.concat_arrays(columns).take(pa.array(order))
-    keys = tiled(p.attr_fields, n)
-    keep = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool).reshape(n, k)
-    rows = np.flatnonzero(from_field >= 0)
-    keep[rows, from_field[rows]] = False
-    counts = keep.sum(axis=1)
-    offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int32)
-    mask = pa.array(keep.ravel())
-    return pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask))

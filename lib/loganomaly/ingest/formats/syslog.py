@@ -23,7 +23,7 @@ from loganomaly.ingest.formats.base import (
     _file_clock,
     _majority,
 )
-from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, complete, constant, tiled, true_rows
+from loganomaly.ingest.formats.json_columns import COLUMN_TYPES, attributes_map, complete, constant, true_rows
 from loganomaly.ingest.formats.timestamps import _EPOCH, _MONTHS, _Clock, parse_timestamp, utc_micros
 
 _SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -300,12 +300,6 @@ def _rfc3164_group(
     host = part["host"]
     facility = pc.if_else(pa.array(has_pri), pc.cast(pa.array(pri // 8), pa.string()), "")
     procid = pc.if_else(tagged, pid, "")
-    order = (np.arange(2, dtype=np.int64)[None, :] * m + np.arange(m, dtype=np.int64)[:, None]).ravel()
-    items = pa.concat_arrays([facility, pc.fill_null(procid, "")]).take(pa.array(order))
-    keys = tiled(("facility", "procid"), m)
-    present = np.asarray(pc.not_equal(items, "").to_numpy(zero_copy_only=False), dtype=bool)
-    offsets = np.concatenate(([0], np.cumsum(present.reshape(m, 2).sum(axis=1)))).astype(np.int32)
-    mask = pa.array(present)
     out = {
         "ts": pa.array(micros, pa.int64()).view(pa.timestamp("us", "UTC")),
         "format": constant("syslog", m),
@@ -313,7 +307,7 @@ def _rfc3164_group(
         "component": pc.if_else(tagged, tag_name, pa.scalar(None, pa.string())),
         "level": pc.if_else(pa.array(has_pri), pa.array(_SEVERITIES, pa.string()).take(pa.array(pri % 8)), "info"),
         "message": pc.if_else(tagged, pc.struct_field(tag, [2]), rest),
-        "attributes": pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask)),
+        "attributes": attributes_map(("facility", "procid"), [facility, procid], m, absent=""),
     }
     return complete(rows, out)
 
@@ -366,8 +360,11 @@ def _events(
         "component": unless_nil(part["app"]),
         "level": pa.array(_SEVERITIES, pa.string()).take(pc.bit_wise_and(pri, 7)),
         "message": part["msg"],
-        "attributes": _attributes(
-            pc.cast(pc.divide(pri, 8), pa.string()), part["procid"], part["msgid"], part["sd"], m
+        "attributes": attributes_map(
+            _ATTRIBUTE_KEYS,
+            [pc.cast(pc.divide(pri, 8), pa.string()), part["procid"], part["msgid"], part["sd"]],
+            m,
+            absent="-",
         ),
     }
     return complete(rows, out, bad)
@@ -381,18 +378,6 @@ def _offsets(zone: pa.Array) -> np.ndarray:
     total = np.asarray(pc.add(pc.multiply(hours, 3600), pc.multiply(minutes, 60)).to_numpy(zero_copy_only=False))
     west = np.asarray(pc.starts_with(zone, "-").to_numpy(zero_copy_only=False), dtype=bool)
     return np.where(west, -total, total).astype(np.int64)
-
-
-def _attributes(facility: pa.Array, procid: pa.Array, msgid: pa.Array, sd: pa.Array, n: int) -> pa.Array:
-    """The ``map<string,string>`` of :meth:`SyslogParser._rfc5424`: the facility, then procid,
-    msgid and structured data unless NILVALUE (``-``), in that order."""
-    order = (np.arange(4, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
-    items = pa.concat_arrays([facility, procid, msgid, sd]).take(pa.array(order))
-    keys = tiled(_ATTRIBUTE_KEYS, n)
-    keep = np.asarray(pc.not_equal(items, "-").to_numpy(zero_copy_only=False), dtype=bool)
-    offsets = np.concatenate(([0], np.cumsum(keep.reshape(n, 4).sum(axis=1)))).astype(np.int32)
-    mask = pa.array(keep)
-    return pa.MapArray.from_arrays(pa.array(offsets), keys.filter(mask), items.filter(mask))
 
 
 class SyslogFormat(LogFormat):
