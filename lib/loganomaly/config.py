@@ -153,6 +153,25 @@ class TemplatesConfig:
     refit: bool = False
 
 
+#: Zeek weird names that describe the capture rather than a host (``features.sensor_weirds``).
+SENSOR_WEIRDS: tuple[str, ...] = (
+    "possible_split_routing",
+    "data_before_established",
+    "above_hole_data_without_any_acks",
+    "ack_above_hole",
+    "content_gap",
+    "TCP_ack_underflow_or_misorder",
+    "TCP_seq_underflow_or_misorder",
+    "window_recision",
+    "bad_TCP_checksum",
+    "bad_UDP_checksum",
+    "bad_ICMP_checksum",
+    "truncated_header",
+    "truncated_IP",
+    "internally_truncated_header",
+)
+
+
 @dataclass
 class FeaturesConfig:
     """Per-entity time-step features and sliding windows over them."""
@@ -186,6 +205,15 @@ class FeaturesConfig:
     # every error-level line no template fits). Chosen with the feature list, like templates.
     # The feature model.new_errors reads (BGL profile; README "Detection quality").
     new_errors: bool = False
+    # Zeek ``weird`` records that describe the sensor's view of the traffic, not what a host did:
+    # a one-sided capture (``possible_split_routing``, ``data_before_established``), packets the
+    # sensor lost (``above_hole_data_without_any_acks``, ``ack_above_hole``, ``content_gap``, the
+    # ``*_underflow_or_misorder`` pair, ``window_recision``), checksum offload on the monitored
+    # host (``bad_*_checksum``) and truncated captures. Featurize leaves them out of every step
+    # (they stay in ``events``): counted as the host's warnings and log lines they made a busy
+    # host on a tap that sees one direction look abnormal all day (README "Sensor weirds").
+    # Matched on the record's ``weird`` component and its ``name`` attribute; [] counts them all.
+    sensor_weirds: list[str] = field(default_factory=lambda: list(SENSOR_WEIRDS))
     # Network indicators (features ``repeated_failures``, ``unnamed_requests``): the most TCP
     # attempts to one peer and port that never connected, and HTTP/TLS requests to a bare address
     # (no host or server name), per step. Malware's habits, not the network's volume, so they
@@ -665,6 +693,10 @@ def validate(cfg: Config) -> None:
             all(c and c.replace("_", "").replace(".", "").isalnum() for c in cfg.features.categories)
             and len(set(cfg.features.categories)) == len(cfg.features.categories),
             "features.categories names must be letters, digits, '_' or '.', each once",
+        ),
+        (
+            all(isinstance(w, str) and w and w.strip() == w for w in cfg.features.sensor_weirds),
+            "features.sensor_weirds must be weird names (non-empty text without edge spaces)",
         ),
         (
             cfg.features.session_key == "" or cfg.features.session_key.startswith(("params:", "column:")),

@@ -631,3 +631,42 @@ def test_new_errors_count_each_templates_first_error_in_the_lake_and_every_unfit
 def raw_step_plain(lake, names: list[str], entity: str, step_start: dt.datetime) -> dict[str, float]:  # type: ignore[no-untyped-def]
     """Feature values (log1p undone) of one entity's step, from a window that holds it."""
     return {n: float(np.expm1(v)) for n, v in raw_step(lake, names, entity, step_start).items()}
+
+
+def test_sensor_weirds_leave_the_steps_and_stay_in_events(spark, lake) -> None:  # type: ignore[no-untyped-def]
+    """Zeek weirds that describe the capture (one-sided tap, lost packets) are not the host's
+    warnings or log lines; a weird about the traffic itself (a bad HTTP request) still is, and a
+    step holding sensor weirds only is no step. ``sensor_weirds: []`` counts them all again."""
+    cfg = config(str(lake.root))
+    cfg.features.entity_features = False
+    host = "10.0.0.5"
+    t0 = DAY1 + dt.timedelta(minutes=10)
+    rows: list[dict[str, Any]] = []
+
+    def weird(at: dt.datetime, name: str) -> None:
+        rows.append(event(at, len(rows), None, format="zeek", entity=host, src_addr=host, level="warning",
+                          component="weird", message=f"weird {name}", attributes={"name": name}))
+
+    rows.append(event(t0, 0, None, format="zeek", entity=host, src_addr=host, dst_addr="10.0.0.9", dst_port=80,
+                      component="conn", message=None))
+    for k in range(5):
+        weird(t0 + dt.timedelta(seconds=1 + k), "possible_split_routing")
+    weird(t0 + dt.timedelta(seconds=9), "data_before_established")
+    weird(t0 + dt.timedelta(seconds=10), "bad_HTTP_request")
+    later = t0 + dt.timedelta(minutes=5)  # a step of sensor weirds only
+    weird(later, "above_hole_data_without_any_acks")
+    weird(later + dt.timedelta(seconds=1), "bad_TCP_checksum")
+    write_events(spark, lake, rows)
+
+    names = featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names
+    v = raw_step_plain(lake, names, host, t0)
+    assert v["warnings"] == pytest.approx(1) and v["log_lines"] == pytest.approx(1)
+    assert v["connections"] == pytest.approx(1)
+    assert raw_step_plain(lake, names, host, later)["log_lines"] == 0  # an empty step of the window
+    assert lake.read("events").count() == len(rows)
+
+    cfg.features.sensor_weirds = []
+    featurize.run(spark, cfg, lake=lake, top_templates=0)
+    v = raw_step_plain(lake, names, host, t0)
+    assert v["warnings"] == pytest.approx(7) and v["log_lines"] == pytest.approx(7)
+    assert raw_step_plain(lake, names, host, later)["warnings"] == pytest.approx(2)

@@ -306,6 +306,25 @@ def zeek_flag(value: Column) -> Column:
     return F.when(low.isin("t", "true"), F.lit(True)).when(low.isin("f", "false"), F.lit(False))
 
 
+def without_sensor_weirds(events: DataFrame, names: Sequence[str]) -> DataFrame:
+    """``events`` less the Zeek ``weird`` records named in ``names`` (``features.sensor_weirds``).
+
+    Why: those weirds say how the sensor saw the traffic (one direction only, lost or truncated
+    packets, checksums offloaded by the host's NIC), not what the host did. Their rate follows the
+    tap, not the host: a busy workstation behind a one-sided tap logs hundreds a day (the monitored
+    host of Zeek capture 010: 261 of its 298 weirds) where the training captures' hosts log a few,
+    so counted as its warnings they made its busy hours score as anomalous. Featurize leaves them
+    out of every step; ``events`` keeps them.
+    """
+    from pyspark.sql import functions as F
+
+    if not names:
+        return events
+    weird = F.lower(F.col("component")) == "weird"
+    sensor = weird & F.col("attributes")["name"].isin(list(names))
+    return events.where(~F.coalesce(sensor, F.lit(False)))
+
+
 def entity_groups(events: DataFrame, rules: GroupRules) -> DataFrame:
     """``entity, group, group_rule`` of every entity of ``events``.
 
@@ -818,7 +837,7 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     k = top_templates if top_templates is not None else cfg.features.top_templates
     events_version = lake.version("events")
     assert events_version is not None
-    events = lake.read("events", version=events_version)
+    events = without_sensor_weirds(lake.read("events", version=events_version), cfg.features.sensor_weirds)
 
     names = None if refit_templates else previous_feature_names(lake)
     reused = names is not None and feature_names is None
@@ -884,7 +903,8 @@ def _run(spark: SparkSession, cfg: Config, lake: Lake, session_key: str | None, 
     replaced: list[str] | None = None
     if since_date is None:
         if entity is not None and history_lake is not None and history_lake.exists("events"):
-            steps = steps_after_history(events, history_lake.read("events"), spec, names, entity, known_errors)
+            history = without_sensor_weirds(history_lake.read("events"), cfg.features.sensor_weirds)
+            steps = steps_after_history(events, history, spec, names, entity, known_errors)
         else:
             steps = step_features(events, spec.step_seconds, names, entity, known_errors=known_errors)
         windows = windows_frame(steps, spec, run_id, names, layout)
