@@ -329,10 +329,6 @@ def test_network_indicators_count_repeated_attempts_and_requests_to_bare_address
     for k in range(4):  # the bot: four SYNs without answer to one controller
         add(k, dst_addr="203.0.113.9", dst_port=1177, status="S0", proto="tcp", component="conn")
     add(5, dst_addr="203.0.113.9", dst_port=1178, status="REJ", proto="tcp", component="conn")  # other port
-    for k, (state, history) in enumerate([("SH", "DF"), ("SHR", "hfd")]):
-        # a one-sided capture of connections that carried payload: not attempts
-        add(6 + k, dst_addr="203.0.113.9", dst_port=1177, status=state, proto="tcp", component="conn",
-            attributes={"history": history})
     for k in range(6):  # LLMNR queries: UDP "S0" (no reply) to one multicast address, not attempts
         add(10 + k, dst_addr="224.0.0.252", dst_port=5355, status="S0", proto="udp", component="dns")
     for k in range(3):  # reset after connecting: a connection, not a failed attempt

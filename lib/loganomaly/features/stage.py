@@ -97,10 +97,6 @@ FAILED_CONN_STATES = ["S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR
 #: handshake finished): ``repeated_failures`` counts these; RSTO/RSTR (reset after it was
 #: established) and UDP's S0 (a datagram without reply, normal for multicast) are not attempts.
 UNESTABLISHED_TCP_STATES = ["S0", "REJ", "RSTOS0", "RSTRH", "SH", "SHR"]
-#: Zeek ``history`` letters of payload (``D`` from the originator, ``d`` from the responder). A
-#: record in one of those states that carried payload did connect: the sensor saw one direction
-#: only (a one-sided tap; Zeek's ``possible_split_routing``), so ``repeated_failures`` skips it.
-PAYLOAD_HISTORY = "[Dd]"
 #: An HTTP ``Host`` that is an address, not a name: IPv4 or bracketed IPv6 with an optional port,
 #: or a bare IPv6 address.
 ADDRESS_HOST = r"^(\d{1,3}(\.\d{1,3}){3}(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?|[0-9A-Fa-f]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
@@ -475,12 +471,9 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
     if indicators:
         # The step's most never-established TCP attempts to one (peer, port): counted per peer
         # first, then the largest per (entity, step), joined back (a step without one gets 0).
-        # A record whose history shows payload is not an attempt (see PAYLOAD_HISTORY); a
-        # record without a history (other conn logs) counts by its state alone.
-        payload = F.coalesce(F.col("attributes")["history"].rlike(PAYLOAD_HISTORY), F.lit(False))
         attempts = (
             valid.where((F.lower(F.col("proto")) == "tcp") & F.col("status").isin(UNESTABLISHED_TCP_STATES)
-                        & F.col("dst_addr").isNotNull() & ~payload)
+                        & F.col("dst_addr").isNotNull())
             .groupBy("entity", step.alias("step"), "dst_addr", "dst_port").agg(F.count(F.lit(1)).alias("_rf"))
             .groupBy("entity", "step").agg(F.max("_rf").alias("_rf"))
         )
