@@ -12,7 +12,7 @@ import pytest
 from loganomaly.config import Config
 from loganomaly.ingest import native
 from loganomaly.ingest import stage as ingest
-from loganomaly.ingest.formats import open_lines
+from loganomaly.ingest.formats import open_lines, registered_formats
 from loganomaly.lake.tables import Lake
 
 #: Lines that exercise every rule of the JSON mapping, good and bad (one per line).
@@ -115,7 +115,7 @@ TRICKY += FROM_JSON
 
 def write_corpus(root: Path, resources: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("app.jsonl", "zeek_json.log", "out_of_range.jsonl"):
+    for name in ("app.jsonl", "zeek_json.log", "weird.log", "out_of_range.jsonl"):
         shutil.copy(resources / "logs" / name, root / name)
     body = "\n".join(TRICKY).encode()
     (root / "tricky.jsonl").write_bytes(body + b"\n")
@@ -187,6 +187,18 @@ def test_most_flat_lines_are_parsed_in_the_jvm(spark, tmp_path, resources) -> No
     # exponents, -0.0, 3.0 as a count, arrays, deep nesting, a flattened key clash, two attributes
     # from one nested object
     assert ok == {1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 18, 19, 24, 25, 26, 27, 28, 29, 30, 33, 35, 37, 38, 39, 41, 42, 43, 52, 53, 59, 64, 66, 68, 69, 71, 74, 75, 80, 81, 82, 83, 84}
+
+    # A Zeek JSON log without _path: the file's name gives the log, in the JVM too.
+    weird = str(raw / "weird.log")
+    found = native.native_format(weird, FormatOptions(), registered_formats())
+    assert found is not None and found.pattern == "weird"
+    lines = spark.createDataFrame(
+        [r for b in native.cut_lines(weird) for r in zip(*b.to_pydict().values(), strict=True)], native.LINES_DDL
+    )
+    rows = native.json_events(lines, FormatOptions(), {weird: "weird"}).select("line_no", "_ok", "component", "level").collect()
+    native_rows = {r.line_no: (r.component, r.level) for r in rows if r._ok}
+    assert native_rows[1] == ("weird", "warning") and native_rows[5] == ("notice", "warning")
+    assert len(native_rows) >= 6
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 20])

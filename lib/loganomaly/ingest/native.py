@@ -67,7 +67,7 @@ from loganomaly.ingest.formats import (
     open_lines,
 )
 from loganomaly.ingest.formats.base import decode_lines, long_line
-from loganomaly.ingest.formats.detect import parse_line
+from loganomaly.ingest.formats.detect import Detection, parse_line
 from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
     _COMPONENT_KEYS,
@@ -105,8 +105,9 @@ _LINES_ARROW = pa.schema(
 _UNMODELLED = ("timestamp_format", "timezone", "entity_field", "level_field", "label_field", "message_field")
 
 
-def native_format(path: str, options: FormatOptions, formats: Mapping[str, LogFormat]) -> str | None:
-    """The format of ``path`` if the native path can read it, else None (driver side, from a sample).
+def native_format(path: str, options: FormatOptions, formats: Mapping[str, LogFormat]) -> Detection | None:
+    """The format of ``path`` and its variant (a Zeek log by the file's name) if the native path
+    can read it, else None (driver side, from a sample).
 
     Only the registry's own ``json`` format qualifies: a format registered under that name by
     user code is parsed by its own Python parser.
@@ -114,10 +115,10 @@ def native_format(path: str, options: FormatOptions, formats: Mapping[str, LogFo
     if any(getattr(options, name) is not None for name in _UNMODELLED):
         return None
     try:
-        found = detect(path, options, formats=formats).format
+        found = detect(path, options, formats=formats)
     except (ParseError, OSError):
         return None
-    if found in NATIVE_FORMATS and type(formats.get(found)) is JsonFormat:
+    if found.format in NATIVE_FORMATS and type(formats.get(found.format)) is JsonFormat:
         return found
     return None
 
@@ -509,7 +510,8 @@ class _Json:
                 "_detailed_tok": first(_DETAILED_LABEL_KEYS, is_present, True),
                 "_message_key": first(_MESSAGE_KEYS, _is_value, False),
                 "_message_tok": first(_MESSAGE_KEYS, _is_value, True),
-                "_zeek_path": f"CASE WHEN {_is_str(t('_path'))} THEN {_sval(t('_path'))} END",
+                # A record's own string ``_path``, else the file's Zeek log by its name.
+                "_zeek_path": f"CASE WHEN {_is_str(t('_path'))} THEN {_sval(t('_path'))} ELSE _file_log END",
                 "_http": f"{present('uri')} OR {present('method')}",
             },
         )
@@ -701,8 +703,19 @@ class _Json:
         )
 
 
-def json_events(lines: DataFrame, options: FormatOptions) -> DataFrame:
-    """See :class:`_Json`: ``lines`` (:data:`LINES_DDL`) with the event columns and ``_ok``."""
+def json_events(lines: DataFrame, options: FormatOptions, zeek_logs: Mapping[str, str] | None = None) -> DataFrame:
+    """See :class:`_Json`: ``lines`` (:data:`LINES_DDL`) with the event columns and ``_ok``.
+
+    ``zeek_logs``: file -> the Zeek log it is by its name (the variant :func:`native_format`
+    found), for records without ``_path`` (as :class:`loganomaly.ingest.formats.json.JsonParser`).
+    """
+    from pyspark.sql import functions as F
+
+    if zeek_logs:
+        by_file = F.create_map(*[F.lit(x) for item in sorted(zeek_logs.items()) for x in item])
+        lines = lines.withColumn("_file_log", F.try_element_at(by_file, F.col("file")))
+    else:
+        lines = lines.withColumn("_file_log", F.lit(None).cast("string"))
     return _Json(options).events(lines)
 
 

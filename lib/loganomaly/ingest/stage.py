@@ -727,9 +727,10 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     by_size = [f.path for f in sorted(todo, key=lambda f: -f.size)]
     formats = registered_formats()
     job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, formats, {f.path: f.generation for f in todo})
-    native_paths = (
-        [p for p in by_size if native_format(p, sources[p][1], formats) is not None] if cfg.ingest.native else []
-    )
+    natives = {p: native_format(p, sources[p][1], formats) for p in by_size} if cfg.ingest.native else {}
+    native_paths = [p for p in by_size if natives.get(p) is not None]
+    # Zeek JSON logs without ``_path`` are the log their file's name says (the JSON format's variant).
+    zeek_logs = {p: d.pattern for p, d in natives.items() if d is not None and d.pattern is not None}
     python_paths = [p for p in by_size if p not in set(native_paths)]
     log.info("ingest %s: %d files parsed natively, %d in Python", run_id, len(native_paths), len(python_paths))
     size_of = {f.path: f.size for f in todo}
@@ -765,7 +766,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     try:
         if native_paths:
             with native_session(spark):
-                per_file.update(_ingest_native(spark, lake, native_paths, max(1, per_task), job))
+                per_file.update(_ingest_native(spark, lake, native_paths, max(1, per_task), job, zeek_logs))
         if python_paths and local:
             if lake.engine == "deltars" and cfg.ingest.direct_write:
                 per_file.update(_ingest_direct_local(lake, units, job))
@@ -1048,7 +1049,12 @@ def _ingest_dataframe(lake: Lake, files_df: DataFrame, job: _ParseJob) -> dict[s
 
 
 def _ingest_native(
-    spark: SparkSession, lake: Lake, paths: Sequence[str], per_task: int, job: _ParseJob
+    spark: SparkSession,
+    lake: Lake,
+    paths: Sequence[str],
+    per_task: int,
+    job: _ParseJob,
+    zeek_logs: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[int, int, str | None]]:
     """Cut the files into numbered lines in Python, parse them with Spark SQL (:mod:`.native`),
     send the lines those expressions leave to the Python parser, and write both."""
@@ -1069,7 +1075,7 @@ def _ingest_native(
     staged: DataFrame | None = None
     for members in groups.values():
         part = lines if len(groups) == 1 else lines.where(F.col("file").isin(members))
-        part = json_events(part, job.sources[members[0]][1])
+        part = json_events(part, job.sources[members[0]][1], zeek_logs)
         staged = part if staged is None else staged.unionByName(part)
     assert staged is not None
     # Cache what the two branches read, not the hundred-odd working columns of the expressions

@@ -11,6 +11,7 @@ import pytest
 from loganomaly.ingest.formats import (
     FormatOptions,
 )
+from loganomaly.ingest.formats.json import zeek_log_name
 from tests.ingest.formats.helpers import LOGS, UTC, events, parse, write
 
 
@@ -107,3 +108,36 @@ def test_json_configurable_timestamp_and_fields(tmp_path: Path) -> None:
     (event,) = events(parse(path, options=opts))
     assert event["ts"] == dt.datetime(2023, 5, 4, 8, tzinfo=UTC)
     assert (event["entity"], event["level"], event["message"]) == ("alice", "warning", "hi")
+
+
+def test_a_zeek_json_log_without_path_is_the_log_its_file_name_says(tmp_path: Path) -> None:
+    """Zeek's own JSON writer names the file, not the record: ``weird.log`` rows are warnings
+    with the weird's name as message, a record's own ``_path`` still wins, and the same lines
+    in a file of another name get no Zeek log."""
+    records = parse(LOGS / "weird.log")
+    rows = events(records)
+    assert [r["component"] for r in rows] == ["weird", "weird", "weird", "weird", "notice", "5", "http", "weird"]
+    assert {r["level"] for r in rows} == {"warning"}
+    assert rows[0]["message"] == "weird data_before_established"
+    assert rows[4]["message"].startswith("198.51.100.3 appears")
+    assert [r.kind for r in records].count("quarantine") == 2
+
+    renamed = write(tmp_path, "sensor.jsonl", (LOGS / "weird.log").read_text())
+    plain = events(parse(renamed))
+    assert [r["component"] for r in plain] == [None, None, None, None, "notice", "5", "http", None]
+    assert plain[0]["level"] == "info" and plain[0]["message"] == "10.9.0.4 -> 93.184.216.34:443"
+
+
+@pytest.mark.parametrize(
+    ("name", "lines", "log"),
+    [
+        ("ssl.log", ['{"ts": 1.5, "uid": "C1"}'], "ssl"),
+        ("conn.00:00:00-01:00:00.log.gz", ['{"ts": "2024-01-01T00:00:00Z"}'], "conn"),
+        ("DNS.log.labeled", ['not json', '{"ts": 1}'], "dns"),
+        ("zeek_json.log", ['{"ts": 1, "uid": "C1"}'], None),  # not a Zeek log's name
+        ("conn.log", ['{"timestamp": 1, "uid": "C1"}'], None),  # no Zeek ts
+        ("weird.log", ['[1, 2]'], None),
+    ],
+)
+def test_zeek_log_names(name: str, lines: list[str], log: str | None) -> None:
+    assert zeek_log_name(Path(name), lines) == log

@@ -171,7 +171,7 @@ def test_generated_corpus_gives_the_per_line_batches(tmp_path: Path, seed: int) 
 
 
 @pytest.mark.parametrize("min_group", [1, json_columns.MIN_GROUP])
-@pytest.mark.parametrize("name", ["zeek_json.log", "app.jsonl", "out_of_range.jsonl"])
+@pytest.mark.parametrize("name", ["zeek_json.log", "weird.log", "app.jsonl", "out_of_range.jsonl"])
 def test_fixture_logs_give_the_per_line_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, min_group: int
 ) -> None:

@@ -1,5 +1,11 @@
 """``json``: JSON lines with nested, varying schemas; Zeek JSON logs of any type map to columns.
 
+A Zeek JSON log says which log it is in ``_path`` only when a shipper adds it; Zeek's own JSON
+writer (``LogAscii::use_json``) leaves it out and names the file instead (``weird.log``,
+``ssl.2024-01-01-00-00-00.log.gz``). The file's name stands in for a missing ``_path``
+(:func:`zeek_log_name`), so a plain ``weird.log`` still gives warnings and ``ssl.log`` its
+component.
+
 The module is named after its format; inside it, ``import json`` is still the standard library
 (absolute imports): the reference decoder. Lines are first given to ``orjson`` (several times
 faster), and any line it refuses or might read differently goes to the standard library, so every
@@ -43,6 +49,36 @@ _INT64_SPAN = 2**63
 #: Nesting deeper than this is decoded again: orjson nests up to 1024 deep, the standard library
 #: only as deep as Python's recursion limit allows, and one must not accept what the other refuses.
 _MAX_DEPTH = 100
+
+#: Zeek's log streams (base and policy scripts, Zeek 6-7): a JSON file named after one of them
+#: (the name up to its first dot), whose sampled records carry Zeek's ``ts``, is that log.
+ZEEK_LOGS = frozenset({
+    "analyzer", "broker", "capture_loss", "cluster", "config", "conn", "conn_long", "dce_rpc",
+    "dhcp", "dnp3", "dns", "dpd", "files", "ftp", "http", "intel", "irc", "kerberos", "known_certs",
+    "known_hosts", "known_modbus", "known_services", "loaded_scripts", "modbus", "mqtt_connect",
+    "mqtt_publish", "mqtt_subscribe", "mysql", "netcontrol", "netcontrol_drop", "netcontrol_shunt",
+    "notice", "notice_alarm", "ntlm", "ntp", "ocsp", "openflow", "packet_filter", "pe", "print",
+    "quic", "radius", "rdp", "reporter", "rfb", "signatures", "sip", "smb_files", "smb_mapping",
+    "smtp", "snmp", "socks", "software", "ssh", "ssl", "stats", "syslog", "traceroute", "tunnel",
+    "unified2", "weird", "weird_stats", "websocket", "x509",
+})
+
+
+def zeek_log_name(path: Path, lines: Sequence[str]) -> str | None:
+    """The Zeek log ``path`` is by its name (``weird.log``, ``conn.00:00:00-01:00:00.log.gz``,
+    ``dns.log.labeled``), when that name is one of :data:`ZEEK_LOGS` and a sampled line is a JSON
+    object with Zeek's ``ts`` key; else None. Records that carry ``_path`` keep their own."""
+    name = path.name.split(".", 1)[0].lower()
+    if name not in ZEEK_LOGS:
+        return None
+    for line in lines:
+        try:
+            obj = loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict) and "ts" in obj:
+            return name
+    return None
 
 
 def loads(text: str) -> Any:
@@ -95,9 +131,11 @@ class JsonParser(LineParser):
 
     format = "json"
 
-    def __init__(self, opts: FormatOptions, clock: _Clock) -> None:
+    def __init__(self, opts: FormatOptions, clock: _Clock, zeek_log: str | None = None) -> None:
         self.opts = opts
         self.clock = clock
+        #: the Zeek log the file is by its name (:func:`zeek_log_name`), for records without ``_path``
+        self.zeek_log = zeek_log
         self.ts_keys = tuple(opts.timestamp_fields or TIMESTAMP_FIELDS)
         self.time_format = TimeFormat.compile(opts.timestamp_format) if opts.timestamp_format else None
         self.mapper = _RecordMapper(opts)
@@ -116,7 +154,7 @@ class JsonParser(LineParser):
         if not self.columnar or _fast_loads is None:
             return None
         mapper = JsonBlockMapper(
-            _fast_loads, _needs_reference, self.ts_keys, self.clock.tz, self.opts.default_entity
+            _fast_loads, _needs_reference, self.ts_keys, self.clock.tz, self.opts.default_entity, self.zeek_log
         )
         return mapper.map_block(texts)
 
@@ -145,7 +183,8 @@ class JsonParser(LineParser):
             ts = parse_timestamp(raw_ts, self.clock.tz)
         event: dict[str, Any] = {"ts": ts, "format": "json"}
         self.mapper.net_fields(event, flat)
-        return self.mapper.finish(event, flat, None)
+        own = flat.get("_path")
+        return self.mapper.finish(event, flat, own if isinstance(own, str) else self.zeek_log)
 
 
 class JsonFormat(LogFormat):
@@ -156,10 +195,14 @@ class JsonFormat(LogFormat):
     def detect(self, path: Path, lines: Sequence[str], opts: FormatOptions) -> float:
         return STRONG if _majority(lines, lambda s: s.lstrip().startswith("{")) else 0.0
 
+    def variant(self, path: Path, lines: Sequence[str], opts: FormatOptions) -> str | None:
+        """The Zeek log the file is by its name (:func:`zeek_log_name`), or None."""
+        return zeek_log_name(path, lines)
+
     def make_parser(
         self, path: Path, opts: FormatOptions, sample: Sequence[str], variant: str | None = None
     ) -> LineParser:
-        return JsonParser(opts, _file_clock(path, opts))
+        return JsonParser(opts, _file_clock(path, opts), variant or zeek_log_name(path, sample))
 
 
 FORMAT = JsonFormat()

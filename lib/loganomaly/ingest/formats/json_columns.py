@@ -290,12 +290,14 @@ class JsonBlockMapper:
         ts_keys: Sequence[str],
         tz: dt.tzinfo | None,
         default_entity: str | None,
+        zeek_log: str | None = None,
     ) -> None:
         self.decode = decode
         self.needs_reference = needs_reference
         self.ts_keys = tuple(ts_keys)
         self.tz = tz
         self.default_entity = default_entity
+        self.zeek_log = zeek_log  # the file's Zeek log by name, for records without a string _path
 
     def map_block(self, texts: Sequence[str]) -> EventColumns | None:
         """Event columns for the lines of ``texts`` this mapper reproduces exactly; the positions
@@ -497,8 +499,9 @@ class JsonBlockMapper:
             _pop_through(masks, dropped, status_keys, chosen)
         out["status"] = pa.array(status, _STR)
         paths = by_key.get("_path")
+        own = self.zeek_log
         zeek_path: list[str | None] = (
-            [v if v.__class__ is str else None for v in paths] if paths is not None else [None] * n
+            [v if v.__class__ is str else own for v in paths] if paths is not None else [own] * n
         )
         component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
         component: list[Any] = list(zeek_path)
