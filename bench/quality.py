@@ -256,8 +256,8 @@ def window_baselines(spark: Any, cfg: Config, dataset: str, result: Result, seed
     ignored = signal_only_columns(cfg, names)
     if ignored:
         # As for the LSTM: the indicators are a signal of their own, calibrated on the same
-        # validation windows, and the detector does not see them.
-        signal = Indicators.calibrate(val_x, names, alert_budget(cfg))
+        # training-period windows (training and validation), and the detector does not see them.
+        signal = Indicators.calibrate(np.concatenate([train_x, val_x]), names, alert_budget(cfg))
         ratio = signal.ratios(signal.totals(test_x, names)).max(axis=1)
         habits = ratio > 1.0
         for x in (train_x, val_x, test_x):

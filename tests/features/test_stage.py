@@ -313,8 +313,8 @@ def conn(ts: dt.datetime, line_no: int, src: str, dst: str, port: int, status: s
 
 def test_network_indicators_count_repeated_attempts_and_requests_to_bare_addresses(spark, lake) -> None:  # type: ignore[no-untyped-def]
     """A bot calling a dead controller: many unanswered TCP attempts to one peer and port in one
-    step, beside what does not count (UDP without reply, resets after a connection, failures
-    spread over peers); HTTP and TLS requests without a host or server name beside named ones."""
+    step, beside what does not count (UDP without reply, resets after a connection, the
+    half-seen connections of a one-sided capture, failures spread over peers); HTTP and TLS requests without a host or server name beside named ones."""
     cfg = config(str(lake.root))
     cfg.features.entity_features = False
     cfg.features.network_indicators = True
@@ -333,6 +333,9 @@ def test_network_indicators_count_repeated_attempts_and_requests_to_bare_address
         add(10 + k, dst_addr="224.0.0.252", dst_port=5355, status="S0", proto="udp", component="dns")
     for k in range(3):  # reset after connecting: a connection, not a failed attempt
         add(20 + k, dst_addr="198.51.100.1", dst_port=443, status="RSTO", proto="tcp", component="ssl")
+    for k, state in enumerate(["SH", "SH", "SHR", "SHR", "RSTRH"]):
+        # a tap that sees one direction: ordinary connections half seen, five to one server
+        add(24 + k, dst_addr="198.51.100.7", dst_port=443, status=state, proto="tcp", component="ssl")
     http = {"method": "GET", "uri": "/"}
     add(30, dst_addr="203.0.113.9", dst_port=80, component="http", attributes={**http, "host": "203.0.113.9"})
     add(31, dst_addr="203.0.113.9", dst_port=80, component="http", attributes=dict(http))  # no Host

@@ -32,13 +32,19 @@ def window(connections: int, failures: tuple[int, ...] = (0, 0, 0), unnamed: tup
     return [[connections + 1, connections, f, u] for f, u in zip(failures, unnamed, strict=True)]
 
 
-def test_totals_sum_the_steps_and_calibration_doubles_the_budget_quantile_with_a_floor() -> None:
+def test_totals_sum_the_steps_and_calibration_doubles_the_budget_quantile_of_nonzero_windows_with_a_floor() -> None:
     x = windows([window(5, (1, 2, 1)), window(5, unnamed=(0, 1, 0))] + [window(5)] * 98)
     assert Indicators.totals(x[:2], NAMES).tolist() == [[4.0, 0.0], [0.0, 1.0]]
     quiet = Indicators.calibrate(x, NAMES, budget=0.05)
-    # 2 windows in 100 hold any: the quantiles are 0, so the floor decides (three flag).
-    assert quiet.thresholds == [MIN_THRESHOLD, MIN_THRESHOLD] and quiet.calibrated == [0.0, 0.0]
+    # One window in 100 holds each: the quantiles are of those windows alone (the 98 quiet ones
+    # would put them at 0), so 4 failures set twice 4 and one unnamed request leaves the floor.
+    assert quiet.thresholds == [MARGIN * 4.0, MIN_THRESHOLD] and quiet.calibrated == [4.0, 1.0]
     assert quiet.validation_max == [4.0, 1.0] and quiet.validation_windows == 100
+    none = Indicators.calibrate(windows([window(5)] * 10), NAMES, budget=0.05)
+    assert none.thresholds == [MIN_THRESHOLD, MIN_THRESHOLD] and none.calibrated == [0.0, 0.0]
+    # More quiet windows leave the threshold where it was.
+    assert Indicators.calibrate(np.concatenate([x, windows([window(5)] * 900)]), NAMES, 0.05).thresholds == \
+        quiet.thresholds
     noisy = windows([window(5, (2, 2, 2))] * 10 + [window(5)] * 90)
     cal = Indicators.calibrate(noisy, NAMES, budget=0.05)
     # 10 % of the windows hold 6 failures: beyond the budget, so the threshold is twice that.
@@ -105,7 +111,7 @@ def test_a_bot_calling_a_dead_controller_is_flagged_and_named_first() -> None:
     assert out["score"][0] == pytest.approx(plain["score"][0] + 1e9 * 52 / 18.0)
     assert out["score"][1] == plain["score"][1]
     assert out["explanation"][0].startswith(
-        "network indicators: 52 repeated failed attempts to one peer and port (> threshold 18; at most 4 in a validation "
+        "network indicators: 52 repeated failed attempts to one peer and port (> threshold 18; at most 4 in a training "
         "window); reconstruction error ")
     assert out["top_features"][0][0] == "repeated_failures"
     assert out["top_features"][2][0] == "unnamed_requests"
@@ -127,7 +133,7 @@ def test_bundle_round_trip_and_damaged_records(tmp_path: Path) -> None:
     assert meta["indicators"]["thresholds"] == [18.0, 2.5] and meta["normaliser"]["ignored"] == [2, 3]
     assert score(loaded, x) == score(bundle, x)
     assert dict(KIND.report_facts(loaded))["network indicator thresholds"].startswith(
-        "repeated_failures 18 (at most 4 in 60 validation windows)")
+        "repeated_failures 18 (at most 4 in 60 training-period windows)")
     save_bundle(tmp_path / "without", bundle_of(threshold=1e9, thresholds=None))
     assert "indicators" not in json.loads((tmp_path / "without" / META).read_text())
     with pytest.raises(ModelError, match="malformed"):
@@ -146,6 +152,6 @@ def test_the_kind_calibrates_only_when_switched_on() -> None:
     on = load_config(overrides=["model.network_indicators=true", "features.network_indicators=true",
                                 "train.alert_budget=0.1"])
     cal = KIND.calibrate_indicators(x, list(NAMES), on)
-    assert cal is not None and cal.thresholds == [MIN_THRESHOLD, MIN_THRESHOLD]
+    assert cal is not None and cal.thresholds == [MARGIN * 9.0, MIN_THRESHOLD]
     cal = KIND.calibrate_indicators(x, list(NAMES), on, budget=0.01)
     assert cal is not None and cal.thresholds[0] == MARGIN * 9.0

@@ -64,7 +64,7 @@ NEW_ERRORS = "new_errors"
 #: Network indicators (``features.network_indicators``): what malware does on any network, in
 #: counts that do not depend on how busy the network is. ``repeated_failures``: the most TCP
 #: attempts from the entity to one peer and port in the step that were never established (Zeek
-#: ``conn_state`` S0, REJ, RSTOS0, RSTRH, SH, SHR), a bot calling a dead controller or a password
+#: ``conn_state`` S0, REJ, RSTOS0; not the half-seen states of a one-sided capture), a bot calling a dead controller or a password
 #: guesser; a workstation's failures are spread over peers. ``unnamed_requests``: HTTP requests
 #: without a host name (no ``Host``, or an address literal) and TLS sessions without a server name
 #: (SNI), traffic to hard-coded addresses, where browsers and updaters name their servers.

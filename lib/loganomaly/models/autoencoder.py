@@ -524,9 +524,11 @@ class AutoencoderKind(WindowKind):
 
     def calibrate_indicators(self, val_raw: np.ndarray, names: list[str], cfg: Config,
                              budget: float | None = None) -> Indicators | None:
-        """With ``model.network_indicators``: the count thresholds on the validation windows.
+        """With ``model.network_indicators``: the count thresholds on the training period's
+        windows (``val_raw``: :func:`loganomaly.models.window.indicator_windows`, training and
+        validation, the indicator columns only).
 
-        Not on the screened windows (as the new-error signal): screening reads the reconstruction
+        Not on screened windows (as the new-error signal): screening reads the reconstruction
         error, which these features do not enter, and leaving windows out would read normal
         operation as quieter than it is.
         """

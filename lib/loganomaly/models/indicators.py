@@ -17,11 +17,17 @@ What is counted. The features of ``features.network_indicators``
 ``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port)
 and ``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI).
 
-Calibration. Per indicator, on the training period's validation windows: the alert budget's
-quantile of the window totals, times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD`. The
-validation windows are a small sample of the training networks' normal, and a habit that marks
+Calibration. Per indicator, on every window of the training period, training and validation
+(:func:`loganomaly.models.window.indicator_windows`; the model never fits these counts, so each
+window is a fair sample of normal, and the validation blocks alone can miss a host's busiest
+hours): the alert budget's quantile of the totals of the windows where the indicator shows at
+all (above 0), times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD`. Of all windows, the
+quantile of a count that is 0 almost everywhere depends on how many quiet windows there are
+(on the same captures, 957 validation windows put it at 2 and the 1,909 of the whole training
+period at 1), so a longer training period gave a lower threshold; among the windows that show
+it, the quantile reads the tail of normal failures itself (the most of them when they are few). Those windows are still a small sample of normal, and a habit that marks
 malware shows at several times what normal operation brings (NjRAT's 27-52 attempts per window
-against at most 9 for any benign host of the four captures), so the margin costs little recall
+against a handful for any benign host of the four captures), so the margin costs little recall
 and keeps a network a little noisier than the training ones from alerting. The floor keeps one
 or two odd requests (an antivirus update by address, a certificate check) from ever alerting on
 their own. Both numbers were set after looking at the four captures' counts: see the README.
@@ -55,7 +61,7 @@ __all__ = ["INDICATOR_FEATURES", "INDICATOR_TEXT", "MARGIN", "MIN_THRESHOLD", "I
 #: How a flagged window's explanation introduces the indicators that passed.
 INDICATOR_TEXT = "network indicators: "
 
-#: Threshold = this many times the budget quantile of the validation windows' totals.
+#: Threshold = this many times the budget quantile of the training period's nonzero window totals.
 MARGIN = 2.0
 #: The least threshold: a window needs three (whole counts above 2.5) to alert on an indicator.
 MIN_THRESHOLD = 2.5
@@ -86,10 +92,11 @@ class Indicators:
     Attributes:
         names: the indicator features, in :data:`INDICATOR_FEATURES` order.
         thresholds: per indicator, a window whose total is above it is flagged.
-        calibrated: per indicator, the budget quantile of the validation windows' totals.
-        validation_max: per indicator, the largest validation window total.
+        calibrated: per indicator, the budget quantile of the calibration windows' totals.
+        validation_max: per indicator, the largest calibration window total.
         budget: the alert budget the quantiles were taken at.
-        validation_windows: how many validation windows set them.
+        validation_windows: how many windows set them (the names are those of bundles from
+            before the training windows joined the validation ones in calibration).
     """
 
     names: list[str]
@@ -126,7 +133,7 @@ class Indicators:
 
     @classmethod
     def calibrate(cls, x: np.ndarray, names: Sequence[str], budget: float, log1p: bool = True) -> Indicators:
-        """Thresholds from raw validation windows ``x[N, T, F]`` at alert budget ``budget``.
+        """Thresholds from raw training-period windows ``x[N, T, F]`` at alert budget ``budget``.
 
         Raises:
             ModelError: no windows, a budget outside (0, 1), or the indicator features missing.
@@ -134,12 +141,13 @@ class Indicators:
         if not 0.0 < budget < 1.0:
             raise ModelError(f"alert budget must be in (0, 1), got {budget}")
         if len(x) == 0:
-            raise ModelError("no validation windows to calibrate model.network_indicators on")
+            raise ModelError("no windows to calibrate model.network_indicators on")
         totals = cls.totals(x, names, log1p)
-        calibrated = [float(np.quantile(totals[:, j], 1.0 - budget)) for j in range(totals.shape[1])]
+        calibrated = [float(np.quantile(shown, 1.0 - budget)) if len(shown := totals[:, j][totals[:, j] > 0]) else 0.0
+                      for j in range(totals.shape[1])]
         out = cls(list(INDICATOR_FEATURES), [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
                   [float(v) for v in totals.max(axis=0)], budget, len(x))
-        log.info("network indicators over %d validation windows: thresholds %s (budget quantiles %s, largest %s)",
+        log.info("network indicators over %d training-period windows: thresholds %s (budget quantiles %s, largest %s)",
                  len(x), dict(zip(out.names, out.thresholds, strict=True)), calibrated, out.validation_max)
         return out
 
@@ -160,10 +168,10 @@ class Indicators:
 
     def text(self, totals: np.ndarray, passed: Sequence[str] | None = None) -> str:
         """What a person reads: ``52 repeated failed attempts to one peer and port (> threshold 18; at most 9 in a
-        validation window)`` for each indicator that passed (``passed``, else :meth:`passed`), largest ratio first."""
+        training window)`` for each indicator that passed (``passed``, else :meth:`passed`), largest ratio first."""
         parts = []
         for name in self.passed(totals) if passed is None else passed:
             j = self.names.index(name)
             parts.append(f"{totals[j]:.0f} {INDICATOR_UNITS[name]} (> threshold {self.thresholds[j]:.3g}; at most "
-                         f"{self.validation_max[j]:.0f} in a validation window)")
+                         f"{self.validation_max[j]:.0f} in a training window)")
         return ", ".join(parts)

@@ -135,6 +135,26 @@ def windows_per_entity_day(entity: np.ndarray, window_start: np.ndarray,
     return len(days) / float(np.maximum(covered, 1e-6).sum())
 
 
+#: Training windows read per piece when :func:`indicator_windows` gathers the indicator counts.
+INDICATOR_PIECE_ROWS = 250_000
+
+
+def indicator_windows(train_plan: ShardPlan, val_raw: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The indicator columns of every window of the training period: the training windows (read
+    in pieces of :data:`INDICATOR_PIECE_ROWS`, only these columns kept) and the validation ones.
+
+    Why all of them: the model never fits the indicator counts, so a training window is as fair
+    a sample of normal for their thresholds as a validation one, and the validation blocks alone
+    (a few dozen windows of a small network) missed a benign host's busiest hours, leaving the
+    threshold at its floor (README "Leave one capture out").
+    """
+    cols = indicator_columns(names)
+    reader = READERS.get("arrow")
+    world = max(1, -(-train_plan.total // INDICATOR_PIECE_ROWS))
+    parts = [reader.read(train_plan, Collective(rank, world), equal=False)[0].x[:, :, cols] for rank in range(world)]
+    return np.concatenate([*parts, np.asarray(val_raw)[:, :, cols]]), [names[c] for c in cols]
+
+
 @dataclass(frozen=True)
 class Period:
     """The training period's windows as a daily alert budget needs them: entity and start (epoch
@@ -479,7 +499,8 @@ class WindowKind(ModelKind):
 
     def calibrate_indicators(self, val_raw: np.ndarray, names: list[str], cfg: Config,
                              budget: float | None = None) -> Indicators | None:
-        """The kind's network-indicator signal from the raw validation windows, or None (the default)."""
+        """The kind's network-indicator signal from raw training-period windows (:func:`indicator_windows`),
+        or None (the default)."""
         return None
 
     def flagged_by(self, previous: ModelBundle, x: np.ndarray, device: torch.device) -> np.ndarray:
@@ -627,7 +648,10 @@ class WindowKind(ModelKind):
         if new_errors is not None:
             metrics["new_errors"] = {"threshold": new_errors.threshold, "calibrated": new_errors.calibrated,
                                      "validation_with_new": new_errors.validation_with_new}
-        indicators = self.calibrate_indicators(val_shard.x, names, cfg,
+        indicator_x, indicator_names = (
+            indicator_windows(ctx["train_plan"], val_shard.x, names) if cfg.model.network_indicators
+            else (val_shard.x, names))
+        indicators = self.calibrate_indicators(indicator_x, indicator_names, cfg,
                                                period.budget(cfg) if period is not None else None)
         if indicators is not None:
             metrics["network_indicators"] = {"thresholds": dict(zip(indicators.names, indicators.thresholds, strict=True)),
@@ -873,6 +897,6 @@ class WindowKind(ModelKind):
         if bundle.indicators is not None:
             ind = bundle.indicators
             facts.append(("network indicator thresholds", "; ".join(
-                f"{n} {t:.3g} (at most {m:.0f} in {ind.validation_windows} validation windows)"
+                f"{n} {t:.3g} (at most {m:.0f} in {ind.validation_windows} training-period windows)"
                 for n, t, m in zip(ind.names, ind.thresholds, ind.validation_max, strict=True))))
         return facts
