@@ -16,12 +16,14 @@ import json
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 from loganomaly import pipeline
 from loganomaly.config import load_config
 from loganomaly.ingest import synthetic
 from loganomaly.ingest.synthetic import GenerateConfig
 from loganomaly.lake.tables import Lake
+from loganomaly.models import window
 from loganomaly.models.bundle import load_bundle
 from loganomaly.models.window import ModelBundle
 from tests.test_split_pipeline import CONF, SMALL
@@ -66,21 +68,27 @@ def bot_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
         "score.entity_baseline=true", "score.baseline_groups=[internal,default]",
     ])
     model_dir = root / "model"
-    pipeline.run_split(spark, cfg, model_dir, [str(p) for p in train_files], [str(p) for p in score_files])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(window, "INDICATOR_PIECE_ROWS", 50)  # the training windows read in several pieces
+        pipeline.run_split(spark, cfg, model_dir, [str(p) for p in train_files], [str(p) for p in score_files])
     rows = Lake(spark, str(root / "lake"), "deltars").read("scores").collect()
-    return load_bundle(model_dir), rows
+    return load_bundle(model_dir), rows, root
 
 
 def test_the_bundle_carries_the_signal_and_its_model_does_not_see_the_indicators(bot_run) -> None:  # type: ignore[no-untyped-def]
-    bundle, _ = bot_run
+    bundle, _, root = bot_run
     assert isinstance(bundle, ModelBundle) and bundle.indicators is not None
     names = bundle.feature_names
     assert [names[i] for i in bundle.normaliser.ignored] == ["repeated_failures", "unnamed_requests"]
     assert all(t >= 2.5 for t in bundle.indicators.thresholds)
+    # Calibrated on every window of the training day (training and validation), not the
+    # validation blocks alone.
+    training = DeltaTable(str(root / "lake" / "_training" / "sequences")).to_pyarrow_table(columns=["n_abnormal"])
+    assert training.num_rows > 50 and bundle.indicators.validation_windows == training.num_rows
 
 
 def test_every_window_of_the_bot_stays_flagged_and_says_why(bot_run) -> None:  # type: ignore[no-untyped-def]
-    _, rows = bot_run
+    _, rows, _ = bot_run
 
     def overlaps(r) -> bool:  # type: ignore[no-untyped-def]
         start, end = (t.replace(tzinfo=UTC) for t in (r.window_start, r.window_end))
