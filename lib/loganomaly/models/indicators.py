@@ -25,10 +25,11 @@ all (above 0), times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD`. Of all 
 quantile of a count that is 0 almost everywhere depends on how many quiet windows there are
 (on the same captures, 957 validation windows put it at 2 and the 1,909 of the whole training
 period at 1), so a longer training period gave a lower threshold; among the windows that show
-it, the quantile reads the tail of normal failures itself (the most of them when they are few). Those windows are still a small sample of normal, and a habit that marks
-malware shows at several times what normal operation brings (NjRAT's 27-52 attempts per window
-against a handful for any benign host of the four captures), so the margin costs little recall
-and keeps a network a little noisier than the training ones from alerting. The floor keeps one
+it, the quantile reads the tail of normal failures itself (the most of them when they are
+few). Those windows are still a small sample of normal, and a habit that marks malware shows
+at several times what normal operation brings (NjRAT's 27-52 attempts per window against a
+handful for any benign host of the four captures), so the margin costs little recall and keeps
+a network a little noisier than the training ones from alerting. The floor keeps one
 or two odd requests (an antivirus update by address, a certificate check) from ever alerting on
 their own. Both numbers were set after looking at the four captures' counts: see the README.
 
@@ -83,6 +84,12 @@ def indicator_columns(names: Sequence[str]) -> list[int]:
 def signal_only_columns(cfg: Config, names: Sequence[str]) -> list[int]:
     """The feature columns the model must not see under ``cfg`` (the indicators when ``model.network_indicators``)."""
     return indicator_columns(names) if cfg.model.network_indicators else []
+
+
+def _nonzero_quantile(totals: np.ndarray, q: float) -> float:
+    """The ``q`` quantile of the totals above 0 (0 when none is): see "Calibration" above."""
+    shown = totals[totals > 0]
+    return float(np.quantile(shown, q)) if len(shown) else 0.0
 
 
 @dataclass
@@ -143,8 +150,7 @@ class Indicators:
         if len(x) == 0:
             raise ModelError("no windows to calibrate model.network_indicators on")
         totals = cls.totals(x, names, log1p)
-        calibrated = [float(np.quantile(shown, 1.0 - budget)) if len(shown := totals[:, j][totals[:, j] > 0]) else 0.0
-                      for j in range(totals.shape[1])]
+        calibrated = [_nonzero_quantile(totals[:, j], 1.0 - budget) for j in range(totals.shape[1])]
         out = cls(list(INDICATOR_FEATURES), [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
                   [float(v) for v in totals.max(axis=0)], budget, len(x))
         log.info("network indicators over %d training-period windows: thresholds %s (budget quantiles %s, largest %s)",

@@ -202,7 +202,7 @@ class JsonFormat(LogFormat):
     def make_parser(
         self, path: Path, opts: FormatOptions, sample: Sequence[str], variant: str | None = None
     ) -> LineParser:
-        return JsonParser(opts, _file_clock(path, opts), variant or zeek_log_name(path, sample))
+        return JsonParser(opts, _file_clock(path, opts), variant)  # variant: zeek_log_name's answer
 
 
 FORMAT = JsonFormat()
