@@ -27,7 +27,8 @@ Splits are chronological or by input, never tuned on the test part:
 * ``bgl``: BGL_2k's first 60 % of lines (time order) train, the rest are scored.
 * ``nslkdd``: train on KDDTrain+_20Percent (normal records only for the unsupervised models;
   all records for the supervised classifier), score KDDTest+. ``--nslkdd-seeds 1,2,3`` trains
-  the chosen setting again with each ``train.seed`` and gives the ROC-AUCs' mean and sd.
+  the chosen setting again with each ``train.seed``, with the profile's ``model.members`` and with
+  one network, and gives the ROC-AUCs' mean and sd on the validation split and on KDDTest+.
 
 Prints one markdown table (README "Detection quality" shows it) and writes it to
 ``<work>/quality.md``.
@@ -576,6 +577,10 @@ def _nslkdd_name(hidden: int, floor: float, ema: float | None) -> str:
     return f"h{hidden}/f{floor:g}" + (f"/ema{ema:g}" if ema else "")
 
 
+def _nslkdd_selection(work: Path, candidate: tuple[int, float, float | None]) -> Path:
+    return work / f"select-{_nslkdd_name(*candidate).replace('/', '-')}"
+
+
 def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_seeds: Sequence[int] = ()) -> None:
     k = data / "nsl_kdd"
     # Choose the settings on the training file alone: its first 80 % trains (normal records),
@@ -588,7 +593,7 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_
     (inputs / "KDDTrain_val.txt").write_text("".join(lines[cut:]))
     chosen: dict[tuple[int, float, float | None], float] = {}
     for candidate in NSLKDD_CANDIDATES:
-        sel = work / f"select-{_nslkdd_name(*candidate).replace('/', '-')}"
+        sel = _nslkdd_selection(work, candidate)
         scfg = _config("nslkdd", sel / "lake", _nslkdd_settings(*candidate))
         chosen[candidate] = float(run_product(spark, scfg, sel, [str(inputs / "KDDTrain_fit.txt")],
                                               [str(inputs / "KDDTrain_val.txt")], None)["roc_auc"])
@@ -600,17 +605,36 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_
     spread = ""
     if train_seeds:
         # The same setting trained again with other seeds: how much of a third-decimal difference
-        # in ROC-AUC is the seed's. The row's figures stay those of the configured seed.
-        aucs = [float(m["roc_auc"])]
-        for other in train_seeds:
-            again = _config("nslkdd", work / f"seed-{other}" / "lake", [*_nslkdd_settings(*best), f"train.seed={other}"])
-            aucs.append(float(run_product(spark, again, work / f"seed-{other}", [str(k / "KDDTrain+_20Percent.txt")],
-                                          [str(k / "KDDTest+.txt")], None)["roc_auc"]))
+        # in ROC-AUC is the seed's, for the profile's members and for one network, on the
+        # validation split (what the choice of ``model.members`` rests on) and on KDDTest+. The
+        # row's figures stay those of the configured seed and the profile's members.
         seeds = [cfg.train.seed, *train_seeds]
-        spread = (f"; ROC-AUC over train.seed {', '.join(map(str, seeds))}: {', '.join(f'{a:.4f}' for a in aucs)} "
-                  f"(mean {np.mean(aucs):.4f}, sd {np.std(aucs, ddof=1):.4f})")
+        for members in dict.fromkeys([cfg.model.members, 1]):
+            val_aucs, test_aucs, thresholds = [], [], []
+            for other in seeds:
+                settings = [*_nslkdd_settings(*best), f"train.seed={other}", f"model.members={members}"]
+                tag = f"m{members}-seed-{other}"
+                if other == cfg.train.seed and members == cfg.model.members:  # the runs above
+                    val_aucs.append(chosen[best])
+                    thresholds.append(float(load_bundle(_nslkdd_selection(work, best) / "model").threshold))
+                    test_aucs.append(float(m["roc_auc"]))
+                    continue
+                vcfg = _config("nslkdd", work / f"val-{tag}" / "lake", settings)
+                vm = run_product(spark, vcfg, work / f"val-{tag}", [str(inputs / "KDDTrain_fit.txt")],
+                                 [str(inputs / "KDDTrain_val.txt")], None)
+                val_aucs.append(float(vm["roc_auc"]))
+                thresholds.append(float(load_bundle(work / f"val-{tag}" / "model").threshold))
+                again = _config("nslkdd", work / tag / "lake", settings)
+                test_aucs.append(float(run_product(spark, again, work / tag, [str(k / "KDDTrain+_20Percent.txt")],
+                                                   [str(k / "KDDTest+.txt")], None)["roc_auc"]))
+            spread += (f"; members {members} over train.seed {', '.join(map(str, seeds))}: validation ROC-AUC "
+                       f"{', '.join(f'{a:.4f}' for a in val_aucs)} (mean {np.mean(val_aucs):.4f}, sd "
+                       f"{np.std(val_aucs, ddof=1):.4f}; thresholds {min(thresholds):.4f}-{max(thresholds):.4f}), "
+                       f"KDDTest+ {', '.join(f'{a:.4f}' for a in test_aucs)} (mean {np.mean(test_aucs):.4f}, sd "
+                       f"{np.std(test_aucs, ddof=1):.4f})")
     result.add("nslkdd (KDDTest+)", "lstm_autoencoder", m,
-               f"trained on normal records only; {_nslkdd_name(*best)} (hidden, std floor, weight average) chosen on a validation "
+               f"trained on normal records only; {cfg.model.members} members; {_nslkdd_name(*best)} (hidden, std floor, "
+               f"weight average) chosen on a validation "
                f"split of the training file (ROC-AUC {tried}){spread}")
     window_baselines(spark, cfg, "nslkdd (KDDTest+)", result, seed)
     if SUPERVISED:

@@ -273,6 +273,11 @@ class ModelConfig:
     hidden_size: int = 32
     num_layers: int = 1
     dropout: float = 0.0
+    # autoencoder: how many autoencoders of this shape train side by side (each initialised on its
+    # own, same batches); a window's error is the mean of theirs. A single network's ranking moves
+    # with its seed; the mean of several is steadier. Costs that many times the training and
+    # scoring compute. 1: one network (every profile but nslkdd).
+    members: int = 1
     # deeplog: history length, embedding width, candidates that count as expected, and the
     # false-positive rate on validation normal sessions that chooses top_g when top_g is 0.
     history: int = 10
@@ -689,6 +694,7 @@ def validate(cfg: Config) -> None:
             "features.metrics names must be letters, digits, '_' or '.'",
         ),
         (cfg.features.top_categories >= 1, "features.top_categories must be >= 1"),
+        (cfg.model.members >= 1, "model.members must be >= 1"),
         (
             all(c and c.replace("_", "").replace(".", "").isalnum() for c in cfg.features.categories)
             and len(set(cfg.features.categories)) == len(cfg.features.categories),
@@ -717,6 +723,10 @@ def validate(cfg: Config) -> None:
         (
             not cfg.model.new_errors or cfg.features.new_errors,
             "model.new_errors reads the new_errors feature: set features.new_errors=true as well",
+        ),
+        (
+            cfg.model.members == 1 or cfg.model.kind == "autoencoder",
+            f"model.members averages autoencoders; model.kind={cfg.model.kind} trains one network",
         ),
         (
             not cfg.model.network_indicators or cfg.model.kind == "autoencoder",

@@ -23,6 +23,7 @@ from loganomaly.models.autoencoder import (
     window_errors,
     window_step_errors,
 )
+from loganomaly.models.bundle import load_bundle, save_bundle
 from loganomaly.models.kind import Inference
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.window import ModelBundle
@@ -266,3 +267,85 @@ def test_bad_data_is_refused(tmp_path: Path) -> None:
     ok = np.zeros((4, T, F), np.float32)
     with pytest.raises(ModelError, match="validation loss"):
         fit_autoencoder(ok, np.zeros((0, T, F), np.float32), model_cfg, settings)
+
+
+# --- several members ----------------------------------------------------------------------------
+
+
+def _member(model: LSTMAutoencoder, k: int) -> LSTMAutoencoder:
+    """Member ``k`` of an ensemble as a one-network autoencoder with that member's weights."""
+    single = LSTMAutoencoder(LSTMAutoencoderConfig(**{**model.cfg.to_dict(), "members": 1}))
+    prefix = f"members.{k}."
+    single.load_state_dict({n[len(prefix):]: v for n, v in model.state_dict().items() if n.startswith(prefix)})
+    return single
+
+
+def test_members_config_round_trip_and_bundles_of_one_network_keep_their_json() -> None:
+    three = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8, members=3)
+    assert three.to_dict()["members"] == 3
+    assert LSTMAutoencoderConfig.from_dict(three.to_dict()) == three
+    # One network writes no ``members`` key: its model.json (and version hash) is that of earlier bundles.
+    assert "members" not in small_cfg().to_dict()
+    assert LSTMAutoencoderConfig.from_dict(small_cfg().to_dict()).members == 1
+    assert sorted(LSTMAutoencoder(small_cfg()).state_dict())[0] == "decoder.bias_hh_l0"
+    with pytest.raises(ModelError, match="members"):
+        LSTMAutoencoderConfig(n_features=F, window_steps=T, members=0)
+
+
+def test_the_window_error_of_members_is_the_mean_of_their_own_errors() -> None:
+    torch.manual_seed(0)
+    model = LSTMAutoencoder(LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8, members=3))
+    assert model(torch.zeros(5, T, F)).shape == (3, 5, T, F)
+    x = Normaliser.fit(periodic_windows(40)).transform(periodic_windows(40))
+    own = [window_errors(_member(model, k), x) for k in range(3)]
+    # Independently initialised: the members disagree.
+    assert not np.allclose(own[0][0], own[1][0])
+    score, per_feature = window_errors(model, x, batch_size=16)
+    np.testing.assert_allclose(score, np.mean([s for s, _ in own], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(per_feature, np.mean([p for _, p in own], axis=0), rtol=1e-5)
+    steps = window_step_errors(model, x)
+    np.testing.assert_allclose(steps.mean(axis=(1, 2)), score, rtol=1e-5)
+    flagged_score, flagged, errors = flagged_step_errors(model, x, float(np.median(score)))
+    np.testing.assert_allclose(flagged_score, score, rtol=1e-5)
+    np.testing.assert_array_equal(flagged, np.flatnonzero(score > np.median(score)))
+    np.testing.assert_allclose(errors, steps[flagged], rtol=1e-5)
+
+
+def test_each_member_learns_from_its_own_error_only() -> None:
+    """The loss of K members is the mean of their losses: member k's gradient is its own, over K."""
+    torch.manual_seed(1)
+    cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8, members=2)
+    model = LSTMAutoencoder(cfg)
+    x = torch.from_numpy(Normaliser.fit(periodic_windows(16)).transform(periodic_windows(16)))
+    task = AutoencoderTask(x.numpy(), lambda epoch: np.arange(16), x.numpy(), cfg)
+    total, n = task.loss_sums(model(x), x)
+    (total / n).backward()
+    single = _member(model, 1)
+    one, m = task.loss_sums(single(x), x)
+    (one / m).backward()
+    for name, param in single.named_parameters():
+        twin = dict(model.named_parameters())[f"members.1.{name}"]
+        assert twin.grad is not None and param.grad is not None
+        torch.testing.assert_close(twin.grad, param.grad / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_an_ensemble_trains_and_its_bundle_round_trips(tmp_path: Path) -> None:
+    x = periodic_windows(48)
+    normaliser = Normaliser.fit(x)
+    cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8, members=2)
+    result = fit_autoencoder(normaliser.transform(x), normaliser.transform(x[:12]), cfg,
+                             sequence_settings(epochs=3, init="auto"))
+    assert any(k.startswith("members.1.") for k in result.state_dict)
+    bundle = ModelBundle(model_cfg=cfg, state_dict=result.state_dict, normaliser=normaliser, threshold=0.5,
+                         feature_names=["conn_count", "log_bytes", "distinct_ports"],
+                         features={"step_seconds": 300, "window_steps": T, "stride_steps": 3},
+                         metrics={"best_val_loss": result.best_val_loss}, training={"run_id": "t"})
+    save_bundle(tmp_path / "model", bundle)
+    loaded = load_bundle(tmp_path / "model")
+    assert isinstance(loaded, ModelBundle) and loaded.model_cfg.members == 2
+    model = loaded.model_cfg.build()
+    model.load_state_dict(loaded.state_dict)
+    trained = LSTMAutoencoder(cfg)
+    trained.load_state_dict(result.state_dict)
+    xn = normaliser.transform(x)
+    np.testing.assert_allclose(window_errors(model, xn)[0], window_errors(trained, xn)[0], rtol=1e-6)

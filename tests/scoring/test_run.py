@@ -175,3 +175,23 @@ def test_the_spark_path_stages_its_flagged_rows_and_leaves_no_file(spark, scored
     assert stage.run(spark, cfg, quiet, date=DAYS[0].isoformat(), lake=lake).anomalies == 0
     assert [r for r in _table(lake, "anomalies") if r[3] == DAYS[0]] == []
     assert [r for r in _table(lake, "anomalies") if r[3] == DAYS[1]] == [r for r in anomalies if r[3] == DAYS[1]]
+
+
+@pytest.mark.parametrize("local_max_bytes", [None, 0], ids=["driver", "spark"])
+def test_a_bundle_of_several_members_scores_the_mean_of_their_errors(spark, scored_lake, local_max_bytes) -> None:  # type: ignore[no-untyped-def]
+    """``model.members``: the scoring tasks rebuild every member from the bundle and score the mean error."""
+    lake, cfg, model_dir, x = scored_lake
+    if local_max_bytes is not None:
+        cfg.score.local_max_bytes = local_max_bytes
+    one = load_bundle(model_dir)
+    torch.manual_seed(1)
+    model_cfg = dataclasses.replace(one.model_cfg, members=2)
+    model = LSTMAutoencoder(model_cfg)
+    expected, _ = window_errors(model, one.normaliser.transform(x))
+    ensemble = model_dir.parent / "ensemble-model"
+    save_bundle(ensemble, dataclasses.replace(one, model_cfg=model_cfg, state_dict=model.state_dict(),
+                                              threshold=float(np.quantile(expected, 0.8))))
+    summary = stage.run(spark, cfg, ensemble, lake=lake)
+    assert summary.windows == len(x) and 0 < summary.anomalies < len(x)
+    got = sorted(r["score"] for r in lake.read("scores").collect())
+    np.testing.assert_allclose(got, np.sort(expected), rtol=1e-5)
