@@ -570,7 +570,8 @@ NSLKDD_CANDIDATES: tuple[tuple[int, float, float | None], ...] = tuple(
 
 
 def _nslkdd_settings(hidden: int, floor: float, ema: float | None) -> list[str]:
-    return [f"model.hidden_size={hidden}", f"train.std_floor={floor}", *([f"train.ema_decay={ema}"] if ema else [])]
+    # Every setting is given, off included: the profile's own value would stand in for a missing one.
+    return [f"model.hidden_size={hidden}", f"train.std_floor={floor}", f"train.ema_decay={ema if ema else 'null'}"]
 
 
 def _nslkdd_name(hidden: int, floor: float, ema: float | None) -> str:
