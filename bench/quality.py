@@ -27,8 +27,9 @@ Splits are chronological or by input, never tuned on the test part:
 * ``bgl``: BGL_2k's first 60 % of lines (time order) train, the rest are scored.
 * ``nslkdd``: train on KDDTrain+_20Percent (normal records only for the unsupervised models;
   all records for the supervised classifier), score KDDTest+. ``--nslkdd-seeds 1,2,3`` trains
-  the chosen setting again with each ``train.seed``, with the profile's ``model.members`` and with
-  one network, and gives the ROC-AUCs' mean and sd on the validation split and on KDDTest+.
+  the chosen setting again with each ``train.seed``, as the profile's one network and as three
+  members (``model.members``), and gives the ROC-AUCs' mean and sd on the validation split and on
+  KDDTest+.
 
 Prints one markdown table (README "Detection quality" shows it) and writes it to
 ``<work>/quality.md``.
@@ -569,6 +570,10 @@ NSLKDD_CANDIDATES: tuple[tuple[int, float, float | None], ...] = tuple(
     (hidden, floor, ema) for ema in (None, 0.99) for hidden, floor in ((32, 0.01), (64, 0.01), (64, 0.1)))
 
 
+#: The ensemble ``--nslkdd-seeds`` compares with the profile's one network (``model.members``).
+NSLKDD_MEMBERS = 3
+
+
 def _nslkdd_settings(hidden: int, floor: float, ema: float | None) -> list[str]:
     # Every setting is given, off included: the profile's own value would stand in for a missing one.
     return [f"model.hidden_size={hidden}", f"train.std_floor={floor}", f"train.ema_decay={ema if ema else 'null'}"]
@@ -606,11 +611,11 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_
     spread = ""
     if train_seeds:
         # The same setting trained again with other seeds: how much of a third-decimal difference
-        # in ROC-AUC is the seed's, for the profile's members and for one network, on the
-        # validation split (what the choice of ``model.members`` rests on) and on KDDTest+. The
-        # row's figures stay those of the configured seed and the profile's members.
+        # in ROC-AUC is the seed's, for the profile's ``model.members`` and for the other of one
+        # network and NSLKDD_MEMBERS, on the validation split (on which a choice of members would
+        # rest) and on KDDTest+. The row's figures stay those of the configured seed and profile.
         seeds = [cfg.train.seed, *train_seeds]
-        for members in dict.fromkeys([cfg.model.members, 1]):
+        for members in dict.fromkeys([cfg.model.members, NSLKDD_MEMBERS if cfg.model.members == 1 else 1]):
             val_aucs, test_aucs, thresholds = [], [], []
             for other in seeds:
                 settings = [*_nslkdd_settings(*best), f"train.seed={other}", f"model.members={members}"]
@@ -634,8 +639,8 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_
                        f"KDDTest+ {', '.join(f'{a:.4f}' for a in test_aucs)} (mean {np.mean(test_aucs):.4f}, sd "
                        f"{np.std(test_aucs, ddof=1):.4f})")
     result.add("nslkdd (KDDTest+)", "lstm_autoencoder", m,
-               f"trained on normal records only; {cfg.model.members} members; {_nslkdd_name(*best)} (hidden, std floor, "
-               f"weight average) chosen on a validation "
+               f"trained on normal records only; {_nslkdd_name(*best)} (hidden, std floor, weight average) chosen on a "
+               f"validation "
                f"split of the training file (ROC-AUC {tried}){spread}")
     window_baselines(spark, cfg, "nslkdd (KDDTest+)", result, seed)
     if SUPERVISED:

@@ -276,7 +276,7 @@ class ModelConfig:
     # autoencoder: how many autoencoders of this shape train side by side (each initialised on its
     # own, same batches); a window's error is the mean of theirs. A single network's ranking moves
     # with its seed; the mean of several is steadier. Costs that many times the training and
-    # scoring compute. 1: one network (every profile but nslkdd).
+    # scoring compute. 1 (every profile): one network.
     members: int = 1
     # deeplog: history length, embedding width, candidates that count as expected, and the
     # false-positive rate on validation normal sessions that chooses top_g when top_g is 0.
