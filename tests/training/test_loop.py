@@ -89,10 +89,10 @@ def test_training_lowers_validation_loss_and_is_reproducible() -> None:
         torch.testing.assert_close(tensor, again.state_dict[name])
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_resume_repeats_the_uninterrupted_run(tmp_path: Path, ema_decay: float | None) -> None:
+@pytest.mark.parametrize(("ema_decay", "members"), [(None, 1), (0.9, 1), (0.9, 2)])
+def test_resume_repeats_the_uninterrupted_run(tmp_path: Path, ema_decay: float | None, members: int) -> None:
     train_x, val_x = data()
-    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8)
+    model_cfg = LSTMAutoencoderConfig(n_features=F, window_steps=T, hidden_size=8, members=members)
     full = fit_autoencoder(train_x, val_x, model_cfg, small_train_cfg(ema_decay=ema_decay),
                            checkpoint_dir=tmp_path / "a")
     # stop after 3 epochs, then resume to 6
