@@ -64,12 +64,19 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path: Path) -> None:
         ("features.baseline_statistic=mode", "choose one of: mean, median"),
         ("features.metric_levels=false", "metric_levels: false needs features.entity_features: true"),
         ("features.metric_levels=maybe", "expects true or false"),
+        ("model.members=0", "model.members must be >= 1"),
         ("nonsense", "section.key=value"),
     ],
 )
 def test_bad_overrides_are_refused(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override], conf_dir=CONF)
+
+
+def test_members_are_the_autoencoders_alone() -> None:
+    assert load_config(overrides=["model.members=3"], conf_dir=CONF).model.members == 3
+    with pytest.raises(ConfigError, match="model.members averages autoencoders; model.kind=classifier"):
+        load_config(overrides=["model.kind=classifier", "model.members=2"], conf_dir=CONF)
 
 
 def test_override_values_are_typed() -> None:
