@@ -583,6 +583,12 @@ def _nslkdd_name(hidden: int, floor: float, ema: float | None) -> str:
     return f"h{hidden}/f{floor:g}" + (f"/ema{ema:g}" if ema else "")
 
 
+def _spread(values: Sequence[float], extra: str = "") -> str:
+    """``a, b, c (mean m, sd s<extra>)`` to four decimals."""
+    return (f"{', '.join(f'{a:.4f}' for a in values)} (mean {np.mean(values):.4f}, sd "
+            f"{np.std(values, ddof=1):.4f}{extra})")
+
+
 def _nslkdd_selection(work: Path, candidate: tuple[int, float, float | None]) -> Path:
     return work / f"select-{_nslkdd_name(*candidate).replace('/', '-')}"
 
@@ -634,14 +640,11 @@ def nslkdd(spark: Any, data: Path, work: Path, result: Result, seed: int, train_
                 test_aucs.append(float(run_product(spark, again, work / tag, [str(k / "KDDTrain+_20Percent.txt")],
                                                    [str(k / "KDDTest+.txt")], None)["roc_auc"]))
             spread += (f"; members {members} over train.seed {', '.join(map(str, seeds))}: validation ROC-AUC "
-                       f"{', '.join(f'{a:.4f}' for a in val_aucs)} (mean {np.mean(val_aucs):.4f}, sd "
-                       f"{np.std(val_aucs, ddof=1):.4f}; thresholds {min(thresholds):.4f}-{max(thresholds):.4f}), "
-                       f"KDDTest+ {', '.join(f'{a:.4f}' for a in test_aucs)} (mean {np.mean(test_aucs):.4f}, sd "
-                       f"{np.std(test_aucs, ddof=1):.4f})")
+                       f"{_spread(val_aucs, f'; thresholds {min(thresholds):.4f}-{max(thresholds):.4f}')}, "
+                       f"KDDTest+ {_spread(test_aucs)}")
     result.add("nslkdd (KDDTest+)", "lstm_autoencoder", m,
                f"trained on normal records only; {_nslkdd_name(*best)} (hidden, std floor, weight average) chosen on a "
-               f"validation "
-               f"split of the training file (ROC-AUC {tried}){spread}")
+               f"validation split of the training file (ROC-AUC {tried}){spread}")
     window_baselines(spark, cfg, "nslkdd (KDDTest+)", result, seed)
     if SUPERVISED:
         supervised_classifier(spark, "nslkdd", "nslkdd (KDDTest+)", work / "supervised",
