@@ -77,6 +77,8 @@ def test_synthetic_json_keeps_host_as_entity(tmp_path: Path) -> None:
         ('{"ts": -1}', "negative epoch"),
         ("[1, 2]", "JSON line is not an object"),
         ('{"ts": 1700000000, "a": ', "invalid JSON"),
+        ('{"ts": 1700000000, "a": "open', "invalid JSON: Unterminated string starting at char 24"),
+        ('{"ts": 1700000000} x', "invalid JSON: Extra data at char 19"),
         ('{"ts": 1700000000, "n": ' + "9" * 5000 + "}", "invalid JSON: Exceeds the limit"),
         ('{"ts": "' + "1" * 5000 + '"}', "unparseable timestamp"),
         ('{"ts": 1700000000, "orig_bytes": "' + "1" * 5000 + '"}', "field orig_bytes is not an integer"),

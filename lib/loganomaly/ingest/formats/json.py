@@ -162,7 +162,9 @@ class JsonParser(LineParser):
         try:
             obj = loads(text)
         except json.JSONDecodeError as exc:
-            raise ParseError(f"invalid JSON: {exc.msg} at char {exc.pos}") from None
+            # Python ends one message with its own "at" ("Unterminated string starting at").
+            where = "char" if exc.msg.endswith(" at") else "at char"
+            raise ParseError(f"invalid JSON: {exc.msg} {where} {exc.pos}") from None
         except RecursionError:
             raise ParseError("invalid JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
