@@ -1118,12 +1118,11 @@ def _match_templates(job: _ParseJob) -> Any:
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
         assert templates is not None
-        with relaxed_gc():
+        with job.counting(templates), relaxed_gc():
             for batch in batches:
-                messages = batch.column("message").to_pylist()
                 columns = {f.name: batch.column(f.name) for f in PARSED_ARROW}
                 columns["template_id"], columns["template"], columns["params"] = templates.match_columns(
-                    messages, [True] * len(messages)
+                    batch.column("message"), [True] * batch.num_rows
                 )
                 yield pa.record_batch([columns[f.name] for f in PARSED_ARROW], schema=PARSED_ARROW)
 
@@ -1137,7 +1136,7 @@ def _python_lines(job: _ParseJob) -> Any:
     def task(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         templates = job.templates()
         options = {path: opts for path, (_, opts) in job.sources.items()}
-        with relaxed_gc():
+        with job.counting(templates), relaxed_gc():
             for batch in batches:
                 rows = zip(*(batch.column(c).to_pylist() for c in ("file", "line_no", "text", "problem")), strict=True)
                 by_file: dict[str, tuple[list[dict[str, Any]], list[int], list[str]]] = {}
