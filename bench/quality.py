@@ -31,6 +31,11 @@ Splits are chronological or by input, never tuned on the test part:
   members (``model.members``), and gives the ROC-AUCs' mean and sd on the validation split and on
   KDDTest+.
 
+``--zeek-json`` runs the Zeek data sets on the same captures written as Zeek's JSON writer prints
+them (:func:`zeek_as_json`: one JSON object a record, dotted keys, typed values, unset fields left
+out), converted into the work folder first: the product should not care which of the two a
+sensor writes.
+
 Prints one markdown table (README "Detection quality" shows it) and writes it to
 ``<work>/quality.md``.
 """
@@ -39,7 +44,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -141,6 +148,8 @@ def _pooled(folds: Sequence[Scored]) -> dict[str, Any]:
 EXTRA_OVERRIDES: list[str] = []
 #: ``--no-supervised`` turns the supervised classifier rows (BGL, NSL-KDD) off.
 SUPERVISED = True
+#: ``--zeek-json``: the Zeek inputs are converted to Zeek JSON logs before ingest (:func:`zeek_input`).
+ZEEK_JSON = False
 
 
 def _config(profile: str, lake: Path, overrides: Sequence[str] = ()) -> Config:
@@ -470,11 +479,25 @@ def _unseen_note(cfg: Config, scored_file: Path) -> str:
             + (f"; {nearest} went to their nearest template (similarity >= {near})" if near else ""))
 
 
+def zeek_input(path: Path, work: Path) -> str:
+    """``path`` (a Zeek log or a folder of them) as the product is given it: as it is, or with
+    ``--zeek-json`` converted to Zeek JSON logs under ``work/json`` (:func:`zeek_as_json`)."""
+    if not ZEEK_JSON:
+        return str(path)
+    target = work / "json" / path.name
+    files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file() and ".log" in f.name)
+    for f in files:
+        out = target if path.is_file() else target / f.name
+        log.info("zeek as JSON: %s (%d records)", f, zeek_as_json(f, out))
+    return str(target)
+
+
 def zeek(spark: Any, data: Path, work: Path, result: Result, seed: int) -> None:
     z = data / "zeek"
     cfg = _config("zeek", work / "lake")
-    m = run_product(spark, cfg, work, [str(z / "008-zeek-mixed" / "data")],
-                    [str(z / "010-zeek-mixed" / "data"), str(z / "001-zeek-scenario-malicious" / "labeled-conn.log")],
+    m = run_product(spark, cfg, work, [zeek_input(z / "008-zeek-mixed" / "data", work)],
+                    [zeek_input(z / "010-zeek-mixed" / "data", work),
+                     zeek_input(z / "001-zeek-scenario-malicious" / "labeled-conn.log", work)],
                     None)
     result.add("zeek (train 008, score 010+001)", "lstm_autoencoder", m)
     window_baselines(spark, cfg, "zeek (train 008, score 010+001)", result, seed)
@@ -518,11 +541,11 @@ def _absolute_copy(src: Path, dst: Path, base: int) -> None:
 def _capture_input(data: Path, work: Path, capture: str) -> str:
     source = data / "zeek" / LOCO_CAPTURES[capture]
     if capture not in RELATIVE_TIME_BASE:
-        return str(source)
+        return zeek_input(source, work / "json-inputs" / capture)
     target = work / "inputs" / capture
     if not target.exists():
         _absolute_copy(source, target, RELATIVE_TIME_BASE[capture])
-    return str(target)
+    return zeek_input(target, work / "json-inputs" / capture)
 
 
 #: Captures without labels (one scenario each: a port scan, RATs, SSH logins, a honeypot): no truth
@@ -669,6 +692,68 @@ def table(result: Result) -> str:
     return "\n".join(lines)
 
 
+#: Zeek TSV column types whose values Zeek's JSON writer prints as numbers or booleans.
+_ZEEK_JSON_FLOATS = frozenset({"time", "interval", "double"})
+_ZEEK_JSON_INTS = frozenset({"count", "int", "port"})
+
+
+def zeek_as_json(src: Path, dst: Path) -> int:
+    """Write the Zeek TSV log ``src`` as Zeek's JSON writer would (``LogAscii::use_json``, default
+    timestamps as epoch seconds): one object a record, keys as in ``#fields`` (dotted), times and
+    intervals as floats, counts and ports as integers, bools as ``true``/``false``, sets and vectors
+    as lists (``(empty)`` -> ``[]``), an empty string (``(empty)``) as ``""``, unset (``-``) fields
+    left out. Returns the records written; a
+    row of another width than its header is left out (none in the shared captures). A log that is
+    JSON already (some of the one-scenario captures) is copied as it is."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as fh:
+        if fh.read(1) == b"{":
+            shutil.copyfile(src, dst)
+            with dst.open("rb") as copied:
+                return sum(1 for _ in copied)
+    fields: list[str] = []
+    types: list[str] = []
+    set_sep, empty, unset = ",", "(empty)", "-"
+    written = 0
+    with src.open(encoding="utf-8", errors="surrogateescape") as fh, \
+            dst.open("w", encoding="utf-8", errors="surrogateescape") as out:
+        for text in fh:
+            text = text.rstrip("\n")
+            if text.startswith("#"):
+                key, _, rest = text.partition("\t")
+                if key == "#fields":
+                    fields = rest.split("\t")
+                elif key == "#types":
+                    types = rest.split("\t")
+                elif key == "#set_separator":
+                    set_sep = rest
+                elif key == "#empty_field":
+                    empty = rest
+                elif key == "#unset_field":
+                    unset = rest
+                continue
+            values = text.split("\t")
+            if not text or len(values) != len(fields):
+                continue
+            record: dict[str, Any] = {}
+            for name, kind, value in zip(fields, types, values, strict=True):
+                if value == unset:
+                    continue
+                if kind.startswith(("set[", "vector[")):
+                    record[name] = [] if value == empty else value.split(set_sep)
+                elif kind in _ZEEK_JSON_FLOATS:
+                    record[name] = float(value)
+                elif kind in _ZEEK_JSON_INTS:
+                    record[name] = int(value)
+                elif kind == "bool":
+                    record[name] = value == "T"
+                else:
+                    record[name] = "" if value == empty else value
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            written += 1
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data", help="folder of the public data sets")
@@ -684,17 +769,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nslkdd-seeds", default="",
                         help="comma-separated extra train.seed values: NSL-KDD's chosen setting is trained again with "
                              "each and the note gives every seed's ROC-AUC, their mean and sd (about 2 min a seed)")
+    parser.add_argument("--zeek-json", action="store_true",
+                        help="zeek, zeek_loco: the captures converted to Zeek's JSON format first (zeek_as_json)")
     args = parser.parse_args(argv)
-    global SUPERVISED
+    global SUPERVISED, ZEEK_JSON
     EXTRA_OVERRIDES[:] = args.overrides
     SUPERVISED = not args.no_supervised
+    ZEEK_JSON = args.zeek_json
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     data, work = Path(args.data), Path(args.work)
     if not data.is_dir():
         parser.error(f"{data} is not a folder (the public data sets)")
-    import shutil
 
     from loganomaly.runtime.spark import get_spark
 
@@ -723,6 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(result)
     if args.overrides:
         text += f"\n\nOverrides for every data set: {', '.join(args.overrides)}"
+    if ZEEK_JSON:
+        text += "\n\nZeek captures read as Zeek JSON logs (--zeek-json)"
     work.mkdir(parents=True, exist_ok=True)
     (work / "quality.md").write_text(text + "\n")
     print(text)

@@ -72,3 +72,49 @@ def test_zeek_odd_headers_do_not_crash(tmp_path: Path) -> None:
     text = "#types\ttime\tset[string]\n#set_separator\t\n#fields\tts\ttags\n1700000000\ta,b\n"
     (event,) = events(parse(write(tmp_path, "odd.log", text), fmt="zeek"))
     assert event["attributes"]["tags"] == '["a,b"]'
+
+
+def test_a_zeek_log_gives_the_same_events_from_its_tsv_and_its_json_writer(tmp_path: Path) -> None:
+    """A sensor may write either (``LogAscii::use_json``): the events, and so the features and the
+    model's view, must not depend on which. The JSON lines are what Zeek prints for the same
+    records: dotted keys, typed values, unset fields left out, sets as lists, ``(empty)`` as ``""``."""
+    fields = (
+        "ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes conn_state "
+        "local_orig local_resp history orig_pkts resp_pkts tunnel_parents label detailedlabel"
+    ).split()
+    types = (
+        "time string addr port addr port enum string interval count count string bool bool string count count "
+        "set[string] string string"
+    ).split()
+    rows = [
+        "1655071198.444458 C1 147.32.81.167 62771 40.74.108.123 443 tcp ssl 1.135424 1596 4039 SF T F ShADdaFf 14 16 "
+        "(empty) Benign Microsoft",
+        "1655071199.000001 C2 203.0.113.9 40000 147.32.81.167 3389 tcp - - - - S0 F T S 1 0 Ca,Cb Malicious -",
+        "1655071200.5 C3 fe80::1 5353 ff02::fb 5353 udp dns 0.000001 0 0 S0 T F D 1 0 (empty) Background (empty)",
+    ]
+    head = "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n"
+    tsv = head + "#fields\t" + "\t".join(fields) + "\n#types\t" + "\t".join(types) + "\n"
+    tsv += "".join("\t".join(row.split()) + "\n" for row in rows)
+    as_json = [
+        {"ts": 1655071198.444458, "uid": "C1", "id.orig_h": "147.32.81.167", "id.orig_p": 62771,
+         "id.resp_h": "40.74.108.123", "id.resp_p": 443, "proto": "tcp", "service": "ssl", "duration": 1.135424,
+         "orig_bytes": 1596, "resp_bytes": 4039, "conn_state": "SF", "local_orig": True, "local_resp": False,
+         "history": "ShADdaFf", "orig_pkts": 14, "resp_pkts": 16, "tunnel_parents": [], "label": "Benign",
+         "detailedlabel": "Microsoft"},
+        {"ts": 1655071199.000001, "uid": "C2", "id.orig_h": "203.0.113.9", "id.orig_p": 40000,
+         "id.resp_h": "147.32.81.167", "id.resp_p": 3389, "proto": "tcp", "conn_state": "S0", "local_orig": False,
+         "local_resp": True, "history": "S", "orig_pkts": 1, "resp_pkts": 0, "tunnel_parents": ["Ca", "Cb"],
+         "label": "Malicious"},
+        {"ts": 1655071200.5, "uid": "C3", "id.orig_h": "fe80::1", "id.orig_p": 5353, "id.resp_h": "ff02::fb",
+         "id.resp_p": 5353, "proto": "udp", "service": "dns", "duration": 1e-06, "orig_bytes": 0, "resp_bytes": 0,
+         "conn_state": "S0", "local_orig": True, "local_resp": False, "history": "D", "orig_pkts": 1,
+         "resp_pkts": 0, "tunnel_parents": [], "label": "Background", "detailedlabel": ""},
+    ]  # fmt: skip
+    from_tsv = events(parse(write(tmp_path, "conn.log", tsv)))
+    (tmp_path / "json").mkdir()
+    from_json = events(parse(write(tmp_path / "json", "conn.log", "".join(json.dumps(r) + "\n" for r in as_json))))
+    assert len(from_tsv) == len(from_json) == 3
+    for a, b in zip(from_tsv, from_json, strict=True):
+        assert (a.pop("format"), b.pop("format")) == ("zeek", "json")
+        assert a == b
+    assert from_json[1]["component"] == "conn"  # no service: the log's name, from #path or the file's name
