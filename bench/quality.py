@@ -481,10 +481,13 @@ def _unseen_note(cfg: Config, scored_file: Path) -> str:
 
 def zeek_input(path: Path, work: Path) -> str:
     """``path`` (a Zeek log or a folder of them) as the product is given it: as it is, or with
-    ``--zeek-json`` converted to Zeek JSON logs under ``work/json`` (:func:`zeek_as_json`)."""
+    ``--zeek-json`` converted to Zeek JSON logs under ``work/json`` (:func:`zeek_as_json`), in a
+    folder named after the input's own (``008-zeek-mixed/data`` and ``010-zeek-mixed/data`` must not
+    land in one ``data``), each file keeping its name (the Zeek log a JSON file without ``_path``
+    is comes from its name)."""
     if not ZEEK_JSON:
         return str(path)
-    target = work / "json" / path.name
+    target = work / "json" / path.parent.name / path.name
     files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file() and ".log" in f.name)
     for f in files:
         out = target if path.is_file() else target / f.name
