@@ -208,7 +208,7 @@ def test_most_flat_lines_are_parsed_in_the_jvm(spark, tmp_path, resources) -> No
 def test_cutting_numbers_and_decodes_lines_as_open_lines_does(tmp_path, monkeypatch, chunk) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(native, "CHUNK_BYTES", chunk)
     data = (
-        b'{"a":1}\r\n\r\nplain\n\xff\xfe bad utf-8\r\nlast\r\r\n'
+        b'\xef\xbb\xbf{"a":1}\r\n\r\nplain\n\xff\xfe bad utf-8\r\nlast\r\r\n'
         + b"y" * (1024 * 1024 + 5)
         + b"\r\n\xc3\xa9t\xc3\xa9\nno newline at end"
     )
@@ -220,6 +220,7 @@ def test_cutting_numbers_and_decodes_lines_as_open_lines_does(tmp_path, monkeypa
         for r in b.to_pylist()
     ]
     assert got == list(open_lines(path))
+    assert got[0][1] == '{"a":1}'  # the byte-order mark before line 1 is no part of it
     ids = [r["event_id"] for b in native.cut_lines(str(path), generation=2) for r in b.to_pylist()]
     assert ids == [ingest.event_id(str(path), n, 2) for n in range(1, len(got) + 1)]
 

@@ -78,6 +78,15 @@ def test_ranges_that_tile_a_file_yield_its_lines_once_with_their_numbers(tmp_pat
     small.write_bytes(b"a\r\n\nbc\n\xff\xfe\nlast")
     for cut in range(1, 14):
         assert read_in_ranges(small, [cut]) == list(open_lines(small)), cut
+    # a byte-order mark before line 1: not in its text, and line 1 still starts at 0 (cuts inside the mark)
+    marked = tmp_path / "bom.log"
+    marked.write_bytes(b"\xef\xbb\xbf" + b"a\r\n\nbc\n\xef\xbb\xbflast")
+    lines = list(open_lines(marked))
+    assert [text for _, text, _ in lines] == ["a", "", "bc", "\ufefflast"]  # only the file's own mark goes
+    for cut in range(1, 16):
+        assert read_in_ranges(marked, [cut]) == lines, cut
+    for first, second in [(1, 2), (2, 3), (3, 4), (1, 5)]:
+        assert read_in_ranges(marked, [first, second]) == lines, (first, second)
 
 
 def test_a_compressed_file_is_never_read_by_range(tmp_path: Path) -> None:

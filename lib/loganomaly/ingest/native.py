@@ -66,7 +66,7 @@ from loganomaly.ingest.formats import (
     make_parser,
     open_lines,
 )
-from loganomaly.ingest.formats.base import decode_lines, long_line
+from loganomaly.ingest.formats.base import decode_lines, long_line, skip_bom
 from loganomaly.ingest.formats.detect import Detection, parse_line
 from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
@@ -239,6 +239,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
         return
 
     with open(path, "rb") as fh:
+        skip_bom(fh)  # as open_lines does: a byte-order mark at the start is no part of line 1
         carry = b""
         while True:
             data = fh.read(CHUNK_BYTES)

@@ -187,3 +187,23 @@ def test_chunked_reading_equals_line_by_line(tmp_path: Path, monkeypatch: pytest
     for budget in (None, 43, 44, 45):
         with open(path, "rb") as a, open(path, "rb") as b:
             assert list(base._read_chunks(b, 1, budget)) == list(base._read_lines(a, 1, budget)), budget
+
+
+def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path) -> None:
+    """Windows tools (PowerShell's ``Out-File``, a spreadsheet's "CSV UTF-8") start a file with a
+    UTF-8 byte-order mark. Left in, it hid a JSON file's ``{`` from detection (every line then
+    quarantined as an unrecognised format) and renamed a CSV's first column (no time column). Only
+    the file's own mark goes: one later in the file is part of its line, which its parser judges."""
+    bom = b"\xef\xbb\xbf"
+    json_lines = [GOOD_JSON.encode(), GOOD_JSON.replace("ok", "again").encode()]
+    (tmp_path / "a.jsonl").write_bytes(bom + b"\n".join(json_lines) + b"\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(bom + b"\n".join(json_lines) + b"\n"))
+    (tmp_path / "c.csv").write_bytes(bom + b"timestamp,entity,cpu\n2024-03-04T00:00:00Z,h1,0.5\n")
+    (tmp_path / "d.jsonl").write_bytes(b"\n".join([*json_lines, json_lines[0], bom + json_lines[1]]) + b"\n")
+    for name in ("a.jsonl", "b.jsonl.gz"):
+        records = parse(tmp_path / name)
+        assert [r["message"] for r in events(records)] == ["ok", "again"], name
+    (row,) = events(parse(tmp_path / "c.csv"))
+    assert row["entity"] == "h1" and row["ts"].year == 2024
+    mid = parse(tmp_path / "d.jsonl")
+    assert [r.kind for r in mid] == ["event"] * 3 + ["quarantine"] and "BOM" in mid[3].data["reason"]
