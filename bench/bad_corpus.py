@@ -4,9 +4,9 @@ Usage::
 
     .venv/bin/python bench/bad_corpus.py [--lines 10000] [--seed 1] [--work build/bad_corpus]
 
-Writes a corpus of about ``--lines`` lines in seven files (JSON lines, gzip JSON, Zeek TSV, RFC
-5424 syslog, CSV, an empty file, a file of blank lines). A share of each file's lines is broken on
-purpose: cut short, control and NUL bytes, invalid UTF-8, a byte-order mark mid-file, single
+Writes a corpus of about ``--lines`` lines in eight files (JSON lines, gzip JSON, Zeek TSV, RFC
+5424 syslog, CSV, JSON led by a byte-order mark, an empty file, a file of blank lines). A share of
+the first five files' lines is broken on purpose: cut short, control and NUL bytes, invalid UTF-8, a byte-order mark mid-file, single
 quotes, nesting 5,000 deep, ``1e400``, a 5,000-digit integer, negative and impossible times,
 negative counts, Zeek rows of the wrong width, unbalanced CSV quotes, a CR before the newline,
 random bytes. Then ingests it along the product's three paths (the driver's for small loads, the
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import random
 import shutil
 import sys
@@ -52,7 +51,7 @@ def _broken(text: str, rng: random.Random) -> bytes:
         lambda: b'{"ts": -5, "message": "neg"}',  # negative epoch
         lambda: b'{"ts": 1709510400, "orig_bytes": -3, "id.orig_h": 5}',  # negative count
         lambda: b"\xef\xbb\xbf" + data,  # byte-order mark mid-file
-        lambda: os.urandom(rng.randrange(1, 300)).replace(b"\n", b" "),  # random bytes
+        lambda: rng.randbytes(rng.randrange(1, 300)).replace(b"\n", b" "),  # random bytes (seeded)
     ]
     return rng.choice(ways)()
 
@@ -115,6 +114,9 @@ def write_corpus(out: Path, lines: int, seed: int) -> dict[str, int]:
             text = "2024-13-45T99:99:99Z,h1,x,y,z"
         csv.append(text.encode() if rng.random() < 0.9 else _broken(text, rng))
     write("metrics.csv", csv)
+    # What a Windows tool exports: a byte-order mark before the first line, the lines themselves fine.
+    write("export.jsonl", [b"\xef\xbb\xbf" + _json_line(0).encode()]
+          + [_json_line(i).encode() for i in range(1, share // 2)])
     (out / "empty.log").write_bytes(b"")
     counts["empty.log"] = 0
     (out / "blank_lines.log").write_bytes(b"\n\n\n")
