@@ -207,3 +207,8 @@ def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path) -> N
     assert row["entity"] == "h1" and row["ts"].year == 2024
     mid = parse(tmp_path / "d.jsonl")
     assert [r.kind for r in mid] == ["event"] * 3 + ["quarantine"] and "BOM" in mid[3].data["reason"]
+    # looking for the mark must not turn a compressed stream that breaks at once into an error
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b\x08" + b"not deflate data")
+    (record,) = parse_file(broken)
+    assert record.kind == "quarantine" and record.data["reason"].startswith("truncated or corrupt compressed stream")

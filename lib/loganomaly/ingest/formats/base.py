@@ -224,8 +224,7 @@ def open_lines(
     if start == 0 and end is None:
         if is_compressed(path):
             with _open_binary(path) as fh:
-                skip_bom(fh)
-                yield from _read_lines(fh, first_line, None)
+                yield from _read_lines(fh, first_line, None, bom=True)
         else:
             with open(path, "rb") as fh:
                 yield from _read_chunks(fh, first_line, None, skip_bom(fh))
@@ -263,10 +262,16 @@ def skip_bom(fh: IO[bytes]) -> int:
     return 0
 
 
-def _read_lines(fh: IO[bytes], first_line: int, budget: int | None) -> Iterator[tuple[int, str, str | None]]:
-    """The lines of ``fh`` from its position; with ``budget``, only those starting within that many bytes."""
+def _read_lines(
+    fh: IO[bytes], first_line: int, budget: int | None, bom: bool = False
+) -> Iterator[tuple[int, str, str | None]]:
+    """The lines of ``fh`` from its position; with ``budget``, only those starting within that many bytes.
+    ``bom``: ``fh`` is at the file's start; drop a byte-order mark there (read inside the guard, so
+    that a corrupt compressed stream still ends in its quarantine row rather than an error)."""
     line_no = first_line - 1
     try:
+        if bom:
+            skip_bom(fh)  # the file's start: as for plain files, the line is what follows the mark
         while budget is None or budget > 0:
             raw = fh.readline(MAX_LINE_BYTES + 1)
             if not raw:
