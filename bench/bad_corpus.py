@@ -4,9 +4,9 @@ Usage::
 
     .venv/bin/python bench/bad_corpus.py [--lines 10000] [--seed 1] [--work build/bad_corpus]
 
-Writes a corpus of about ``--lines`` lines in eight files (JSON lines, gzip JSON, Zeek TSV, RFC
-5424 syslog, CSV, JSON led by a byte-order mark, an empty file, a file of blank lines). A share of
-the first five files' lines is broken on purpose: cut short, control and NUL bytes, invalid UTF-8, a byte-order mark mid-file, single
+Writes a corpus of about ``--lines`` lines in nine files (JSON lines, gzip JSON, Zeek TSV, RFC
+5424 syslog, CSV, JSON led by a UTF-8 byte-order mark, UTF-16 JSON as Windows PowerShell writes it,
+an empty file, a file of blank lines). A share of the first five files' lines is broken on purpose: cut short, control and NUL bytes, invalid UTF-8, a byte-order mark mid-file, single
 quotes, nesting 5,000 deep, ``1e400``, a 5,000-digit integer, negative and impossible times,
 negative counts, Zeek rows of the wrong width, unbalanced CSV quotes, a CR before the newline,
 random bytes. Then ingests it along the product's three paths (the driver's for small loads, the
@@ -117,6 +117,10 @@ def write_corpus(out: Path, lines: int, seed: int) -> dict[str, int]:
     # What a Windows tool exports: a byte-order mark before the first line, the lines themselves fine.
     write("export.jsonl", [b"\xef\xbb\xbf" + _json_line(0).encode()]
           + [_json_line(i).encode() for i in range(1, share // 2)])
+    # What Windows PowerShell 5's ``>`` writes: UTF-16LE with its byte-order mark, CRLF line ends.
+    text = "".join(_json_line(i) + "\r\n" for i in range(share // 2))
+    (out / "powershell.jsonl").write_bytes(text.encode("utf-16"))
+    counts["powershell.jsonl"] = share // 2
     (out / "empty.log").write_bytes(b"")
     counts["empty.log"] = 0
     (out / "blank_lines.log").write_bytes(b"\n\n\n")

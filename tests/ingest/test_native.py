@@ -230,6 +230,11 @@ def test_cutting_numbers_and_decodes_lines_as_open_lines_does(tmp_path, monkeypa
     assert [(r["line_no"], r["text"], r["problem"]) for b in native.cut_lines(str(gz)) for r in b.to_pylist()] == list(
         open_lines(gz)
     )
+    wide = tmp_path / "x16.log"
+    wide.write_bytes(data.replace(b"\xff\xfe", b"").decode("utf-8").encode("utf-16"))
+    assert [(r["line_no"], r["text"], r["problem"]) for b in native.cut_lines(str(wide)) for r in b.to_pylist()] == list(
+        open_lines(wide)
+    )
     assert list(native.cut_lines(str(tmp_path / "gone.log"))) == []
 
 

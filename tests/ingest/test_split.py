@@ -111,6 +111,8 @@ def test_only_uncompressed_files_of_line_independent_formats_are_split(tmp_path:
     assert not ingest.splittable(str(tmp_path / "b.log"), None, formats)  # RFC 3164: the year runs on
     assert not ingest.splittable(str(tmp_path / "c.jsonl.gz"), None, formats)
     assert not ingest.splittable(str(tmp_path / "d.log"), None, formats)  # its #fields header
+    (tmp_path / "e.jsonl").write_bytes(("\n".join(json_line(i) for i in range(400)) + "\n").encode("utf-16"))
+    assert not ingest.splittable(str(tmp_path / "e.jsonl"), None, formats)  # UTF-16: newline bytes are not lines
     files = [(str(tmp_path / n), (tmp_path / n).stat().st_size) for n in ("a.jsonl", "b.log", "c.jsonl.gz", "d.log")]
     tasks = ingest.plan_tasks(None, files, 1, 4096, lambda p: ingest.splittable(p, None, formats))
     a = [units[0] for units in tasks if units[0].path.endswith("a.jsonl")]

@@ -66,7 +66,7 @@ from loganomaly.ingest.formats import (
     make_parser,
     open_lines,
 )
-from loganomaly.ingest.formats.base import decode_lines, long_line, skip_bom
+from loganomaly.ingest.formats.base import UTF16_BOMS, decode_lines, long_line, skip_bom
 from loganomaly.ingest.formats.detect import Detection, parse_line
 from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
@@ -197,7 +197,7 @@ def _fast_lines(chunk: bytes) -> tuple[pa.Array, pa.Array] | None:
 
 def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
     """Batches of ``(file, line_no, text, problem, event_id)`` for every line of ``path``, as
-    :func:`open_lines` numbers and decodes them (compressed files go through it line by line).
+    :func:`open_lines` numbers and decodes them (compressed and UTF-16 files go through it line by line).
 
     A file deleted before it is opened yields nothing (the caller writes no ledger row for it).
     """
@@ -225,7 +225,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
             schema=_LINES_ARROW,
         )
 
-    if magic[:2] == b"\x1f\x8b" or magic == b"BZh":
+    if magic[:2] == b"\x1f\x8b" or magic == b"BZh" or magic[:2] in UTF16_BOMS:
         texts: list[str] = []
         problems: list[str | None] = []
         for _, text, problem in open_lines(path):

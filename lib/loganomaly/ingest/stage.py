@@ -47,6 +47,7 @@ from loganomaly.ingest.formats import (
     LogFormat,
     count_line_starts,
     is_compressed,
+    is_utf16,
     iter_input_files,
     make_parser,
     parse_file,
@@ -474,12 +475,12 @@ def _units(batch: pa.RecordBatch) -> Iterator[Unit]:
 
 
 def splittable(path: str, options: FormatOptions | None, formats: Mapping[str, LogFormat]) -> bool:
-    """Whether ``path`` may be read in byte ranges: uncompressed, and a parser whose lines do not
+    """Whether ``path`` may be read in byte ranges: uncompressed UTF-8, and a parser whose lines do not
     depend on the lines before them (:attr:`LineParser.splittable`). A file whose format cannot
     be detected is splittable (every line gets the same reason); one whose options do not fit
     it, or that is gone, is not (read whole, the task reports it as before)."""
     try:
-        if is_compressed(path):
+        if is_compressed(path) or is_utf16(path):
             return False
         return bool(make_parser(path, options, formats=formats).splittable)
     except ParseError:

@@ -212,3 +212,35 @@ def test_a_byte_order_mark_before_the_first_line_is_dropped(tmp_path: Path) -> N
     broken.write_bytes(b"\x1f\x8b\x08" + b"not deflate data")
     (record,) = parse_file(broken)
     assert record.kind == "quarantine" and record.data["reason"].startswith("truncated or corrupt compressed stream")
+
+
+def test_utf16_files_are_decoded_as_utf16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows PowerShell 5's ``>`` and ``Out-File`` write UTF-16LE with a byte-order mark. Read as
+    UTF-8, every line was NUL-riddled and the whole file quarantined as binary; decoded as UTF-16
+    it gives the events its UTF-8 twin gives, line for line."""
+    from loganomaly.ingest.formats import base
+
+    text = "\r\n".join([GOOD_JSON, GOOD_JSON.replace("ok", "d\u00e9j\u00e0 \u65e5"), "", GOOD_JSON]) + "\r\n"
+    twin = tmp_path / "twin.jsonl"
+    twin.write_bytes(text.encode("utf-8"))
+    want = [(r.line_no, r.kind, r.data) for r in parse_file(twin)]
+    for name, data in [
+        ("le.jsonl", text.encode("utf-16")),  # the platform's order after its mark (LE here)
+        ("be.jsonl", b"\xfe\xff" + text.encode("utf-16-be")),
+        ("le.jsonl.gz", gzip.compress(text.encode("utf-16"))),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        assert base.is_utf16(tmp_path / name)
+        assert [(r.line_no, r.kind, r.data) for r in parse_file(tmp_path / name)] == want, name
+    assert not base.is_utf16(twin)
+    with pytest.raises(Exception, match="read whole"):
+        list(open_lines(tmp_path / "le.jsonl", 0, 10))
+    # a broken code unit (a lone surrogate) is that line's problem; a long line counts UTF-8 bytes
+    monkeypatch.setattr(base, "MAX_LINE_BYTES", 40)
+    odd = tmp_path / "odd.log"
+    odd.write_bytes(b"\xff\xfe" + "ok\n".encode("utf-16-le") + b"\x00\xd8" + "x\n".encode("utf-16-le")
+                    + ("\u00e9" * 30 + "\n").encode("utf-16-le") + "end".encode("utf-16-le"))
+    assert list(open_lines(odd)) == [
+        (1, "ok", None), (2, "\ufffdx", "invalid UTF-16"),
+        (3, base._head(("\u00e9" * 30).encode("utf-8")), "line too long (60 bytes)"), (4, "end", None),
+    ]  # fmt: skip  (the head as a UTF-8 file's: its first bytes)

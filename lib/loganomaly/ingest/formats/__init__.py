@@ -44,6 +44,7 @@ from loganomaly.ingest.formats.base import (
     ParsedRecord,
     count_line_starts,
     is_compressed,
+    is_utf16,
     iter_input_files,
     open_lines,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "detect",
     "detect_format",
     "is_compressed",
+    "is_utf16",
     "iter_input_files",
     "make_parser",
     "normalize_level",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bz2
 import datetime as dt
 import gzip
+import io
 import logging
 import math
 import os
@@ -219,18 +220,22 @@ def open_lines(
     A UTF-8 byte-order mark at the start of the file is dropped (Windows tools write one before a
     CSV or JSON export; left in, it hid the first line's ``{`` from detection and renamed a CSV's
     first column); anywhere else it stays, and a line starting with it is that parser's to judge.
+    A file that starts with a UTF-16 byte-order mark (Windows PowerShell 5's ``>`` and
+    ``Out-File`` write UTF-16LE) is decoded as UTF-16 (:func:`is_utf16`), whole, never by range.
     """
     path = Path(path)
     if start == 0 and end is None:
-        if is_compressed(path):
+        if is_utf16(path):
+            yield from _read_utf16(path, first_line)
+        elif is_compressed(path):
             with _open_binary(path) as fh:
                 yield from _read_lines(fh, first_line, None, bom=True)
         else:
             with open(path, "rb") as fh:
                 yield from _read_chunks(fh, first_line, None, skip_bom(fh))
         return
-    if is_compressed(path):
-        raise StageInputError(f"{path}: a compressed file is read whole, not by byte range")
+    if is_compressed(path) or is_utf16(path):
+        raise StageInputError(f"{path}: a compressed or UTF-16 file is read whole, not by byte range")
     with open(path, "rb") as fh:
         skipped = 0
         if start > 0:
@@ -301,6 +306,50 @@ def _read_lines(
                 yield line_no, raw.decode("utf-8"), None
             except UnicodeDecodeError:
                 yield line_no, raw.decode("utf-8", errors="replace"), "invalid UTF-8"
+    except (EOFError, OSError, zlib.error) as exc:
+        line_no += 1
+        yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
+
+
+#: Byte-order marks of UTF-16 text (little-endian, big-endian).
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def is_utf16(path: str | Path) -> bool:
+    """Whether the file's text (a compressed file's, once decompressed) starts with a UTF-16
+    byte-order mark. Such bytes are never valid UTF-8, so no UTF-8 file is taken for one."""
+    try:
+        with _open_binary(Path(path)) as fh:
+            return fh.read(2) in UTF16_BOMS
+    except (EOFError, OSError, zlib.error):
+        return False  # a broken compressed stream: the UTF-8 reader records the damage
+
+
+def _read_utf16(path: Path, first_line: int) -> Iterator[tuple[int, str, str | None]]:
+    """:func:`open_lines` of a UTF-16 file: the same lines, numbers and problems as its UTF-8
+    twin would give (lines end at ``\\n``, trailing ``\\r`` dropped, ``line too long (N bytes)``
+    counted in UTF-8 bytes past :data:`MAX_LINE_BYTES`), plus ``invalid UTF-16`` for a line with a
+    byte sequence the codec had to replace (also, rarely, a line holding a real U+FFFD)."""
+    line_no = first_line - 1
+    try:
+        with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-16", errors="replace", newline="\n") as fh:
+            while True:
+                text = fh.readline(MAX_LINE_BYTES + 1)
+                if not text:
+                    break
+                line_no += 1
+                complete = text.endswith("\n")
+                body = text[:-1] if complete else text
+                size = len(body.encode("utf-8"))
+                if size > MAX_LINE_BYTES:  # drain the rest of the line, keep its head
+                    head = body
+                    while not complete and (more := fh.readline(MAX_LINE_BYTES)):
+                        complete = more.endswith("\n")
+                        size += len((more[:-1] if complete else more).encode("utf-8"))
+                    yield line_no, _head(head.encode("utf-8")), f"line too long ({size} bytes)"
+                    continue
+                text = body.rstrip("\r")
+                yield line_no, text, "invalid UTF-16" if "\ufffd" in text else None
     except (EOFError, OSError, zlib.error) as exc:
         line_no += 1
         yield line_no, "", f"truncated or corrupt compressed stream: {exc}"
