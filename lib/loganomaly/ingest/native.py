@@ -66,7 +66,7 @@ from loganomaly.ingest.formats import (
     make_parser,
     open_lines,
 )
-from loganomaly.ingest.formats.base import UTF16_BOMS, decode_lines, long_line, skip_bom
+from loganomaly.ingest.formats.base import decode_lines, long_line, read_whole, skip_bom
 from loganomaly.ingest.formats.detect import Detection, parse_line
 from loganomaly.ingest.formats.json import JsonFormat
 from loganomaly.ingest.formats.records import (
@@ -202,8 +202,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
     A file deleted before it is opened yields nothing (the caller writes no ledger row for it).
     """
     try:
-        with open(path, "rb") as fh:
-            magic = fh.read(3)
+        whole = read_whole(path)
     except FileNotFoundError:
         log.warning("%s vanished before it was read: skipped", path)
         return
@@ -225,7 +224,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
             schema=_LINES_ARROW,
         )
 
-    if magic[:2] == b"\x1f\x8b" or magic == b"BZh" or magic[:2] in UTF16_BOMS:
+    if whole:
         texts: list[str] = []
         problems: list[str | None] = []
         for _, text, problem in open_lines(path):

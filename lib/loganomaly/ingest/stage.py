@@ -46,12 +46,11 @@ from loganomaly.ingest.formats import (
     FormatOptions,
     LogFormat,
     count_line_starts,
-    is_compressed,
-    is_utf16,
     iter_input_files,
     make_parser,
     parse_file,
     parse_file_blocks,
+    read_whole,
     registered_formats,
 )
 from loganomaly.ingest.formats.json_columns import constant
@@ -480,7 +479,7 @@ def splittable(path: str, options: FormatOptions | None, formats: Mapping[str, L
     be detected is splittable (every line gets the same reason); one whose options do not fit
     it, or that is gone, is not (read whole, the task reports it as before)."""
     try:
-        if is_compressed(path) or is_utf16(path):
+        if read_whole(path):
             return False
         return bool(make_parser(path, options, formats=formats).splittable)
     except ParseError:

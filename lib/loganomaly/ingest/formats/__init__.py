@@ -43,10 +43,10 @@ from loganomaly.ingest.formats.base import (
     LogFormat,
     ParsedRecord,
     count_line_starts,
-    is_compressed,
     is_utf16,
     iter_input_files,
     open_lines,
+    read_whole,
 )
 from loganomaly.ingest.formats.detect import (
     Detection,
@@ -76,7 +76,6 @@ __all__ = [
     "count_line_starts",
     "detect",
     "detect_format",
-    "is_compressed",
     "is_utf16",
     "iter_input_files",
     "make_parser",
@@ -86,5 +85,6 @@ __all__ = [
     "parse_file",
     "parse_file_blocks",
     "parse_timestamp",
+    "read_whole",
     "registered_formats",
 ]

@@ -224,17 +224,18 @@ def open_lines(
     ``Out-File`` write UTF-16LE) is decoded as UTF-16 (:func:`is_utf16`), whole, never by range.
     """
     path = Path(path)
+    compressed, utf16 = _sniff(path)
     if start == 0 and end is None:
-        if is_utf16(path):
+        if utf16:
             yield from _read_utf16(path, first_line)
-        elif is_compressed(path):
+        elif compressed:
             with _open_binary(path) as fh:
                 yield from _read_lines(fh, first_line, None, bom=True)
         else:
             with open(path, "rb") as fh:
                 yield from _read_chunks(fh, first_line, None, skip_bom(fh))
         return
-    if is_compressed(path) or is_utf16(path):
+    if compressed or utf16:
         raise StageInputError(f"{path}: a compressed or UTF-16 file is read whole, not by byte range")
     with open(path, "rb") as fh:
         skipped = 0
@@ -318,11 +319,27 @@ UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 def is_utf16(path: str | Path) -> bool:
     """Whether the file's text (a compressed file's, once decompressed) starts with a UTF-16
     byte-order mark. Such bytes are never valid UTF-8, so no UTF-8 file is taken for one."""
+    return _sniff(Path(path))[1]
+
+
+def read_whole(path: str | Path) -> bool:
+    """Whether the file is read whole, never in byte ranges: compressed, or UTF-16 (whose newline
+    bytes do not mark lines)."""
+    return any(_sniff(Path(path)))
+
+
+def _sniff(path: Path) -> tuple[bool, bool]:
+    """(compressed, UTF-16) from one look at the file's head; only a compressed file is opened
+    again, to look at its text. Raises ``OSError`` (``FileNotFoundError``) if the file is gone."""
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    if not _compressed(magic):
+        return False, magic[:2] in UTF16_BOMS
     try:
-        with _open_binary(Path(path)) as fh:
-            return fh.read(2) in UTF16_BOMS
+        with _open_binary(path) as fh:
+            return True, fh.read(2) in UTF16_BOMS
     except (EOFError, OSError, zlib.error):
-        return False  # a broken compressed stream: the UTF-8 reader records the damage
+        return True, False  # a broken compressed stream: the UTF-8 reader records the damage
 
 
 def _read_utf16(path: Path, first_line: int) -> Iterator[tuple[int, str, str | None]]:
@@ -482,10 +499,8 @@ def count_line_starts(path: str | Path, start: int, end: int, chunk: int = 8 << 
     return n
 
 
-def is_compressed(path: str | Path) -> bool:
-    """Whether the file is gzip or bz2 by its magic bytes (it is then read whole, never by range)."""
-    with open(path, "rb") as fh:
-        magic = fh.read(3)
+def _compressed(magic: bytes) -> bool:
+    """Whether a file's first three bytes are gzip's or bz2's magic."""
     return magic[:2] == b"\x1f\x8b" or magic == b"BZh"
 
 
