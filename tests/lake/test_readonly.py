@@ -59,11 +59,17 @@ def test_spark_refuses_writes_and_the_lake_is_unchanged(spark, filled, tmp_path,
     assert "Physical Plan" in sql.run(spark, cfg, "EXPLAIN SELECT * FROM events", lake=filled).first()[0]
 
 
-def test_spark_syntax_and_analysis_errors_are_query_errors_with_sparks_message(spark, filled) -> None:  # type: ignore[no-untyped-def]
+def test_spark_syntax_and_analysis_errors_are_query_errors_with_sparks_message(spark, filled, capfd) -> None:  # type: ignore[no-untyped-def]
+    capfd.readouterr()
     with pytest.raises(QueryError, match="SQL syntax error: .*PARSE_SYNTAX_ERROR.*SELEC"):
         sql.run(spark, Config(), "SELEC * FROM events", lake=filled)
     with pytest.raises(QueryError, match="TABLE_OR_VIEW_NOT_FOUND.*nope"):
         sql.run(spark, Config(), "SELECT * FROM nope", lake=filled)
+    with pytest.raises(QueryError, match="UNRESOLVED_COLUMN.*nope"):
+        sql.run(spark, Config(), "SELECT nope FROM events", lake=filled)
+    # the error is the QueryError's: pyspark's own JSON record of it (the JVM stack trace) stays off stderr
+    err = capfd.readouterr().err
+    assert "QueryContextLogger" not in err and "stacktrace" not in err
 
 
 def test_datafusion_refuses_writes_and_the_lake_is_unchanged(filled) -> None:  # type: ignore[no-untyped-def]

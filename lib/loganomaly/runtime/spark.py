@@ -84,9 +84,31 @@ def get_spark(cfg: SparkConfig | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    quiet_query_context_loggers()
     _apply_runtime_conf(spark, cfg)
     log.info("spark session %s master=%s version=%s", cfg.app_name, spark.sparkContext.master, spark.version)
     return spark
+
+
+#: PySpark's loggers that write every captured SQL or DataFrame error as a JSON record with the
+#: JVM stack trace, at ERROR, the moment the exception object is built (before anyone catches it).
+QUERY_CONTEXT_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
+def quiet_query_context_loggers() -> None:
+    """Drop PySpark's per-exception JSON error records (:data:`QUERY_CONTEXT_LOGGERS`).
+
+    Why: pyspark 4 logs every analysis or parse error with its query context as soon as the Python
+    exception is created, several kilobytes of JVM stack trace on stderr, even where the caller
+    expects the error and handles it (``loganomaly sql`` turns it into a one-line ``QueryError``;
+    a probe for a missing table moves on). The exception itself still carries Spark's message and
+    is raised as before. The loggers are made through ``PySparkLogger.getLogger`` because pyspark
+    calls them with keyword fields a plain ``logging.Logger`` would refuse.
+    """
+    from pyspark.logger import PySparkLogger
+
+    for name in QUERY_CONTEXT_LOGGERS:
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def local_session_conf(cfg: SparkConfig) -> dict[str, str]:
