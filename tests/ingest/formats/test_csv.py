@@ -70,13 +70,13 @@ def test_csv_without_time_column_says_how_to_fix(tmp_path: Path) -> None:
 
 
 def test_csv_semicolons_custom_columns_and_wrong_width(tmp_path: Path) -> None:
-    text = "when;node;value\n01.02.2024 10:00;n1;5\n01.02.2024 10:01;n2\n"
+    text = "when;node;value\n01.02.2024 10:00;n1;5\n01.02.2024 10:01;n2\nwhat\n01.02.2024 10:02;n3;6\n"
     opts = FormatOptions(timestamp_fields=["when"], timestamp_format="%d.%m.%Y %H:%M", entity_field="node")
     records = parse(write(tmp_path, "m.csv", text), options=opts)
-    (event,) = events(records)
+    event, _ = events(records)
     assert event["ts"] == dt.datetime(2024, 2, 1, 10, tzinfo=UTC) and event["entity"] == "n1"
     assert event["attributes"] == {"value": "5"}
-    assert reasons(records) == [HEADER_REASON, "csv row has 2 columns, expected 3"]
+    assert reasons(records) == [HEADER_REASON, "csv row has 2 columns, expected 3", "csv row has 1 column, expected 3"]
     records = parse(write(tmp_path, "q.csv", 'timestamp,host,v\n1700000000,"x",a\rb\n1700000001,h2,3\n'))
     assert reasons(records)[1].startswith("malformed CSV line") and events(records)[0]["entity"] == "h2"
 

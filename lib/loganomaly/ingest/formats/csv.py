@@ -305,7 +305,8 @@ class CsvParser(LineParser):
                 self._set_columns([c.strip() for c in cells])
             return None
         if len(cells) != len(self.columns):
-            raise ParseError(f"csv row has {len(cells)} columns, expected {len(self.columns)}")
+            n = len(cells)
+            raise ParseError(f"csv row has {n} column{'' if n == 1 else 's'}, expected {len(self.columns)}")
         if self.no_time_reason:
             raise ParseError(self.no_time_reason)
         opts = self.opts
