@@ -78,6 +78,7 @@ from loganomaly.ingest.formats.records import (
     _LEVEL_KEYS,
     _MESSAGE_KEYS,
     _NET_FIELDS,
+    _NOTICE_ENTITY_KEYS,
     _STATUS_KEYS,
     _WARNING_ZEEK_PATHS,
 )
@@ -464,7 +465,7 @@ class _Json:
         keys = list(
             dict.fromkeys(
                 [*ts_keys, *(k for k, _, _ in _NET_FIELDS), *_STATUS_KEYS, "_path", *_COMPONENT_KEYS,
-                 *_LEVEL_KEYS, *_LABEL_KEYS, *_DETAILED_LABEL_KEYS, *_ENTITY_KEYS, *_MESSAGE_KEYS, "name",
+                 *_LEVEL_KEYS, *_LABEL_KEYS, *_DETAILED_LABEL_KEYS, *_NOTICE_ENTITY_KEYS, *_MESSAGE_KEYS, "name",
                  "note", "uri", "method"]
             )
         )
@@ -623,7 +624,7 @@ class _Json:
         # 4. level, and entity: the first key that fits ("host" of an HTTP record is the server)
         whens: list[str] = []
         key_whens: list[str] = []
-        for key in _ENTITY_KEYS:
+        for key in _NOTICE_ENTITY_KEYS:
             if key == "id.orig_h":
                 fits = "(src_addr IS NOT NULL AND src_addr != '' AND src_addr != '-')"
                 whens.append(f"WHEN {fits} THEN src_addr")
@@ -633,6 +634,8 @@ class _Json:
             fits = f"({_is_value(tok)} AND NOT coalesce({_is_str(tok)} AND {_sval(tok)} IN ('', '-'), false))"
             if key == "host":
                 fits = f"({fits} AND NOT _http)"
+            if key not in _ENTITY_KEYS:  # "src": a notice record's only
+                fits = f"({fits} AND {present('note')})"
             whens.append(f"WHEN {fits} THEN {_pystr(tok)}")
             key_whens.append(f"WHEN {fits} THEN {_q(key)}")
         default_entity = "NULL" if opts.default_entity is None else _q(opts.default_entity)

@@ -12,7 +12,8 @@ from loganomaly.ingest.formats import (
     FormatOptions,
 )
 from loganomaly.ingest.formats.json import zeek_log_name
-from tests.ingest.formats.helpers import LOGS, UTC, events, parse, write
+from loganomaly.ingest.formats.json_columns import MIN_GROUP
+from tests.ingest.formats.helpers import LOGS, UTC, assert_same_batches, events, lines_taken, parse, write
 
 
 def test_zeek_json_records_map_to_typed_columns() -> None:
@@ -39,6 +40,33 @@ def test_zeek_json_records_map_to_typed_columns() -> None:
     assert notice["level"] == "warning" and notice["message"].startswith(
         "198.51.100.3 appears to be guessing"
     )
+
+
+def test_a_notice_without_a_connection_is_about_its_src_host(tmp_path: Path) -> None:
+    """Zeek raises scan and password-guessing notices without a connection: no ``id.orig_h``, the
+    scanner or guesser in ``src``. Those are the host's events; in any other record ``src`` is only
+    an attribute (a source file, a script)."""
+    lines = [
+        '{"ts":1599797684.6,"note":"SSH::Password_Guessing","msg":"45.141.84.126 appears to be guessing SSH '
+        'passwords (seen in 30 connections).","sub":"Sampled servers:  192.168.1.194","src":"45.141.84.126"}',
+        '{"ts":1599797685.0,"note":"Scan::Port_Scan","msg":"198.51.100.7 scanned at least 15 unique ports",'
+        '"src":"198.51.100.7","dst":"10.0.0.5"}',
+        '{"ts":1599797686.0,"id.orig_h":"10.0.0.9","id.orig_p":5,"id.resp_h":"10.0.0.5","id.resp_p":22,'
+        '"note":"SSH::Interesting_Hostname_Login","msg":"x","src":"10.0.0.9"}',
+        '{"ts":1599797687.0,"note":"CaptureLoss::Too_Much_Loss","msg":"loss"}',
+        '{"ts":1599797688.0,"level":"info","msg":"compiled","src":"main.go:42"}',
+    ]
+    path = write(tmp_path, "notice.log", "\n".join(lines) + "\n")
+    guess, scan, login, loss, app = events(parse(path))
+    assert (guess["entity"], scan["entity"], login["entity"]) == ("45.141.84.126", "198.51.100.7", "10.0.0.9")
+    assert "src" not in guess["attributes"] and scan["attributes"]["dst"] == "10.0.0.5"
+    assert login["attributes"]["src"] == "10.0.0.9"  # id.orig_h named it: src stays as written
+    assert loss["entity"] is None and guess["level"] == scan["level"] == "warning"
+    assert app["entity"] is None and app["attributes"]["src"] == "main.go:42"
+    # the block path maps the same (each shape repeated past MIN_GROUP, so it takes them column-wise)
+    many = write(tmp_path, "notices.log", "".join(line + "\n" for line in lines for _ in range(MIN_GROUP)))
+    assert lines_taken(many, FormatOptions()) == len(lines) * MIN_GROUP
+    assert_same_batches(many, FormatOptions())
 
 
 def test_generic_json_nested_fields_levels_and_zones() -> None:

@@ -39,6 +39,7 @@ from loganomaly.ingest.formats.records import (
     _LABEL_KEYS,
     _LEVEL_KEYS,
     _MESSAGE_KEYS,
+    _NOTICE_ENTITY_KEYS,
     _STATUS_KEYS,
     _WARNING_ZEEK_PATHS,
 )
@@ -83,7 +84,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 #: Keys the record mapping reads (besides the time key): a time key among them is left per line.
 _MAPPED_KEYS = frozenset(
     (*_NET, *_STATUS_KEYS, *_COMPONENT_KEYS, *_LEVEL_KEYS, *_MESSAGE_KEYS, *_LABEL_KEYS, *_DETAILED_LABEL_KEYS,
-     *_ENTITY_KEYS, "uri", "method", "name", "note")
+     *_NOTICE_ENTITY_KEYS, "uri", "method", "name", "note")
 )  # fmt: skip
 #: The columns :func:`map_block` fills, with their Arrow types (the ``events`` table's).
 COLUMN_TYPES: dict[str, pa.DataType] = {
@@ -547,7 +548,9 @@ class JsonBlockMapper:
         # entity: HTTP records' "host" is the server, skipped; id.orig_h counts as the event's src_addr.
         http = "uri" in by_key or "method" in by_key
         entity_keys = [
-            k for k in _ENTITY_KEYS if (k in by_key and not (http and k == "host"))
+            k
+            for k in (_NOTICE_ENTITY_KEYS if "note" in by_key else _ENTITY_KEYS)
+            if (k in by_key and not (http and k == "host"))
         ]
         if entity_keys:
             sources = [event_net["src_addr"] if k == "id.orig_h" else by_key[k] for k in entity_keys]

@@ -41,6 +41,12 @@ _ENTITY_KEYS = (
     "client_ip",
     "entity",
 )
+#: A Zeek notice (a record with a ``note``) raised without a connection has no ``id.orig_h``: Zeek
+#: names the host it is about in ``src`` (``Scan::Port_Scan``, ``Scan::Address_Scan``,
+#: ``SSH::Password_Guessing``: the scanner, the guesser). Notice records take it as their entity
+#: after every other entity key; in other records ``src`` is too vague a name (a source file, a
+#: script) to read as a host, and stays an attribute.
+_NOTICE_ENTITY_KEYS = (*_ENTITY_KEYS, "src")
 _WARNING_ZEEK_PATHS = frozenset({"notice", "weird", "intel", "signatures"})
 # Key sets for a C-speed "does this record have any of these keys" before each key-list loop: most
 # records have none of most lists, and one ``isdisjoint`` costs less than the loop's lookups.
@@ -52,6 +58,7 @@ _ABSENT = object()
 #: The entity keys looked up in the record (``id.orig_h`` is read from the event's ``src_addr``):
 #: a record with none of them can only get its entity from ``src_addr``.
 _ENTITY_FLAT_SET = frozenset(_ENTITY_KEYS) - {"id.orig_h"}
+_NOTICE_ENTITY_FLAT_SET = _ENTITY_FLAT_SET | {"src"}
 _ENTITY_FROM_EVENT = ("id.orig_h",)
 
 
@@ -142,7 +149,10 @@ class _RecordMapper:
         else:
             # HTTP records carry the request's Host header under "host": the server, not the actor.
             http = "uri" in flat or "method" in flat
-            for key in _ENTITY_KEYS if not flat.keys().isdisjoint(_ENTITY_FLAT_SET) else _ENTITY_FROM_EVENT:
+            keys, flat_set = (
+                (_NOTICE_ENTITY_KEYS, _NOTICE_ENTITY_FLAT_SET) if "note" in flat else (_ENTITY_KEYS, _ENTITY_FLAT_SET)
+            )
+            for key in keys if not flat.keys().isdisjoint(flat_set) else _ENTITY_FROM_EVENT:
                 if http and key == "host":
                     continue
                 value = event.get("src_addr") if key == "id.orig_h" else flat.get(key)
