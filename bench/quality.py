@@ -19,10 +19,10 @@ Splits are chronological or by input, never tuned on the test part:
 * ``zeek_loco``: leave one capture out over every labelled capture of ``zeek/`` (001, 008, 009,
   010): train on the benign windows of the other three, score the held-out one whole, for the
   LSTM and each baseline; then pool the folds. ``--captures 008,010`` runs a subset of folds.
-* ``zeek_scenarios``: the unlabelled one-scenario captures (002-007: a port scan, two bots, a RAT,
+* ``zeek_scenarios``: the unlabelled one-scenario captures (002-007: a port scan, a RAT, a bot,
   SSH honeypots), never trained on, scored by a model trained on the labelled captures' benign
   windows. They have no per-window truth, so a second table says per capture how many windows of
-  the host each scenario names are flagged, and how many of every other entity's.
+  the addresses each scenario names are flagged, and how many of every other entity's.
 * ``hdfs``: HDFS_5k's blocks, split by a hash of the block id (half train, half score); labels
   only for evaluation (DeepLog trains unsupervised).
 * ``hdfs_sessions``: DeepLog's pre-parsed HDFS_v1 sessions: the first 80 % of ``hdfs_train``
@@ -558,18 +558,19 @@ def _capture_input(data: Path, work: Path, capture: str) -> str:
 
 #: Captures without labels (one scenario each: a port scan, RATs, SSH logins, a honeypot): no truth
 #: to judge a window by, and training on them as if normal would teach the attacks. Never trained
-#: on; ``zeek_scenarios`` scores them. Per capture: its folder, the host that does the scenario's
-#: attack or carries its infection (None where neither the capture's README nor its data single one
-#: out), where that host comes from, and the scenario in a few words.
-SCENARIOS: dict[str, tuple[str, str | None, str, str]] = {
-    "002": ("002-zeek-scenario-port-scanning", "172.16.1.11", "README", "Nmap scans of three local networks"),
-    "003": ("003-zeek-scenario-malicious", "10.8.0.61", "README's port 1337/tcp: this host's",
+#: on; ``zeek_scenarios`` scores them. Per capture: its folder, the addresses that do the
+#: scenario's attack or carry its infection (none where neither the capture's README nor its data
+#: single one out), where they come from, and the scenario in a few words.
+SCENARIOS: dict[str, tuple[str, tuple[str, ...], str, str]] = {
+    "002": ("002-zeek-scenario-port-scanning", ("172.16.1.11",), "README", "Nmap scans of three local networks"),
+    "003": ("003-zeek-scenario-malicious", ("10.8.0.61",), "README's port 1337/tcp: this host's",
             "AndroidTester RAT on a phone: a C2 channel at 1337/tcp, ~40 MB uploaded in 5 minutes"),
-    "004": ("004-zeek-scenario-ssh", None, "-", "SSH clients logging in (ssh.log only)"),
-    "005": ("005-zeek-scenario-malicious", "192.168.1.116", "data: the host of the DGA lookups",
-            "Simda bot, DGA lookups and HTTP (the first 1,000 lines of each log, 14 minutes)"),
-    "006": ("006-zeek-scenario-ssh", None, "-", "Raspberry Pi honeypot: conn.log and ssh.log, 27 flows"),
-    "007": ("007-zeek-scenario-ssh-infected", "192.168.1.194", "data: the honeypot every SSH record answers",
+    "004": ("004-zeek-scenario-ssh", (), "-", "SSH clients logging in (ssh.log only)"),
+    "005": ("005-zeek-scenario-malicious", ("192.168.1.116", "fd77:48a1:c0bb:0:b96c:506d:6c7f:e8be"),
+            "data: the bot's HTTP requests to 200 hosts, its DGA lookups (pumylel.com, vofygum.com, ...)",
+            "Simda bot (the first 1,000 lines of each log, 14 minutes)"),
+    "006": ("006-zeek-scenario-ssh", (), "-", "Raspberry Pi honeypot: conn.log and ssh.log, 27 flows"),
+    "007": ("007-zeek-scenario-ssh-infected", ("192.168.1.194",), "data: the honeypot every SSH record answers",
             "infected SSH honeypot over a day: ssh, http, notice, software logs, no conn.log"),
 }
 UNLABELLED_CAPTURES = tuple(SCENARIOS)
@@ -609,7 +610,7 @@ def zeek_scenarios(spark: Any, data: Path, work: Path, result: Result) -> None:
     """The unlabelled one-scenario captures (:data:`SCENARIOS`), scored by a model trained on the
     benign windows of every labelled capture, as the product would meet attacks it never saw.
 
-    No window has a label, so there is no ROC-AUC or FPR: per capture, how many windows of the host
+    No window has a label, so there is no ROC-AUC or FPR: per capture, how many windows of the addresses
     the scenario names the product flags (``is_anomaly``, as stored), why (the highest-scoring
     flagged window's explanation), and how many windows of every other entity it flags. Those
     others are not known benign (scan targets, other attackers, a honeypot's visitors), so their
@@ -635,21 +636,21 @@ def zeek_scenarios(spark: Any, data: Path, work: Path, result: Result) -> None:
         FROM scenario_scores w JOIN spans s ON w.entity = s.entity AND w.window_start <= s.hi AND w.window_end > s.lo
     """).toPandas()
     lines = [
-        "| capture | scenario | windows | the scenario's host | its windows flagged | its highest score (threshold) "
-        "| why (its highest flagged window) | other entities' windows flagged | other entities flagged |",
+        "| capture | scenario | windows | the scenario's hosts | their windows flagged | their highest score (threshold) "
+        "| why (their highest flagged window) | other entities' windows flagged | other entities flagged |",
         "|---|---|---:|---|---:|---:|---|---:|---:|",
     ]
-    for capture, (_folder, host, source, what) in SCENARIOS.items():
+    for capture, (_folder, hosts, source, what) in SCENARIOS.items():
         cap = rows[rows["capture"] == capture]
-        own = cap[cap["entity"] == host] if host else cap.iloc[0:0]
-        others = cap[cap["entity"] != host] if host else cap
+        named = cap["entity"].isin(hosts)
+        own, others = cap[named], cap[~named]
         why = "-"
         if own["is_anomaly"].any():
             top = own[own["is_anomaly"]].sort_values("score").iloc[-1]
             why = str(top["explanation"]).split(": ", 1)[-1][:110].replace("|", "/")
         highest = f"{own['score'].max():.3f} ({threshold:.3f})" if len(own) else "-"
         lines.append(
-            f"| {capture} | {what} | {len(cap)} | {host or '-'} ({source}) | "
+            f"| {capture} | {what} | {len(cap)} | {', '.join(hosts) or '-'} ({source}) | "
             f"{int(own['is_anomaly'].sum())} of {len(own)} | {highest} | {why} | "
             f"{int(others['is_anomaly'].sum())} of {len(others)} | "
             f"{others[others['is_anomaly']]['entity'].nunique()} of {others['entity'].nunique()} |")
