@@ -214,9 +214,10 @@ class FeaturesConfig:
     # host on a tap that sees one direction look abnormal all day (README "Sensor weirds").
     # Matched on the record's ``weird`` component and its ``name`` attribute; [] counts them all.
     sensor_weirds: list[str] = field(default_factory=lambda: list(SENSOR_WEIRDS))
-    # Network indicators (features ``repeated_failures``, ``unnamed_requests``): the most TCP
-    # attempts to one peer and port that never connected, and HTTP/TLS requests to a bare address
-    # (no host or server name), per step. Malware's habits, not the network's volume, so they
+    # Network indicators (features ``repeated_failures``, ``unnamed_requests``,
+    # ``malformed_requests``): the most TCP attempts to one peer and port that never connected,
+    # HTTP/TLS requests to a bare address (no host or server name), and requests that are not
+    # the protocol of their connection (Zeek ``bad_HTTP_request`` weirds), per step. Malware's habits, not the network's volume, so they
     # carry to hosts and networks the model never saw (Zeek profile; README "Leave one capture out").
     network_indicators: bool = False
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity

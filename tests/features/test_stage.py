@@ -348,6 +348,11 @@ def test_network_indicators_count_repeated_attempts_and_requests_to_bare_address
     # a conn.log row of service ssl or http is not a request record
     add(36, dst_addr="198.51.100.1", dst_port=443, status="SF", proto="tcp", component="ssl")
     add(37, dst_addr="198.51.100.2", dst_port=80, status="SF", proto="tcp", component="http")
+    # requests Zeek could not parse as HTTP, beside a malformed reply (the server's side) and
+    # another weird: only the two requests are malformed requests
+    for k, name in enumerate(["bad_HTTP_request", "bad_HTTP_request", "bad_HTTP_reply", "line_terminated_with_single_CR"]):
+        add(40 + k, dst_addr="203.0.113.80", dst_port=80, proto="tcp", component="weird", level="warning",
+            attributes={"name": name})
     later = t0 + dt.timedelta(minutes=5)
     for k in range(3):  # the next step: one failed attempt to each of three peers
         rows.append(event(later + dt.timedelta(seconds=k), len(rows), None, format="zeek", entity=host,
@@ -358,12 +363,26 @@ def test_network_indicators_count_repeated_attempts_and_requests_to_bare_address
     summary = featurize.run(spark, cfg, lake=lake, top_templates=0)
     names = summary.feature_names
     assert names == feature_names_for([], indicators=True)
-    assert names[-2:] == ["repeated_failures", "unnamed_requests"]
+    assert names[-3:] == ["repeated_failures", "unnamed_requests", "malformed_requests"]
     v = raw_step(lake, names, host, t0)
     assert np.expm1(v["repeated_failures"]) == pytest.approx(4)
     assert np.expm1(v["unnamed_requests"]) == pytest.approx(3 + 1)
+    assert np.expm1(v["malformed_requests"]) == pytest.approx(2)
     nxt = raw_step(lake, names, host, later)
     assert np.expm1(nxt["repeated_failures"]) == pytest.approx(1) and np.expm1(nxt["unnamed_requests"]) == 0
+    assert np.expm1(nxt["malformed_requests"]) == 0
+    # A feature list from before malformed_requests (a sequences table or bundle of then) is
+    # still computed as it was: its two indicators, the same counts.
+    old = feature_names_for([], indicators=["repeated_failures", "unnamed_requests"])
+    assert old == names[:-1]
+    from pyspark.sql import functions as F
+
+    steps = featurize.step_features(lake.read("events"), cfg.features.step_seconds, old).where(
+        F.col("entity") == host).orderBy("step").collect()
+    assert [round(float(np.expm1(r[f"_f{len(old) - 2}"]))) for r in steps[:2]] == [4, 1]
+    assert [round(float(np.expm1(r[f"_f{len(old) - 1}"]))) for r in steps[:2]] == [4, 0]
+    with pytest.raises(ValueError, match="not among"):
+        feature_names_for([], indicators=["unnamed_requests", "repeated_failures"])
     # a featurize without the setting keeps the list it has (the table's names)
     cfg.features.network_indicators = False
     assert featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names == names

@@ -155,3 +155,30 @@ def test_the_kind_calibrates_only_when_switched_on() -> None:
     assert cal is not None and cal.thresholds == [MARGIN * 9.0, MIN_THRESHOLD]
     cal = KIND.calibrate_indicators(x, list(NAMES), on, budget=0.01)
     assert cal is not None and cal.thresholds[0] == MARGIN * 9.0
+
+
+def test_malformed_requests_are_a_third_indicator_and_two_indicator_lists_keep_working() -> None:
+    """A feature list with ``malformed_requests`` calibrates and explains three indicators; one
+    from before it (bundles and ``sequences`` tables of then) keeps its two."""
+    names = [*NAMES, "malformed_requests"]
+
+    def row(connections: int, malformed: tuple[int, ...] = (0, 0, 0)) -> list[list[float]]:
+        return [[connections + 1, connections, 0, 0, m] for m in malformed]
+
+    train = windows([row(5, (0, 1, 0))] + [row(5)] * 99)
+    signal = Indicators.calibrate(train, names, budget=0.05)
+    assert signal.names == ["repeated_failures", "unnamed_requests", "malformed_requests"]
+    assert signal.thresholds == [MIN_THRESHOLD] * 3 and signal.validation_max == [0.0, 0.0, 1.0]
+    test = windows([row(5, (4, 5, 3)), row(5, (1, 0, 1))])
+    totals = signal.totals(test, names, wanted=signal.names)
+    assert totals[:, 2].tolist() == [12.0, 2.0]
+    assert signal.passed(totals[0]) == ["malformed_requests"] and signal.passed(totals[1]) == []
+    assert signal.text(totals[0]) == ("12 malformed requests (not the protocol of their connection) (> threshold "
+                                      "2.5; at most 1 in a training window)")
+    older = Indicators.calibrate(train[:, :, :4], NAMES, budget=0.05)
+    assert older.names == ["repeated_failures", "unnamed_requests"]
+    # a bundle of then reads its two columns from a list that holds them
+    assert Indicators.totals(test[:, :, :4], NAMES, wanted=older.names).shape == (2, 2)
+    # no version wrote a list with the third indicator alone
+    with pytest.raises(ModelError, match="features.network_indicators"):
+        Indicators.totals(test[:, :, [0, 1, 4]], ["events", "connections", "malformed_requests"])

@@ -63,7 +63,6 @@ from loganomaly.features.layout import LAYOUT_TYPES, NEW_LAYOUT, Layout, layout_
 from loganomaly.features.windows import (
     GROUP_PREFIX,
     HISTORY_STEPS,
-    INDICATOR_FEATURES,
     METRIC_PREFIX,
     NEW_ERRORS,
     OTHER_CATEGORY,
@@ -103,6 +102,13 @@ FAILED_CONN_STATES = ["S0", "REJ", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR
 #: workstation behind a tap seeing one direction made 7-9 of them to one HTTPS server in a
 #: window, which the indicator flagged as a bot's retries (README "Leave one capture out").
 UNESTABLISHED_TCP_STATES = ["S0", "REJ", "RSTOS0"]
+#: Zeek ``weird`` names for a request the sensor could not parse as its connection's protocol,
+#: which ``malformed_requests`` counts. ``bad_HTTP_request``: the originator's bytes on a
+#: connection Zeek analyses as HTTP are no request line (not ``bad_HTTP_reply``: that is the
+#: server's side). In the labelled Zeek captures: 1,395 records, every one from capture 009's
+#: Kovter host after its burst of unnamed requests ended, none from any benign or background host
+#: of 001, 008, 009 or 010 (README "Leave one capture out").
+MALFORMED_REQUEST_WEIRDS = ["bad_HTTP_request"]
 #: An HTTP ``Host`` that is an address, not a name: IPv4 or bracketed IPv6 with an optional port,
 #: or a bare IPv6 address.
 ADDRESS_HOST = r"^(\d{1,3}(\.\d{1,3}){3}(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?|[0-9A-Fa-f]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)$"
@@ -415,8 +421,8 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
             step == F.col("_ne_step"))
         new_errors[NEW_ERRORS] = count_if(is_error & (unknown_text | first))
     indicators: dict[str, Column] = {}
-    if INDICATOR_FEATURES[0] in feature_names:
-        attrs = F.col("attributes")
+    attrs = F.col("attributes")
+    if "unnamed_requests" in feature_names:
         # http.log rows carry a method (a conn.log row of service http does not); ssl.log rows an
         # ``established`` or ``version`` field. Unset fields are absent from the attributes.
         host = F.trim(attrs["host"])
@@ -426,6 +432,9 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         unnamed_tls = (F.lower(F.col("component")) == "ssl") & (
             attrs["established"].isNotNull() | attrs["version"].isNotNull()) & (server.isNull() | (server == ""))
         indicators["unnamed_requests"] = count_if(F.coalesce(unnamed_http | unnamed_tls, F.lit(False)))
+    if "malformed_requests" in feature_names:
+        malformed = (F.lower(F.col("component")) == "weird") & attrs["name"].isin(MALFORMED_REQUEST_WEIRDS)
+        indicators["malformed_requests"] = count_if(F.coalesce(malformed, F.lit(False)))
     aggregates: dict[str, Column] = {
         "connections": F.sum(is_conn.cast("long")),
         "log_lines": F.sum((~is_conn).cast("long")),
@@ -474,7 +483,7 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
             *[expr.alias(aliases[name]) for name, expr in aggregates.items()],
         )
     )
-    if indicators:
+    if "repeated_failures" in feature_names:
         # The step's most never-established TCP attempts to one (peer, port): counted per peer
         # first, then the largest per (entity, step), joined back (a step without one gets 0).
         attempts = (

@@ -68,7 +68,12 @@ NEW_ERRORS = "new_errors"
 #: guesser; a workstation's failures are spread over peers. ``unnamed_requests``: HTTP requests
 #: without a host name (no ``Host``, or an address literal) and TLS sessions without a server name
 #: (SNI), traffic to hard-coded addresses, where browsers and updaters name their servers.
-INDICATOR_FEATURES: list[str] = ["repeated_failures", "unnamed_requests"]
+#: ``malformed_requests``: requests from the entity that the sensor could not parse as the
+#: protocol of their connection (Zeek ``weird`` records ``bad_HTTP_request``: bytes on an HTTP
+#: connection that are no HTTP request), a client speaking its own protocol over port 80, where
+#: browsers and libraries send well-formed requests. A feature list from before it (models and
+#: ``sequences`` tables written with the first two) keeps working with those two.
+INDICATOR_FEATURES: list[str] = ["repeated_failures", "unnamed_requests", "malformed_requests"]
 #: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
@@ -110,6 +115,7 @@ NOVELTY_UNITS: dict[str, str] = {
 INDICATOR_UNITS: dict[str, str] = {
     "repeated_failures": "repeated failed attempts to one peer and port",
     "unnamed_requests": "requests without a host or server name",
+    "malformed_requests": "malformed requests (not the protocol of their connection)",
 }
 #: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the
 #: relative features stand on; below ``features.baseline_min_steps`` they use the peer group's.
@@ -143,7 +149,7 @@ def relative_bases(metrics: Sequence[str]) -> list[str]:
 def feature_names_for(
     template_ids: Sequence[str], metrics: Sequence[str] = (), groups: Sequence[str] | None = None,
     categories: Mapping[str, Sequence[str]] | None = None, metric_levels: bool = True,
-    new_errors: bool = False, template_counts: bool = True, indicators: bool = False,
+    new_errors: bool = False, template_counts: bool = True, indicators: bool | Sequence[str] = False,
 ) -> list[str]:
     """The full feature list of a run that counts ``template_ids`` and averages ``metrics`` per step.
 
@@ -155,7 +161,8 @@ def feature_names_for(
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
     models keep working). ``new_errors`` adds :data:`NEW_ERRORS` after ``tpl:unknown``, and
-    ``indicators`` :data:`INDICATOR_FEATURES` after that.
+    ``indicators`` :data:`INDICATOR_FEATURES` after that (``True``: all of them; a list: those,
+    in that order, as a feature list from before the last one was added holds them).
     ``metric_levels=False`` (``features.metric_levels``, only with
     ``groups``) leaves the metrics' own levels out: each metric is then only its ``rel:`` twin.
 
@@ -172,7 +179,7 @@ def feature_names_for(
         *(TEMPLATE_PREFIX + t for t in template_ids),
         *([OTHER_TEMPLATES, UNKNOWN_TEMPLATES] if template_counts else []),
         *([NEW_ERRORS] if new_errors else []),
-        *(INDICATOR_FEATURES if indicators else []),
+        *(indicator_names(indicators)),
         *(METRIC_PREFIX + m for m in metrics if metric_levels),
     ]
     for name, values in (categories or {}).items():
@@ -181,6 +188,21 @@ def feature_names_for(
         names += [HISTORY_STEPS, *(RELATIVE_PREFIX + b for b in relative_bases(metrics)),
                   *(GROUP_PREFIX + g for g in groups)]
     return names
+
+
+def indicator_names(indicators: bool | Sequence[str]) -> list[str]:
+    """The indicator features a feature list holds: all of :data:`INDICATOR_FEATURES` for
+    ``True``, none for ``False``, else the given ones (which must be among them, in their order).
+
+    Raises:
+        ValueError: a name that is no indicator, or out of order.
+    """
+    if isinstance(indicators, bool):
+        return list(INDICATOR_FEATURES) if indicators else []
+    chosen = list(indicators)
+    if [n for n in INDICATOR_FEATURES if n in chosen] != chosen:
+        raise ValueError(f"network indicators {chosen} are not among {INDICATOR_FEATURES} in that order")
+    return chosen
 
 
 def feature_groups(names: Sequence[str]) -> list[str] | None:
@@ -247,7 +269,7 @@ def feature_templates(names: Sequence[str]) -> list[str]:
     levels = has_metric_levels(names) or groups is None
     if list(names) != feature_names_for(templates, feature_metrics(names), groups, feature_categories(names),
                                         levels, NEW_ERRORS in names, UNKNOWN_TEMPLATES in names,
-                                        INDICATOR_FEATURES[0] in names):
+                                        [n for n in INDICATOR_FEATURES if n in names]):
         raise ValueError(
             f"feature names {list(names)[:20]} are not {FEATURE_NAMES} (then, with entity features, "
             f"{NETWORK_FEATURES}) followed by template counts, {OTHER_TEMPLATES!r}, {UNKNOWN_TEMPLATES!r} "

@@ -624,7 +624,7 @@ class AutoencoderKind(WindowKind):
             by_share = by_share | (n_new > novel.threshold)
         habits = bundle.indicators
         if habits is not None:
-            totals = habits.totals(x, bundle.feature_names, log1p)
+            totals = habits.totals(x, bundle.feature_names, log1p, habits.names)
             ratio = habits.ratios(totals).max(axis=1)
             by_share = by_share | (ratio > 1.0)
             # Per window an indicator flagged, which ones did (named in its text and first in its top features).

@@ -14,8 +14,13 @@ held-out capture's ROC-AUC from 1.000 to 0.833. So the model does not see them
 
 What is counted. The features of ``features.network_indicators``
 (:data:`~loganomaly.features.windows.INDICATOR_FEATURES`), summed over a window's steps:
-``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port)
-and ``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI).
+``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port),
+``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI) and
+``malformed_requests`` (requests that are not the protocol of their connection: Zeek's
+``bad_HTTP_request``). The third came from reading capture 009's missed windows: after its first
+six hours of unnamed requests, the Kovter host spent seventeen sending requests Zeek could not
+parse as HTTP to a new web server every minute or two; the model scored those hours 1-2.5 times
+its threshold, but they were the host's own normal by then, so its baseline excused them.
 
 Calibration. Per indicator, on every window of the training period, training and validation
 (:func:`loganomaly.models.window.indicator_windows`; the model never fits these counts, so each
@@ -68,17 +73,24 @@ MARGIN = 2.0
 MIN_THRESHOLD = 2.5
 
 
-def indicator_columns(names: Sequence[str]) -> list[int]:
-    """The columns of :data:`INDICATOR_FEATURES` in ``names``.
+def indicator_columns(names: Sequence[str], wanted: Sequence[str] | None = None) -> list[int]:
+    """The columns of the indicators ``wanted`` in ``names``; by default of those of
+    :data:`INDICATOR_FEATURES` that ``names`` holds (a feature list from before
+    ``malformed_requests`` holds the first two, and its ``sequences`` table keeps that list).
 
     Raises:
-        ModelError: one is missing (the windows were built without ``features.network_indicators``).
+        ModelError: one wanted is missing, or ``names`` holds none (the windows were built without
+            ``features.network_indicators``).
     """
-    missing = [n for n in INDICATOR_FEATURES if n not in names]
+    if wanted is None:
+        present = [n for n in INDICATOR_FEATURES if n in names]
+        # The lists that were ever written: the first two, or all.
+        wanted = present if present in (INDICATOR_FEATURES[:2], INDICATOR_FEATURES) else INDICATOR_FEATURES
+    missing = [n for n in wanted if n not in names]
     if missing:
         raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: set "
                          "features.network_indicators=true and run featurize with a refit")
-    return [list(names).index(n) for n in INDICATOR_FEATURES]
+    return [list(names).index(n) for n in wanted]
 
 
 def signal_only_columns(cfg: Config, names: Sequence[str]) -> list[int]:
@@ -97,7 +109,8 @@ class Indicators:
     """The calibrated indicator signal, stored in the bundle (``model.json`` key ``indicators``).
 
     Attributes:
-        names: the indicator features, in :data:`INDICATOR_FEATURES` order.
+        names: the indicator features, in :data:`INDICATOR_FEATURES` order (the first two in a
+            bundle from before ``malformed_requests``).
         thresholds: per indicator, a window whose total is above it is flagged.
         calibrated: per indicator, the budget quantile of the calibration windows' totals.
         validation_max: per indicator, the largest calibration window total.
@@ -151,16 +164,19 @@ class Indicators:
             raise ModelError("no windows to calibrate model.network_indicators on")
         totals = cls.totals(x, names, log1p)
         calibrated = [_nonzero_quantile(totals[:, j], 1.0 - budget) for j in range(totals.shape[1])]
-        out = cls(list(INDICATOR_FEATURES), [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
+        present = [names[c] for c in indicator_columns(names)]
+        out = cls(present, [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
                   [float(v) for v in totals.max(axis=0)], budget, len(x))
         log.info("network indicators over %d training-period windows: thresholds %s (budget quantiles %s, largest %s)",
                  len(x), dict(zip(out.names, out.thresholds, strict=True)), calibrated, out.validation_max)
         return out
 
     @staticmethod
-    def totals(x: np.ndarray, names: Sequence[str], log1p: bool = True) -> np.ndarray:
-        """``[N, K]`` whole counts per raw window of each indicator, summed over its steps."""
-        return np.stack([window_total(x, [c], log1p) for c in indicator_columns(names)], axis=1)
+    def totals(x: np.ndarray, names: Sequence[str], log1p: bool = True,
+               wanted: Sequence[str] | None = None) -> np.ndarray:
+        """``[N, K]`` whole counts per raw window of each indicator (``wanted``: a bundle's
+        :attr:`names`; by default every one ``names`` holds), summed over its steps."""
+        return np.stack([window_total(x, [c], log1p) for c in indicator_columns(names, wanted)], axis=1)
 
     def ratios(self, totals: np.ndarray) -> np.ndarray:
         """``[N, K]`` totals over their thresholds (above 1: the indicator flags the window)."""

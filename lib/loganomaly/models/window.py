@@ -820,7 +820,7 @@ class WindowKind(ModelKind):
             raise ModelError(f"the new-error signal reads {NEW_ERRORS!r}, not among the feature names")
         if bundle.indicators is not None:
             try:
-                indicator_columns(bundle.feature_names)
+                indicator_columns(bundle.feature_names, bundle.indicators.names)
             except ModelError as exc:
                 raise ModelError(f"the network-indicator signal: {exc}") from None
 
