@@ -215,9 +215,10 @@ class FeaturesConfig:
     # Matched on the record's ``weird`` component and its ``name`` attribute; [] counts them all.
     sensor_weirds: list[str] = field(default_factory=lambda: list(SENSOR_WEIRDS))
     # Network indicators (features ``repeated_failures``, ``unnamed_requests``,
-    # ``malformed_requests``): the most TCP attempts to one peer and port that never connected,
-    # HTTP/TLS requests to a bare address (no host or server name), and requests that are not
-    # the protocol of their connection (Zeek ``bad_HTTP_request`` weirds), per step. Malware's habits, not the network's volume, so they
+    # ``malformed_requests``, ``failed_targets``): the most TCP attempts to one peer and port that
+    # never connected, HTTP/TLS requests to a bare address (no host or server name), requests
+    # that are not the protocol of their connection (Zeek ``bad_HTTP_request`` weirds), and how
+    # many peers and ports the never-connected attempts went to, per step. Malware's habits, not the network's volume, so they
     # carry to hosts and networks the model never saw (Zeek profile; README "Leave one capture out").
     network_indicators: bool = False
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity

@@ -363,26 +363,30 @@ def test_network_indicators_count_repeated_attempts_and_requests_to_bare_address
     summary = featurize.run(spark, cfg, lake=lake, top_templates=0)
     names = summary.feature_names
     assert names == feature_names_for([], indicators=True)
-    assert names[-3:] == ["repeated_failures", "unnamed_requests", "malformed_requests"]
+    assert names[-4:] == ["repeated_failures", "unnamed_requests", "malformed_requests", "failed_targets"]
     v = raw_step(lake, names, host, t0)
     assert np.expm1(v["repeated_failures"]) == pytest.approx(4)
     assert np.expm1(v["unnamed_requests"]) == pytest.approx(3 + 1)
     assert np.expm1(v["malformed_requests"]) == pytest.approx(2)
+    # the bot's two targets (one port four times, another once); not the UDP, reset or half-seen ones
+    assert np.expm1(v["failed_targets"]) == pytest.approx(2)
     nxt = raw_step(lake, names, host, later)
     assert np.expm1(nxt["repeated_failures"]) == pytest.approx(1) and np.expm1(nxt["unnamed_requests"]) == 0
-    assert np.expm1(nxt["malformed_requests"]) == 0
+    assert np.expm1(nxt["malformed_requests"]) == 0 and np.expm1(nxt["failed_targets"]) == pytest.approx(3)
     # A feature list from before malformed_requests (a sequences table or bundle of then) is
     # still computed as it was: its two indicators, the same counts.
     old = feature_names_for([], indicators=["repeated_failures", "unnamed_requests"])
-    assert old == names[:-1]
+    assert old == names[:-2]
     from pyspark.sql import functions as F
 
     steps = featurize.step_features(lake.read("events"), cfg.features.step_seconds, old).where(
         F.col("entity") == host).orderBy("step").collect()
     assert [round(float(np.expm1(r[f"_f{len(old) - 2}"]))) for r in steps[:2]] == [4, 1]
     assert [round(float(np.expm1(r[f"_f{len(old) - 1}"]))) for r in steps[:2]] == [4, 0]
-    with pytest.raises(ValueError, match="not among"):
-        feature_names_for([], indicators=["unnamed_requests", "repeated_failures"])
+    for wrong in (["unnamed_requests", "repeated_failures"], ["repeated_failures"],
+                  ["repeated_failures", "unnamed_requests", "failed_targets"]):
+        with pytest.raises(ValueError, match="first two or more"):
+            feature_names_for([], indicators=wrong)
     # a featurize without the setting keeps the list it has (the table's names)
     cfg.features.network_indicators = False
     assert featurize.run(spark, cfg, lake=lake, top_templates=0).feature_names == names

@@ -15,7 +15,7 @@ from loganomaly.config import load_config
 from loganomaly.errors import ConfigError, ModelError
 from loganomaly.models.autoencoder import KIND, LSTMAutoencoder, LSTMAutoencoderConfig
 from loganomaly.models.bundle import META, load_bundle, save_bundle
-from loganomaly.models.indicators import MARGIN, MIN_THRESHOLD, Indicators, signal_only_columns
+from loganomaly.models.indicators import FLOORS, MARGIN, MIN_THRESHOLD, Indicators, signal_only_columns
 from loganomaly.models.normaliser import Normaliser
 from loganomaly.models.window import ModelBundle
 
@@ -138,7 +138,7 @@ def test_bundle_round_trip_and_damaged_records(tmp_path: Path) -> None:
     assert "indicators" not in json.loads((tmp_path / "without" / META).read_text())
     with pytest.raises(ModelError, match="malformed"):
         Indicators.from_dict({"names": ["repeated_failures"]})
-    with pytest.raises(ModelError, match=">= 2.5"):
+    with pytest.raises(ModelError, match=r">= their floors \(2.5"):
         Indicators(["repeated_failures"], [1.0], [0.5], [1.0], 0.01, 10)
     missing = bundle_of(threshold=1.0, thresholds=[18.0, 2.5])
     missing.feature_names = [*NAMES[:3], "errors"]
@@ -182,3 +182,21 @@ def test_malformed_requests_are_a_third_indicator_and_two_indicator_lists_keep_w
     # no version wrote a list with the third indicator alone
     with pytest.raises(ModelError, match="features.network_indicators"):
         Indicators.totals(test[:, :, [0, 1, 4]], ["events", "connections", "malformed_requests"])
+
+
+def test_failed_targets_has_the_floor_of_zeeks_scan_detector() -> None:
+    """A sweep of failed attempts over many peers and ports flags its window; a training period
+    where no host failed to more than one target does not lower the bar under 15."""
+    names = [*NAMES, "malformed_requests", "failed_targets"]
+
+    def row(targets: tuple[int, ...] = (0, 0, 0)) -> list[list[float]]:
+        return [[6, 5, 0, 0, 0, t] for t in targets]
+
+    signal = Indicators.calibrate(windows([row((1, 0, 0))] * 5 + [row()] * 95), names, budget=0.05)
+    assert signal.names[-1] == "failed_targets" and signal.calibrated[-1] == 1.0  # 2 x 1 is under the floor
+    assert signal.thresholds == [MIN_THRESHOLD] * 3 + [FLOORS["failed_targets"]] == [2.5, 2.5, 2.5, 15.0]
+    totals = signal.totals(windows([row((3, 4, 5)), row((90, 102, 97))]), names, wanted=signal.names)
+    assert signal.passed(totals[0]) == [] and signal.passed(totals[1]) == ["failed_targets"]
+    assert signal.text(totals[1]).startswith("289 peers and ports tried without a connection (> threshold 15;")
+    with pytest.raises(ModelError, match="floors"):
+        Indicators(names[2:], [2.5, 2.5, 2.5, 10.0], [0.0] * 4, [0.0] * 4, 0.05, 100)

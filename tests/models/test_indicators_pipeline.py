@@ -80,7 +80,7 @@ def test_the_bundle_carries_the_signal_and_its_model_does_not_see_the_indicators
     assert isinstance(bundle, ModelBundle) and bundle.indicators is not None
     names = bundle.feature_names
     assert [names[i] for i in bundle.normaliser.ignored] == ["repeated_failures", "unnamed_requests",
-                                                              "malformed_requests"]
+                                                              "malformed_requests", "failed_targets"]
     assert all(t >= 2.5 for t in bundle.indicators.thresholds)
     # Calibrated on every window of the training day (training and validation), not the
     # validation blocks alone.

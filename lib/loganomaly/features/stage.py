@@ -484,16 +484,17 @@ def step_features(events: DataFrame, step_seconds: int, feature_names: Sequence[
         )
     )
     if "repeated_failures" in feature_names:
-        # The step's most never-established TCP attempts to one (peer, port): counted per peer
-        # first, then the largest per (entity, step), joined back (a step without one gets 0).
+        # The step's never-established TCP attempts per (peer, port), then per (entity, step)
+        # the most to one of them and how many there were, joined back (a step without one gets 0).
         attempts = (
             valid.where((F.lower(F.col("proto")) == "tcp") & F.col("status").isin(UNESTABLISHED_TCP_STATES)
                         & F.col("dst_addr").isNotNull())
             .groupBy("entity", step.alias("step"), "dst_addr", "dst_port").agg(F.count(F.lit(1)).alias("_rf"))
-            .groupBy("entity", "step").agg(F.max("_rf").alias("_rf"))
+            .groupBy("entity", "step").agg(F.max("_rf").alias("_rf"), F.count(F.lit(1)).alias("_ft"))
         )
         agg = agg.join(attempts, ["entity", "step"], "left")
         aliases["repeated_failures"] = "_rf"
+        aliases["failed_targets"] = "_ft"
     novelty = {"new_peers": F.col("dst_addr"), "new_ports": F.col("dst_port").cast("string"),
                "new_services": F.when(is_conn, F.col("component")),
                "new_templates": F.when(known, tpl)}

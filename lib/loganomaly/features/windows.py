@@ -71,9 +71,12 @@ NEW_ERRORS = "new_errors"
 #: ``malformed_requests``: requests from the entity that the sensor could not parse as the
 #: protocol of their connection (Zeek ``weird`` records ``bad_HTTP_request``: bytes on an HTTP
 #: connection that are no HTTP request), a client speaking its own protocol over port 80, where
-#: browsers and libraries send well-formed requests. A feature list from before it (models and
-#: ``sequences`` tables written with the first two) keeps working with those two.
-INDICATOR_FEATURES: list[str] = ["repeated_failures", "unnamed_requests", "malformed_requests"]
+#: browsers and libraries send well-formed requests. ``failed_targets``: how many distinct
+#: (peer, port) the entity tried in the step without a connection (the same never-established
+#: attempts), a scanner's sweep, where a workstation's failures are a few. A feature list from
+#: before the later ones (models and ``sequences`` tables written with the first two or three)
+#: keeps working with those.
+INDICATOR_FEATURES: list[str] = ["repeated_failures", "unnamed_requests", "malformed_requests", "failed_targets"]
 #: Prefix of numeric metric features (``metric:cpu``): the step mean of a numeric attribute, e.g.
 #: a column of a CSV metric series (``features.metrics``).
 METRIC_PREFIX = "metric:"
@@ -116,6 +119,7 @@ INDICATOR_UNITS: dict[str, str] = {
     "repeated_failures": "repeated failed attempts to one peer and port",
     "unnamed_requests": "requests without a host or server name",
     "malformed_requests": "malformed requests (not the protocol of their connection)",
+    "failed_targets": "peers and ports tried without a connection",
 }
 #: Earlier busy steps of the entity within the baseline horizon (log1p): how much own history the
 #: relative features stand on; below ``features.baseline_min_steps`` they use the peer group's.
@@ -161,8 +165,8 @@ def feature_names_for(
     fixed ones, and :data:`HISTORY_STEPS`, the ``rel:`` twins and the group one-hot at the end.
     ``None`` is the list of runs before entity features (still computed, so older tables and
     models keep working). ``new_errors`` adds :data:`NEW_ERRORS` after ``tpl:unknown``, and
-    ``indicators`` :data:`INDICATOR_FEATURES` after that (``True``: all of them; a list: those,
-    in that order, as a feature list from before the last one was added holds them).
+    ``indicators`` :data:`INDICATOR_FEATURES` after that (``True``: all of them; a list: the
+    first two or more, as a feature list from before the later ones were added holds them).
     ``metric_levels=False`` (``features.metric_levels``, only with
     ``groups``) leaves the metrics' own levels out: each metric is then only its ``rel:`` twin.
 
@@ -192,16 +196,17 @@ def feature_names_for(
 
 def indicator_names(indicators: bool | Sequence[str]) -> list[str]:
     """The indicator features a feature list holds: all of :data:`INDICATOR_FEATURES` for
-    ``True``, none for ``False``, else the given ones (which must be among them, in their order).
+    ``True``, none for ``False`` or an empty list, else the given ones: the first two or more of
+    them, as the lists of earlier versions hold them.
 
     Raises:
-        ValueError: a name that is no indicator, or out of order.
+        ValueError: any other list.
     """
     if isinstance(indicators, bool):
         return list(INDICATOR_FEATURES) if indicators else []
     chosen = list(indicators)
-    if [n for n in INDICATOR_FEATURES if n in chosen] != chosen:
-        raise ValueError(f"network indicators {chosen} are not among {INDICATOR_FEATURES} in that order")
+    if chosen and (chosen != INDICATOR_FEATURES[:len(chosen)] or len(chosen) < 2):
+        raise ValueError(f"network indicators {chosen} are not the first two or more of {INDICATOR_FEATURES}")
     return chosen
 
 

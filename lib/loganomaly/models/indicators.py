@@ -15,18 +15,24 @@ held-out capture's ROC-AUC from 1.000 to 0.833. So the model does not see them
 What is counted. The features of ``features.network_indicators``
 (:data:`~loganomaly.features.windows.INDICATOR_FEATURES`), summed over a window's steps:
 ``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port),
-``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI) and
+``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI),
 ``malformed_requests`` (requests that are not the protocol of their connection: Zeek's
-``bad_HTTP_request``). The third came from reading capture 009's missed windows: after its first
+``bad_HTTP_request``) and ``failed_targets`` (below). The third came from reading capture 009's missed windows: after its first
 six hours of unnamed requests, the Kovter host spent seventeen sending requests Zeek could not
 parse as HTTP to a new web server every minute or two; the model scored those hours 1-2.5 times
 its threshold, but they were the host's own normal by then, so its baseline excused them.
+``failed_targets`` (per step, how many peers and ports the never-established attempts went to)
+is a scanner's habit: a sweep tries hundreds, a workstation a few. Read off capture 002 (an
+Nmap scan, never trained on): its internal scanner was flagged at the start of the scan and then
+excused by its own history, three windows of the scan already behind it. Its floor is Zeek's
+scan detector's (:data:`FLOORS`), not one fitted to the captures.
 
 Calibration. Per indicator, on every window of the training period, training and validation
 (:func:`loganomaly.models.window.indicator_windows`; the model never fits these counts, so each
 window is a fair sample of normal, and the validation blocks alone can miss a host's busiest
 hours): the alert budget's quantile of the totals of the windows where the indicator shows at
-all (above 0), times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD`. Of all windows, the
+all (above 0), times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD` (or the indicator's
+own floor, :data:`FLOORS`). Of all windows, the
 quantile of a count that is 0 almost everywhere depends on how many quiet windows there are
 (on the same captures, 957 validation windows put it at 2 and the 1,909 of the whole training
 period at 1), so a longer training period gave a lower threshold; among the windows that show
@@ -62,7 +68,8 @@ from loganomaly.models.unseen import window_total
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INDICATOR_FEATURES", "INDICATOR_TEXT", "MARGIN", "MIN_THRESHOLD", "Indicators", "signal_only_columns"]
+__all__ = ["FLOORS", "INDICATOR_FEATURES", "INDICATOR_TEXT", "MARGIN", "MIN_THRESHOLD", "Indicators", "floor_of",
+           "signal_only_columns"]
 
 #: How a flagged window's explanation introduces the indicators that passed.
 INDICATOR_TEXT = "network indicators: "
@@ -71,6 +78,17 @@ INDICATOR_TEXT = "network indicators: "
 MARGIN = 2.0
 #: The least threshold: a window needs three (whole counts above 2.5) to alert on an indicator.
 MIN_THRESHOLD = 2.5
+#: Indicators with a floor of their own. ``failed_targets``: Zeek's own scan detector
+#: (``policy/misc/scan.zeek``) reports a port scan at 15 distinct ports of one victim and an
+#: address scan at 25 hosts on one port, failed within 5 minutes; a window of failed attempts to
+#: fewer than 15 peers and ports is left to the model, however quiet the training hosts were (a
+#: workstation retrying a few dead shares, or a printer search, is not a sweep).
+FLOORS: dict[str, float] = {"failed_targets": 15.0}
+
+
+def floor_of(name: str) -> float:
+    """The least threshold of indicator ``name``."""
+    return FLOORS.get(name, MIN_THRESHOLD)
 
 
 def indicator_columns(names: Sequence[str], wanted: Sequence[str] | None = None) -> list[int]:
@@ -84,8 +102,8 @@ def indicator_columns(names: Sequence[str], wanted: Sequence[str] | None = None)
     """
     if wanted is None:
         present = [n for n in INDICATOR_FEATURES if n in names]
-        # The lists that were ever written: the first two, or all.
-        wanted = present if present in (INDICATOR_FEATURES[:2], INDICATOR_FEATURES) else INDICATOR_FEATURES
+        # The lists that were ever written: the first two or more.
+        wanted = present if len(present) >= 2 and present == INDICATOR_FEATURES[:len(present)] else INDICATOR_FEATURES
     missing = [n for n in wanted if n not in names]
     if missing:
         raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: set "
@@ -131,8 +149,9 @@ class Indicators:
         if not k or not len(self.thresholds) == len(self.calibrated) == len(self.validation_max) == k:
             raise ModelError(f"indicator signal needs one threshold per indicator, got {self.names} and "
                              f"{self.thresholds}")
-        if any(not np.isfinite(t) or t < MIN_THRESHOLD for t in self.thresholds):
-            raise ModelError(f"indicator thresholds must be numbers >= {MIN_THRESHOLD}, got {self.thresholds}")
+        if any(not np.isfinite(t) or t < floor_of(n) for n, t in zip(self.names, self.thresholds, strict=True)):
+            raise ModelError(f"indicator thresholds must be numbers >= their floors ({MIN_THRESHOLD}; "
+                             f"{FLOORS}), got {dict(zip(self.names, self.thresholds, strict=True))}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "thresholds": [float(v) for v in self.thresholds],
@@ -165,7 +184,8 @@ class Indicators:
         totals = cls.totals(x, names, log1p)
         calibrated = [_nonzero_quantile(totals[:, j], 1.0 - budget) for j in range(totals.shape[1])]
         present = [names[c] for c in indicator_columns(names)]
-        out = cls(present, [max(MARGIN * c, MIN_THRESHOLD) for c in calibrated], calibrated,
+        out = cls(present, [max(MARGIN * c, floor_of(n)) for n, c in zip(present, calibrated, strict=True)],
+                  calibrated,
                   [float(v) for v in totals.max(axis=0)], budget, len(x))
         log.info("network indicators over %d training-period windows: thresholds %s (budget quantiles %s, largest %s)",
                  len(x), dict(zip(out.names, out.thresholds, strict=True)), calibrated, out.validation_max)
