@@ -218,8 +218,9 @@ class FeaturesConfig:
     # ``malformed_requests``, ``failed_targets``): the most TCP attempts to one peer and port that
     # never connected, HTTP/TLS requests to a bare address (no host or server name), requests
     # that are not the protocol of their connection (Zeek ``bad_HTTP_request`` weirds), and how
-    # many peers and ports the never-connected attempts went to, per step. Malware's habits, not the network's volume, so they
-    # carry to hosts and networks the model never saw (Zeek profile; README "Leave one capture out").
+    # many peers and ports the never-connected attempts went to, per step. Malware's habits, not
+    # the network's volume, so they carry to hosts and networks the model never saw (Zeek profile;
+    # README "Leave one capture out").
     network_indicators: bool = False
     # Entity features (loganomaly.features.entities): direction, failure share, novelty, per-entity
     # trailing baselines and the peer group one-hot (and with them per-group normalisers and

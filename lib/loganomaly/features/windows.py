@@ -205,9 +205,15 @@ def indicator_names(indicators: bool | Sequence[str]) -> list[str]:
     if isinstance(indicators, bool):
         return list(INDICATOR_FEATURES) if indicators else []
     chosen = list(indicators)
-    if chosen and (chosen != INDICATOR_FEATURES[:len(chosen)] or len(chosen) < 2):
+    if chosen and not written_indicators(chosen):
         raise ValueError(f"network indicators {chosen} are not the first two or more of {INDICATOR_FEATURES}")
     return chosen
+
+
+def written_indicators(chosen: Sequence[str]) -> bool:
+    """Whether ``chosen`` is an indicator list some version wrote: the first two or more of
+    :data:`INDICATOR_FEATURES`, in order."""
+    return len(chosen) >= 2 and list(chosen) == INDICATOR_FEATURES[:len(chosen)]
 
 
 def feature_groups(names: Sequence[str]) -> list[str] | None:

@@ -17,10 +17,11 @@ What is counted. The features of ``features.network_indicators``
 ``repeated_failures`` (per step, the most never-established TCP attempts to one peer and port),
 ``unnamed_requests`` (HTTP requests without a host name, TLS sessions without SNI),
 ``malformed_requests`` (requests that are not the protocol of their connection: Zeek's
-``bad_HTTP_request``) and ``failed_targets`` (below). The third came from reading capture 009's missed windows: after its first
-six hours of unnamed requests, the Kovter host spent seventeen sending requests Zeek could not
-parse as HTTP to a new web server every minute or two; the model scored those hours 1-2.5 times
-its threshold, but they were the host's own normal by then, so its baseline excused them.
+``bad_HTTP_request``) and ``failed_targets`` (below). The third came from reading capture 009's
+missed windows: after its first six hours of unnamed requests, the Kovter host spent seventeen
+sending requests Zeek could not parse as HTTP to a new web server every minute or two; the
+model scored those hours 1-2.5 times its threshold, but they were the host's own normal by
+then, so its baseline excused them.
 ``failed_targets`` (per step, how many peers and ports the never-established attempts went to)
 is a scanner's habit: a sweep tries hundreds, a workstation a few. Read off capture 002 (an
 Nmap scan, never trained on): its internal scanner was flagged at the start of the scan and then
@@ -32,10 +33,9 @@ Calibration. Per indicator, on every window of the training period, training and
 window is a fair sample of normal, and the validation blocks alone can miss a host's busiest
 hours): the alert budget's quantile of the totals of the windows where the indicator shows at
 all (above 0), times :data:`MARGIN`, and at least :data:`MIN_THRESHOLD` (or the indicator's
-own floor, :data:`FLOORS`). Of all windows, the
-quantile of a count that is 0 almost everywhere depends on how many quiet windows there are
-(on the same captures, 957 validation windows put it at 2 and the 1,909 of the whole training
-period at 1), so a longer training period gave a lower threshold; among the windows that show
+own floor, :data:`FLOORS`). Of all windows, the quantile of a count that is 0 almost
+everywhere depends on how many quiet windows there are (on the same captures, 957 validation
+windows put it at 2 and the 1,909 of the whole training period at 1), so a longer training period gave a lower threshold; among the windows that show
 it, the quantile reads the tail of normal failures itself (the most of them when they are
 few). Those windows are still a small sample of normal, and a habit that marks malware shows
 at several times what normal operation brings (NjRAT's 27-52 attempts per window against a
@@ -63,7 +63,7 @@ import numpy as np
 
 from loganomaly.config import Config
 from loganomaly.errors import ModelError
-from loganomaly.features.windows import INDICATOR_FEATURES, INDICATOR_UNITS
+from loganomaly.features.windows import INDICATOR_FEATURES, INDICATOR_UNITS, written_indicators
 from loganomaly.models.unseen import window_total
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ def indicator_columns(names: Sequence[str], wanted: Sequence[str] | None = None)
     """
     if wanted is None:
         present = [n for n in INDICATOR_FEATURES if n in names]
-        # The lists that were ever written: the first two or more.
-        wanted = present if len(present) >= 2 and present == INDICATOR_FEATURES[:len(present)] else INDICATOR_FEATURES
+        wanted = present if written_indicators(present) else INDICATOR_FEATURES
     missing = [n for n in wanted if n not in names]
     if missing:
         raise ModelError(f"model.network_indicators reads {missing}, not among the feature names: set "
