@@ -4,6 +4,7 @@ with and without the signal (CPU, no Spark)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -68,33 +69,52 @@ def test_config_switches_and_signal_only_columns() -> None:
         signal_only_columns(on, NAMES[:2])
 
 
-def test_an_ignored_column_reaches_the_model_as_zero() -> None:
+def test_ignored_columns_are_left_out_of_the_model_input_and_older_bundles_zero_them() -> None:
     x = windows([window(5, (1, 2, 1)), window(3), window(9, unnamed=(4, 0, 0))])
     plain = Normaliser.fit(x)
     blind = plain.ignoring([3, 2])
-    assert blind.ignored == [2, 3] and blind.mean == plain.mean
+    assert blind.ignored == [2, 3] and blind.dropped and blind.mean == plain.mean and blind.width == 2
     out = blind.transform(x)
-    assert not out[:, :, 2:].any()
-    np.testing.assert_array_equal(out[:, :, :2], plain.transform(x)[:, :, :2])
-    assert Normaliser.from_dict(blind.to_dict()) == blind
-    assert "ignored" not in plain.to_dict()  # bundles without it keep their bytes
+    assert out.shape == (3, T, 2)
+    np.testing.assert_array_equal(out, plain.transform(x)[:, :, :2])
+    # per-input values go back to their columns, the left-out ones filled
+    wide = blind.widen(out, fill=-1.0)
+    np.testing.assert_array_equal(wide[:, :, :2], out)
+    assert (wide[:, :, 2:] == -1.0).all() and plain.widen(out) is out
+    assert Normaliser.from_dict(blind.to_dict()) == blind and blind.to_dict()["dropped"] is True
+    assert "ignored" not in plain.to_dict() and "dropped" not in plain.to_dict()  # bundles without it keep their bytes
+    # a bundle of before 2026-12-05: the columns stay model inputs, set to 0
+    zeroed = Normaliser.from_dict({**blind.to_dict(), "dropped": False})
+    assert "dropped" not in zeroed.to_dict() and zeroed.width == 4
+    old = zeroed.transform(x)
+    assert old.shape == (3, T, 4) and not old[:, :, 2:].any()
+    np.testing.assert_array_equal(old[:, :, :2], out)
     with pytest.raises(ModelError, match="ignored"):
         Normaliser(plain.mean, plain.std, [4])
     with pytest.raises(ModelError, match="ignored"):
         Normaliser.from_dict({**plain.to_dict(), "ignored": [True]})
+    with pytest.raises(ModelError, match="dropped"):
+        Normaliser.from_dict({**blind.to_dict(), "dropped": 1})
+    with pytest.raises(ModelError, match="drops all"):
+        plain.ignoring([0, 1, 2, 3])
 
 
-def bundle_of(threshold: float, thresholds: list[float] | None) -> ModelBundle:
-    """An untrained autoencoder over :data:`NAMES` that does not see the indicators."""
+def bundle_of(threshold: float, thresholds: list[float] | None, older: bool = False) -> ModelBundle:
+    """An untrained autoencoder over :data:`NAMES` that does not see the indicators (``older``:
+    as bundles before 2026-12-05 held it, the indicators zeroed model inputs)."""
     torch.manual_seed(0)
-    cfg = LSTMAutoencoderConfig(n_features=len(NAMES), window_steps=T, hidden_size=4)
     normaliser = Normaliser.fit(windows([window(5), window(3, (1, 0, 0)), window(8)])).ignoring([2, 3])
+    if older:
+        normaliser = dataclasses.replace(normaliser, dropped=False)
+    cfg = LSTMAutoencoderConfig(n_features=normaliser.width, window_steps=T, hidden_size=4)
     signal = None if thresholds is None else Indicators(["repeated_failures", "unnamed_requests"], thresholds,
                                                         [t / 2 for t in thresholds], [4.0, 1.0], 0.01, 60)
-    return ModelBundle(model_cfg=cfg, state_dict=LSTMAutoencoder(cfg).state_dict(), normaliser=normaliser,
-                       threshold=threshold, feature_names=list(NAMES),
-                       features={"step_seconds": 60, "window_steps": T, "stride_steps": 1, "transform": "log1p"},
-                       metrics={"val_feature_error": [0.1] * len(NAMES)}, indicators=signal)
+    bundle = ModelBundle(model_cfg=cfg, state_dict=LSTMAutoencoder(cfg).state_dict(), normaliser=normaliser,
+                         threshold=threshold, feature_names=list(NAMES),
+                         features={"step_seconds": 60, "window_steps": T, "stride_steps": 1, "transform": "log1p"},
+                         metrics={"val_feature_error": [0.1] * normaliser.width}, indicators=signal)
+    KIND.check_bundle(bundle)
+    return bundle
 
 
 def score(bundle: ModelBundle, x: np.ndarray) -> dict[str, list]:  # type: ignore[type-arg]
@@ -117,9 +137,20 @@ def test_a_bot_calling_a_dead_controller_is_flagged_and_named_first() -> None:
     assert out["top_features"][2][0] == "unnamed_requests"
     # the model's own explanation never names a feature it does not see
     assert all(n not in out["top_features"][0][1:] for n in ("repeated_failures", "unnamed_requests"))
-    flagged_by_error = score(bundle_of(threshold=0.0, thresholds=[18.0, 2.5]), x)
-    assert flagged_by_error["top_features"][1] and not set(flagged_by_error["top_features"][1]) & {
-        "repeated_failures", "unnamed_requests"}
+    for older in (False, True):
+        flagged_by_error = score(bundle_of(threshold=0.0, thresholds=[18.0, 2.5], older=older), x)
+        assert flagged_by_error["top_features"][1] and not set(flagged_by_error["top_features"][1]) & {
+            "repeated_failures", "unnamed_requests"}
+        assert flagged_by_error["explanation"][3].startswith("reconstruction error ")
+
+
+def test_a_bundle_whose_model_width_is_not_its_normalisers_is_refused() -> None:
+    bundle = bundle_of(threshold=1.0, thresholds=[18.0, 2.5])
+    with pytest.raises(ModelError, match="the model takes 4"):
+        KIND.check_bundle(dataclasses.replace(bundle, model_cfg=LSTMAutoencoderConfig(4, T, hidden_size=4)))
+    older = bundle_of(threshold=1.0, thresholds=[18.0, 2.5], older=True)
+    with pytest.raises(ModelError, match="the model takes 2"):
+        KIND.check_bundle(dataclasses.replace(older, model_cfg=LSTMAutoencoderConfig(2, T, hidden_size=4)))
 
 
 def test_bundle_round_trip_and_damaged_records(tmp_path: Path) -> None:
@@ -200,3 +231,34 @@ def test_failed_targets_has_the_floor_of_zeeks_scan_detector() -> None:
     assert signal.text(totals[1]).startswith("289 peers and ports tried without a connection (> threshold 15;")
     with pytest.raises(ModelError, match="floors"):
         Indicators(names[2:], [2.5, 2.5, 2.5, 10.0], [0.0] * 4, [0.0] * 4, 0.05, 100)
+
+
+def test_an_older_bundle_continues_as_the_same_network_without_its_zeroed_inputs() -> None:
+    """``train.init_from`` a bundle of before 2026-12-05 (the indicators zeroed model inputs):
+    its weights cut to the other columns compute the same errors and probabilities on them."""
+    from loganomaly.models.autoencoder import window_step_errors
+    from loganomaly.models.classifier import KIND as CLASSIFIER
+    from loganomaly.models.classifier import ClassifierConfig, LSTMClassifier, classifier_probabilities
+
+    x = windows([window(5, (17, 18, 17)), window(3, (1, 2, 1)), window(9, unnamed=(4, 0, 0)), window(2)])
+    for members in (1, 2):
+        old = bundle_of(threshold=1.0, thresholds=[18.0, 2.5], older=True)
+        cfg = LSTMAutoencoderConfig(n_features=4, window_steps=T, hidden_size=4, members=members)
+        old = dataclasses.replace(old, model_cfg=cfg, state_dict=LSTMAutoencoder(cfg).state_dict())
+        new = KIND.without_zeroed_inputs(old, [2, 3])
+        KIND.check_bundle(new)
+        assert new.model_cfg.n_features == 2 and new.normaliser.dropped and new.normaliser.ignored == [2, 3]
+        before = window_step_errors(old.build_model(), old.normaliser.transform(x))[:, :, :2]
+        after = window_step_errors(new.build_model(), new.normaliser.transform(x))
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-7)
+        assert KIND.without_zeroed_inputs(new, [2, 3]) is new  # already without them
+        assert KIND.without_zeroed_inputs(old, [3]) is old  # other columns: left for the caller to refuse
+    torch.manual_seed(1)
+    ccfg = ClassifierConfig(n_features=4, n_classes=2, hidden_size=4, bidirectional=True)
+    old_c = dataclasses.replace(bundle_of(threshold=0.5, thresholds=None, older=True), model_cfg=ccfg,
+                                state_dict=LSTMClassifier(ccfg).state_dict())
+    new_c = CLASSIFIER.without_zeroed_inputs(old_c, [2, 3])
+    CLASSIFIER.check_bundle(new_c)
+    np.testing.assert_allclose(classifier_probabilities(new_c.build_model(), new_c.normaliser.transform(x)),
+                               classifier_probabilities(old_c.build_model(), old_c.normaliser.transform(x)),
+                               rtol=1e-5, atol=1e-7)

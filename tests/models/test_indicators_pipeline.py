@@ -81,6 +81,10 @@ def test_the_bundle_carries_the_signal_and_its_model_does_not_see_the_indicators
     names = bundle.feature_names
     assert [names[i] for i in bundle.normaliser.ignored] == ["repeated_failures", "unnamed_requests",
                                                               "malformed_requests", "failed_targets"]
+    # left out of the network's input, not zeroed in it: its width is the other features'
+    assert bundle.normaliser.dropped and bundle.model_cfg.n_features == len(names) - 4
+    assert bundle.state_dict["encoder.weight_ih_l0"].shape[1] == len(names) - 4
+    assert len(bundle.metrics["val_feature_error"]) == len(names) - 4
     assert all(t >= 2.5 for t in bundle.indicators.thresholds)
     # Calibrated on every window of the training day (training and validation), not the
     # validation blocks alone.

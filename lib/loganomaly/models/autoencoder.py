@@ -489,6 +489,8 @@ class AutoencoderKind(WindowKind):
 
     name = "autoencoder"
     bundle_kind = LSTMAutoencoderConfig.bundle_kind
+    feature_input_weights = ("encoder.weight_ih_l0",)
+    feature_output_weights = ("output.weight", "output.bias")
 
     def model_config(self, cfg: Config, n_steps: int, n_features: int) -> LSTMAutoencoderConfig:
         return LSTMAutoencoderConfig(n_features=n_features, window_steps=n_steps, hidden_size=cfg.model.hidden_size,
@@ -672,9 +674,11 @@ class AutoencoderKind(WindowKind):
         tops: list[list[str]] = []
         texts: list[str] = []
         if len(flagged):
-            typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(x.shape[2]), dtype=np.float64)
-            tops, texts = explain(x[flagged], per_step, typical, mean, bundle.feature_names, top_k, log1p, prefixes,
-                                  bundle.normaliser.ignored)
+            # Errors per model input, put back at their feature columns (the dropped ones are never named).
+            norm = bundle.normaliser
+            typical = np.asarray(bundle.metrics.get("val_feature_error") or np.ones(norm.width), dtype=np.float64)
+            tops, texts = explain(x[flagged], norm.widen(per_step), norm.widen(typical, 1.0), mean,
+                                  bundle.feature_names, top_k, log1p, prefixes, norm.ignored)
             if habits is not None:
                 # The indicators that flagged a window come first: what decided, and what the
                 # per-entity score baseline reads to leave the flag alone.

@@ -243,6 +243,7 @@ def explain_classifier(
     names: list[str],
     top_k: int,
     log1p: bool = True,
+    columns: np.ndarray | None = None,
 ) -> tuple[list[list[str]], list[str]]:
     """Name the features without which the classifier would find a window least anomalous.
 
@@ -255,6 +256,8 @@ def explain_classifier(
         x: raw windows ``[N, T, F]``; normalised: the same, normalised.
         probability: the anomalous-class probability of each window ``[N]``.
         mean: per-feature training mean (raw units of ``x``) ``[F]``.
+        columns: the feature column of each model input (``Normaliser.kept``: the model may see
+            fewer features than ``x`` holds); None: the same columns.
     """
     assert isinstance(model, LSTMClassifier)
     n, steps, n_feat = normalised.shape
@@ -272,15 +275,16 @@ def explain_classifier(
         drop[lo : lo + len(part)] = probability[lo : lo + len(part), None] - without
     order = np.argsort(-drop, axis=1)[:, :top_k]
     worst_step = np.abs(normalised).argmax(axis=1)  # [N, F]
+    column = np.arange(n_feat) if columns is None else np.asarray(columns)
     undo = signed_expm1 if log1p else (lambda v: v)
     tops, texts = [], []
     for i, chosen in enumerate(order):
-        tops.append([names[f] for f in chosen])
+        tops.append([names[column[f]] for f in chosen])
         parts = []
         for f in chosen:
-            step = int(worst_step[i, f])
-            parts.append(f"{names[f]}={float(undo(x[i, step, f])):.3g} at step {step + 1} "
-                         f"(normal ~{float(undo(mean[f])):.3g}; P(anomalous) {probability[i]:.2f} -> "
+            step, c = int(worst_step[i, f]), int(column[f])
+            parts.append(f"{names[c]}={float(undo(x[i, step, c])):.3g} at step {step + 1} "
+                         f"(normal ~{float(undo(mean[c])):.3g}; P(anomalous) {probability[i]:.2f} -> "
                          f"{probability[i] - drop[i, f]:.2f} without it)")
         texts.append("; ".join(parts))
     return tops, texts
@@ -302,6 +306,7 @@ class ClassifierKind(WindowKind):
 
     name = "classifier"
     bundle_kind = ClassifierConfig.bundle_kind
+    feature_input_weights = ("lstm.weight_ih_l0", "lstm.weight_ih_l0_reverse")
 
     def plan(self, spark: Any, cfg: Config, lake: Lake, model_dir: Path) -> TrainingPlan:
         """As every window kind, after refusing settings that would leave it one class.
@@ -357,7 +362,8 @@ class ClassifierKind(WindowKind):
             prefixes = (bundle.judged_against(x[flagged], groups[flagged], np.full(len(flagged), bundle.threshold))
                         if groups is not None else [""] * len(flagged))
             found_tops, found_texts = explain_classifier(model, device, x[flagged], normalised[flagged],
-                                                         probability[flagged], mean, bundle.feature_names, top_k, log1p)
+                                                         probability[flagged], mean, bundle.feature_names, top_k, log1p,
+                                                         bundle.normaliser.kept())
             tops = list(found_tops)
             texts = [f"{prefix}: {text}" if prefix else text
                      for prefix, text in zip(prefixes, found_texts, strict=True)]

@@ -51,16 +51,21 @@ class Normaliser:
     Attributes:
         mean: per-feature mean, length F.
         std: per-feature standard deviation (floored at :data:`STD_FLOOR`), length F.
-        ignored: features the model does not see: ``transform`` sets them to 0 (their mean), so
-            they carry no information and add no reconstruction error. Count signals read them
-            from the raw windows instead (``model.network_indicators``): counts that are 0 in
-            almost every normal window would otherwise dominate the error of any window where
-            they are 1 or 2 (mean and std still describe them, for explanations).
+        ignored: features the model does not see. Count signals read them from the raw
+            windows instead (``model.network_indicators``): counts that are 0 in almost every
+            normal window would otherwise dominate the error of any window where they are 1 or 2
+            (mean and std still describe them, for explanations).
+        dropped: whether ``transform`` leaves the ignored features out of its output (the
+            model's input is then ``F - len(ignored)`` wide: :attr:`width`), or, in bundles
+            written before 2026-12-05, sets them to 0 (their mean). Zeroed columns carried no
+            information, but they were still inputs and outputs of the network: each one more
+            changed how its weights were drawn, so adding an indicator moved every score.
     """
 
     mean: list[float]
     std: list[float]
     ignored: list[int] = field(default_factory=list)
+    dropped: bool = False
 
     def __post_init__(self) -> None:
         if len(self.mean) != len(self.std) or not self.mean:
@@ -70,10 +75,39 @@ class Normaliser:
         if any(not isinstance(i, int) or not 0 <= i < len(self.mean) for i in self.ignored) \
                 or len(set(self.ignored)) != len(self.ignored):
             raise ModelError(f"normaliser's ignored features {self.ignored} are not distinct columns of {len(self.mean)}")
+        if not isinstance(self.dropped, bool):
+            raise ModelError(f"normaliser's dropped must be true or false, got {self.dropped!r}")
+        if self.dropped and len(self.ignored) >= len(self.mean):
+            raise ModelError(f"normaliser drops all {len(self.mean)} features")
 
     def ignoring(self, columns: Sequence[int]) -> Normaliser:
-        """The same statistics with ``columns`` ignored (see the class docstring)."""
-        return dataclasses.replace(self, ignored=sorted(int(c) for c in columns))
+        """The same statistics with ``columns`` ignored and left out of the model's input."""
+        return dataclasses.replace(self, ignored=sorted(int(c) for c in columns), dropped=bool(len(columns)))
+
+    def same_inputs(self, other: Normaliser) -> bool:
+        """Whether ``other`` leaves out the same columns the same way (peer groups' normalisers
+        must: their outputs fill one model input)."""
+        return (self.ignored, self.dropped) == (other.ignored, other.dropped)
+
+    @property
+    def width(self) -> int:
+        """Features per step of :meth:`transform`'s output: the model's input width."""
+        return len(self.mean) - len(self.ignored) if self.dropped else len(self.mean)
+
+    def kept(self) -> np.ndarray:
+        """The feature columns :meth:`transform` outputs, in order."""
+        if not self.dropped:
+            return np.arange(len(self.mean))
+        return np.setdiff1d(np.arange(len(self.mean)), self.ignored)
+
+    def widen(self, values: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """``values[..., width]`` (per model input, e.g. reconstruction errors) back at their
+        feature columns ``[..., F]``, ``fill`` in the dropped ones; unchanged when none is dropped."""
+        if not self.dropped or not self.ignored:
+            return values
+        out = np.full((*values.shape[:-1], len(self.mean)), fill, dtype=values.dtype)
+        out[..., self.kept()] = values
+        return out
 
     @classmethod
     def fit(cls, x: np.ndarray, std_floor: float = STD_FLOOR) -> Normaliser:
@@ -107,30 +141,38 @@ class Normaliser:
         # One float32 pass writing a fresh array, then one in place: no float64 copy and no cast
         # back (a third of the time of doing it in float64 on a scoring batch). The model runs in
         # float32 anyway; the values differ from float64 arithmetic by a float32 rounding or two.
-        out = np.subtract(x, np.asarray(self.mean, dtype=np.float32), dtype=np.float32)
-        out /= np.asarray(self.std, dtype=np.float32)
-        if self.ignored:
+        mean, std = np.asarray(self.mean, dtype=np.float32), np.asarray(self.std, dtype=np.float32)
+        if self.dropped and self.ignored:
+            kept = self.kept()
+            x, mean, std = x[..., kept], mean[kept], std[kept]
+        out = np.subtract(x, mean, dtype=np.float32)
+        out /= std
+        if self.ignored and not self.dropped:
             out[..., self.ignored] = 0.0
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict for JSON (``ignored`` only when set: older bundles keep their bytes and versions)."""
+        """Plain dict for JSON (``ignored`` and ``dropped`` only when set: older bundles keep their
+        bytes and versions)."""
         out: dict[str, Any] = {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
         if self.ignored:
             out["ignored"] = [int(i) for i in self.ignored]
+        if self.dropped:
+            out["dropped"] = True
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normaliser:
         """Rebuild from :meth:`to_dict`; ModelError on missing or malformed values."""
         try:
-            unknown = sorted(set(data) - {"mean", "std", "ignored"})
+            unknown = sorted(set(data) - {"mean", "std", "ignored", "dropped"})
             if unknown:
-                raise ModelError(f"unknown normaliser keys {unknown}; valid keys: mean, std, ignored")
+                raise ModelError(f"unknown normaliser keys {unknown}; valid keys: mean, std, ignored, dropped")
             ignored = data.get("ignored", [])
             if not isinstance(ignored, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in ignored):
                 raise ModelError(f"normaliser's ignored must be a list of column numbers, got {ignored!r}")
-            return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]], list(ignored))
+            return cls([float(v) for v in data["mean"]], [float(v) for v in data["std"]], list(ignored),
+                       data.get("dropped", False))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"invalid normaliser: {exc!r}") from None
 
@@ -246,6 +288,8 @@ class PeerGroups:
         for gi, name in enumerate(self.names):
             own = self.normalisers.get(name)
             mask = groups == gi
+            if own is not None and not own.same_inputs(fallback):
+                raise ModelError(f"peer group {name}'s normaliser leaves out other features than the global one")
             if own is not None and mask.any():
                 out[mask] = own.transform(x[mask])
         return out

@@ -15,14 +15,15 @@ windows whose columns mean something else.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -375,7 +376,8 @@ class WindowWork(RankWork):
         reader: Reader = READERS.get(settings.reader)
         # Both plans in one go: the Arrow reader reads the row groups they share once.
         (shard, order), (val_shard, _) = reader.read_parts([self.train_plan, self.val_plan], comm, [True, False])
-        n_features = self.model_cfg.n_features
+        # The windows' width: the model's inputs and the columns it does not see (Normaliser.dropped).
+        n_features = self.model_cfg.n_features + len(self.ignored)
         steps = getattr(self.model_cfg, "window_steps", None)
         if shard.x.shape[2] != n_features or (steps is not None and shard.x.shape[1] != steps):
             raise ModelError(f"windows have shape {shard.x.shape[1:]}, the model expects ({steps or 'any'}, {n_features})")
@@ -455,6 +457,43 @@ class WindowKind(ModelKind):
     def calibrate(self, model: torch.nn.Module, device: torch.device, val_x: np.ndarray, val_shard: Shard,
                   cfg: Config) -> tuple[float, dict[str, Any], np.ndarray]:
         """(threshold, metrics, validation scores) from the validation windows (normalised)."""
+
+    #: Weights whose second axis runs over the model's input features (``nn.LSTM`` input weights).
+    feature_input_weights: ClassVar[tuple[str, ...]] = ()
+    #: Weights and biases whose first axis runs over the model's output features (an
+    #: autoencoder's reconstruction layer; a classifier's outputs are classes).
+    feature_output_weights: ClassVar[tuple[str, ...]] = ()
+
+    def without_zeroed_inputs(self, bundle: ModelBundle, ignored: Sequence[int]) -> ModelBundle:
+        """``bundle`` (``train.init_from``) as a network without the columns it only saw as zeros.
+
+        Bundles written before 2026-12-05 fed the signal-only columns to the network set to 0
+        (:attr:`Normaliser.dropped` false). Continuing one under today's code would refuse the
+        narrower network, so its weights are cut to the kept columns: exact, as a zeroed input
+        adds nothing through its weights and a dropped output column is never read. Any other
+        bundle (none ignored, already dropped, other columns) comes back as it is.
+        """
+        norm = bundle.normaliser
+        if norm.dropped or not norm.ignored or sorted(ignored) != norm.ignored:
+            return bundle
+        narrow = norm.ignoring(ignored)
+        kept = torch.as_tensor(narrow.kept())
+        state: dict[str, torch.Tensor] = {}
+        for name, value in bundle.state_dict.items():
+            # members.<k>.<layer> in a bundle of several networks: each member's layer as one's.
+            tail = name.split(".", 2)[-1] if name.startswith("members.") else name
+            if tail in self.feature_input_weights:
+                value = value.index_select(1, kept)
+            elif tail in self.feature_output_weights:
+                value = value.index_select(0, kept)
+            state[name] = value
+        peers = bundle.peers
+        if peers is not None:
+            peers = dataclasses.replace(peers, normalisers={k: v.ignoring(ignored) for k, v in peers.normalisers.items()})
+        log.info("train: model %s took %d zeroed columns as inputs; continuing it without them", bundle.version,
+                 len(ignored))
+        return dataclasses.replace(bundle, model_cfg=dataclasses.replace(bundle.model_cfg, n_features=narrow.width),
+                                   state_dict=state, normaliser=narrow, peers=peers)
 
     def calibrate_group(self, val_scores: np.ndarray, cfg: Config,
                         previous_flagged: np.ndarray | None = None, budget: float | None = None) -> float | None:
@@ -547,10 +586,14 @@ class WindowKind(ModelKind):
                 f"too few windows to train: {n_train} training, {n_val} validation "
                 f"(need >= {MIN_TRAIN_WINDOWS} and >= 2); widen the data or change train.train_until"
             )
-        model_cfg = self.model_config(cfg, *shape)
+        # The signal-only columns are no input of the network (Normaliser.dropped): its width is the rest.
+        ignored = signal_only_columns(cfg, feature_names)
+        model_cfg = self.model_config(cfg, shape[0], shape[1] - len(ignored))
         init_state, init_normaliser, init_groups = None, None, None
         if cfg.train.init_from:
             base = load_bundle(cfg.train.init_from)
+            if isinstance(base, ModelBundle) and base.feature_names == feature_names:
+                base = self.without_zeroed_inputs(base, ignored)
             if not isinstance(base, ModelBundle) or base.model_cfg != model_cfg or base.feature_names != feature_names:
                 raise ConfigError(
                     f"train.init_from={cfg.train.init_from} holds a {base.kind} of {base.model_cfg.to_dict()}"
@@ -563,7 +606,7 @@ class WindowKind(ModelKind):
         previous = self.previous_bundle(cfg, model_dir, model_cfg, feature_names)
         work = self.work(train_plan, val_plan, model_cfg, init_normaliser, cfg)
         work.std_floor = cfg.train.std_floor
-        work.ignored = signal_only_columns(cfg, feature_names)
+        work.ignored = ignored
         groups = feature_groups(feature_names)
         if groups:
             work.group_names = list(groups)
@@ -802,15 +845,18 @@ class WindowKind(ModelKind):
 
     def check_bundle(self, bundle: Bundle) -> None:
         assert isinstance(bundle, ModelBundle)
-        n = bundle.model_cfg.n_features
-        if len(bundle.normaliser.mean) != n:
-            raise ModelError(f"normaliser has {len(bundle.normaliser.mean)} features, the model {n}")
-        if len(bundle.feature_names) != n:
-            raise ModelError(f"{len(bundle.feature_names)} feature names for a model of {n} features")
+        n, norm = len(bundle.feature_names), bundle.normaliser
+        if len(norm.mean) != n:
+            raise ModelError(f"normaliser has {len(norm.mean)} features, the feature names {n}")
+        if norm.width != bundle.model_cfg.n_features:
+            raise ModelError(f"the normaliser gives {norm.width} of the {n} features "
+                             f"({len(norm.ignored) if norm.dropped else 0} left out), the model takes "
+                             f"{bundle.model_cfg.n_features}")
         if bundle.peers is not None:
             wanted = [bundle.feature_names.index(GROUP_PREFIX + g) if GROUP_PREFIX + g in bundle.feature_names else -1
                       for g in bundle.peers.names]
-            if wanted != bundle.peers.columns or any(len(v.mean) != n for v in bundle.peers.normalisers.values()):
+            if wanted != bundle.peers.columns or any(len(v.mean) != n or not v.same_inputs(norm)
+                                                     for v in bundle.peers.normalisers.values()):
                 raise ModelError(f"peer groups {bundle.peers.names} do not match the feature names or feature count")
         if bundle.unseen is not None:
             missing = [c for c in bundle.unseen.columns if c not in bundle.feature_names]
@@ -832,7 +878,7 @@ class WindowKind(ModelKind):
         if not lake.exists("sequences"):
             raise StageInputError(f"no sequences table under {lake.root}; run `loganomaly featurize` first")
         windows = lake.read("sequences")
-        n_steps, n_features = bundle.window_steps, bundle.model_cfg.n_features
+        n_steps, n_features = bundle.window_steps, len(bundle.feature_names)
         # Same shape is not enough: the frequent-template columns must be the model's, in its order.
         if "feature_names" not in windows.columns:
             raise ModelError("sequences has no feature_names column (written before feature names were stored); "
@@ -876,12 +922,12 @@ class WindowKind(ModelKind):
     def score_batch(self, bundle: Bundle, model: torch.nn.Module, device: torch.device, values: Any,
                     top_k: int, inference: Inference | None = None) -> pa.RecordBatch | pd.DataFrame:
         assert isinstance(bundle, ModelBundle)
-        x = windows_of(values, bundle.window_steps, bundle.model_cfg.n_features)
+        x = windows_of(values, bundle.window_steps, len(bundle.feature_names))
         return self.score_windows(bundle, model, device, x, top_k, inference)
 
     def row_floats(self, bundle: Bundle) -> int | None:
         assert isinstance(bundle, ModelBundle)
-        return bundle.window_steps * int(bundle.model_cfg.n_features)
+        return bundle.window_steps * len(bundle.feature_names)
 
     def report_facts(self, bundle: Bundle) -> list[tuple[str, Any]]:
         assert isinstance(bundle, ModelBundle)
