@@ -221,7 +221,9 @@ def test_only_flagged_windows_are_explained_and_keep_their_explanation() -> None
     bundle.threshold = float(np.median(score))  # half the windows flagged
     for batch_size in (7, 1024):
         scored = KIND.score_windows(bundle, model, torch.device("cpu"), x, 2, Inference(batch_size=batch_size)).to_pandas()
-        np.testing.assert_allclose(scored["score"].to_numpy(), score, rtol=1e-12)
+        # float32 networks: a batch of another size may take another CPU kernel (a last batch of
+        # one window did on an Intel Xeon runner), so scores agree to float32 rounding, not exactly.
+        np.testing.assert_allclose(scored["score"].to_numpy(), score, rtol=1e-6)
         flagged = score > bundle.threshold
         assert 0 < flagged.sum() < len(x)
         for i in range(len(x)):
@@ -239,9 +241,9 @@ def test_flagged_step_errors_returns_the_errors_of_flagged_windows_only() -> Non
     per_step = window_step_errors(model, x)
     threshold = float(np.quantile(per_step.mean(axis=(1, 2)), 0.75))
     score, flagged, errors = flagged_step_errors(model, x, threshold, batch_size=5)
-    np.testing.assert_allclose(score, per_step.mean(axis=(1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(score, per_step.mean(axis=(1, 2)), rtol=1e-6)  # batches of 5 against one
     np.testing.assert_array_equal(flagged, np.flatnonzero(score > threshold))
-    np.testing.assert_array_equal(errors, per_step[flagged])
+    np.testing.assert_allclose(errors, per_step[flagged], rtol=1e-6)
     none = flagged_step_errors(model, x, np.inf)
     assert none[1].shape == (0,) and none[2].shape == (0, T, F)
 
