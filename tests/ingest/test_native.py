@@ -223,7 +223,7 @@ def test_cutting_numbers_and_decodes_lines_as_open_lines_does(tmp_path, monkeypa
     ]
     assert got == list(open_lines(path))
     assert got[0][1] == '{"a":1}'  # the byte-order mark before line 1 is no part of it
-    ids = [r["event_id"] for b in native.cut_lines(str(path), generation=2) for r in b.to_pylist()]
+    ids = [r["event_id"] for b in native.cut_lines(str(path), 2) for r in b.to_pylist()]
     assert ids == [ingest.event_id(str(path), n, 2) for n in range(1, len(got) + 1)]
 
     gz = tmp_path / "x.log.gz"

@@ -188,3 +188,44 @@ def test_a_ledger_without_generation_is_read_as_generation_0_and_migrated(spark,
         fh.write(json_line(51) + "\n")
     assert ingest.run(spark, Config(), [str(raw)], lake=lake).events == 2
     assert check_ledger(lake) == {("app.jsonl", 0): 6, ("app.jsonl", 1): 2}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_generation_keeps_its_id_scheme_and_a_new_one_takes_the_current(spark, tmp_path, engine) -> None:  # type: ignore[no-untyped-def]
+    """A lake from before ``id_scheme``: its events hold legacy ids. An append re-reads the
+    generation with the same (legacy) ids, so no line's id changes; the next generation of the
+    file is named by the current scheme; the ledger records both."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    from loganomaly.ingest.ids import CURRENT, LEGACY, IdKey, legacy_id
+
+    require_engine(spark, engine)
+    lake = Lake(spark, tmp_path / "lake", engine=engine)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    log = raw / "app.jsonl"
+    path = str(log.resolve())
+    write(log, [json_line(i) for i in range(4)], 1_000)
+    ingest.run(spark, Config(), [str(raw)], lake=lake)
+    assert {r.event_id for r in lake.read("events").collect()} == {IdKey(path).one(n) for n in range(1, 5)}
+    # make it a lake of the version before: legacy ids in events, no id_scheme in the ledger
+    legacy = F.udf(lambda f, n: legacy_id(f, n), StringType())
+    events = lake.read("events").withColumn("event_id", legacy("file", "line_no")).localCheckpoint()
+    lake.write("events", events, mode="overwrite")
+    lake.write("ingested_files", lake.read("ingested_files").drop("id_scheme").localCheckpoint(), mode="overwrite")
+    old_ids = {r.event_id for r in lake.read("events").collect()}
+    assert old_ids == {legacy_id(path, n) for n in range(1, 5)}
+
+    with open(log, "a") as fh:
+        fh.write(json_line(4) + "\n")
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).events == 5
+    assert {r.event_id for r in lake.read("events").collect()} == {legacy_id(path, n) for n in range(1, 6)}
+
+    write(log, [json_line(100 + i) for i in range(2)], 2_000)  # copytruncate: generation 1
+    assert ingest.run(spark, Config(), [str(raw)], lake=lake).events == 2
+    ids = {r.event_id for r in lake.read("events").collect()}
+    assert ids == {legacy_id(path, n) for n in range(1, 6)} | {IdKey(path, 1).one(n) for n in (1, 2)}
+    rows = sorted(lake.read("ingested_files").collect(), key=lambda r: r.generation)
+    assert [(r.generation, r.id_scheme) for r in rows] == [(0, LEGACY), (1, CURRENT)]
+    assert check_ledger(lake) == {("app.jsonl", 0): 5, ("app.jsonl", 1): 2}

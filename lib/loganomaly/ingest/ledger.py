@@ -11,7 +11,7 @@ are hashed again:
 
 * same head, same size: unchanged, skipped (whatever its mtime);
 * same head, larger: appended to; the generation is read again and its rows replaced (event ids
-  are stable per line, so the earlier lines keep their ids);
+  are stable per line and the generation keeps its id scheme, so the earlier lines keep their ids);
 * smaller (copytruncate, truncate-and-rewrite), or another head at any size (the file was
   renamed away and a new one created at the path, or truncated and refilled past the old
   size): a new *generation* of the path, loaded with its own ledger row and event ids; every
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loganomaly.ingest.ids import CURRENT, LEGACY, IdKey
 from loganomaly.lake.conflicts import retry_conflicts
 from loganomaly.lake.schemas import TABLES
 from loganomaly.lake.tables import Lake, rows_table
@@ -122,11 +123,13 @@ class Generation:
     mtime: int
     run_id: str
     head_hash: str | None = None
+    id_scheme: int = LEGACY
 
 
 def read_ledger(lake: Lake) -> dict[str, list[Generation]]:
     """Loaded ledger rows by path, oldest generation first. Columns a ledger predates read as
-    their old meaning: no ``generation`` is 0, no ``head_hash`` is NULL, no ``status`` is loaded.
+    their old meaning: no ``generation`` is 0, no ``head_hash`` is NULL, no ``status`` is loaded,
+    no ``id_scheme`` is :data:`.ids.LEGACY`.
     Rows of files that vanished are left out (they hold nothing and must not stop a reload)."""
     if not lake.exists("ingested_files"):
         return {}
@@ -136,13 +139,16 @@ def read_ledger(lake: Lake) -> dict[str, list[Generation]]:
     cols = set(df.columns)
     gen = F.coalesce(F.col("generation"), F.lit(0)) if "generation" in cols else F.lit(0)
     head = F.col("head_hash") if "head_hash" in cols else F.lit(None).cast("string")
+    scheme = F.coalesce(F.col("id_scheme"), F.lit(LEGACY)) if "id_scheme" in cols else F.lit(LEGACY)
     if "status" in cols:
         df = df.where(F.col("status").isNull() | (F.col("status") == LOADED))
     found: dict[str, list[Generation]] = {}
     for r in df.select(
-        "path", "size", "mtime", "run_id", gen.alias("generation"), head.alias("head")
+        "path", "size", "mtime", "run_id", gen.alias("generation"), head.alias("head"), scheme.alias("scheme")
     ).collect():
-        found.setdefault(r.path, []).append(Generation(int(r.generation), r.size, r.mtime, r.run_id, r.head))
+        found.setdefault(r.path, []).append(
+            Generation(int(r.generation), r.size, r.mtime, r.run_id, r.head, int(r.scheme))
+        )
     for gens in found.values():
         gens.sort(key=lambda g: g.generation)
     return found
@@ -150,8 +156,9 @@ def read_ledger(lake: Lake) -> dict[str, list[Generation]]:
 
 @dataclass(frozen=True)
 class Load:
-    """A file to load: its identity and head hash, the generation it loads as, and the runs whose
-    rows of it stay (those of earlier generations)."""
+    """A file to load: its identity and head hash, the generation it loads as, the runs whose
+    rows of it stay (those of earlier generations), and how its lines are named (``id_scheme``:
+    a generation read again keeps the one it was first loaded with)."""
 
     path: str
     size: int
@@ -159,6 +166,12 @@ class Load:
     generation: int
     keep_runs: tuple[str, ...]
     head_hash: str | None = None
+    id_scheme: int = CURRENT
+
+    @property
+    def id_key(self) -> IdKey:
+        """The event ids of this generation's lines."""
+        return IdKey(self.path, self.generation, self.id_scheme)
 
 
 def _heads(path: str, size: int, recorded_size: int) -> tuple[str, str]:
@@ -212,7 +225,7 @@ def plan_loads(
                 "%s grew from %d to %d bytes: generation %d is read again", path, last.size, size, generation
             )
         keep = tuple(g.run_id for g in gens if g.generation < generation and g.run_id)
-        todo.append(Load(path, size, mtime, generation, keep, own))
+        todo.append(Load(path, size, mtime, generation, keep, own, CURRENT if new else last.id_scheme))
     return todo
 
 
@@ -230,14 +243,14 @@ def ledger_row(
         fmt = UNRECOGNISED if n_ev + n_q else EMPTY
     return (
         load.path, load.size, load.mtime, fmt, n_ev + n_q, n_ev, n_q, run_id, now,
-        load.generation, load.head_hash, LOADED, None,
+        load.generation, load.head_hash, LOADED, None, load.id_scheme,
     )  # fmt: skip
 
 
 def vanished_row(path: str, generation: int, run_id: str, now: dt.datetime, reason: str) -> tuple[Any, ...]:
     """The ``ingested_files`` row of a file gone before it was read: counts 0, not loaded, so the
     file loads if it comes back."""
-    return (path, 0, 0, None, 0, 0, 0, run_id, now, generation, None, VANISHED, reason)
+    return (path, 0, 0, None, 0, 0, 0, run_id, now, generation, None, VANISHED, reason, None)
 
 
 def next_generation(ledger: Mapping[str, list[Generation]], path: str) -> int:
@@ -248,12 +261,12 @@ def next_generation(ledger: Mapping[str, list[Generation]], path: str) -> int:
 
 #: Values given to each column a ledger predates, as SQL (their old meaning).
 _MIGRATED = {"generation": "CAST(0 AS BIGINT)", "head_hash": "CAST(NULL AS STRING)", "status": "'loaded'",
-             "reason": "CAST(NULL AS STRING)"}  # fmt: skip
+             "reason": "CAST(NULL AS STRING)", "id_scheme": f"CAST({LEGACY} AS BIGINT)"}  # fmt: skip
 
 
 def migrate_ledger(spark: SparkSession, lake: Lake) -> None:
-    """Give a ledger written before ``generation``, ``head_hash``, ``status`` or ``reason`` existed
-    those columns (generation 0, no hash, loaded), so merges on (path, generation) match its rows.
+    """Give a ledger written before ``generation``, ``head_hash``, ``status``, ``reason`` or
+    ``id_scheme`` existed those columns (generation 0, no hash, loaded, legacy ids), so merges on (path, generation) match its rows.
     One overwrite of a small table, on either engine."""
     if not lake.exists("ingested_files"):
         return

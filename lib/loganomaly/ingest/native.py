@@ -7,7 +7,7 @@ every line its number and event id; column expressions then parse the lines and 
 ``events`` in the JVM.
 
 Line numbers: Spark's text and JSON readers give none, and ``event_id`` is derived from
-``(path, line_no, generation)`` (reruns and appends rely on it), so the cutting stays in our
+``(path, generation, line_no)`` (reruns and appends rely on it; :mod:`loganomaly.ingest.ids`), so the cutting stays in our
 task (option (a) of issue 14) instead of switching ids to byte offsets, which would have split
 old lakes from new ones.
 
@@ -48,12 +48,12 @@ Measured choice of the cutting: the lines cross from the Python task to the JVM 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from loganomaly.errors import ParseError
@@ -84,6 +84,7 @@ from loganomaly.ingest.formats.records import (
 )
 from loganomaly.ingest.formats.timestamps import _MAX_EPOCH_S
 from loganomaly.ingest.formats.values import _LEVELS
+from loganomaly.ingest.ids import IdKey
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -156,15 +157,6 @@ def native_session(spark: SparkSession) -> Iterator[None]:
 # ------------------------------------------------------------------------------ cutting lines
 
 
-def _event_ids(path: str, generation: int, first: int, n: int) -> list[str]:
-    blake = hashlib.blake2b
-    if generation == 0:
-        prefix = f"{path}\x00"
-    else:
-        prefix = f"{path}\x00{generation}\x00"
-    return [blake(f"{prefix}{i}".encode(), digest_size=12).hexdigest() for i in range(first, first + n)]
-
-
 def _slow_lines(chunk: bytes) -> tuple[list[str], list[str | None]]:
     """Per-line decoding of a chunk holding invalid UTF-8 or an over-long line (rare): :func:`open_lines`' rules."""
     lines = decode_lines(chunk)
@@ -196,9 +188,10 @@ def _fast_lines(chunk: bytes) -> tuple[pa.Array, pa.Array] | None:
     return pc.utf8_rtrim(lines, characters="\r").cast(pa.string()), problems
 
 
-def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
+def cut_lines(path: str, ids: IdKey | int = 0) -> Iterator[pa.RecordBatch]:
     """Batches of ``(file, line_no, text, problem, event_id)`` for every line of ``path``, as
     :func:`open_lines` numbers and decodes them (compressed and UTF-16 files go through it line by line).
+    ``ids``: how the lines are named (:class:`.ids.IdKey`; a number: that generation, current scheme).
 
     A file deleted before it is opened yields nothing (the caller writes no ledger row for it).
     """
@@ -208,6 +201,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
         log.warning("%s vanished before it was read: skipped", path)
         return
     line_no = 0
+    key = ids if isinstance(ids, IdKey) else IdKey(path, ids)
 
     def batch(texts: pa.Array | list[str], problems: pa.Array | list[str | None]) -> pa.RecordBatch:
         nonlocal line_no
@@ -220,7 +214,7 @@ def cut_lines(path: str, generation: int = 0) -> Iterator[pa.RecordBatch]:
                 pa.array(range(first, first + n), pa.int64()),
                 texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string()),
                 problems if isinstance(problems, pa.Array) else pa.array(problems, pa.string()),
-                pa.array(_event_ids(path, generation, first, n), pa.string()),
+                key.batch(np.arange(first, first + n, dtype=np.int64)),
             ],
             schema=_LINES_ARROW,
         )

@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from loganomaly.ingest.formats import (
     registered_formats,
 )
 from loganomaly.ingest.formats.json_columns import constant
+from loganomaly.ingest.ids import CURRENT, IdKey
 from loganomaly.ingest.ledger import (
     Load,
     ledger_row,
@@ -94,32 +94,22 @@ KIND = "_kind"
 
 
 
-def event_id(path: str, line_no: int, generation: int = 0) -> str:
-    """Stable id of the event at ``path:line_no`` of the file's ``generation``; the same line always
-    gets the same id. Generation 0 ids are those of lakes written before generations existed; later
-    generations put the generation in the key (a path holds no NUL, so no key collides).
-    """
-    key = f"{path}\x00{line_no}" if generation == 0 else f"{path}\x00{generation}\x00{line_no}"
-    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
+def event_id(path: str, line_no: int, generation: int = 0, scheme: int = CURRENT) -> str:
+    """Stable id of the event at ``path:line_no`` of the file's ``generation``, named by ``scheme``
+    (:mod:`loganomaly.ingest.ids`); the same line always gets the same id."""
+    return IdKey(path, generation, scheme).one(line_no)
 
 
-def event_ids(path: str, lines: Sequence[int], is_event: Sequence[bool], generation: int = 0) -> list[str | None]:
-    """:func:`event_id` of each line that is an event (None for the others), the same ids:
-    the hash of the file's part of the key is taken once and copied per line, so a line costs
-    the hash of its number only."""
-    head = f"{path}\x00" if generation == 0 else f"{path}\x00{generation}\x00"
-    base = hashlib.blake2b(head.encode(), digest_size=12)
-    out: list[str | None] = []
-    append = out.append
-    copy = base.copy
-    for line_no, event in zip(lines, is_event, strict=True):
-        if event:
-            h = copy()
-            h.update(b"%d" % line_no)
-            append(h.hexdigest())
-        else:
-            append(None)
-    return out
+def event_ids(
+    path: str, lines: Sequence[int], is_event: Sequence[bool], generation: int = 0, scheme: int = CURRENT
+) -> list[str | None]:
+    """:func:`event_id` of each line that is an event (None for the others)."""
+    return IdKey(path, generation, scheme).batch(lines, is_event).to_pylist()  # type: ignore[no-any-return]
+
+
+def _id_key(path: str, ids: IdKey | int) -> IdKey:
+    """``ids`` itself, or a generation number's key with the current scheme."""
+    return ids if isinstance(ids, IdKey) else IdKey(path, ids)
 
 
 def _spark_type_to_arrow(tp: str) -> pa.DataType:
@@ -183,19 +173,21 @@ def records_batch(
     kinds: list[str],
     run_id: str,
     templates: Templates | None,
-    generation: int,
+    ids: IdKey | int,
     columns: EventColumns | None = None,
 ) -> pa.RecordBatch:
     """One Arrow batch of :data:`PARSED_ARROW` rows from one file's parsed records.
 
-    ``columns``: events the parser built column-wise; ``rows`` is None at their positions.
+    ``ids``: how the file's lines are named (:class:`.ids.IdKey`; a number: that generation with
+    the current scheme). ``columns``: events the parser built column-wise; ``rows`` is None at
+    their positions.
 
     An event Arrow cannot store (a parser bug, a value of the wrong type) does not fail the
     batch: the batch is rebuilt event by event and those that fail become quarantine rows in
     place (``kinds`` too, which the caller counts), so the file still loads line for line.
     """
     try:
-        return _build(path, source, rows, lines, kinds, run_id, templates, generation, by_struct=True, columns=columns)
+        return _build(path, source, rows, lines, kinds, run_id, templates, ids, by_struct=True, columns=columns)
     except Exception as exc:  # noqa: BLE001 - one unstorable event must not fail the file
         log.warning("%s: a batch did not convert (%r); finding its unstorable events", path, exc)
     if columns is not None:
@@ -210,7 +202,7 @@ def records_batch(
         if kind != "event":
             continue
         try:
-            _build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1], run_id, templates, generation)
+            _build(path, source, rows[i : i + 1], lines[i : i + 1], kinds[i : i + 1], run_id, templates, ids)
         except Exception as exc:  # noqa: BLE001
             rows[i] = {
                 "format": rows[i].get("format"),  # type: ignore[union-attr]
@@ -219,7 +211,7 @@ def records_batch(
                 "raw_length": None,
             }
             kinds[i] = "quarantine"
-    return _build(path, source, rows, lines, kinds, run_id, templates, generation)
+    return _build(path, source, rows, lines, kinds, run_id, templates, ids)
 
 
 def _build(
@@ -230,7 +222,7 @@ def _build(
     kinds: list[str],
     run_id: str,
     templates: Templates | None,
-    generation: int,
+    ids: IdKey | int,
     by_struct: bool = False,
     columns: EventColumns | None = None,
 ) -> pa.RecordBatch:
@@ -257,7 +249,7 @@ def _build(
         messages = built["message"]
     all_events = kinds.count("event") == n
     is_event = [True] * n if all_events else [k == "event" for k in kinds]
-    built["event_id"] = event_ids(path, lines, is_event, generation)
+    built["event_id"] = _id_key(path, ids).batch(lines, None if all_events else is_event)
     # Columns of one value: repeated by Arrow (a Python list of n references converted row by row
     # cost about 40 ns a row and column).
     built["source"] = constant(source, n) if all_events else [source if ev else None for ev in is_event]
@@ -312,7 +304,7 @@ def parse_files_to_batches(
     sources: dict[str, tuple[str, FormatOptions]] | None = None,
     templates: Templates | None = None,
     formats: Mapping[str, LogFormat] | None = None,
-    generations: Mapping[str, int] | None = None,
+    id_keys: Mapping[str, IdKey] | None = None,
     byte_range: tuple[int, int | None, int] | None = None,
     columnar: bool = True,
 ) -> Iterator[pa.RecordBatch]:
@@ -330,7 +322,8 @@ def parse_files_to_batches(
             same pass (no second trip through Python).
         formats: the log formats to detect and parse with, in detection order; default the
             registry's (see :class:`_ParseJob` for why a task gets the driver's).
-        generations: path -> generation of the file being loaded (event ids); default 0.
+        id_keys: path -> how the lines of the file's generation being loaded are named
+            (:class:`.ids.IdKey`: generation and id scheme); default generation 0, current scheme.
         byte_range: ``(start, end, first line number)``: read only the lines starting in that
             byte range (a task's share of a large file, see :func:`plan_tasks`); for one path.
         columnar: let parsers that can build their events a block of lines at a time
@@ -339,10 +332,10 @@ def parse_files_to_batches(
     """
     if columnar:
         yield from _parse_blocks_to_batches(
-            paths, run_id, max_raw_chars, sources, templates, formats, generations, byte_range
+            paths, run_id, max_raw_chars, sources, templates, formats, id_keys, byte_range
         )
         return
-    generation_of = generations or {}
+    id_of = id_keys or {}
     for path in paths:
         source, options = (sources or {}).get(path) or (_default_source(path), None)
         n_events = n_quarantined = 0
@@ -358,7 +351,7 @@ def parse_files_to_batches(
                 kinds.append(record.kind)
                 if len(rows) >= BATCH_ROWS:
                     yield records_batch(
-                        path, source, rows, lines, kinds, run_id, templates, generation_of.get(path, 0)
+                        path, source, rows, lines, kinds, run_id, templates, id_of.get(path, 0)
                     )
                     n_events += kinds.count("event")
                     n_quarantined += len(kinds) - kinds.count("event")
@@ -370,7 +363,7 @@ def parse_files_to_batches(
             log.warning("%s vanished before it was read: skipped", path)
             continue
         if rows:
-            yield records_batch(path, source, rows, lines, kinds, run_id, templates, generation_of.get(path, 0))
+            yield records_batch(path, source, rows, lines, kinds, run_id, templates, id_of.get(path, 0))
             n_events += kinds.count("event")
             n_quarantined += len(kinds) - kinds.count("event")
         part = "" if byte_range is None else f" bytes {byte_range[0]}..{byte_range[1] or 'end'}"
@@ -384,12 +377,12 @@ def _parse_blocks_to_batches(
     sources: dict[str, tuple[str, FormatOptions]] | None,
     templates: Templates | None,
     formats: Mapping[str, LogFormat] | None,
-    generations: Mapping[str, int] | None,
+    id_keys: Mapping[str, IdKey] | None,
     byte_range: tuple[int, int | None, int] | None,
 ) -> Iterator[pa.RecordBatch]:
     """:func:`parse_files_to_batches` through :func:`parse_file_blocks`: one block of
     :data:`BATCH_ROWS` lines per batch, so the batches are those of the per-line loop."""
-    generation_of = generations or {}
+    id_of = id_keys or {}
     for path in paths:
         source, options = (sources or {}).get(path) or (_default_source(path), None)
         n_events = n_quarantined = 0
@@ -399,7 +392,7 @@ def _parse_blocks_to_batches(
             ):
                 kinds = block.kinds
                 yield records_batch(
-                    path, source, block.rows, block.line_nos, kinds, run_id, templates, generation_of.get(path, 0),
+                    path, source, block.rows, block.line_nos, kinds, run_id, templates, id_of.get(path, 0),
                     block.columns,
                 )  # fmt: skip
                 n_events += kinds.count("event")
@@ -726,7 +719,7 @@ def _run(spark: SparkSession, cfg: Config, inputs: Sequence[str], lake: Lake, ru
     # Biggest files first, so the last task to start is a small one (less idle time at the end).
     by_size = [f.path for f in sorted(todo, key=lambda f: -f.size)]
     formats = registered_formats()
-    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, formats, {f.path: f.generation for f in todo})
+    job = _ParseJob(run_id, cfg.ingest.max_raw_chars, sources, formats, {f.path: f.id_key for f in todo})
     natives = {p: native_format(p, sources[p][1], formats) for p in by_size} if cfg.ingest.native else {}
     native_paths = [p for p in by_size if natives.get(p) is not None]
     # Zeek JSON logs without ``_path`` are the log their file's name says (the JSON format's variant).
@@ -843,7 +836,7 @@ class _ParseJob:
     max_raw_chars: int
     sources: dict[str, tuple[str, FormatOptions]]
     formats: dict[str, LogFormat]
-    generations: dict[str, int] = dataclasses.field(default_factory=dict)
+    id_keys: dict[str, IdKey] = dataclasses.field(default_factory=dict)
     state: Any = None  # Broadcast of the template state JSON (the JSON itself on the driver path)
     state_version: str = ""
     cache: Any = None  # Accumulators of template cache (hits, misses) in the parsing tasks
@@ -855,7 +848,7 @@ class _ParseJob:
 
     def batches(self, path: str, templates: Templates | None, unit: Unit | None = None) -> Iterator[pa.RecordBatch]:
         return parse_files_to_batches(
-            [path], self.run_id, self.max_raw_chars, self.sources, templates, self.formats, self.generations,
+            [path], self.run_id, self.max_raw_chars, self.sources, templates, self.formats, self.id_keys,
             unit.byte_range if unit is not None else None,
         )  # fmt: skip
 
@@ -1064,7 +1057,7 @@ def _ingest_native(
     def cut(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for path in batch.column("path").to_pylist():
-                yield from cut_lines(path, job.generations.get(path, 0))
+                yield from cut_lines(path, job.id_keys.get(path, 0))
 
     lines = _files_df(spark, paths, per_task).mapInArrow(cut, LINES_DDL)
     # Files whose options differ get their own expressions (time keys, default entity).
@@ -1148,7 +1141,7 @@ def _python_lines(job: _ParseJob) -> Any:
                 for path, (data, numbers, kinds) in by_file.items():
                     source = job.sources[path][0] if path in job.sources else _default_source(path)
                     yield records_batch(
-                        path, source, data, numbers, kinds, job.run_id, templates, job.generations.get(path, 0)
+                        path, source, data, numbers, kinds, job.run_id, templates, job.id_keys.get(path, 0)
                     )
 
     return task

@@ -78,6 +78,10 @@ INGESTED_FILES_COLUMNS: dict[str, str] = {
     "status": "string",
     # Why a row is not "loaded" (NULL when it is).
     "reason": "string",
+    # How the generation's event ids are built (loganomaly.ingest.ids): 1 (file key and hex line
+    # number) for generations loaded since it existed; ledgers written before it read it as 0
+    # (a blake2b hash per line), and a generation read again keeps its scheme.
+    "id_scheme": "bigint",
 }
 
 #: One row per template of every fitted template-miner state (see loganomaly.ingest.templates.store).
