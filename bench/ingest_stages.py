@@ -11,7 +11,7 @@ process with Python's GC relaxed as in the tasks, and in this order:
   the read included;
 - batch: the Arrow batches without templates (:func:`loganomaly.ingest.stage.records_batch`),
   event ids included;
-- ids: the event ids alone (:func:`loganomaly.ingest.stage.event_ids`);
+- ids: the event ids alone, as the tasks build them (:meth:`loganomaly.ingest.ids.IdKey.batch`);
 - templates: the batches with templates minus the batches without them (matching with a matcher
   rebuilt from the fitted state, warm: the same lines matched once before the timing);
 - write: the events of those batches through the lake's Parquet writer
@@ -60,6 +60,7 @@ def stages(fmt: str, lines: int, repeats: int, work: Path) -> dict[str, float]:
     from loganomaly.ingest.formats import FormatOptions
     from loganomaly.ingest.formats.base import open_lines
     from loganomaly.ingest.formats.detect import parse_file_blocks
+    from loganomaly.ingest.ids import IdKey
     from loganomaly.ingest.templates.miner import Templates
     from loganomaly.ingest.templates.store import template_config
     from loganomaly.lake.deltars import PartitionedFileWriter
@@ -91,9 +92,8 @@ def stages(fmt: str, lines: int, repeats: int, work: Path) -> dict[str, float]:
         t_read, _ = _best(lambda: sum(1 for _ in open_lines(path)), repeats)
         t_parse, blocks = _best(lambda: parse(path), repeats)
         t_batch, _ = _best(lambda: batches(path, blocks, None), repeats)
-        t_ids, _ = _best(
-            lambda: [stage.event_ids(path, b.line_nos, [k == "event" for k in b.kinds]) for b in blocks], repeats
-        )
+        key = IdKey(path)
+        t_ids, _ = _best(lambda: [key.batch(b.line_nos, [k == "event" for k in b.kinds]) for b in blocks], repeats)
         batches(path, blocks, templates)  # warm: the matcher's caches as a task's after its first file
         t_templates, parsed = _best(lambda: batches(path, blocks, templates), repeats)
         events_schema = pa.schema([stage.PARSED_ARROW.field(c) for c in EVENT_COLUMNS])
