@@ -7,9 +7,9 @@ every line its number and event id; column expressions then parse the lines and 
 ``events`` in the JVM.
 
 Line numbers: Spark's text and JSON readers give none, and ``event_id`` is derived from
-``(path, generation, line_no)`` (reruns and appends rely on it; :mod:`loganomaly.ingest.ids`), so the cutting stays in our
-task (option (a) of issue 14) instead of switching ids to byte offsets, which would have split
-old lakes from new ones.
+``(path, generation, line_no)`` (reruns and appends rely on it; :mod:`loganomaly.ingest.ids`),
+so the cutting stays in our task (option (a) of issue 14) instead of switching ids to byte
+offsets, which would have split old lakes from new ones.
 
 Each line is parsed once, by ``from_json(text, 'map<string,variant>')`` with every leniency of
 Spark's JSON reader off: the map keeps the keys in the line's order (Python's dict order) and
