@@ -60,6 +60,12 @@ class IdKey:
     generation: int = 0
     scheme: int = CURRENT
 
+    @classmethod
+    def of(cls, path: str, ids: IdKey | int) -> IdKey:
+        """``ids`` itself, or for a generation number that generation's key in the current scheme
+        (what callers that know only the generation, tests and benches, pass)."""
+        return ids if isinstance(ids, IdKey) else cls(path, ids)
+
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown event id scheme {self.scheme}; known: {SCHEMES}")

@@ -201,7 +201,7 @@ def cut_lines(path: str, ids: IdKey | int = 0) -> Iterator[pa.RecordBatch]:
         log.warning("%s vanished before it was read: skipped", path)
         return
     line_no = 0
-    key = ids if isinstance(ids, IdKey) else IdKey(path, ids)
+    key = IdKey.of(path, ids)
 
     def batch(texts: pa.Array | list[str], problems: pa.Array | list[str | None]) -> pa.RecordBatch:
         nonlocal line_no

@@ -107,11 +107,6 @@ def event_ids(
     return IdKey(path, generation, scheme).batch(lines, is_event).to_pylist()  # type: ignore[no-any-return]
 
 
-def _id_key(path: str, ids: IdKey | int) -> IdKey:
-    """``ids`` itself, or a generation number's key with the current scheme."""
-    return ids if isinstance(ids, IdKey) else IdKey(path, ids)
-
-
 def _spark_type_to_arrow(tp: str) -> pa.DataType:
     return {
         "string": pa.string(),
@@ -249,7 +244,7 @@ def _build(
         messages = built["message"]
     all_events = kinds.count("event") == n
     is_event = [True] * n if all_events else [k == "event" for k in kinds]
-    built["event_id"] = _id_key(path, ids).batch(lines, None if all_events else is_event)
+    built["event_id"] = IdKey.of(path, ids).batch(lines, None if all_events else is_event)
     # Columns of one value: repeated by Arrow (a Python list of n references converted row by row
     # cost about 40 ns a row and column).
     built["source"] = constant(source, n) if all_events else [source if ev else None for ev in is_event]
