@@ -41,7 +41,7 @@ def _assert_same(path: Path, options: FormatOptions = JSON) -> None:
 
 # ------------------------------------------------------------------ a corpus of odd and ordinary lines
 
-_HOSTS = ["10.0.0.1", "10.0.0.2", "192.168.1.9", "-", "", "(empty)", None]
+_HOSTS = ["10.0.0.1", "2001:db8::7", "192.168.1.9", "-", "", "(empty)", None]
 _ODD_FLOATS = [1.0, 1e-05, 0.1, 1e16, -0.0, 1.5e300, 2.5, 123456.789, 1e-7, 9007199254740993.0]
 
 

@@ -52,6 +52,8 @@ MIN_GROUP = 8
 #: orjson gives floats for integer literals past 64 bits; such floats need the reference decoder.
 _INT64_SPAN = 2**63
 _US = dt.timedelta(microseconds=1)
+_TEXT_OR_NONE = frozenset({str, type(None)})
+_FLOAT = {float}
 _STR = pa.string()
 _TS = pa.timestamp("us", "UTC")
 _MAP = pa.map_(pa.string(), pa.string())
@@ -197,16 +199,16 @@ def _as_str_column(values: Sequence[Any]) -> list[str | None]:
     ]
 
 
-def _micros(values: Sequence[Any], tz: dt.tzinfo | None, bad: list[bool]) -> list[int]:
+def _micros(values: Sequence[Any], tz: dt.tzinfo | None, bad: list[bool]) -> np.ndarray:
     """Epoch microseconds of the time column, exactly as the reference's datetimes; a value the
     reference refuses marks its row ``bad`` (the reference gives the reason)."""
-    if all(v.__class__ is float for v in values):
+    if set(map(type, values)) == _FLOAT:
         arr = np.asarray(values, dtype=np.float64)
         if bool(np.all((arr >= 0) & (arr < _MAX_EPOCH_S))):
             # datetime.fromtimestamp: whole seconds plus the fraction's microseconds rounded half
             # to even (CPython's _PyTime_ObjectToTimeval); np.rint rounds half to even too.
             frac, whole = np.modf(arr)
-            micros: list[int] = (whole.astype(np.int64) * 1_000_000 + np.rint(frac * 1e6).astype(np.int64)).tolist()
+            micros: np.ndarray = whole.astype(np.int64) * 1_000_000 + np.rint(frac * 1e6).astype(np.int64)
             return micros
     out: list[int] = []
     for i, v in enumerate(values):
@@ -225,7 +227,7 @@ def _micros(values: Sequence[Any], tz: dt.tzinfo | None, bad: list[bool]) -> lis
             out.append(0)
         else:
             out.append((when - _EPOCH) // _US)
-    return out
+    return np.asarray(out, dtype=np.int64)
 
 
 def _first_valid(
@@ -237,6 +239,16 @@ def _first_valid(
         only = columns[0]
         if _all_valid(only, valid):
             return list(only), [0] * n
+        refused = _REFUSED.get(valid)
+        if refused is not None:
+            # The same test as a set lookup, no call per value (a third of the time); an
+            # unhashable value (a list) raises and takes the general loop.
+            try:
+                found = [None if v in refused else v for v in only]
+            except TypeError:
+                pass
+            else:
+                return found, [1 if v is None else 0 for v in found]
         chosen = [0 if valid(v) else 1 for v in only]
         return [v if c == 0 else None for v, c in zip(only, chosen, strict=True)], chosen
     values: list[Any] = [None] * n
@@ -277,6 +289,15 @@ def _entity_ok(v: Any) -> bool:
     return v is not None and v != "" and v != "-"
 
 
+#: The values each test above refuses, as a set: ``v in set`` is the test for any hashable
+#: ``v`` (strings are never equal to numbers or bools, and None is in every set).
+_REFUSED: dict[Callable[[Any], bool], frozenset[Any]] = {
+    _not_missing: frozenset({None, *_MISSING}),
+    _not_none: frozenset({None}),
+    _entity_ok: frozenset({None, "", "-"}),
+}
+
+
 class JsonBlockMapper:
     """Maps blocks of one file's JSON lines to event columns (see the module docstring).
 
@@ -311,12 +332,10 @@ class JsonBlockMapper:
             if len(positions) < MIN_GROUP:
                 continue
             columns: list[Sequence[Any]] = list(zip(*map(dict.values, records), strict=True))
-            classes: list[set[type]] | None = [set(map(type, col)) for col in columns]
+            classes = [set(map(type, col)) for col in columns]
             expanded = _expand(keys, columns, 0, classes)
             if expanded is not None:
-                if expanded[1] is not columns:
-                    classes = None  # flattened: other columns
-                keys, columns = expanded
+                keys, columns, classes = expanded
             else:
                 # Nested objects of varying shapes: each record checked whole as loads does
                 # (depth, wide integers), flattened, and grouped again by its flat keys.
@@ -459,12 +478,12 @@ class JsonBlockMapper:
             good = [not b for b in bad]
             positions = list(compress(positions, good))
             columns = [list(compress(col, good)) for col in columns]
-            micros = list(compress(micros, good))
+            micros = micros[np.asarray(good, dtype=bool)]
             n = len(positions)
             if n == 0:
                 return positions, {}
         by_key = {k: columns[j] for k, j in index.items()}
-        out: dict[str, Any] = {"ts": pa.array(micros, _TS), "format": constant("json", n)}
+        out: dict[str, Any] = {"ts": pa.array(micros, pa.int64()).view(_TS), "format": constant("json", n)}
         # Keys whose value never reaches the attributes, and keys dropped per row (mask: True = kept).
         dropped = {ts_key, *detailed_keys}
         masks: dict[str, list[bool]] = {}
@@ -496,7 +515,10 @@ class JsonBlockMapper:
         status: list[Any] = [None] * n
         if status_keys:
             found, chosen = _first_valid([by_key[k] for k in status_keys], n, _not_missing)
-            status = [v if v is None or v.__class__ is str else _text(v) for v in found]
+            if set(map(type, found)) <= _TEXT_OR_NONE:
+                status = found
+            else:
+                status = [v if v is None or v.__class__ is str else _text(v) for v in found]
             _pop_through(masks, dropped, status_keys, chosen)
         out["status"] = pa.array(status, _STR)
         paths = by_key.get("_path")
@@ -505,15 +527,21 @@ class JsonBlockMapper:
             [v if v.__class__ is str else own for v in paths] if paths is not None else [own] * n
         )
         component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
-        component: list[Any] = list(zeek_path)
+        component: list[Any] | pa.Array = list(zeek_path)
         if component_keys:
             found, chosen = _first_valid([by_key[k] for k in component_keys], n, _not_missing)
-            component = [
-                (v if v.__class__ is str else _text(v)) if v is not None else zp
-                for v, zp in zip(found, zeek_path, strict=True)
-            ]
+            if paths is None and set(map(type, found)) <= _TEXT_OR_NONE:
+                # One Zeek log for every row and text values: the log fills the gaps, in Arrow.
+                component = pa.array(found, _STR)
+                if own is not None and component.null_count:
+                    component = pc.fill_null(component, own)
+            else:
+                component = [
+                    (v if v.__class__ is str else _text(v)) if v is not None else zp
+                    for v, zp in zip(found, zeek_path, strict=True)
+                ]
             _pop_through(masks, dropped, component_keys, chosen)
-        out["component"] = pa.array(component, _STR)
+        out["component"] = component if isinstance(component, pa.Array) else pa.array(component, _STR)
 
         # level: the first key with a non-null value, normalised; only that key popped.
         level_keys = [k for k in _LEVEL_KEYS if k in by_key]
@@ -529,13 +557,18 @@ class JsonBlockMapper:
             ]
             _pop_one(masks, level_keys, chosen)
         warn_note = "note" in by_key
-        out["level"] = pa.array(
-            [
-                lv if lv is not None else ("warning" if warn_note or zp in _WARNING_ZEEK_PATHS else "info")
-                for lv, zp in zip(levels, zeek_path, strict=True)
-            ],
-            _STR,
-        )
+        if paths is None:
+            # One Zeek log for every row: one default level.
+            default = "warning" if warn_note or own in _WARNING_ZEEK_PATHS else "info"
+            out["level"] = pc.fill_null(pa.array(levels, _STR), default) if level_keys else constant(default, n)
+        else:
+            out["level"] = pa.array(
+                [
+                    lv if lv is not None else ("warning" if warn_note or zp in _WARNING_ZEEK_PATHS else "info")
+                    for lv, zp in zip(levels, zeek_path, strict=True)
+                ],
+                _STR,
+            )
 
         label_key = next((k for k in _LABEL_KEYS if k in by_key), None)
         if label_key is not None:
@@ -555,13 +588,20 @@ class JsonBlockMapper:
         if entity_keys:
             sources = [event_net["src_addr"] if k == "id.orig_h" else by_key[k] for k in entity_keys]
             found, chosen = _first_valid(sources, n, _entity_ok)
-            entity = [
-                (v if v.__class__ is str else str(v)) if v is not None else self.default_entity for v in found
-            ]
-            _pop_one(masks, entity_keys, chosen)  # id.orig_h's mask is moot: it is no attribute
+            if set(map(type, found)) <= _TEXT_OR_NONE:
+                entity = pa.array(found, _STR)
+                if self.default_entity is not None and entity.null_count:
+                    entity = pc.fill_null(entity, self.default_entity)
+            else:
+                entity = pa.array(
+                    [(v if v.__class__ is str else str(v)) if v is not None else self.default_entity for v in found],
+                    _STR,
+                )
+            # Keys already dropped (id.orig_h, the event's src_addr) need no mask: no attribute.
+            _pop_one(masks, entity_keys, chosen, skip=dropped)
         else:
-            entity = [self.default_entity] * n
-        out["entity"] = pa.array(entity, _STR)
+            entity = constant(self.default_entity, n)
+        out["entity"] = entity
 
         message_keys = [k for k in _MESSAGE_KEYS if k in by_key]
         message: list[Any] = [None] * n
@@ -578,7 +618,7 @@ class JsonBlockMapper:
             mask = masks.get(k)
             if mask is not None:
                 values = [v if keep else None for v, keep in zip(values, mask, strict=True)]
-            if not all(v.__class__ is str for v in values):
+            if not set(map(type, values)) <= _TEXT_OR_NONE:
                 values = [v if v is None or v.__class__ is str else _text(v) for v in values]
             attr_values.append(values)
         if detailed is not None:
@@ -589,8 +629,11 @@ class JsonBlockMapper:
         # The message a record without one gets (the reference's order of rules): Zeek weird
         # records', then connection records' (built in Arrow), then the first attributes.
         conn = "id.orig_h" in by_key or "id.resp_h" in by_key
-        if None in message:
-            names = by_key.get("name")
+        names = by_key.get("name")
+        # Rows without a message get one here only as weird records (named, of the weird log)
+        # or as records without addresses: for connection rows of one other log, nothing to do.
+        weird_possible = names is not None and (paths is not None or own == "weird")
+        if None in message and (weird_possible or not conn):
             for r in range(n):
                 if message[r] is not None:
                     continue
@@ -615,9 +658,10 @@ _MAX_EXPAND = 8
 
 def _expand(
     keys: tuple[str, ...], columns: list[Sequence[Any]], depth: int, classes: list[set[type]] | None = None
-) -> tuple[tuple[str, ...], list[Sequence[Any]]] | None:
+) -> tuple[tuple[str, ...], list[Sequence[Any]], list[set[type]]] | None:
     """The flat keys and columns of a shape whose nested objects have one shape per key: what
-    ``_flatten`` gives each record (dotted keys in order of appearance), column by column.
+    ``_flatten`` gives each record (dotted keys in order of appearance), column by column, with
+    each flat column's set of value types (``classes``: those of ``columns``, when known).
 
     None when a key holds objects in some records only, objects of several shapes, nesting past
     :data:`_MAX_EXPAND`, or when flattening would repeat a key (``"a.b"`` beside ``{"a": {"b"}}``):
@@ -626,15 +670,17 @@ def _expand(
     if classes is None:
         classes = [set(map(type, col)) for col in columns]
     if not any(dict in c for c in classes):
-        return keys, columns
+        return keys, columns, classes
     if depth >= _MAX_EXPAND:
         return None
     out_keys: list[str] = []
     out_columns: list[Sequence[Any]] = []
+    out_classes: list[set[type]] = []
     for key, col, col_classes in zip(keys, columns, classes, strict=True):
         if dict not in col_classes:
             out_keys.append(key)
             out_columns.append(col)
+            out_classes.append(col_classes)
             continue
         if col_classes != {dict}:
             return None
@@ -642,15 +688,16 @@ def _expand(
         if len(shapes) != 1:
             return None
         sub_keys = shapes.pop()
-        sub_columns: list[Sequence[Any]] = list(zip(*[d.values() for d in col], strict=True)) if sub_keys else []
+        sub_columns: list[Sequence[Any]] = list(zip(*map(dict.values, col), strict=True)) if sub_keys else []
         sub = _expand(sub_keys, sub_columns, depth + 1)
         if sub is None:
             return None
         out_keys.extend(f"{key}.{k}" for k in sub[0])
         out_columns.extend(sub[1])
+        out_classes.extend(sub[2])
     if len(set(out_keys)) != len(out_keys):
         return None
-    return tuple(out_keys), out_columns
+    return tuple(out_keys), out_columns, out_classes
 
 
 def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: int) -> pa.Array:
@@ -658,18 +705,29 @@ def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: 
     ``" ".join(str(p) for p in parts if p)`` (parts null or empty are left out; an address or
     port null, or a port 0, reads ``?``; the source's port is left out and an IPv6 destination
     goes in brackets, see :meth:`.records._RecordMapper.finish`)."""
+    # Each rule's kernel runs only where some row needs it (a pass fewer per rule a block does
+    # not use: most blocks have no null address, no port 0, no IPv6 address).
     def address(name: str) -> pa.Array:
         a = out.get(name)
-        return constant("?", n) if a is None else pc.fill_null(a, "?")
+        if a is None:
+            return constant("?", n)
+        return pc.fill_null(a, "?") if a.null_count else a
 
     def end(addr: str, port: str) -> pa.Array:
         a = address(addr)
-        a = pc.if_else(pc.match_substring(a, ":"), pc.binary_join_element_wise("[", a, "]", ""), a)
+        v6 = pc.match_substring(a, ":")
+        if pc.any(v6).as_py():
+            a = pc.if_else(v6, pc.binary_join_element_wise("[", a, "]", ""), a)
         p = out.get(port)
         if p is None:
             text = constant("?", n)
         else:
-            text = pc.fill_null(pc.cast(pc.if_else(pc.equal(p, 0), None, p), _STR), "?")
+            zero = pc.equal(p, 0)
+            if pc.any(zero).as_py():
+                p = pc.if_else(zero, None, p)
+            text = pc.cast(p, _STR)
+            if text.null_count:
+                text = pc.fill_null(text, "?")
         return pc.binary_join_element_wise(a, text, ":")
 
     def part(name: str) -> pa.Array:
@@ -678,7 +736,8 @@ def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: 
 
     # "" (a "_path" of "") is left out too
     if isinstance(component, pa.Array):
-        comp = pc.if_else(pc.equal(component, ""), None, component)
+        blank = pc.equal(component, "")
+        comp = pc.if_else(blank, None, component) if pc.any(blank).as_py() else component
     else:
         comp = pa.array([c or None for c in component], _STR)
     arrow = constant("->", n)
@@ -697,9 +756,14 @@ def _pop_through(masks: dict[str, list[bool]], dropped: set[str], keys: list[str
         masks[key] = _and(masks.get(key), [j > c for c in chosen])
 
 
-def _pop_one(masks: dict[str, list[bool]], keys: list[str], chosen: list[int]) -> None:
-    """Only the chosen key of each row is popped (the reference's level, entity, message loops)."""
+def _pop_one(
+    masks: dict[str, list[bool]], keys: list[str], chosen: list[int], skip: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """Only the chosen key of each row is popped (the reference's level, entity, message loops);
+    keys in ``skip`` are left without a mask."""
     for j, key in enumerate(keys):
+        if key in skip:
+            continue
         masks[key] = _and(masks.get(key), [c != j for c in chosen])
 
 
