@@ -275,11 +275,14 @@ def _merge_columns(rows: Sequence[dict[str, Any] | None], columns: EventColumns)
     converted as :func:`_build` converts them, then both sets of arrays put in line order."""
     import numpy as np
 
-    listed = [i for i, r in enumerate(rows) if r is not None]
-    parsed = pa.array([rows[i] for i in listed], _PARSER_STRUCT)
-    from_rows = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))
+    # The common block: every line column-wise, in order; its arrays are the batch's as they are.
+    listed = [] if rows.count(None) == len(rows) else [i for i, r in enumerate(rows) if r is not None]
     order = listed + columns.positions  # row of the concatenation -> its line's position
     take = None if order == list(range(len(rows))) else pa.array(np.argsort(np.asarray(order, dtype=np.int64)))
+    from_rows: dict[str, pa.Array] | None = None
+    if listed:
+        parsed = pa.array([rows[i] for i in listed], _PARSER_STRUCT)
+        from_rows = dict(zip(_PARSER_COLUMNS, parsed.flatten(), strict=True))
     merged: dict[str, pa.Array] = {}
     for name, typ in zip(_PARSER_COLUMNS, _PARSER_STRUCT, strict=True):
         extra = columns.arrays.get(name)
@@ -287,7 +290,7 @@ def _merge_columns(rows: Sequence[dict[str, Any] | None], columns: EventColumns)
             extra = pa.nulls(len(columns.positions), typ.type)
         elif extra.type != typ.type:
             raise TypeError(f"column-wise {name} is {extra.type}, the table's is {typ.type}")
-        both = pa.concat_arrays([from_rows[name], extra])
+        both = extra if from_rows is None else pa.concat_arrays([from_rows[name], extra])
         merged[name] = both if take is None else both.take(take)
     return merged
 
