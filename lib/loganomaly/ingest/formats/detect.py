@@ -249,7 +249,13 @@ def _parse_block(
             columns.positions = [clean[p] for p in columns.positions]
     kinds = ["event"] * n
     rows: list[dict[str, Any] | None] = [None] * n
-    rest: Iterable[int] = range(n) if columns is None else sorted(set(range(n)).difference(columns.positions))
+    rest: Iterable[int] = (
+        range(n)
+        if columns is None
+        else ()  # positions are distinct lines of the block: all of them
+        if len(columns.positions) == n
+        else sorted(set(range(n)).difference(columns.positions))
+    )
     for i in rest:
         record = parse_line(parse, fmt_name, reason_all, line_nos[i], texts[i], problems[i], max_raw_chars, path)
         kinds[i] = record.kind

@@ -377,9 +377,9 @@ class JsonBlockMapper:
         except ValueError:
             objs = None  # a line orjson refuses: the loop below leaves it out
         if objs is not None and set(map(type, objs)) == {dict}:
-            keys = list(map(tuple, objs))
-            if len(set(keys)) == 1:
-                return {keys[0]: (list(range(len(objs))), objs)}
+            shapes = set(map(tuple, objs))
+            if len(shapes) == 1:
+                return {shapes.pop(): (list(range(len(objs))), objs)}
         groups: dict[tuple[str, ...], tuple[list[int], list[dict[str, Any]]]] = {}
         for i, obj in enumerate(objs) if objs is not None else self._decoded(texts):
             if obj.__class__ is not dict:
@@ -618,7 +618,8 @@ class JsonBlockMapper:
             mask = masks.get(k)
             if mask is not None:
                 values = [v if keep else None for v, keep in zip(values, mask, strict=True)]
-            if not set(map(type, values)) <= _TEXT_OR_NONE:
+            # The column's types before rows were left out or masked (to None): a superset.
+            if not column_classes[index[k]] <= _TEXT_OR_NONE:
                 values = [v if v is None or v.__class__ is str else _text(v) for v in values]
             attr_values.append(values)
         if detailed is not None:
