@@ -290,14 +290,18 @@ def test_written_files_dictionary_encode_only_repeating_columns(tmp_path, monkey
     n = 1000
     schema = pa.schema(
         [("id", pa.string()), ("host", pa.string()), ("n", pa.int64()),
-         ("attrs", pa.map_(pa.string(), pa.string())), ("date", pa.date32())]
+         ("attrs", pa.map_(pa.string(), pa.string())), ("codes", pa.map_(pa.string(), pa.string())),
+         ("params", pa.list_(pa.string())), ("peers", pa.list_(pa.string())), ("date", pa.date32())]
     )  # fmt: skip
     table = pa.table(
         {
             "id": [f"e{i:05d}" for i in range(n)],
             "host": [f"h{i % 7}" for i in range(n)],
             "n": list(range(n)),
-            "attrs": [[("uid", f"C{i}"), ("state", "SF")] for i in range(n)],
+            "attrs": [[("uid", f"C{i}"), ("state", "SF")] for i in range(n)],  # values: 1001 distinct of 2000
+            "codes": [[("state", "SF"), ("proto", f"p{i % 3}")] for i in range(n)],  # 4 of 2000
+            "params": [[f"x{i}", f"y{i}"] for i in range(n)],  # every element distinct
+            "peers": [[f"10.0.0.{i % 9}", "53"] for i in range(n)],  # 10 of 2000
             "date": [dt.date(2024, 3, 4)] * n,
         },
         schema=schema,
@@ -312,9 +316,13 @@ def test_written_files_dictionary_encode_only_repeating_columns(tmp_path, monkey
     meta = pq.ParquetFile(path).metadata.row_group(0)
     encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
     dictionary = {name for name, enc in encodings.items() if any("DICTIONARY" in e for e in enc)}
-    assert dictionary == {"host", "attrs.key_value.key"}
+    # Columns, map values and list elements with at most one distinct value per two entries.
+    assert dictionary == {
+        "host", "attrs.key_value.key", "codes.key_value.key", "codes.key_value.value", "peers.list.element"
+    }  # fmt: skip
     back = pq.read_table(path)
     assert back.column("id").to_pylist() == table.column("id").to_pylist()
     assert back.column("host").to_pylist() == table.column("host").to_pylist()
     assert back.column("attrs").to_pylist() == table.column("attrs").to_pylist()
+    assert back.column("peers").to_pylist() == table.column("peers").to_pylist()
     assert written.num_records == n

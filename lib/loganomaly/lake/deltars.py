@@ -211,15 +211,18 @@ ROW_GROUP_ROWS = 65_536
 
 def dictionary_columns(table: pa.Table) -> list[str]:
     """The Parquet column paths of ``table`` worth dictionary encoding: the top-level columns
-    with at most one distinct value per two rows, and the keys of map columns.
+    with at most one distinct value per two rows, the keys of map columns, and map values and
+    list elements holding at most one distinct value per two entries.
 
     Why: pyarrow dictionary-encodes every column by default and falls back to plain encoding
     only once a column's dictionary page grows too large, so a unique column (event ids, times,
     messages, line numbers) pays for building a dictionary it then drops. Deciding per file from
     its first batch made writing 200,000 generated Zeek events about a fifth faster and the files
     an eighth smaller (``bench/ingest_stages.py`` times the writer); a column misjudged by that
-    batch is still written correctly, only encoded less well. Map values and list elements are
-    left plain (attribute values and template parameters are mostly distinct)."""
+    batch is still written correctly, only encoded less well. Map values and list elements
+    (attributes, template parameters) are judged the same way over all their entries: the
+    parameters of connection messages (addresses, ports) repeat, and encoding them so wrote
+    generated Zeek events 9 % smaller (79 -> 72 bytes a row) in the same time."""
     import pyarrow.compute as pc
 
     half = table.num_rows // 2
@@ -227,6 +230,13 @@ def dictionary_columns(table: pa.Table) -> list[str]:
     for f in table.schema:
         if pa.types.is_map(f.type):
             paths.append(f"{f.name}.key_value.key")
+            items = table.column(f.name).combine_chunks().items
+            if len(items) and pc.count_distinct(items).as_py() <= len(items) // 2:
+                paths.append(f"{f.name}.key_value.value")
+        elif pa.types.is_list(f.type):
+            elements = pc.list_flatten(table.column(f.name))
+            if len(elements) and pc.count_distinct(elements).as_py() <= len(elements) // 2:
+                paths.append(f"{f.name}.list.element")
         elif pa.types.is_nested(f.type):
             continue
         elif pc.count_distinct(table.column(f.name)).as_py() <= half:
