@@ -447,6 +447,9 @@ class JsonBlockMapper:
                     bad[r] = True  # the reference moves on to the next time key
         # The connection columns: only the values whose conversion is plain (see _NET's kinds).
         net_classes: dict[str, set[type]] = {}
+        # Columns of one plain number type, read by numpy (a third of a Python list's conversion
+        # to Arrow, and the range check is numpy's too).
+        numbers: dict[str, np.ndarray] = {}
         for key, (_, kind, low, high) in _NET.items():
             j = index.get(key)
             if j is None:
@@ -457,9 +460,18 @@ class JsonBlockMapper:
             if kind == "str" and classes <= {str, type(None)}:
                 continue
             if kind == "float" and classes <= {float, int, type(None)}:
+                if classes == _FLOAT:
+                    numbers[key] = np.fromiter(values, np.float64, len(values))
                 continue  # orjson gives finite floats only
-            if kind == "int" and classes == {int} and low <= min(values) and max(values) <= high:
-                continue
+            if kind == "int" and classes == {int}:
+                try:
+                    ints = np.fromiter(values, np.int64, len(values))
+                except OverflowError:  # past int64: the loop below marks those rows
+                    pass
+                else:
+                    if low <= ints.min() and ints.max() <= high:
+                        numbers[key] = ints
+                        continue
             for r, v in enumerate(values):
                 cls = v.__class__
                 if v is None or (cls is str and v in _MISSING):
@@ -474,11 +486,13 @@ class JsonBlockMapper:
                     bad[r] = True
         ts_values = [v if not b else 0.0 for v, b in zip(ts_col, bad, strict=True)] if True in bad else ts_col
         micros = _micros(ts_values, self.tz, bad)
+        keep: np.ndarray | None = None  # the rows kept, where some are left to the reference
         if True in bad:
             good = [not b for b in bad]
+            keep = np.asarray(good, dtype=bool)
             positions = list(compress(positions, good))
             columns = [list(compress(col, good)) for col in columns]
-            micros = micros[np.asarray(good, dtype=bool)]
+            micros = micros[keep]
             n = len(positions)
             if n == 0:
                 return positions, {}
@@ -496,6 +510,10 @@ class JsonBlockMapper:
             values = by_key[key]
             # What is left after the checks above: the plain type, None, or a missing marker.
             classes = net_classes[key]
+            if key in numbers:
+                plain_numbers = numbers[key] if keep is None else numbers[key][keep]
+                out[column] = pa.array(plain_numbers.astype(_ARROW_TYPES[column].to_pandas_dtype(), copy=False))
+                continue
             if kind == "str":
                 plain = classes == {str} and _MISSING.isdisjoint(values)
                 converted = list(values) if plain else [None if v is None or v in _MISSING else v for v in values]

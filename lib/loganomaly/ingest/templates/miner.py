@@ -241,7 +241,7 @@ class _Preprocessor:
         if len(cache) + len(distinct) > _TOKEN_CACHE_SIZE:
             cache.clear()  # bounded memory, as the other caches
         hits = list(map(cache.get, distinct))
-        new = [k for k, hit in enumerate(hits) if hit is None]
+        new = [k for k, hit in enumerate(hits) if hit is None] if None in hits else []
         if new:
             # The new tokens in one regex pass: the rules being token-local, masking them joined
             # by spaces masks each alone, and a masked token holds one "<" per value (they hold none).
