@@ -187,6 +187,17 @@ def complete(
     return rows, arrays
 
 
+_MISSING_TEXT = pa.array(sorted(_MISSING), _STR)
+
+
+def _present_text(values: Sequence[str | None]) -> pa.Array:
+    """A column of text or None as Arrow, missing markers (``-``, ``""``, ``(empty)``) as null:
+    :func:`_first_valid` of one column with :func:`_not_missing`, by two kernels."""
+    column = pa.array(values, _STR)
+    missing = pc.is_in(column, value_set=_MISSING_TEXT)
+    return pc.if_else(missing, None, column) if pc.any(missing).as_py() else column
+
+
 def _text(value: Any) -> str:
     """``json.dumps`` of a non-text value (an attribute's or a status's), faster for ints."""
     return int.__repr__(value) if value.__class__ is int else json.dumps(value)
@@ -530,15 +541,19 @@ class JsonBlockMapper:
 
         # status, then component: the first key of the list with a value; every key before it popped.
         status_keys = [k for k in _STATUS_KEYS if k in by_key]
-        status: list[Any] = [None] * n
-        if status_keys:
+        status: list[Any] | pa.Array = [None] * n
+        if len(status_keys) == 1 and column_classes[index[status_keys[0]]] <= _TEXT_OR_NONE:
+            # One key of text: its value unless missing, in Arrow (the key is popped either way).
+            status = _present_text(by_key[status_keys[0]])
+            dropped.add(status_keys[0])
+        elif status_keys:
             found, chosen = _first_valid([by_key[k] for k in status_keys], n, _not_missing)
             if set(map(type, found)) <= _TEXT_OR_NONE:
                 status = found
             else:
                 status = [v if v is None or v.__class__ is str else _text(v) for v in found]
             _pop_through(masks, dropped, status_keys, chosen)
-        out["status"] = pa.array(status, _STR)
+        out["status"] = status if isinstance(status, pa.Array) else pa.array(status, _STR)
         paths = by_key.get("_path")
         own = self.zeek_log
         zeek_path: list[str | None] = (
@@ -546,7 +561,14 @@ class JsonBlockMapper:
         )
         component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
         component: list[Any] | pa.Array = list(zeek_path)
-        if component_keys:
+        if len(component_keys) == 1 and paths is None and column_classes[index[component_keys[0]]] <= _TEXT_OR_NONE:
+            # One key of text and one Zeek log for every row: the key's value unless missing,
+            # else the log, in Arrow (the key is popped either way).
+            component = _present_text(by_key[component_keys[0]])
+            if own is not None and component.null_count:
+                component = pc.fill_null(component, own)
+            dropped.add(component_keys[0])
+        elif component_keys:
             found, chosen = _first_valid([by_key[k] for k in component_keys], n, _not_missing)
             if paths is None and set(map(type, found)) <= _TEXT_OR_NONE:
                 # One Zeek log for every row and text values: the log fills the gaps, in Arrow.
