@@ -187,14 +187,14 @@ def complete(
     return rows, arrays
 
 
-_MISSING_TEXT = pa.array(sorted(_MISSING), _STR)
+#: The missing markers (``-``, ``""``, ``(empty)``) as an Arrow value set.
+MISSING_ARRAY = pa.array(sorted(_MISSING), _STR)
 
 
-def _present_text(values: Sequence[str | None]) -> pa.Array:
-    """A column of text or None as Arrow, missing markers (``-``, ``""``, ``(empty)``) as null:
-    :func:`_first_valid` of one column with :func:`_not_missing`, by two kernels."""
-    column = pa.array(values, _STR)
-    missing = pc.is_in(column, value_set=_MISSING_TEXT)
+def null_missing(column: pa.Array) -> pa.Array:
+    """A text column with its missing markers as null (:func:`.values._as_str` of text; for
+    one column, :func:`_first_valid` with :func:`_not_missing`); unchanged when it holds none."""
+    missing = pc.is_in(column, value_set=MISSING_ARRAY)
     return pc.if_else(missing, None, column) if pc.any(missing).as_py() else column
 
 
@@ -544,7 +544,7 @@ class JsonBlockMapper:
         status: list[Any] | pa.Array = [None] * n
         if len(status_keys) == 1 and column_classes[index[status_keys[0]]] <= _TEXT_OR_NONE:
             # One key of text: its value unless missing, in Arrow (the key is popped either way).
-            status = _present_text(by_key[status_keys[0]])
+            status = null_missing(pa.array(by_key[status_keys[0]], _STR))
             dropped.add(status_keys[0])
         elif status_keys:
             found, chosen = _first_valid([by_key[k] for k in status_keys], n, _not_missing)
@@ -562,26 +562,26 @@ class JsonBlockMapper:
         component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
         component: list[Any] | pa.Array = list(zeek_path)
         if len(component_keys) == 1 and paths is None and column_classes[index[component_keys[0]]] <= _TEXT_OR_NONE:
-            # One key of text and one Zeek log for every row: the key's value unless missing,
-            # else the log, in Arrow (the key is popped either way).
-            component = _present_text(by_key[component_keys[0]])
-            if own is not None and component.null_count:
-                component = pc.fill_null(component, own)
+            # One key of text: its value unless missing, in Arrow (the key is popped either way).
+            component = null_missing(pa.array(by_key[component_keys[0]], _STR))
             dropped.add(component_keys[0])
         elif component_keys:
             found, chosen = _first_valid([by_key[k] for k in component_keys], n, _not_missing)
             if paths is None and set(map(type, found)) <= _TEXT_OR_NONE:
-                # One Zeek log for every row and text values: the log fills the gaps, in Arrow.
                 component = pa.array(found, _STR)
-                if own is not None and component.null_count:
-                    component = pc.fill_null(component, own)
             else:
                 component = [
                     (v if v.__class__ is str else _text(v)) if v is not None else zp
                     for v, zp in zip(found, zeek_path, strict=True)
                 ]
             _pop_through(masks, dropped, component_keys, chosen)
-        out["component"] = component if isinstance(component, pa.Array) else pa.array(component, _STR)
+        if isinstance(component, pa.Array):
+            # Text of one Zeek log for every row (paths is None): the log fills the gaps.
+            if own is not None and component.null_count:
+                component = pc.fill_null(component, own)
+        else:
+            component = pa.array(component, _STR)
+        out["component"] = component
 
         # level: the first key with a non-null value, normalised; only that key popped.
         level_keys = [k for k in _LEVEL_KEYS if k in by_key]

@@ -31,11 +31,13 @@ import pyarrow.compute as pc
 from loganomaly.ingest.formats.base import FormatOptions
 from loganomaly.ingest.formats.json_columns import (
     _NET,
+    MISSING_ARRAY,
     ascii_digits,
     attributes_map,
     complete,
     conn_messages,
     constant,
+    null_missing,
     true_mask,
     true_rows,
 )
@@ -58,7 +60,6 @@ _DECIMAL_TIME = r"^[0-9]{1,12}\.[0-9]{1,9}$"
 #: Durations read here: ASCII digits, an optional point and fraction.
 _DECIMAL = r"^[0-9]{1,20}(\.[0-9]{1,20})?$"
 _STR = pa.string()
-_MISSING_ARRAY = pa.array(sorted(_MISSING), _STR)
 _MAX_ATTRIBUTES_IN_MESSAGE = 8
 
 Valid = Callable[[pa.Array], np.ndarray]
@@ -83,7 +84,7 @@ class ZeekHeader(Protocol):
 
 def _not_missing(col: pa.Array) -> np.ndarray:
     """Set and not a missing marker (``-``, ``""``, ``(empty)``): the status and component rule."""
-    return true_mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=_MISSING_ARRAY))))
+    return true_mask(pc.and_(pc.is_valid(col), pc.invert(pc.is_in(col, value_set=MISSING_ARRAY))))
 
 
 def _not_none(col: pa.Array) -> np.ndarray:
@@ -107,11 +108,6 @@ def _first_valid(columns: list[pa.Array], valid: Valid, m: int) -> tuple[pa.Arra
         picked.append(pc.if_else(pa.array(ok), col, None))
     found = picked[0] if len(picked) == 1 else pc.coalesce(*picked)
     return found, chosen
-
-
-def _null_missing(col: pa.Array) -> pa.Array:
-    """:func:`.values._as_str` of text: a missing marker is no value."""
-    return pc.if_else(pc.is_in(col, value_set=_MISSING_ARRAY), None, col)
 
 
 def _attribute_messages(attributes: pa.MapArray) -> pa.Array:
@@ -315,7 +311,7 @@ def map_segment(
     label_key = next((k for k in _LABEL_KEYS if k in by_key), None)
     if label_key is not None:
         dropped.add(label_key)
-        out["label"] = _null_missing(by_key[label_key])
+        out["label"] = null_missing(by_key[label_key])
     detailed_key = next((k for k in _DETAILED_LABEL_KEYS if k in by_key), None)
     if detailed_key is not None:
         dropped.add(detailed_key)
@@ -345,7 +341,7 @@ def map_segment(
     ]
     if detailed_key is not None:
         attr_names.append("detailed_label")
-        attr_columns.append(_null_missing(by_key[detailed_key]))
+        attr_columns.append(null_missing(by_key[detailed_key]))
     attributes = attributes_map(attr_names, attr_columns, m)
     out["attributes"] = attributes
 
