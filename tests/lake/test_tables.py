@@ -320,6 +320,10 @@ def test_written_files_dictionary_encode_only_repeating_columns(tmp_path, monkey
     assert dictionary == {
         "host", "attrs.key_value.key", "codes.key_value.key", "codes.key_value.value", "peers.list.element"
     }  # fmt: skip
+    # Statistics (row-group pruning) for the plain columns only, none for map or list leaves.
+    with_stats = {meta.column(i).path_in_schema for i in range(meta.num_columns) if meta.column(i).is_stats_set}
+    assert with_stats == {"id", "host", "n"}
+    assert meta.column(2).statistics.min == 0 and meta.column(2).statistics.max == meta.num_rows - 1
     back = pq.read_table(path)
     assert back.column("id").to_pylist() == table.column("id").to_pylist()
     assert back.column("host").to_pylist() == table.column("host").to_pylist()
