@@ -250,8 +250,8 @@ def statistics_columns(schema: pa.Schema) -> list[str]:
 
     Why: readers prune row groups by these statistics only for filters on plain columns (Spark
     pushes no predicate into a map's values or a list's elements), while computing them for
-    ``attributes`` and ``params`` took about a tenth of writing generated CSV and Zeek events
-    (``bench/ingest_stages.py``'s write stage), for statistics nobody reads."""
+    ``attributes`` and ``params`` took about a tenth of writing generated CSV events and a few
+    per cent of Zeek's (``bench/ingest_stages.py``'s write stage), for statistics nobody reads."""
     return [f.name for f in schema if not pa.types.is_nested(f.type)]
 
 
