@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import compress
 from typing import Any
 
@@ -542,10 +542,9 @@ class JsonBlockMapper:
         # status, then component: the first key of the list with a value; every key before it popped.
         status_keys = [k for k in _STATUS_KEYS if k in by_key]
         status: list[Any] | pa.Array = [None] * n
-        if len(status_keys) == 1 and column_classes[index[status_keys[0]]] <= _TEXT_OR_NONE:
-            # One key of text: its value unless missing, in Arrow (the key is popped either way).
-            status = null_missing(pa.array(by_key[status_keys[0]], _STR))
-            dropped.add(status_keys[0])
+        single = _single_text(status_keys, by_key, column_classes, index, dropped)
+        if single is not None:
+            status = single
         elif status_keys:
             found, chosen = _first_valid([by_key[k] for k in status_keys], n, _not_missing)
             if set(map(type, found)) <= _TEXT_OR_NONE:
@@ -561,10 +560,9 @@ class JsonBlockMapper:
         )
         component_keys = [k for k in _COMPONENT_KEYS if k in by_key]
         component: list[Any] | pa.Array = list(zeek_path)
-        if len(component_keys) == 1 and paths is None and column_classes[index[component_keys[0]]] <= _TEXT_OR_NONE:
-            # One key of text: its value unless missing, in Arrow (the key is popped either way).
-            component = null_missing(pa.array(by_key[component_keys[0]], _STR))
-            dropped.add(component_keys[0])
+        single = _single_text(component_keys, by_key, column_classes, index, dropped) if paths is None else None
+        if single is not None:
+            component = single
         elif component_keys:
             found, chosen = _first_valid([by_key[k] for k in component_keys], n, _not_missing)
             if paths is None and set(map(type, found)) <= _TEXT_OR_NONE:
@@ -786,6 +784,23 @@ def conn_messages(out: dict[str, pa.Array], component: list[Any] | pa.Array, n: 
         part("proto"), comp, address("src_addr"), arrow, end("dst_addr", "dst_port"), part("status"), " ",
         null_handling="skip",
     )
+
+
+def _single_text(
+    keys: list[str],
+    by_key: Mapping[str, Sequence[Any]],
+    classes: Sequence[set[type]],
+    index: Mapping[str, int],
+    dropped: set[str],
+) -> pa.Array | None:
+    """The status or component column when one key of the rule's list is present and every value
+    it holds is text or null: its values with the missing markers as null, in Arrow, and the key
+    added to ``dropped`` (the reference pops it either way). None otherwise: the caller takes the
+    per-row rule (:func:`_first_valid`, :func:`_pop_through`)."""
+    if len(keys) != 1 or not classes[index[keys[0]]] <= _TEXT_OR_NONE:
+        return None
+    dropped.add(keys[0])
+    return null_missing(pa.array(by_key[keys[0]], _STR))
 
 
 def _pop_through(masks: dict[str, list[bool]], dropped: set[str], keys: list[str], chosen: list[int]) -> None:
